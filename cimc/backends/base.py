@@ -1,0 +1,32 @@
+"""The backend interface. The executor does everything around the matrix product (im2col, activation
+quantisation, dequantisation, bias, digital ops); a backend does only the product of one crossbar op:
+
+* an unquantised backend gets float activations [M, K] and returns float [M, N];
+* a quantised backend gets integer-valued activations [M, K] (float32 holding q in qmin..qmax) and returns the
+  integer accumulators acc[m, n] = sum_k q[m, k] * level[k, n] as floats. The executor then forms
+  y = acc * (input_scale * weight_scale[n]) + bias[n] in float32, identically for every quantised backend, so two
+  backends that return equal accumulators give bit-identical outputs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cimc.ir import Graph, XbarOp
+
+
+class Backend:
+    name = "base"
+    quantized = True
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed  # the reference backends draw nothing; the seed is only recorded
+
+    def bind(self, graph: Graph, arrays: np.ndarray | None, target) -> None:
+        """Prepare per-op state from the manifest's graph, its physical arrays and target."""
+
+    def mvm(self, op: XbarOp, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What this backend was, for reports (seeds, options)."""
+        return {"backend": self.name, "seed": self.seed}

@@ -1,0 +1,128 @@
+"""Run a graph with a backend; `Session` runs a manifest (and nothing but the manifest).
+
+For every crossbar op the executor forms the operand (im2col for a conv, the last axis for a matmul), and for a
+quantised backend quantises the activation first: q = clip(rint(x / s), qmin, qmax) in float32 (cimc.ir.ActQuant).
+The backend multiplies; the executor adds the rest: y = acc * (s * weight_scale[n]) + bias[n] (float32).
+Digital ops run in float32 with ONNX semantics (cimc.digital), as the papers' digital periphery did.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cimc.backends import Backend, make_backend
+from cimc.digital import run_digital
+from cimc.errors import DataError
+from cimc.im2col import col2im, im2col
+from cimc.ir import ActQuant, Graph, XbarOp
+
+
+def quantize_activation(x: np.ndarray, q: ActQuant) -> np.ndarray:
+    """Integer codes held in float32 (exact: |q| < 2^16)."""
+    return np.clip(np.rint(x / np.float32(q.scale)), q.qmin, q.qmax).astype(np.float32)
+
+
+def output_scale(op: XbarOp) -> np.ndarray:
+    return (np.float32(op.input_quant.scale) * op.weight_scales.astype(np.float32)).astype(np.float32)
+
+
+def run_xbar(op: XbarOp, x: np.ndarray, backend: Backend) -> np.ndarray:
+    if backend.quantized:
+        x = quantize_activation(x, op.input_quant)
+    if op.conv is not None:
+        cols, shape = im2col(x, op.conv)
+    else:
+        shape = x.shape[:-1]
+        cols = x.reshape(-1, x.shape[-1])
+    y = backend.mvm(op, cols)
+    if backend.quantized:
+        y = y.astype(np.float32) * output_scale(op)
+    y = y.astype(np.float32, copy=False)
+    if op.bias is not None:
+        y = y + op.bias
+    return col2im(y, shape, op.conv) if op.conv is not None else y.reshape(*shape, op.cols)
+
+
+def run_graph(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend,
+              observe: Callable[[XbarOp, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
+    """Execute the ops in order; `observe(op, input)` sees each crossbar op's float input (used by calibration)."""
+    env = dict(feeds)
+    keep = {t.name for t in graph.outputs}
+    last_use = {}
+    for i, op in enumerate(graph.ops):
+        for t in op.inputs:
+            last_use[t] = i
+    for i, op in enumerate(graph.ops):
+        inputs = [env[t] for t in op.inputs]
+        if isinstance(op, XbarOp):
+            if observe is not None:
+                observe(op, inputs[0])
+            out = run_xbar(op, inputs[0], backend)
+        else:
+            out = run_digital(op.op_type, inputs, op.attrs)
+        env[op.outputs[0]] = out
+        for t in op.inputs:
+            if last_use.get(t) == i and t not in keep:
+                env.pop(t, None)
+    return {t.name: env[t.name] for t in graph.outputs}
+
+
+def check_feeds(graph: Graph, x, where: str = "input") -> dict[str, np.ndarray]:
+    """Turn an array (single-input model) or dict into float32 feeds, checking names and non-batch shapes."""
+    names = [t.name for t in graph.inputs]
+    if not isinstance(x, dict):
+        if len(names) != 1:
+            raise DataError(f"{where}: the model has inputs {names}; pass a dict of arrays")
+        x = {names[0]: x}
+    missing = [n for n in names if n not in x]
+    if missing:
+        raise DataError(f"{where}: missing model input(s) {missing} (model inputs: {names})")
+    feeds = {}
+    for info in graph.inputs:
+        value = np.asarray(x[info.name])
+        expected = tuple(info.shape)
+        if value.ndim != len(expected) or any(e is not None and e != d for e, d in zip(expected, value.shape)):
+            shown = ["N" if d is None else d for d in expected]
+            raise DataError(f"{where}: input {info.name!r} has shape {list(value.shape)}, the model expects {shown}")
+        if not np.issubdtype(value.dtype, np.number):
+            raise DataError(f"{where}: input {info.name!r} has non-numeric dtype {value.dtype}")
+        feeds[info.name] = value.astype(np.float32, copy=False)
+    return feeds
+
+
+class Session:
+    """`Session(manifest_or_dir, backend="integer", seed=None)`; `.run(x)` returns the model's output for a batch
+    (an array for a single-output model, else a dict by output name). Runs in chunks of `batch_size` samples."""
+
+    def __init__(self, manifest, backend: str | Backend = "integer", seed: int | None = None,
+                 batch_size: int = 128, **backend_options):
+        from cimc.manifest import Manifest, load
+        self.manifest = manifest if isinstance(manifest, Manifest) else load(Path(manifest))
+        if isinstance(backend, str):
+            if seed is not None:
+                backend_options["seed"] = seed
+            backend = make_backend(backend, **backend_options)
+        self.backend = backend
+        self.batch_size = batch_size
+        self.graph = self.manifest.graph
+        self.backend.bind(self.graph, self.manifest.arrays, self.manifest.target)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.graph.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.graph.outputs]
+
+    def run(self, x):
+        feeds = check_feeds(self.graph, x)
+        n = len(next(iter(feeds.values())))
+        chunks = []
+        for start in range(0, max(n, 1), self.batch_size):
+            part = {k: v[start:start + self.batch_size] for k, v in feeds.items()}
+            chunks.append(run_graph(self.graph, part, self.backend))
+        outputs = {name: np.concatenate([c[name] for c in chunks]) for name in self.output_names}
+        return outputs[self.output_names[0]] if len(outputs) == 1 else outputs

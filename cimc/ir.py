@@ -1,0 +1,201 @@
+"""The IR: a small typed graph of two kinds of op, in execution order.
+
+* `XbarOp` — a Conv/Gemm/MatMul with a constant weight, already lowered to a K x N float matrix.
+  **im2col row order** (the one place it is defined): row k of a conv matrix is input channel c, kernel row i,
+  kernel column j with k = (c * kh + i) * kw + j — the order of ONNX's weight W[cout, cin/groups, kh, kw] flattened.
+  A grouped conv is one block-diagonal matrix over all input channels (group g owns rows
+  [g*K/groups, (g+1)*K/groups) and columns [g*N/groups, (g+1)*N/groups)); tiles that lie wholly outside the blocks
+  hold only structural zeros and get no array, so depthwise layers pack many groups per array.
+  A matmul op (`conv is None`) multiplies the last axis of its input: y[..., n] = sum_k x[..., k] W[k, n] + b[n].
+* `DigitalOp` — everything else, with ONNX semantics (cimc.digital), attributes in canonical form.
+
+Passes fill in XbarOp fields: quantisation (`input_quant`, `levels`, `weight_scales`), tiles, replicas and placements.
+The manifest is this graph serialised; `Graph.ops` is in topological (execution) order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import networkx as nx
+import numpy as np
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: tuple            # ints; None for the symbolic batch (or any unknown) dimension
+    dtype: str = "float32"
+
+
+@dataclass
+class ConvGeometry:
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]        # top, left, bottom, right (ONNX begin..., end... order)
+    dilations: tuple[int, int]
+    groups: int
+    in_channels: int
+    out_channels: int
+    spatial_rank: int = 2                  # 1 for Conv1d (run as height-1 2-D conv)
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        kh = (self.kernel[0] - 1) * self.dilations[0] + 1
+        kw = (self.kernel[1] - 1) * self.dilations[1] + 1
+        oh = (h + self.pads[0] + self.pads[2] - kh) // self.strides[0] + 1
+        ow = (w + self.pads[1] + self.pads[3] - kw) // self.strides[1] + 1
+        return oh, ow
+
+
+@dataclass
+class ActQuant:
+    """Symmetric activation quantisation at a crossbar input: q = clip(rint(x / scale), qmin, qmax), zero point 0.
+    Unsigned (0..2^bits-1) where calibration saw no negative value, else signed (-(2^(bits-1)-1)..2^(bits-1)-1)."""
+    scale: float
+    signed: bool
+    bits: int
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    @property
+    def qmin(self) -> int:
+        return -self.qmax if self.signed else 0
+
+
+@dataclass
+class Placement:
+    """Where one copy of a tile sits: physical array id and the offset of the tile's first row/column on it."""
+    array: int
+    row_offset: int = 0
+    col_offset: int = 0
+
+
+@dataclass
+class Tile:
+    """A block of the layer's logical K x N matrix: rows [row_start, row_start+row_count), outputs likewise."""
+    row_start: int
+    row_count: int
+    col_start: int
+    col_count: int
+    placements: list[Placement] = field(default_factory=list)   # one per replica
+
+
+@dataclass
+class XbarOp:
+    name: str
+    op_type: str                   # source op: Conv, Gemm or MatMul
+    inputs: list[str]
+    outputs: list[str]
+    matrix: np.ndarray             # float32 K x N
+    bias: np.ndarray | None        # float32 N
+    conv: ConvGeometry | None = None
+    source_nodes: list[str] = field(default_factory=list)
+    # quantize pass
+    input_quant: ActQuant | None = None
+    levels: np.ndarray | None = None          # int8 K x N, signed weight levels -max_level..max_level
+    weight_scales: np.ndarray | None = None   # float32 N: weight = level * scale
+    # tile / replicate / allocate passes
+    tiles: list[Tile] = field(default_factory=list)
+    replicas: int = 1
+    positions: int = 1                        # sliding-window positions per inference (1 for a matmul)
+    kind = "crossbar"
+
+    @property
+    def rows(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def cols(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def structural_mask_blocks(self) -> list[tuple[int, int, int, int]]:
+        """(row0, row1, col0, col1) blocks that may hold non-zero weights (one per group)."""
+        groups = self.conv.groups if self.conv else 1
+        kg, ng = self.rows // groups, self.cols // groups
+        return [(g * kg, (g + 1) * kg, g * ng, (g + 1) * ng) for g in range(groups)]
+
+
+@dataclass
+class DigitalOp:
+    name: str
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict = field(default_factory=dict)
+    source_nodes: list[str] = field(default_factory=list)
+    kind = "digital"
+
+
+Op = Union[XbarOp, DigitalOp]
+
+
+@dataclass
+class Graph:
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    ops: list[Op]
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)
+
+    def xbar_ops(self) -> list[XbarOp]:
+        return [op for op in self.ops if isinstance(op, XbarOp)]
+
+    def op(self, name: str) -> Op:
+        for op in self.ops:
+            if op.name == name:
+                return op
+        raise KeyError(name)
+
+    def producer(self, tensor: str) -> Op | None:
+        for op in self.ops:
+            if tensor in op.outputs:
+                return op
+        return None
+
+    def consumers(self, tensor: str) -> list[Op]:
+        return [op for op in self.ops if tensor in op.inputs]
+
+    def is_graph_output(self, tensor: str) -> bool:
+        return any(t.name == tensor for t in self.outputs)
+
+    def to_networkx(self) -> nx.DiGraph:
+        """Ops as nodes, an edge per tensor from producer to consumer (attribute `tensor`)."""
+        g = nx.DiGraph()
+        producers = {}
+        for op in self.ops:
+            g.add_node(op.name, op=op)
+            for t in op.outputs:
+                producers[t] = op.name
+        for op in self.ops:
+            for t in op.inputs:
+                if t in producers:
+                    g.add_edge(producers[t], op.name, tensor=t)
+        return g
+
+    def sort(self) -> None:
+        """Restore topological order (stable: ties keep their current order)."""
+        g = self.to_networkx()
+        index = {op.name: i for i, op in enumerate(self.ops)}
+        order = list(nx.lexicographical_topological_sort(g, key=lambda n: index[n]))
+        by_name = {op.name: op for op in self.ops}
+        self.ops = [by_name[n] for n in order]
+
+    def rename_tensor(self, old: str, new: str) -> None:
+        """Make every consumer of `old` read `new` instead (used when an op is removed)."""
+        for op in self.ops:
+            op.inputs = [new if t == old else t for t in op.inputs]
+        for t in self.outputs:
+            if t.name == old:
+                t.name = new
+
+    def remove_dead_ops(self) -> None:
+        """Drop ops whose outputs reach no graph output."""
+        live = {t.name for t in self.outputs}
+        kept = []
+        for op in reversed(self.ops):
+            if any(t in live for t in op.outputs):
+                kept.append(op)
+                live.update(op.inputs)
+        self.ops = kept[::-1]

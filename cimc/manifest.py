@@ -1,0 +1,290 @@
+"""The deployment manifest: a directory that holds everything the executor (or a chip runtime) needs.
+
+    manifest.json   schema-versioned description (cimc/schema/manifest.schema.json): target, ops in execution
+                    order with quantisation, tiles and placements, provenance, summary
+    arrays.npz      `levels`: uint8 [arrays, rows, cols], the device level programmed into every cell (cimc.layout)
+    params.npz      float32 arrays named in manifest.json: per-op float matrix (for the float backend), weight
+                    scales, bias, and array-valued attributes of digital ops
+
+Saving is atomic (a temporary directory renamed into place); loading validates and names the bad field.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+
+import cimc
+from cimc.errors import ManifestError
+from cimc.ir import ActQuant, ConvGeometry, DigitalOp, Graph, Placement, TensorInfo, Tile, XbarOp
+from cimc.layout import program_arrays, read_levels
+from cimc.targets.spec import Target
+
+SCHEMA_VERSION = 1
+_FILES = ("manifest.json", "arrays.npz", "params.npz")
+
+
+def schema() -> dict:
+    return json.loads((resources.files("cimc") / "schema" / "manifest.schema.json").read_text())
+
+
+class Manifest:
+    def __init__(self, graph: Graph, target: Target, arrays: np.ndarray, provenance: dict,
+                 replication: dict | None = None, estimates: dict | None = None):
+        self.graph, self.target, self.arrays, self.provenance = graph, target, arrays, provenance
+        self.replication, self.estimates = replication, estimates
+        self.compile_seconds: float | None = None
+        self.pass_seconds: dict[str, float] = {}
+        self.path: Path | None = None
+
+    @classmethod
+    def build(cls, graph, target, model_info, calibration: dict | None) -> "Manifest":
+        provenance = {
+            "source_model": {"path": None if model_info.path is None else str(Path(model_info.path).resolve()),
+                             "sha256": model_info.sha256, "opset": model_info.opset,
+                             "ir_version": model_info.ir_version, "producer": model_info.producer},
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "calibration": calibration,
+            "seeds": {},
+        }
+        return cls(graph, target, program_arrays(graph, target), provenance)
+
+    @property
+    def total_arrays(self) -> int:
+        return int(self.arrays.shape[0])
+
+    def summary(self) -> dict:
+        from cimc.compiler import layer_table
+        return layer_table(self.graph, self.target)
+
+    # -- save -------------------------------------------------------------------------------------------
+    def to_json(self) -> tuple[dict, dict[str, np.ndarray]]:
+        params: dict[str, np.ndarray] = {}
+        ops = [_xbar_to_json(op, params, self.target) if isinstance(op, XbarOp) else _digital_to_json(op, params)
+               for op in self.graph.ops]
+        table = self.summary()
+        doc = {
+            "format": "cimc-manifest", "schema_version": SCHEMA_VERSION, "cimc_version": cimc.__version__,
+            "provenance": self.provenance, "target": self.target.to_dict(),
+            "inputs": [_tensor_json(t) for t in self.graph.inputs],
+            "outputs": [_tensor_json(t) for t in self.graph.outputs],
+            "ops": ops,
+            "arrays": {"count": self.total_arrays, "rows": self.target.array.rows, "cols": self.target.array.cols,
+                       "file": "arrays.npz"},
+            "params_file": "params.npz",
+            "summary": {"total_arrays": table["total_arrays"], "layers": table["layers"]},
+            "replication": self.replication, "estimates": self.estimates,
+        }
+        return doc, params
+
+    def save(self, directory) -> Path:
+        """Write the manifest directory atomically: nothing is left half-written if this fails."""
+        directory = Path(directory)
+        if directory.exists() and (not directory.is_dir() or
+                                   (any(directory.iterdir()) and not (directory / "manifest.json").exists())):
+            raise ManifestError(f"{directory}: exists and is not a cimc manifest directory; refusing to overwrite "
+                                "it (choose another -o path)")
+        doc, params = self.to_json()
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
+            np.savez_compressed(tmp / "arrays.npz", levels=self.arrays)
+            np.savez_compressed(tmp / "params.npz", **params)
+            if directory.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+                os.rename(directory, old / "m")
+                os.rename(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.path = directory
+        return directory
+
+
+def load(directory) -> Manifest:
+    directory = Path(directory)
+    where = str(directory / "manifest.json")
+    if not (directory / "manifest.json").is_file():
+        raise ManifestError(f"{directory}: not a manifest directory (no manifest.json); create one with "
+                            "`cimc compile`")
+    try:
+        doc = json.loads((directory / "manifest.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{where}: not valid JSON ({exc})") from None
+    if isinstance(doc, dict) and doc.get("schema_version") not in (None, SCHEMA_VERSION):
+        raise ManifestError(f"{where}: schema_version {doc.get('schema_version')!r} is not supported by cimc "
+                            f"{cimc.__version__} (expects {SCHEMA_VERSION})")
+    _validate_schema(doc, where)
+    arrays_file = _read_npz(directory / "arrays.npz")
+    params = _read_npz(directory / "params.npz")
+    if "levels" not in arrays_file:
+        raise ManifestError(f"{directory / 'arrays.npz'}: missing array 'levels'")
+    arrays = arrays_file["levels"]
+    meta = doc["arrays"]
+    if arrays.dtype != np.uint8 or arrays.shape != (meta["count"], meta["rows"], meta["cols"]):
+        raise ManifestError(f"{directory / 'arrays.npz'}: 'levels' is {arrays.dtype} {list(arrays.shape)}, "
+                            f"manifest.json field 'arrays' says uint8 {[meta['count'], meta['rows'], meta['cols']]}")
+    try:
+        target = Target.from_dict(doc["target"], f"{where}: field 'target'")
+    except Exception as exc:
+        raise ManifestError(str(exc)) from None
+    if (target.array.rows, target.array.cols) != (meta["rows"], meta["cols"]):
+        raise ManifestError(f"{where}: field 'arrays' geometry {meta['rows']}x{meta['cols']} differs from the "
+                            f"target's {target.array.rows}x{target.array.cols}")
+    ops = [_op_from_json(o, i, params, meta["count"], where) for i, o in enumerate(doc["ops"])]
+    graph = Graph([_tensor_from_json(t) for t in doc["inputs"]], [_tensor_from_json(t) for t in doc["outputs"]], ops)
+    _check_dataflow(graph, where)
+    for op in graph.xbar_ops():
+        op.levels = read_levels(op, arrays, target).astype(np.int8)
+        if np.abs(op.levels).max(initial=0) > target.device.max_level or arrays.max(initial=0) > target.device.max_level:
+            raise ManifestError(f"{directory / 'arrays.npz'}: device levels exceed the target's "
+                                f"{target.device.levels} levels (op {op.name!r})")
+    m = Manifest(graph, target, arrays, doc["provenance"], doc.get("replication"), doc.get("estimates"))
+    m.path = directory
+    return m
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def _validate_schema(doc, where):
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        e = errors[0]
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".") or "(top)"
+        if e.context:  # oneOf: report the branch that matched best
+            e = min(e.context, key=lambda c: len(c.absolute_path) * -1)
+            field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".")
+        raise ManifestError(f"{where}: field '{field}': {e.message}")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise ManifestError(f"{path}: missing (a manifest directory holds {', '.join(_FILES)})")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ManifestError(f"{path}: unreadable ({exc})") from None
+
+
+def _tensor_json(t: TensorInfo) -> dict:
+    return {"name": t.name, "shape": [None if d is None else int(d) for d in t.shape], "dtype": t.dtype}
+
+
+def _tensor_from_json(d: dict) -> TensorInfo:
+    return TensorInfo(d["name"], tuple(d["shape"]), d.get("dtype", "float32"))
+
+
+def _put(params: dict, key: str, value: np.ndarray) -> str:
+    params[key] = np.asarray(value)
+    return key
+
+
+def _xbar_to_json(op: XbarOp, params: dict, target: Target) -> dict:
+    spec = target.array
+    return {
+        "name": op.name, "kind": "crossbar", "op_type": op.op_type, "inputs": op.inputs, "outputs": op.outputs,
+        "source_nodes": op.source_nodes, "rows": op.rows, "cols": op.cols, "positions": int(op.positions),
+        "conv": None if op.conv is None else {
+            "kernel": list(op.conv.kernel), "strides": list(op.conv.strides), "pads": list(op.conv.pads),
+            "dilations": list(op.conv.dilations), "groups": op.conv.groups, "in_channels": op.conv.in_channels,
+            "out_channels": op.conv.out_channels, "spatial_rank": op.conv.spatial_rank},
+        "input_quant": {"scale": op.input_quant.scale, "signed": op.input_quant.signed, "bits": op.input_quant.bits},
+        "weights": {"max_level": target.device.max_level, "granularity": target.quant.weights,
+                    "scales": _put(params, f"{op.name}/weight_scales", op.weight_scales.astype(np.float32)),
+                    "float_matrix": _put(params, f"{op.name}/matrix", op.matrix.astype(np.float32))},
+        "bias": None if op.bias is None else _put(params, f"{op.name}/bias", op.bias.astype(np.float32)),
+        "replicas": op.replicas,
+        "tiles": [{"row_start": t.row_start, "row_count": t.row_count, "col_start": t.col_start,
+                   "col_count": t.col_count,
+                   "placements": [{"array": p.array, "row_offset": p.row_offset, "col_offset": p.col_offset,
+                                   "pe": p.array // target.chip.arrays_per_pe,
+                                   "chip": p.array // target.chip.arrays_per_chip} for p in t.placements]}
+                  for t in op.tiles],
+    }
+
+
+def _digital_to_json(op: DigitalOp, params: dict) -> dict:
+    attrs = {}
+    for key, value in op.attrs.items():
+        if isinstance(value, np.ndarray):
+            attrs[key] = {"$param": _put(params, f"{op.name}/{key}", value)}
+        elif isinstance(value, (list, tuple)):
+            attrs[key] = [v.item() if isinstance(v, np.generic) else v for v in value]
+        else:
+            attrs[key] = value.item() if isinstance(value, np.generic) else value
+    return {"name": op.name, "kind": "digital", "op_type": op.op_type, "inputs": op.inputs, "outputs": op.outputs,
+            "attrs": attrs, "source_nodes": op.source_nodes}
+
+
+def _param(params, key, where, field, shape=None):
+    if key not in params:
+        raise ManifestError(f"{where}: field '{field}' names {key!r}, which params.npz does not hold")
+    value = params[key]
+    if shape is not None and value.shape != tuple(shape):
+        raise ManifestError(f"{where}: field '{field}': params.npz[{key!r}] has shape {list(value.shape)}, "
+                            f"expected {list(shape)}")
+    return value
+
+
+def _op_from_json(d: dict, index: int, params, n_arrays: int, where: str):
+    at = f"ops[{index}]"
+    if d["kind"] == "digital":
+        attrs = {k: _param(params, v["$param"], where, f"{at}.attrs.{k}") if isinstance(v, dict) and "$param" in v
+                 else v for k, v in d["attrs"].items()}
+        return DigitalOp(d["name"], d["op_type"], d["inputs"], d["outputs"], attrs, d.get("source_nodes", []))
+    rows, cols = d["rows"], d["cols"]
+    conv = None if d["conv"] is None else ConvGeometry(
+        tuple(d["conv"]["kernel"]), tuple(d["conv"]["strides"]), tuple(d["conv"]["pads"]),
+        tuple(d["conv"]["dilations"]), d["conv"]["groups"], d["conv"]["in_channels"], d["conv"]["out_channels"],
+        d["conv"]["spatial_rank"])
+    tiles = []
+    for ti, t in enumerate(d["tiles"]):
+        if t["row_start"] + t["row_count"] > rows or t["col_start"] + t["col_count"] > cols:
+            raise ManifestError(f"{where}: field '{at}.tiles[{ti}]' lies outside the {rows}x{cols} matrix")
+        if len(t["placements"]) != d["replicas"]:
+            raise ManifestError(f"{where}: field '{at}.tiles[{ti}].placements' has {len(t['placements'])} entries "
+                                f"for {d['replicas']} replicas")
+        for pi, p in enumerate(t["placements"]):
+            if p["array"] >= n_arrays:
+                raise ManifestError(f"{where}: field '{at}.tiles[{ti}].placements[{pi}].array' = {p['array']} but "
+                                    f"arrays.npz holds {n_arrays} arrays")
+        tiles.append(Tile(t["row_start"], t["row_count"], t["col_start"], t["col_count"],
+                          [Placement(p["array"], p["row_offset"], p["col_offset"]) for p in t["placements"]]))
+    q = d["input_quant"]
+    op = XbarOp(d["name"], d["op_type"], d["inputs"], d["outputs"],
+                _param(params, d["weights"]["float_matrix"], where, f"{at}.weights.float_matrix", (rows, cols)),
+                None if d["bias"] is None else _param(params, d["bias"], where, f"{at}.bias", (cols,)),
+                conv, d.get("source_nodes", []), ActQuant(q["scale"], q["signed"], q["bits"]), None,
+                _param(params, d["weights"]["scales"], where, f"{at}.weights.scales", (cols,)),
+                tiles, d["replicas"], d["positions"])
+    return op
+
+
+def _check_dataflow(graph: Graph, where: str):
+    known = {t.name for t in graph.inputs}
+    names = set()
+    for i, op in enumerate(graph.ops):
+        if op.name in names:
+            raise ManifestError(f"{where}: field 'ops[{i}].name': duplicate op name {op.name!r}")
+        names.add(op.name)
+        for t in op.inputs:
+            if t not in known:
+                raise ManifestError(f"{where}: field 'ops[{i}].inputs': tensor {t!r} of op {op.name!r} is neither a "
+                                    "model input nor produced by an earlier op")
+        known.update(op.outputs)
+    for t in graph.outputs:
+        if t.name not in known:
+            raise ManifestError(f"{where}: field 'outputs': {t.name!r} is produced by no op")

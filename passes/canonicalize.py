@@ -1,0 +1,87 @@
+"""Canonicalise: fold per-output-channel affine ops into the crossbar op that feeds them.
+
+BatchNormalization, and Add/Sub/Mul/Div by a constant that is per output channel (or scalar), fold into the
+matrix columns and the bias when the crossbar op's output feeds nothing else. Folding is done in float64.
+Affine ops *before* a crossbar op (an input normalisation) stay digital: zero padding makes that fold inexact.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cimc.ir import DigitalOp, Graph, XbarOp
+
+NAME = "canonicalize"
+_FOLDABLE = ("BatchNormalization", "Add", "Sub", "Mul", "Div")
+
+
+def run(graph: Graph, target=None, config=None) -> Graph:
+    changed = True
+    while changed:
+        changed = False
+        for op in list(graph.ops):
+            if isinstance(op, DigitalOp) and op.op_type in _FOLDABLE and _try_fold(graph, op):
+                changed = True
+    return graph
+
+
+def _try_fold(graph: Graph, op: DigitalOp) -> bool:
+    if len(op.inputs) != 1:
+        return False
+    xbar = graph.producer(op.inputs[0])
+    if not isinstance(xbar, XbarOp) or graph.is_graph_output(op.inputs[0]) or len(graph.consumers(op.inputs[0])) != 1:
+        return False
+    scale_shift = _affine(op, xbar, graph)
+    if scale_shift is None:
+        return False
+    scale, shift = scale_shift                      # y = x * scale + shift, per output column
+    matrix = xbar.matrix.astype(np.float64) * scale[None, :]
+    bias = np.zeros(xbar.cols) if xbar.bias is None else xbar.bias.astype(np.float64)
+    xbar.matrix = matrix.astype(np.float32)
+    xbar.bias = (bias * scale + shift).astype(np.float32)
+    xbar.outputs = list(op.outputs)
+    xbar.source_nodes = xbar.source_nodes + op.source_nodes
+    graph.ops.remove(op)
+    return True
+
+
+def _affine(op: DigitalOp, xbar: XbarOp, graph: Graph):
+    """(scale, shift) vectors of length N if `op` is a per-output-channel affine map of the crossbar output."""
+    n = xbar.cols
+    if op.op_type == "BatchNormalization":
+        if xbar.conv is None:
+            return None
+        a = op.attrs
+        s = a["scale"].astype(np.float64) / np.sqrt(a["var"].astype(np.float64) + a["epsilon"])
+        return s, a["bias"].astype(np.float64) - a["mean"].astype(np.float64) * s
+    c = op.attrs.get("constant")
+    if c is None:
+        return None
+    v = _per_channel(np.asarray(c, dtype=np.float64), xbar, graph)
+    if v is None:
+        return None
+    first = op.attrs["constant_index"] == 0
+    ones, zeros = np.ones(n), np.zeros(n)
+    if op.op_type == "Add":
+        return ones, v
+    if op.op_type == "Sub":
+        return (-ones, v) if first else (ones, -v)
+    if op.op_type == "Mul":
+        return v, zeros
+    if op.op_type == "Div" and not first and np.all(v != 0):
+        return 1.0 / v, zeros
+    return None
+
+
+def _per_channel(c: np.ndarray, xbar: XbarOp, graph: Graph):
+    """The constant as a length-N vector if it broadcasts along the output-channel axis only, else None."""
+    out = graph.tensors.get(xbar.outputs[0])
+    if out is None or c.ndim > len(out.shape):
+        return None
+    rank = len(out.shape)
+    shape = (1,) * (rank - c.ndim) + c.shape
+    channel_axis = 1 if xbar.conv is not None else rank - 1
+    if any(d != 1 for i, d in enumerate(shape) if i != channel_axis):
+        return None
+    if shape[channel_axis] not in (1, xbar.cols):
+        return None
+    return np.broadcast_to(c.reshape(-1), (xbar.cols,)).astype(np.float64)

@@ -1,0 +1,44 @@
+"""Quantise: weights to signed device levels with per-column (or per-layer) scales; activations from calibration.
+
+Weights: scale_n = max_k |W[k, n]| / L (L = device max level, 7 for 8-level devices; per layer: one max over the
+whole matrix), level = clip(rint(W / scale), -L, L) (round half to even). An all-zero column gets scale 1.
+The signed level is held by a device pair: g+ at level max(level, 0), g- at max(-level, 0) (cimc.layout).
+Activations (inputs of crossbar ops): see `act_quant_from_stats`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cimc.errors import ConfigError
+from cimc.ir import ActQuant, Graph
+
+NAME = "quantize"
+
+
+def quantize_weights(matrix: np.ndarray, max_level: int, granularity: str) -> tuple[np.ndarray, np.ndarray]:
+    absmax = np.abs(matrix).max(axis=0) if granularity == "column" else np.full(matrix.shape[1], np.abs(matrix).max())
+    scales = np.where(absmax > 0, absmax / max_level, 1.0).astype(np.float32)
+    levels = np.clip(np.rint(matrix / scales[None, :]), -max_level, max_level).astype(np.int8)
+    return levels, scales
+
+
+def act_quant_from_stats(stats: dict, bits: int, rule: str, percentile: float) -> ActQuant:
+    """The documented calibration rule: the tensor is unsigned if no calibration value was negative, else signed;
+    range r = max |x| ("max") or the given percentile of |x| ("percentile"); scale = r / qmax with qmax = 2^bits - 1
+    (unsigned) or 2^(bits-1) - 1 (signed, symmetric). A tensor that was always zero gets scale 1."""
+    signed = bool(stats["min"] < 0)
+    r = stats["absmax"] if rule == "max" else stats["percentile"]
+    qmax = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+    return ActQuant(scale=float(np.float32(r / qmax)) if r > 0 else 1.0, signed=signed, bits=bits)
+
+
+def run(graph: Graph, target, config) -> Graph:
+    stats = config.activation_stats
+    if stats is None:
+        raise ConfigError("quantisation needs activation ranges: give calibration data "
+                          "(--calibration x.npz on the command line, calibration=... in Python)")
+    for op in graph.xbar_ops():
+        op.levels, op.weight_scales = quantize_weights(op.matrix, target.device.max_level, target.quant.weights)
+        op.input_quant = act_quant_from_stats(stats[op.name], target.input.bits, target.quant.calibration,
+                                              target.quant.percentile)
+    return graph

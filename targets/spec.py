@@ -1,0 +1,250 @@
+"""What the hardware is: frozen dataclasses of physical quantities, one per concern.
+
+A target is data: `targets/presets/*.toml` (or a user's own TOML) is read into `Target` by `targets.registry`.
+Units are in the field names (`_us` microsiemens, `_v` volts, `_ns` nanoseconds, `_pj` picojoules).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from cimc.errors import TargetError
+
+DIFFERENTIAL_LAYOUTS = ("columns", "rows")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One crossbar array. `differential` says where the two devices of a signed weight sit:
+    "columns": g+ and g- on adjacent output lines, subtracted after sensing (Yao 2020) -> rows inputs x cols/2 outputs;
+    "rows": the input is applied as +v and -v on two row blocks, subtracted on the line (Li 2018) -> rows/2 x cols."""
+    rows: int
+    cols: int
+    differential: str = "columns"
+
+    def __post_init__(self):
+        _require(self.rows >= 1 and self.cols >= 1, "array.rows/array.cols", "must be positive")
+        _require(self.differential in DIFFERENTIAL_LAYOUTS, "array.differential",
+                 f"must be one of {DIFFERENTIAL_LAYOUTS}, got {self.differential!r}")
+        if self.differential == "columns":
+            _require(self.cols % 2 == 0, "array.cols", "must be even for differential = 'columns'")
+        else:
+            _require(self.rows % 2 == 0, "array.rows", "must be even for differential = 'rows'")
+
+    @property
+    def inputs_per_tile(self) -> int:
+        """Logical weight rows (inputs) one array holds."""
+        return self.rows if self.differential == "columns" else self.rows // 2
+
+    @property
+    def outputs_per_tile(self) -> int:
+        """Logical signed outputs one array holds."""
+        return self.cols // 2 if self.differential == "columns" else self.cols
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A multi-level device: `levels` conductances g_min + k*step, k = 0..levels-1. A differential pair gives
+    2*levels-1 signed weight levels (8 levels -> -7..+7)."""
+    levels: int = 8
+    g_min_us: float = 2.5
+    g_max_us: float = 20.0
+
+    def __post_init__(self):
+        _require(self.levels >= 2, "device.levels", "must be at least 2")
+        _require(0 <= self.g_min_us < self.g_max_us, "device.g_min_us/g_max_us", "need 0 <= g_min_us < g_max_us")
+
+    @property
+    def max_level(self) -> int:
+        return self.levels - 1
+
+    @property
+    def step_us(self) -> float:
+        return (self.g_max_us - self.g_min_us) / (self.levels - 1)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How activations reach the rows. "bit-serial": one 1-bit pulse per bit, LSB first (Yao); "analog": one
+    amplitude-coded pulse (Li). `bits` is the activation precision either way."""
+    bits: int = 8
+    encoding: str = "bit-serial"
+    read_voltage_v: float = 0.2
+    pulse_ns: float = 50.0
+
+    def __post_init__(self):
+        _require(2 <= self.bits <= 16, "input.bits", "must be between 2 and 16")
+        _require(self.encoding in ("bit-serial", "analog"), "input.encoding", "must be 'bit-serial' or 'analog'")
+        _require(self.read_voltage_v > 0 and self.pulse_ns > 0, "input.read_voltage_v/pulse_ns", "must be positive")
+
+
+@dataclass(frozen=True)
+class AdcSpec:
+    """Per-array ADC. `lossless = true` converts every column current exactly (the ideal chip);
+    otherwise `bits` with a full-scale range set by `full_scale` ("calibrated" per layer, or "max": the largest
+    current the column can carry). `columns_per_adc` columns share one ADC in time."""
+    bits: int = 8
+    lossless: bool = False
+    columns_per_adc: int = 1
+    full_scale: str = "calibrated"
+    energy_pj: float | None = None
+
+    def __post_init__(self):
+        _require(1 <= self.bits <= 24, "adc.bits", "must be between 1 and 24")
+        _require(self.columns_per_adc >= 1, "adc.columns_per_adc", "must be at least 1")
+        _require(self.full_scale in ("calibrated", "max"), "adc.full_scale", "must be 'calibrated' or 'max'")
+
+
+@dataclass(frozen=True)
+class NonIdealSpec:
+    """Device non-idealities of a chip instance (used by the crossbar backend). All zero = ideal devices."""
+    program_sigma_us: float = 0.0      # Gaussian programming (transfer) error per device, absolute
+    program_sigma_rel: float = 0.0     # ... plus a part proportional to the target conductance
+    stuck_rate: float = 0.0            # fraction of devices stuck
+    stuck_at: str = "g_min"            # "g_min", "g_max" or a conductance in uS, e.g. "10"
+    read_noise_sigma_us: float = 0.0   # Gaussian noise per read
+    drift_nu: float = 0.0              # g(t) = g0 * (t/t0)^-nu
+    drift_nu_sigma: float = 0.0
+    drift_t0_s: float = 1.0
+    drift_time_s: float = 0.0          # time since programming; 0 = no drift
+    update_sigma_rel: float = 0.0      # relative variation of an in-situ conductance update (Li 2018: 2%)
+
+    def __post_init__(self):
+        for name in ("program_sigma_us", "program_sigma_rel", "read_noise_sigma_us", "drift_nu_sigma",
+                     "drift_time_s", "update_sigma_rel"):
+            _require(getattr(self, name) >= 0, f"nonideal.{name}", "must be >= 0")
+        _require(0.0 <= self.stuck_rate <= 1.0, "nonideal.stuck_rate", "must be a fraction between 0 and 1")
+        _require(self.drift_t0_s > 0, "nonideal.drift_t0_s", "must be positive")
+        if self.stuck_at not in ("g_min", "g_max"):
+            try:
+                float(self.stuck_at)
+            except ValueError:
+                raise TargetError(f"nonideal.stuck_at: must be 'g_min', 'g_max' or a conductance in uS, "
+                                  f"got {self.stuck_at!r}") from None
+
+
+@dataclass(frozen=True)
+class ChipSpec:
+    """How arrays group into processing elements (PEs) and chips. `chips = 0` means as many as the model needs."""
+    arrays_per_pe: int = 1
+    pes_per_chip: int = 8
+    chips: int = 0
+
+    def __post_init__(self):
+        _require(self.arrays_per_pe >= 1 and self.pes_per_chip >= 1, "chip.arrays_per_pe/pes_per_chip",
+                 "must be positive")
+        _require(self.chips >= 0, "chip.chips", "must be >= 0 (0 = unlimited)")
+
+    @property
+    def arrays_per_chip(self) -> int:
+        return self.arrays_per_pe * self.pes_per_chip
+
+    @property
+    def array_budget(self) -> int | None:
+        """The most arrays the target has, or None when unlimited."""
+        return self.arrays_per_chip * self.chips if self.chips else None
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Quantisation policy. `weights`: one scale per output column ("column") or per layer ("layer", the paper's
+    choice). `calibration`: activation range rule, "max" (largest |x| seen) or "percentile" (`percentile` of |x|)."""
+    weights: str = "column"
+    calibration: str = "max"
+    percentile: float = 99.99
+
+    def __post_init__(self):
+        _require(self.weights in ("column", "layer"), "quant.weights", "must be 'column' or 'layer'")
+        _require(self.calibration in ("max", "percentile"), "quant.calibration", "must be 'max' or 'percentile'")
+        _require(0 < self.percentile <= 100, "quant.percentile", "must be in (0, 100]")
+
+
+@dataclass(frozen=True)
+class EnergySpec:
+    """Energy and area numbers where known (None = unknown; estimates that need them say so)."""
+    array_pj_per_slot: float | None = None      # one array, one 1-bit input slot, all rows driven
+    driver_pj_per_slot: float | None = None
+    digital_pj_per_op: float | None = None
+    array_area_um2: float | None = None
+    peripheral_area_um2: float | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str = ""
+    array: ArraySpec = field(default_factory=lambda: ArraySpec(144, 16))
+    device: DeviceSpec = field(default_factory=DeviceSpec)
+    input: InputSpec = field(default_factory=InputSpec)
+    adc: AdcSpec = field(default_factory=AdcSpec)
+    nonideal: NonIdealSpec = field(default_factory=NonIdealSpec)
+    chip: ChipSpec = field(default_factory=ChipSpec)
+    quant: QuantSpec = field(default_factory=QuantSpec)
+    energy: EnergySpec = field(default_factory=EnergySpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "target") -> "Target":
+        """Build from nested dicts (TOML or manifest JSON); unknown sections or fields are errors naming them."""
+        data = dict(data)
+        if "name" not in data:
+            raise TargetError(f"{source}: missing field 'name'")
+        kwargs: dict[str, Any] = {}
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if key not in sections:
+                raise TargetError(f"{source}: unknown field {key!r} (known: {', '.join(sections)})")
+            section_type = _SECTION_TYPES.get(key)
+            if section_type is None:
+                kwargs[key] = value
+                continue
+            if not isinstance(value, dict):
+                raise TargetError(f"{source}: [{key}] must be a table of fields")
+            kwargs[key] = _build_section(section_type, key, value, source)
+        return cls(**kwargs)
+
+    def replace(self, **sections) -> "Target":
+        return dataclasses.replace(self, **sections)
+
+
+_SECTION_TYPES = {"array": ArraySpec, "device": DeviceSpec, "input": InputSpec, "adc": AdcSpec,
+                  "nonideal": NonIdealSpec, "chip": ChipSpec, "quant": QuantSpec, "energy": EnergySpec}
+
+
+def _build_section(section_type, key: str, values: dict, source: str):
+    known = {f.name: f for f in dataclasses.fields(section_type)}
+    for name in values:
+        if name not in known:
+            raise TargetError(f"{source}: unknown field '{key}.{name}' (known: {', '.join(known)})")
+    try:
+        return section_type(**{name: _coerce(values[name], known[name].type, f"{key}.{name}", source)
+                               for name in values})
+    except TargetError as exc:
+        raise TargetError(f"{source}: {exc}") from None
+
+
+def _coerce(value, type_text: str, where: str, source: str):
+    """Check a TOML/JSON value against the field's declared type (`int`, `float | None`, ...)."""
+    allowed = [t.strip() for t in str(type_text).split("|")]
+    if value is None and "None" in allowed:
+        return None
+    if "bool" in allowed and isinstance(value, bool):
+        return value
+    if "int" in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if "float" in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(float(value)):
+            raise TargetError(f"{where}: must be finite, got {value!r}")
+        return float(value)
+    if "str" in allowed and isinstance(value, str):
+        return value
+    raise TargetError(f"{source}: field '{where}' must be {type_text}, got {value!r}")
+
+
+def _require(ok: bool, where: str, what: str) -> None:
+    if not ok:
+        raise TargetError(f"{where}: {what}")
