@@ -36,7 +36,7 @@ def run_xbar(op: XbarOp, x: np.ndarray, backend: Backend) -> np.ndarray:
     else:
         shape = x.shape[:-1]
         cols = x.reshape(-1, x.shape[-1])
-    y = backend.mvm(op, cols)
+    y = backend.mvm(op, cols, batch=len(x))
     if backend.quantized:
         y = y.astype(np.float32) * output_scale(op)
     y = y.astype(np.float32, copy=False)

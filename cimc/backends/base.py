@@ -24,7 +24,8 @@ class Backend:
     def bind(self, graph: Graph, arrays: np.ndarray | None, target) -> None:
         """Prepare per-op state from the manifest's graph, its physical arrays and target."""
 
-    def mvm(self, op: XbarOp, x: np.ndarray) -> np.ndarray:
+    def mvm(self, op: XbarOp, x: np.ndarray, batch: int) -> np.ndarray:
+        """x: [M, K] with M = batch * positions; rows of sample b are [b*M/batch, (b+1)*M/batch)."""
         raise NotImplementedError
 
     def describe(self) -> dict:

@@ -19,7 +19,7 @@ class FloatBackend(Backend):
     def bind(self, graph, arrays, target):
         self.matrices = {op.name: op.matrix for op in graph.xbar_ops()}
 
-    def mvm(self, op, x):
+    def mvm(self, op, x, batch):
         return x @ self.matrices[op.name]
 
 
@@ -33,6 +33,6 @@ class IntegerBackend(Backend):
             bound = op.rows * max(abs(op.input_quant.qmin), op.input_quant.qmax) * target.device.max_level
             self.levels[op.name] = levels.astype(np.float32 if bound < FLOAT32_EXACT else np.float64)
 
-    def mvm(self, op, x):
+    def mvm(self, op, x, batch):
         w = self.levels[op.name]
         return x.astype(w.dtype, copy=False) @ w

@@ -1,0 +1,35 @@
+"""`cimc compile`: ONNX model -> deployment manifest directory."""
+from __future__ import annotations
+
+import time
+
+from cimc.commands.common import add_target_options, emit, parse_replicate
+
+
+def add_parser(sub) -> None:
+    sp = sub.add_parser("compile", help="compile an ONNX model into a deployment manifest directory")
+    sp.add_argument("model", help="ONNX model file")
+    sp.add_argument("--calibration", required=True, metavar="NPZ",
+                    help="a few hundred representative inputs: npz with 'x' (or one array per model input name)")
+    sp.add_argument("-o", "--output", required=True, metavar="DIR", help="manifest directory to write")
+    add_target_options(sp)
+    sp.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from cimc.compiler import compile
+    from cimc.report import layer_table_text
+    start = time.perf_counter()
+    manifest = compile(args.model, args.target, calibration=args.calibration,
+                       replicate=parse_replicate(args.replicate), overrides=args.set)
+    path = manifest.save(args.output)
+    seconds = time.perf_counter() - start
+    table = manifest.summary()
+    if args.json:
+        emit({"manifest": str(path), "total_arrays": table["total_arrays"], "layers": table["layers"],
+               "seconds": seconds, "pass_seconds": manifest.pass_seconds})
+    else:
+        print(layer_table_text(table, manifest.target), end="")
+        print(f"wrote {path} ({table['total_arrays']} arrays) in {seconds:.2f} s")
+    return 0
+
