@@ -26,6 +26,10 @@ SUPPORTED_OPS = frozenset({
     "Conv", "Gemm", "MatMul", "BatchNormalization", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu",
     "Sigmoid", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Concat", "Flatten", "Reshape",
     "Transpose", "Pad", "Slice", "Squeeze", "Unsqueeze", "Softmax", "Identity", "Dropout", "Constant"})
+# Ops allowed only where they fold away: on constants or in a shape-computing side chain.
+_SHAPE_OPS = frozenset({"Shape", "Gather", "Cast", "Size", "Range", "ConstantOfShape", "ReduceProd", "Equal",
+                        "Where", "Expand", "Floor", "Ceil", "Sqrt", "Pow", "Neg", "Abs", "Exp", "Log", "Min",
+                        "Max", "Tile"})
 # Inputs that carry run-time data; all other inputs of these ops are parameters and must be constant.
 _DATA_INPUTS = {"Conv": (0,), "Gemm": (0, 1, 2), "MatMul": (0, 1), "BatchNormalization": (0,), "Clip": (0,),
                 "Reshape": (0,), "Pad": (0,), "Slice": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "Dropout": (0,)}
@@ -93,6 +97,12 @@ class _Importer:
         self.info = info
         self.where = info.path or "model"
         self.opset = info.opset
+        for node in info.model.graph.node:  # name an unsupported op before shape inference trips over it
+            if node.domain not in ("", "ai.onnx"):
+                raise self.fail(node, f"custom domain {node.domain!r} is not supported")
+            if node.op_type not in SUPPORTED_OPS and node.op_type not in _SHAPE_OPS:
+                raise self.fail(node, f"op type {node.op_type!r} is not supported by cimc "
+                                      f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
         try:
             self.model = onnx.shape_inference.infer_shapes(info.model, data_prop=True)
         except Exception as exc:
@@ -147,9 +157,6 @@ class _Importer:
     # -- the pass ------------------------------------------------------------------------------------------
     def run(self) -> Graph:
         g = self.model.graph
-        for node in g.node:
-            if node.domain not in ("", "ai.onnx"):
-                raise self.fail(node, f"custom domain {node.domain!r} is not supported")
         self.fold_constants(g)
         live = self.live_nodes(g)
         for index, node in enumerate(g.node):

@@ -1,7 +1,8 @@
 """Quantise: weights to signed device levels with per-column (or per-layer) scales; activations from calibration.
 
-Weights: scale_n = max_k |W[k, n]| / L (L = device max level, 7 for 8-level devices; per layer: one max over the
-whole matrix), level = clip(rint(W / scale), -L, L) (round half to even). An all-zero column gets scale 1.
+Weights: scale_n = float32(max_k |W[k, n]| / L) (L = device max level, 7 for 8-level devices; per layer: one max
+over the whole matrix), level = clip(rint(W / scale_n), -L, L), both divisions in float64, rint rounding half to
+even. An all-zero column gets scale 1.
 The signed level is held by a device pair: g+ at level max(level, 0), g- at max(-level, 0) (cimc.layout).
 Activations (inputs of crossbar ops): see `act_quant_from_stats`.
 """
@@ -16,9 +17,11 @@ NAME = "quantize"
 
 
 def quantize_weights(matrix: np.ndarray, max_level: int, granularity: str) -> tuple[np.ndarray, np.ndarray]:
-    absmax = np.abs(matrix).max(axis=0) if granularity == "column" else np.full(matrix.shape[1], np.abs(matrix).max())
+    m = np.abs(matrix.astype(np.float64))
+    absmax = m.max(axis=0) if granularity == "column" else np.full(matrix.shape[1], m.max())
     scales = np.where(absmax > 0, absmax / max_level, 1.0).astype(np.float32)
-    levels = np.clip(np.rint(matrix / scales[None, :]), -max_level, max_level).astype(np.int8)
+    levels = np.rint(matrix.astype(np.float64) / scales.astype(np.float64)[None, :])
+    levels = np.clip(levels, -max_level, max_level).astype(np.int8)
     return levels, scales
 
 

@@ -1,0 +1,24 @@
+"""Shared fixtures: compiled models are cached per session because compiling ResNet-56 takes seconds."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import cimc
+from cimc import zoo
+
+
+@pytest.fixture(scope="session")
+def resnet56_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "resnet56.onnx"
+    onnx.save(zoo.resnet56(seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def resnet56_manifest(resnet56_path, tmp_path_factory):
+    calib = np.random.default_rng(100).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    manifest = cimc.compile(resnet56_path, "yao2020-resnet", calibration=calib, replicate={"conv1": 4})
+    manifest.save(tmp_path_factory.mktemp("manifests") / "resnet56")
+    return manifest

@@ -1,0 +1,71 @@
+"""Every supported op, lowered and run on the float backend, equals onnxruntime on the source model."""
+from __future__ import annotations
+
+import numpy as np
+import onnx_models as om
+import pytest
+
+import cimc
+from cimc import Session
+
+FIXED_BATCH = {"gemm_trans_a", "gemm_trans_ab0"}  # the activation is [K, batch]: calibrate on the same shape
+
+
+def _calibration(model, name):
+    if name in FIXED_BATCH:
+        return om.random_feeds(model, batch=4, seed=11)
+    parts = [om.random_feeds(model, batch=4, seed=s) for s in range(10, 14)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@pytest.mark.parametrize("name", sorted(om.ALL_VALID))
+def test_float_backend_matches_onnxruntime(name):
+    model = om.ALL_VALID[name]()
+    manifest = cimc.compile(model, "ideal", calibration=_calibration(model, name))
+    feeds = om.random_feeds(model, batch=4, seed=1)
+    expected = om.run_ort(model, feeds)
+    got = Session(manifest, backend="float").run(feeds)
+    got = [got] if isinstance(got, np.ndarray) else [got[o.name] for o in manifest.graph.outputs]
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        scale = max(float(np.abs(e).max()), 1e-6)
+        assert float(np.abs(g - e).max()) / scale < 1e-4
+        if e.ndim == 2 and e.shape[1] > 1:
+            np.testing.assert_array_equal(g.argmax(1), e.argmax(1))
+
+
+def test_small_cnn_top1_identical_on_many_inputs():
+    model = om.small_cnn()
+    manifest = cimc.compile(model, "yao2020-resnet", calibration=om.random_feeds(model, batch=32, seed=3))
+    ops = {op.op_type for op in manifest.graph.ops}
+    assert {"Concat", "MaxPool"} <= ops
+    assert any(op.conv is not None and op.conv.groups > 1 for op in manifest.graph.xbar_ops())
+    feeds = om.random_feeds(model, batch=200, seed=4)
+    expected = om.run_ort(model, feeds)[0]
+    got = Session(manifest, backend="float").run(feeds)
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
+    np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.parametrize("builder", [om.conv_bn, om.conv_add_bias, lambda: om.conv_arith("Mul", per_channel=True),
+                                     lambda: om.conv_arith("Sub", const_first=True), om.matmul_add_bias])
+def test_affine_ops_fold_into_the_crossbar_op(builder):
+    manifest = cimc.compile(builder(), "ideal", calibration=om.random_feeds(builder(), batch=8, seed=0))
+    assert [op.kind for op in manifest.graph.ops] == ["crossbar"]
+
+
+def test_shape_side_chain_is_dropped():
+    model = om.pytorch_flatten()
+    manifest = cimc.compile(model, "ideal", calibration=om.random_feeds(model, batch=8, seed=0))
+    assert {op.op_type for op in manifest.graph.ops} <= {"Conv", "Gemm", "Relu", "Reshape"}
+    reshape = next(op for op in manifest.graph.ops if op.op_type == "Reshape")
+    assert reshape.attrs["shape"][0] == 0  # the batch entry copies the input's batch size
+
+
+def test_batch_is_symbolic():
+    model = om.small_cnn()
+    manifest = cimc.compile(model, "ideal", calibration=om.random_feeds(model, batch=8, seed=0))
+    session = Session(manifest, backend="float")
+    for batch in (1, 3, 130):  # 130 > the session's chunk size
+        feeds = om.random_feeds(model, batch=batch, seed=batch)
+        assert session.run(feeds).shape == om.run_ort(model, feeds)[0].shape
