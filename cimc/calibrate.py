@@ -1,9 +1,13 @@
-"""Activation statistics for quantisation: run the float graph over the calibration set and record, for the
-input of every crossbar op, its minimum, max |x| and (for the "percentile" rule) a percentile of |x| computed on a
-deterministic strided subsample of at most 2^20 values per batch."""
+"""Activation statistics for quantisation: for the input of every crossbar op, its minimum, max |x| and (for the
+"percentile" rule) a percentile of |x| computed on a deterministic strided subsample of at most 2^20 values per
+batch. The float model runs in onnxruntime with those tensors exposed as extra outputs; where a crossbar input is a
+tensor the front end made (a transpose it inserted), the cimc float engine runs the IR instead."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
 
 from cimc.backends.reference import FloatBackend
 from cimc.executor import check_feeds, run_graph
@@ -12,22 +16,66 @@ from cimc.ir import Graph
 _SUBSAMPLE = 1 << 20
 
 
-def activation_stats(graph: Graph, data, percentile: float = 99.99, batch_size: int = 64,
-                     where: str = "calibration data") -> dict[str, dict]:
+class _Stats:
+    def __init__(self, percentile: float | None):
+        self.percentile = percentile
+        self.mins, self.maxs, self.samples = {}, {}, {}
+
+    def add(self, name: str, x: np.ndarray) -> None:
+        self.mins[name] = min(self.mins.get(name, np.inf), float(x.min()))
+        self.maxs[name] = max(self.maxs.get(name, 0.0), float(max(-x.min(), x.max())))
+        if self.percentile is not None:
+            a = np.abs(x).ravel()
+            self.samples.setdefault(name, []).append(a[::max(1, a.size // _SUBSAMPLE)])
+
+    def result(self) -> dict[str, dict]:
+        return {name: {"min": self.mins[name], "absmax": self.maxs[name],
+                       "percentile": None if self.percentile is None else
+                       float(np.percentile(np.concatenate(self.samples[name]), self.percentile))}
+                for name in self.mins}
+
+
+def activation_stats(graph: Graph, data, percentile: float | None = None, batch_size: int = 64,
+                     model: onnx.ModelProto | None = None, where: str = "calibration data") -> dict[str, dict]:
+    """`percentile`: also estimate that percentile of |x| (None: min and max |x| only)."""
     feeds = check_feeds(graph, data, where)
     n = len(next(iter(feeds.values())))
+    stats = _Stats(percentile)
+    session = _onnxruntime_with_taps(model, graph) if model is not None else None
+    if session is not None:
+        taps = {op.inputs[0]: [] for op in graph.xbar_ops()}
+        for op in graph.xbar_ops():
+            taps[op.inputs[0]].append(op.name)
+        names = list(taps)
+        for start in range(0, n, batch_size):
+            values = session.run(names, {k: v[start:start + batch_size] for k, v in feeds.items()})
+            for tensor, value in zip(names, values):
+                for op_name in taps[tensor]:
+                    stats.add(op_name, value)
+        return stats.result()
     backend = FloatBackend()
     backend.bind(graph, None, None)
-    mins, maxs, samples = {}, {}, {}
-
-    def observe(op, x):
-        a = np.abs(x).ravel()
-        mins[op.name] = min(mins.get(op.name, np.inf), float(x.min()))
-        maxs[op.name] = max(maxs.get(op.name, 0.0), float(a.max()))
-        samples.setdefault(op.name, []).append(a[::max(1, a.size // _SUBSAMPLE)])
-
     for start in range(0, n, batch_size):
-        run_graph(graph, {k: v[start:start + batch_size] for k, v in feeds.items()}, backend, observe)
-    return {name: {"min": mins[name], "absmax": maxs[name],
-                   "percentile": float(np.percentile(np.concatenate(samples[name]), percentile))}
-            for name in mins}
+        run_graph(graph, {k: v[start:start + batch_size] for k, v in feeds.items()}, backend,
+                  observe=lambda op, x: stats.add(op.name, x))
+    return stats.result()
+
+
+def _onnxruntime_with_taps(model: onnx.ModelProto, graph: Graph):
+    """The source model with every crossbar input added as an output, or None if one is not an ONNX tensor."""
+    produced = {t for node in model.graph.node for t in node.output} | {i.name for i in model.graph.input}
+    wanted = [op.inputs[0] for op in graph.xbar_ops()]
+    if any(t not in produced for t in wanted):
+        return None
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    existing = {o.name for o in tapped.graph.output}
+    for t in dict.fromkeys(wanted):
+        if t not in existing:
+            tapped.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(tapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime cannot run it: fall back to the cimc float engine
+        return None

@@ -70,7 +70,8 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     graph = _run_passes(graph, target, config, [canonicalize], timings)
     t0 = time.perf_counter()
     calib_summary, data = _calibration_data(calibration, graph)
-    config.activation_stats = calibrate.activation_stats(graph, data, target.quant.percentile)
+    percentile = target.quant.percentile if target.quant.calibration == "percentile" else None
+    config.activation_stats = calibrate.activation_stats(graph, data, percentile, model=info.model)
     timings["calibrate"] = time.perf_counter() - t0
     calib_summary["ranges"] = {name: {"min": s["min"], "absmax": s["absmax"]}
                                for name, s in config.activation_stats.items()}

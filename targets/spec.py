@@ -163,12 +163,36 @@ class QuantSpec:
 
 @dataclass(frozen=True)
 class EnergySpec:
-    """Energy and area numbers where known (None = unknown; estimates that need them say so)."""
-    array_pj_per_slot: float | None = None      # one array, one 1-bit input slot, all rows driven
-    driver_pj_per_slot: float | None = None
-    digital_pj_per_op: float | None = None
-    array_area_um2: float | None = None
-    peripheral_area_um2: float | None = None
+    """Energy and area numbers of one array and its periphery where known (None = unknown: estimates that need a
+    number report null for what depends on it and name the field, never a silent zero). ADC energy is
+    `adc.energy_pj` (per conversion). `cimc.passes.estimate` scales the per-array figures to the part of an array a
+    tile uses: array energy by the cells used, driver energy by the rows driven, ADC and digital energy by the
+    columns converted."""
+    array_pj_per_slot: float | None = None      # read energy of one full array, one input slot, all rows driven
+    driver_pj_per_slot: float | None = None     # row drivers and other non-ADC periphery of one array, one slot
+    digital_pj_per_op: float | None = None      # digital shift-and-add of one converted column, one slot
+    array_area_um2: float | None = None         # one crossbar array (cells and selectors)
+    peripheral_area_um2: float | None = None    # the periphery of one array: ADCs, drivers, shift-and-add
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _require(value is None or value >= 0, f"energy.{f.name}", "must be >= 0 (or omitted: unknown)")
+
+
+@dataclass(frozen=True)
+class TimingSpec:
+    """How long an input slot lasts. A slot is one 1-bit pulse (bit-serial inputs) or the one amplitude pulse
+    (analog inputs); `slot_ns` omitted = `input.pulse_ns`. `adc_sharing_stalls`: whether the `adc.columns_per_adc`
+    columns that share one ADC cost time. false: all of them are converted inside the slot (Yao's macro: 4 columns
+    per ADC within the 50 ns slot, 8 x 50 ns = 400 ns per 8-bit vector); true: each slot is repeated
+    columns_per_adc times, one conversion round each."""
+    slot_ns: float | None = None
+    adc_sharing_stalls: bool = False
+
+    def __post_init__(self):
+        _require(self.slot_ns is None or self.slot_ns > 0, "timing.slot_ns",
+                 "must be positive (or omitted: input.pulse_ns)")
 
 
 @dataclass(frozen=True)
@@ -183,6 +207,7 @@ class Target:
     chip: ChipSpec = field(default_factory=ChipSpec)
     quant: QuantSpec = field(default_factory=QuantSpec)
     energy: EnergySpec = field(default_factory=EnergySpec)
+    timing: TimingSpec = field(default_factory=TimingSpec)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -212,7 +237,8 @@ class Target:
 
 
 _SECTION_TYPES = {"array": ArraySpec, "device": DeviceSpec, "input": InputSpec, "adc": AdcSpec,
-                  "nonideal": NonIdealSpec, "chip": ChipSpec, "quant": QuantSpec, "energy": EnergySpec}
+                  "nonideal": NonIdealSpec, "chip": ChipSpec, "quant": QuantSpec, "energy": EnergySpec,
+                  "timing": TimingSpec}
 
 
 def _build_section(section_type, key: str, values: dict, source: str):

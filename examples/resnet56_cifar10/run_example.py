@@ -1,0 +1,86 @@
+"""ResNet-56 for CIFAR-10 on Yao et al.'s 144x16 arrays: array count, compile, run against onnxruntime.
+
+    python examples/resnet56_cifar10/run_example.py                     # random-weight ResNet-56 built here
+    python examples/resnet56_cifar10/run_example.py --model trained.onnx --data cifar10_test.npz
+
+Without --model the network is built with onnx.helper (cimc.zoo.resnet56: option-A shortcuts as Slice + Pad,
+random weights), so accuracies are meaningless; the array counts and the agreement with onnxruntime are not.
+--data is an npz with `x` float32 [N, 3, 32, 32] in the model's input normalisation and `y` int labels.
+Everything is written under --out (default out/resnet56).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import cimc
+from cimc import zoo
+from cimc.data import Dataset, load_npz
+from cimc.evaluate import evaluate
+from cimc.report import layer_table_text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", help="a trained ResNet-56 ONNX file (input [N,3,32,32]); default: random weights")
+    p.add_argument("--data", help="npz with x [N,3,32,32] float32 and y labels; default: random inputs")
+    p.add_argument("--calibration-samples", type=int, default=200)
+    p.add_argument("--samples", type=int, default=200, help="test samples to run")
+    p.add_argument("--target", default="yao2020-resnet")
+    p.add_argument("--out", default="out/resnet56")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model_path = Path(args.model) if args.model else out / "resnet56.onnx"
+    if not args.model:
+        onnx.save(zoo.resnet56(seed=0), model_path)
+        print(f"built {model_path} (random weights, option-A shortcuts)")
+
+    plain = cimc.count(model_path, args.target)
+    copied = cimc.count(model_path, args.target, replicate={"conv1": 4})
+    target = cimc.load_target(args.target)
+    print(layer_table_text(copied, target), end="")
+    print(f"arrays: {plain['total_arrays']} without replication, {copied['total_arrays']} with conv1 copied 4x "
+          "(the paper states 782; see README)")
+
+    rng = np.random.default_rng(0)
+    if args.data:
+        data = load_npz(args.data, ["input"])
+        x_all, labels = data.inputs["input"], data.labels
+        calib, test = x_all[:args.calibration_samples], x_all[args.calibration_samples:]
+        test_labels = None if labels is None else labels[args.calibration_samples:]
+    else:
+        calib = rng.standard_normal((args.calibration_samples, 3, 32, 32)).astype(np.float32)
+        test, test_labels = rng.standard_normal((args.samples, 3, 32, 32)).astype(np.float32), None
+    test = test[:args.samples]
+    test_labels = None if test_labels is None else test_labels[:args.samples]
+
+    start = time.perf_counter()
+    manifest = cimc.compile(model_path, args.target, calibration=calib, replicate={"conv1": 4})
+    manifest.save(out / "manifest")
+    print(f"compiled and saved {out / 'manifest'} in {time.perf_counter() - start:.2f} s")
+
+    dataset = Dataset({"input": test}, test_labels, None, None)
+    results = {}
+    for backend in ("float", "integer"):
+        r = evaluate(manifest, dataset, backend=backend, reference=str(model_path))
+        results[backend] = r
+        acc = "" if r["accuracy"] is None else f", accuracy {r['accuracy']:.4f} (onnxruntime {r['reference_accuracy']:.4f})"
+        print(f"{backend:8s}: top-1 agreement with onnxruntime {r['agreement']:.3f}, max relative error "
+              f"{r['max_rel_error']:.2e}{acc}")
+    summary = {"arrays_plain": plain["total_arrays"], "arrays_conv1_x4": copied["total_arrays"],
+               "results": results}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {out / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
