@@ -97,8 +97,8 @@ class Manifest:
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
-            np.savez_compressed(tmp / "arrays.npz", levels=self.arrays)
-            np.savez_compressed(tmp / "params.npz", **params)
+            _write_npz(tmp / "arrays.npz", {"levels": self.arrays}, compresslevel=1)  # mostly zeros: shrinks well
+            _write_npz(tmp / "params.npz", params, compresslevel=None)             # float32: barely compresses
             if directory.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
                 os.rename(directory, old / "m")
@@ -157,6 +157,15 @@ def load(directory) -> Manifest:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+def _write_npz(path: Path, arrays: dict[str, np.ndarray], compresslevel: int | None) -> None:
+    """np.savez with a choice of zlib level (np.savez_compressed's default level 6 takes seconds per 100 MB)."""
+    mode = zipfile.ZIP_STORED if compresslevel is None else zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(path, "w", compression=mode, compresslevel=compresslevel, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+
+
 def _validate_schema(doc, where):
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))

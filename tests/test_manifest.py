@@ -87,7 +87,7 @@ def test_failed_save_leaves_the_old_manifest_intact(saved, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez_compressed", boom)
+    monkeypatch.setattr(np.lib.format, "write_array", boom)
     with pytest.raises(OSError):
         manifest.save(path)
     assert (path / "manifest.json").read_text() == before
