@@ -12,15 +12,36 @@ import numpy as np
 from cimc import calibrate, frontend
 from cimc.data import load_npz
 from cimc.errors import ConfigError
-from cimc.passes import allocate, canonicalize, quantize, tile
+from cimc.passes import allocate, canonicalize, estimate, quantize, tile
 from cimc.passes import replicate as replicate_pass
+from cimc.passes.replicate import read_replication_file
 from cimc.targets.registry import load_target
 
 
 @dataclass
 class CompileConfig:
-    replicate: dict[str, int] = field(default_factory=dict)
+    replicate: dict[str, int] = field(default_factory=dict)   # fixed copies per layer (--replicate)
+    replication_file_copies: dict[str, int] | None = None     # fixed copies from --replication FILE
+    arrays: int | None = None          # array budget for the replication solver (default: the target's budget)
+    target_fps: float | None = None    # or: fewest arrays that reach this throughput
+    optimize: bool = True              # False: no solver even if the target has a budget
+    time_limit: float = 10.0           # CP-SAT seconds
     activation_stats: dict | None = None
+    replication_report: dict | None = None
+    estimates: dict | None = None
+
+
+def make_config(replicate=None, replication=None, arrays=None, target_fps=None, optimize=True,
+                time_limit=10.0) -> CompileConfig:
+    """`replication`: a replication.json path (or a {layer: copies} dict) whose copies are kept fixed."""
+    if isinstance(replication, (str, Path)):
+        replication = read_replication_file(replication)
+    if arrays is not None and (isinstance(arrays, bool) or not isinstance(arrays, int) or arrays < 1):
+        raise ConfigError(f"--arrays {arrays!r}: must be a positive integer")
+    if time_limit <= 0:
+        raise ConfigError(f"--time-limit {time_limit}: must be positive")
+    return CompileConfig(replicate=dict(replicate or {}), replication_file_copies=replication, arrays=arrays,
+                         target_fps=target_fps, optimize=optimize, time_limit=time_limit)
 
 
 def _run_passes(graph, target, config, passes, timings):
@@ -31,13 +52,16 @@ def _run_passes(graph, target, config, passes, timings):
     return graph
 
 
-def count(model, target="yao2020-resnet", replicate=None, overrides=None) -> dict:
-    """Arrays per crossbar layer without quantising (no calibration needed)."""
+def count(model, target="yao2020-resnet", replicate=None, overrides=None, **replication_options) -> dict:
+    """Arrays per crossbar layer without quantising (no calibration needed). `replication_options`: see
+    make_config (replication, arrays, target_fps, optimize, time_limit)."""
     target = load_target(target, overrides)
+    config = make_config(replicate, **replication_options)
     graph, _info = frontend.import_onnx(model)
-    config = CompileConfig(replicate=dict(replicate or {}))
     graph = _run_passes(graph, target, config, [canonicalize, tile, replicate_pass], {})
-    return layer_table(graph, target)
+    table = layer_table(graph, target)
+    table["replication"] = config.replication_report
+    return table
 
 
 def layer_table(graph, target) -> dict:
@@ -53,11 +77,14 @@ def layer_table(graph, target) -> dict:
             "total_arrays": sum(layer["arrays"] for layer in layers), "layers": layers}
 
 
-def compile(model, target="yao2020-resnet", calibration=None, replicate=None, overrides=None):
-    """ONNX model (path or ModelProto) -> Manifest. `calibration`: npz path, array, or dict of arrays."""
+def compile(model, target="yao2020-resnet", calibration=None, replicate=None, overrides=None,
+            **replication_options):
+    """ONNX model (path or ModelProto) -> Manifest. `calibration`: npz path, array, or dict of arrays.
+    `replicate`: fixed copies {layer: n}; `replication_options`: see make_config."""
     from cimc.manifest import Manifest
     start = time.perf_counter()
     target = load_target(target, overrides)
+    config = make_config(replicate, **replication_options)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     graph, info = frontend.import_onnx(model)
@@ -66,7 +93,6 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
         raise ConfigError("compiling needs calibration data to set the activation ranges: pass a few hundred "
                           "representative inputs (cimc compile ... --calibration calib.npz; "
                           "cimc.compile(..., calibration=array_or_path))")
-    config = CompileConfig(replicate=dict(replicate or {}))
     graph = _run_passes(graph, target, config, [canonicalize], timings)
     t0 = time.perf_counter()
     calib_summary, data = _calibration_data(calibration, graph)
@@ -76,8 +102,10 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     calib_summary["ranges"] = {name: {"min": s["min"], "absmax": s["absmax"]}
                                for name, s in config.activation_stats.items()}
     graph = _run_passes(graph, target, config,
-                        [quantize, tile, replicate_pass, allocate], timings)
+                        [quantize, tile, replicate_pass, allocate, estimate], timings)
     manifest = Manifest.build(graph, target, info, calib_summary)
+    manifest.replication = config.replication_report
+    manifest.estimates = config.estimates
     manifest.compile_seconds = time.perf_counter() - start
     manifest.pass_seconds = timings
     return manifest

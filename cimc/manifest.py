@@ -26,6 +26,7 @@ import cimc
 from cimc.errors import ManifestError
 from cimc.ir import ActQuant, ConvGeometry, DigitalOp, Graph, Placement, TensorInfo, Tile, XbarOp
 from cimc.layout import program_arrays, read_levels
+from cimc.passes.replicate import replication_document
 from cimc.targets.spec import Target
 
 SCHEMA_VERSION = 1
@@ -99,6 +100,9 @@ class Manifest:
             (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
             _write_npz(tmp / "arrays.npz", {"levels": self.arrays}, compresslevel=1)  # mostly zeros: shrinks well
             _write_npz(tmp / "params.npz", params, compresslevel=None)             # float32: barely compresses
+            if self.replication:
+                (tmp / "replication.json").write_text(json.dumps(replication_document(self.replication), indent=1)
+                                                      + "\n")
             if directory.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
                 os.rename(directory, old / "m")

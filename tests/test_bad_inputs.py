@@ -100,6 +100,10 @@ def test_over_budget_target_is_refused(tmp_path, capsys):
     np.savez(calib, x=np.zeros((4, 3, 16, 16), np.float32))
     code, out = _compile(tmp_path, model, calib, "--target", "yao2020-mcnn", "--set", "chip.pes_per_chip=1")
     assert code == 2 and not out.exists()
+    assert "budget of 1 arrays is below the" in capsys.readouterr().err
+    code, out = _compile(tmp_path, model, calib, "--target", "yao2020-mcnn", "--set", "chip.pes_per_chip=1",
+                         "--no-optimize")
+    assert code == 2 and not out.exists()
     assert "arrays but target 'yao2020-mcnn' has 1" in capsys.readouterr().err
 
 

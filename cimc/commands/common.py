@@ -29,5 +29,35 @@ def add_target_options(sp) -> None:
     sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                     help="override one target field, e.g. --set adc.bits=6 (repeatable)")
     sp.add_argument("--replicate", action="append", metavar="NODE=N",
-                    help="copies of a crossbar layer's weights, e.g. --replicate conv1=4 (repeatable)")
+                    help="fixed copies of a crossbar layer's weights, e.g. --replicate conv1=4 (repeatable)")
+    sp.add_argument("--replication", metavar="JSON",
+                    help="replication.json (written by compile, editable): its copies are kept fixed")
+    sp.add_argument("--arrays", type=int, metavar="N",
+                    help="array budget: choose copies by CP-SAT to minimise the bottleneck (default: the target's "
+                         "chip budget, if it has one)")
+    sp.add_argument("--target-fps", type=float, metavar="F",
+                    help="instead: the fewest arrays whose pipeline reaches F inferences per second")
+    sp.add_argument("--no-optimize", action="store_true",
+                    help="keep one copy per layer (or the fixed copies) even if the target has a budget")
+    sp.add_argument("--time-limit", type=float, default=10.0, metavar="S", help="CP-SAT time limit (default 10 s)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def replication_options(args) -> dict:
+    return {"replicate": parse_replicate(args.replicate), "replication": args.replication, "arrays": args.arrays,
+            "target_fps": args.target_fps, "optimize": not args.no_optimize, "time_limit": args.time_limit}
+
+
+def replication_summary(report: dict | None) -> str:
+    """One line on the replication plan and its greedy baseline."""
+    if not report:
+        return ""
+    line = (f"replication: {report['status']} ({report['mode']}), bottleneck {report['bottleneck_cycles']} cycles "
+            f"(unreplicated {report['unreplicated_bottleneck_cycles']}, speedup {report['speedup']:.2f}x), "
+            f"{report['arrays']} arrays")
+    if "greedy_bottleneck_cycles" in report:
+        line += (f"; greedy baseline {report['greedy_bottleneck_cycles']} cycles on {report['greedy_arrays']} "
+                 f"arrays")
+    if report["status"] not in ("FIXED",):
+        line += f"; solved in {report['solve_seconds']:.2f} s"
+    return line + "\n"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from cimc.commands.common import add_target_options, emit, parse_replicate
+from cimc.commands.common import add_target_options, emit, replication_options, replication_summary
 
 
 def add_parser(sub) -> None:
@@ -20,16 +20,19 @@ def run(args) -> int:
     from cimc.compiler import compile
     from cimc.report import layer_table_text
     start = time.perf_counter()
-    manifest = compile(args.model, args.target, calibration=args.calibration,
-                       replicate=parse_replicate(args.replicate), overrides=args.set)
+    manifest = compile(args.model, args.target, calibration=args.calibration, overrides=args.set,
+                       **replication_options(args))
     path = manifest.save(args.output)
     seconds = time.perf_counter() - start
     table = manifest.summary()
     if args.json:
         emit({"manifest": str(path), "total_arrays": table["total_arrays"], "layers": table["layers"],
-               "seconds": seconds, "pass_seconds": manifest.pass_seconds})
+              "replication": manifest.replication, "estimates": manifest.estimates["totals"],
+              "seconds": seconds, "pass_seconds": manifest.pass_seconds})
     else:
         print(layer_table_text(table, manifest.target), end="")
-        print(f"wrote {path} ({table['total_arrays']} arrays) in {seconds:.2f} s")
+        print(replication_summary(manifest.replication), end="")
+        print(f"wrote {path} ({table['total_arrays']} arrays; replication.json holds the copies to edit) "
+              f"in {seconds:.2f} s")
     return 0
 
