@@ -102,8 +102,9 @@ class ReplicationPlan:
 
     ``status``: ``"OPTIMAL"`` (proved), ``"FEASIBLE"`` (time limit hit; ``gap`` is
     the relative gap on the bottleneck from the solver's bound, and 0.0 if only
-    the array tie-break was unproved), ``"GREEDY"`` (heuristic), ``"FIXED"``
-    (every layer pinned, nothing to decide).
+    the array tie-break was unproved), ``"GREEDY"`` (heuristic; ``gap`` against the
+    trivial bound "slowest layer at its copy limit"), ``"FIXED"`` (every layer
+    pinned, nothing to decide).
     """
 
     copies: dict[str, int]
@@ -269,8 +270,8 @@ def greedy_replication(
     while True:
         worst = max(cands[i][idx[i]][1] for i in range(len(layers)))
         tied = [i for i in range(len(layers)) if cands[i][idx[i]][1] == worst]
-        # prefer a tied layer that cannot move (stop at once) or the dearest step
-        # first, so that no arrays are spent on a tie that cannot be broken anyway
+        # among tied layers take one that cannot move (stop at once) or else the
+        # dearest step first: fewer arrays wasted on a tie that cannot be broken
         costs = {i: step_cost(i) for i in tied}
         i = max(tied, key=lambda j: (math.inf if costs[j] is None else costs[j], -j))
         extra = costs[i]
@@ -280,7 +281,10 @@ def greedy_replication(
         used += extra
 
     copies = {l.name: cands[i][idx[i]][0] for i, l in enumerate(layers)}
-    return _make_plan(layers, copies, input_bits, "GREEDY", 0.0, time.perf_counter() - t0)
+    # gap against a trivial bound: no layer can beat its own copy limit
+    lower = max(cl[-1][1] for cl in cands)
+    gap = (worst - lower) / worst
+    return _make_plan(layers, copies, input_bits, "GREEDY", gap, time.perf_counter() - t0)
 
 
 # -------------------------------------------------------------------- CP-SAT
@@ -471,9 +475,7 @@ def solve_replication(
     # phase 1: minimise the bottleneck
     st1, sol1, obj1, bound1 = _cp_solve(cands, layers, budget, None, hint, time_limit, workers, seed)
     if sol1 is None:  # no solution within the time limit: fall back on the heuristic
-        lo = max(cl[-1][1] for cl in cands) * input_bits  # trivial lower bound
-        g = greedy.bottleneck_cycles
-        return _make_plan(layers, greedy.copies, input_bits, "GREEDY", (g - lo) / g, time.perf_counter() - t0)
+        return _make_plan(layers, greedy.copies, input_bits, "GREEDY", greedy.gap, time.perf_counter() - t0)
     gap = 0.0 if st1 == "OPTIMAL" else max(0.0, (obj1 - bound1) / obj1) if obj1 > 0 else 0.0
 
     # phase 2: fix the bottleneck, minimise arrays
