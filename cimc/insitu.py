@@ -1,0 +1,554 @@
+"""In-situ training of a 64-54-10 MLP on one Li et al. (Nat. Commun. 2018) 128x64 1T1R array.
+
+    from cimc.insitu import train_in_situ, train_ex_situ_and_transfer, ideal_simulation, defect_tolerance
+    r = train_in_situ("li2018", seed=0)                 # the target's 11% of devices stuck at 10 uS, 2% variation
+    r["final_accuracy"], r["accuracy_curve"], r["writes"]
+
+**The chip.** One array of the target (`array.rows` x `array.cols`, at least 128 x 64) holds both layers, as in the
+paper. A signed weight is a pair of devices in one column: input i drives row i with +v and row i + rows/2 with -v
+(`differential = "rows"`), so the column current is I = sum_i v_i (G+_i - G-_i).
+
+* layer 1 (fc1): 64 inputs x 54 outputs: rows 0..63 (+v) and 64..127 (-v), columns 0..53 (128 x 54 devices);
+* layer 2 (fc2): 54 inputs x 10 outputs: rows 0..53 (+v) and 64..117 (-v), columns 54..63 (108 x 10 devices).
+
+There are no bias terms: the array has no spare rows for layer 1, and the paper's layer 2 uses 108 x 10 devices.
+
+**Weights and conductances.** w = (G+ - G-) / g_scale with g_scale = (g_max - g_min) / w_max uS per unit weight
+(`w_max` = 1 by default), g_min/g_max from the target's `[device]` (li2018: 2.5..20 uS, g_scale = 17.5 uS). Programming
+a weight puts the pair symmetrically about the middle of the range, g_ref = (g_min + g_max) / 2:
+G+ = g_ref + w g_scale / 2, G- = g_ref - w g_scale / 2, so |w| <= w_max. The devices are analog, as in Li's in-situ
+training: conductances are continuous in [g_min, g_max]; `device.levels` is not used.
+
+**Reads.** An input x in [0, 1] is an amplitude v = x * `input.read_voltage_v` (0.2 V). Line currents (V x uS = uA)
+are converted back to pre-activations in software, z = I / (read_voltage_v * g_scale); ReLU and softmax are software.
+The hidden vector h is scaled per sample to at most read_voltage_v before it drives layer 2 (v = h / max(h) * 0.2 V)
+and the readout is scaled back by max(h): with an exact ADC this is the same function as h @ W2. The current
+readout is modelled as exact (the default, `adc_bits=None`); `adc_bits=8` instead rounds each layer's currents to a
+signed uniform grid whose full scale is the largest |I| of that read (a per-batch calibrated range).
+
+**Non-idealities** (from the target's `[nonideal]`, each can be overridden):
+
+* stuck devices: drawn by `cimc.targets.devices.DeviceModel` on the one array [1, rows, cols] with the run's seed
+  (its documented draw order: the same seed gives the same stuck cells, and a higher `stuck_rate` a superset of
+  them); a stuck device holds `stuck_at` (li2018: 10 uS; "g_min" = stuck OFF) and never changes. A measured defect
+  map (`defect_map=`) is honoured the same way.
+* update variation: each conductance change applied to a device is multiplied by (1 + N(0, update_sigma_rel))
+  (li2018: 2%), independently per device and per update.
+* programming error (`program_sigma_us`, `program_sigma_rel`, DeviceModel's formula sigma = sigma_us + sigma_rel * g)
+  applies whenever weights are programmed: the initial weights of in-situ training and the ex-situ transfer.
+* read noise (`read_noise_sigma_us`) is added to every line current (`devices.line_noise`) and to every device
+  conductance read back for the weights. Drift is not modelled (training and test happen at once).
+
+DeviceModel is used only to draw the stuck devices: its `program` maps the 8 discrete device levels of a compiled
+manifest to conductances, while Li's in-situ devices are analog and change by continuous updates, so the pair
+programming, the update rule and the analog programming error are written here (with DeviceModel's conventions).
+
+**In-situ training (Li).** Plain SGD with softmax cross-entropy, batch 50. The forward pass runs on the chip; the
+backward pass runs in software on the weights *read back* from the array (the effective weights, stuck devices
+included). Each update dW becomes dG = dW * g_scale, applied as equal and opposite changes, +dG/2 on G+ and -dG/2 on
+G- (each with its own variation), clipped to [g_min, g_max]; stuck devices ignore it. `writes` counts the device
+updates applied (non-zero changes to devices that are not stuck).
+
+**Ex-situ baseline.** The same MLP (same initial weights, batch order, learning rate and epochs) trained in float64
+software with the weights clipped to [-w_max, w_max] after each step (the range the chip can hold), then programmed
+onto the same defective chip instance (same seed -> same stuck cells) and evaluated there.
+
+**Data.** sklearn.datasets.load_digits (1,797 real 8x8 digits, pixel values 0..16 scaled to [0, 1]), split once with
+a fixed seed (`split_seed`, default 0) into 1,347 training and 450 test digits. Every random choice comes from a
+numpy Generator derived from `seed`: the same seed gives the identical result.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from cimc.errors import ConfigError, DataError
+
+LAYER_SIZES = (64, 54, 10)
+BATCH = 50
+DEFAULT_EPOCHS = 30
+DEFAULT_LR = 0.1
+DEFAULT_W_MAX = 1.0
+TEST_SIZE = 450
+PAPER = {"in_situ_11pct_accuracy": 91.71, "gap_points": 2.4, "in_situ_50pct_off_min": 60.0,
+         "simulated_1024x512_accuracy": 97.3}
+
+# Child streams of np.random.SeedSequence(seed); child 0 is `devices.read_generator(seed)` (read noise).
+_STREAM_READ, _STREAM_INIT, _STREAM_ORDER, _STREAM_UPDATE, _STREAM_PROGRAM = range(5)
+
+
+# -- layout ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerPlacement:
+    """Where a layer's n_in x n_out signed weights sit: +v on rows row0 + i, -v on rows minus_row0 + i,
+    output j on column col0 + j."""
+    name: str
+    n_in: int
+    n_out: int
+    col0: int
+    minus_row0: int
+    row0: int = 0
+
+    @property
+    def rows_plus(self) -> slice:
+        return slice(self.row0, self.row0 + self.n_in)
+
+    @property
+    def rows_minus(self) -> slice:
+        return slice(self.minus_row0, self.minus_row0 + self.n_in)
+
+    @property
+    def cols(self) -> slice:
+        return slice(self.col0, self.col0 + self.n_out)
+
+    @property
+    def devices(self) -> int:
+        return 2 * self.n_in * self.n_out
+
+
+def li2018_layout(rows: int = 128) -> tuple[LayerPlacement, LayerPlacement]:
+    """fc1 64x54 in columns 0..53 and fc2 54x10 in columns 54..63; -v rows start at rows/2."""
+    half = rows // 2
+    n_in, n_hidden, n_out = LAYER_SIZES
+    return (LayerPlacement("fc1", n_in, n_hidden, 0, half), LayerPlacement("fc2", n_hidden, n_out, n_hidden, half))
+
+
+# -- the chip -------------------------------------------------------------------------------------------------------
+class InSituChip:
+    """One analog crossbar array: conductances `g` [rows, cols] in uS, a `stuck` mask, signed weights as device
+    pairs on two row blocks, equal-and-opposite in-situ updates."""
+
+    def __init__(self, rows: int, cols: int, layers, *, g_min_us: float, g_max_us: float, w_max: float = DEFAULT_W_MAX,
+                 read_voltage_v: float = 0.2, stuck: np.ndarray | None = None, stuck_g_us: np.ndarray | None = None,
+                 update_sigma_rel: float = 0.0, program_sigma_us: float = 0.0, program_sigma_rel: float = 0.0,
+                 read_noise_sigma_us: float = 0.0, adc_bits: int | None = None, seed: int | None = 0):
+        if not 0 <= g_min_us < g_max_us:
+            raise ConfigError(f"conductance range {g_min_us}..{g_max_us} uS: need 0 <= g_min < g_max")
+        if not w_max > 0:
+            raise ConfigError(f"w_max {w_max}: must be positive")
+        if adc_bits is not None and not 2 <= int(adc_bits) <= 24:
+            raise ConfigError(f"adc_bits {adc_bits}: must be between 2 and 24 (or None: exact readout)")
+        self.rows, self.cols = int(rows), int(cols)
+        self.layers = tuple(layers)
+        for lay in self.layers:
+            if max(lay.rows_plus.stop, lay.rows_minus.stop) > self.rows or lay.cols.stop > self.cols:
+                raise ConfigError(f"layer {lay.name} ({lay.n_in}x{lay.n_out} as {lay.devices} devices) does not fit "
+                                  f"a {self.rows}x{self.cols} array")
+        self.g_min, self.g_max = float(g_min_us), float(g_max_us)
+        self.g_ref = (self.g_min + self.g_max) / 2
+        self.w_max = float(w_max)
+        self.g_scale = (self.g_max - self.g_min) / self.w_max          # uS per unit weight
+        self.read_voltage_v = float(read_voltage_v)
+        self.update_sigma_rel = float(update_sigma_rel)
+        self.program_sigma_us, self.program_sigma_rel = float(program_sigma_us), float(program_sigma_rel)
+        self.read_noise_sigma_us = float(read_noise_sigma_us)
+        self.adc_bits = None if adc_bits is None else int(adc_bits)
+        self.stuck = np.zeros((self.rows, self.cols), bool) if stuck is None else np.asarray(stuck, bool).copy()
+        if self.stuck.shape != (self.rows, self.cols):
+            raise ConfigError(f"stuck mask shape {list(self.stuck.shape)} != array {self.rows}x{self.cols}")
+        if stuck_g_us is None:
+            stuck_g_us = np.full((self.rows, self.cols), self.g_min)
+        self.stuck_g = np.broadcast_to(np.asarray(stuck_g_us, np.float64), self.stuck.shape).copy()
+        self.g = np.full((self.rows, self.cols), self.g_ref)
+        self.g[self.stuck] = self.stuck_g[self.stuck]
+        children = np.random.SeedSequence(seed).spawn(5)
+        self._rng_read = np.random.default_rng(children[_STREAM_READ])
+        self._rng_update = np.random.default_rng(children[_STREAM_UPDATE])
+        self._rng_program = np.random.default_rng(children[_STREAM_PROGRAM])
+        self.writes = 0
+        self.updates = 0
+
+    # programming and reading back
+    def layer(self, name_or_index) -> LayerPlacement:
+        if isinstance(name_or_index, LayerPlacement):
+            return name_or_index
+        if isinstance(name_or_index, int):
+            return self.layers[name_or_index]
+        for lay in self.layers:
+            if lay.name == name_or_index:
+                return lay
+        raise KeyError(name_or_index)
+
+    def program(self, layer, weights: np.ndarray) -> None:
+        """Write signed weights [n_in, n_out] as G+ = g_ref + w g_scale/2, G- = g_ref - w g_scale/2 (clipped to the
+        device range), with programming error; stuck devices keep their conductance."""
+        lay = self.layer(layer)
+        w = np.asarray(weights, np.float64)
+        if w.shape != (lay.n_in, lay.n_out):
+            raise ConfigError(f"{lay.name}: weights {list(w.shape)} != [{lay.n_in}, {lay.n_out}]")
+        half = w * self.g_scale / 2
+        for rows, target in ((lay.rows_plus, self.g_ref + half), (lay.rows_minus, self.g_ref - half)):
+            if self.program_sigma_us or self.program_sigma_rel:
+                sigma = self.program_sigma_us + self.program_sigma_rel * target
+                target = target + sigma * self._rng_program.standard_normal(target.shape)
+            block = np.clip(target, self.g_min, self.g_max)
+            stuck = self.stuck[rows, lay.cols]
+            self.g[rows, lay.cols] = np.where(stuck, self.g[rows, lay.cols], block)
+
+    def read_weights(self, layer) -> np.ndarray:
+        """The effective weights (G+ - G-) / g_scale read back from the array (with read noise if any)."""
+        lay = self.layer(layer)
+        gp, gm = self.g[lay.rows_plus, lay.cols], self.g[lay.rows_minus, lay.cols]
+        if self.read_noise_sigma_us:
+            gp = gp + self.read_noise_sigma_us * self._rng_read.standard_normal(gp.shape)
+            gm = gm + self.read_noise_sigma_us * self._rng_read.standard_normal(gm.shape)
+        return (gp - gm) / self.g_scale
+
+    def apply_update(self, layer, dw: np.ndarray) -> int:
+        """Apply a weight change dW [n_in, n_out]: dG = dW * g_scale, +dG/2 on G+ and -dG/2 on G-, each change times
+        (1 + N(0, update_sigma_rel)), clipped to [g_min, g_max]; stuck devices do not change. Returns the number of
+        device writes (non-zero changes to devices that are not stuck)."""
+        lay = self.layer(layer)
+        dw = np.asarray(dw, np.float64)
+        if dw.shape != (lay.n_in, lay.n_out):
+            raise ConfigError(f"{lay.name}: update {list(dw.shape)} != [{lay.n_in}, {lay.n_out}]")
+        half = dw * self.g_scale / 2
+        writes = 0
+        for rows, change in ((lay.rows_plus, half), (lay.rows_minus, -half)):
+            if self.update_sigma_rel:
+                change = change * (1.0 + self.update_sigma_rel * self._rng_update.standard_normal(change.shape))
+            live = ~self.stuck[rows, lay.cols]
+            block = self.g[rows, lay.cols]
+            self.g[rows, lay.cols] = np.where(live, np.clip(block + change, self.g_min, self.g_max), block)
+            writes += int(np.count_nonzero(live & (change != 0)))
+        self.writes += writes
+        self.updates += 1
+        return writes
+
+    # inference
+    def currents(self, layer, v: np.ndarray) -> np.ndarray:
+        """Line currents (uA) of a layer's columns for row amplitudes v [batch, n_in] in volts: +v on the G+ rows,
+        -v on the G- rows."""
+        lay = self.layer(layer)
+        drive = np.concatenate([v, -v], axis=1)
+        g = np.concatenate([self.g[lay.rows_plus, lay.cols], self.g[lay.rows_minus, lay.cols]], axis=0)
+        i = drive @ g
+        if self.read_noise_sigma_us:
+            from cimc.targets.devices import line_noise
+            i = i + line_noise(self._rng_read, np.repeat((2 * v * v).sum(1, keepdims=True), lay.n_out, 1),
+                               self.read_noise_sigma_us, dtype=np.float64)
+        if self.adc_bits is not None:
+            full = float(np.max(np.abs(i))) or 1.0
+            step = full / (2 ** (self.adc_bits - 1) - 1)
+            i = np.round(i / step) * step
+        return i
+
+    def matmul(self, layer, x: np.ndarray) -> np.ndarray:
+        """x @ W on the chip for non-negative x [batch, n_in]: each row of x scaled to at most read_voltage_v, the
+        currents converted back to weight units (exact with an exact ADC)."""
+        x = np.asarray(x, np.float64)
+        scale = np.max(x, axis=1, keepdims=True)
+        scale = np.where(scale > 0, scale, 1.0)
+        v = x / scale * self.read_voltage_v
+        return self.currents(layer, v) * scale / (self.read_voltage_v * self.g_scale)
+
+    def forward(self, x: np.ndarray):
+        """(z1, h, logits) of the 2-layer MLP; x in [0, 1] is applied as x * read_voltage_v (no per-sample scaling
+        for layer 1: the pixel amplitudes are already in range)."""
+        x = np.asarray(x, np.float64)
+        z1 = self.currents(0, x * self.read_voltage_v) / (self.read_voltage_v * self.g_scale)
+        h = np.maximum(z1, 0.0)
+        return z1, h, self.matmul(1, h)
+
+
+def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | float | None = None,
+                    update_sigma_rel: float | None = None, ideal: bool = False, w_max: float = DEFAULT_W_MAX,
+                    adc_bits: int | None = None, defect_map=None, seed: int | None = 0) -> InSituChip:
+    """A chip instance of the target: one array with Li's layout; stuck devices drawn by DeviceModel (seed)."""
+    from cimc.targets.devices import DeviceModel
+    target = _load(target)
+    arr = target.array
+    if arr.differential != "rows":
+        raise ConfigError(f"target {target.name!r}: in-situ training needs a 'rows'-differential array (inputs "
+                          f"applied as [+v; -v] on two row blocks, like li2018), not {arr.differential!r}")
+    need_rows, need_cols = 2 * LAYER_SIZES[0], LAYER_SIZES[1] + LAYER_SIZES[2]
+    if arr.rows < need_rows or arr.cols < need_cols:
+        raise ConfigError(f"target {target.name!r}: the 64-54-10 MLP needs one array of at least "
+                          f"{need_rows}x{need_cols} devices, the target's is {arr.rows}x{arr.cols}")
+    nonideal = _nonideal(target, stuck_rate, stuck_at, update_sigma_rel, ideal)
+    model = DeviceModel(target.device, nonideal, None if ideal else _defect_map(defect_map))
+    inst = model.program(np.zeros((1, arr.rows, arr.cols), np.uint8), seed=seed)
+    return InSituChip(arr.rows, arr.cols, li2018_layout(arr.rows), g_min_us=target.device.g_min_us,
+                      g_max_us=target.device.g_max_us, w_max=w_max, read_voltage_v=target.input.read_voltage_v,
+                      stuck=inst.stuck[0], stuck_g_us=inst.conductance_us[0],
+                      update_sigma_rel=nonideal.update_sigma_rel, program_sigma_us=nonideal.program_sigma_us,
+                      program_sigma_rel=nonideal.program_sigma_rel, read_noise_sigma_us=nonideal.read_noise_sigma_us,
+                      adc_bits=adc_bits, seed=seed)
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DigitsSplit:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+_DIGITS_CACHE: dict = {}
+
+
+def load_digits_split(split_seed: int = 0, test_size: int = TEST_SIZE) -> DigitsSplit:
+    """sklearn's 1,797 8x8 digits scaled to [0, 1], split with a fixed seed (1,347 train / 450 test by default)."""
+    key = (split_seed, test_size)
+    if key not in _DIGITS_CACHE:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise DataError("in-situ training uses sklearn.datasets.load_digits: install scikit-learn "
+                            "(pip install scikit-learn, or cimc's dev extra)") from None
+        d = load_digits()
+        x = (d.data / 16.0).astype(np.float64)
+        y = d.target.astype(np.int64)
+        if not 0 < test_size < len(y):
+            raise ConfigError(f"test_size {test_size}: must be between 1 and {len(y) - 1}")
+        order = np.random.default_rng(split_seed).permutation(len(y))
+        test, train = order[:test_size], order[test_size:]
+        _DIGITS_CACHE[key] = DigitsSplit(x[train], y[train], x[test], y[test])
+    return _DIGITS_CACHE[key]
+
+
+# -- training -------------------------------------------------------------------------------------------------------
+def init_weights(seed: int | None) -> list[np.ndarray]:
+    """He-normal initial weights [64, 54] and [54, 10], from the seed's init stream (no biases)."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(5)[_STREAM_INIT])
+    sizes = LAYER_SIZES
+    return [rng.standard_normal((sizes[k], sizes[k + 1])) * math.sqrt(2.0 / sizes[k]) for k in range(2)]
+
+
+def _batches(seed, n: int, epochs: int):
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(5)[_STREAM_ORDER])
+    return [[perm[i:i + BATCH] for i in range(0, n, BATCH)] for perm in (rng.permutation(n) for _ in range(epochs))]
+
+
+def _softmax_grad(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1.0
+    return p / len(y)
+
+
+def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, axis=1) == y))
+
+
+def _software_forward(weights, x):
+    z1 = x @ weights[0]
+    h = np.maximum(z1, 0.0)
+    return z1, h, h @ weights[1]
+
+
+def _check(epochs, lr):
+    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ConfigError(f"epochs {epochs!r}: must be a positive integer")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"learning rate {lr!r}: must be a positive number")
+
+
+def train_in_situ(target="li2018", stuck_rate: float | None = None, epochs: int = DEFAULT_EPOCHS,
+                  seed: int | None = 0, *, stuck_at: str | float | None = None, update_sigma_rel: float | None = None,
+                  lr: float = DEFAULT_LR, w_max: float = DEFAULT_W_MAX, adc_bits: int | None = None,
+                  ideal: bool = False, defect_map=None, split_seed: int = 0,
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """Li's in-situ training on one chip instance of `target`. stuck_rate/stuck_at/update_sigma_rel default to the
+    target's; `ideal=True` turns every non-ideality off (no stuck devices, variation, programming or read noise).
+
+    Returns {"method": "in_situ", "accuracy_curve": test accuracy after each epoch, "train_accuracy_curve",
+    "final_accuracy", "writes" (device updates applied), "updates" (batch update steps), "stuck_devices",
+    "stuck_fraction", "stuck_at_us", "chip": {...}, "seconds", ...}."""
+    _check(epochs, lr)
+    target = _load(target)
+    data = load_digits_split(split_seed)
+    chip = chip_for_target(target, stuck_rate=stuck_rate, stuck_at=stuck_at, update_sigma_rel=update_sigma_rel,
+                           ideal=ideal, w_max=w_max, adc_bits=adc_bits, defect_map=defect_map, seed=seed)
+    t0 = time.perf_counter()
+    for k, w in enumerate(init_weights(seed)):
+        chip.program(k, w)
+    curve, train_curve = [], []
+    for epoch, batches in enumerate(_batches(seed, len(data.y_train), epochs), 1):
+        for idx in batches:
+            x, y = data.x_train[idx], data.y_train[idx]
+            w2 = chip.read_weights(1)                        # the weights as they are on the chip
+            z1, h, logits = chip.forward(x)
+            d2 = _softmax_grad(logits, y)
+            d1 = (d2 @ w2.T) * (z1 > 0)
+            chip.apply_update(1, -lr * (h.T @ d2))
+            chip.apply_update(0, -lr * (x.T @ d1))
+        curve.append(_accuracy(chip.forward(data.x_test)[2], data.y_test))
+        train_curve.append(_accuracy(chip.forward(data.x_train)[2], data.y_train))
+        if progress:
+            progress(f"in situ epoch {epoch}/{epochs}: test {100 * curve[-1]:.2f}%")
+    result = _result("in_situ", chip, target, seed, epochs, lr, ideal, curve[-1], t0)
+    result.update(accuracy_curve=curve, train_accuracy_curve=train_curve, writes=chip.writes, updates=chip.updates)
+    return result
+
+
+def train_software(epochs: int = DEFAULT_EPOCHS, seed: int | None = 0, *, lr: float = DEFAULT_LR,
+                   w_max: float = DEFAULT_W_MAX, split_seed: int = 0,
+                   progress: Callable[[str], None] | None = None) -> tuple[list[np.ndarray], list[float]]:
+    """The same MLP, initial weights, batch order and SGD in float64 software, weights clipped to [-w_max, w_max].
+    Returns (weights, test accuracy per epoch)."""
+    _check(epochs, lr)
+    data = load_digits_split(split_seed)
+    w1, w2 = init_weights(seed)
+    curve = []
+    for epoch, batches in enumerate(_batches(seed, len(data.y_train), epochs), 1):
+        for idx in batches:
+            x, y = data.x_train[idx], data.y_train[idx]
+            z1, h, logits = _software_forward((w1, w2), x)
+            d2 = _softmax_grad(logits, y)
+            d1 = (d2 @ w2.T) * (z1 > 0)
+            w2 = np.clip(w2 - lr * (h.T @ d2), -w_max, w_max)
+            w1 = np.clip(w1 - lr * (x.T @ d1), -w_max, w_max)
+        curve.append(_accuracy(_software_forward((w1, w2), data.x_test)[2], data.y_test))
+        if progress:
+            progress(f"software epoch {epoch}/{epochs}: test {100 * curve[-1]:.2f}%")
+    return [w1, w2], curve
+
+
+def train_ex_situ_and_transfer(target="li2018", stuck_rate: float | None = None, epochs: int = DEFAULT_EPOCHS,
+                               seed: int | None = 0, *, stuck_at: str | float | None = None, lr: float = DEFAULT_LR,
+                               w_max: float = DEFAULT_W_MAX, adc_bits: int | None = None, ideal: bool = False,
+                               defect_map=None, split_seed: int = 0,
+                               progress: Callable[[str], None] | None = None) -> dict:
+    """Train in software (train_software), program the weights onto the chip instance of the same seed (same stuck
+    cells as train_in_situ), evaluate there. Returns {"method": "ex_situ", "final_accuracy" (on the chip),
+    "software_accuracy", "software_accuracy_curve", "clipped_weights" (software weights at +-w_max), ...}."""
+    target = _load(target)
+    data = load_digits_split(split_seed)
+    weights, curve = train_software(epochs, seed, lr=lr, w_max=w_max, split_seed=split_seed, progress=progress)
+    chip = chip_for_target(target, stuck_rate=stuck_rate, stuck_at=stuck_at, ideal=ideal, w_max=w_max,
+                           adc_bits=adc_bits, defect_map=defect_map, seed=seed)
+    t0 = time.perf_counter()
+    for k, w in enumerate(weights):
+        chip.program(k, w)
+    acc = _accuracy(chip.forward(data.x_test)[2], data.y_test)
+    result = _result("ex_situ", chip, target, seed, epochs, lr, ideal, acc, t0)
+    result.update(software_accuracy=curve[-1], software_accuracy_curve=curve,
+                  clipped_weights=int(sum(np.count_nonzero(np.abs(w) >= w_max) for w in weights)))
+    return result
+
+
+def ideal_simulation(target="li2018", epochs: int = DEFAULT_EPOCHS, seed: int | None = 0, **kwargs) -> dict:
+    """In-situ training on a defect-free chip: no stuck devices, no update variation, no programming or read noise
+    (the conductance range and its clipping stay)."""
+    kwargs.pop("stuck_rate", None)
+    return train_in_situ(target, epochs=epochs, seed=seed, ideal=True, **kwargs)
+
+
+def defect_tolerance(target="li2018", rates=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5), epochs: int = DEFAULT_EPOCHS,
+                     seed: int | None = 0, *, stuck_at: str | float | None = "g_min", seeds=None,
+                     progress: Callable[[str], None] | None = None, **kwargs) -> list[dict]:
+    """In situ vs ex situ accuracy per stuck rate (stuck OFF = g_min by default, as in the paper's tolerance
+    experiment). With `seeds` (a list) each point is the mean over those chip instances, and the per-seed values
+    are kept. Returns [{"stuck_rate", "in_situ", "ex_situ", ...}]."""
+    target = _load(target)
+    seed_list = list(seeds) if seeds is not None else [seed]
+    if not seed_list:
+        raise ConfigError("defect_tolerance: seeds is empty")
+    rows = []
+    for rate in rates:
+        rate = _fraction(rate)
+        ins, exs = [], []
+        for s in seed_list:
+            ins.append(train_in_situ(target, rate, epochs, s, stuck_at=stuck_at, **kwargs)["final_accuracy"])
+            exs.append(train_ex_situ_and_transfer(target, rate, epochs, s, stuck_at=stuck_at,
+                                                  **_ex_kwargs(kwargs))["final_accuracy"])
+        row = {"stuck_rate": rate, "stuck_at": _stuck_at_text(stuck_at, target), "in_situ": float(np.mean(ins)),
+               "ex_situ": float(np.mean(exs))}
+        if len(seed_list) > 1:
+            row.update(seeds=seed_list, in_situ_per_seed=ins, ex_situ_per_seed=exs)
+        rows.append(row)
+        if progress:
+            progress(f"stuck {100 * rate:.0f}%: in situ {100 * row['in_situ']:.2f}%, "
+                     f"ex situ {100 * row['ex_situ']:.2f}%")
+    return rows
+
+
+def study(target="li2018", stuck_rate: float | None = None, epochs: int = DEFAULT_EPOCHS, seed: int | None = 0, *,
+          curve: bool = False, rates=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5), curve_stuck_at="g_min",
+          progress: Callable[[str], None] | None = None, **kwargs) -> dict:
+    """What `cimc insitu` prints: ideal simulation, in situ on the defective chip, their gap, ex situ transferred
+    (and with curve=True the defect-tolerance table)."""
+    target = _load(target)
+    stuck_at = kwargs.pop("stuck_at", None)
+    ideal = ideal_simulation(target, epochs, seed, progress=progress, **kwargs)
+    ins = train_in_situ(target, stuck_rate, epochs, seed, stuck_at=stuck_at, progress=progress, **kwargs)
+    exs = train_ex_situ_and_transfer(target, stuck_rate, epochs, seed, stuck_at=stuck_at, progress=progress,
+                                     **_ex_kwargs(kwargs))
+    out = {"target": target.name, "seed": seed, "epochs": epochs, "batch": BATCH,
+           "ideal_simulation": ideal, "in_situ": ins, "ex_situ": exs,
+           "gap_points": 100 * (ideal["final_accuracy"] - ins["final_accuracy"]), "paper": dict(PAPER)}
+    if curve:
+        out["defect_tolerance"] = defect_tolerance(target, rates, epochs, seed, stuck_at=curve_stuck_at,
+                                                   progress=progress, **kwargs)
+    return out
+
+
+# -- helpers --------------------------------------------------------------------------------------------------------
+def _load(target):
+    from cimc.targets.registry import load_target
+    from cimc.targets.spec import Target
+    return target if isinstance(target, Target) else load_target(target)
+
+
+def _fraction(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"stuck rate {value!r}: expected a fraction between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"stuck rate {value!r}: must be a fraction between 0 and 1")
+    return value
+
+
+def _nonideal(target, stuck_rate, stuck_at, update_sigma_rel, ideal):
+    import dataclasses
+
+    from cimc.targets.spec import NonIdealSpec
+    if ideal:
+        return NonIdealSpec()
+    changes = {}
+    if stuck_rate is not None:
+        changes["stuck_rate"] = _fraction(stuck_rate)
+    if stuck_at is not None:
+        changes["stuck_at"] = str(stuck_at)
+    if update_sigma_rel is not None:
+        changes["update_sigma_rel"] = float(update_sigma_rel)
+    return dataclasses.replace(target.nonideal, **changes)      # NonIdealSpec validates (TargetError)
+
+
+def _defect_map(defect_map):
+    if defect_map is None:
+        return None
+    from cimc.targets.devices import DefectMap, load_defect_map
+    return defect_map if isinstance(defect_map, DefectMap) else load_defect_map(defect_map)
+
+
+def _ex_kwargs(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k != "update_sigma_rel"}
+
+
+def _stuck_at_text(stuck_at, target) -> str:
+    return str(stuck_at) if stuck_at is not None else target.nonideal.stuck_at
+
+
+def _result(method, chip: InSituChip, target, seed, epochs, lr, ideal, accuracy, t0) -> dict:
+    stuck_values = chip.stuck_g[chip.stuck]
+    return {"method": method, "target": target.name, "seed": seed, "epochs": epochs, "batch": BATCH, "lr": lr,
+            "ideal": bool(ideal), "final_accuracy": float(accuracy),
+            "stuck_devices": int(chip.stuck.sum()), "stuck_fraction": float(chip.stuck.mean()),
+            "stuck_at_us": float(np.median(stuck_values)) if stuck_values.size else None,
+            "update_sigma_rel": chip.update_sigma_rel if method == "in_situ" else None,
+            "chip": {"rows": chip.rows, "cols": chip.cols, "g_min_us": chip.g_min, "g_max_us": chip.g_max,
+                     "g_ref_us": chip.g_ref, "g_scale_us": chip.g_scale, "w_max": chip.w_max,
+                     "read_voltage_v": chip.read_voltage_v,
+                     "adc": "exact" if chip.adc_bits is None else f"{chip.adc_bits}-bit",
+                     "layers": [{"name": l.name, "inputs": l.n_in, "outputs": l.n_out, "devices": l.devices,
+                                 "columns": [l.cols.start, l.cols.stop - 1]} for l in chip.layers]},
+            "seconds": time.perf_counter() - t0}
