@@ -12,7 +12,7 @@ import numpy as np
 from cimc import calibrate, frontend
 from cimc.data import load_npz
 from cimc.errors import ConfigError
-from cimc.passes import allocate, canonicalize, estimate, quantize, tile
+from cimc.passes import allocate, canonicalize, estimate, pack, quantize, tile
 from cimc.passes import replicate as replicate_pass
 from cimc.passes.replicate import read_replication_file
 from cimc.targets.registry import load_target
@@ -26,13 +26,14 @@ class CompileConfig:
     target_fps: float | None = None    # or: fewest arrays that reach this throughput
     optimize: bool = True              # False: no solver even if the target has a budget
     time_limit: float = 10.0           # CP-SAT seconds
+    pack: bool = False                 # joint copies + placement, several tiles per array (passes/pack.py)
     activation_stats: dict | None = None
     replication_report: dict | None = None
     estimates: dict | None = None
 
 
 def make_config(replicate=None, replication=None, arrays=None, target_fps=None, optimize=True,
-                time_limit=10.0) -> CompileConfig:
+                time_limit=10.0, pack=False) -> CompileConfig:
     """`replication`: a replication.json path (or a {layer: copies} dict) whose copies are kept fixed."""
     if isinstance(replication, (str, Path)):
         replication = read_replication_file(replication)
@@ -41,7 +42,7 @@ def make_config(replicate=None, replication=None, arrays=None, target_fps=None, 
     if time_limit <= 0:
         raise ConfigError(f"--time-limit {time_limit}: must be positive")
     return CompileConfig(replicate=dict(replicate or {}), replication_file_copies=replication, arrays=arrays,
-                         target_fps=target_fps, optimize=optimize, time_limit=time_limit)
+                         target_fps=target_fps, optimize=optimize, time_limit=time_limit, pack=bool(pack))
 
 
 def _run_passes(graph, target, config, passes, timings):
@@ -54,11 +55,12 @@ def _run_passes(graph, target, config, passes, timings):
 
 def count(model, target="yao2020-resnet", replicate=None, overrides=None, **replication_options) -> dict:
     """Arrays per crossbar layer without quantising (no calibration needed). `replication_options`: see
-    make_config (replication, arrays, target_fps, optimize, time_limit)."""
+    make_config (replication, arrays, target_fps, optimize, time_limit, pack)."""
     target = load_target(target, overrides)
     config = make_config(replicate, **replication_options)
     graph, _info = frontend.import_onnx(model)
-    graph = _run_passes(graph, target, config, [canonicalize, tile, replicate_pass], {})
+    placing = [pack] if config.pack else [replicate_pass]    # pack chooses copies and placements together
+    graph = _run_passes(graph, target, config, [canonicalize, tile, *placing], {})
     table = layer_table(graph, target)
     table["replication"] = config.replication_report
     return table
@@ -69,12 +71,17 @@ def layer_table(graph, target) -> dict:
     for op in graph.xbar_ops():
         row_tiles = -(-op.rows // target.array.inputs_per_tile)
         col_tiles = -(-op.cols // target.array.outputs_per_tile)
+        placed = {p.array for t in op.tiles for p in t.placements}
         layers.append({"name": op.name, "op_type": op.op_type, "rows": op.rows, "cols": op.cols,
                        "row_tiles": row_tiles, "col_tiles": col_tiles, "tiles": len(op.tiles),
-                       "copies": op.replicas, "arrays": len(op.tiles) * op.replicas, "positions": op.positions})
+                       "copies": op.replicas, "arrays": len(placed) if placed else len(op.tiles) * op.replicas,
+                       "positions": op.positions})
+    # packed tiles share arrays (passes/pack.py): the total is the distinct arrays placed, not the sum over layers
+    placed_all = {p.array for op in graph.xbar_ops() for t in op.tiles for p in t.placements}
     return {"target": target.name, "array": {"rows": target.array.rows, "cols": target.array.cols,
                                              "differential": target.array.differential},
-            "total_arrays": sum(layer["arrays"] for layer in layers), "layers": layers}
+            "total_arrays": len(placed_all) if placed_all else sum(layer["arrays"] for layer in layers),
+            "layers": layers}
 
 
 def compile(model, target="yao2020-resnet", calibration=None, replicate=None, overrides=None,
@@ -101,8 +108,8 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     timings["calibrate"] = time.perf_counter() - t0
     calib_summary["ranges"] = {name: {"min": s["min"], "absmax": s["absmax"]}
                                for name, s in config.activation_stats.items()}
-    graph = _run_passes(graph, target, config,
-                        [quantize, tile, replicate_pass, allocate, estimate], timings)
+    placing = [pack] if config.pack else [replicate_pass, allocate]   # pack: copies + placements, tiles share arrays
+    graph = _run_passes(graph, target, config, [quantize, tile, *placing, estimate], timings)
     manifest = Manifest.build(graph, target, info, calib_summary)
     manifest.replication = config.replication_report
     manifest.estimates = config.estimates

@@ -188,9 +188,25 @@ def estimate_graph(graph: Graph, target) -> dict:
         busy_slots.append(slots_work * s * len(tiles))   # array-slots the layer keeps busy per inference
     bottleneck = max(layers, key=lambda l: l["cycles"]) if layers else None
     bottleneck_cycles = bottleneck["cycles"] if layers else 0
+    # Tiles that share an array (passes/pack.py) time-share it: one read per array per slot, so an array's load is
+    # the sum of the cycles of the tile copies on it, and the pipelined period is the largest load. With one tile
+    # per array each load is one layer's cycles and this is the slowest layer, as above.
+    loads: dict[int, int] = {}
+    for op, layer in zip(graph.xbar_ops(), layers):
+        for t in op.tiles:
+            for p in t.placements:
+                loads[p.array] = loads.get(p.array, 0) + layer["cycles"]
+    bottleneck_cycles = max([bottleneck_cycles, *loads.values()])
+    shared = len(loads) < sum(len(t.placements) for op in graph.xbar_ops() for t in op.tiles)
+    if shared:        # a layer's "arrays" is then the arrays it touches; the total counts each array once
+        touched = [{p.array for t in op.tiles for p in t.placements} for op in graph.xbar_ops()]
+        for layer, arrays in zip(layers, touched):
+            layer["arrays"] = len(arrays)
+            layer["area_um2"] = _mul(area_array["total"], len(arrays))
+            layer["utilisation"] = layer["utilisation"] * layer["copies"] * layer["tiles"] / len(arrays)
     for layer, busy in zip(layers, busy_slots):  # share of its arrays' slots kept busy at the bottleneck's pace
         layer["pipeline_utilisation"] = busy / (layer["arrays"] * bottleneck_cycles) if layer["arrays"] else 0.0
-    total_arrays = sum(l["arrays"] for l in layers)
+    total_arrays = len(loads) if shared else sum(l["arrays"] for l in layers)
     latency_cycles = sum(l["cycles"] for l in layers)
     ops = sum(l["ops"] for l in layers)
     energy = {c: None if any(l["energy_pj"][c] is None for l in layers) else sum(l["energy_pj"][c] for l in layers)
@@ -206,6 +222,8 @@ def estimate_graph(graph: Graph, target) -> dict:
         "arrays": total_arrays, "ops": ops,
         "latency_cycles": latency_cycles, "latency_ns": latency_cycles * slot,
         "bottleneck_cycles": bottleneck_cycles, "bottleneck_layer": bottleneck["name"] if layers else None,
+        "shared_arrays": shared,
+        "bottleneck_arrays": sorted(a for a, load in loads.items() if load == bottleneck_cycles) if shared else None,
         "throughput_per_s": throughput,
         "gops": gops,                                                # pipelined
         "gops_unpipelined": ops / (latency_cycles * slot) if latency_cycles else None,
@@ -225,7 +243,8 @@ def estimate_graph(graph: Graph, target) -> dict:
         "layers": layers, "totals": totals, "missing": _missing(target),
         "conventions": (
             f"cycles = ceil(positions / copies) x {b} input slot(s){f' x {s} ADC rounds' if s > 1 else ''}, "
-            f"{slot:g} ns each; latency = sum over layers, throughput = 1 / slowest layer (pipelined); "
+            f"{slot:g} ns each; latency = sum over layers, throughput = 1 / slowest layer (pipelined; "
+            "with tiles sharing an array, 1 / the busiest array's summed cycles); "
             "ops = 2 x K x N x positions; energy per tile read scales with the cells (array), rows (drivers) and "
             "columns (ADC, digital shift-and-add) the tile uses; digital layers (ReLU, pooling, ...) not counted; "
             "area = arrays x (array + periphery); utilisation = cells used / cells of the arrays used"),

@@ -40,12 +40,16 @@ def add_target_options(sp) -> None:
     sp.add_argument("--no-optimize", action="store_true",
                     help="keep one copy per layer (or the fixed copies) even if the target has a budget")
     sp.add_argument("--time-limit", type=float, default=10.0, metavar="S", help="CP-SAT time limit (default 10 s)")
+    sp.add_argument("--pack", action="store_true",
+                    help="choose copies and place tiles jointly (CP-SAT), several tiles per array time-sharing it; "
+                         "needs a budget (--arrays or the target's); small chips only (passes/pack.py)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def replication_options(args) -> dict:
     return {"replicate": parse_replicate(args.replicate), "replication": args.replication, "arrays": args.arrays,
-            "target_fps": args.target_fps, "optimize": not args.no_optimize, "time_limit": args.time_limit}
+            "target_fps": args.target_fps, "optimize": not args.no_optimize, "time_limit": args.time_limit,
+            "pack": args.pack}
 
 
 def replication_summary(report: dict | None) -> str:
@@ -55,7 +59,13 @@ def replication_summary(report: dict | None) -> str:
     line = (f"replication: {report['status']} ({report['mode']}), bottleneck {report['bottleneck_cycles']} cycles "
             f"(unreplicated {report['unreplicated_bottleneck_cycles']}, speedup {report['speedup']:.2f}x), "
             f"{report['arrays']} arrays")
-    if "greedy_bottleneck_cycles" in report:
+    if report.get("mode") == "pack" and report.get("one_tile_per_array"):
+        one = report["one_tile_per_array"]
+        line += (f"; one tile per array: {one['bottleneck_cycles']} cycles on {one['arrays']} arrays "
+                 f"(packing {report['gain_vs_one_tile_per_array']:.2f}x faster"
+                 + (f", {report['arrays_saved']} array(s) saved at that period" if report.get("arrays_saved") else "")
+                 + f"); {report['speedup_vs_sequential']:.2f}x over all layers unreplicated one after another")
+    elif "greedy_bottleneck_cycles" in report:
         line += (f"; greedy baseline {report['greedy_bottleneck_cycles']} cycles on {report['greedy_arrays']} "
                  f"arrays")
     if report["status"] not in ("FIXED",):
