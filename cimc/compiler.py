@@ -78,10 +78,11 @@ def layer_table(graph, target) -> dict:
                        "positions": op.positions})
     # packed tiles share arrays (passes/pack.py): the total is the distinct arrays placed, not the sum over layers
     placed_all = {p.array for op in graph.xbar_ops() for t in op.tiles for p in t.placements}
+    tile_copies = sum(len(op.tiles) * op.replicas for op in graph.xbar_ops())
     return {"target": target.name, "array": {"rows": target.array.rows, "cols": target.array.cols,
                                              "differential": target.array.differential},
             "total_arrays": len(placed_all) if placed_all else sum(layer["arrays"] for layer in layers),
-            "layers": layers}
+            "packed": bool(placed_all) and len(placed_all) < tile_copies, "layers": layers}
 
 
 def compile(model, target="yao2020-resnet", calibration=None, replicate=None, overrides=None,

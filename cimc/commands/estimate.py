@@ -100,8 +100,8 @@ def _graph_text(r: dict) -> str:
                  f"{_f(t['energy_pj']['total'], '.2f', 1e-3):>10} {_f(t['gops'], '.2f'):>8} "
                  f"{t['utilisation']:>5.2f}\n")
     e = t["energy_pj"]
-    lines.append(f"pipelined: {_f(t['throughput_per_s'], ',.0f')} inferences/s (bottleneck {t['bottleneck_layer']}, "
-                 f"{t['bottleneck_cycles']} cycles), {_f(t['gops'], '.2f')} GOPS, {_f(t['power_mw'], '.3f')} mW\n")
+    lines.append(f"pipelined: {_f(t['throughput_per_s'], ',.0f')} inferences/s (period {t['bottleneck_cycles']} cycles, set by "
+                 f"{t['bottleneck_layer']}{' on shared arrays' if t.get('shared_arrays') else ''}), {_f(t['gops'], '.2f')} GOPS, {_f(t['power_mw'], '.3f')} mW\n")
     lines.append("energy per inference (nJ): " + ", ".join(f"{name} {_f(e[name], '.2f', 1e-3)}"
                                                            for name in ("array", "drivers", "adc", "digital"))
                  + f"; {_f(t['gops_per_w'], ',.0f')} GOPS/W\n")
