@@ -1,4 +1,10 @@
-"""Run a manifest on a data set beside onnxruntime on the source model, and compare."""
+"""Run a manifest on a data set beside onnxruntime on the source model, and compare.
+
+For the `crossbar` backend, `evaluate` runs `trials` independent chip instances (seeds seed, seed+1, ...), the
+integer backend (the ideal chip) once and onnxruntime once, all on the same inputs, and reports per trial and in
+aggregate: accuracy, top-1 agreement and largest output difference against the integer backend, timings, and (with
+`layers=True`) each crossbar layer's error against the exact integer product and its ADC clipping rate.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cimc.data import Dataset
-from cimc.errors import DataError, ModelError
+from cimc.errors import ConfigError, DataError, ModelError
 from cimc.executor import Session
 
 
@@ -20,10 +26,16 @@ class Progress:
     def __init__(self, label: str, total: int, enabled: bool):
         self.label, self.total = label, total
         self.enabled = enabled and sys.stderr.isatty()
+        self.start = time.perf_counter()
 
     def update(self, done: int, extra: str = "") -> None:
         if self.enabled:
-            sys.stderr.write(f"\r{self.label}: {done}/{self.total} {extra}   ")
+            width = 30
+            filled = int(width * done / max(self.total, 1))
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / done * (self.total - done) if done else 0.0
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+                             f"{elapsed:.0f}s elapsed, ~{eta:.0f}s left {extra}   ")
             sys.stderr.flush()
 
     def close(self) -> None:
@@ -48,41 +60,128 @@ def reference_session(manifest, reference: str | None) -> tuple[ort.InferenceSes
     return sess, path
 
 
+def _batches(data: Dataset, batch_size: int):
+    for start in range(0, len(data), batch_size):
+        yield start, {k: v[start:start + batch_size] for k, v in data.inputs.items()}
+
+
+def _run_session(session: Session, data: Dataset, batch_size: int, out_name: str, bar: Progress | None,
+                 done: int = 0) -> tuple[np.ndarray, float]:
+    outs, seconds = [], 0.0
+    for start, batch in _batches(data, batch_size):
+        t0 = time.perf_counter()
+        y = session.run(batch)
+        seconds += time.perf_counter() - t0
+        outs.append(y if not isinstance(y, dict) else y[out_name])
+        if bar is not None:
+            bar.update(done + min(start + batch_size, len(data)))
+    return np.concatenate(outs), seconds
+
+
+def _run_reference(ref: ort.InferenceSession, data: Dataset, batch_size: int,
+                   out_name: str) -> tuple[np.ndarray, float]:
+    outs, seconds = [], 0.0
+    for _, batch in _batches(data, batch_size):
+        t0 = time.perf_counter()
+        outs.append(ref.run([out_name], {k: v.astype(np.float32) for k, v in batch.items()})[0])
+        seconds += time.perf_counter() - t0
+    return np.concatenate(outs), seconds
+
+
 def evaluate(manifest, data: Dataset, backend: str = "integer", seed: int | None = None,
-             reference: str | None = None, batch_size: int = 100, progress: bool = False) -> dict:
+             reference: str | None = None, batch_size: int = 100, progress: bool = False, trials: int = 1,
+             backend_options: dict | None = None, layers: bool = False) -> dict:
+    """Run `backend` on `data` beside onnxruntime; see the module doc for the crossbar extras.
+    `backend_options` go to the crossbar backend (cimc.backends.crossbar.CrossbarBackend)."""
+    if trials < 1:
+        raise ConfigError(f"--trials {trials}: must be at least 1")
+    if backend != "crossbar" and (trials != 1 or backend_options or layers):
+        raise ConfigError("--trials, --layers and the device/ADC options apply to --backend crossbar only")
+    if backend == "crossbar":
+        return _evaluate_crossbar(manifest, data, seed, reference, batch_size, progress, trials,
+                                  dict(backend_options or {}), layers)
     session = Session(manifest, backend=backend, seed=seed, batch_size=batch_size)
     ref, ref_path = reference_session(session.manifest, reference)
     out_name = session.output_names[0]
-    n = len(data)
-    outs, refs = [], []
-    backend_s = reference_s = 0.0
-    bar = Progress(f"cimc run ({backend})", n, progress)
-    for start in range(0, n, batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in data.inputs.items()}
-        t0 = time.perf_counter()
-        y = session.run(batch)
-        backend_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        r = ref.run([out_name], {k: v.astype(np.float32) for k, v in batch.items()})[0]
-        reference_s += time.perf_counter() - t0
-        outs.append(y if not isinstance(y, dict) else y[out_name])
-        refs.append(r)
-        bar.update(min(start + batch_size, n))
+    bar = Progress(f"cimc run ({backend})", len(data), progress)
+    y, backend_s = _run_session(session, data, batch_size, out_name, bar)
     bar.close()
-    y, r = np.concatenate(outs), np.concatenate(refs)
+    r, reference_s = _run_reference(ref, data, batch_size, out_name)
+    result = {"backend": backend, "n": int(len(data)), "output": out_name}
+    result.update(_compare(y, r, data.labels))
+    result.update({"backend_seconds": backend_s, "reference_seconds": reference_s, "reference_model": ref_path,
+                   "seed": seed})
+    return result
+
+
+def _compare(y: np.ndarray, r: np.ndarray, labels) -> dict:
     if y.shape != r.shape:
         raise DataError(f"backend output {list(y.shape)} and onnxruntime output {list(r.shape)} differ in shape")
     top, ref_top = _top1(y), _top1(r)
-    result = {"backend": backend, "n": int(n), "output": out_name,
-              "agreement": float(np.mean(top == ref_top)),
-              "max_abs_error": float(np.max(np.abs(y - r))),
-              "max_rel_error": float(np.max(np.abs(y - r)) / max(float(np.max(np.abs(r))), 1e-30)),
-              "accuracy": None, "reference_accuracy": None,
-              "backend_seconds": backend_s, "reference_seconds": reference_s, "reference_model": ref_path,
-              "seed": seed}
-    if data.labels is not None:
-        result["accuracy"] = float(np.mean(top == data.labels))
-        result["reference_accuracy"] = float(np.mean(ref_top == data.labels))
+    out = {"agreement": float(np.mean(top == ref_top)),
+           "max_abs_error": float(np.max(np.abs(y - r))),
+           "max_rel_error": float(np.max(np.abs(y - r)) / max(float(np.max(np.abs(r))), 1e-30)),
+           "accuracy": None, "reference_accuracy": None}
+    if labels is not None:
+        out["accuracy"] = float(np.mean(top == labels))
+        out["reference_accuracy"] = float(np.mean(ref_top == labels))
+    return out
+
+
+def _evaluate_crossbar(manifest, data, seed, reference, batch_size, progress, trials, options, layers) -> dict:
+    from cimc.backends.crossbar import combine_layer_stats
+    from cimc.manifest import Manifest, load
+    manifest = manifest if isinstance(manifest, Manifest) else load(Path(manifest))
+    seed = 0 if seed is None else int(seed)
+    ref, ref_path = reference_session(manifest, reference)
+    n = len(data)
+    integer = Session(manifest, backend="integer", batch_size=batch_size)
+    out_name = integer.output_names[0]
+    bar = Progress("cimc run (crossbar)", n * (trials + 1), progress)
+    y_int, integer_s = _run_session(integer, data, batch_size, out_name, bar)
+    r, reference_s = _run_reference(ref, data, batch_size, out_name)
+    if y_int.shape != r.shape:
+        raise DataError(f"backend output {list(y_int.shape)} and onnxruntime output {list(r.shape)} differ in shape")
+    int_top = _top1(y_int)
+    per_trial, backends = [], []
+    backend_s = bind_s = 0.0
+    for t in range(trials):
+        t0 = time.perf_counter()
+        session = Session(manifest, backend="crossbar", seed=seed + t, batch_size=batch_size,
+                          diagnostics=layers, **options)
+        bind_s += time.perf_counter() - t0
+        y, seconds = _run_session(session, data, batch_size, out_name, bar, done=n * (t + 1))
+        backend_s += seconds
+        cmp = _compare(y, r, data.labels)
+        per_trial.append({"seed": seed + t, "accuracy": cmp["accuracy"], "agreement": cmp["agreement"],
+                          "max_abs_error": cmp["max_abs_error"], "max_rel_error": cmp["max_rel_error"],
+                          "agreement_with_integer": float(np.mean(_top1(y) == int_top)),
+                          "max_abs_diff_vs_integer": float(np.max(np.abs(y.astype(np.float64) - y_int))),
+                          "backend_seconds": seconds})
+        backends.append(session.backend)
+    bar.close()
+    accs = [p["accuracy"] for p in per_trial]
+    labelled = data.labels is not None
+    result = {
+        "backend": "crossbar", "n": int(n), "output": out_name, "seed": seed, "seeds": [p["seed"] for p in per_trial],
+        "trials": accs,
+        "accuracy": float(np.mean(accs)) if labelled else None,
+        "accuracy_mean": float(np.mean(accs)) if labelled else None,
+        "accuracy_std": (float(np.std(accs, ddof=1)) if trials > 1 else 0.0) if labelled else None,
+        "reference_accuracy": _compare(y_int, r, data.labels)["reference_accuracy"],
+        "integer_accuracy": float(np.mean(int_top == data.labels)) if labelled else None,
+        "agreement": float(np.mean([p["agreement"] for p in per_trial])),
+        "max_abs_error": max(p["max_abs_error"] for p in per_trial),
+        "max_rel_error": max(p["max_rel_error"] for p in per_trial),
+        "agreement_with_integer": float(np.mean([p["agreement_with_integer"] for p in per_trial])),
+        "max_abs_diff_vs_integer": max(p["max_abs_diff_vs_integer"] for p in per_trial),
+        "backend_seconds": backend_s, "reference_seconds": reference_s, "integer_seconds": integer_s,
+        "bind_seconds": bind_s, "reference_model": ref_path,
+        "per_trial": per_trial,
+        "crossbar": backends[0].describe(),
+    }
+    if layers:
+        result["layers"] = combine_layer_stats(backends)
     return result
 
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from cimc.backends.base import Backend
+from cimc.backends.crossbar import CrossbarBackend
 from cimc.backends.reference import FloatBackend, IntegerBackend
 from cimc.errors import ConfigError
 
-BACKENDS = {"float": FloatBackend, "integer": IntegerBackend}
+BACKENDS = {"float": FloatBackend, "integer": IntegerBackend, "crossbar": CrossbarBackend}
 
 
 def make_backend(name: str, **options) -> Backend:

@@ -1,0 +1,199 @@
+"""Benchmark (run by hand, not a test): the crossbar backend on ResNet-56 against onnxruntime on the same inputs.
+
+    .venv/bin/python benchmarks/bench_crossbar.py [--n 1000] [--batch-size 100] [--json] [--skip-gemm]
+
+For each configuration — `integer` (the reference), `crossbar-ideal` (ideal devices, lossless ADC) and
+`crossbar-noisy` (the yao2020-resnet target: 0.54 uS programming error, 8-bit ADC with a calibrated full scale,
+every bit-plane read; float32 GEMMs) and `crossbar-noisy-int8` (the same with gemm="int8") — a fresh worker
+process loads the manifest, times onnxruntime and the backend on the same n
+inputs, and reports the ratio and its peak resident memory (ru_maxrss, the whole process). Then a GEMM
+micro-benchmark compares, on the shapes of one layer's bit-plane reads ([8*M, 144] @ [144, lines]): numpy float32
+(BLAS), onnxruntime float32 MatMul, onnxruntime MatMulInteger (u8 x s8 -> int32) and numpy's int32 matmul (no BLAS).
+Prints markdown (or one JSON object) with the machine (platform, CPU count, load average) and the date.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
+
+
+def prepare(workdir: Path, n: int, seed: int = 0) -> None:
+    import onnx
+
+    import cimc
+    from cimc import zoo
+    from cimc.backends.crossbar import calibrate_adc_full_scale
+    onnx.save(zoo.resnet56(seed=0), workdir / "resnet56.onnx")
+    rng = np.random.default_rng(seed)
+    calib = rng.standard_normal((64, 3, 32, 32)).astype(np.float32)
+    manifest = cimc.compile(workdir / "resnet56.onnx", "yao2020-resnet", calibration=calib,
+                            replicate={"conv1": 4})
+    manifest.save(workdir / "manifest")
+    scales = calibrate_adc_full_scale(manifest.graph, manifest.target, calib)
+    (workdir / "adc_full_scale.json").write_text(json.dumps(scales))
+    np.save(workdir / "x.npy", rng.standard_normal((n, 3, 32, 32)).astype(np.float32))
+
+
+def worker(workdir: Path, config: str, batch_size: int) -> dict:
+    import warnings
+
+    import onnxruntime as ort
+
+    import cimc
+    warnings.simplefilter("ignore")
+    x = np.load(workdir / "x.npy")
+    manifest = cimc.load(workdir / "manifest")
+    sess = ort.InferenceSession(str(workdir / "resnet56.onnx"), providers=["CPUExecutionProvider"])
+    sess.run(None, {"input": x[:batch_size]})                                 # warm up
+    t0 = time.perf_counter()
+    ref = np.concatenate([sess.run(None, {"input": x[s:s + batch_size]})[0] for s in range(0, len(x), batch_size)])
+    ort_s = time.perf_counter() - t0
+    if config == "integer":
+        session = cimc.Session(manifest, backend="integer", batch_size=batch_size)
+    elif config == "crossbar-ideal":
+        session = cimc.Session(manifest, backend="crossbar", ideal=True, batch_size=batch_size)
+    else:
+        scales = json.loads((workdir / "adc_full_scale.json").read_text())
+        session = cimc.Session(manifest, backend="crossbar", seed=0, adc_full_scale=scales, batch_size=batch_size,
+                               gemm="int8" if config.endswith("int8") else "float32")
+    t0 = time.perf_counter()
+    y = session.run(x)
+    backend_s = time.perf_counter() - t0
+    np.save(workdir / f"y_{config}.npy", y)
+    return {"config": config, "n": int(len(x)), "backend_seconds": backend_s, "onnxruntime_seconds": ort_s,
+            "ratio": backend_s / ort_s, "peak_rss_mb": _peak_rss_mb(),
+            "top1_agreement_with_onnxruntime": float(np.mean(y.argmax(1) == ref.argmax(1)))}
+
+
+def gemm_bench(rows: int = 8 * 12800, k: int = 144, widths=(32, 128), repeats: int = 3) -> list[dict]:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def session(integer: bool, m: int, n: int):
+        ta, tb, ty = (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32) if integer else (TensorProto.FLOAT,) * 3
+        node = helper.make_node("MatMulInteger" if integer else "MatMul", ["A", "B"], ["Y"])
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", ta, [m, k]),
+                                            helper.make_tensor_value_info("B", tb, [k, n])],
+                              [helper.make_tensor_value_info("Y", ty, [m, n])])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def best(f):
+        f()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    rng = np.random.default_rng(0)
+    out = []
+    for n in widths:
+        planes = (rng.random((rows, k)) < 0.25).astype(np.float32)
+        g = rng.uniform(2.5, 20, (k, n)).astype(np.float32)
+        p8, g8 = planes.astype(np.uint8), rng.integers(-127, 128, (k, n)).astype(np.int8)
+        s_f, s_i = session(False, rows, n), session(True, rows, n)
+        flops = 2.0 * rows * k * n
+        small = rows // 16
+        p32, g32 = p8[:small].astype(np.int32), g8.astype(np.int32)
+        t_np_int = best(lambda: p32 @ g32) * 16
+        seconds = {"numpy_float32": best(lambda: planes @ g),
+                   "ort_float32": best(lambda: s_f.run(None, {"A": planes, "B": g})),
+                   "ort_u8s8": best(lambda: s_i.run(None, {"A": p8, "B": g8})),
+                   "ort_u8s8_plus_to_float32": best(lambda: s_i.run(None, {"A": p8, "B": g8})[0].astype(np.float32)),
+                   "numpy_int32": t_np_int}                      # extrapolated from 1/16 of the rows
+        rec = {"shape": f"[{rows}, {k}] @ [{k}, {n}]"}
+        rec.update({f"{name}_s": v for name, v in seconds.items()})
+        rec.update({f"{name}_gops": flops / v / 1e9 for name, v in seconds.items()})
+        out.append(rec)
+    return out
+
+
+def machine() -> dict:
+    import onnxruntime
+
+    import cimc
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+            "python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
+            "cimc": cimc.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--skip-gemm", action="store_true")
+    p.add_argument("--configs", default="integer,crossbar-ideal,crossbar-noisy,crossbar-noisy-int8")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--dir", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(Path(args.dir), args.worker, args.batch_size)))
+        return 0
+    result = {"machine": machine(), "model": "ResNet-56 (cimc.zoo, conv1 x4) on yao2020-resnet", "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        prepare(workdir, args.n)
+        for config in args.configs.split(","):
+            cmd = [sys.executable, __file__, "--worker", config, "--dir", tmp, "--batch-size", str(args.batch_size)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            result["runs"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"# {result['runs'][-1]}", file=sys.stderr)
+        if (workdir / "y_integer.npy").exists() and (workdir / "y_crossbar-ideal.npy").exists():
+            result["ideal_equals_integer_bit_for_bit"] = bool(np.array_equal(np.load(workdir / "y_integer.npy"),
+                                                                         np.load(workdir / "y_crossbar-ideal.npy")))
+        for noisy in ("crossbar-noisy", "crossbar-noisy-int8"):
+            if (workdir / "y_integer.npy").exists() and (workdir / f"y_{noisy}.npy").exists():
+                a, b = np.load(workdir / "y_integer.npy"), np.load(workdir / f"y_{noisy}.npy")
+                result[f"{noisy}_top1_agreement_with_integer"] = float(np.mean(a.argmax(1) == b.argmax(1)))
+    if not args.skip_gemm:
+        result["gemm"] = gemm_bench()
+    result["machine"]["load_average_at_end"] = os.getloadavg()
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    m = result["machine"]
+    print(f"## crossbar backend benchmark — {m['date']}\n")
+    print(f"{m['platform']}, {m['cpu_count']} CPUs ({m['processor']}), numpy {m['numpy']}, onnxruntime "
+          f"{m['onnxruntime']}; load average {m['load_average_at_start'][0]:.1f} at start, "
+          f"{m['load_average_at_end'][0]:.1f} at end\n")
+    print("| configuration | inputs | backend s | onnxruntime s | ratio | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for r in result["runs"]:
+        print(f"| {r['config']} | {r['n']} | {r['backend_seconds']:.1f} | {r['onnxruntime_seconds']:.2f} | "
+              f"{r['ratio']:.1f}x | {r['peak_rss_mb']:.0f} |")
+    for key in ("ideal_equals_integer_bit_for_bit", "crossbar-noisy_top1_agreement_with_integer",
+                "crossbar-noisy-int8_top1_agreement_with_integer"):
+        if key in result:
+            print(f"\n{key}: {result[key]}")
+    if "gemm" in result:
+        print("\n| GEMM | numpy f32 GFLOP/s | ort f32 | ort u8 x s8 | ort u8 x s8 + to f32 | numpy int32 |")
+        print("|---|---|---|---|---|---|")
+        for g in result["gemm"]:
+            print(f"| {g['shape']} | {g['numpy_float32_gops']:.0f} | {g['ort_float32_gops']:.0f} | "
+                  f"{g['ort_u8s8_gops']:.0f} | {g['ort_u8s8_plus_to_float32_gops']:.0f} | "
+                  f"{g['numpy_int32_gops']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Device physics of a chip instance: the manifest's device levels programmed onto physical devices.
+
+One interface (`DeviceModel`), seeded and vectorised over every cell of every physical array at once.
+
+**Programming.** A cell at level k targets g = g_min + k * step (cimc.targets.spec.DeviceSpec). A chip instance is
+drawn once from `np.random.default_rng(seed)`; unless the model is ideal, three arrays of the shape of all physical
+arrays [n_arrays, rows, cols] are drawn, always all three and always in this order (C order within each), so that
+turning one effect on or off never changes the draws of another:
+
+1. `z_prog  = rng.standard_normal(shape)`  programming (transfer) error,
+2. `u_stuck = rng.random(shape)`           stuck devices,
+3. `z_nu    = rng.standard_normal(shape)`  per-device drift exponent.
+
+Then, per cell (all in uS):
+
+* programmed  g0 = max(0, g_target + (program_sigma_us + program_sigma_rel * g_target) * z_prog)   (Yao: 0.54 uS)
+* drift       g(t) = g0 * (t / t0) ** -nu with nu = drift_nu + drift_nu_sigma * z_nu, applied when drift_time_s > 0
+* stuck       where u_stuck < stuck_rate the cell holds the stuck conductance at all times: g_min, g_max or the
+              given value (`stuck_at = "10"`: Li 2018's 11% of devices at ~10 uS)
+* defect map  cells marked in a measured defect map hold their measured conductance (or the stuck conductance).
+
+**Read noise** is Gaussian per device and per read (sigma `read_noise_sigma_us`), drawn from a separate generator
+(`read_generator(seed)`: the first child of `np.random.SeedSequence(seed)`), so it is reproducible too. The
+crossbar backend never draws it per device: a line that sums n driven devices with input amplitudes u_r carries
+noise N(0, sigma^2 * sum_r u_r^2), which is what i.i.d. per-device draws add up to (exact in distribution);
+`line_noise` draws it.
+
+**Defect map file** (npz): `stuck` bool/uint8 [n_arrays, rows, cols] (non-zero = stuck cell) and optionally
+`g_us` float [n_arrays, rows, cols] (the measured conductance of each stuck cell; NaN = the target's `stuck_at`).
+The map must have the target's array geometry and at least as many arrays as the manifest uses (extra arrays are
+ignored). `save_defect_map` / `load_defect_map` write and read it.
+
+**Units on the command line.** `parse_conductance("0.54uS")` (S, mS, uS, nS, pS; a bare number is uS),
+`parse_duration("1d")` (s, min, h, d, w, y with 1 y = 365.25 d; a bare number is seconds), `parse_fraction`.
+Each raises a CimcError naming the flag.
+"""
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cimc.errors import ConfigError, DataError
+
+CONDUCTANCE_UNITS_US = {"s": 1e6, "ms": 1e3, "us": 1.0, "µs": 1.0, "ns": 1e-3, "ps": 1e-6}
+DURATION_UNITS_S = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
+                    "y": 365.25 * 86400.0}
+_NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµ]*)\s*$")
+
+
+# -- command-line values --------------------------------------------------------------------------------------------
+def _split(text, flag: str, what: str) -> tuple[float, str]:
+    m = _NUMBER.match(str(text))
+    if not m:
+        raise ConfigError(f"{flag} {text!r}: expected {what}")
+    return float(m.group(1)), m.group(2)
+
+
+def parse_conductance(text, flag: str = "conductance") -> float:
+    """'0.54uS', '540nS', '0.54' (uS) -> uS; negative values are errors."""
+    what = "a conductance such as 0.54uS or 540nS (units S, mS, uS, nS, pS)"
+    value, unit = _split(text, flag, what)
+    factor = CONDUCTANCE_UNITS_US.get(unit.lower() if unit else "us")
+    if factor is None:
+        raise ConfigError(f"{flag} {text!r}: unknown unit {unit!r}; expected {what}")
+    if value < 0:
+        raise ConfigError(f"{flag} {text!r}: must be >= 0")
+    return value * factor
+
+
+def parse_duration(text, flag: str = "duration") -> float:
+    """'1d', '3600s', '2h', '10y', '30min', '5' (s) -> seconds; negative values are errors."""
+    what = "a time such as 3600s, 30min, 2h, 1d, 1w or 10y"
+    value, unit = _split(text, flag, what)
+    factor = DURATION_UNITS_S.get(unit.lower() if unit else "s")
+    if factor is None:
+        raise ConfigError(f"{flag} {text!r}: unknown unit {unit!r}; expected {what}")
+    if value < 0:
+        raise ConfigError(f"{flag} {text!r}: must be >= 0")
+    return value * factor
+
+
+def parse_fraction(text, flag: str = "fraction") -> float:
+    """'0.11' or '11%' -> 0.11; outside [0, 1] is an error."""
+    s = str(text).strip()
+    pct = s.endswith("%")
+    try:
+        value = float(s[:-1] if pct else s) / (100.0 if pct else 1.0)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected a fraction between 0 and 1, e.g. 0.11 or 11%") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{flag} {text!r}: must be a fraction between 0 and 1")
+    return value
+
+
+# -- defect maps ------------------------------------------------------------------------------------------------
+@dataclass
+class DefectMap:
+    stuck: np.ndarray                 # bool [n_arrays, rows, cols]
+    g_us: np.ndarray | None = None    # float [n_arrays, rows, cols]; NaN = the target's stuck conductance
+    path: str | None = None
+
+
+def save_defect_map(path, stuck: np.ndarray, g_us: np.ndarray | None = None) -> Path:
+    stuck = np.asarray(stuck).astype(bool)
+    if stuck.ndim != 3:
+        raise DataError(f"defect map: 'stuck' must be [n_arrays, rows, cols], got shape {list(stuck.shape)}")
+    arrays = {"stuck": stuck}
+    if g_us is not None:
+        g_us = np.broadcast_to(np.asarray(g_us, dtype=np.float32), stuck.shape)
+        arrays["g_us"] = np.ascontiguousarray(g_us)
+    path = Path(path)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    return path
+
+
+def load_defect_map(path) -> DefectMap:
+    path = str(path)
+    if not Path(path).is_file():
+        raise DataError(f"defect map {path!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            content = {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz defect map ({exc})") from None
+    if "stuck" not in content:
+        raise DataError(f"{path}: a defect map holds 'stuck' [n_arrays, rows, cols] (and optionally 'g_us'); "
+                        f"keys present: {sorted(content)}")
+    stuck = content["stuck"]
+    if stuck.ndim != 3 or not (stuck.dtype == bool or np.issubdtype(stuck.dtype, np.integer)):
+        raise DataError(f"{path}: 'stuck' must be a bool/integer array [n_arrays, rows, cols], got "
+                        f"{stuck.dtype} {list(stuck.shape)}")
+    g_us = content.get("g_us")
+    if g_us is not None:
+        if g_us.shape != stuck.shape or not np.issubdtype(g_us.dtype, np.floating):
+            raise DataError(f"{path}: 'g_us' must be a float array of the shape of 'stuck' {list(stuck.shape)}, "
+                            f"got {g_us.dtype} {list(g_us.shape)}")
+        bad = (g_us < 0) & stuck.astype(bool)
+        if np.any(bad):
+            raise DataError(f"{path}: 'g_us' holds negative conductances")
+    return DefectMap(stuck.astype(bool), None if g_us is None else g_us.astype(np.float64), path)
+
+
+# -- chip instances ---------------------------------------------------------------------------------------------
+@dataclass
+class ChipInstance:
+    """One programmed chip. Conductances in uS, [n_arrays, rows, cols] float64."""
+    levels: np.ndarray            # uint8: the manifest's device levels
+    target_us: np.ndarray         # g_min + level * step
+    programmed_us: np.ndarray     # g0: after programming error (before drift and stuck cells)
+    conductance_us: np.ndarray    # what a read sees at the drift time: drift applied, stuck cells overridden
+    stuck: np.ndarray             # bool: stuck cells (random and defect map)
+    nu: np.ndarray | None         # per-device drift exponent (None for an ideal instance)
+    seed: int | None
+
+
+class DeviceModel:
+    """`DeviceModel(device, nonideal, defect_map=None)`; `.program(levels, seed)` -> ChipInstance."""
+
+    def __init__(self, device, nonideal, defect_map: DefectMap | None = None):
+        self.device, self.nonideal, self.defect_map = device, nonideal, defect_map
+
+    @classmethod
+    def from_target(cls, target, defect_map: DefectMap | str | Path | None = None) -> "DeviceModel":
+        if isinstance(defect_map, (str, Path)):
+            defect_map = load_defect_map(defect_map)
+        return cls(target.device, target.nonideal, defect_map)
+
+    @property
+    def step_us(self) -> float:
+        return self.device.step_us
+
+    @property
+    def stuck_value_us(self) -> float:
+        at = self.nonideal.stuck_at
+        if at == "g_min":
+            return float(self.device.g_min_us)
+        if at == "g_max":
+            return float(self.device.g_max_us)
+        return float(at)
+
+    @property
+    def ideal(self) -> bool:
+        """No programming error, stuck cells, drift or defect map (read noise is separate: `read_noise_us`)."""
+        n = self.nonideal
+        return (n.program_sigma_us == 0 and n.program_sigma_rel == 0 and n.stuck_rate == 0
+                and not self.drifts and self.defect_map is None)
+
+    @property
+    def drifts(self) -> bool:
+        n = self.nonideal
+        return n.drift_time_s > 0 and (n.drift_nu != 0 or n.drift_nu_sigma != 0)
+
+    @property
+    def read_noise_us(self) -> float:
+        return float(self.nonideal.read_noise_sigma_us)
+
+    def nominal_us(self, levels: np.ndarray) -> np.ndarray:
+        return self.device.g_min_us + np.asarray(levels, dtype=np.float64) * self.step_us
+
+    def program(self, levels: np.ndarray, seed: int | None = 0) -> ChipInstance:
+        levels = np.asarray(levels)
+        if levels.ndim != 3:
+            raise ValueError("levels must be [n_arrays, rows, cols]")
+        target = self.nominal_us(levels)
+        if self.ideal:
+            return ChipInstance(levels, target, target, target, np.zeros(levels.shape, bool), None, seed)
+        n = self.nonideal
+        rng = np.random.default_rng(seed)
+        z_prog = rng.standard_normal(levels.shape)
+        u_stuck = rng.random(levels.shape)
+        z_nu = rng.standard_normal(levels.shape)
+        sigma = n.program_sigma_us + n.program_sigma_rel * target
+        programmed = np.maximum(target + sigma * z_prog, 0.0)
+        nu = n.drift_nu + n.drift_nu_sigma * z_nu
+        g = programmed * (n.drift_time_s / n.drift_t0_s) ** -nu if self.drifts else programmed.copy()
+        stuck = u_stuck < n.stuck_rate
+        g[stuck] = self.stuck_value_us
+        if self.defect_map is not None:
+            dm = self._fit_defect_map(levels.shape)
+            g_map = np.full(levels.shape, self.stuck_value_us) if dm.g_us is None else \
+                np.where(np.isnan(dm.g_us[:levels.shape[0]]), self.stuck_value_us, dm.g_us[:levels.shape[0]])
+            mask = dm.stuck[:levels.shape[0]]
+            g[mask] = g_map[mask]
+            stuck = stuck | mask
+        return ChipInstance(levels, target, programmed, g, stuck, nu, seed)
+
+    def _fit_defect_map(self, shape) -> DefectMap:
+        dm = self.defect_map
+        where = dm.path or "defect map"
+        if dm.stuck.shape[1:] != tuple(shape[1:]):
+            raise DataError(f"{where}: arrays are {dm.stuck.shape[1]}x{dm.stuck.shape[2]}, the target's are "
+                            f"{shape[1]}x{shape[2]}")
+        if dm.stuck.shape[0] < shape[0]:
+            raise DataError(f"{where}: holds {dm.stuck.shape[0]} arrays, the manifest uses {shape[0]}")
+        return dm
+
+
+def read_generator(seed: int | None) -> np.random.Generator:
+    """The per-run read-noise generator: independent of the chip-instance stream of the same seed."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+
+
+def line_noise(rng: np.random.Generator, sum_sq_inputs: np.ndarray, sigma: float,
+               dtype=np.float32) -> np.ndarray:
+    """Read noise on output lines: N(0, sigma^2 * sum_r u_r^2) per entry of `sum_sq_inputs` (any shape)."""
+    z = rng.standard_normal(np.shape(sum_sq_inputs), dtype=np.float32 if dtype == np.float32 else np.float64)
+    z *= np.sqrt(np.asarray(sum_sq_inputs, dtype=z.dtype)) * z.dtype.type(sigma)
+    return z

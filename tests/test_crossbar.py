@@ -1,0 +1,351 @@
+"""The crossbar backend: bit-exact with the integer backend on an ideal chip, the documented arithmetic of one read
+(docs/arithmetic.md), ADC rounding and clipping, seeds, replicas and the non-idealities seen through reads."""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_models as om
+import pytest
+
+import cimc
+from cimc import Session, zoo
+from cimc.backends.crossbar import (CrossbarBackend, adc_convert, bit_planes, calibrate_adc_full_scale,
+                                    plane_weights)
+from cimc.errors import ConfigError
+from cimc.ir import ActQuant, Graph, Placement, TensorInfo, Tile, XbarOp
+from cimc.layout import program_arrays
+from cimc.targets.registry import load_target
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "arithmetic.md"
+
+
+def _compile(tmp_path_factory, name, model, target, calib, **kw):
+    path = tmp_path_factory.mktemp("xbar") / f"{name}.onnx"
+    onnx.save(model, path)
+    return cimc.compile(path, target, calibration=calib, **kw)
+
+
+def _feeds(model, batch, seed):
+    return next(iter(om.random_feeds(model, batch, seed).values()))
+
+
+@pytest.fixture(scope="module")
+def small_cnn(tmp_path_factory):
+    """Signed input (normalised image), a grouped and a depthwise conv, two branches, an FC head."""
+    model = om.small_cnn()
+    return _compile(tmp_path_factory, "small_cnn", model, "yao2020-resnet", _feeds(model, 16, 1),
+                    replicate={"conv1": 2}), _feeds(model, 5, 2)
+
+
+@pytest.fixture(scope="module")
+def mlp_li(tmp_path_factory):
+    """FC-only 64-54-10 perceptron on Li's array: differential rows, analog inputs, signed first-layer inputs."""
+    model = zoo.mlp()
+    calib = np.random.default_rng(3).standard_normal((32, 64)).astype(np.float32)
+    return _compile(tmp_path_factory, "mlp", model, "li2018", calib, overrides=["chip.chips=0"]), \
+        np.random.default_rng(4).standard_normal((6, 64)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mcnn(tmp_path_factory):
+    model = zoo.mcnn()
+    calib = np.random.default_rng(5).random((16, 1, 28, 28), dtype=np.float32)
+    m = _compile(tmp_path_factory, "mcnn", model, "yao2020-mcnn", calib, replicate={"C1": 3},
+                 overrides=["chip.chips=0"])
+    return m, calib, np.random.default_rng(6).random((6, 1, 28, 28), dtype=np.float32)
+
+
+def _integer(manifest, x):
+    return Session(manifest, backend="integer").run(x)
+
+
+# -- bit accuracy ------------------------------------------------------------------------------------------------
+def test_ideal_equals_integer_on_resnet56(resnet56_manifest):
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ref = _integer(resnet56_manifest, x)
+    y = Session(resnet56_manifest, backend="crossbar", ideal=True).run(x)
+    assert y.dtype == ref.dtype and np.array_equal(y, ref)
+
+
+def test_ideal_bit_serial_equals_integer_on_resnet56_one_sample(resnet56_manifest):
+    """The plane-by-plane path (every read simulated, lossless ADC) on the full network, first sample."""
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    y = Session(resnet56_manifest, backend="crossbar", ideal=True, simulate_planes=True).run(x)
+    assert np.array_equal(y, _integer(resnet56_manifest, x))
+
+
+@pytest.mark.parametrize("simulate_planes", [False, True])
+def test_ideal_equals_integer_grouped_and_signed(small_cnn, simulate_planes):
+    manifest, x = small_cnn
+    ops = {op.name: op for op in manifest.graph.xbar_ops()}
+    assert ops["conv1"].input_quant.signed                      # two's-complement planes
+    assert ops["conv2_grouped"].conv.groups == 2 and ops["conv3_depthwise"].conv.groups == 8
+    y = Session(manifest, backend="crossbar", ideal=True, simulate_planes=simulate_planes).run(x)
+    assert np.array_equal(y, _integer(manifest, x))
+
+
+@pytest.mark.parametrize("simulate_planes", [False, True])
+def test_ideal_equals_integer_fc_only_on_differential_rows(mlp_li, simulate_planes):
+    manifest, x = mlp_li
+    assert manifest.target.array.differential == "rows" and manifest.target.input.encoding == "analog"
+    y = Session(manifest, backend="crossbar", ideal=True, simulate_planes=simulate_planes).run(x)
+    assert np.array_equal(y, _integer(manifest, x))
+
+
+def test_ideal_equals_integer_with_replicas(mcnn):
+    manifest, _, x = mcnn
+    y = Session(manifest, backend="crossbar", ideal=True).run(x)
+    assert np.array_equal(y, _integer(manifest, x))
+
+
+def test_fine_adc_on_ideal_devices_is_close_and_exact_when_lsb_is_one_step():
+    """A 24-bit ADC whose LSB is a whole current unit converts every ideal (integer) current exactly."""
+    graph, target, _ = _example_graph(input_bits=3)
+    target = load_target(target, ["adc.bits=24", "adc.lossless=false"])
+    top = (1 << 24) - 1
+    be = CrossbarBackend(adc_full_scale={"fc": top * 0.5})           # FS = top current units -> LSB = 1 unit
+    be.bind(graph, program_arrays(graph, target), target)
+    x = np.array([[5, 3, 0, 7], [7, 7, 7, 7], [0, 0, 0, 0]], np.float32)
+    assert np.array_equal(be.mvm(graph.ops[0], x, 3)[:, 0], x @ np.array([2, -1, 3, -7], np.float32))
+
+
+# -- the documented arithmetic -------------------------------------------------------------------------------------
+def _doc_example() -> dict:
+    text = DOC.read_text()
+    block = re.search(r"```json\n(.*?)```", text, re.S).group(1)
+    return json.loads(block)
+
+
+def _example_graph(input_bits=3, signed=False, target="yao2020-resnet"):
+    levels = np.array([[2], [-1], [3], [-7]], np.int8)
+    op = XbarOp("fc", "MatMul", ["x"], ["y"], levels.astype(np.float32), None,
+                input_quant=ActQuant(1.0, signed, input_bits), levels=levels,
+                weight_scales=np.ones(1, np.float32), tiles=[Tile(0, 4, 0, 1, [Placement(0)])])
+    graph = Graph([TensorInfo("x", (None, 4))], [TensorInfo("y", (None, 1))], [op])
+    return graph, load_target(target, [f"input.bits={input_bits}", "nonideal.program_sigma_us=0"]), levels
+
+
+def test_worked_example_from_docs():
+    ex = _doc_example()
+    graph, target, levels = _example_graph(ex["input_bits"], target=ex["target"])
+    assert levels[:, 0].tolist() == ex["levels"]
+    op = graph.ops[0]
+    x = np.array([ex["codes"]], np.float32)
+    assert float((x @ levels.astype(np.float32))[0, 0]) == ex["exact"]
+    # currents of each plane on the g+ and g- lines, from the chip instance's conductances
+    be = CrossbarBackend(ideal=True)
+    be.bind(graph, program_arrays(graph, target), target)
+    planes = bit_planes(x, ex["input_bits"], False)[:, 0, :]
+    lines = be.plans["fc"].blocks[0].lines[0]                          # [rows, (g+, g-)] in steps, g_min included
+    currents = planes @ lines
+    assert currents.tolist() == ex["plane_currents_steps"]
+    assert be.plans["fc"].unit_ua == ex["current_unit_ua"]
+    assert float(be.mvm(op, x, 1)[0, 0]) == ex["exact"]               # lossless: exact
+    for case in ex["cases"]:
+        fs_steps = case["full_scale_ua"] / ex["current_unit_ua"]
+        codes, clipped = adc_convert(currents.astype(np.float32), ex["adc_bits"], fs_steps)
+        assert codes.tolist() == case["codes"] and clipped == case["clipped"]
+        t = load_target(target, [f"adc.bits={ex['adc_bits']}", "adc.lossless=false", "adc.full_scale=calibrated"])
+        be = CrossbarBackend(adc_full_scale={"fc": case["full_scale_ua"]}, diagnostics=True)
+        be.bind(graph, program_arrays(graph, t), t)
+        acc = be.mvm(op, x, 1)
+        assert float(acc[0, 0]) == pytest.approx(case["accumulator"], abs=1e-5)
+        stats = be.layer_stats()[0]
+        assert stats["adc_conversions"] == 6 and stats["adc_clip_rate"] == pytest.approx(case["clipped"] / 6)
+    # signed inputs: two's complement, the MSB plane weighs -4
+    graph, target, _ = _example_graph(ex["input_bits"], signed=True, target=ex["target"])
+    assert plane_weights(3, True).tolist() == [1, 2, -4]
+    xs = np.array([ex["signed"]["codes"]], np.float32)
+    for simulate in (False, True):
+        be = CrossbarBackend(ideal=True, simulate_planes=simulate)
+        be.bind(graph, program_arrays(graph, target), target)
+        assert float(be.mvm(graph.ops[0], xs, 1)[0, 0]) == ex["signed"]["accumulator"]
+
+
+@pytest.mark.parametrize("current, bits, fs, bipolar, codes, clipped", [
+    ([0.0, 0.5, 1.5, 2.5, 3.49, 3.5], 2, 3.0, False, [0, 0, 2, 2, 3, 3], 1),      # ties to even; 3.5 -> 4 clips
+    ([-0.2, -0.6, 7.0, 7.4, 7.6, 100.0], 3, 7.0, False, [0, 0, 7, 7, 7, 7], 3),  # -0.6 and 7.6 up clip
+    ([-4.0, -3.5, -0.5, 0.5, 2.5, 3.6], 3, 3.0, True, [-3, -3, 0, 0, 2, 3], 3),   # bipolar -3..3; -3.5 -> -4
+    ([1.0, 2.0], 8, 10.0, False, [26, 51], 0),                                    # 25.5 -> 26, 51 -> 51
+])
+def test_adc_rounding_and_clipping(current, bits, fs, bipolar, codes, clipped):
+    got, n = adc_convert(np.array(current, np.float32), bits, fs, bipolar)
+    assert got.tolist() == codes and n == clipped
+
+
+def test_bit_planes_lsb_first_and_twos_complement():
+    x = np.array([[5, 0, 255]], np.float32)
+    assert bit_planes(x, 8, False)[:, 0, 0].tolist() == [1, 0, 1, 0, 0, 0, 0, 0]
+    assert bit_planes(x, 8, False)[:, 0, 2].tolist() == [1] * 8
+    xs = np.array([[-1, -127, 127, -3]], np.float32)
+    p = bit_planes(xs, 8, True)[:, 0, :]
+    assert np.array_equal(plane_weights(8, True) @ p, xs[0])
+
+
+# -- ADC full scale ----------------------------------------------------------------------------------------------
+def test_calibrated_full_scale_covers_the_calibration_set_without_clipping(mcnn):
+    manifest, calib, _ = mcnn
+    scales = calibrate_adc_full_scale(manifest.graph, manifest.target, calib)
+    assert set(scales) == {"C1", "C3", "FC"} and all(v > 0 for v in scales.values())
+    be = CrossbarBackend(adc_full_scale=scales, diagnostics=True, overrides=["nonideal.program_sigma_us=0"])
+    Session(manifest, backend=be).run(calib)
+    stats = {r["name"]: r for r in be.layer_stats()}
+    assert all(r["adc_clip_rate"] == 0 for r in stats.values())
+    assert all(r["adc_full_scale_source"] == "calibrated (option)" for r in stats.values())
+    assert all(r["rel_error"] < 0.05 for r in stats.values())          # an 8-bit ADC on ideal devices
+    # the same numbers when the backend calibrates at bind from data, and the rule is the peak current:
+    # halving the full scale makes some conversions clip
+    be2 = CrossbarBackend(calibration=calib, overrides=["nonideal.program_sigma_us=0"])
+    Session(manifest, backend=be2)
+    assert {k: p.full_scale * p.unit_ua for k, p in be2.plans.items()} == pytest.approx(scales)
+    be3 = CrossbarBackend(adc_full_scale={k: v / 2 for k, v in scales.items()}, diagnostics=True,
+                          overrides=["nonideal.program_sigma_us=0"])
+    Session(manifest, backend=be3).run(calib)
+    assert any(r["adc_clip_rate"] > 0 for r in be3.layer_stats())
+
+
+def test_max_full_scale_and_missing_calibration_warns(mcnn):
+    manifest, _, x = mcnn
+    with pytest.warns(UserWarning, match="calibrated"):
+        be = CrossbarBackend()
+        Session(manifest, backend=be)
+    assert all(p.full_scale_source.startswith("max") for p in be.plans.values())
+    be = CrossbarBackend(overrides=["adc.full_scale=max"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Session(manifest, backend=be)
+    # 128 rows x g_max (8 steps) x 0.5 uA per step
+    assert [p.full_scale * p.unit_ua for p in be.plans.values()] == [512.0] * 3
+
+
+# -- seeds, replicas, non-idealities -----------------------------------------------------------------------------
+def _noisy(manifest, x, seed, **kw):
+    opts = dict(overrides=["adc.full_scale=max", "nonideal.read_noise_sigma_us=0.05"])
+    opts.update(kw)
+    return Session(manifest, backend="crossbar", seed=seed, **opts).run(x)
+
+
+def test_same_seed_identical_different_seed_differs(mcnn):
+    manifest, _, x = mcnn
+    a, b, c = _noisy(manifest, x, 5), _noisy(manifest, x, 5), _noisy(manifest, x, 6)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert not np.array_equal(a, _integer(manifest, x))
+
+
+def test_replicas_sample_b_uses_copy_b_mod_copies(mcnn):
+    manifest, _, x = mcnn
+    assert manifest.graph.op("C1").replicas == 3
+    kw = dict(overrides=["adc.full_scale=max"])                   # no read noise: each run is deterministic
+    y = _noisy(manifest, x, 1, **kw)
+    for k in range(3):
+        yk = _noisy(manifest, x, 1, copy=k, **kw)
+        assert np.array_equal(y[k::3], yk[k::3])
+    assert not np.array_equal(_noisy(manifest, x, 1, copy=0, **kw), _noisy(manifest, x, 1, copy=1, **kw))
+    with pytest.raises(ConfigError, match="copy=3"):
+        Session(manifest, backend="crossbar", copy=3)
+
+
+def test_read_noise_statistics_on_a_lossless_read():
+    """One read of n driven rows: the accumulator's noise has variance 2 s^2 sum_j w_j^2 n_j (both lines)."""
+    graph, target, levels = _example_graph(input_bits=3)
+    target = load_target(target, ["nonideal.read_noise_sigma_us=0.25", "adc.lossless=true"])
+    x = np.tile(np.array([[5, 3, 0, 7]], np.float32), (40_000, 1))
+    exact = float(x[0] @ levels[:, 0])
+    # planes: n = [3, 2, 2] driven rows with weights [1, 2, 4]: sum w^2 n = 3 + 8 + 32 = 43; s = 0.25/2.5 steps
+    expect = np.sqrt(2 * 0.1 ** 2 * 43)
+    for simulate in (False, True):
+        be = CrossbarBackend(simulate_planes=simulate)
+        be.bind(graph, program_arrays(graph, target), target)
+        err = be.mvm(graph.ops[0], x, len(x))[:, 0].astype(np.float64) - exact
+        assert abs(err.mean()) < 5 * expect / np.sqrt(len(err))
+        assert abs(err.std() - expect) < 5 * expect / np.sqrt(2 * len(err))
+
+
+def test_programming_error_seen_through_a_read():
+    """sigma on every device: the lossless accumulator's error has variance s^2 sum_r q_r^2 per line, 2 lines."""
+    levels = np.zeros((144, 8), np.int8)
+    op = XbarOp("fc", "MatMul", ["x"], ["y"], levels.astype(np.float32), None, input_quant=ActQuant(1.0, False, 8),
+                levels=levels, weight_scales=np.ones(8, np.float32),
+                tiles=[Tile(0, 144, 0, 8, [Placement(a)]) for a in range(1)])
+    graph = Graph([TensorInfo("x", (None, 144))], [TensorInfo("y", (None, 8))], [op])
+    target = load_target("yao2020-resnet", ["nonideal.program_sigma_us=0.54", "adc.lossless=true"])
+    x = np.ones((1, 144), np.float32)
+    errs = []
+    for seed in range(300):
+        be = CrossbarBackend(seed=seed)
+        be.bind(graph, None, target)
+        errs.append(be.mvm(op, x, 1)[0])
+    errs = np.concatenate(errs).astype(np.float64)
+    expect = 0.54 / 2.5 * np.sqrt(2 * 144)
+    assert abs(errs.std() - expect) < 5 * expect / np.sqrt(2 * len(errs))
+
+
+def test_stuck_devices_and_defect_map_change_the_result(mcnn, tmp_path):
+    from cimc.targets.devices import save_defect_map
+    manifest, _, x = mcnn
+    ideal = Session(manifest, backend="crossbar", ideal=True).run(x)
+    kw = dict(overrides=["adc.lossless=true"])
+    stuck = Session(manifest, backend="crossbar", overrides=["adc.lossless=true", "nonideal.program_sigma_us=0",
+                                                             "nonideal.stuck_rate=0.11", "nonideal.stuck_at=10"]).run(x)
+    assert not np.array_equal(stuck, ideal)
+    none = np.zeros((manifest.total_arrays, 128, 16), bool)
+    path = save_defect_map(tmp_path / "none.npz", none)
+    clean = Session(manifest, backend="crossbar", defect_map=str(path),
+                    overrides=["adc.lossless=true", "nonideal.program_sigma_us=0"]).run(x)
+    assert np.array_equal(clean, ideal)
+    none[:, :, :] = True
+    path = save_defect_map(tmp_path / "all.npz", none, np.full(none.shape, 2.5, np.float32))
+    dead = Session(manifest, backend="crossbar", defect_map=str(path), **kw)   # every device at g_min: no signal
+    out = dead.run(x)
+    bias_only = Session(manifest, backend="crossbar", ideal=True)
+    assert out.shape == bias_only.run(x).shape
+    fc = manifest.graph.op("FC")
+    assert np.allclose(out, np.broadcast_to(fc.bias, out.shape), atol=1e-6)
+
+
+def test_describe_and_layer_stats(mcnn):
+    manifest, _, x = mcnn
+    s = Session(manifest, backend="crossbar", seed=3, diagnostics=True, overrides=["adc.full_scale=max"])
+    s.run(x)
+    d = s.backend.describe()
+    assert d["backend"] == "crossbar" and d["seed"] == 3 and d["nonideal"]["program_sigma_us"] == 0.54
+    rows = s.backend.layer_stats()
+    assert [r["name"] for r in rows] == ["C1", "C3", "FC"]
+    assert all(0 < r["rel_error"] < 1 and r["snr_db"] > 0 for r in rows)
+
+
+def test_int8_gemm_is_exact_for_ideal_levels_and_close_for_noisy(mcnn):
+    manifest, calib, x = mcnn
+    scales = calibrate_adc_full_scale(manifest.graph, manifest.target, calib)
+    ideal_dev = dict(adc_full_scale=scales, overrides=["nonideal.program_sigma_us=0"])
+    f32 = Session(manifest, backend="crossbar", **ideal_dev).run(x)
+    be = CrossbarBackend(gemm="int8", **ideal_dev)
+    assert np.array_equal(Session(manifest, backend=be).run(x), f32)
+    assert be.grid == 15                                   # 127 // 8 steps (g_max)
+    noisy = {}
+    for gemm in ("float32", "int8"):
+        b = CrossbarBackend(seed=2, gemm=gemm, adc_full_scale=scales, diagnostics=True)
+        Session(manifest, backend=b).run(x)
+        noisy[gemm] = [r["rel_error"] for r in b.layer_stats()]
+        if gemm == "int8":
+            assert b.describe()["conductance_grid_us"] == pytest.approx(2.5 / b.grid)
+    assert np.allclose(noisy["int8"], noisy["float32"], rtol=0.1)
+    with pytest.raises(ConfigError, match="gemm"):
+        CrossbarBackend(gemm="int4")
+
+
+def test_worked_example_with_int8_gemm():
+    ex = _doc_example()
+    graph, target, _ = _example_graph(ex["input_bits"], target=ex["target"])
+    x = np.array([ex["codes"]], np.float32)
+    for case in ex["cases"]:
+        t = load_target(target, [f"adc.bits={ex['adc_bits']}", "adc.lossless=false"])
+        be = CrossbarBackend(adc_full_scale={"fc": case["full_scale_ua"]}, gemm="int8")
+        be.bind(graph, program_arrays(graph, t), t)
+        assert float(be.mvm(graph.ops[0], x, 1)[0, 0]) == pytest.approx(case["accumulator"], abs=1e-5)
