@@ -111,12 +111,28 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
                                for name, s in config.activation_stats.items()}
     placing = [pack] if config.pack else [replicate_pass, allocate]   # pack: copies + placements, tiles share arrays
     graph = _run_passes(graph, target, config, [quantize, tile, *placing, estimate], timings)
+    t0 = time.perf_counter()
+    _calibrate_adc(graph, target, data)
+    timings["adc_calibrate"] = time.perf_counter() - t0
+    calib_summary["adc_samples"] = min(ADC_CALIBRATION_SAMPLES, len(next(iter(data.values()))))
     manifest = Manifest.build(graph, target, info, calib_summary)
     manifest.replication = config.replication_report
     manifest.estimates = config.estimates
     manifest.compile_seconds = time.perf_counter() - start
     manifest.pass_seconds = timings
     return manifest
+
+
+ADC_CALIBRATION_SAMPLES = 32  # the ADC range rule needs every bit-plane read: ~60 ms per ResNet-56 sample
+
+
+def _calibrate_adc(graph, target, data) -> None:
+    """Each crossbar op's ADC full scale: the largest ideal line current over the reads of the first
+    ADC_CALIBRATION_SAMPLES calibration samples (the rule in cimc.backends.crossbar.calibrate_adc_full_scale)."""
+    from cimc.backends.crossbar import calibrate_adc_full_scale
+    scales = calibrate_adc_full_scale(graph, target, data, max_samples=ADC_CALIBRATION_SAMPLES)
+    for op in graph.xbar_ops():
+        op.adc_full_scale_ua = scales.get(op.name)
 
 
 def _calibration_data(calibration, graph):

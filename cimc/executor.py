@@ -46,10 +46,12 @@ def run_xbar(op: XbarOp, x: np.ndarray, backend: Backend) -> np.ndarray:
 
 
 def run_graph(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend,
-              observe: Callable[[XbarOp, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
-    """Execute the ops in order; `observe(op, input)` sees each crossbar op's float input (used by calibration)."""
+              observe: Callable[[XbarOp, np.ndarray], None] | None = None,
+              keep: set[str] | frozenset = frozenset()) -> dict[str, np.ndarray]:
+    """Execute the ops in order; `observe(op, input)` sees each crossbar op's float input (used by calibration).
+    Returns the graph outputs and the tensors named in `keep`."""
     env = dict(feeds)
-    keep = {t.name for t in graph.outputs}
+    keep = {t.name for t in graph.outputs} | set(keep)
     last_use = {}
     for i, op in enumerate(graph.ops):
         for t in op.inputs:
@@ -66,7 +68,7 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend,
         for t in op.inputs:
             if last_use.get(t) == i and t not in keep:
                 env.pop(t, None)
-    return {t.name: env[t.name] for t in graph.outputs}
+    return {name: env[name] for name in [t.name for t in graph.outputs] + sorted(keep) if name in env}
 
 
 def check_feeds(graph: Graph, x, where: str = "input") -> dict[str, np.ndarray]:

@@ -100,6 +100,7 @@ class XbarOp:
     tiles: list[Tile] = field(default_factory=list)
     replicas: int = 1
     positions: int = 1                        # sliding-window positions per inference (1 for a matmul)
+    adc_full_scale_ua: float | None = None    # calibrated ADC full scale (cimc.backends.crossbar)
     kind = "crossbar"
 
     @property

@@ -220,6 +220,7 @@ def _xbar_to_json(op: XbarOp, params: dict, target: Target) -> dict:
                     "float_matrix": _put(params, f"{op.name}/matrix", op.matrix.astype(np.float32))},
         "bias": None if op.bias is None else _put(params, f"{op.name}/bias", op.bias.astype(np.float32)),
         "replicas": op.replicas,
+        "adc_full_scale_ua": op.adc_full_scale_ua,
         "tiles": [{"row_start": t.row_start, "row_count": t.row_count, "col_start": t.col_start,
                    "col_count": t.col_count,
                    "placements": [{"array": p.array, "row_offset": p.row_offset, "col_offset": p.col_offset,
@@ -282,7 +283,7 @@ def _op_from_json(d: dict, index: int, params, n_arrays: int, where: str):
                 None if d["bias"] is None else _param(params, d["bias"], where, f"{at}.bias", (cols,)),
                 conv, d.get("source_nodes", []), ActQuant(q["scale"], q["signed"], q["bits"]), None,
                 _param(params, d["weights"]["scales"], where, f"{at}.weights.scales", (cols,)),
-                tiles, d["replicas"], d["positions"])
+                tiles, d["replicas"], d["positions"], d.get("adc_full_scale_ua"))
     return op
 
 

@@ -2,6 +2,8 @@
 (docs/arithmetic.md), ADC rounding and clipping, seeds, replicas and the non-idealities seen through reads."""
 from __future__ import annotations
 
+import copy
+
 import json
 import re
 import warnings
@@ -211,6 +213,10 @@ def test_calibrated_full_scale_covers_the_calibration_set_without_clipping(mcnn)
 
 def test_max_full_scale_and_missing_calibration_warns(mcnn):
     manifest, _, x = mcnn
+    manifest = copy.deepcopy(manifest)
+    assert all(op.adc_full_scale_ua for op in manifest.graph.xbar_ops())   # compile calibrates the ADC ...
+    for op in manifest.graph.xbar_ops():                                     # ... an older manifest did not
+        op.adc_full_scale_ua = None
     with pytest.warns(UserWarning, match="calibrated"):
         be = CrossbarBackend()
         Session(manifest, backend=be)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -43,9 +44,24 @@ def test_ideal_run_equals_integer(setup, capsys):
     assert r["crossbar"]["adc"]["lossless"] is True and r["warnings"] == []
 
 
-def test_missing_calibrated_full_scale_is_a_warning(setup, capsys):
+def test_compiled_manifest_carries_the_calibrated_full_scale(setup, capsys):
     rc, r, err = _run(setup, capsys, "--adc-bits", "8")
-    assert rc == 0 and "cimc: warning:" in err and "'max' full scale" in err
+    assert rc == 0 and "warning" not in err and not r["warnings"]
+    assert all(p["source"] == "calibrated (manifest)" for p in r["crossbar"]["adc_full_scale"].values())
+
+
+def test_missing_calibrated_full_scale_is_a_warning(setup, capsys, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(setup / "m", old)
+    doc = json.loads((old / "manifest.json").read_text())
+    for op in doc["ops"]:
+        op.pop("adc_full_scale_ua", None)            # a manifest written before ADC calibration existed
+    (old / "manifest.json").write_text(json.dumps(doc))
+    rc = main(["run", str(old), "--data", str(setup / "test.npz"), "--backend", "crossbar", "--json",
+               "--adc-bits", "8"])
+    out = capsys.readouterr()
+    r = json.loads(out.out)
+    assert rc == 0 and "cimc: warning:" in out.err and "'max' full scale" in out.err
     assert r["warnings"] and all(layer_fs.startswith("max") for layer_fs in
                                  [p["source"] for p in r["crossbar"]["adc_full_scale"].values()])
 
