@@ -42,6 +42,8 @@ class Manifest:
                  replication: dict | None = None, estimates: dict | None = None):
         self.graph, self.target, self.arrays, self.provenance = graph, target, arrays, provenance
         self.replication, self.estimates = replication, estimates
+        # hybrid training: {"arrays", "programmed_us", "target_us"} of the tuned arrays (conductances.npz)
+        self.conductances: dict[str, np.ndarray] | None = None
         self.compile_seconds: float | None = None
         self.pass_seconds: dict[str, float] = {}
         self.path: Path | None = None
@@ -100,6 +102,8 @@ class Manifest:
             (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
             _write_npz(tmp / "arrays.npz", {"levels": self.arrays}, compresslevel=1)  # mostly zeros: shrinks well
             _write_npz(tmp / "params.npz", params, compresslevel=None)             # float32: barely compresses
+            if self.conductances is not None:
+                _write_npz(tmp / "conductances.npz", self.conductances, compresslevel=1)
             if self.replication:
                 (tmp / "replication.json").write_text(json.dumps(replication_document(self.replication), indent=1)
                                                       + "\n")
@@ -156,6 +160,7 @@ def load(directory) -> Manifest:
             raise ManifestError(f"{directory / 'arrays.npz'}: device levels exceed the target's "
                                 f"{target.device.levels} levels (op {op.name!r})")
     m = Manifest(graph, target, arrays, doc["provenance"], doc.get("replication"), doc.get("estimates"))
+    m.conductances = _read_conductances(directory, doc, arrays)
     m.path = directory
     return m
 
@@ -180,6 +185,26 @@ def _validate_schema(doc, where):
             e = min(e.context, key=lambda c: len(c.absolute_path) * -1)
             field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".")
         raise ManifestError(f"{where}: field '{field}': {e.message}")
+
+
+def _read_conductances(directory: Path, doc: dict, arrays: np.ndarray) -> dict | None:
+    """conductances.npz of a tuned manifest (absent otherwise), checked against arrays.npz."""
+    path = directory / "conductances.npz"
+    tuned = doc["provenance"].get("tuning")
+    if not path.exists():
+        if tuned:
+            raise ManifestError(f"{directory}: provenance.tuning is set but conductances.npz is missing")
+        return None
+    c = _read_npz(path)
+    for key in ("arrays", "programmed_us", "target_us"):
+        if key not in c:
+            raise ManifestError(f"{path}: missing array {key!r}")
+    shape = (len(c["arrays"]),) + arrays.shape[1:]
+    if c["programmed_us"].shape != shape or c["target_us"].shape != shape:
+        raise ManifestError(f"{path}: 'programmed_us'/'target_us' must be {list(shape)} (arrays x rows x cols)")
+    if len(c["arrays"]) and (c["arrays"].min() < 0 or c["arrays"].max() >= len(arrays)):
+        raise ManifestError(f"{path}: 'arrays' names an array outside 0..{len(arrays) - 1}")
+    return c
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -38,6 +38,9 @@ sum) is written once, with a worked example, in docs/arithmetic.md; this module 
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import warnings
 from dataclasses import dataclass, field
 
@@ -192,6 +195,8 @@ class CrossbarBackend(Backend):
         return target
 
     def bind(self, graph, arrays, target) -> None:
+        self.graph = graph
+        self.tuning_applied = False
         self.target = target = self.effective_target(target)
         if arrays is None:
             arrays = program_arrays(graph, target)
@@ -494,6 +499,36 @@ class CrossbarBackend(Backend):
             st["max_abs_err"] = max(st["max_abs_err"], float(np.abs(err).max()))
 
     # -- reports ----------------------------------------------------------------------------------------------
+    # -- in-situ writes (hybrid training) -------------------------------------------------------------------
+    def set_conductances(self, array_ids, conductance_us: np.ndarray) -> None:
+        """Overwrite the conductances of whole arrays on this chip instance (uS, [len(ids), rows, cols]) and
+        rebuild the read plans of the layers placed on them (their ADC full scales stay)."""
+        ids = np.asarray(array_ids, dtype=np.int64)
+        self.chip.conductance_us[ids] = conductance_us
+        self.g_units[ids] = (conductance_us - self.target.device.g_min_us) / self.model.step_us
+        touched = set(ids.tolist())
+        for op in self.graph.xbar_ops():
+            if any(p.array in touched for t in op.tiles for p in t.placements):
+                old = self.plans[op.name]
+                plan = self._plan(op, self.target)
+                plan.full_scale, plan.full_scale_source = old.full_scale, old.full_scale_source
+                self.plans[op.name] = plan
+
+    def chip_identity(self) -> dict:
+        """What makes two chip instances the same: the seed, the device non-idealities and the defect map."""
+        dm = self.model.defect_map
+        return {"seed": self.chip_seed, "nonideal": dataclasses.asdict(self.target.nonideal),
+                "defect_map": None if dm is None else hashlib.sha256(np.ascontiguousarray(dm.stuck)).hexdigest()}
+
+    def apply_tuning(self, tuning: dict | None, conductances: dict | None) -> bool:
+        """A tuned manifest's conductances, where this is the chip instance they were programmed on."""
+        if not tuning or not conductances or tuning.get("chip") != _jsonable(self.chip_identity()):
+            self.tuning_applied = False
+            return False
+        self.set_conductances(conductances["arrays"], conductances["programmed_us"])
+        self.tuning_applied = True
+        return True
+
     def layer_stats(self) -> list[dict]:
         """Per layer (with diagnostics=True): relative error and SNR of the accumulators against the exact integer
         product on the same inputs, the largest absolute error (weight-level units), and the ADC clipping rate."""
@@ -531,6 +566,11 @@ def combine_layer_stats(backends: list) -> list[dict]:
                      "adc_full_scale_ua": None if plan.full_scale is None else plan.full_scale * plan.unit_ua,
                      "adc_full_scale_source": plan.full_scale_source})
     return rows
+
+
+def _jsonable(value):
+    """The value as it reads back from a manifest's JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 def _lossless(adc):

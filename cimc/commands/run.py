@@ -33,8 +33,20 @@ def add_parser(sub) -> None:
     sp.add_argument("--batch-size", type=int, default=100)
     sp.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
     g = sp.add_argument_group("crossbar backend")
-    g.add_argument("--seed", type=int, default=None, metavar="S", help="seed of the first chip instance (default 0)")
+    add_chip_options(g)
     g.add_argument("--trials", type=int, default=None, metavar="N", help="independent chip instances, seeds S..S+N-1")
+    g.add_argument("--calibration", metavar="NPZ", help="calibration inputs for the ADC full scale, where the "
+                   "manifest holds none")
+    g.add_argument("--copy", type=int, metavar="K", help="run every sample on replica K of each replicated layer "
+                   "(default: sample b on copy b %% copies)")
+    g.add_argument("--layers", action="store_true", help="per-layer error against the integer backend and ADC "
+                   "clipping rate")
+    sp.set_defaults(func=run)
+
+
+def add_chip_options(g) -> None:
+    """The flags that choose and shape a chip instance (shared by `cimc run` and `cimc tune`)."""
+    g.add_argument("--seed", type=int, default=None, metavar="S", help="seed of the first chip instance (default 0)")
     g.add_argument("--ideal", action="store_true", help="ideal devices and a lossless ADC (equals --backend integer "
                    "bit for bit)")
     g.add_argument("--program-sigma", metavar="G", help="programming error per device, e.g. 0.54uS or 540nS "
@@ -55,19 +67,12 @@ def add_parser(sub) -> None:
                    "optional 'g_us' (see cimc.targets.devices)")
     g.add_argument("--adc-bits", metavar="B", help="ADC resolution (adc.bits; turns a lossless ADC off)")
     g.add_argument("--adc-full-scale", choices=["calibrated", "max"], help="ADC full-scale rule (adc.full_scale)")
-    g.add_argument("--calibration", metavar="NPZ", help="calibration inputs for the ADC full scale, where the "
-                   "manifest holds none")
-    g.add_argument("--copy", type=int, metavar="K", help="run every sample on replica K of each replicated layer "
-                   "(default: sample b on copy b %% copies)")
     g.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override any target field for the simulated chip, e.g. --set adc.columns_per_adc=4")
     g.add_argument("--gemm", choices=["float32", "int8"],
                    help="bit-plane x conductance products in float32 (default: the drawn conductances exactly) "
                    "or as onnxruntime int8 GEMMs with conductances on a grid of step/floor(127/largest conductance "
                    "in steps), 0.18 uS for Yao's devices (faster; ideal levels stay exact)")
-    g.add_argument("--layers", action="store_true", help="per-layer error against the integer backend and ADC "
-                   "clipping rate")
-    sp.set_defaults(func=run)
 
 
 def _number(text, flag: str, lo: float | None = 0.0) -> float:
@@ -117,9 +122,10 @@ def crossbar_options(args) -> dict:
     if args.adc_full_scale is not None:
         overrides += [f"adc.full_scale={args.adc_full_scale}", "adc.lossless=false"]
     overrides += list(args.set or [])
-    if args.copy is not None and args.copy < 0:
-        raise ConfigError(f"--copy {args.copy}: must be a replica index >= 0")
-    options = {"overrides": overrides, "ideal": args.ideal, "copy": args.copy, "gemm": args.gemm or "float32"}
+    copy = getattr(args, "copy", None)
+    if copy is not None and copy < 0:
+        raise ConfigError(f"--copy {copy}: must be a replica index >= 0")
+    options = {"overrides": overrides, "ideal": args.ideal, "copy": copy, "gemm": args.gemm or "float32"}
     if args.defect_map is not None:
         from cimc.targets.devices import load_defect_map
         options["defect_map"] = load_defect_map(args.defect_map)
