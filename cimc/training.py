@@ -8,10 +8,12 @@ One iteration on a mini-batch (inputs X, labels y):
    dW = -lr * sum_i V_i delta_i (so `lr` is a per-sample rate; the batch size scales the step).
 3. To conductances: weight w[k, n] = s_w[n] * (G+ - G-) / step, so the pair must change by dG = dW / s_w * step.
    Each device takes half, in opposite directions: G+ += dG/2, G- -= dG/2 (equal and opposite).
-4. Thresholded writes: a device is written only where |dG/2| >= threshold (Yao: 1.5 uS); its new target is the
-   conductance it holds now plus its change, clipped to [g_min, g_max]; the write lands with the target's
-   programming error (a fresh draw from the tuning generator), repeated up to `write_verify` more times while it
-   misses the target by more than `verify_tolerance_us`. Stuck devices ignore writes. Nothing else is written.
+4. Thresholded writes: a pair is rewritten only where the weight change in conductance units |dG| is at least the
+   threshold (Yao: |dW| >= 1.5 uS); smaller changes are dropped. Each of its two devices gets a new goal: its
+   previous goal plus its half of the change, clipped to [g_min, g_max], and is programmed to it with the target's
+   programming error (a fresh draw from the tuning generator; the controller programs towards the goals it keeps,
+   so errors do not add up over writes), repeated up to `write_verify` more times while it misses the goal by more
+   than `verify_tolerance_us`. Stuck devices ignore writes. Nothing else is written.
 Drift is not applied during tuning (the tuning happens right after programming).
 
 The tuned manifest holds the FC arrays' nearest device levels in arrays.npz (what an ideal re-transfer would
@@ -103,7 +105,7 @@ class _Writer:
         mask &= ~self.stuck
         if not mask.any():
             return
-        goal = np.clip(self.g[mask] + dg[mask], self.g_min, self.g_max)
+        goal = np.clip(self.target[mask] + dg[mask], self.g_min, self.g_max)
         got = self._program(goal)
         for _ in range(self.write_verify):
             miss = np.abs(got - goal) > self.tolerance
@@ -211,7 +213,7 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
             dw = -lr * (v.T @ p)                                              # K x N, weight units
             dlevel = dw / scales[None, :]
             dg = _pair_changes(op, dlevel, target, array_ids, target.device.step_us)
-            dg[np.abs(dg) < threshold_us] = 0.0
+            dg[2 * np.abs(dg) < threshold_us] = 0.0     # each device holds half of the pair's change
             writer.write(dg)
             iterations += 1
             bar.update(iterations, f"running accuracy {correct_run / seen:.4f}, writes {writer.writes}")

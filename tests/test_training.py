@@ -52,6 +52,7 @@ def test_writer_thresholds_counts_and_skips_stuck_devices(mcnn):
     ids = [6, 7]
     writer = _Writer(backend, ids, seed=1, write_verify=0, tolerance_us=None)
     g0 = writer.g.copy()
+    t_before = writer.target.copy()
     dg = np.zeros_like(g0)
     dg[:, 10, :] = 3.0                          # 2 arrays x 16 devices asked to rise by 3 uS
     writer.write(dg)
@@ -59,7 +60,8 @@ def test_writer_thresholds_counts_and_skips_stuck_devices(mcnn):
     assert writer.writes == int((~stuck_row).sum()) and writer.on_stuck == int(stuck_row.sum())
     np.testing.assert_array_equal(writer.g[:, 10, :][stuck_row], g0[:, 10, :][stuck_row])
     moved = ~stuck_row
-    np.testing.assert_allclose(writer.target[:, 10, :][moved], np.minimum(g0[:, 10, :][moved] + 3.0, 20.0))
+    # goals move from the previous goals (the programmed levels), not from the erroneous conductances
+    np.testing.assert_allclose(writer.target[:, 10, :][moved], np.minimum(t_before[:, 10, :][moved] + 3.0, 20.0))
     other = np.ones(g0.shape, bool)
     other[:, 10, :] = False
     np.testing.assert_array_equal(writer.g[other], g0[other])   # nothing else written
@@ -93,7 +95,7 @@ def test_tuning_only_touches_the_fc_arrays_and_reproduces_by_seed(mcnn, tmp_path
 def test_tuning_recovers_accuracy_on_a_noisy_chip(mcnn):
     manifest, data = mcnn
     test = load_npz(ART / "test_500.npz", ["input"])
-    tuned, result = tune(manifest, _subset(data, 1000), seed=3, overrides=NOISY, lr=0.005, epochs=2)
+    tuned, result = tune(manifest, _subset(data, 1000), seed=3, overrides=NOISY, lr=0.003, epochs=2)
     assert result.accuracy_after > result.accuracy_before
     before = Session(manifest, backend="crossbar", seed=3, overrides=NOISY).run(test.inputs["input"])
     after = Session(tuned, backend="crossbar", seed=3, overrides=NOISY).run(test.inputs["input"])
