@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cimc.backends.crossbar import CrossbarBackend, _jsonable
+from cimc.backends.crossbar import CrossbarBackend, as_json_value
 from cimc.data import Dataset
 from cimc.errors import ConfigError, DataError
 from cimc.evaluate import Progress
@@ -244,7 +244,7 @@ def _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides,
     tuned_op.levels = levels   # the float matrix stays the source model's: the float backend still proves lowering
     provenance = copy_module.deepcopy(manifest.provenance)
     provenance["tuning"] = {
-        "layer": op.name, "seed": seed, "chip": _jsonable(backend.chip_identity()),
+        "layer": op.name, "seed": seed, "chip": as_json_value(backend.chip_identity()),
         "chip_options": {"overrides": list(overrides or [])},
         "data": {"path": data.path, "sha256": data.sha256, "samples": len(data)}, **options,
         "writes": result.writes, "write_attempts_on_stuck": result.write_attempts_on_stuck,

@@ -522,7 +522,7 @@ class CrossbarBackend(Backend):
 
     def apply_tuning(self, tuning: dict | None, conductances: dict | None) -> bool:
         """A tuned manifest's conductances, where this is the chip instance they were programmed on."""
-        if not tuning or not conductances or tuning.get("chip") != _jsonable(self.chip_identity()):
+        if not tuning or not conductances or tuning.get("chip") != as_json_value(self.chip_identity()):
             self.tuning_applied = False
             return False
         self.set_conductances(conductances["arrays"], conductances["programmed_us"])
@@ -568,7 +568,7 @@ def combine_layer_stats(backends: list) -> list[dict]:
     return rows
 
 
-def _jsonable(value):
+def as_json_value(value):
     """The value as it reads back from a manifest's JSON (tuples become lists)."""
     return json.loads(json.dumps(value))
 
