@@ -162,7 +162,7 @@ def per_copy_accuracy(graph, backend, data: Dataset, batch: int = 100) -> list[f
 
 
 def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None, ideal: bool = False,
-         epochs: int = 1, batch: int = 100, lr: float = 0.003, threshold_us: float = 1.5, layer: str | None = None,
+         epochs: int = 1, batch: int = 100, lr: float = 0.004, threshold_us: float = 1.5, layer: str | None = None,
          write_verify: int = 0, verify_tolerance_us: float | None = None, progress: bool = False):
     """Hybrid training of one layer on chip instance `seed`. Returns (tuned Manifest, TuneResult)."""
     if data.labels is None:

@@ -17,8 +17,8 @@ def add_parser(sub) -> None:
     sp.add_argument("-o", "--output", required=True, metavar="DIR", help="tuned manifest directory to write")
     sp.add_argument("--epochs", type=int, default=1)
     sp.add_argument("--batch", type=int, default=100, help="mini-batch size (default 100, as in the paper)")
-    sp.add_argument("--lr", type=float, default=0.003,
-                    help="learning rate of dW = -lr * sum_i V_i delta_i over a mini-batch (default 0.003)")
+    sp.add_argument("--lr", type=float, default=0.004,
+                    help="learning rate of dW = -lr * sum_i V_i delta_i over a mini-batch (default 0.004)")
     sp.add_argument("--threshold", default="1.5uS", metavar="G",
                     help="write a device only where its change is at least this (default 1.5uS, as in the paper)")
     sp.add_argument("--layer", metavar="NODE", help="the layer to tune (default: the last crossbar layer)")

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="chip instance for the crossbar runs and the tuning")
     p.add_argument("--trials", type=int, default=3, help="chip instances for the transfer accuracy")
     p.add_argument("--sigma", default="0.54", help="programming error in uS (Yao: 0.54)")
-    p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument("--lr", type=float, default=0.004)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--out", default="out/mcnn")
     args = p.parse_args(argv)
