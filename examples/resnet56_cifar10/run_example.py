@@ -1,12 +1,15 @@
-"""ResNet-56 for CIFAR-10 on Yao et al.'s 144x16 arrays: array count, compile, run against onnxruntime.
+"""ResNet-56 for CIFAR-10 on Yao et al.'s 144x16 arrays: array count, compile, estimates, report, and the accuracy
+chain float -> 15-level integer -> chip (crossbar, programming error) -> hybrid training of the FC layer.
 
     python examples/resnet56_cifar10/run_example.py                     # random-weight ResNet-56 built here
     python examples/resnet56_cifar10/run_example.py --model trained.onnx --data cifar10_test.npz
 
 Without --model the network is built with onnx.helper (cimc.zoo.resnet56: option-A shortcuts as Slice + Pad,
 random weights), so accuracies are meaningless; the array counts and the agreement with onnxruntime are not.
---data is an npz with `x` float32 [N, 3, 32, 32] in the model's input normalisation and `y` int labels.
-Everything is written under --out (default out/resnet56).
+--data is an npz with `x` float32 [N, 3, 32, 32] in the model's input normalisation and `y` int labels: the first
+--calibration-samples images calibrate, the next --tune-samples tune the FC layer in situ, the rest are tested
+(hybrid training needs labels, so it runs only with --data). Everything is written under --out (default
+out/resnet56): the manifest, report.html, summary.json.
 """
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ import cimc
 from cimc import zoo
 from cimc.data import Dataset, load_npz
 from cimc.evaluate import evaluate
+from cimc.html_report import write_report
 from cimc.report import layer_table_text
+from cimc.training import tune
 
 
 def main(argv=None) -> int:
@@ -32,6 +37,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="npz with x [N,3,32,32] float32 and y labels; default: random inputs")
     p.add_argument("--calibration-samples", type=int, default=200)
     p.add_argument("--samples", type=int, default=200, help="test samples to run")
+    p.add_argument("--chip-samples", type=int, default=50,
+                   help="test samples for the (slower) crossbar backend with programming error")
+    p.add_argument("--tune-samples", type=int, default=2000, help="with --data: images for hybrid training")
+    p.add_argument("--seed", type=int, default=0, help="chip instance")
     p.add_argument("--target", default="yao2020-resnet")
     p.add_argument("--out", default="out/resnet56")
     args = p.parse_args(argv)
@@ -54,11 +63,14 @@ def main(argv=None) -> int:
     if args.data:
         data = load_npz(args.data, ["input"])
         x_all, labels = data.inputs["input"], data.labels
-        calib, test = x_all[:args.calibration_samples], x_all[args.calibration_samples:]
-        test_labels = None if labels is None else labels[args.calibration_samples:]
+        c, t = args.calibration_samples, args.calibration_samples + (args.tune_samples if labels is not None else 0)
+        calib, tune_x, test = x_all[:c], x_all[c:t], x_all[t:]
+        tune_labels = None if labels is None else labels[c:t]
+        test_labels = None if labels is None else labels[t:]
     else:
         calib = rng.standard_normal((args.calibration_samples, 3, 32, 32)).astype(np.float32)
         test, test_labels = rng.standard_normal((args.samples, 3, 32, 32)).astype(np.float32), None
+        tune_labels = None
     test = test[:args.samples]
     test_labels = None if test_labels is None else test_labels[:args.samples]
 
@@ -75,10 +87,32 @@ def main(argv=None) -> int:
         acc = "" if r["accuracy"] is None else f", accuracy {r['accuracy']:.4f} (onnxruntime {r['reference_accuracy']:.4f})"
         print(f"{backend:8s}: top-1 agreement with onnxruntime {r['agreement']:.3f}, max relative error "
               f"{r['max_rel_error']:.2e}{acc}")
+    chip = {"overrides": ["nonideal.program_sigma_us=0.54"]}
+    few = Dataset({"input": test[:args.chip_samples]},
+                  None if test_labels is None else test_labels[:args.chip_samples], None, None)
+    r = evaluate(manifest, few, backend="crossbar", seed=args.seed, reference=str(model_path), backend_options=chip)
+    results["crossbar"] = r
+    print(f"crossbar: {r['n']} samples on chip {args.seed} (0.54 uS programming error, 8-bit ADCs): top-1 agreement "
+          f"with the integer backend {r['agreement_with_integer']:.3f}"
+          + ("" if r["accuracy"] is None else f", accuracy {r['accuracy']:.4f}")
+          + f"; {r['backend_seconds']:.1f} s vs onnxruntime {r['reference_seconds']:.2f} s")
+    if tune_labels is not None and len(tune_labels):
+        tuned, t = tune(manifest, Dataset({"input": tune_x}, tune_labels, None, None), seed=args.seed,
+                        overrides=chip["overrides"])
+        tuned.save(out / "tuned")
+        r = evaluate(tuned, few, backend="crossbar", seed=args.seed, reference=str(model_path), backend_options=chip)
+        results["hybrid_trained"] = {"tuning": t.to_dict(), "test": r}
+        print(f"hybrid training: {t.writes} writes; chip accuracy {results['crossbar']['accuracy']:.4f} -> "
+              f"{r['accuracy']:.4f}")
+    totals = manifest.estimates["totals"]
+    print(f"estimate: latency {totals['latency_cycles']} slots ({totals['latency_ns'] / 1e3:.1f} us), pipelined "
+          f"{totals['throughput_per_s']:,.0f} inferences/s; energy needs {', '.join(manifest.estimates['missing'])} "
+          "(unknown for this target; see README)")
+    write_report(manifest, out / "report.html")
     summary = {"arrays_plain": plain["total_arrays"], "arrays_conv1_x4": copied["total_arrays"],
-               "results": results}
+               "estimates": totals, "results": results}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"wrote {out / 'summary.json'}")
+    print(f"wrote {out / 'summary.json'} and {out / 'report.html'}")
     return 0
 
 
