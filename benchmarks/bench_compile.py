@@ -1,6 +1,7 @@
 """Compile-time benchmark (run by hand): `cimc compile` wall time for ResNet-56 (CIFAR-10, 200 calibration
 samples) and an ImageNet ResNet-50 (16 calibration samples), each through the real CLI in a fresh process, with
-onnxruntime's session creation + one batch on the same model beside it for scale.
+onnxruntime's session creation + one batch on the same model beside it for scale. Each model is compiled with
+fixed copies and with optimal replication (CP-SAT under an array budget, `--arrays`).
 
     python benchmarks/bench_compile.py [--repeat 3] [--skip-resnet50]
 
@@ -41,18 +42,22 @@ def _time_ort(model_path: Path, x: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
-def bench(name, model, shape, calib_n, target, replicate, repeat, work: Path) -> dict:
+def bench(name, model, shape, calib_n, target, replicate, repeat, work: Path, arrays: int | None = None) -> dict:
     model_path = work / f"{name}.onnx"
-    onnx.save(model, model_path)
+    if not model_path.exists():
+        onnx.save(model, model_path)
     calib = np.random.default_rng(0).standard_normal((calib_n, *shape)).astype(np.float32)
     np.savez(work / f"{name}_calib.npz", x=calib)
     args = ["compile", str(model_path), "--calibration", str(work / f"{name}_calib.npz"), "-o", str(work / name),
-            "--target", target] + sum((["--replicate", r] for r in replicate), [])
+            "--target", target] + sum((["--replicate", r] for r in replicate), []) + \
+        ([] if arrays is None else ["--arrays", str(arrays)])
     seconds = _time_cli(args, repeat)
     count = json.loads(subprocess.run([sys.executable, "-m", "cimc.cli", "count", str(model_path), "--target", target,
-                                       "--json"] + sum((["--replicate", r] for r in replicate), []),
+                                       "--json"] + sum((["--replicate", r] for r in replicate), []) +
+                                      ([] if arrays is None else ["--arrays", str(arrays)]),
                                       check=True, capture_output=True, text=True).stdout)["total_arrays"]
-    return {"model": name, "calibration_samples": calib_n, "target": target, "cimc_compile_seconds": round(seconds, 3),
+    return {"model": name, "replication": f"CP-SAT, --arrays {arrays}" if arrays else f"fixed {replicate}",
+            "calibration_samples": calib_n, "target": target, "cimc_compile_seconds": round(seconds, 3),
             "onnxruntime_load_and_run_calibration_batch_seconds": round(_time_ort(model_path, calib), 3),
             "arrays": count}
 
@@ -65,11 +70,13 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        results.append(bench("resnet56", zoo.resnet56(), (3, 32, 32), 200, "yao2020-resnet", ["conv1=4"],
-                             args.repeat, work))
+        r56 = zoo.resnet56()
+        results.append(bench("resnet56", r56, (3, 32, 32), 200, "yao2020-resnet", ["conv1=4"], args.repeat, work))
+        results.append(bench("resnet56", r56, (3, 32, 32), 200, "yao2020-resnet", [], args.repeat, work, 1000))
         if not args.skip_resnet50:
-            results.append(bench("resnet50", zoo.resnet50_imagenet(), (3, 224, 224), 16, "yao2020-resnet", [],
-                                 1, work))
+            r50 = zoo.resnet50_imagenet()
+            results.append(bench("resnet50", r50, (3, 224, 224), 16, "yao2020-resnet", [], 1, work))
+            results.append(bench("resnet50", r50, (3, 224, 224), 16, "yao2020-resnet", [], 1, work, 30000))
     print(json.dumps({"date": datetime.date.today().isoformat(), "machine": platform.platform(),
                       "cpu_count": os.cpu_count(), "python": platform.python_version(), "results": results}, indent=1))
     return 0

@@ -73,7 +73,8 @@ def run(graph: Graph, target, config) -> Graph:
     if budget is None and fps is None and getattr(config, "optimize", True):
         budget = target.chip.array_budget
     time_limit = getattr(config, "time_limit", 10.0)
-    report: dict = {"mode": "fixed", "budget": budget, "target_fps": fps, "input_slots_per_vector": bits}
+    report: dict = {"mode": "fixed", "budget": budget, "target_fps": fps, "input_slots_per_vector": bits,
+                    "greedy_copies": None, "greedy_bottleneck_cycles": None, "greedy_arrays": None}  # budget mode only
     try:
         if fps is not None:
             if fps <= 0:

@@ -355,3 +355,12 @@ def test_worked_example_with_int8_gemm():
         be = CrossbarBackend(adc_full_scale={"fc": case["full_scale_ua"]}, gemm="int8")
         be.bind(graph, program_arrays(graph, t), t)
         assert float(be.mvm(graph.ops[0], x, 1)[0, 0]) == pytest.approx(case["accumulator"], abs=1e-5)
+
+
+def test_adc_calibration_uses_only_max_samples(mcnn):
+    """calibrate_adc_full_scale(max_samples=k) reads exactly the first k samples, not a whole batch."""
+    from cimc.backends.crossbar import calibrate_adc_full_scale
+    manifest, calib, _x = mcnn
+    limited = calibrate_adc_full_scale(manifest.graph, manifest.target, calib, max_samples=2, batch_size=64)
+    first_two = calibrate_adc_full_scale(manifest.graph, manifest.target, calib[:2], batch_size=64)
+    assert limited == first_two

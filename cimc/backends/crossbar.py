@@ -594,5 +594,5 @@ def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=N
     backend = CrossbarBackend(record_currents=True)
     backend.bind(graph, arrays, target)
     for start in range(0, n, batch_size):
-        run_graph(graph, {k: v[start:start + batch_size] for k, v in feeds.items()}, backend)
+        run_graph(graph, {k: v[start:min(start + batch_size, n)] for k, v in feeds.items()}, backend)
     return {name: peak * backend.plans[name].unit_ua for name, peak in backend.peaks.items() if peak > 0}
