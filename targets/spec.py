@@ -110,6 +110,7 @@ class NonIdealSpec:
     drift_t0_s: float = 1.0
     drift_time_s: float = 0.0          # time since programming; 0 = no drift
     update_sigma_rel: float = 0.0      # relative variation of an in-situ conductance update (Li 2018: 2%)
+    defect_map: str | None = None      # npz of measured stuck cells (cimc.targets.devices), a path
 
     def __post_init__(self):
         for name in ("program_sigma_us", "program_sigma_rel", "read_noise_sigma_us", "drift_nu_sigma",

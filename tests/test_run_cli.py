@@ -143,3 +143,13 @@ def test_crossbar_options_need_the_crossbar_backend(setup, capsys):
     d = setup
     rc = main(["run", str(d / "m"), "--data", str(d / "test.npz"), "--backend", "integer", "--trials", "2"])
     assert rc == 2 and "--backend crossbar" in capsys.readouterr().err
+
+
+def test_defect_map_named_in_the_target(setup, capsys, tmp_path):
+    """A target field (nonideal.defect_map) names the map as well as --defect-map does."""
+    n = cimc.load(setup / "m").total_arrays
+    path = save_defect_map(tmp_path / "dead.npz", np.ones((n, 128, 16), bool))
+    rc, r, _ = _run(setup, capsys, "--set", f"nonideal.defect_map={path}")
+    assert rc == 0 and r["max_abs_diff_vs_integer"] > 0
+    rc, r, _ = _run(setup, capsys, "--set", f"nonideal.defect_map={tmp_path / 'missing.npz'}")
+    assert rc == 2

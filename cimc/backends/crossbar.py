@@ -205,7 +205,7 @@ class CrossbarBackend(Backend):
         if not (self.ideal or self.record_currents):                    # ideal: no defects either
             defect_map = self.defect_map
             if defect_map is None:
-                defect_map = getattr(target.nonideal, "defect_map", None)   # a target field, where it has one
+                defect_map = target.nonideal.defect_map   # the target may name a measured defect map
         if isinstance(defect_map, (str, bytes)) or hasattr(defect_map, "__fspath__"):
             defect_map = load_defect_map(defect_map)
         self.model = DeviceModel(target.device, target.nonideal, defect_map)
