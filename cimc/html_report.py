@@ -155,19 +155,26 @@ def _tile_cells(tile, target) -> tuple[int, int]:
 
 
 def _array_records(ops: list[XbarOp], target, n_arrays: int) -> list[dict]:
-    """One record per physical array: layer index, copy, tile and the share of its cells that hold weights."""
+    """One record per physical array: layer index, copy, tile and the share of its cells that hold weights.
+    An array shared by several tiles (--pack) is coloured by its largest tile; `shared` lists all of them."""
     cells = target.array.rows * target.array.cols
     records: list[dict | None] = [None] * n_arrays
     for li, op in enumerate(ops):
         for ti, tile in enumerate(op.tiles):
             r, c = _tile_cells(tile, target)
             for copy, p in enumerate(tile.placements):
-                if 0 <= p.array < n_arrays:
-                    records[p.array] = {"array": p.array, "layer": li, "copy": copy, "copies": len(tile.placements),
-                                        "tile": ti, "row_start": tile.row_start, "col_start": tile.col_start,
-                                        "used": r * c / cells}
+                if not 0 <= p.array < n_arrays:
+                    continue
+                rec = {"array": p.array, "layer": li, "copy": copy, "copies": len(tile.placements), "tile": ti,
+                       "row_start": tile.row_start, "col_start": tile.col_start, "used": r * c / cells,
+                       "shared": [f"{op.name} tile {ti} copy {copy + 1}"]}
+                old = records[p.array]
+                if old is not None:
+                    big = old if old["used"] >= rec["used"] else rec
+                    rec = dict(big, used=old["used"] + rec["used"], shared=old["shared"] + rec["shared"])
+                records[p.array] = rec
     return [rec if rec is not None else {"array": a, "layer": None, "copy": 0, "copies": 1, "tile": None,
-                                         "row_start": 0, "col_start": 0, "used": 0.0}
+                                         "row_start": 0, "col_start": 0, "used": 0.0, "shared": []}
             for a, rec in enumerate(records)]
 
 
@@ -248,6 +255,8 @@ def _square(rec, layer_names, x, y, cell, pe, chip) -> dict:
         fill, layer = layer_colour(li), layer_names[li]
         what = (f"{layer}, tile {rec['tile']} (rows {rec['row_start']}+, outputs {rec['col_start']}+), "
                 f"copy {rec['copy'] + 1} of {rec['copies']}")
+        if len(rec["shared"]) > 1:
+            what = f"shared, time-multiplexed, by {'; '.join(rec['shared'])}"
     return {"x": x, "y": y, "size": cell, "fill": fill, "opacity": round(max(rec["used"], 0.0), 3),
             "array": rec["array"], "layer": layer, "copy_index": rec["copy"], "hatched": rec["copy"] > 0,
             "label": str(rec["copy"] + 1) if rec["copies"] > 1 else "",

@@ -178,3 +178,20 @@ def test_cli_errors_exit_2_and_write_nothing(mcnn_dir, tmp_path, capsys):
     assert main(["report", str(mcnn_dir), "-o", str(missing)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not missing.parent.exists()
+
+
+def test_packed_arrays_show_every_tile(tmp_path):
+    """--pack puts tiles of several layers on one array: the map names all of them and sums their cells."""
+    import numpy as np
+    import onnx
+
+    import cimc
+    from cimc import zoo
+    from cimc.html_report import render_report
+    onnx.save(zoo.mcnn(), tmp_path / "m.onnx")
+    manifest = cimc.compile(tmp_path / "m.onnx", "yao2020-mcnn", pack=True,
+                            calibration=np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32))
+    html = render_report(manifest)
+    shared = [a for op in manifest.graph.xbar_ops() for t in op.tiles for p in t.placements for a in [p.array]]
+    assert len(shared) > len(set(shared))                          # some arrays hold several tiles
+    assert html.count("shared, time-multiplexed, by") == sum(1 for a in set(shared) if shared.count(a) > 1)
