@@ -23,15 +23,21 @@ class Dataset:
         return len(next(iter(self.inputs.values())))
 
 
-def load_npz(path, input_names: list[str]) -> Dataset:
+def read_npz(path, what: str = "data file") -> dict[str, np.ndarray]:
+    """Every array of an .npz file; errors name the file and say what it was meant to be."""
     path = str(path)
     if not Path(path).is_file():
-        raise DataError(f"data file {path!r} does not exist")
+        raise DataError(f"{what} {path!r} does not exist")
     try:
         with np.load(path, allow_pickle=False) as f:
-            content = {k: f[k] for k in f.files}
+            return {k: f[k] for k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+        raise DataError(f"{path}: not a readable .npz {what} ({exc})") from None
+
+
+def load_npz(path, input_names: list[str]) -> Dataset:
+    path = str(path)
+    content = read_npz(path)
     if len(input_names) == 1 and "x" in content:
         inputs = {input_names[0]: content["x"]}
     else:

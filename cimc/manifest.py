@@ -231,7 +231,6 @@ def _put(params: dict, key: str, value: np.ndarray) -> str:
 
 
 def _xbar_to_json(op: XbarOp, params: dict, target: Target) -> dict:
-    spec = target.array
     return {
         "name": op.name, "kind": "crossbar", "op_type": op.op_type, "inputs": op.inputs, "outputs": op.outputs,
         "source_nodes": op.source_nodes, "rows": op.rows, "cols": op.cols, "positions": int(op.positions),

@@ -47,6 +47,7 @@ from typing import Sequence
 from cimc.errors import ConfigError
 from cimc.ir import Graph, Placement
 from cimc.passes.estimate import bits_per_vector, stall_factor
+from cimc.passes.replicate import fixed_copies
 from cimc.passes.replication_solver import (InfeasibleBudget, LayerDemand, candidate_copies, greedy_replication,
                                             solve_replication)
 
@@ -504,17 +505,9 @@ def _one_tile_per_array_plan(graph, plan_copies: dict[str, int]) -> PackPlan:
 
 def run(graph: Graph, target, config) -> Graph:
     t0 = time.perf_counter()
-    fixed = dict(getattr(config, "replication_file_copies", None) or {})
-    fixed.update(config.replicate or {})
+    fixed = fixed_copies(graph, config)
     ops = graph.xbar_ops()
     names = [op.name for op in ops]
-    unknown = sorted(set(fixed) - set(names))
-    if unknown:
-        raise ConfigError(f"--replicate names {', '.join(map(repr, unknown))} match no crossbar layer; "
-                          f"layers are: {', '.join(names)}")
-    for name, n in fixed.items():
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"--replicate {name}={n!r}: the number of copies must be a positive integer")
     if getattr(config, "target_fps", None) is not None:
         raise ConfigError("--pack minimises the period under an array budget; it does not take --target-fps "
                           "(drop --pack, or give --arrays N instead)")

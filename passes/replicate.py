@@ -55,7 +55,8 @@ def _demands(graph: Graph, fixed: dict[str, int]) -> list[LayerDemand]:
             for op in graph.xbar_ops()]
 
 
-def run(graph: Graph, target, config) -> Graph:
+def fixed_copies(graph: Graph, config) -> dict[str, int]:
+    """The copies the user pinned (--replication FILE, then --replicate NODE=N), checked against the layers."""
     fixed = dict(getattr(config, "replication_file_copies", None) or {})
     fixed.update(config.replicate or {})
     names = [op.name for op in graph.xbar_ops()]
@@ -66,6 +67,11 @@ def run(graph: Graph, target, config) -> Graph:
     for name, n in fixed.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"--replicate {name}={n!r}: the number of copies must be a positive integer")
+    return fixed
+
+
+def run(graph: Graph, target, config) -> Graph:
+    fixed = fixed_copies(graph, config)
     bits = bits_per_vector(target) * stall_factor(target)
     layers = _demands(graph, fixed)
     budget = getattr(config, "arrays", None)

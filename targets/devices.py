@@ -37,12 +37,12 @@ Each raises a CimcError naming the flag.
 from __future__ import annotations
 
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cimc.data import read_npz
 from cimc.errors import ConfigError, DataError
 
 CONDUCTANCE_UNITS_US = {"s": 1e6, "ms": 1e3, "us": 1.0, "µs": 1.0, "ns": 1e-3, "ps": 1e-6}
@@ -120,13 +120,7 @@ def save_defect_map(path, stuck: np.ndarray, g_us: np.ndarray | None = None) -> 
 
 def load_defect_map(path) -> DefectMap:
     path = str(path)
-    if not Path(path).is_file():
-        raise DataError(f"defect map {path!r} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            content = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz defect map ({exc})") from None
+    content = read_npz(path, "defect map")
     if "stuck" not in content:
         raise DataError(f"{path}: a defect map holds 'stuck' [n_arrays, rows, cols] (and optionally 'g_us'); "
                         f"keys present: {sorted(content)}")

@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import cimc
 from cimc.data import Dataset, load_npz
 from cimc.evaluate import evaluate
