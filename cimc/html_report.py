@@ -137,6 +137,15 @@ def _target_info(t) -> dict:
     }
 
 
+def _nested(value) -> bool:
+    """A list of dicts or a dict holding dicts/lists: too structured for one table cell."""
+    if isinstance(value, list):
+        return any(isinstance(v, (dict, list)) for v in value)
+    if isinstance(value, dict):
+        return any(isinstance(v, (dict, list)) for v in value.values())
+    return False
+
+
 def _cimc_version(manifest) -> str:
     version = manifest.provenance.get("cimc_version")
     if version is None and manifest.path is not None:
@@ -320,11 +329,12 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return ticks
 
 
-def _cycles_chart(layers: list[dict], before: list[int]) -> dict:
-    """Grouped bars per layer: cycles with one copy of each layer, and with the compiled copies."""
+def _cycles_chart(layers: list[dict], before: list[int], period: int | None = None) -> dict:
+    """Grouped bars per layer: cycles with one copy of each layer, and with the compiled copies. The dashed line
+    is the pipeline period: the slowest layer, or with packed arrays the busiest array's summed load."""
     after = [layer["cycles"] for layer in layers]
     n = len(layers)
-    values = [v for v in before + after if v > 0] or [1]
+    values = [v for v in before + after + [period or 0] if v > 0] or [1]
     vmin, vmax = min(values), max(values)
     log = vmax / vmin > 30
     slot = max(16, min(64, 1100 // max(n, 1)))
@@ -372,9 +382,9 @@ def _cycles_chart(layers: list[dict], before: list[int]) -> dict:
         labels.append({"x": round(cx, 2), "y": base + 10, "text": texts[i], "replicated": layer["copies"] > 1})
     tick_marks = [{"y": round(base - scale(t), 2), "text": f"{t:,.0f}" if t < 1e8 else f"{t:.0e}"} for t in ticks]
     minor_marks = [round(base - scale(m), 2) for m in minor if lo < m < hi]
-    bottleneck = max(after) if after else 0
+    bottleneck = period or (max(after) if after else 0)
     legend_before = f"1 copy of every layer (max {max(before, default=0):,})"
-    legend_after = f"compiled copies (colour = layer; max {bottleneck:,})"
+    legend_after = f"compiled copies (colour = layer; max {max(after, default=0):,})"
     return {"legend_before": legend_before, "legend_after": legend_after,
             "legend_after_x": left + 18 + round(len(legend_before) * 6.8) + 28,
             "swatch": [layer_colour(i) for i in range(min(n, 3))] or ["#4a6fa5"],
@@ -448,7 +458,9 @@ def report_context(manifest) -> dict:
 
     replication = []
     if isinstance(manifest.replication, dict):
-        replication = [{"key": str(k).replace("_", " "), "value": _plain(v)} for k, v in manifest.replication.items()]
+        # per-array placements and nested plans are drawn in the array map / kept in replication.json, not dumped
+        replication = [{"key": str(k).replace("_", " "), "value": _plain(v)} for k, v in manifest.replication.items()
+                       if not _nested(v)]
 
     summary = [
         ("model", src.get("path") or "(in memory)"),
@@ -479,7 +491,7 @@ def report_context(manifest) -> dict:
         "legend": [{"name": op.name, "colour": layer_colour(i), "arrays": len(op.tiles) * op.replicas}
                    for i, op in enumerate(ops)],
         "map": _array_map(ops, names, target, n_arrays),
-        "chart": _cycles_chart(est["layers"], before),
+        "chart": _cycles_chart(est["layers"], before, totals["bottleneck_cycles"]),
         "replication": replication,
         "cimc_version": cimc.__version__,
     }
