@@ -59,28 +59,25 @@ def _split(text, flag: str, what: str) -> tuple[float, str]:
     return float(m.group(1)), m.group(2)
 
 
-def parse_conductance(text, flag: str = "conductance") -> float:
-    """'0.54uS', '540nS', '0.54' (uS) -> uS; negative values are errors."""
-    what = "a conductance such as 0.54uS or 540nS (units S, mS, uS, nS, pS)"
+def _parse_with_units(text, flag: str, what: str, units: dict, default_unit: str) -> float:
     value, unit = _split(text, flag, what)
-    factor = CONDUCTANCE_UNITS_US.get(unit.lower() if unit else "us")
+    factor = units.get(unit.lower() if unit else default_unit)
     if factor is None:
         raise ConfigError(f"{flag} {text!r}: unknown unit {unit!r}; expected {what}")
     if value < 0:
         raise ConfigError(f"{flag} {text!r}: must be >= 0")
     return value * factor
+
+
+def parse_conductance(text, flag: str = "conductance") -> float:
+    """'0.54uS', '540nS', '0.54' (uS) -> uS; negative values are errors."""
+    return _parse_with_units(text, flag, "a conductance such as 0.54uS or 540nS (units S, mS, uS, nS, pS)",
+                             CONDUCTANCE_UNITS_US, "us")
 
 
 def parse_duration(text, flag: str = "duration") -> float:
     """'1d', '3600s', '2h', '10y', '30min', '5' (s) -> seconds; negative values are errors."""
-    what = "a time such as 3600s, 30min, 2h, 1d, 1w or 10y"
-    value, unit = _split(text, flag, what)
-    factor = DURATION_UNITS_S.get(unit.lower() if unit else "s")
-    if factor is None:
-        raise ConfigError(f"{flag} {text!r}: unknown unit {unit!r}; expected {what}")
-    if value < 0:
-        raise ConfigError(f"{flag} {text!r}: must be >= 0")
-    return value * factor
+    return _parse_with_units(text, flag, "a time such as 3600s, 30min, 2h, 1d, 1w or 10y", DURATION_UNITS_S, "s")
 
 
 def parse_fraction(text, flag: str = "fraction") -> float:

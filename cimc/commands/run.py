@@ -92,25 +92,23 @@ def crossbar_options(args) -> dict:
     if args.ideal and given:
         raise ConfigError(f"--ideal (ideal devices, lossless ADC) cannot be combined with "
                           f"{', '.join('--' + f.replace('_', '-') for f in given)}")
+    # flag -> nonideal field, with the parser that checks its value and unit
+    fields = (("program_sigma", "program_sigma_us", parse_conductance),
+              ("program_sigma_rel", "program_sigma_rel", _number),
+              ("stuck_rate", "stuck_rate", parse_fraction),
+              ("read_noise", "read_noise_sigma_us", parse_conductance),
+              ("drift_time", "drift_time_s", parse_duration),
+              ("drift_nu", "drift_nu", lambda text, flag: _number(text, flag, None)),
+              ("drift_nu_sigma", "drift_nu_sigma", _number))
     overrides = []
-    if args.program_sigma is not None:
-        overrides.append(f"nonideal.program_sigma_us={parse_conductance(args.program_sigma, '--program-sigma')!r}")
-    if args.program_sigma_rel is not None:
-        overrides.append(f"nonideal.program_sigma_rel={_number(args.program_sigma_rel, '--program-sigma-rel')!r}")
-    if args.stuck_rate is not None:
-        overrides.append(f"nonideal.stuck_rate={parse_fraction(args.stuck_rate, '--stuck-rate')!r}")
+    for attr, field, parse in fields:
+        value = getattr(args, attr)
+        if value is not None:
+            overrides.append(f"nonideal.{field}={parse(value, '--' + attr.replace('_', '-'))!r}")
     if args.stuck_at is not None:
         at = args.stuck_at if args.stuck_at in ("g_min", "g_max") else repr(parse_conductance(args.stuck_at,
                                                                                               "--stuck-at"))
         overrides.append(f"nonideal.stuck_at={at}")
-    if args.read_noise is not None:
-        overrides.append(f"nonideal.read_noise_sigma_us={parse_conductance(args.read_noise, '--read-noise')!r}")
-    if args.drift_time is not None:
-        overrides.append(f"nonideal.drift_time_s={parse_duration(args.drift_time, '--drift-time')!r}")
-    if args.drift_nu is not None:
-        overrides.append(f"nonideal.drift_nu={_number(args.drift_nu, '--drift-nu', None)!r}")
-    if args.drift_nu_sigma is not None:
-        overrides.append(f"nonideal.drift_nu_sigma={_number(args.drift_nu_sigma, '--drift-nu-sigma')!r}")
     if args.adc_bits is not None:
         try:
             bits = int(args.adc_bits)
