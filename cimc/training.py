@@ -90,13 +90,23 @@ class _Writer:
         dev, nonideal = backend.target.device, backend.target.nonideal
         self.g_min, self.g_max = dev.g_min_us, dev.g_max_us
         self.sigma_abs, self.sigma_rel = nonideal.program_sigma_us, nonideal.program_sigma_rel
-        self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])   # the tuning stream
+        self.seed = seed
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])   # round 1's tuning stream
         self.write_verify = write_verify
         self.tolerance = tolerance_us if tolerance_us is not None else max(self.sigma_abs, 1e-9)
         self.g = backend.chip.conductance_us[self.ids].copy()        # what the devices hold now
         self.target = backend.chip.target_us[self.ids].copy()        # what they were last asked to hold
         self.stuck = backend.chip.stuck[self.ids]
         self.writes = self.on_stuck = self.verify_iterations = 0
+
+    def resume(self, conductances: dict, round_: int) -> None:
+        """Take the goals recorded by an earlier tuning of the same arrays on this chip (this is round `round_`)."""
+        recorded = {int(a): i for i, a in enumerate(conductances["arrays"])}
+        for i, a in enumerate(self.ids):
+            if int(a) in recorded:
+                self.target[i] = conductances["target_us"][recorded[int(a)]]
+        # a fresh tuning stream per round, so that a later round does not replay an earlier one's errors
+        self.rng = np.random.default_rng(np.random.SeedSequence([self.seed, round_]))
 
     def write(self, dg: np.ndarray) -> None:
         """dg: requested change per device [arrays, rows, cols] (zero where nothing is written)."""
@@ -176,6 +186,9 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     graph = copy_module.deepcopy(manifest.graph)
     backend = CrossbarBackend(seed=seed, overrides=overrides, defect_map=defect_map, ideal=ideal)
     backend.bind(graph, manifest.arrays, manifest.target)
+    # a manifest tuned before on this very chip continues from what was programmed then
+    previous = manifest.provenance.get("tuning")
+    resumed = backend.apply_tuning(previous, manifest.conductances)
     op = tuned_layer(graph, layer)
     if op.replicas != 1:
         raise ConfigError(f"layer {op.name!r} has {op.replicas} copies; hybrid training tunes a shared layer "
@@ -183,6 +196,8 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     target = backend.target
     array_ids = sorted({p.array for t in op.tiles for p in t.placements})
     writer = _Writer(backend, array_ids, seed, write_verify, verify_tolerance_us)
+    if resumed:
+        writer.resume(manifest.conductances, round_=2 + len(manifest.provenance.get("previous_tunings", [])))
     labels = data.labels
     n_classes = op.cols
     if labels.min() < 0 or labels.max() >= n_classes:
@@ -243,6 +258,8 @@ def _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides,
     levels = read_levels(tuned_op, arrays, target).astype(np.int8)
     tuned_op.levels = levels   # the float matrix stays the source model's: the float backend still proves lowering
     provenance = copy_module.deepcopy(manifest.provenance)
+    if provenance.get("tuning"):   # tuned before: keep the history
+        provenance.setdefault("previous_tunings", []).append(provenance["tuning"])
     provenance["tuning"] = {
         "layer": op.name, "seed": seed, "chip": as_json_value(backend.chip_identity()),
         "chip_options": {"overrides": list(overrides or [])},

@@ -126,3 +126,15 @@ def test_bad_tuning_input(mcnn, tmp_path, capsys):
     assert main(["tune", str(tmp_path / "m"), "--data", str(tmp_path / "d.npz"), "-o", str(out),
                  "--threshold", "1.5 parsecs"]) == 2
     assert not out.exists() and "--threshold" in capsys.readouterr().err
+
+
+def test_a_second_tuning_continues_from_the_first(mcnn):
+    """Tuning a tuned manifest on the same chip starts from the conductances the first round programmed."""
+    manifest, data = mcnn
+    small = _subset(data, 300)
+    once, first = tune(manifest, small, seed=4, overrides=NOISY, lr=0.005)
+    twice, second = tune(once, small, seed=4, overrides=NOISY, lr=0.005)
+    assert second.accuracy_before == first.accuracy_after
+    assert twice.provenance["previous_tunings"][0]["writes"] == first.writes
+    other_chip, third = tune(once, small, seed=9, overrides=NOISY, lr=0.005)
+    assert "previous_tunings" in other_chip.provenance   # the history stays, but chip 9 starts from the levels
