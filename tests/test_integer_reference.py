@@ -99,3 +99,20 @@ def test_layer_granularity_uses_one_scale():
     op = manifest.graph.xbar_ops()[0]
     assert len(set(op.weight_scales.tolist())) == 1
     assert np.abs(op.levels).max() == L
+
+
+@pytest.mark.parametrize("name", ["conv", "conv_stride2_pad1", "conv_asym_pads", "conv_dilation2", "conv_group2",
+                                  "conv_depthwise", "conv_depthwise_x2", "conv_same_lower", "small_cnn",
+                                  "legacy_opset8"])
+def test_onnxruntime_conv_path_equals_the_im2col_path(name):
+    """The integer backend runs exact convolutions in onnxruntime; they must equal im2col + matmul bit for bit."""
+    from cimc.backends.reference import IntegerBackend
+    model = om.ALL_VALID[name]()
+    manifest = cimc.compile(model, "yao2020-resnet", calibration=om.random_feeds(model, batch=8, seed=0))
+    x = om.random_feeds(model, batch=3, seed=1)
+    fast = Session(manifest, backend="integer")
+    assert fast.backend.sessions                                     # the onnxruntime path is taken
+    slow_backend = IntegerBackend()
+    slow = Session(manifest, backend=slow_backend)
+    slow_backend.sessions = {}                                       # force im2col + matmul
+    np.testing.assert_array_equal(fast.run(x), slow.run(x))

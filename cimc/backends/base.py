@@ -28,6 +28,11 @@ class Backend:
         """x: [M, K] with M = batch * positions; rows of sample b are [b*M/batch, (b+1)*M/batch)."""
         raise NotImplementedError
 
+    def conv(self, op: XbarOp, x: np.ndarray) -> np.ndarray | None:
+        """Optionally run a whole quantised convolution: integer codes [B, C, *spatial] -> accumulators
+        [B, N, *out_spatial] equal to what `mvm` on the im2col matrix gives. None: use im2col + mvm."""
+        return None
+
     def describe(self) -> dict:
         """What this backend was, for reports (seeds, options)."""
         return {"backend": self.name, "seed": self.seed}

@@ -146,6 +146,7 @@ class _Plan:
     full_scale: float | None = None  # ADC full scale in current units (None for a lossless ADC)
     full_scale_source: str = "lossless"
     noise_lut: np.ndarray | None = None   # sum_j w_j^2 bit_j(q), indexed by q - qmin (bit-serial read noise)
+    conv_sessions: dict = field(default_factory=dict)   # per copy: onnxruntime Conv of `effective` (single-product reads)
     qmin: int = 0
     qmax: int = 0
 
@@ -352,6 +353,33 @@ class CrossbarBackend(Backend):
                           stacklevel=2)
 
     # -- the product --------------------------------------------------------------------------------------------
+    def conv(self, op, x: np.ndarray) -> np.ndarray | None:
+        """A lossless read without read noise is one exact product x . G' per copy (see the module doc): run the
+        whole convolution in onnxruntime, like the integer backend. Any other read goes bit-plane by bit-plane
+        through im2col + mvm."""
+        plan = self.plans[op.name]
+        if (not self.target.adc.lossless or self.simulate_planes or self.record_currents or self.diagnostics
+                or self.read_sigma > 0 or self.gemm != "float32" or plan.dtype != np.float32):
+            return None
+        from cimc.backends.reference import conv_session
+        copies = [0 if self.copy is None else self.copy % plan.replicas] if plan.replicas == 1 or \
+            self.copy is not None else list(range(min(plan.replicas, len(x))))
+        rank1 = op.conv.spatial_rank == 1
+        xin = x[:, :, None, :] if rank1 else x
+        out = None
+        for c in copies:
+            if c not in plan.conv_sessions:
+                plan.conv_sessions[c] = conv_session(op, plan.effective[c])
+            part = xin if len(copies) == 1 else np.ascontiguousarray(xin[c::plan.replicas])
+            y = plan.conv_sessions[c].run(None, {"x": part})[0]
+            if len(copies) == 1:
+                out = y
+            else:
+                if out is None:
+                    out = np.empty((len(x),) + y.shape[1:], np.float32)
+                out[c::plan.replicas] = y
+        return out[:, :, 0, :] if rank1 else out
+
     def mvm(self, op, x: np.ndarray, batch: int) -> np.ndarray:
         plan = self.plans[op.name]
         m = x.shape[0]

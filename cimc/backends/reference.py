@@ -24,15 +24,52 @@ class FloatBackend(Backend):
 
 
 class IntegerBackend(Backend):
+    """Convolutions whose sums stay exact in float32 run as one onnxruntime Conv on the integer codes and levels
+    (every product and partial sum is an integer below 2^24, so any summation order gives the exact result);
+    everything else is an exact matmul on the im2col matrix."""
     name = "integer"
 
     def bind(self, graph, arrays, target):
-        self.levels = {}
+        self.levels, self.sessions = {}, {}
         for op in graph.xbar_ops():
             levels = read_levels(op, arrays, target) if arrays is not None else op.levels
             bound = op.rows * max(abs(op.input_quant.qmin), op.input_quant.qmax) * target.device.max_level
-            self.levels[op.name] = levels.astype(np.float32 if bound < FLOAT32_EXACT else np.float64)
+            exact32 = bound < FLOAT32_EXACT
+            self.levels[op.name] = levels.astype(np.float32 if exact32 else np.float64)
+            if op.conv is not None and exact32:
+                self.sessions[op.name] = conv_session(op, levels)
 
     def mvm(self, op, x, batch):
         w = self.levels[op.name]
         return x.astype(w.dtype, copy=False) @ w
+
+    def conv(self, op, x):
+        session = self.sessions.get(op.name)
+        if session is None:
+            return None
+        if op.conv.spatial_rank == 1:
+            return session.run(None, {"x": x[:, :, None, :]})[0][:, :, 0, :]
+        return session.run(None, {"x": x})[0]
+
+
+def conv_session(op, levels: np.ndarray):
+    """An onnxruntime session computing the op's convolution with the given K x N level matrix as its weight."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    g = op.conv
+    kh, kw = g.kernel
+    groups, n = g.groups, op.cols
+    kg, ng, cg = op.rows // groups, n // groups, g.in_channels // groups
+    weight = np.concatenate([levels[i * kg:(i + 1) * kg, i * ng:(i + 1) * ng].T.reshape(ng, cg, kh, kw)
+                             for i in range(groups)]).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[kh, kw], strides=list(g.strides),
+                            pads=list(g.pads), dilations=list(g.dilations), group=groups)
+    graph = helper.make_graph([node], op.name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, onnx.IR_VERSION)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
