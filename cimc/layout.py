@@ -14,15 +14,15 @@ import numpy as np
 from cimc.ir import Graph, Tile, XbarOp
 
 
-def _cells(tile: Tile, placement, differential: str, half_rows: int):
-    """Index expressions (plus, minus) of the tile's devices on its array."""
+def tile_cells(tile: Tile, placement, spec):
+    """Index expressions (plus, minus) of the tile's g+ and g- devices on its array (`spec`: the ArraySpec)."""
     r = placement.row_offset + np.arange(tile.row_count)[:, None]
     c = np.arange(tile.col_count)[None, :]
-    if differential == "columns":
+    if spec.differential == "columns":
         cols = placement.col_offset + 2 * c
         return (r, cols), (r, cols + 1)
     cols = placement.col_offset + c
-    return (r, cols), (r + half_rows, cols)
+    return (r, cols), (r + spec.rows // 2, cols)
 
 
 def program_arrays(graph: Graph, target, n_arrays: int | None = None) -> np.ndarray:
@@ -36,7 +36,7 @@ def program_arrays(graph: Graph, target, n_arrays: int | None = None) -> np.ndar
             block = op.levels[tile.row_start:tile.row_start + tile.row_count,
                               tile.col_start:tile.col_start + tile.col_count].astype(np.int16)
             for placement in tile.placements:
-                plus, minus = _cells(tile, placement, spec.differential, spec.rows // 2)
+                plus, minus = tile_cells(tile, placement, spec)
                 arrays[placement.array][plus] = np.maximum(block, 0)
                 arrays[placement.array][minus] = np.maximum(-block, 0)
     return arrays
@@ -47,7 +47,7 @@ def read_levels(op: XbarOp, arrays: np.ndarray, target, copy: int = 0) -> np.nda
     spec = target.array
     levels = np.zeros((op.rows, op.cols), dtype=np.int16)
     for tile in op.tiles:
-        plus, minus = _cells(tile, tile.placements[copy], spec.differential, spec.rows // 2)
+        plus, minus = tile_cells(tile, tile.placements[copy], spec)
         array = arrays[tile.placements[copy].array].astype(np.int16)
         levels[tile.row_start:tile.row_start + tile.row_count,
                tile.col_start:tile.col_start + tile.col_count] = array[plus] - array[minus]

@@ -35,6 +35,7 @@ from cimc.errors import ConfigError, DataError
 from cimc.evaluate import Progress
 from cimc.executor import check_feeds, quantize_activation, run_graph
 from cimc.ir import XbarOp
+from cimc.layout import read_levels, tile_cells
 
 _PASS_THROUGH = {"Softmax", "Identity"}  # ops allowed between the tuned layer and the model output
 
@@ -134,7 +135,6 @@ class _Writer:
 
 def _pair_changes(op: XbarOp, dlevel: np.ndarray, target, array_ids: list[int], step_us: float) -> np.ndarray:
     """Per-device changes on the op's arrays (uS) for a change of the signed level matrix: +d/2 on g+, -d/2 on g-."""
-    from cimc.layout import _cells
     spec = target.array
     index = {a: i for i, a in enumerate(array_ids)}
     dg = np.zeros((len(array_ids), spec.rows, spec.cols))
@@ -142,7 +142,7 @@ def _pair_changes(op: XbarOp, dlevel: np.ndarray, target, array_ids: list[int], 
         block = dlevel[tile.row_start:tile.row_start + tile.row_count,
                        tile.col_start:tile.col_start + tile.col_count] * step_us / 2
         for placement in tile.placements:
-            plus, minus = _cells(tile, placement, spec.differential, spec.rows // 2)
+            plus, minus = tile_cells(tile, placement, spec)
             dg[index[placement.array]][plus] += block
             dg[index[placement.array]][minus] -= block
     return dg
@@ -254,7 +254,6 @@ def _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides,
     arrays[writer.ids] = nearest
     graph = copy_module.deepcopy(manifest.graph)
     tuned_op = next(o for o in graph.xbar_ops() if o.name == op.name)
-    from cimc.layout import read_levels
     levels = read_levels(tuned_op, arrays, target).astype(np.int8)
     tuned_op.levels = levels   # the float matrix stays the source model's: the float backend still proves lowering
     provenance = copy_module.deepcopy(manifest.provenance)

@@ -19,7 +19,7 @@ from cimc import zoo
 from cimc.cli import main
 from cimc.errors import ConfigError
 from cimc.executor import Session
-from cimc.layout import _cells
+from cimc.layout import tile_cells
 from cimc.passes.pack import PackLayer, check_plan, minimum_pack_arrays, solve_pack
 
 PAPER_PERIOD = (math.ceil(676 / 3) + math.ceil(49 / 3)) * 8          # 1944: 3 groups of C1 + C3 on shared arrays
@@ -46,7 +46,7 @@ def _device_cells(manifest):
         for tile in op.tiles:
             for p in tile.placements:
                 cells = []
-                for rows, cols in _cells(tile, p, spec.differential, spec.rows // 2):   # g+ and g- devices
+                for rows, cols in tile_cells(tile, p, spec):   # g+ and g- devices
                     rows, cols = np.broadcast_arrays(rows, cols)
                     cells += zip(rows.ravel().tolist(), cols.ravel().tolist())
                 used.setdefault(p.array, []).append(cells)

@@ -48,7 +48,7 @@ import numpy as np
 
 from cimc.backends.base import Backend
 from cimc.errors import ConfigError
-from cimc.layout import _cells, program_arrays, read_levels
+from cimc.layout import program_arrays, read_levels, tile_cells
 from cimc.targets.devices import DeviceModel, line_noise, load_defect_map, read_generator
 from cimc.targets.spec import NonIdealSpec
 
@@ -262,7 +262,7 @@ class CrossbarBackend(Backend):
                 plus, minus = [], []
                 for t in tiles:
                     p = t.placements[c]
-                    pi, mi = _cells(t, p, spec.differential, spec.rows // 2)
+                    pi, mi = tile_cells(t, p, spec)
                     plus.append(self.g_units[p.array][pi])
                     minus.append(self.g_units[p.array][mi])
                 gp, gm = np.concatenate(plus, axis=1), np.concatenate(minus, axis=1)
