@@ -161,11 +161,11 @@ def evaluate_chip(session_graph, backend, data: Dataset, batch: int = 100) -> fl
 
 def per_copy_accuracy(graph, backend, data: Dataset, batch: int = 100) -> list[float]:
     """Accuracy with every sample sent through copy k of the replicated layers, k = 0..copies-1 (the paper's
-    G1..G3 table); a single entry when nothing is replicated."""
+    G1..G3 table); empty when nothing is replicated."""
     copies = max(op.replicas for op in graph.xbar_ops())
     result = []
-    for k in range(copies):
-        backend.copy = k if copies > 1 else None
+    for k in range(copies if copies > 1 else 0):
+        backend.copy = k
         result.append(evaluate_chip(graph, backend, data, batch))
     backend.copy = None
     return result
@@ -236,7 +236,7 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     after = evaluate_chip(graph, backend, data, batch)
     after_copies = per_copy_accuracy(graph, backend, data, batch)
     per_copy = [{"copy": k, "accuracy_before": b, "accuracy_after": a}
-                for k, (b, a) in enumerate(zip(before_copies, after_copies))] if len(before_copies) > 1 else []
+                for k, (b, a) in enumerate(zip(before_copies, after_copies))]
     result = TuneResult(before, after, writer.writes, writer.on_stuck, writer.verify_iterations, iterations,
                         op.name, array_ids, time.perf_counter() - start_time, per_copy)
     tuned = _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides, defect_map,
