@@ -18,6 +18,14 @@ def calib(tmp_path):
     return path
 
 
+@pytest.fixture
+def cnn(tmp_path):
+    """A valid model (small_cnn) and calibration data that fits it."""
+    calib_path = tmp_path / "c.npz"
+    np.savez(calib_path, x=np.zeros((4, 3, 16, 16), np.float32))
+    return _save(tmp_path, om.small_cnn()), calib_path
+
+
 def _compile(tmp_path, model_path, calib_path, *extra):
     out = tmp_path / "out"
     code = main(["compile", str(model_path), "--calibration", str(calib_path), "-o", str(out), *extra])
@@ -86,18 +94,15 @@ def test_compile_without_calibration_is_an_error(tmp_path):
     (["--replicate", "conv1=0"], "positive integer"),
     (["--replicate", "conv1"], "NODE=COPIES"),
 ])
-def test_bad_options(tmp_path, calib, capsys, extra, needle):
-    model = _save(tmp_path, om.small_cnn())
-    np.savez(calib, x=np.zeros((4, 3, 16, 16), np.float32))
+def test_bad_options(tmp_path, cnn, capsys, extra, needle):
+    model, calib = cnn
     code, out = _compile(tmp_path, model, calib, *extra)
     assert code == 2 and not out.exists()
     assert needle in capsys.readouterr().err
 
 
-def test_over_budget_target_is_refused(tmp_path, capsys):
-    model = _save(tmp_path, om.small_cnn())
-    calib = tmp_path / "c.npz"
-    np.savez(calib, x=np.zeros((4, 3, 16, 16), np.float32))
+def test_over_budget_target_is_refused(tmp_path, cnn, capsys):
+    model, calib = cnn
     code, out = _compile(tmp_path, model, calib, "--target", "yao2020-mcnn", "--set", "chip.pes_per_chip=1")
     assert code == 2 and not out.exists()
     assert "budget of 1 arrays is below the" in capsys.readouterr().err
@@ -107,10 +112,8 @@ def test_over_budget_target_is_refused(tmp_path, capsys):
     assert "arrays but target 'yao2020-mcnn' has 1" in capsys.readouterr().err
 
 
-def test_refuses_to_overwrite_a_non_manifest_directory(tmp_path, capsys):
-    model = _save(tmp_path, om.small_cnn())
-    calib = tmp_path / "c.npz"
-    np.savez(calib, x=np.zeros((4, 3, 16, 16), np.float32))
+def test_refuses_to_overwrite_a_non_manifest_directory(tmp_path, cnn, capsys):
+    model, calib = cnn
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
