@@ -22,3 +22,12 @@ def resnet56_manifest(resnet56_path, tmp_path_factory):
     manifest = cimc.compile(resnet56_path, "yao2020-resnet", calibration=calib, replicate={"conv1": 4})
     manifest.save(tmp_path_factory.mktemp("manifests") / "resnet56")
     return manifest
+
+
+@pytest.fixture(scope="session")
+def mcnn_dir(tmp_path_factory):
+    """Yao's mCNN (cimc.zoo, random weights) as mcnn.onnx, with 16 calibration images as calib.npz."""
+    d = tmp_path_factory.mktemp("mcnn")
+    onnx.save(zoo.mcnn(), d / "mcnn.onnx")
+    np.savez(d / "calib.npz", x=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
+    return d

@@ -26,16 +26,8 @@ PAPER_PERIOD = (math.ceil(676 / 3) + math.ceil(49 / 3)) * 8          # 1944: 3 g
 
 
 @pytest.fixture(scope="module")
-def mcnn(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pack")
-    onnx.save(zoo.mcnn(), d / "mcnn.onnx")
-    np.savez(d / "calib.npz", x=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
-    return d
-
-
-@pytest.fixture(scope="module")
-def packed(mcnn):
-    return cimc.compile(mcnn / "mcnn.onnx", "yao2020-mcnn", calibration=mcnn / "calib.npz", pack=True)
+def packed(mcnn_dir):
+    return cimc.compile(mcnn_dir / "mcnn.onnx", "yao2020-mcnn", calibration=mcnn_dir / "calib.npz", pack=True)
 
 
 def _device_cells(manifest):
@@ -96,9 +88,9 @@ def test_no_two_tiles_overlap_on_an_array(packed):
             assert len(set(arrays)) == len(arrays)
 
 
-def test_packed_manifest_computes_what_an_unpacked_one_does(packed, mcnn, tmp_path):
+def test_packed_manifest_computes_what_an_unpacked_one_does(packed, mcnn_dir, tmp_path):
     copies = packed.replication["copies"]
-    unpacked = cimc.compile(mcnn / "mcnn.onnx", "yao2020-mcnn", calibration=mcnn / "calib.npz", replicate=copies,
+    unpacked = cimc.compile(mcnn_dir / "mcnn.onnx", "yao2020-mcnn", calibration=mcnn_dir / "calib.npz", replicate=copies,
                             optimize=False, overrides=["chip.chips=0"])
     assert {op.name: op.replicas for op in unpacked.graph.xbar_ops()} == copies
     assert unpacked.total_arrays == sum(copies[op.name] * len(op.tiles) for op in unpacked.graph.xbar_ops())
@@ -123,29 +115,29 @@ def test_rows_layout_packs_li2018s_two_layers_on_one_array(tmp_path):
     assert np.array_equal(Session(m, "integer").run(x), Session(ref, "integer").run(x))
 
 
-def test_budget_too_small_names_the_minimum(mcnn):
+def test_budget_too_small_names_the_minimum(mcnn_dir):
     with pytest.raises(ConfigError, match="minimum is 4 arrays"):
-        cimc.count(mcnn / "mcnn.onnx", "yao2020-mcnn", pack=True, arrays=3)
-    table = cimc.count(mcnn / "mcnn.onnx", "yao2020-mcnn", pack=True, arrays=4)
+        cimc.count(mcnn_dir / "mcnn.onnx", "yao2020-mcnn", pack=True, arrays=3)
+    table = cimc.count(mcnn_dir / "mcnn.onnx", "yao2020-mcnn", pack=True, arrays=4)
     assert table["total_arrays"] == 4 and table["replication"]["minimum_arrays"] == 4
 
 
-def test_pack_needs_a_budget_and_a_small_chip(mcnn):
+def test_pack_needs_a_budget_and_a_small_chip(mcnn_dir):
     with pytest.raises(ConfigError, match="needs an array budget"):
-        cimc.count(mcnn / "mcnn.onnx", "yao2020-resnet", pack=True)
+        cimc.count(mcnn_dir / "mcnn.onnx", "yao2020-resnet", pack=True)
     with pytest.raises(ConfigError, match="default allocator"):
-        cimc.count(mcnn / "mcnn.onnx", "yao2020-resnet", pack=True, arrays=65)
+        cimc.count(mcnn_dir / "mcnn.onnx", "yao2020-resnet", pack=True, arrays=65)
 
 
-def test_cli_pack_json(mcnn, capsys):
-    out = mcnn / "cli"
-    assert main(["compile", str(mcnn / "mcnn.onnx"), "--target", "yao2020-mcnn", "--calibration",
-                 str(mcnn / "calib.npz"), "-o", str(out), "--pack", "--json"]) == 0
+def test_cli_pack_json(mcnn_dir, capsys):
+    out = mcnn_dir / "cli"
+    assert main(["compile", str(mcnn_dir / "mcnn.onnx"), "--target", "yao2020-mcnn", "--calibration",
+                 str(mcnn_dir / "calib.npz"), "-o", str(out), "--pack", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["replication"]["mode"] == "pack" and result["total_arrays"] <= 8
     assert result["estimates"]["bottleneck_cycles"] == result["replication"]["bottleneck_cycles"] <= PAPER_PERIOD
     assert json.loads((out / "replication.json").read_text())["mode"] == "pack"
-    assert main(["count", str(mcnn / "mcnn.onnx"), "--target", "yao2020-mcnn", "--pack"]) == 0
+    assert main(["count", str(mcnn_dir / "mcnn.onnx"), "--target", "yao2020-mcnn", "--pack"]) == 0
     assert "(pack)" in capsys.readouterr().out
 
 
