@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -77,6 +78,28 @@ def import_onnx(path_or_model) -> tuple[Graph, ModelInfo]:
     return _Importer(info).run(), info
 
 
+def _topologically_sorted(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """The model with its nodes in topological order. ONNX requires it, but files that break the rule exist and
+    onnxruntime runs them; a file already in order keeps its order exactly (ties go by position in the file)."""
+    nodes = list(model.graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(nodes)))
+    g.add_edges_from((producer[t], i) for i, node in enumerate(nodes) for t in node.input if t in producer)
+    try:
+        order = list(nx.lexicographical_topological_sort(g))
+    except nx.NetworkXUnfeasible:
+        cycle = [nodes[i].name or nodes[i].op_type for i, _ in nx.find_cycle(g)]
+        raise ModelError(f"{where}: the graph has a cycle through nodes {cycle}") from None
+    if order == list(range(len(nodes))):
+        return model
+    ordered = onnx.ModelProto()
+    ordered.CopyFrom(model)
+    del ordered.graph.node[:]
+    ordered.graph.node.extend(nodes[i] for i in order)
+    return ordered
+
+
 def _evaluate_node(node, opset_import, feeds: dict) -> list:
     """Run one node with onnx's reference evaluator at the model's opset (a bare NodeProto would get the newest)."""
     untyped = onnx.TensorProto.UNDEFINED
@@ -104,7 +127,8 @@ class _Importer:
                 raise self.fail(node, f"op type {node.op_type!r} is not supported by cimc "
                                       f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
         try:
-            self.model = onnx.shape_inference.infer_shapes(info.model, data_prop=True)
+            self.model = onnx.shape_inference.infer_shapes(_topologically_sorted(info.model, self.where),
+                                                           data_prop=True)
         except Exception as exc:
             raise ModelError(f"{self.where}: onnx shape inference failed: {exc}") from None
         g = self.model.graph

@@ -10,14 +10,14 @@
 * `DigitalOp` — everything else, with ONNX semantics (cimc.digital), attributes in canonical form.
 
 Passes fill in XbarOp fields: quantisation (`input_quant`, `levels`, `weight_scales`), tiles, replicas and placements.
-The manifest is this graph serialised; `Graph.ops` is in topological (execution) order.
+The manifest is this graph serialised; `Graph.ops` is in topological (execution) order: the front end puts the
+ONNX nodes in that order (networkx) before it builds the ops.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Union
 
-import networkx as nx
 import numpy as np
 
 
@@ -160,43 +160,3 @@ class Graph:
 
     def is_graph_output(self, tensor: str) -> bool:
         return any(t.name == tensor for t in self.outputs)
-
-    def to_networkx(self) -> nx.DiGraph:
-        """Ops as nodes, an edge per tensor from producer to consumer (attribute `tensor`)."""
-        g = nx.DiGraph()
-        producers = {}
-        for op in self.ops:
-            g.add_node(op.name, op=op)
-            for t in op.outputs:
-                producers[t] = op.name
-        for op in self.ops:
-            for t in op.inputs:
-                if t in producers:
-                    g.add_edge(producers[t], op.name, tensor=t)
-        return g
-
-    def sort(self) -> None:
-        """Restore topological order (stable: ties keep their current order)."""
-        g = self.to_networkx()
-        index = {op.name: i for i, op in enumerate(self.ops)}
-        order = list(nx.lexicographical_topological_sort(g, key=lambda n: index[n]))
-        by_name = {op.name: op for op in self.ops}
-        self.ops = [by_name[n] for n in order]
-
-    def rename_tensor(self, old: str, new: str) -> None:
-        """Make every consumer of `old` read `new` instead (used when an op is removed)."""
-        for op in self.ops:
-            op.inputs = [new if t == old else t for t in op.inputs]
-        for t in self.outputs:
-            if t.name == old:
-                t.name = new
-
-    def remove_dead_ops(self) -> None:
-        """Drop ops whose outputs reach no graph output."""
-        live = {t.name for t in self.outputs}
-        kept = []
-        for op in reversed(self.ops):
-            if any(t in live for t in op.outputs):
-                kept.append(op)
-                live.update(op.inputs)
-        self.ops = kept[::-1]

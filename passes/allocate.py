@@ -24,6 +24,3 @@ def run(graph: Graph, target, config=None) -> Graph:
                           "a larger target, or --set chip.chips=0 for as many chips as needed")
     return graph
 
-
-def array_count(graph: Graph) -> int:
-    return sum(op.replicas * len(op.tiles) for op in graph.xbar_ops())

@@ -69,3 +69,36 @@ def test_batch_is_symbolic():
     for batch in (1, 3, 130):  # 130 > the session's chunk size
         feeds = om.random_feeds(model, batch=batch, seed=batch)
         assert session.run(feeds).shape == om.run_ort(model, feeds)[0].shape
+
+
+def _reordered(model, order):
+    out = type(model)()
+    out.CopyFrom(model)
+    nodes = list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes[i] for i in order)
+    return out
+
+
+def test_nodes_out_of_topological_order_are_sorted():
+    """ONNX requires sorted nodes, but onnxruntime runs files that break the rule; so does cimc."""
+    model = om.small_cnn()
+    shuffled = _reordered(model, range(len(model.graph.node) - 1, -1, -1))
+    feeds = om.random_feeds(model, batch=4, seed=2)
+    calib = om.random_feeds(model, batch=8, seed=0)
+    got = Session(cimc.compile(shuffled, "ideal", calibration=calib), backend="float").run(feeds)
+    np.testing.assert_allclose(got, om.run_ort(shuffled, feeds)[0], rtol=1e-4, atol=1e-5)
+    ordered = cimc.compile(model, "ideal", calibration=calib)
+    # the same ops (independent branches may come in the file's order)
+    assert sorted(op.name for op in cimc.compile(shuffled, "ideal", calibration=calib).graph.ops) == \
+        sorted(op.name for op in ordered.graph.ops)
+
+
+def test_a_cycle_is_a_clear_error():
+    from cimc.errors import ModelError
+    model = om.small_cnn()
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    conv2 = next(n for n in model.graph.node if n.name == "conv2_grouped")
+    relu.input[0] = conv2.output[0]                  # relu1 now reads conv2's output, which reads relu1's
+    with pytest.raises(ModelError, match="cycle"):
+        cimc.count(model, "ideal")
