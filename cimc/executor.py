@@ -115,8 +115,8 @@ class Session:
         self.batch_size = batch_size
         self.graph = self.manifest.graph
         self.backend.bind(self.graph, self.manifest.arrays, self.manifest.target)
-        if hasattr(self.backend, "apply_tuning"):   # a tuned manifest on the chip instance it was tuned on
-            self.backend.apply_tuning(self.manifest.provenance.get("tuning"), self.manifest.conductances)
+        # a tuned manifest on the chip instance it was tuned on
+        self.backend.apply_tuning(self.manifest.provenance.get("tuning"), self.manifest.conductances)
 
     @property
     def input_names(self) -> list[str]:

@@ -28,6 +28,11 @@ class Backend:
         """x: [M, K] with M = batch * positions; rows of sample b are [b*M/batch, (b+1)*M/batch)."""
         raise NotImplementedError
 
+    def apply_tuning(self, tuning: dict | None, conductances: dict | None) -> bool:
+        """Use a tuned manifest's programmed conductances where they belong to this backend's chip instance.
+        Backends without conductances (float, integer) read the manifest's levels and return False."""
+        return False
+
     def conv(self, op: XbarOp, x: np.ndarray) -> np.ndarray | None:
         """Optionally run a whole quantised convolution: integer codes [B, C, *spatial] -> accumulators
         [B, N, *out_spatial] equal to what `mvm` on the im2col matrix gives. None: use im2col + mvm."""
