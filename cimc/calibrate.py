@@ -1,6 +1,7 @@
 """Activation statistics for quantisation: for the input of every crossbar op, its minimum, max |x| and (for the
 "percentile" rule) a percentile of |x| computed on a deterministic strided subsample of at most 2^20 values per
-batch. The float model runs in onnxruntime with those tensors exposed as extra outputs; where a crossbar input is a
+batch. The float model runs in onnxruntime with those tensors exposed as extra outputs (for min and max alone, as
+onnxruntime ReduceMin and ReduceMax outputs, so that no activation leaves onnxruntime); where a crossbar input is a
 tensor the front end made (a transpose it inserted), the cimc float engine runs the IR instead."""
 from __future__ import annotations
 
@@ -41,15 +42,18 @@ def activation_stats(graph: Graph, data, percentile: float | None = None, batch_
     feeds = check_feeds(graph, data, where)
     n = len(next(iter(feeds.values())))
     stats = _Stats(percentile)
-    session = _onnxruntime_with_taps(model, graph) if model is not None else None
+    reduce = percentile is None        # min and max only: onnxruntime reduces each tap to two scalars itself
+    session = _onnxruntime_with_taps(model, graph, reduce) if model is not None else None
     if session is not None:
         taps = {op.inputs[0]: [] for op in graph.xbar_ops()}
         for op in graph.xbar_ops():
             taps[op.inputs[0]].append(op.name)
-        names = list(taps)
+        names = [f"{t}{suffix}" for t in taps for suffix in _REDUCED] if reduce else list(taps)
         for start in range(0, n, batch_size):
             values = session.run(names, {k: v[start:start + batch_size] for k, v in feeds.items()})
-            for tensor, value in zip(names, values):
+            if reduce:
+                values = [np.array([lo, hi]) for lo, hi in zip(values[0::2], values[1::2])]
+            for tensor, value in zip(taps, values):
                 for op_name in taps[tensor]:
                     stats.add(op_name, value)
         return stats.result()
@@ -61,8 +65,12 @@ def activation_stats(graph: Graph, data, percentile: float | None = None, batch_
     return stats.result()
 
 
-def _onnxruntime_with_taps(model: onnx.ModelProto, graph: Graph):
-    """The source model with every crossbar input added as an output, or None if one is not an ONNX tensor."""
+_REDUCED = ("__cimc_min", "__cimc_max")
+
+
+def _onnxruntime_with_taps(model: onnx.ModelProto, graph: Graph, reduce: bool = False):
+    """The source model with every crossbar input added as an output (`reduce`: as its ReduceMin and ReduceMax
+    over all axes, named tensor + _REDUCED), or None if one is not an ONNX tensor."""
     produced = {t for node in model.graph.node for t in node.output} | {i.name for i in model.graph.input}
     wanted = [op.inputs[0] for op in graph.xbar_ops()]
     if any(t not in produced for t in wanted):
@@ -71,7 +79,11 @@ def _onnxruntime_with_taps(model: onnx.ModelProto, graph: Graph):
     tapped.CopyFrom(model)
     existing = {o.name for o in tapped.graph.output}
     for t in dict.fromkeys(wanted):
-        if t not in existing:
+        if reduce:   # no axes: every axis, in every opset
+            for op_type, suffix in zip(("ReduceMin", "ReduceMax"), _REDUCED):
+                tapped.graph.node.append(helper.make_node(op_type, [t], [t + suffix], keepdims=0))
+                tapped.graph.output.append(helper.make_tensor_value_info(t + suffix, onnx.TensorProto.FLOAT, None))
+        elif t not in existing:
             tapped.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.log_severity_level = 3

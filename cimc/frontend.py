@@ -12,11 +12,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
@@ -83,6 +81,9 @@ def _topologically_sorted(model: onnx.ModelProto, where: str) -> onnx.ModelProto
     onnxruntime runs them; a file already in order keeps its order exactly (ties go by position in the file)."""
     nodes = list(model.graph.node)
     producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    if all(producer.get(t, -1) < i for i, node in enumerate(nodes) for t in node.input):
+        return model          # every edge points forward: already sorted, no cycle (and no networkx import)
+    import networkx as nx
     g = nx.DiGraph()
     g.add_nodes_from(range(len(nodes)))
     g.add_edges_from((producer[t], i) for i, node in enumerate(nodes) for t in node.input if t in producer)
@@ -102,6 +103,7 @@ def _topologically_sorted(model: onnx.ModelProto, where: str) -> onnx.ModelProto
 
 def _evaluate_node(node, opset_import, feeds: dict) -> list:
     """Run one node with onnx's reference evaluator at the model's opset (a bare NodeProto would get the newest)."""
+    from onnx.reference import ReferenceEvaluator      # imported only when a model needs constant folding
     untyped = onnx.TensorProto.UNDEFINED
     graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(n, untyped, None) for n in feeds],
                               [helper.make_tensor_value_info(n, untyped, None) for n in node.output if n])

@@ -19,7 +19,6 @@ import zipfile
 from importlib import resources
 from pathlib import Path
 
-import jsonschema
 import numpy as np
 
 import cimc
@@ -176,6 +175,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray], compresslevel: int | N
 
 
 def _validate_schema(doc, where):
+    import jsonschema                 # only loading validates: compile does not pay for the import
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:

@@ -48,6 +48,7 @@ import numpy as np
 
 from cimc.backends.base import Backend
 from cimc.errors import ConfigError
+from cimc.im2col import col2im, im2col
 from cimc.layout import program_arrays, read_levels, tile_cells
 from cimc.targets.devices import DeviceModel, line_noise, load_defect_map, read_generator
 from cimc.targets.spec import NonIdealSpec
@@ -80,6 +81,14 @@ def bit_planes_uint(xi: np.ndarray, bits: int, out: np.ndarray | None = None) ->
     """Unsigned integers [m, r] -> planes [bits, m, r] float32 of 0/1, LSB first."""
     if out is None:
         out = np.empty((bits,) + xi.shape, np.float32)
+    if xi.dtype == np.uint8 and out.dtype == np.uint8 and xi.size % 8 == 0 and out.flags.c_contiguous:
+        # eight codes per 64-bit word: (word >> j) & 0x01..01 is plane j of all eight at once
+        words = np.ascontiguousarray(xi).reshape(-1).view(np.uint64)
+        planes = out.reshape(bits, -1).view(np.uint64)
+        for j in range(bits):
+            np.right_shift(words, np.uint64(j), out=planes[j])
+            np.bitwise_and(planes[j], np.uint64(0x0101010101010101), out=planes[j])
+        return out
     tmp = np.empty(xi.shape, xi.dtype)
     one = xi.dtype.type(1)
     for j in range(bits):
@@ -358,6 +367,8 @@ class CrossbarBackend(Backend):
         whole convolution in onnxruntime, like the integer backend. Any other read goes bit-plane by bit-plane
         through im2col + mvm."""
         plan = self.plans[op.name]
+        if self.record_currents and self._exact_record(plan):
+            return self._record_conv(op, plan, x)
         if (not self.target.adc.lossless or self.simulate_planes or self.record_currents or self.diagnostics
                 or self.read_sigma > 0 or self.gemm != "float32" or plan.dtype != np.float32):
             return None
@@ -382,24 +393,28 @@ class CrossbarBackend(Backend):
 
     def mvm(self, op, x: np.ndarray, batch: int) -> np.ndarray:
         plan = self.plans[op.name]
-        m = x.shape[0]
-        if plan.replicas == 1 or self.copy is not None or m == 0:
-            c = 0 if self.copy is None else self.copy % plan.replicas
-            out = self._run_copy(plan, c, x)
-        else:
-            positions = m // batch
-            xs = x.reshape(batch, positions, plan.rows)
-            out = np.empty((batch, positions, plan.cols), plan.dtype)
-            for c in range(min(plan.replicas, batch)):
-                sel = np.ascontiguousarray(xs[c::plan.replicas]).reshape(-1, plan.rows)
-                out[c::plan.replicas] = self._run_copy(plan, c, sel).reshape(-1, positions, plan.cols)
-            out = out.reshape(m, plan.cols)
+        out = self._by_copy(plan, x, batch, self._run_copy)
         if self.diagnostics:
             self._observe(plan, x, out)
         return out
 
+    def _by_copy(self, plan: _Plan, x: np.ndarray, batch: int, run) -> np.ndarray:
+        """Sample b's rows of x [m, K] go through copy b % replicas (or `self.copy`): run(plan, c, rows) -> [., N]."""
+        m = x.shape[0]
+        if plan.replicas == 1 or self.copy is not None or m == 0:
+            return run(plan, 0 if self.copy is None else self.copy % plan.replicas, x)
+        positions = m // batch
+        xs = x.reshape(batch, positions, x.shape[1])
+        out = np.empty((batch, positions, plan.cols), plan.dtype)
+        for c in range(min(plan.replicas, batch)):
+            sel = np.ascontiguousarray(xs[c::plan.replicas]).reshape(-1, x.shape[1])
+            out[c::plan.replicas] = run(plan, c, sel).reshape(-1, positions, plan.cols)
+        return out.reshape(m, plan.cols)
+
     def _run_copy(self, plan: _Plan, c: int, x: np.ndarray) -> np.ndarray:
         if self.record_currents:
+            if self._exact_record(plan):
+                return self._record_exact(plan, c, uint_codes(x, plan.bits, plan.signed))
             self._record(plan, c, x)
             return x.astype(plan.dtype, copy=False) @ plan.effective[c]
         if self.target.adc.lossless and not self.simulate_planes:
@@ -492,6 +507,46 @@ class CrossbarBackend(Backend):
         if lossless:
             return codes.astype(plan.dtype, copy=False)
         return (codes.astype(np.float64) * (plan.full_scale / top)).astype(plan.dtype)
+
+    def _exact_record(self, plan: _Plan) -> bool:
+        """Calibration reads can run exactly in int8 (ideal levels and an integer g_min, 8-bit planes)."""
+        return self._int_session is not None and self.grid == 1 and not plan.analog and plan.bits <= 8
+
+    def _record_conv(self, op, plan: _Plan, x: np.ndarray) -> np.ndarray:
+        """Calibration reads of a whole convolution: im2col on the uint8 codes (a quarter of float32's traffic),
+        then `_record_exact`; returns the accumulators [B, N, *out_spatial]."""
+        cols, shape = im2col(uint_codes(x, plan.bits, plan.signed), op.conv)
+        acc = self._by_copy(plan, cols, len(x), self._record_exact)
+        return col2im(acc, shape, op.conv)
+
+    def _record_exact(self, plan: _Plan, c: int, xi: np.ndarray) -> np.ndarray:
+        """Ideal reads of uint8 codes [m, r]: every bit-plane of a row tile in one MatMulInteger, the peak line
+        current recorded, and the exact accumulators formed from the same currents by shift-and-add (the g_min
+        parts cancel in g+ - g-)."""
+        columns = self.target.array.differential == "columns"
+        n = plan.bits
+        w = plane_weights(n, plan.signed).astype(np.int64)
+        out = np.zeros((len(xi), plan.cols), np.int64)
+        peak = self.peaks[plan.name]
+        planes = None
+        for block in plan.blocks:
+            r, nb = block.r1 - block.r0, len(block.cols)
+            mat = block.quantised[c]
+            chunk = max(1, min(CHUNK_ELEMENTS // (n * r), CURRENT_ELEMENTS // (n * mat.shape[1])))
+            for s in range(0, len(xi), chunk):
+                xb = xi[s:s + chunk, block.r0:block.r1]
+                if planes is None or planes.shape[1:] != xb.shape:
+                    planes = np.empty((n,) + xb.shape, np.uint8)
+                bit_planes_uint(xb, n, planes)
+                cur = self._int_session.run(None, {"A": planes.reshape(-1, r), "B": mat})[0]
+                if cur.size:
+                    peak = max(peak, float(cur.max()), 0.0 if columns else -float(cur.min()))
+                # |current| <= 127 r per plane, at most 2^n times that over the planes: int32 while that fits
+                wide = np.int32 if 127 * r << n < 1 << 31 else np.int64
+                acc = np.einsum("jmn,j->mn", cur.reshape(n, len(xb), -1).astype(wide, copy=False), w.astype(wide))
+                out[s:s + chunk, block.index] += acc[:, :nb] - acc[:, nb:] if columns else acc
+        self.peaks[plan.name] = peak
+        return out.astype(plan.dtype)
 
     def _record(self, plan: _Plan, c: int, x: np.ndarray) -> None:
         """Largest ideal line current (step units, magnitude) over all reads: the calibrated ADC full scale."""
