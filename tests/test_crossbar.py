@@ -364,3 +364,50 @@ def test_adc_calibration_uses_only_max_samples(mcnn):
     limited = calibrate_adc_full_scale(manifest.graph, manifest.target, calib, max_samples=2, batch_size=64)
     first_two = calibrate_adc_full_scale(manifest.graph, manifest.target, calib[:2], batch_size=64)
     assert limited == first_two
+
+
+def _brute_force_peak_ua(manifest, x):
+    """The calibration rule read by read, in plain loops over tiles, bit-planes and lines: the largest ideal line
+    current I = V_read * sum_r bit_r * (g_min + level_r * step) over the inputs of every op (integer activations)."""
+    from cimc.executor import quantize_activation, run_graph
+    from cimc.im2col import im2col
+    from cimc.layout import tile_cells
+    target, arrays = manifest.target, program_arrays(manifest.graph, manifest.target)
+    seen = {}
+    integer = Session(manifest, backend="integer").backend
+    run_graph(manifest.graph, {manifest.graph.inputs[0].name: x}, integer,
+              observe=lambda op, a: seen.__setitem__(op.name, quantize_activation(a, op.input_quant)))
+    dev, v = target.device, target.input.read_voltage_v
+    peaks = {}
+    for op in manifest.graph.xbar_ops():
+        codes = seen[op.name]
+        rows = im2col(codes, op.conv)[0] if op.conv is not None else codes.reshape(-1, op.rows)
+        q = op.input_quant
+        u = rows.astype(np.int64) & ((1 << q.bits) - 1)            # two's complement bits for signed codes
+        peak = 0.0
+        for t in op.tiles:
+            p = t.placements[0]
+            for cells in tile_cells(t, p, target.array):
+                g = dev.g_min_us + arrays[p.array][cells] * dev.step_us                   # [row_count, col_count]
+                for j in range(q.bits):
+                    bits = (u[:, t.row_start:t.row_start + t.row_count] >> j) & 1
+                    peak = max(peak, float((bits @ g).max()) * v)
+        peaks[op.name] = peak
+    return peaks
+
+
+@pytest.mark.parametrize("fixture", ["mcnn", "small_cnn"])
+def test_adc_calibration_equals_the_read_by_read_rule_and_follows_the_integer_chip(fixture, request):
+    """The fast calibration reads (uint8 im2col, one MatMulInteger per row tile, accumulators by shift-and-add) give
+    the brute-force peak current, and the activations they pass on are the integer backend's, bit for bit."""
+    from cimc.executor import run_graph
+    data = request.getfixturevalue(fixture)
+    manifest, x = data[0], data[-1]
+    scales = calibrate_adc_full_scale(manifest.graph, manifest.target, x)
+    want = _brute_force_peak_ua(manifest, x)
+    assert scales == pytest.approx(want, rel=1e-9)
+    be = CrossbarBackend(record_currents=True)
+    be.bind(manifest.graph, None, manifest.target)
+    assert all(be._exact_record(p) for p in be.plans.values())                     # the fast path ran
+    feeds = {manifest.graph.inputs[0].name: x}
+    assert np.array_equal(run_graph(manifest.graph, feeds, be)[manifest.graph.outputs[0].name], _integer(manifest, x))
