@@ -4,8 +4,10 @@
 
 For each configuration — `integer` (the reference), `crossbar-ideal` (ideal devices, lossless ADC) and
 `crossbar-noisy` (the yao2020-resnet target: 0.54 uS programming error, 8-bit ADC with a calibrated full scale,
-every bit-plane read; float32 GEMMs) and `crossbar-noisy-int8` (the same with gemm="int8") — a fresh worker
-process loads the manifest, times onnxruntime and the backend on the same n
+every bit-plane read; float32 GEMMs), `crossbar-noisy-int8` (the same with gemm="int8") and `crossbar-noisy-lut`
+(the same with gemm="lut": numba table reads with the ADC fused) — a fresh worker process loads the manifest, warms
+both up on two inputs (numba compiles on first use, then loads from its disk cache), times onnxruntime and the
+backend on the same n
 inputs, and reports the ratio and its peak resident memory (ru_maxrss, the whole process). Then a GEMM
 micro-benchmark compares, on the shapes of one layer's bit-plane reads ([8*M, 144] @ [144, lines]): numpy float32
 (BLAS), onnxruntime float32 MatMul, onnxruntime MatMulInteger (u8 x s8 -> int32) and numpy's int32 matmul (no BLAS).
@@ -71,7 +73,8 @@ def worker(workdir: Path, config: str, batch_size: int) -> dict:
     else:
         scales = json.loads((workdir / "adc_full_scale.json").read_text())
         session = cimc.Session(manifest, backend="crossbar", seed=0, adc_full_scale=scales, batch_size=batch_size,
-                               gemm="int8" if config.endswith("int8") else "float32")
+                               gemm=config.rsplit("-", 1)[1] if config.count("-") == 2 else "float32")
+    session.run(x[:2])                                                        # warm up (and compile, for lut)
     t0 = time.perf_counter()
     y = session.run(x)
     backend_s = time.perf_counter() - t0
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--json", action="store_true")
     p.add_argument("--skip-gemm", action="store_true")
-    p.add_argument("--configs", default="integer,crossbar-ideal,crossbar-noisy,crossbar-noisy-int8")
+    p.add_argument("--configs", default="integer,crossbar-ideal,crossbar-noisy,crossbar-noisy-int8,crossbar-noisy-lut")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -161,7 +164,7 @@ def main(argv=None) -> int:
         if (workdir / "y_integer.npy").exists() and (workdir / "y_crossbar-ideal.npy").exists():
             result["ideal_equals_integer_bit_for_bit"] = bool(np.array_equal(np.load(workdir / "y_integer.npy"),
                                                                          np.load(workdir / "y_crossbar-ideal.npy")))
-        for noisy in ("crossbar-noisy", "crossbar-noisy-int8"):
+        for noisy in ("crossbar-noisy", "crossbar-noisy-int8", "crossbar-noisy-lut"):
             if (workdir / "y_integer.npy").exists() and (workdir / f"y_{noisy}.npy").exists():
                 a, b = np.load(workdir / "y_integer.npy"), np.load(workdir / f"y_{noisy}.npy")
                 result[f"{noisy}_top1_agreement_with_integer"] = float(np.mean(a.argmax(1) == b.argmax(1)))
@@ -182,7 +185,7 @@ def main(argv=None) -> int:
         print(f"| {r['config']} | {r['n']} | {r['backend_seconds']:.1f} | {r['onnxruntime_seconds']:.2f} | "
               f"{r['ratio']:.1f}x | {r['peak_rss_mb']:.0f} |")
     for key in ("ideal_equals_integer_bit_for_bit", "crossbar-noisy_top1_agreement_with_integer",
-                "crossbar-noisy-int8_top1_agreement_with_integer"):
+                "crossbar-noisy-int8_top1_agreement_with_integer", "crossbar-noisy-lut_top1_agreement_with_integer"):
         if key in result:
             print(f"\n{key}: {result[key]}")
     if "gemm" in result:

@@ -411,3 +411,89 @@ def test_adc_calibration_equals_the_read_by_read_rule_and_follows_the_integer_ch
     assert all(be._exact_record(p) for p in be.plans.values())                     # the fast path ran
     feeds = {manifest.graph.inputs[0].name: x}
     assert np.array_equal(run_graph(manifest.graph, feeds, be)[manifest.graph.outputs[0].name], _integer(manifest, x))
+
+
+# -- table reads (gemm="lut", numba) --------------------------------------------------------------------------------
+from cimc.backends import lut_reads  # noqa: E402
+
+needs_numba = pytest.mark.skipif(not lut_reads.available(), reason="numba (in the dev extra) is not installed")
+@pytest.fixture(scope="module")
+def small_cnn_rows(tmp_path_factory):
+    """small_cnn on arrays whose g- devices sit in the lower half of the rows (one bipolar line per output)."""
+    model = om.small_cnn()
+    return _compile(tmp_path_factory, "small_cnn_rows", model, "yao2020-resnet", _feeds(model, 16, 1),
+                    overrides=["array.differential=rows"]), _feeds(model, 5, 2)
+
+
+@needs_numba
+@pytest.mark.parametrize("fixture,overrides", [("mcnn", []), ("small_cnn", []), ("small_cnn_rows", ["adc.bits=6"])])
+def test_lut_reads_equal_the_int8_gemm_on_the_same_grid(fixture, overrides, request):
+    """Table lookups + fused ADC + shift-and-add equal planes x MatMulInteger + adc_convert + Horner bit for bit on the
+    same conductance grid (noisy devices, stuck cells, calibrated 8-bit ADCs, several copies, signed inputs, both
+    differential schemes), including the clipping counts."""
+    manifest, x = request.getfixturevalue(fixture)[0], request.getfixturevalue(fixture)[-1]
+    scales = calibrate_adc_full_scale(manifest.graph, manifest.target, x)
+    common = dict(seed=4, adc_full_scale={k: v / 3 for k, v in scales.items()},   # a third: some reads clip
+                  overrides=["nonideal.stuck_rate=0.02", *overrides])
+    outs, stats = {}, {}
+    for gemm in ("int8", "lut"):
+        grid = None if gemm == "int8" else outs["grid"]
+        for diagnostics in (False, True):
+            be = CrossbarBackend(gemm=gemm, conductance_grid=grid, diagnostics=diagnostics, **common)
+            y = Session(manifest, backend=be).run(x)
+            outs.setdefault("grid", be.grid)
+            outs[gemm, diagnostics] = y
+            if diagnostics:
+                stats[gemm] = [(r["adc_clip_rate"], r["adc_conversions"]) for r in be.layer_stats()]
+    assert np.array_equal(outs["int8", False], outs["lut", False])
+    assert np.array_equal(outs["int8", True], outs["lut", True]) and np.array_equal(outs["lut", True], outs["lut", False])
+    assert stats["int8"] == stats["lut"] and any(rate > 0 for rate, _ in stats["lut"])
+
+
+@needs_numba
+def test_lut_reads_on_the_fine_grid_match_float32(mcnn):
+    """The default table grid (step / ~400, 6 nS against 0.54 uS of programming error) is as faithful as float32
+    GEMMs: each layer's error against the exact product is the same within 2% (int8's 0.18 uS grid: 10%), and
+    the top-1 class agrees (a read near an ADC threshold may round the other way, as with any summation order)."""
+    manifest, calib, _x = mcnn
+    scales = calibrate_adc_full_scale(manifest.graph, manifest.target, calib)
+    rel, top = {}, {}
+    for gemm in ("float32", "lut"):
+        be = CrossbarBackend(seed=1, adc_full_scale=scales, gemm=gemm, diagnostics=True)
+        top[gemm] = Session(manifest, backend=be).run(calib).argmax(1)
+        rel[gemm] = [r["rel_error"] for r in be.layer_stats()]
+        if gemm == "lut":
+            assert be.grid > 300 and be.describe()["conductance_grid_us"] == pytest.approx(2.5 / be.grid)
+    assert np.allclose(rel["lut"], rel["float32"], rtol=0.02)
+    assert np.mean(top["lut"] == top["float32"]) >= 0.9
+
+
+@needs_numba
+def test_lut_grid_and_option_errors(mcnn):
+    manifest, _, x = mcnn
+    with pytest.raises(ConfigError, match="conductance_grid"):
+        CrossbarBackend(conductance_grid=0)
+    with pytest.raises(ConfigError, match="does not fit int8"):
+        Session(manifest, backend=CrossbarBackend(gemm="int8", conductance_grid=100))
+    with pytest.warns(UserWarning, match="per-read noise"):
+        be = CrossbarBackend(gemm="lut", overrides=["nonideal.read_noise_sigma_us=0.1"])
+        Session(manifest, backend=be).run(x)
+    assert be.grid == 1
+
+
+def test_pattern_tables_and_packed_codes_by_hand():
+    """T[g, p] is the sum of the rows of group g whose bit is set in p; codes pack 8 to a word, zero-padded."""
+    g = np.arange(1, 11, dtype=np.int64)[:, None] * np.array([[1, -1]])        # rows 1..10, two lines
+    t = lut_reads.pattern_table(g)
+    assert t.shape == (2, 256, 2) and t.dtype == np.int16
+    assert t[0, 0b00000101].tolist() == [1 + 3, -4] and t[0, 255, 0] == sum(range(1, 9))
+    assert t[1, 0b11].tolist() == [9 + 10, -19] and t[1, 0b100, 0] == 0                     # padded rows weigh 0
+    codes = np.arange(10, dtype=np.uint8)[None, :].repeat(2, axis=0)
+    words = lut_reads.pack_codes(codes)
+    assert words.shape == (2, 2) and words.view(np.uint8)[0].tolist() == list(range(10)) + [0] * 6
+
+
+def test_lut_without_numba_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(lut_reads, "available", lambda: False)
+    with pytest.raises(ConfigError, match="pip install numba"):
+        CrossbarBackend(gemm="lut")

@@ -69,10 +69,12 @@ def add_chip_options(g) -> None:
     g.add_argument("--adc-full-scale", choices=["calibrated", "max"], help="ADC full-scale rule (adc.full_scale)")
     g.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override any target field for the simulated chip, e.g. --set adc.columns_per_adc=4")
-    g.add_argument("--gemm", choices=["float32", "int8"],
-                   help="bit-plane x conductance products in float32 (default: the drawn conductances exactly) "
-                   "or as onnxruntime int8 GEMMs with conductances on a grid of step/floor(127/largest conductance "
-                   "in steps), 0.18 uS for Yao's devices (faster; ideal levels stay exact)")
+    g.add_argument("--gemm", choices=["float32", "int8", "lut"],
+                   help="how bit-plane reads are computed: float32 GEMMs (default: the drawn conductances exactly); "
+                   "int8: onnxruntime int8 GEMMs with conductances on a grid of step/floor(127/largest conductance "
+                   "in steps), 0.18 uS for Yao's devices (1.6x faster); lut: numba table lookups with the ADC and "
+                   "shift-and-add fused, conductances on a 6 nS grid (2-2.5x faster; needs numba: "
+                   "pip install -e '.[fast]'; reads with read noise stay float32)")
 
 
 def _number(text, flag: str, lo: float | None = 0.0) -> float:
