@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cimc.backends import lut_reads
 from cimc.backends.base import Backend
 from cimc.errors import ConfigError
-from cimc.backends import lut_reads
 from cimc.im2col import col2im, im2col
 from cimc.layout import program_arrays, read_levels, tile_cells
 from cimc.targets.devices import DeviceModel, line_noise, load_defect_map, read_generator
@@ -357,7 +357,7 @@ class CrossbarBackend(Backend):
         if not blocks:
             return
         largest = max(float(np.abs(m).max(initial=0.0)) for _, m in blocks)
-        self.grid = self.conductance_grid or max(1, int((1 << 15) - 1) // max(lut_reads.GROUP * largest, 1e-30))
+        self.grid = self.conductance_grid or max(1, int(((1 << 15) - 1) // max(lut_reads.GROUP * largest, 1e-30)))
         self._lut = True
 
     def _max_full_scale(self, plan: _Plan, target) -> float:
@@ -405,11 +405,9 @@ class CrossbarBackend(Backend):
         through im2col + mvm."""
         plan = self.plans[op.name]
         if self.record_currents and self._exact_record(plan):
-            return self._record_conv(op, plan, x)
-        if self._encoded_reads(plan):       # every plane read: im2col on uint8 codes, a quarter of float32's traffic
-            cols, shape = im2col(uint_codes(x, plan.bits, plan.signed), op.conv)
-            acc = self._by_copy(plan, cols, len(x), lambda p, c, xs: self._planes(p, c, xs, encoded=True))
-            return col2im(acc, shape, op.conv)
+            return self._conv_on_codes(op, plan, x, self._record_exact)
+        if self._encoded_reads(plan):
+            return self._conv_on_codes(op, plan, x, lambda p, c, xs: self._planes(p, c, xs, encoded=True))
         if (not self.target.adc.lossless or self.simulate_planes or self.record_currents or self.diagnostics
                 or self.read_sigma > 0 or self.gemm != "float32" or plan.dtype != np.float32):
             return None
@@ -507,9 +505,9 @@ class CrossbarBackend(Backend):
                     mat = block.lines[c] if use_lines else block.diff[c]
                     block.tables[c] = lut_reads.pattern_table(np.rint(np.asarray(mat, np.float64) * grid))
                 acc = np.zeros((m, nb), np.int64)
+                gain = np.float32(top / (plan.full_scale * grid))          # as adc_convert on the same grid
                 clipped += lut_reads.read_tile(lut_reads.pack_codes(xi[:, block.r0:block.r1]), block.tables[c],
-                                               plan.weights.astype(np.int64), np.float32(top / (plan.full_scale * grid)),
-                                               lo, top, nb, use_lines, acc)
+                                               plan.weights, gain, lo, top, nb, use_lines, acc)
                 conversions += m * n_planes * block.tables[c].shape[2]
                 codes[:, block.index] += acc
                 continue
@@ -572,12 +570,11 @@ class CrossbarBackend(Backend):
         """Calibration reads can run exactly in int8 (ideal levels and an integer g_min, 8-bit planes)."""
         return self._int_session is not None and self.grid == 1 and not plan.analog and plan.bits <= 8
 
-    def _record_conv(self, op, plan: _Plan, x: np.ndarray) -> np.ndarray:
-        """Calibration reads of a whole convolution: im2col on the uint8 codes (a quarter of float32's traffic),
-        then `_record_exact`; returns the accumulators [B, N, *out_spatial]."""
+    def _conv_on_codes(self, op, plan: _Plan, x: np.ndarray, run) -> np.ndarray:
+        """A whole convolution read plane by plane: im2col on the uint8 codes (a quarter of float32's traffic), then
+        run(plan, copy, rows) per copy; returns the accumulators [B, N, *out_spatial]."""
         cols, shape = im2col(uint_codes(x, plan.bits, plan.signed), op.conv)
-        acc = self._by_copy(plan, cols, len(x), self._record_exact)
-        return col2im(acc, shape, op.conv)
+        return col2im(self._by_copy(plan, cols, len(x), run), shape, op.conv)
 
     def _record_exact(self, plan: _Plan, c: int, xi: np.ndarray) -> np.ndarray:
         """Ideal reads of uint8 codes [m, r]: every bit-plane of a row tile in one MatMulInteger, the peak line
