@@ -352,11 +352,11 @@ class CrossbarBackend(Backend):
                           "float32 GEMMs", stacklevel=3)
             return
         columns = target.array.differential == "columns"
-        blocks = [(b.r1 - b.r0, m) for p in self.plans.values() if not p.analog and p.bits <= 8
-                  for b in p.blocks for m in (b.lines if columns else b.diff)]
-        if not blocks:
+        mats = [m for p in self.plans.values() if not p.analog and p.bits <= 8
+                for b in p.blocks for m in (b.lines if columns else b.diff)]
+        if not mats:
             return
-        largest = max(float(np.abs(m).max(initial=0.0)) for _, m in blocks)
+        largest = max(float(np.abs(m).max(initial=0.0)) for m in mats)
         self.grid = self.conductance_grid or max(1, int(((1 << 15) - 1) // max(lut_reads.GROUP * largest, 1e-30)))
         self._lut = True
 
@@ -400,9 +400,10 @@ class CrossbarBackend(Backend):
 
     # -- the product --------------------------------------------------------------------------------------------
     def conv(self, op, x: np.ndarray) -> np.ndarray | None:
-        """A lossless read without read noise is one exact product x . G' per copy (see the module doc): run the
-        whole convolution in onnxruntime, like the integer backend. Any other read goes bit-plane by bit-plane
-        through im2col + mvm."""
+        """Calibration reads and bit-serial reads through a real ADC run im2col on the uint8 codes themselves
+        (`_conv_on_codes`). A lossless read without read noise is one exact product x . G' per copy (see the module
+        doc): run the whole convolution in onnxruntime, like the integer backend. Any other read goes bit-plane by
+        bit-plane through the executor's im2col + mvm."""
         plan = self.plans[op.name]
         if self.record_currents and self._exact_record(plan):
             return self._conv_on_codes(op, plan, x, self._record_exact)
