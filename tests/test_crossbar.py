@@ -16,7 +16,7 @@ import pytest
 
 import cimc
 from cimc import Session, zoo
-from cimc.backends.crossbar import (CrossbarBackend, adc_convert, bit_planes, calibrate_adc_full_scale,
+from cimc.backends.crossbar import (CrossbarBackend, adc_convert, adc_range, bit_planes, calibrate_adc_full_scale,
                                     plane_weights)
 from cimc.errors import ConfigError
 from cimc.ir import ActQuant, Graph, Placement, TensorInfo, Tile, XbarOp
@@ -492,6 +492,46 @@ def test_pattern_tables_and_packed_codes_by_hand():
     codes = np.arange(10, dtype=np.uint8)[None, :].repeat(2, axis=0)
     words = lut_reads.pack_codes(codes)
     assert words.shape == (2, 2) and words.view(np.uint8)[0].tolist() == list(range(10)) + [0] * 6
+
+
+def _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs):
+    """Every read one at a time: plane j of position i, current = bits . G, the ADC as adc_convert, shift-and-add."""
+    m, nb = len(codes), g_int.shape[1] // 2 if pairs else g_int.shape[1]
+    out, clipped = np.zeros((m, nb), np.int64), 0
+    for i in range(m):
+        for j, w in enumerate(weights):
+            bits = (codes[i].astype(np.int64) >> j) & 1
+            v = np.rint(np.float32(bits @ g_int) * np.float32(gain))
+            clipped += int(np.count_nonzero(v > top) + np.count_nonzero(v < lo))
+            code = np.clip(v, lo, top).astype(np.int64)
+            out[i] += w * (code[:nb] - code[nb:] if pairs else code)
+    return out, clipped
+
+
+@needs_numba
+@pytest.mark.parametrize("rows,outputs,pairs,signed,bipolar", [
+    (144, 16, True, False, False),        # one 144-row array, g+ and g- lines: one pass of 18 lookups
+    (150, 300, True, True, False),        # 19 groups (two passes), 600 lines in two pieces, negative MSB plane
+    (37, 530, False, False, True),        # a partial group, 530 bipolar lines in two pieces, codes below lo
+])
+def test_lut_kernel_equals_a_read_by_read_loop(rows, outputs, pairs, signed, bipolar):
+    rng = np.random.default_rng(rows)
+    lines = 2 * outputs if pairs else outputs
+    g_int = rng.integers(-300 if bipolar else 0, 400, (rows, lines))
+    codes = rng.integers(0, 256, (70, rows)).astype(np.uint8)
+    codes[:, ::3] = 0
+    codes[5] = 0                                                    # a position whose planes are all skipped
+    codes[6] &= 0x0F                                                # high planes all zero
+    weights = plane_weights(8, signed).astype(np.int64)
+    lo, top = adc_range(8, bipolar)
+    gain = top / (0.25 * rows * 400)                                # a quarter of the largest current: clips
+    want, want_clipped = _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs)
+    pieces = lut_reads.table_pieces(lut_reads.pattern_table(g_int), outputs, pairs)
+    assert len(pieces) == -(-lines // lut_reads.MAX_LINES)
+    out = np.zeros((len(codes), outputs), np.int64)
+    clipped = lut_reads.read_tile(lut_reads.pack_codes(codes), pieces, weights, gain, lo, top, pairs, out)
+    assert want_clipped > 0 and clipped == want_clipped
+    assert np.array_equal(out, want)
 
 
 def test_lut_without_numba_is_a_clear_error(monkeypatch):

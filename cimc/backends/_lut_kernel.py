@@ -1,39 +1,100 @@
 """The numba kernel of cimc.backends.lut_reads (imported only when a table read runs: numba takes ~0.5 s to
-import and compiles this once per machine, then loads it from its cache)."""
-import numpy as np
-from numba import njit, prange
+import and compiles this once per machine, then loads it from its cache).
 
+Why it is written this way (each point measured on ResNet-56, see benchmarks/bench_crossbar.py):
+* the per-read current and the shift-and-add accumulator live in stack buffers (`_stack_int32`), so LLVM knows
+  they cannot alias the table and vectorises the lookup loop without run-time overlap checks;
+* eighteen table rows (a 144-row array) are summed per pass over the lines, in registers;
+* the patterns of all planes of a position are formed first, in a loop over groups that vectorises;
+* a plane whose bits are all zero reads a zero current, code 0: it is skipped.
+"""
+import numpy as np
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from cimc.backends.lut_reads import MAX_LINES    # lines per call (read_tile splits wider tiles)
+
+SUMMED = 18                     # table rows summed per pass (144-row arrays: one pass)
+BLOCK = 128                     # positions per parallel work item
 _LSB_OF_EACH_BYTE = np.uint64(0x0101010101010101)
 _GATHER_BYTE_LSBS = np.uint64(0x0102040810204080)     # multiply: bit 0 of byte i lands at bit 56 + i
 
 
-@njit(parallel=True, cache=True)
-def reads(words, table, weights, gain, lo, top, nb, pairs, out):
-    m, groups = words.shape
-    width = table.shape[2]
-    clipped = np.zeros(m, np.int64)
-    for i in prange(m):
-        cur = np.empty(width, np.int32)
-        code = np.empty(width, np.int32)
-        k = 0
-        for j in range(weights.shape[0]):
-            cur[:] = 0
+@intrinsic
+def _stack_int32(typingctx):
+    """A pointer to MAX_LINES int32 on the stack of the calling function (alloca in its entry block)."""
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(types.int32), size=MAX_LINES)
+    return types.CPointer(types.int32)(), codegen
+
+
+@njit(inline="always", cache=True)
+def _six(table, r0, r1, r2, r3, r4, r5, n):
+    """Line n of the sum of table rows r0..r5 (int32)."""
+    return ((np.int32(table[r0, n]) + np.int32(table[r1, n])) + (np.int32(table[r2, n]) + np.int32(table[r3, n]))) + \
+        (np.int32(table[r4, n]) + np.int32(table[r5, n]))
+
+
+@njit(cache=True)
+def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, i0, i1, idx):
+    groups = words.shape[1]
+    width = table.shape[1]
+    cur = carray(_stack_int32(), MAX_LINES)
+    acc = carray(_stack_int32(), MAX_LINES)
+    clipped = 0
+    for i in range(i0, i1):
+        nonzero = np.uint64(0)
+        for g in range(groups):
+            nonzero |= words[i, g]
+        for j in range(weights.shape[0]):                  # row of table: group * 256 + pattern of plane j
             shift = np.uint64(j)
-            for g in range(groups):                                   # one lookup per 8 rows
-                p = (((words[i, g] >> shift) & _LSB_OF_EACH_BYTE) * _GATHER_BYTE_LSBS) >> np.uint64(56)
-                row = table[g, p]
+            for g in range(groups):
+                idx[j, g] = np.int32(g * 256) + np.int32(
+                    (((words[i, g] >> shift) & _LSB_OF_EACH_BYTE) * _GATHER_BYTE_LSBS) >> np.uint64(56))
+        for n in range(width):
+            acc[n] = 0
+        for j in range(weights.shape[0]):
+            if (nonzero >> np.uint64(j)) & _LSB_OF_EACH_BYTE == 0:
+                continue                                   # no bit set: current 0, code 0
+            for n in range(width):
+                cur[n] = 0
+            for q in range(0, idx.shape[1], SUMMED):      # padding entries are 0: group 0, pattern 0, all zeros
+                a0, a1, a2, a3, a4, a5 = idx[j, q], idx[j, q + 1], idx[j, q + 2], idx[j, q + 3], idx[j, q + 4], \
+                    idx[j, q + 5]
+                b0, b1, b2, b3, b4, b5 = idx[j, q + 6], idx[j, q + 7], idx[j, q + 8], idx[j, q + 9], \
+                    idx[j, q + 10], idx[j, q + 11]
+                c0, c1, c2, c3, c4, c5 = idx[j, q + 12], idx[j, q + 13], idx[j, q + 14], idx[j, q + 15], \
+                    idx[j, q + 16], idx[j, q + 17]
                 for n in range(width):
-                    cur[n] += row[n]
-            for n in range(width):                                    # the ADC, as adc_convert in float32
+                    cur[n] += (_six(table, a0, a1, a2, a3, a4, a5, n) + _six(table, b0, b1, b2, b3, b4, b5, n)) + \
+                        _six(table, c0, c1, c2, c3, c4, c5, n)
+            w = np.int32(weights[j])
+            clips = np.int32(0)
+            for n in range(width):                         # the ADC, as adc_convert in float32; shift-and-add
                 v = np.rint(np.float32(cur[n]) * gain)
-                k += (v > top) + (v < lo)
-                code[n] = np.int32(min(max(v, lo), top))
-            w = weights[j]                                            # shift-and-add
-            if pairs:                                                 # g+ codes minus g- codes
-                for n in range(nb):
-                    out[i, n] += w * (code[n] - code[nb + n])
-            else:
-                for n in range(nb):
-                    out[i, n] += w * code[n]
-        clipped[i] = k
+                clips += np.int32(v > top) + np.int32(v < lo)
+                acc[n] += w * np.int32(min(max(v, lo), top))
+            clipped += clips
+        if pairs:                                          # g+ codes minus g- codes
+            for n in range(nb):
+                out[i, col0 + n] += acc[n] - acc[nb + n]
+        else:
+            for n in range(nb):
+                out[i, col0 + n] += acc[n]
+    return clipped
+
+
+@njit(parallel=True, cache=True)
+def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0):
+    """All reads of positions words [m, groups] on table [groups * 256, width <= MAX_LINES]; adds the shift-and-add
+    sums into out[:, col0:col0 + nb]. Returns the clipped conversions."""
+    m, groups = words.shape
+    padded = -(-groups // SUMMED) * SUMMED
+    blocks = -(-m // BLOCK)
+    clipped = np.zeros(blocks, np.int64)
+    for b in prange(blocks):
+        idx = np.zeros((weights.shape[0], padded), np.int32)
+        clipped[b] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, b * BLOCK,
+                                min(m, b * BLOCK + BLOCK), idx)
     return clipped.sum()

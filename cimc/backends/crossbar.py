@@ -138,7 +138,7 @@ class _Block:
     diff: list = field(default_factory=list)             # per copy [R, nb]: G'+ - G'- (step units)
     lines: list = field(default_factory=list)            # per copy [R, 2nb]: [o + G'+ | o + G'-] ("columns" only)
     quantised: list = field(default_factory=list)        # gemm="int8": per copy, lines (or diff) x grid as int8
-    tables: dict = field(default_factory=dict)           # gemm="lut": per copy, lut_reads.pattern_table
+    tables: dict = field(default_factory=dict)           # gemm="lut": per copy, lut_reads.table_pieces
 
 
 @dataclass
@@ -504,12 +504,13 @@ class CrossbarBackend(Backend):
             if lut:                                         # fused table reads (cimc.backends.lut_reads)
                 if c not in block.tables:
                     mat = block.lines[c] if use_lines else block.diff[c]
-                    block.tables[c] = lut_reads.pattern_table(np.rint(np.asarray(mat, np.float64) * grid))
+                    block.tables[c] = lut_reads.table_pieces(
+                        lut_reads.pattern_table(np.rint(np.asarray(mat, np.float64) * grid)), nb, use_lines)
                 acc = np.zeros((m, nb), np.int64)
                 gain = np.float32(top / (plan.full_scale * grid))          # as adc_convert on the same grid
                 clipped += lut_reads.read_tile(lut_reads.pack_codes(xi[:, block.r0:block.r1]), block.tables[c],
-                                               plan.weights, gain, lo, top, nb, use_lines, acc)
-                conversions += m * n_planes * block.tables[c].shape[2]
+                                               plan.weights, gain, lo, top, use_lines, acc)
+                conversions += m * n_planes * (2 * nb if use_lines else nb)
                 codes[:, block.index] += acc
                 continue
             if int8:

@@ -8,12 +8,14 @@ multiply-adds, exact in int32. The patterns come straight from the uint8 codes: 
 Each current goes through the ADC and the shift-and-add at once, so no plane, current or code array is
 materialised. The ADC is the one of `cimc.backends.crossbar.adc_convert`, operation for operation in float32
 (float32(current) * float32 gain, round half to even, clip), so a table read equals the MatMulInteger read on the
-same conductance grid bit for bit."""
+same conductance grid bit for bit. The kernel reads at most MAX_LINES lines per call: `table_pieces` cuts a wider
+row tile by outputs, keeping each output's g+ and g- lines in one piece."""
 from __future__ import annotations
 
 import numpy as np
 
 GROUP = 8                                  # rows per lookup: tables have 2^8 entries per group
+MAX_LINES = 512                            # lines per kernel call (its stack buffers); wider tiles go in pieces
 
 
 def pattern_table(g_int: np.ndarray) -> np.ndarray:
@@ -41,18 +43,34 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
     return padded.view(np.uint64)
 
 
+def table_pieces(table: np.ndarray, nb: int, pairs: bool, max_lines: int = MAX_LINES) -> list:
+    """pattern_table [groups, 256, lines] -> [(table [groups * 256, <= max_lines lines], first output, outputs)]: the
+    kernel reads at most `max_lines` lines per call; with `pairs` a piece keeps the g+ lines of its outputs followed
+    by their g- lines (lines [0, nb) are g+, [nb, 2 nb) are g-)."""
+    flat = table.reshape(-1, table.shape[2])
+    step = max_lines // 2 if pairs else max_lines
+    pieces = []
+    for o0 in range(0, nb, step):
+        o1 = min(nb, o0 + step)
+        lines = np.r_[o0:o1, nb + o0:nb + o1] if pairs else np.arange(o0, o1)
+        pieces.append((np.ascontiguousarray(flat[:, lines]), o0, o1 - o0))
+    return pieces
+
+
 def available() -> bool:
     """numba is installed (without importing it: that takes about 0.5 s)."""
     import importlib.util
     return importlib.util.find_spec("numba") is not None
 
 
-def read_tile(words: np.ndarray, table: np.ndarray, weights: np.ndarray, gain: np.float32, lo: int, top: int,
-              nb: int, pairs: bool, out: np.ndarray) -> int:
-    """All bit-plane reads of one row tile: words [m, groups] (pack_codes), table (pattern_table) with `width`
-    lines, plane weights (int64, LSB first), ADC gain (codes per current unit) and range lo..top; adds
-    sum_j w_j * code_j (g+ minus g- codes where `pairs`: lines [0, nb) and [nb, 2nb)) into out int64 [m, nb].
-    Returns the number of clipped conversions."""
+def read_tile(words: np.ndarray, pieces: list, weights: np.ndarray, gain: np.float32, lo: int, top: int,
+              pairs: bool, out: np.ndarray) -> int:
+    """All bit-plane reads of one row tile: words [m, groups] (pack_codes), its table pieces (table_pieces), plane
+    weights (LSB first), ADC gain (codes per current unit) and range lo..top; adds sum_j w_j * code_j (g+ minus g-
+    codes where `pairs`) into out int64 [m, outputs]. Returns the number of clipped conversions."""
     from cimc.backends._lut_kernel import reads       # numba compiles it on first use (cached on disk)
-    return int(reads(words, table, weights.astype(np.int64), np.float32(gain), np.float32(lo), np.float32(top),
-                       int(nb), bool(pairs), out))
+    if top * (1 << len(weights)) >= 1 << 31:
+        raise OverflowError("gemm='lut' sums codes in int32: too many ADC bits and planes")
+    w = weights.astype(np.int64)
+    return sum(int(reads(words, piece, w, np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out,
+                         o0)) for piece, o0, nb in pieces)
