@@ -98,3 +98,12 @@ def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0):
         clipped[b] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, b * BLOCK,
                                 min(m, b * BLOCK + BLOCK), idx)
     return clipped.sum()
+
+
+@njit(parallel=True, cache=True)
+def scaled(codes, lsb, out):
+    """out = codes x lsb in float64, rounded once to out's dtype (numpy's multiply-then-cast, in one pass)."""
+    flat, res = codes.reshape(-1), out.reshape(-1)
+    for i in prange(flat.size):
+        res[i] = flat[i] * lsb
+    return out

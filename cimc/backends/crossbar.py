@@ -491,28 +491,17 @@ class CrossbarBackend(Backend):
         per_read = top if not lossless else self.target.array.rows * (self.offset + self.target.device.max_level)
         horner_dtype = np.float32 if per_read * (1 << n_planes) * (plan.qmax if plan.analog else 1) < FLOAT32_EXACT \
             else np.float64
+        xi = x if plan.analog or encoded else uint_codes(x, plan.bits, plan.signed)
+        if self._lut and not lossless and not plan.analog and plan.bits <= 8 and self.read_sigma == 0:
+            return self._table_reads(plan, c, xi, use_lines)
         acc_dtype = np.float64 if lossless else plan.code_dtype
         codes = np.zeros((m, plan.cols), acc_dtype)
-        xi = x if plan.analog or encoded else uint_codes(x, plan.bits, plan.signed)
         int8 = self._int_session is not None and not lossless and not plan.analog
-        lut = self._lut and not lossless and not plan.analog and plan.bits <= 8 and self.read_sigma == 0
-        grid = self.grid if int8 or lut else 1              # currents in units of step / grid
+        grid = self.grid if int8 else 1                     # currents in units of step / grid
         clipped = conversions = 0
         for block in plan.blocks:
             r = block.r1 - block.r0
             nb = len(block.cols)
-            if lut:                                         # fused table reads (cimc.backends.lut_reads)
-                if c not in block.tables:
-                    mat = block.lines[c] if use_lines else block.diff[c]
-                    block.tables[c] = lut_reads.table_pieces(
-                        lut_reads.pattern_table(np.rint(np.asarray(mat, np.float64) * grid)), nb, use_lines)
-                acc = np.zeros((m, nb), np.int64)
-                gain = np.float32(top / (plan.full_scale * grid))          # as adc_convert on the same grid
-                clipped += lut_reads.read_tile(lut_reads.pack_codes(xi[:, block.r0:block.r1]), block.tables[c],
-                                               plan.weights, gain, lo, top, use_lines, acc)
-                conversions += m * n_planes * (2 * nb if use_lines else nb)
-                codes[:, block.index] += acc
-                continue
             if int8:
                 mat = block.quantised[c]
             else:
@@ -561,6 +550,34 @@ class CrossbarBackend(Backend):
         if lossless:
             return codes.astype(plan.dtype, copy=False)
         return (codes.astype(np.float64) * (plan.full_scale / top)).astype(plan.dtype)
+
+    def _table_reads(self, plan: _Plan, c: int, xi: np.ndarray, use_lines: bool) -> np.ndarray:
+        """gemm="lut": the fused table reads of cimc.backends.lut_reads, row tile by row tile, on uint8 codes xi."""
+        lo, top = adc_range(self.target.adc.bits, plan.bipolar)
+        gain = np.float32(top / (plan.full_scale * self.grid))          # as adc_convert on the same grid
+        m = len(xi)
+        codes = np.zeros((m, plan.cols), np.int64)
+        clipped = conversions = 0
+        for block in plan.blocks:
+            nb = len(block.cols)
+            if c not in block.tables:
+                mat = block.lines[c] if use_lines else block.diff[c]
+                block.tables[c] = lut_reads.table_pieces(
+                    lut_reads.pattern_table(np.rint(np.asarray(mat, np.float64) * self.grid)), nb, use_lines)
+            words = lut_reads.pack_codes(xi[:, block.r0:block.r1])
+            if isinstance(block.index, slice):              # the kernel adds into codes[:, start:stop] itself
+                clipped += lut_reads.read_tile(words, block.tables[c], plan.weights, gain, lo, top, use_lines, codes,
+                                               block.index.start or 0)
+            else:
+                acc = np.zeros((m, nb), np.int64)
+                clipped += lut_reads.read_tile(words, block.tables[c], plan.weights, gain, lo, top, use_lines, acc)
+                codes[:, block.index] += acc
+            conversions += m * plan.bits * (2 * nb if use_lines else nb)
+        if self.diagnostics:
+            self.stats[plan.name]["clipped"] += clipped
+            self.stats[plan.name]["conversions"] += conversions
+        # codes x LSB in float64, rounded once to the accumulator dtype (as the GEMM paths)
+        return lut_reads.scaled(codes, plan.full_scale / top, np.empty((m, plan.cols), plan.dtype))
 
     def _encoded_reads(self, plan: _Plan) -> bool:
         """Bit-serial reads through a real ADC whose inputs can be encoded before im2col (uint8 codes; diagnostics

@@ -64,13 +64,19 @@ def available() -> bool:
 
 
 def read_tile(words: np.ndarray, pieces: list, weights: np.ndarray, gain: np.float32, lo: int, top: int,
-              pairs: bool, out: np.ndarray) -> int:
+              pairs: bool, out: np.ndarray, col0: int = 0) -> int:
     """All bit-plane reads of one row tile: words [m, groups] (pack_codes), its table pieces (table_pieces), plane
     weights (LSB first), ADC gain (codes per current unit) and range lo..top; adds sum_j w_j * code_j (g+ minus g-
-    codes where `pairs`) into out int64 [m, outputs]. Returns the number of clipped conversions."""
+    codes where `pairs`) into out int64 [m, col0:col0 + outputs]. Returns the number of clipped conversions."""
     from cimc.backends._lut_kernel import reads       # numba compiles it on first use (cached on disk)
     if top * (1 << len(weights)) >= 1 << 31:
         raise OverflowError("gemm='lut' sums codes in int32: too many ADC bits and planes")
     w = weights.astype(np.int64)
     return sum(int(reads(words, piece, w, np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out,
-                         o0)) for piece, o0, nb in pieces)
+                         col0 + o0)) for piece, o0, nb in pieces)
+
+
+def scaled(codes: np.ndarray, lsb: float, out: np.ndarray) -> np.ndarray:
+    """out = codes (int64) x lsb in float64, rounded once to out's dtype; returns out."""
+    from cimc.backends._lut_kernel import scaled
+    return scaled(codes, float(lsb), out)
