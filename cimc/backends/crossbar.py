@@ -34,7 +34,7 @@ sum) is written once, with a worked example, in docs/arithmetic.md; this module 
   with conductances on a grid of step / q, q = floor(127 / largest conductance in steps) (q = 14, 0.18 uS, for
   Yao's devices with 0.54 uS programming error): about 1.6x faster end to end; ideal levels stay exact. With
   `gemm="lut"` (numba, cimc.backends.lut_reads) each read is r/8 lookups in tables of 8-row subset sums, and the ADC
-  and shift-and-add run in the same loop, on a grid of step / ~400 (6 nS): 2-2.5x faster than float32; on the int8
+  and shift-and-add run in the same loop, on a grid of step / ~400 (6 nS): 3.5-4x faster than float32; on the int8
   grid it equals gemm="int8" bit for bit. Reads with read noise keep float32 GEMMs (the kernel draws nothing).
 * Read noise comes from its own generator (cimc.targets.devices.read_generator(seed)), created at bind and drawn in
   call order: the same seed, data and batch size give identical outputs.
