@@ -484,6 +484,9 @@ class CrossbarBackend(Backend):
         adc_bits = self.target.adc.bits
         columns = self.target.array.differential == "columns"
         use_lines = columns and not lossless
+        xi = x if plan.analog or encoded else uint_codes(x, plan.bits, plan.signed)
+        if self._lut and not lossless and not plan.analog and plan.bits <= 8 and self.read_sigma == 0:
+            return self._table_reads(plan, c, xi, use_lines)
         m = len(x)
         n_planes = 1 if plan.analog else plan.bits
         lo, top = adc_range(adc_bits, plan.bipolar)
@@ -491,9 +494,6 @@ class CrossbarBackend(Backend):
         per_read = top if not lossless else self.target.array.rows * (self.offset + self.target.device.max_level)
         horner_dtype = np.float32 if per_read * (1 << n_planes) * (plan.qmax if plan.analog else 1) < FLOAT32_EXACT \
             else np.float64
-        xi = x if plan.analog or encoded else uint_codes(x, plan.bits, plan.signed)
-        if self._lut and not lossless and not plan.analog and plan.bits <= 8 and self.read_sigma == 0:
-            return self._table_reads(plan, c, xi, use_lines)
         acc_dtype = np.float64 if lossless else plan.code_dtype
         codes = np.zeros((m, plan.cols), acc_dtype)
         int8 = self._int_session is not None and not lossless and not plan.analog
