@@ -452,6 +452,36 @@ def test_lut_reads_equal_the_int8_gemm_on_the_same_grid(fixture, overrides, requ
 
 
 @needs_numba
+@pytest.mark.parametrize("cin,cout,k,attrs,replicas", [
+    (23, 6, 3, dict(strides=[2, 2], pads=[1, 1, 1, 1]), 2),       # tiles of 16 + 7 channels (a partial octet)
+    (32, 8, 3, dict(group=2, dilations=[2, 2], pads=[2, 2, 2, 2]), 1),   # row tiles that cover half the outputs
+    (200, 5, 1, dict(pads=[0, 1, 0, 1]), 1),                      # 1x1: tiles of 144 + 56 channels
+])
+def test_lut_conv_reads_without_im2col_equal_the_int8_gemm(tmp_path_factory, cin, cout, k, attrs, replicas):
+    """A convolution whose row tiles hold whole channels is read straight from its padded NHWC codes (tables in
+    (kernel offset, channel) row order); it must equal the int8 GEMM on im2col rows on the same grid, and the table
+    reads on im2col rows (the path diagnostics take), bit for bit, with several row tiles, strides, dilation,
+    groups, signed inputs and replicas."""
+    model = om.conv(cin=cin, cout=cout, k=k, hw=9, **attrs)
+    x = _feeds(model, 5, 3)
+    manifest = _compile(tmp_path_factory, f"conv{cin}", model, "yao2020-resnet", _feeds(model, 8, 4),
+                        replicate={"conv": replicas} if replicas > 1 else None)
+    scales = calibrate_adc_full_scale(manifest.graph, manifest.target, x)
+    common = dict(seed=2, adc_full_scale={n: v / 2 for n, v in scales.items()}, overrides=["nonideal.stuck_rate=0.02"])
+    int8 = CrossbarBackend(gemm="int8", **common)
+    want = Session(manifest, backend=int8).run(x)
+    direct = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, **common)
+    session = Session(manifest, backend=direct)
+    got = session.run(x)
+    assert np.array_equal(session.run(x[::-1]), got[::-1])          # work arrays reused: nothing stale
+    plan = direct.plans["conv"]
+    assert plan.channels is not None and len(plan.blocks) == 2 and plan.replicas == replicas
+    rows = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, diagnostics=True, **common)
+    assert np.array_equal(got, want)
+    assert np.array_equal(Session(manifest, backend=rows).run(x), want)
+
+
+@needs_numba
 def test_lut_reads_on_the_fine_grid_match_float32(mcnn):
     """The default table grid (step / ~400, 6 nS against 0.54 uS of programming error) is as faithful as float32
     GEMMs: each layer's error against the exact product is the same within 2% (int8's 0.18 uS grid: 10%), and
@@ -482,16 +512,29 @@ def test_lut_grid_and_option_errors(mcnn):
     assert be.grid == 1
 
 
-def test_pattern_tables_and_packed_codes_by_hand():
-    """T[g, p] is the sum of the rows of group g whose bit is set in p; codes pack 8 to a word, zero-padded."""
+def test_pattern_tables_and_plane_words_by_hand():
+    """T[g, p] is the sum of the rows of group g whose bit is set in p; byte j of plane word g holds bit j of codes
+    8g .. 8g + 7 (code 8g + i at bit i), zero codes padding the last word."""
     g = np.arange(1, 11, dtype=np.int64)[:, None] * np.array([[1, -1]])        # rows 1..10, two lines
     t = lut_reads.pattern_table(g)
     assert t.shape == (2, 256, 2) and t.dtype == np.int16
     assert t[0, 0b00000101].tolist() == [1 + 3, -4] and t[0, 255, 0] == sum(range(1, 9))
     assert t[1, 0b11].tolist() == [9 + 10, -19] and t[1, 0b100, 0] == 0                     # padded rows weigh 0
-    codes = np.arange(10, dtype=np.uint8)[None, :].repeat(2, axis=0)
-    words = lut_reads.pack_codes(codes)
-    assert words.shape == (2, 2) and words.view(np.uint8)[0].tolist() == list(range(10)) + [0] * 6
+    assert t.ctypes.data % 64 == 0                                            # a 64-byte row: one cache line
+    codes = np.arange(10, dtype=np.uint8)[None, :].repeat(2, axis=0)         # codes 0..9
+    words = lut_reads.plane_words(codes)
+    assert words.shape == (2, 2) and words.dtype == np.uint64
+    # plane 0 of codes 0..7 (bits 0,1,0,1,...): 0b10101010; plane 1 (0,0,1,1,0,0,1,1): 0b11001100; plane 2: 0xF0
+    assert words[0, 0:1].view(np.uint8).tolist() == [0b10101010, 0b11001100, 0b11110000, 0, 0, 0, 0, 0]
+    # codes 8, 9 (then zero padding): plane 0 = 0b10 (9 is odd), plane 3 = 0b11 (both have bit 3)
+    assert words[0, 1:2].view(np.uint8).tolist() == [0b10, 0, 0, 0b11, 0, 0, 0, 0]
+    assert np.array_equal(words[0], words[1])
+    nchw = np.arange(2 * 10 * 3 * 2, dtype=np.uint8).reshape(2, 10, 3, 2)
+    padded = lut_reads.padded_plane_words(nchw, (1, 0, 2, 1))
+    assert padded.shape == (2, 6, 3, 2)
+    assert np.array_equal(padded[:, 1:4, :2], lut_reads.plane_words(
+        nchw.transpose(0, 2, 3, 1).reshape(-1, 10)).reshape(2, 3, 2, 2))
+    assert not padded[:, [0, 4, 5]].any() and not padded[:, :, 2].any()      # the zero border
 
 
 def _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs):
@@ -529,7 +572,7 @@ def test_lut_kernel_equals_a_read_by_read_loop(rows, outputs, pairs, signed, bip
     pieces = lut_reads.table_pieces(lut_reads.pattern_table(g_int), outputs, pairs)
     assert len(pieces) == -(-lines // lut_reads.MAX_LINES)
     out = np.zeros((len(codes), outputs), np.int64)
-    clipped = lut_reads.read_tile(lut_reads.pack_codes(codes), pieces, weights, gain, lo, top, pairs, out)
+    clipped = lut_reads.read_tile(lut_reads.plane_words(codes), pieces, weights, gain, lo, top, pairs, out)
     assert want_clipped > 0 and clipped == want_clipped
     assert np.array_equal(out, want)
 

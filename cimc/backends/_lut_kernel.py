@@ -5,8 +5,12 @@ Why it is written this way (each point measured on ResNet-56, see benchmarks/ben
 * the per-read current and the shift-and-add accumulator live in stack buffers (`_stack_int32`), so LLVM knows
   they cannot alias the table and vectorises the lookup loop without run-time overlap checks;
 * eighteen table rows (a 144-row array) are summed per pass over the lines, in registers;
-* the patterns of all planes of a position are formed first, in a loop over groups that vectorises;
-* a plane whose bits are all zero reads a zero current, code 0: it is skipped.
+* inputs arrive as plane words (byte j of a word: the pattern of plane j), bit-transposed once per eight codes
+  rather than once per read, and a position's table rows for all planes are indexed first, in a loop that
+  vectorises;
+* a plane whose bits are all zero reads a zero current, code 0: it is skipped;
+* a convolution gathers its positions' words from the padded NHWC plane words (`conv_reads`), no im2col;
+* tables start on a 64-byte boundary (lut_reads.aligned_empty): a 32-line int16 row is one cache line.
 """
 import numpy as np
 from numba import carray, njit, prange, types
@@ -19,6 +23,7 @@ SUMMED = 18                     # table rows summed per pass (144-row arrays: on
 BLOCK = 128                     # positions per parallel work item
 _LSB_OF_EACH_BYTE = np.uint64(0x0101010101010101)
 _GATHER_BYTE_LSBS = np.uint64(0x0102040810204080)     # multiply: bit 0 of byte i lands at bit 56 + i
+_BYTE = np.uint64(255)
 
 
 @intrinsic
@@ -30,6 +35,45 @@ def _stack_int32(typingctx):
 
 
 @njit(inline="always", cache=True)
+def _plane_word(x):
+    """Eight codes (byte i of x) -> their eight patterns: byte j holds bit j of every code, code i at bit i."""
+    t = np.uint64(0)
+    for j in range(8):
+        t |= ((((x >> np.uint64(j)) & _LSB_OF_EACH_BYTE) * _GATHER_BYTE_LSBS) >> np.uint64(56)) << np.uint64(8 * j)
+    return t
+
+
+@njit(parallel=True, cache=True)
+def row_plane_words(codes, out):
+    """uint8 codes [m, r] -> plane words out [m, ceil(r / 8)] (rows past r read as zero codes)."""
+    m, r = codes.shape
+    for i in prange(m):
+        for g in range(out.shape[1]):
+            x = np.uint64(0)
+            for t in range(min(8, r - 8 * g)):
+                x |= np.uint64(codes[i, 8 * g + t]) << np.uint64(8 * t)
+            out[i, g] = _plane_word(x)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def conv_plane_words(codes, top, left, out):
+    """uint8 codes [B, C, H, W] -> plane words of the zero-padded NHWC layout, out [B, Hp, Wp, ceil(C / 8)]: word
+    (b, top + y, left + x, o) holds the codes of channels 8 o .. 8 o + 7 at pixel (y, x). The border of out is not
+    written (it stays as allocated: zeros)."""
+    b, c, h, w = codes.shape
+    for i in prange(b * h):
+        n, y = i // h, i % h
+        for x in range(w):
+            for o in range(out.shape[3]):
+                word = np.uint64(0)
+                for t in range(min(8, c - 8 * o)):
+                    word |= np.uint64(codes[n, 8 * o + t, y, x]) << np.uint64(8 * t)
+                out[n, top + y, left + x, o] = _plane_word(word)
+    return out
+
+
+@njit(inline="always", cache=True)
 def _six(table, r0, r1, r2, r3, r4, r5, n):
     """Line n of the sum of table rows r0..r5 (int32)."""
     return ((np.int32(table[r0, n]) + np.int32(table[r1, n])) + (np.int32(table[r2, n]) + np.int32(table[r3, n]))) + \
@@ -37,25 +81,26 @@ def _six(table, r0, r1, r2, r3, r4, r5, n):
 
 
 @njit(cache=True)
-def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, i0, i1, idx):
+def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0, i1, w0, idx):
+    """Positions i0..i1 (rows of out); position i's words are words[i - w0]; `add` to out, else overwrite."""
     groups = words.shape[1]
     width = table.shape[1]
     cur = carray(_stack_int32(), MAX_LINES)
     acc = carray(_stack_int32(), MAX_LINES)
     clipped = 0
     for i in range(i0, i1):
+        iw = i - w0
         nonzero = np.uint64(0)
         for g in range(groups):
-            nonzero |= words[i, g]
+            nonzero |= words[iw, g]
         for j in range(weights.shape[0]):                  # row of table: group * 256 + pattern of plane j
-            shift = np.uint64(j)
+            shift = np.uint64(8 * j)
             for g in range(groups):
-                idx[j, g] = np.int32(g * 256) + np.int32(
-                    (((words[i, g] >> shift) & _LSB_OF_EACH_BYTE) * _GATHER_BYTE_LSBS) >> np.uint64(56))
+                idx[j, g] = np.int32(g * 256) + np.int32((words[iw, g] >> shift) & _BYTE)
         for n in range(width):
             acc[n] = 0
         for j in range(weights.shape[0]):
-            if (nonzero >> np.uint64(j)) & _LSB_OF_EACH_BYTE == 0:
+            if (nonzero >> np.uint64(8 * j)) & _BYTE == 0:
                 continue                                   # no bit set: current 0, code 0
             for n in range(width):
                 cur[n] = 0
@@ -78,25 +123,57 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, i0, i
             clipped += clips
         if pairs:                                          # g+ codes minus g- codes
             for n in range(nb):
-                out[i, col0 + n] += acc[n] - acc[nb + n]
-        else:
+                acc[n] -= acc[nb + n]
+        if add:
             for n in range(nb):
                 out[i, col0 + n] += acc[n]
+        else:
+            for n in range(nb):
+                out[i, col0 + n] = acc[n]
     return clipped
 
 
 @njit(parallel=True, cache=True)
-def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0):
-    """All reads of positions words [m, groups] on table [groups * 256, width <= MAX_LINES]; adds the shift-and-add
-    sums into out[:, col0:col0 + nb]. Returns the clipped conversions."""
+def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add):
+    """All reads of positions whose plane words (row_plane_words) are words [m, groups], on table
+    [groups * 256, width <= MAX_LINES]; adds the shift-and-add sums into out[:, col0:col0 + nb] (`add`) or writes
+    them there. Returns the clipped conversions."""
     m, groups = words.shape
     padded = -(-groups // SUMMED) * SUMMED
     blocks = -(-m // BLOCK)
     clipped = np.zeros(blocks, np.int64)
     for b in prange(blocks):
         idx = np.zeros((weights.shape[0], padded), np.int32)
-        clipped[b] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, b * BLOCK,
-                                min(m, b * BLOCK + BLOCK), idx)
+        clipped[b] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, b * BLOCK,
+                                min(m, b * BLOCK + BLOCK), 0, idx)
+    return clipped.sum()
+
+
+@njit(parallel=True, cache=True)
+def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, nb, pairs, out, col0, add):
+    """All reads of a convolution straight from the plane words of its padded NHWC codes (conv_plane_words): group
+    g of output position (oy, ox) of image b is the word xw[b, oy * sh + dy[g], ox * sw + dx[g], octet[g]] (the
+    table's rows follow the same order). Only the images listed in `images` are read; output row b * oh * ow + p.
+    Otherwise as `reads`."""
+    groups = len(dy)
+    positions = oh * ow
+    per_image = -(-positions // BLOCK)
+    padded = -(-groups // SUMMED) * SUMMED
+    items = len(images) * per_image
+    clipped = np.zeros(items, np.int64)
+    for t in prange(items):
+        b = images[t // per_image]
+        p0 = (t % per_image) * BLOCK
+        p1 = min(positions, p0 + BLOCK)
+        words = np.empty((p1 - p0, groups), np.uint64)     # the im2col words of these positions (L1-resident)
+        for p in range(p0, p1):
+            y, x = (p // ow) * sh, (p % ow) * sw
+            for g in range(groups):
+                words[p - p0, g] = xw[b, y + dy[g], x + dx[g], octet[g]]
+        idx = np.zeros((weights.shape[0], padded), np.int32)
+        i0 = b * positions + p0
+        clipped[t] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0,
+                                b * positions + p1, i0, idx)
     return clipped.sum()
 
 
@@ -106,4 +183,14 @@ def scaled(codes, lsb, out):
     flat, res = codes.reshape(-1), out.reshape(-1)
     for i in prange(flat.size):
         res[i] = flat[i] * lsb
+    return out
+
+
+@njit(parallel=True, cache=True)
+def scaled_transposed(codes, lsb, out):
+    """out [B, N, P] = codes [B, P, N] x lsb in float64, rounded once to out's dtype (scaled, into NCHW order)."""
+    for b in prange(codes.shape[0]):
+        for n in range(codes.shape[2]):
+            for p in range(codes.shape[1]):
+                out[b, n, p] = codes[b, p, n] * lsb
     return out

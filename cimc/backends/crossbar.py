@@ -139,6 +139,7 @@ class _Block:
     lines: list = field(default_factory=list)            # per copy [R, 2nb]: [o + G'+ | o + G'-] ("columns" only)
     quantised: list = field(default_factory=list)        # gemm="int8": per copy, lines (or diff) x grid as int8
     tables: dict = field(default_factory=dict)           # gemm="lut": per copy, lut_reads.table_pieces
+    conv_tables: dict = field(default_factory=dict)      # gemm="lut", direct conv reads: per copy, of a conv_table
 
 
 @dataclass
@@ -164,6 +165,7 @@ class _Plan:
     conv_sessions: dict = field(default_factory=dict)   # per copy: onnxruntime Conv of `effective` (single-product reads)
     qmin: int = 0
     qmax: int = 0
+    channels: list | None = None     # per block, its input channels (c0, c1) where conv reads can skip im2col
 
 
 class CrossbarBackend(Backend):
@@ -209,6 +211,7 @@ class CrossbarBackend(Backend):
         self.conductance_grid = conductance_grid
         self.peaks: dict[str, float] = {}
         self.stats: dict[str, dict] = {}
+        self._scratch_arrays: dict[str, np.ndarray] = {}     # gemm="lut": work arrays reused across layers
 
     # -- bind -------------------------------------------------------------------------------------------------
     def effective_target(self, target):
@@ -298,11 +301,12 @@ class CrossbarBackend(Backend):
                     block.lines.append(np.concatenate([gp, gm], axis=1).astype(np.float32) + np.float32(self.offset))
                 effective[c][r0:r0 + rc, cols] = d
             blocks.append(block)
+        channels = _channel_tiles(op, blocks)
         step = target.device.step_us
         unit_ua = target.input.read_voltage_v * step / (qmax if analog else 1)
         plan = _Plan(op.name, op.rows, op.cols, op.replicas, bits, signed, analog, bipolar, dtype, code_dtype, blocks,
                      effective, exact, np.array([1.0]) if analog else plane_weights(bits, signed), unit_ua,
-                     qmin=q.qmin, qmax=q.qmax)
+                     qmin=q.qmin, qmax=q.qmax, channels=channels)
         if not analog:
             codes = np.arange(q.qmin, q.qmax + 1)
             planes = bit_planes(codes[:, None].astype(np.float32), bits, signed)[:, :, 0]
@@ -407,6 +411,8 @@ class CrossbarBackend(Backend):
         plan = self.plans[op.name]
         if self.record_currents and self._exact_record(plan):
             return self._conv_on_codes(op, plan, x, self._record_exact)
+        if self._lut and plan.channels is not None and self._encoded_reads(plan):
+            return self._conv_table_reads(op, plan, x)
         if self._encoded_reads(plan):
             return self._conv_on_codes(op, plan, x, lambda p, c, xs: self._planes(p, c, xs, encoded=True))
         if (not self.target.adc.lossless or self.simulate_planes or self.record_currents or self.diagnostics
@@ -564,7 +570,7 @@ class CrossbarBackend(Backend):
                 mat = block.lines[c] if use_lines else block.diff[c]
                 block.tables[c] = lut_reads.table_pieces(
                     lut_reads.pattern_table(np.rint(np.asarray(mat, np.float64) * self.grid)), nb, use_lines)
-            words = lut_reads.pack_codes(xi[:, block.r0:block.r1])
+            words = lut_reads.plane_words(xi[:, block.r0:block.r1])
             if isinstance(block.index, slice):              # the kernel adds into codes[:, start:stop] itself
                 clipped += lut_reads.read_tile(words, block.tables[c], plan.weights, gain, lo, top, use_lines, codes,
                                                block.index.start or 0)
@@ -578,6 +584,58 @@ class CrossbarBackend(Backend):
             self.stats[plan.name]["conversions"] += conversions
         # codes x LSB in float64, rounded once to the accumulator dtype (as the GEMM paths)
         return lut_reads.scaled(codes, plan.full_scale / top, np.empty((m, plan.cols), plan.dtype))
+
+    def _conv_table_reads(self, op, plan: _Plan, x: np.ndarray) -> np.ndarray:
+        """gemm="lut" on a convolution whose row tiles hold whole channels: table reads straight from the padded
+        NHWC codes (lut_reads.read_conv_tile), no im2col; the same codes as _table_reads on im2col rows."""
+        g = op.conv
+        xs = x[:, :, None, :] if g.spatial_rank == 1 else x
+        bsz, _, h, w = xs.shape
+        oh, ow = g.output_hw(h, w)
+        words = lut_reads.padded_plane_words(uint_codes(xs, plan.bits, plan.signed), g.pads,
+                                             self._scratch_arrays.get("words"))
+        self._scratch_arrays["words"] = words
+        lo, top = adc_range(self.target.adc.bits, plan.bipolar)
+        gain = np.float32(top / (plan.full_scale * self.grid))          # as adc_convert on the same grid
+        use_lines = self.target.array.differential == "columns"
+        size = g.kernel[0] * g.kernel[1]
+        # the first row tile writes every output (when it covers them all), the others add: no zero fill, and the
+        # codes array is reused from layer to layer (a fresh one costs a page fault per 4 kB on first touch)
+        covers = isinstance(plan.blocks[0].index, slice) and len(plan.blocks[0].cols) == plan.cols
+        codes = self._scratch("codes", (bsz * oh * ow, plan.cols), np.int64, zero=not covers)
+        if plan.replicas == 1 or self.copy is not None:
+            by_copy = [(0 if self.copy is None else self.copy % plan.replicas, np.arange(bsz))]
+        else:                                                       # sample b reads copy b % replicas
+            by_copy = [(c, np.arange(c, bsz, plan.replicas)) for c in range(min(plan.replicas, bsz))]
+        for c, images in by_copy:
+            for k, (block, (c0, c1)) in enumerate(zip(plan.blocks, plan.channels)):
+                nb = len(block.cols)
+                if c not in block.conv_tables:
+                    mat = block.lines[c] if use_lines else block.diff[c]
+                    table = lut_reads.conv_table(np.rint(np.asarray(mat, np.float64) * self.grid), c0, c1, size)
+                    block.conv_tables[c] = lut_reads.table_pieces(table, nb, use_lines)
+                groups = lut_reads.conv_groups(c0, c1, g.kernel, g.dilations)
+                if isinstance(block.index, slice):
+                    lut_reads.read_conv_tile(words, images, groups, g.strides, (oh, ow), block.conv_tables[c],
+                                             plan.weights, gain, lo, top, use_lines, codes, block.index.start or 0,
+                                             add=k > 0 or not covers)
+                else:
+                    acc = np.zeros((len(codes), nb), np.int64)
+                    lut_reads.read_conv_tile(words, images, groups, g.strides, (oh, ow), block.conv_tables[c],
+                                             plan.weights, gain, lo, top, use_lines, acc)
+                    codes[:, block.index] += acc
+        out = np.empty((bsz, plan.cols, oh * ow), plan.dtype)
+        lut_reads.scaled_transposed(codes.reshape(bsz, oh * ow, plan.cols), plan.full_scale / top, out)
+        return out.reshape((bsz, plan.cols) + ((ow,) if g.spatial_rank == 1 else (oh, ow)))
+
+    def _scratch(self, name: str, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
+        """A work array kept from call to call while its shape and dtype stay the same (filled with 0 if `zero`)."""
+        buf = self._scratch_arrays.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._scratch_arrays[name] = np.zeros(shape, dtype)
+        elif zero:
+            buf.fill(0)
+        return buf
 
     def _encoded_reads(self, plan: _Plan) -> bool:
         """Bit-serial reads through a real ADC whose inputs can be encoded before im2col (uint8 codes; diagnostics
@@ -706,6 +764,25 @@ class CrossbarBackend(Backend):
             d["adc_full_scale"] = {name: {"ua": None if p.full_scale is None else p.full_scale * p.unit_ua,
                                           "source": p.full_scale_source} for name, p in self.plans.items()}
         return d
+
+
+def _channel_tiles(op, blocks: list) -> list | None:
+    """Per row tile of a convolution, the input channels [c0, c1) it holds, where every tile holds whole channels
+    starting on a multiple of 8 and padding its last octet wastes at most a quarter of its lookups (gemm="lut" then
+    reads the convolution without im2col); else None."""
+    if op.conv is None:
+        return None
+    size = op.conv.kernel[0] * op.conv.kernel[1]
+    channels = []
+    for block in blocks:
+        if block.r0 % size or block.r1 % size or (block.r0 // size) % lut_reads.GROUP:
+            return None
+        c0, c1 = block.r0 // size, block.r1 // size
+        direct = -(-(c1 - c0) // lut_reads.GROUP) * size         # lookups per plane without im2col ...
+        if 4 * direct > 5 * -(-(block.r1 - block.r0) // lut_reads.GROUP):   # ... against on im2col rows
+            return None
+        channels.append((c0, c1))
+    return channels
 
 
 def combine_layer_stats(backends: list) -> list[dict]:

@@ -3,13 +3,20 @@
 One row tile of a layer holds integer conductances G [r, lines] (units of step / grid). Its rows are cut into
 groups of 8; for every group g and every 8-bit pattern p a table holds T[g, p, :] = sum_i bit_i(p) G[8g + i, :].
 The current of one read (one bit-plane of one pixel) is then sum_g T[g, pattern_g, :]: r / 8 lookups instead of r
-multiply-adds, exact in int32. The patterns come straight from the uint8 codes: eight codes in one 64-bit word,
-((word >> j) & 0x0101..01) * 0x0102040810204080 >> 56 is bit j of all eight as one byte, row 8g + i at bit i.
+multiply-adds, exact in int32. The patterns come from the uint8 codes, eight codes to a 64-bit word, bit-transposed
+once per code word (`plane_words`): ((word >> j) & 0x0101..01) * 0x0102040810204080 >> 56 is bit j of all eight as
+one byte, row 8g + i at bit i, and byte j of the plane word.
 Each current goes through the ADC and the shift-and-add at once, so no plane, current or code array is
 materialised. The ADC is the one of `cimc.backends.crossbar.adc_convert`, operation for operation in float32
 (float32(current) * float32 gain, round half to even, clip), so a table read equals the MatMulInteger read on the
 same conductance grid bit for bit. The kernel reads at most MAX_LINES lines per call: `table_pieces` cuts a wider
-row tile by outputs, keeping each output's g+ and g- lines in one piece."""
+row tile by outputs, keeping each output's g+ and g- lines in one piece.
+
+A convolution whose row tiles hold whole input channels, starting on a multiple of 8, is read without im2col
+(`read_conv_tile`): the codes are laid out once as zero-padded NHWC uint8, so that eight consecutive channels at one
+input pixel are one 64-bit word. A tile's table then takes its rows in the order (kernel offset, channel) instead of
+the IR's (channel, kernel offset) - the same conductances summed in another order, so the same integer currents
+(`conv_order`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,18 +36,68 @@ def pattern_table(g_int: np.ndarray) -> np.ndarray:
     largest = int(np.abs(table).max(initial=0))
     if largest * groups >= 1 << 31:
         raise OverflowError("conductance grid too fine for int32 currents")
-    return np.ascontiguousarray(table, dtype=np.int16 if largest < 1 << 15 else np.int32)
+    out = aligned_empty(table.shape, np.int16 if largest < 1 << 15 else np.int32)
+    out[...] = table
+    return out
 
 
-def pack_codes(codes: np.ndarray) -> np.ndarray:
-    """uint8 codes [m, r] -> uint64 words [m, ceil(r / 8)], 8 codes each (zero rows pad the last word)."""
+def plane_words(codes: np.ndarray) -> np.ndarray:
+    """uint8 codes [m, r] -> plane words uint64 [m, ceil(r / 8)]: byte j of word g holds bit j (plane j) of codes
+    8g .. 8g + 7, code 8g + i at bit i - the table pattern of group g in plane j (zero codes pad the last word)."""
+    from cimc.backends._lut_kernel import row_plane_words
     m, r = codes.shape
-    groups = -(-r // GROUP)
-    if r % GROUP == 0 and codes.flags.c_contiguous:
-        return codes.view(np.uint64)
-    padded = np.zeros((m, groups * GROUP), np.uint8)
-    padded[:, :r] = codes
-    return padded.view(np.uint64)
+    return row_plane_words(codes, np.empty((m, -(-r // GROUP)), np.uint64))
+
+
+def aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised C array whose data start on a 64-byte boundary: a 32-line int16 table row is then exactly
+    one cache line (numpy's 16-byte alignment splits most rows over two; measured 15% slower reads)."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(size + 64, np.uint8)
+    start = -buf.ctypes.data % 64
+    return buf[start:start + size].view(dtype).reshape(shape)
+
+
+def conv_order(c0: int, c1: int, kernel_size: int) -> np.ndarray:
+    """Rows of a tile holding input channels [c0, c1) (IR order: row (c - c0) * kernel_size + k) in the order of a
+    direct convolution read: kernel offset k, then octet o, then channel c0 + 8 o + t; -1 marks the zero rows that
+    pad the last octet. Returns an index array of kernel_size * 8 * ceil((c1 - c0) / 8) rows."""
+    octets = -(-(c1 - c0) // GROUP)
+    c = np.arange(octets * GROUP)                                   # channel offset within the tile
+    rows = c[None, :] * kernel_size + np.arange(kernel_size)[:, None]    # [k, channel]
+    rows[:, c >= c1 - c0] = -1
+    return rows.reshape(-1)
+
+
+def conv_table(g_int: np.ndarray, c0: int, c1: int, kernel_size: int) -> np.ndarray:
+    """pattern_table of a tile's integer conductances [r, lines] (IR row order) with rows in conv_order."""
+    order = conv_order(c0, c1, kernel_size)
+    rows = np.zeros((len(order), g_int.shape[1]), g_int.dtype)
+    rows[order >= 0] = g_int[order[order >= 0]]
+    return pattern_table(rows)
+
+
+def conv_groups(c0: int, c1: int, kernel: tuple, dilations: tuple) -> tuple:
+    """Where each group of conv_order reads in the padded NHWC words: (dy, dx, octet) int64 arrays, group
+    g = k * octets + o at pixel offset (k // kw * dh, k % kw * dw) and word c0 / 8 + o."""
+    octets = -(-(c1 - c0) // GROUP)
+    k, o = np.divmod(np.arange(kernel[0] * kernel[1] * octets), octets)
+    return (k // kernel[1] * dilations[0]).astype(np.int64), (k % kernel[1] * dilations[1]).astype(np.int64), \
+        (c0 // GROUP + o).astype(np.int64)
+
+
+def padded_plane_words(codes: np.ndarray, pads: tuple, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 codes [B, C, H, W] -> plane words (as plane_words) of the zero-padded NHWC layout, uint64
+    [B, top + H + bottom, left + W + right, ceil(C / 8)]: word (b, y, x, o) covers channels 8o .. 8o + 7 of padded
+    pixel (y, x). `out`, a previous result of the same shape (zero borders), is reused."""
+    from cimc.backends._lut_kernel import conv_plane_words
+    b, c, h, w = codes.shape
+    top, left, bottom, right = pads
+    shape = (b, top + h + bottom, left + w + right, -(-c // GROUP))
+    if out is None or out.shape != shape:
+        out = np.zeros(shape, np.uint64)
+    return conv_plane_words(np.ascontiguousarray(codes), top, left, out)
 
 
 def table_pieces(table: np.ndarray, nb: int, pairs: bool, max_lines: int = MAX_LINES) -> list:
@@ -53,7 +110,9 @@ def table_pieces(table: np.ndarray, nb: int, pairs: bool, max_lines: int = MAX_L
     for o0 in range(0, nb, step):
         o1 = min(nb, o0 + step)
         lines = np.r_[o0:o1, nb + o0:nb + o1] if pairs else np.arange(o0, o1)
-        pieces.append((np.ascontiguousarray(flat[:, lines]), o0, o1 - o0))
+        piece = aligned_empty((len(flat), len(lines)), flat.dtype)
+        piece[...] = flat[:, lines]
+        pieces.append((piece, o0, o1 - o0))
     return pieces
 
 
@@ -64,19 +123,42 @@ def available() -> bool:
 
 
 def read_tile(words: np.ndarray, pieces: list, weights: np.ndarray, gain: np.float32, lo: int, top: int,
-              pairs: bool, out: np.ndarray, col0: int = 0) -> int:
-    """All bit-plane reads of one row tile: words [m, groups] (pack_codes), its table pieces (table_pieces), plane
+              pairs: bool, out: np.ndarray, col0: int = 0, add: bool = True) -> int:
+    """All bit-plane reads of one row tile: words [m, groups] (plane_words), its table pieces (table_pieces), plane
     weights (LSB first), ADC gain (codes per current unit) and range lo..top; adds sum_j w_j * code_j (g+ minus g-
-    codes where `pairs`) into out int64 [m, col0:col0 + outputs]. Returns the number of clipped conversions."""
+    codes where `pairs`) into out int64 [m, col0:col0 + outputs], or with add=False writes it there. Returns the
+    number of clipped conversions."""
     from cimc.backends._lut_kernel import reads       # numba compiles it on first use (cached on disk)
     if top * (1 << len(weights)) >= 1 << 31:
         raise OverflowError("gemm='lut' sums codes in int32: too many ADC bits and planes")
     w = weights.astype(np.int64)
     return sum(int(reads(words, piece, w, np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out,
-                         col0 + o0)) for piece, o0, nb in pieces)
+                         col0 + o0, bool(add))) for piece, o0, nb in pieces)
+
+
+def read_conv_tile(words: np.ndarray, images: np.ndarray, groups: tuple, strides: tuple, out_hw: tuple, pieces: list,
+                   weights: np.ndarray, gain: np.float32, lo: int, top: int, pairs: bool, out: np.ndarray,
+                   col0: int = 0, add: bool = True) -> int:
+    """read_tile for a convolution, straight from padded_plane_words: the listed images' output positions (rows
+    b * oh * ow + p of out), groups from conv_groups, pieces of a conv_table."""
+    from cimc.backends._lut_kernel import conv_reads
+    if top * (1 << len(weights)) >= 1 << 31:
+        raise OverflowError("gemm='lut' sums codes in int32: too many ADC bits and planes")
+    w = weights.astype(np.int64)
+    dy, dx, octet = groups
+    return sum(int(conv_reads(words, images, dy, dx, octet, strides[0], strides[1], out_hw[0], out_hw[1], piece, w,
+                              np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out, col0 + o0,
+                              bool(add)))
+               for piece, o0, nb in pieces)
 
 
 def scaled(codes: np.ndarray, lsb: float, out: np.ndarray) -> np.ndarray:
     """out = codes (int64) x lsb in float64, rounded once to out's dtype; returns out."""
     from cimc.backends._lut_kernel import scaled
     return scaled(codes, float(lsb), out)
+
+
+def scaled_transposed(codes: np.ndarray, lsb: float, out: np.ndarray) -> np.ndarray:
+    """out [B, N, P] = codes [B, P, N] (int64) x lsb in float64, rounded once to out's dtype; returns out."""
+    from cimc.backends._lut_kernel import scaled_transposed
+    return scaled_transposed(codes, float(lsb), out)
