@@ -32,10 +32,13 @@ def run_xbar(op: XbarOp, x: np.ndarray, backend: Backend) -> np.ndarray:
     if backend.quantized:
         x = quantize_activation(x, op.input_quant)
     acc = backend.conv(op, x) if op.conv is not None and backend.quantized else None
-    if acc is not None:   # the backend ran the whole convolution: accumulators [B, N, *spatial]
+    if acc is not None:   # the backend ran the whole convolution: accumulators [B, N, *spatial] (a new array)
         per_channel = (slice(None),) + (None,) * (acc.ndim - 2)
-        y = acc.astype(np.float32) * output_scale(op)[per_channel]
-        return y + op.bias[per_channel] if op.bias is not None else y
+        y = acc.astype(np.float32, copy=False)
+        np.multiply(y, output_scale(op)[per_channel], out=y)          # in place: the same float32 products
+        if op.bias is not None:
+            y += op.bias[per_channel]
+        return y
     if op.conv is not None:
         cols, shape = im2col(x, op.conv)
     else:

@@ -530,11 +530,14 @@ def test_pattern_tables_and_plane_words_by_hand():
     assert words[0, 1:2].view(np.uint8).tolist() == [0b10, 0, 0, 0b11, 0, 0, 0, 0]
     assert np.array_equal(words[0], words[1])
     nchw = np.arange(2 * 10 * 3 * 2, dtype=np.uint8).reshape(2, 10, 3, 2)
-    padded = lut_reads.padded_plane_words(nchw, (1, 0, 2, 1))
+    padded = lut_reads.padded_plane_words(nchw, 8, (1, 0, 2, 1))
     assert padded.shape == (2, 6, 3, 2)
     assert np.array_equal(padded[:, 1:4, :2], lut_reads.plane_words(
         nchw.transpose(0, 2, 3, 1).reshape(-1, 10)).reshape(2, 3, 2, 2))
     assert not padded[:, [0, 4, 5]].any() and not padded[:, :, 2].any()      # the zero border
+    signed = np.array([-1, -128, 5, 0, 0, 0, 0, 0], np.float32)[None, :, None, None]   # two's complement bytes
+    assert np.array_equal(lut_reads.padded_plane_words(signed, 8, (0, 0, 0, 0))[0, 0, 0],
+                          lut_reads.plane_words(np.array([[255, 128, 5, 0, 0, 0, 0, 0]], np.uint8))[0])
 
 
 def _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs):

@@ -57,19 +57,21 @@ def row_plane_words(codes, out):
 
 
 @njit(parallel=True, cache=True)
-def conv_plane_words(codes, top, left, out):
-    """uint8 codes [B, C, H, W] -> plane words of the zero-padded NHWC layout, out [B, Hp, Wp, ceil(C / 8)]: word
-    (b, top + y, left + x, o) holds the codes of channels 8 o .. 8 o + 7 at pixel (y, x). The border of out is not
-    written (it stays as allocated: zeros)."""
+def conv_plane_words(codes, mask, top, left, out):
+    """Integer codes [B, C, H, W] (any dtype; each code & mask is its bit pattern: two's complement for negative
+    codes) -> plane words of the zero-padded NHWC layout, out [B, Hp, Wp, ceil(C / 8)]: word (b, top + y, left + x,
+    o) holds the codes of channels 8 o .. 8 o + 7 at pixel (y, x). The border of out is not written."""
     b, c, h, w = codes.shape
     for i in prange(b * h):
         n, y = i // h, i % h
-        for x in range(w):
-            for o in range(out.shape[3]):
-                word = np.uint64(0)
-                for t in range(min(8, c - 8 * o)):
-                    word |= np.uint64(codes[n, 8 * o + t, y, x]) << np.uint64(8 * t)
-                out[n, top + y, left + x, o] = _plane_word(word)
+        word = np.empty(w, np.uint64)
+        for o in range(out.shape[3]):
+            word[:] = 0
+            for t in range(min(8, c - 8 * o)):
+                for x in range(w):
+                    word[x] |= np.uint64(np.int64(codes[n, 8 * o + t, y, x]) & mask) << np.uint64(8 * t)
+            for x in range(w):
+                out[n, top + y, left + x, o] = _plane_word(word[x])
     return out
 
 

@@ -35,7 +35,8 @@ class Backend:
 
     def conv(self, op: XbarOp, x: np.ndarray) -> np.ndarray | None:
         """Optionally run a whole quantised convolution: integer codes [B, C, *spatial] -> accumulators
-        [B, N, *out_spatial] equal to what `mvm` on the im2col matrix gives. None: use im2col + mvm."""
+        [B, N, *out_spatial] equal to what `mvm` on the im2col matrix gives, in a new array that the executor may
+        overwrite (it scales it in place). None: use im2col + mvm."""
         return None
 
     def describe(self) -> dict:

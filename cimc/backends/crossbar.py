@@ -592,8 +592,7 @@ class CrossbarBackend(Backend):
         xs = x[:, :, None, :] if g.spatial_rank == 1 else x
         bsz, _, h, w = xs.shape
         oh, ow = g.output_hw(h, w)
-        words = lut_reads.padded_plane_words(uint_codes(xs, plan.bits, plan.signed), g.pads,
-                                             self._scratch_arrays.get("words"))
+        words = lut_reads.padded_plane_words(xs, plan.bits, g.pads, self._scratch_arrays.get("words"))
         self._scratch_arrays["words"] = words
         lo, top = adc_range(self.target.adc.bits, plan.bipolar)
         gain = np.float32(top / (plan.full_scale * self.grid))          # as adc_convert on the same grid

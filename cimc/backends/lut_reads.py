@@ -87,17 +87,18 @@ def conv_groups(c0: int, c1: int, kernel: tuple, dilations: tuple) -> tuple:
         (c0 // GROUP + o).astype(np.int64)
 
 
-def padded_plane_words(codes: np.ndarray, pads: tuple, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 codes [B, C, H, W] -> plane words (as plane_words) of the zero-padded NHWC layout, uint64
-    [B, top + H + bottom, left + W + right, ceil(C / 8)]: word (b, y, x, o) covers channels 8o .. 8o + 7 of padded
-    pixel (y, x). `out`, a previous result of the same shape (zero borders), is reused."""
+def padded_plane_words(codes: np.ndarray, bits: int, pads: tuple, out: np.ndarray | None = None) -> np.ndarray:
+    """Integer codes [B, C, H, W] (float or integer dtype, `bits` <= 8 bits each, two's complement when negative)
+    -> plane words (as plane_words) of the zero-padded NHWC layout, uint64 [B, top + H + bottom, left + W + right,
+    ceil(C / 8)]: word (b, y, x, o) covers channels 8o .. 8o + 7 of padded pixel (y, x). `out`, a previous result
+    of the same shape (zero borders), is reused."""
     from cimc.backends._lut_kernel import conv_plane_words
     b, c, h, w = codes.shape
     top, left, bottom, right = pads
     shape = (b, top + h + bottom, left + w + right, -(-c // GROUP))
     if out is None or out.shape != shape:
         out = np.zeros(shape, np.uint64)
-    return conv_plane_words(np.ascontiguousarray(codes), top, left, out)
+    return conv_plane_words(np.ascontiguousarray(codes), (1 << bits) - 1, top, left, out)
 
 
 def table_pieces(table: np.ndarray, nb: int, pairs: bool, max_lines: int = MAX_LINES) -> list:
