@@ -21,7 +21,10 @@ from cimc.ir import ActQuant, Graph, XbarOp
 
 def quantize_activation(x: np.ndarray, q: ActQuant) -> np.ndarray:
     """Integer codes held in float32 (exact: |q| < 2^16)."""
-    return np.clip(np.rint(x / np.float32(q.scale)), q.qmin, q.qmax).astype(np.float32)
+    t = x / np.float32(q.scale)                   # one new array, rounded and clipped in place
+    np.rint(t, out=t)
+    np.clip(t, q.qmin, q.qmax, out=t)
+    return t.astype(np.float32, copy=False)
 
 
 def output_scale(op: XbarOp) -> np.ndarray:
