@@ -34,6 +34,10 @@ def output_scale(op: XbarOp) -> np.ndarray:
 def run_xbar(op: XbarOp, x: np.ndarray, backend: Backend) -> np.ndarray:
     if backend.quantized:
         x = quantize_activation(x, op.input_quant)
+    if op.conv is not None and backend.quantized:
+        y = backend.conv_output(op, x, output_scale(op), op.bias)
+        if y is not None:   # the backend ran the whole convolution and the dequantisation below
+            return y
     acc = backend.conv(op, x) if op.conv is not None and backend.quantized else None
     if acc is not None:   # the backend ran the whole convolution: accumulators [B, N, *spatial] (a new array)
         per_channel = (slice(None),) + (None,) * (acc.ndim - 2)

@@ -196,3 +196,16 @@ def scaled_transposed(codes, lsb, out):
             for p in range(codes.shape[1]):
                 out[b, n, p] = codes[b, p, n] * lsb
     return out
+
+
+@njit(parallel=True, cache=True)
+def dequantised_transposed(codes, lsb, scale, bias, has_bias, out):
+    """out [B, N, P] float32 = float32(codes [B, P, N] x lsb) x scale[n] (+ bias[n]), each step rounded to float32
+    as numpy rounds `scaled` and the executor's dequantisation (float32 multiply, then float32 add)."""
+    for b in prange(codes.shape[0]):
+        for n in range(codes.shape[2]):
+            s, c = scale[n], bias[n]
+            for p in range(codes.shape[1]):
+                y = np.float32(codes[b, p, n] * lsb) * s
+                out[b, n, p] = y + c if has_bias else y
+    return out

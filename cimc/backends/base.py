@@ -39,6 +39,12 @@ class Backend:
         overwrite (it scales it in place). None: use im2col + mvm."""
         return None
 
+    def conv_output(self, op: XbarOp, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
+        """Optionally run a whole quantised convolution and its dequantisation in one go: what the executor forms
+        from `conv`'s accumulators, y = float32(acc) * scale[n] (+ bias[n]) in float32, bit for bit. None: use
+        `conv`."""
+        return None
+
     def describe(self) -> dict:
         """What this backend was, for reports (seeds, options)."""
         return {"backend": self.name, "seed": self.seed}

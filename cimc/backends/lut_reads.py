@@ -163,3 +163,14 @@ def scaled_transposed(codes: np.ndarray, lsb: float, out: np.ndarray) -> np.ndar
     """out [B, N, P] = codes [B, P, N] (int64) x lsb in float64, rounded once to out's dtype; returns out."""
     from cimc.backends._lut_kernel import scaled_transposed
     return scaled_transposed(codes, float(lsb), out)
+
+
+def dequantised_transposed(codes: np.ndarray, lsb: float, scale: np.ndarray, bias: np.ndarray | None,
+                           out: np.ndarray) -> np.ndarray:
+    """out [B, N, P] float32 = float32(codes [B, P, N] x lsb) * scale[n] (+ bias[n]): scaled_transposed followed by
+    the executor's dequantisation (cimc.executor.run_xbar), bit for bit, in one pass; returns out."""
+    from cimc.backends._lut_kernel import dequantised_transposed
+    scale = np.ascontiguousarray(scale, np.float32)
+    has_bias = bias is not None
+    bias = np.ascontiguousarray(bias if has_bias else np.zeros_like(scale), np.float32)
+    return dequantised_transposed(codes, float(lsb), scale, bias, has_bias, out)

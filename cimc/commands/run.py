@@ -73,7 +73,7 @@ def add_chip_options(g) -> None:
                    help="how bit-plane reads are computed: float32 GEMMs (default: the drawn conductances exactly); "
                    "int8: onnxruntime int8 GEMMs with conductances on a grid of step/floor(127/largest conductance "
                    "in steps), 0.18 uS for Yao's devices (1.6x faster); lut: numba table lookups with the ADC and "
-                   "shift-and-add fused, conductances on a 6 nS grid (3.5-4x faster; needs numba: "
+                   "shift-and-add fused, conductances on a 6 nS grid (about 6x faster; needs numba: "
                    "pip install -e '.[fast]'; reads with read noise stay float32)")
 
 
