@@ -6,8 +6,8 @@ Why it is written this way (each point measured on ResNet-56, see benchmarks/ben
   they cannot alias the table and vectorises the lookup loop without run-time overlap checks;
 * eighteen table rows (a 144-row array) are summed per pass over the lines, in registers;
 * inputs arrive as plane words (byte j of a word: the pattern of plane j), bit-transposed once per eight codes
-  rather than once per read, and a position's table rows for all planes are indexed first, in a loop that
-  vectorises;
+  rather than once per read, and a position's table row offsets for all planes are computed first, in a loop that
+  vectorises (unsigned flat offsets: no multiply per lookup, no negative-index checks; 5-10% faster);
 * a plane whose bits are all zero reads a zero current, code 0: it is skipped;
 * a convolution gathers its positions' words from the padded NHWC plane words (`conv_reads`), no im2col;
 * tables start on a 64-byte boundary (lut_reads.aligned_empty): a 32-line int16 row is one cache line.
@@ -76,10 +76,11 @@ def conv_plane_words(codes, mask, top, left, out):
 
 
 @njit(inline="always", cache=True)
-def _six(table, r0, r1, r2, r3, r4, r5, n):
-    """Line n of the sum of table rows r0..r5 (int32)."""
-    return ((np.int32(table[r0, n]) + np.int32(table[r1, n])) + (np.int32(table[r2, n]) + np.int32(table[r3, n]))) + \
-        (np.int32(table[r4, n]) + np.int32(table[r5, n]))
+def _six(flat, r0, r1, r2, r3, r4, r5, n):
+    """Line n of the sum of the table rows that start at flat offsets r0..r5 (int32). Offsets and n are unsigned:
+    numba then adds no negative-index wraparound, which would keep the loop over n from vectorising."""
+    return ((np.int32(flat[r0 + n]) + np.int32(flat[r1 + n])) + (np.int32(flat[r2 + n]) + np.int32(flat[r3 + n]))) + \
+        (np.int32(flat[r4 + n]) + np.int32(flat[r5 + n]))
 
 
 @njit(cache=True)
@@ -87,6 +88,8 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
     """Positions i0..i1 (rows of out); position i's words are words[i - w0]; `add` to out, else overwrite."""
     groups = words.shape[1]
     width = table.shape[1]
+    uwidth = np.uint64(width)
+    flat = table.reshape(-1)
     cur = carray(_stack_int32(), MAX_LINES)
     acc = carray(_stack_int32(), MAX_LINES)
     clipped = 0
@@ -95,10 +98,10 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
         nonzero = np.uint64(0)
         for g in range(groups):
             nonzero |= words[iw, g]
-        for j in range(weights.shape[0]):                  # row of table: group * 256 + pattern of plane j
+        for j in range(weights.shape[0]):                  # table row group * 256 + pattern of plane j, as an offset
             shift = np.uint64(8 * j)
             for g in range(groups):
-                idx[j, g] = np.int32(g * 256) + np.int32((words[iw, g] >> shift) & _BYTE)
+                idx[j, g] = (np.uint64(g * 256) + ((words[iw, g] >> shift) & _BYTE)) * uwidth   # row start
         for n in range(width):
             acc[n] = 0
         for j in range(weights.shape[0]):
@@ -106,7 +109,7 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
                 continue                                   # no bit set: current 0, code 0
             for n in range(width):
                 cur[n] = 0
-            for q in range(0, idx.shape[1], SUMMED):      # padding entries are 0: group 0, pattern 0, all zeros
+            for q in range(0, idx.shape[1], SUMMED):      # padding entries are 0: row 0 (group 0, pattern 0), zeros
                 a0, a1, a2, a3, a4, a5 = idx[j, q], idx[j, q + 1], idx[j, q + 2], idx[j, q + 3], idx[j, q + 4], \
                     idx[j, q + 5]
                 b0, b1, b2, b3, b4, b5 = idx[j, q + 6], idx[j, q + 7], idx[j, q + 8], idx[j, q + 9], \
@@ -114,8 +117,9 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
                 c0, c1, c2, c3, c4, c5 = idx[j, q + 12], idx[j, q + 13], idx[j, q + 14], idx[j, q + 15], \
                     idx[j, q + 16], idx[j, q + 17]
                 for n in range(width):
-                    cur[n] += (_six(table, a0, a1, a2, a3, a4, a5, n) + _six(table, b0, b1, b2, b3, b4, b5, n)) + \
-                        _six(table, c0, c1, c2, c3, c4, c5, n)
+                    un = np.uint64(n)
+                    cur[n] += (_six(flat, a0, a1, a2, a3, a4, a5, un) + _six(flat, b0, b1, b2, b3, b4, b5, un)) + \
+                        _six(flat, c0, c1, c2, c3, c4, c5, un)
             w = np.int32(weights[j])
             clips = np.int32(0)
             for n in range(width):                         # the ADC, as adc_convert in float32; shift-and-add
@@ -145,7 +149,7 @@ def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add):
     blocks = -(-m // BLOCK)
     clipped = np.zeros(blocks, np.int64)
     for b in prange(blocks):
-        idx = np.zeros((weights.shape[0], padded), np.int32)
+        idx = np.zeros((weights.shape[0], padded), np.uint64)
         clipped[b] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, b * BLOCK,
                                 min(m, b * BLOCK + BLOCK), 0, idx)
     return clipped.sum()
@@ -172,7 +176,7 @@ def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, 
             y, x = (p // ow) * sh, (p % ow) * sw
             for g in range(groups):
                 words[p - p0, g] = xw[b, y + dy[g], x + dx[g], octet[g]]
-        idx = np.zeros((weights.shape[0], padded), np.int32)
+        idx = np.zeros((weights.shape[0], padded), np.uint64)
         i0 = b * positions + p0
         clipped[t] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0,
                                 b * positions + p1, i0, idx)
