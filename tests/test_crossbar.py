@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 import onnx_models as om
 import pytest
 
@@ -451,21 +452,31 @@ def test_lut_reads_equal_the_int8_gemm_on_the_same_grid(fixture, overrides, requ
     assert stats["int8"] == stats["lut"] and any(rate > 0 for rate, _ in stats["lut"])
 
 
+def _conv1d(cin: int = 16, cout: int = 6) -> onnx.ModelProto:
+    """A Conv1d (kernel 3, stride 2, pads 1 and 2) on [N, cin, 20]."""
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((cout, cin, 3)).astype(np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["logits"], name="conv", kernel_shape=[3], pads=[1, 2], strides=[2])
+    graph = helper.make_graph([node], "conv1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", cin, 20])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
 @needs_numba
-@pytest.mark.parametrize("cin,cout,k,attrs,replicas", [
-    (23, 6, 3, dict(strides=[2, 2], pads=[1, 1, 1, 1]), 2),       # tiles of 16 + 7 channels (a partial octet)
-    (32, 8, 3, dict(group=2, dilations=[2, 2], pads=[2, 2, 2, 2]), 1),   # row tiles that cover half the outputs
-    (200, 5, 1, dict(pads=[0, 1, 0, 1], bias=False), 1),          # 1x1: tiles of 144 + 56 channels, no bias
-])
-def test_lut_conv_reads_without_im2col_equal_the_int8_gemm(tmp_path_factory, cin, cout, k, attrs, replicas):
+@pytest.mark.parametrize("make,tiles,replicas", [
+    (lambda: om.conv(cin=23, cout=6, k=3, hw=9, strides=[2, 2], pads=[1, 1, 1, 1]), 2, 2),   # 16 + 7 channels
+    (lambda: om.conv(cin=32, cout=8, k=3, hw=9, group=2, dilations=[2, 2], pads=[2, 2, 2, 2]), 2, 1),  # half outputs
+    (lambda: om.conv(cin=200, cout=5, k=1, hw=9, pads=[0, 1, 0, 1], bias=False), 2, 1),   # 1x1: 144 + 56 channels
+    (_conv1d, 1, 1),
+], ids=["partial-octet-stride-replicas", "grouped-dilated", "1x1-no-bias", "conv1d"])
+def test_lut_conv_reads_without_im2col_equal_the_int8_gemm(tmp_path_factory, make, tiles, replicas):
     """A convolution whose row tiles hold whole channels is read straight from its padded NHWC codes (tables in
     (kernel offset, channel) row order); it must equal the int8 GEMM on im2col rows on the same grid, and the table
     reads on im2col rows (the path diagnostics take), bit for bit, with several row tiles, strides, dilation,
     groups, signed inputs and replicas. The direct reads also dequantise (conv_output): the float32 logits must
     match the executor's, sign bits included."""
-    model = om.conv(cin=cin, cout=cout, k=k, hw=9, **attrs)
+    model = make()
     x = _feeds(model, 5, 3)
-    manifest = _compile(tmp_path_factory, f"conv{cin}", model, "yao2020-resnet", _feeds(model, 8, 4),
+    manifest = _compile(tmp_path_factory, "conv", model, "yao2020-resnet", _feeds(model, 8, 4),
                         replicate={"conv": replicas} if replicas > 1 else None)
     scales = calibrate_adc_full_scale(manifest.graph, manifest.target, x)
     common = dict(seed=2, adc_full_scale={n: v / 2 for n, v in scales.items()}, overrides=["nonideal.stuck_rate=0.02"])
@@ -475,8 +486,9 @@ def test_lut_conv_reads_without_im2col_equal_the_int8_gemm(tmp_path_factory, cin
     session = Session(manifest, backend=direct)
     got = session.run(x)
     assert np.array_equal(session.run(x[::-1]), got[::-1])          # work arrays reused: nothing stale
+    rows = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, diagnostics=True, **common)
     plan = direct.plans["conv"]
-    assert plan.channels is not None and len(plan.blocks) == 2 and plan.replicas == replicas
+    assert plan.channels is not None and len(plan.blocks) == tiles and plan.replicas == replicas
     rows = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, diagnostics=True, **common)
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     assert np.array_equal(Session(manifest, backend=rows).run(x).view(np.uint32), want.view(np.uint32))
