@@ -20,6 +20,7 @@ from cimc import Session, zoo
 from cimc.backends.crossbar import (CrossbarBackend, adc_convert, adc_range, bit_planes, calibrate_adc_full_scale,
                                     plane_weights)
 from cimc.errors import ConfigError
+from cimc.executor import quantize_activation
 from cimc.ir import ActQuant, Graph, Placement, TensorInfo, Tile, XbarOp
 from cimc.layout import program_arrays
 from cimc.targets.registry import load_target
@@ -370,7 +371,7 @@ def test_adc_calibration_uses_only_max_samples(mcnn):
 def _brute_force_peak_ua(manifest, x):
     """The calibration rule read by read, in plain loops over tiles, bit-planes and lines: the largest ideal line
     current I = V_read * sum_r bit_r * (g_min + level_r * step) over the inputs of every op (integer activations)."""
-    from cimc.executor import quantize_activation, run_graph
+    from cimc.executor import run_graph
     from cimc.im2col import im2col
     from cimc.layout import tile_cells
     target, arrays = manifest.target, program_arrays(manifest.graph, manifest.target)
@@ -492,6 +493,9 @@ def test_lut_conv_reads_without_im2col_equal_the_int8_gemm(tmp_path_factory, mak
     rows = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, diagnostics=True, **common)
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     assert np.array_equal(Session(manifest, backend=rows).run(x).view(np.uint32), want.view(np.uint32))
+    op = manifest.graph.xbar_ops()[0]                                # the accumulators alone (Backend.conv)
+    q = quantize_activation(x, op.input_quant)
+    assert np.array_equal(direct.conv(op, q), int8.conv(op, q))
 
 
 @needs_numba

@@ -142,6 +142,7 @@ class _Block:
     quantised: list = field(default_factory=list)        # gemm="int8": per copy, lines (or diff) x grid as int8
     tables: dict = field(default_factory=dict)           # gemm="lut": per copy, lut_reads.table_pieces
     conv_tables: dict = field(default_factory=dict)      # gemm="lut", direct conv reads: per copy, of a conv_table
+    conv_groups: tuple | None = None                     # ... and where its groups read (lut_reads.conv_groups)
 
 
 @dataclass
@@ -626,7 +627,8 @@ class CrossbarBackend(Backend):
                     mat = block.lines[c] if use_lines else block.diff[c]
                     table = lut_reads.conv_table(np.rint(np.asarray(mat, np.float64) * self.grid), c0, c1, size)
                     block.conv_tables[c] = lut_reads.table_pieces(table, nb, use_lines)
-                groups = lut_reads.conv_groups(c0, c1, g.kernel, g.dilations)
+                    block.conv_groups = lut_reads.conv_groups(c0, c1, g.kernel, g.dilations)
+                groups = block.conv_groups
                 if isinstance(block.index, slice):
                     lut_reads.read_conv_tile(words, images, groups, g.strides, (oh, ow), block.conv_tables[c],
                                              plan.weights, gain, lo, top, use_lines, codes, block.index.start or 0,
