@@ -615,7 +615,9 @@ class CrossbarBackend(Backend):
         # the first row tile writes every output (when it covers them all), the others add: no zero fill, and the
         # codes array is reused from layer to layer (a fresh one costs a page fault per 4 kB on first touch)
         covers = isinstance(plan.blocks[0].index, slice) and len(plan.blocks[0].cols) == plan.cols
-        codes = self._scratch("codes", (bsz * oh * ow, plan.cols), np.int64, zero=not covers)
+        # |sum of codes| <= top * 2^bits per row tile: int32 while that fits (half the traffic of int64)
+        wide = np.int32 if top * (1 << plan.bits) * len(plan.blocks) < 1 << 31 else np.int64
+        codes = self._scratch("codes", (bsz * oh * ow, plan.cols), wide, zero=not covers)
         if plan.replicas == 1 or self.copy is not None:
             by_copy = [(0 if self.copy is None else self.copy % plan.replicas, np.arange(bsz))]
         else:                                                       # sample b reads copy b % replicas
@@ -634,7 +636,7 @@ class CrossbarBackend(Backend):
                                              plan.weights, gain, lo, top, use_lines, codes, block.index.start or 0,
                                              add=k > 0 or not covers)
                 else:
-                    acc = np.zeros((len(codes), nb), np.int64)
+                    acc = np.zeros((len(codes), nb), wide)
                     lut_reads.read_conv_tile(words, images, groups, g.strides, (oh, ow), block.conv_tables[c],
                                              plan.weights, gain, lo, top, use_lines, acc)
                     codes[:, block.index] += acc

@@ -127,8 +127,8 @@ def read_tile(words: np.ndarray, pieces: list, weights: np.ndarray, gain: np.flo
               pairs: bool, out: np.ndarray, col0: int = 0, add: bool = True) -> int:
     """All bit-plane reads of one row tile: words [m, groups] (plane_words), its table pieces (table_pieces), plane
     weights (LSB first), ADC gain (codes per current unit) and range lo..top; adds sum_j w_j * code_j (g+ minus g-
-    codes where `pairs`) into out int64 [m, col0:col0 + outputs], or with add=False writes it there. Returns the
-    number of clipped conversions."""
+    codes where `pairs`) into out [m, col0:col0 + outputs] (int64, or int32 where the sums fit), or with add=False
+    writes it there. Returns the number of clipped conversions."""
     from cimc.backends._lut_kernel import reads       # numba compiles it on first use (cached on disk)
     if top * (1 << len(weights)) >= 1 << 31:
         raise OverflowError("gemm='lut' sums codes in int32: too many ADC bits and planes")
@@ -160,7 +160,7 @@ def scaled(codes: np.ndarray, lsb: float, out: np.ndarray) -> np.ndarray:
 
 
 def scaled_transposed(codes: np.ndarray, lsb: float, out: np.ndarray) -> np.ndarray:
-    """out [B, N, P] = codes [B, P, N] (int64) x lsb in float64, rounded once to out's dtype; returns out."""
+    """out [B, N, P] = codes [B, P, N] (int32 or int64) x lsb in float64, rounded once to out's dtype; returns out."""
     from cimc.backends._lut_kernel import scaled_transposed
     return scaled_transposed(codes, float(lsb), out)
 
