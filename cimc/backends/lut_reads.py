@@ -123,6 +123,13 @@ def available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+def _plane_weights(weights: np.ndarray, top: int) -> np.ndarray:
+    """The kernel's plane weights (int64), once it is known that its int32 shift-and-add sums cannot overflow."""
+    if top * (1 << len(weights)) >= 1 << 31:
+        raise OverflowError("gemm='lut' sums codes in int32: too many ADC bits and planes")
+    return weights.astype(np.int64)
+
+
 def read_tile(words: np.ndarray, pieces: list, weights: np.ndarray, gain: np.float32, lo: int, top: int,
               pairs: bool, out: np.ndarray, col0: int = 0, add: bool = True) -> int:
     """All bit-plane reads of one row tile: words [m, groups] (plane_words), its table pieces (table_pieces), plane
@@ -130,9 +137,7 @@ def read_tile(words: np.ndarray, pieces: list, weights: np.ndarray, gain: np.flo
     codes where `pairs`) into out [m, col0:col0 + outputs] (int64, or int32 where the sums fit), or with add=False
     writes it there. Returns the number of clipped conversions."""
     from cimc.backends._lut_kernel import reads       # numba compiles it on first use (cached on disk)
-    if top * (1 << len(weights)) >= 1 << 31:
-        raise OverflowError("gemm='lut' sums codes in int32: too many ADC bits and planes")
-    w = weights.astype(np.int64)
+    w = _plane_weights(weights, top)
     return sum(int(reads(words, piece, w, np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out,
                          col0 + o0, bool(add))) for piece, o0, nb in pieces)
 
@@ -143,9 +148,7 @@ def read_conv_tile(words: np.ndarray, images: np.ndarray, groups: tuple, strides
     """read_tile for a convolution, straight from padded_plane_words: the listed images' output positions (rows
     b * oh * ow + p of out), groups from conv_groups, pieces of a conv_table."""
     from cimc.backends._lut_kernel import conv_reads
-    if top * (1 << len(weights)) >= 1 << 31:
-        raise OverflowError("gemm='lut' sums codes in int32: too many ADC bits and planes")
-    w = weights.astype(np.int64)
+    w = _plane_weights(weights, top)
     dy, dx, octet = groups
     return sum(int(conv_reads(words, images, dy, dx, octet, strides[0], strides[1], out_hw[0], out_hw[1], piece, w,
                               np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out, col0 + o0,
