@@ -527,6 +527,9 @@ def test_lut_grid_and_option_errors(mcnn):
         be = CrossbarBackend(gemm="lut", overrides=["nonideal.read_noise_sigma_us=0.1"])
         Session(manifest, backend=be).run(x)
     assert be.grid == 1
+    with pytest.raises(ConfigError, match=r"adc.bits=24 .* 8-bit inputs of layer 'C1'.* at most 23 ADC bits"):
+        Session(manifest, backend=CrossbarBackend(gemm="lut", overrides=["adc.bits=24"]))     # 2^24 x 2^8 >= 2^31
+    Session(manifest, backend=CrossbarBackend(gemm="lut", overrides=["adc.bits=23"])).run(x)
 
 
 def test_pattern_tables_and_plane_words_by_hand():

@@ -363,6 +363,12 @@ class CrossbarBackend(Backend):
                 for b in p.blocks for m in (b.lines if columns else b.diff)]
         if not mats:
             return
+        for plan in self.plans.values():                     # the kernel adds shift-and-add codes in int32
+            _, top = adc_range(target.adc.bits, plan.bipolar)
+            if not plan.analog and plan.bits <= 8 and top << plan.bits >= 1 << 31:
+                raise ConfigError(f"gemm='lut' adds ADC codes in int32: adc.bits={target.adc.bits} with the "
+                                  f"{plan.bits}-bit inputs of layer {plan.name!r} can overflow it; use at most "
+                                  f"{31 - plan.bits} ADC bits, or gemm='float32'")
         largest = max(float(np.abs(m).max(initial=0.0)) for m in mats)
         self.grid = self.conductance_grid or max(1, int(((1 << 15) - 1) // max(lut_reads.GROUP * largest, 1e-30)))
         self._lut = True
