@@ -456,15 +456,31 @@ class CrossbarBackend(Backend):
     def _by_copy(self, plan: _Plan, x: np.ndarray, batch: int, run) -> np.ndarray:
         """Sample b's rows of x [m, K] go through copy b % replicas (or `self.copy`): run(plan, c, rows) -> [., N]."""
         m = x.shape[0]
-        if plan.replicas == 1 or self.copy is not None or m == 0:
-            return run(plan, 0 if self.copy is None else self.copy % plan.replicas, x)
+        copies = self._copy_samples(plan, batch)
+        if len(copies) == 1 or m == 0:
+            return run(plan, copies[0][0], x)
         positions = m // batch
         xs = x.reshape(batch, positions, x.shape[1])
         out = np.empty((batch, positions, plan.cols), plan.dtype)
-        for c in range(min(plan.replicas, batch)):
-            sel = np.ascontiguousarray(xs[c::plan.replicas]).reshape(-1, x.shape[1])
-            out[c::plan.replicas] = run(plan, c, sel).reshape(-1, positions, plan.cols)
+        for c, samples in copies:
+            sel = np.ascontiguousarray(xs[samples]).reshape(-1, x.shape[1])
+            out[samples] = run(plan, c, sel).reshape(-1, positions, plan.cols)
         return out.reshape(m, plan.cols)
+
+    def _copy_samples(self, plan: _Plan, batch: int) -> list[tuple[int, slice]]:
+        """[(copy, the samples of a batch it reads)]: sample b reads copy b % replicas, or every sample `self.copy`."""
+        if plan.replicas == 1 or self.copy is not None:
+            return [(0 if self.copy is None else self.copy % plan.replicas, slice(None))]
+        return [(c, slice(c, None, plan.replicas)) for c in range(min(plan.replicas, batch))]
+
+    def _lut_adc(self, plan: _Plan) -> tuple[int, int, np.float32]:
+        """(lo, top, gain) of the table kernel's ADC: adc_convert's, in current units of step / grid."""
+        lo, top = adc_range(self.target.adc.bits, plan.bipolar)
+        return lo, top, np.float32(top / (plan.full_scale * self.grid))
+
+    def _grid_lines(self, block: _Block, c: int, use_lines: bool) -> np.ndarray:
+        """A row tile's conductances of copy c (its g+ and g- lines, or differences) as integers on the lut grid."""
+        return np.rint(np.asarray(block.lines[c] if use_lines else block.diff[c], np.float64) * self.grid)
 
     def _run_copy(self, plan: _Plan, c: int, x: np.ndarray) -> np.ndarray:
         if self.record_currents:
@@ -568,17 +584,15 @@ class CrossbarBackend(Backend):
 
     def _table_reads(self, plan: _Plan, c: int, xi: np.ndarray, use_lines: bool) -> np.ndarray:
         """gemm="lut": the fused table reads of cimc.backends.lut_reads, row tile by row tile, on uint8 codes xi."""
-        lo, top = adc_range(self.target.adc.bits, plan.bipolar)
-        gain = np.float32(top / (plan.full_scale * self.grid))          # as adc_convert on the same grid
+        lo, top, gain = self._lut_adc(plan)
         m = len(xi)
         codes = np.zeros((m, plan.cols), np.int64)
         clipped = conversions = 0
         for block in plan.blocks:
             nb = len(block.cols)
             if c not in block.tables:
-                mat = block.lines[c] if use_lines else block.diff[c]
                 block.tables[c] = lut_reads.table_pieces(
-                    lut_reads.pattern_table(np.rint(np.asarray(mat, np.float64) * self.grid)), nb, use_lines)
+                    lut_reads.pattern_table(self._grid_lines(block, c, use_lines)), nb, use_lines)
             words = lut_reads.plane_words(xi[:, block.r0:block.r1])
             if isinstance(block.index, slice):              # the kernel adds into codes[:, start:stop] itself
                 clipped += lut_reads.read_tile(words, block.tables[c], plan.weights, gain, lo, top, use_lines, codes,
@@ -614,8 +628,7 @@ class CrossbarBackend(Backend):
         oh, ow = g.output_hw(h, w)
         words = lut_reads.padded_plane_words(xs, plan.bits, g.pads, self._scratch_arrays.get("words"))
         self._scratch_arrays["words"] = words
-        lo, top = adc_range(self.target.adc.bits, plan.bipolar)
-        gain = np.float32(top / (plan.full_scale * self.grid))          # as adc_convert on the same grid
+        lo, top, gain = self._lut_adc(plan)
         use_lines = self.target.array.differential == "columns"
         size = g.kernel[0] * g.kernel[1]
         # the first row tile writes every output (when it covers them all), the others add: no zero fill, and the
@@ -624,16 +637,12 @@ class CrossbarBackend(Backend):
         # |sum of codes| <= top * 2^bits per row tile: int32 while that fits (half the traffic of int64)
         wide = np.int32 if top * (1 << plan.bits) * len(plan.blocks) < 1 << 31 else np.int64
         codes = self._scratch("codes", (bsz * oh * ow, plan.cols), wide, zero=not covers)
-        if plan.replicas == 1 or self.copy is not None:
-            by_copy = [(0 if self.copy is None else self.copy % plan.replicas, np.arange(bsz))]
-        else:                                                       # sample b reads copy b % replicas
-            by_copy = [(c, np.arange(c, bsz, plan.replicas)) for c in range(min(plan.replicas, bsz))]
-        for c, images in by_copy:
+        for c, samples in self._copy_samples(plan, bsz):
+            images = np.arange(bsz)[samples]
             for k, (block, (c0, c1)) in enumerate(zip(plan.blocks, plan.channels)):
                 nb = len(block.cols)
                 if c not in block.conv_tables:
-                    mat = block.lines[c] if use_lines else block.diff[c]
-                    table = lut_reads.conv_table(np.rint(np.asarray(mat, np.float64) * self.grid), c0, c1, size)
+                    table = lut_reads.conv_table(self._grid_lines(block, c, use_lines), c0, c1, size)
                     block.conv_tables[c] = lut_reads.table_pieces(table, nb, use_lines)
                     block.conv_groups = lut_reads.conv_groups(c0, c1, g.kernel, g.dilations)
                 groups = block.conv_groups
