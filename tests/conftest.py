@@ -31,3 +31,11 @@ def mcnn_dir(tmp_path_factory):
     onnx.save(zoo.mcnn(), d / "mcnn.onnx")
     np.savez(d / "calib.npz", x=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
     return d
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many bad inputs the fuzz suite refused (tests/refusal.py)."""
+    import sys
+    refusal = sys.modules.get("refusal")
+    if refusal is not None and refusal.CASES:
+        terminalreporter.write_line(f"refusal cases checked: {len(refusal.CASES)}")
