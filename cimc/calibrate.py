@@ -12,7 +12,7 @@ from onnx import helper
 
 from cimc.backends.reference import FloatBackend
 from cimc.executor import check_feeds, run_graph
-from cimc.ir import Graph
+from cimc.ir import Graph, XbarOp
 
 _SUBSAMPLE = 1 << 20
 
@@ -91,3 +91,60 @@ def _onnxruntime_with_taps(model: onnx.ModelProto, graph: Graph, reduce: bool = 
         return ort.InferenceSession(tapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception:  # onnxruntime cannot run it: fall back to the cimc float engine
         return None
+
+
+def check_finite_ranges(stats: dict[str, dict], where: str) -> None:
+    """Refuse an activation range that is not finite (the float model overflowed float32 on the calibration
+    data): its scale would be inf and every code 0."""
+    from cimc.errors import DataError
+    for name, s in stats.items():
+        values = [s["min"], s["absmax"]] + ([] if s.get("percentile") is None else [s["percentile"]])
+        if not all(np.isfinite(values)):
+            raise DataError(f"{where}: the input of crossbar layer {name!r} is not finite on the calibration data "
+                            f"(min {s['min']}, max |x| {s['absmax']}): the float model overflows; check the "
+                            "calibration inputs for extreme values and their scale (normalisation)")
+
+
+OUTLIER_RATIO = 1000.0     # max |x| above this many times the OUTLIER_PERCENTILE of |x|: a few values set the range
+OUTLIER_PERCENTILE = 99.99
+
+
+def first_layers(graph: Graph) -> dict[str, list[str]]:
+    """For each model input, the crossbar ops that read it directly or through digital ops only."""
+    reach = {t.name: {t.name} for t in graph.inputs}       # tensor -> the model inputs it derives from digitally
+    layers: dict[str, list[str]] = {t.name: [] for t in graph.inputs}
+    for op in graph.ops:
+        sources = set().union(*(reach.get(t, set()) for t in op.inputs))
+        if isinstance(op, XbarOp):
+            for source in sorted(reach.get(op.inputs[0], set())):
+                layers[source].append(op.name)
+        else:
+            for t in op.outputs:
+                reach[t] = sources
+    return layers
+
+
+def input_outliers(graph: Graph, data: dict[str, np.ndarray], rule: str) -> list[dict]:
+    """Model inputs whose range is dominated by a few values: max |x| > OUTLIER_RATIO x the OUTLIER_PERCENTILE
+    of |x| (on a strided subsample of at most 2^20 values). `rule` is recorded with each."""
+    rows = []
+    readers = first_layers(graph)
+    for name, x in data.items():
+        if x.size == 0:
+            continue
+        absmax = float(max(-x.min(), x.max()))
+        flat = x.reshape(-1)
+        p = float(np.percentile(np.abs(flat[::max(1, flat.size // _SUBSAMPLE)]), OUTLIER_PERCENTILE))
+        if p > 0 and absmax > OUTLIER_RATIO * p:
+            rows.append({"input": name, "absmax": absmax, "percentile": OUTLIER_PERCENTILE, "percentile_value": p,
+                         "layers": readers.get(name, []), "rule": rule})
+    return rows
+
+
+def outlier_message(row: dict, rule: str) -> str:
+    layers = ", ".join(map(repr, row["layers"])) or "no crossbar layer directly"
+    applied = ("the 'max' rule sets their input range from these few values, so most inputs quantise to a few "
+               "codes; compile with --set quant.calibration=percentile, or remove the outliers"
+               if rule == "max" else f"the '{rule}' rule clips them")
+    return (f"calibration input {row['input']!r} (read by {layers}): max |x| {row['absmax']:.4g} is over "
+            f"{OUTLIER_RATIO:g}x its {row['percentile']:g}th percentile {row['percentile_value']:.4g}; {applied}")

@@ -4,6 +4,7 @@ Passes are pure steps `run(graph, target, config) -> graph`; timing is recorded 
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import threading
 import time
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from cimc import calibrate, frontend
-from cimc.data import load_npz
-from cimc.errors import ConfigError
+from cimc.data import as_float32_input, load_npz
+from cimc.errors import ConfigError, DataError
 from cimc.passes import allocate, canonicalize, estimate, pack, quantize, tile
 from cimc.passes import replicate as replicate_pass
 from cimc.passes.replicate import read_replication_file
@@ -42,10 +43,16 @@ def make_config(replicate=None, replication=None, arrays=None, target_fps=None, 
         replication = read_replication_file(replication)
     if arrays is not None and (isinstance(arrays, bool) or not isinstance(arrays, int) or arrays < 1):
         raise ConfigError(f"--arrays {arrays!r}: must be a positive integer")
-    if time_limit <= 0:
-        raise ConfigError(f"--time-limit {time_limit}: must be positive")
+    if not _positive_number(time_limit):
+        raise ConfigError(f"--time-limit {time_limit!r}: must be a finite number of seconds > 0")
+    if target_fps is not None and not _positive_number(target_fps):
+        raise ConfigError(f"--target-fps {target_fps!r}: must be a finite number of inferences per second > 0")
     return CompileConfig(replicate=dict(replicate or {}), replication_file_copies=replication, arrays=arrays,
                          target_fps=target_fps, optimize=optimize, time_limit=time_limit, pack=bool(pack))
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _run_passes(graph, target, config, passes, timings):
@@ -62,7 +69,8 @@ def count(model, target="yao2020-resnet", replicate=None, overrides=None, **repl
     target = load_target(target, overrides)
     config = make_config(replicate, **replication_options)
     graph, _info = frontend.import_onnx(model)
-    placing = [pack] if config.pack else [replicate_pass]    # pack chooses copies and placements together
+    # the placing passes of compile(), so that count refuses what compile refuses (the chip's array budget)
+    placing = [pack] if config.pack else [replicate_pass, allocate]
     graph = _run_passes(graph, target, config, [canonicalize, tile, *placing], {})
     table = layer_table(graph, target)
     table["replication"] = config.replication_report
@@ -112,8 +120,13 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     percentile = target.quant.percentile if target.quant.calibration == "percentile" else None
     config.activation_stats = calibrate.activation_stats(graph, data, percentile, model=info.model)
     timings["calibrate"] = time.perf_counter() - t0
+    calibrate.check_finite_ranges(config.activation_stats, calib_summary["path"] or "the calibration data")
     calib_summary["ranges"] = {name: {"min": s["min"], "absmax": s["absmax"]}
                                for name, s in config.activation_stats.items()}
+    calib_summary["rule"] = target.quant.calibration
+    calib_summary["outliers"] = calibrate.input_outliers(graph, data, target.quant.calibration)
+    for row in calib_summary["outliers"]:
+        _warn(calibrate.outlier_message(row, target.quant.calibration))
     placing = [pack] if config.pack else [replicate_pass, allocate]   # pack: copies + placements, tiles share arrays
     graph = _run_passes(graph, target, config, [quantize, tile, *placing, estimate], timings)
     t0 = time.perf_counter()
@@ -147,11 +160,33 @@ def _calibrate_adc(graph, target, data) -> None:
         op.adc_full_scale_ua = scales.get(op.name)
 
 
+MIN_CALIBRATION_SAMPLES = 32   # fewer: warn (README, Data files); the activation ranges then rest on a few inputs
+
+
+def _warn(message: str) -> None:
+    print(f"cimc: warning: {message}", file=sys.stderr)
+
+
 def _calibration_data(calibration, graph):
+    """(summary, {input: float32 array}): finite real inputs with at least one sample, from a file or arrays."""
     names = [t.name for t in graph.inputs]
     if isinstance(calibration, (str, Path)):
-        ds = load_npz(calibration, names)
-        return {"path": str(Path(calibration).resolve()), "sha256": ds.sha256, "samples": len(ds)}, ds.inputs
-    data = calibration if isinstance(calibration, dict) else {names[0]: np.asarray(calibration)}
-    n = len(next(iter(data.values())))
-    return {"path": None, "sha256": None, "samples": int(n)}, data
+        ds = load_npz(calibration, names, what="calibration file")
+        summary = {"path": str(Path(calibration).resolve()), "sha256": ds.sha256, "samples": len(ds)}
+        data, where = ds.inputs, str(calibration)
+    else:
+        raw = calibration if isinstance(calibration, dict) else {names[0]: calibration}
+        if not raw:
+            raise DataError("calibration: no arrays given; pass an array or a dict of arrays by input name")
+        data = {k: as_float32_input(v, f"calibration input {k!r}") for k, v in raw.items()}
+        sizes = {k: len(v) for k, v in data.items()}
+        if len(set(sizes.values())) != 1:
+            raise DataError(f"calibration: the input arrays hold different numbers of samples {sizes}")
+        if next(iter(sizes.values())) == 0:
+            raise DataError("calibration: the calibration inputs hold 0 samples; pass a few hundred")
+        summary = {"path": None, "sha256": None, "samples": int(next(iter(sizes.values())))}
+        where = "calibration data"
+    if summary["samples"] < MIN_CALIBRATION_SAMPLES:
+        _warn(f"{where}: only {summary['samples']} calibration sample(s); the activation ranges rest on them. "
+              f"Use at least {MIN_CALIBRATION_SAMPLES} (a few hundred representative inputs are best)")
+    return summary, data

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import onnxruntime as ort
 
 from cimc.data import Dataset
 from cimc.errors import ConfigError, DataError, ModelError
-from cimc.executor import Session
+from cimc.executor import Session, check_feeds, run_graph
+from cimc.ir import XbarOp
 
 
 class Progress:
@@ -57,7 +59,60 @@ def reference_session(manifest, reference: str | None) -> tuple[ort.InferenceSes
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"{path}: onnxruntime cannot load it ({exc})") from None
+    _check_reference_interface(sess, manifest, path)
     return sess, path
+
+
+def _check_reference_interface(sess: ort.InferenceSession, manifest, path: str) -> None:
+    """The reference model must take the manifest's inputs (names, non-batch sizes) and give its first output."""
+    hint = "pass --reference with the ONNX file the manifest was compiled from"
+    theirs = {i.name: i.shape for i in sess.get_inputs()}
+    ours = {t.name: t.shape for t in manifest.graph.inputs}
+    if set(theirs) != set(ours):
+        raise ModelError(f"{path}: the reference model's inputs {sorted(theirs)} differ from the manifest's "
+                         f"{sorted(ours)}; {hint}")
+    for name, shape in ours.items():
+        other = theirs[name]
+        if len(other) != len(shape) or any(isinstance(a, int) and isinstance(b, int) and a != b
+                                           for a, b in zip(shape[1:], other[1:])):
+            raise ModelError(f"{path}: the reference model's input {name!r} has shape {other}, the manifest's "
+                             f"{['N' if d is None else d for d in shape]}; {hint}")
+    out = manifest.graph.outputs[0].name
+    if out not in {o.name for o in sess.get_outputs()}:
+        raise ModelError(f"{path}: the reference model has no output {out!r} (the manifest's output); {hint}")
+
+
+INPUT_CLIP_WARN = 0.05     # warn when more than this share of a first layer's input values clip at its quantiser
+
+
+class InputClipping:
+    """Per crossbar layer: how many input values fall outside its input quantiser's range (code rint(x / s) above
+    qmax or below qmin), observed on the integer backend's run."""
+
+    def __init__(self):
+        self.clipped: dict[str, int] = {}
+        self.values: dict[str, int] = {}
+
+    def observe(self, op: XbarOp, x: np.ndarray) -> None:
+        q = op.input_quant
+        t = np.rint(x / np.float32(q.scale))
+        self.clipped[op.name] = self.clipped.get(op.name, 0) + int(np.count_nonzero((t > q.qmax) | (t < q.qmin)))
+        self.values[op.name] = self.values.get(op.name, 0) + int(t.size)
+
+    def rates(self) -> dict[str, float]:
+        return {name: self.clipped[name] / self.values[name] if self.values[name] else 0.0 for name in self.values}
+
+    def warn(self, graph) -> None:
+        """A warning for each first crossbar layer (reading the model input through digital ops only) where more
+        than INPUT_CLIP_WARN of the input values clip: the data is likely scaled unlike the calibration data."""
+        from cimc.calibrate import first_layers
+        rates = self.rates()
+        for source, layers in first_layers(graph).items():
+            for name in layers:
+                if rates.get(name, 0.0) > INPUT_CLIP_WARN:
+                    warnings.warn(f"{rates[name]:.1%} of the input values of layer {name!r} (from model input "
+                                  f"{source!r}) lie outside its input quantiser's calibrated range and are clipped; "
+                                  "is the data scaled or normalised like the calibration data?", stacklevel=2)
 
 
 def _batches(data: Dataset, batch_size: int):
@@ -66,11 +121,16 @@ def _batches(data: Dataset, batch_size: int):
 
 
 def _run_session(session: Session, data: Dataset, batch_size: int, out_name: str, bar: Progress | None,
-                 done: int = 0) -> tuple[np.ndarray, float]:
+                 done: int = 0, clipping: InputClipping | None = None) -> tuple[np.ndarray, float]:
+    """`clipping`: also count input clipping per crossbar layer (a quantised backend; the same outputs)."""
     outs, seconds = [], 0.0
     for start, batch in _batches(data, batch_size):
         t0 = time.perf_counter()
-        y = session.run(batch)
+        if clipping is None:
+            y = session.run(batch)
+        else:   # what Session.run does for one batch of at most its batch size, with an observer
+            y = run_graph(session.graph, check_feeds(session.graph, batch), session.backend,
+                          observe=clipping.observe)
         seconds += time.perf_counter() - t0
         outs.append(y if not isinstance(y, dict) else y[out_name])
         if bar is not None:
@@ -104,10 +164,14 @@ def evaluate(manifest, data: Dataset, backend: str = "integer", seed: int | None
     ref, ref_path = reference_session(session.manifest, reference)
     out_name = session.output_names[0]
     bar = Progress(f"cimc run ({backend})", len(data), progress)
-    y, backend_s = _run_session(session, data, batch_size, out_name, bar)
+    clipping = InputClipping() if session.backend.quantized else None
+    y, backend_s = _run_session(session, data, batch_size, out_name, bar, clipping=clipping)
     bar.close()
     r, reference_s = _run_reference(ref, data, batch_size, out_name)
     result = {"backend": backend, "n": int(len(data)), "output": out_name}
+    if clipping is not None:
+        clipping.warn(session.graph)
+        result["input_clip_rates"] = clipping.rates()
     result.update(_compare(y, r, data.labels))
     result.update({"backend_seconds": backend_s, "reference_seconds": reference_s, "reference_model": ref_path,
                    "seed": seed})
@@ -138,7 +202,9 @@ def _evaluate_crossbar(manifest, data, seed, reference, batch_size, progress, tr
     integer = Session(manifest, backend="integer", batch_size=batch_size)
     out_name = integer.output_names[0]
     bar = Progress("cimc run (crossbar)", n * (trials + 1), progress)
-    y_int, integer_s = _run_session(integer, data, batch_size, out_name, bar)
+    clipping = InputClipping()     # the integer chip quantises inputs exactly as every chip instance does
+    y_int, integer_s = _run_session(integer, data, batch_size, out_name, bar, clipping=clipping)
+    clipping.warn(integer.graph)
     r, reference_s = _run_reference(ref, data, batch_size, out_name)
     if y_int.shape != r.shape:
         raise DataError(f"backend output {list(y_int.shape)} and onnxruntime output {list(r.shape)} differ in shape")
@@ -179,9 +245,12 @@ def _evaluate_crossbar(manifest, data, seed, reference, batch_size, progress, tr
         "bind_seconds": bind_s, "reference_model": ref_path,
         "per_trial": per_trial,
         "crossbar": backends[0].describe(),
+        "input_clip_rates": clipping.rates(),
     }
     if layers:
         result["layers"] = combine_layer_stats(backends)
+        for row in result["layers"]:
+            row["input_clip_rate"] = result["input_clip_rates"].get(row["name"])
     return result
 
 

@@ -41,6 +41,9 @@ def run(graph: Graph, target, config) -> Graph:
         raise ConfigError("quantisation needs activation ranges: give calibration data "
                           "(--calibration x.npz on the command line, calibration=... in Python)")
     for op in graph.xbar_ops():
+        if op.name not in stats:   # e.g. calibration data with no samples
+            raise ConfigError(f"no activation range for crossbar layer {op.name!r}: the calibration data gave no "
+                              "statistics (does it hold any samples?)")
         op.levels, op.weight_scales = quantize_weights(op.matrix, target.device.max_level, target.quant.weights)
         op.input_quant = act_quant_from_stats(stats[op.name], target.input.bits, target.quant.calibration,
                                               target.quant.percentile)

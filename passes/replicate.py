@@ -90,6 +90,11 @@ def run(graph: Graph, target, config) -> Graph:
                 raise ConfigError(f"--target-fps {fps}: one input vector alone takes {bits} slots of "
                                   f"{slot_ns(target)} ns; the fastest possible is {1e9 / (bits * slot_ns(target)):.0f}")
             plan = solve_replication(layers, input_bits=bits, target_cycles=target_cycles, time_limit=time_limit)
+            chip = target.chip.array_budget
+            if chip is not None and plan.arrays > chip:   # allocate would refuse it: say why here, for count too
+                raise ConfigError(f"--target-fps {fps:g} needs {plan.arrays} arrays but target {target.name!r} has "
+                                  f"{chip}; ask for a lower rate, use --arrays {chip} for the fastest plan on this "
+                                  "chip, or --set chip.chips=0 for as many chips as needed")
             report.update(mode="target-fps", target_cycles=target_cycles)
         elif budget is not None:
             plan = solve_replication(layers, input_bits=bits, budget=budget, time_limit=time_limit)

@@ -10,7 +10,7 @@ from cimc.commands.common import emit
 from cimc.errors import ConfigError
 
 # options that need --backend crossbar (argparse dests)
-_CROSSBAR_ONLY = ("trials", "ideal", "program_sigma", "program_sigma_rel", "stuck_rate", "stuck_at", "read_noise",
+_CROSSBAR_ONLY = ("seed", "trials", "ideal", "program_sigma", "program_sigma_rel", "stuck_rate", "stuck_at", "read_noise",
                   "drift_time", "drift_nu", "drift_nu_sigma", "defect_map", "adc_bits", "adc_full_scale",
                   "calibration", "copy", "set", "layers", "gemm")
 _NOISE_FLAGS = ("program_sigma", "program_sigma_rel", "stuck_rate", "stuck_at", "read_noise", "drift_time",
@@ -29,8 +29,9 @@ def add_parser(sub) -> None:
                     "simulated chip with the target's devices and ADC")
     sp.add_argument("--reference", metavar="ONNX", help="source model for onnxruntime (default: the path recorded "
                     "in the manifest)")
-    sp.add_argument("--limit", type=int, metavar="N", help="use only the first N samples")
-    sp.add_argument("--batch-size", type=int, default=100)
+    sp.add_argument("--limit", type=int, metavar="N", help="use only the first N samples (only they are read)")
+    sp.add_argument("--batch-size", type=int, default=100, metavar="B",
+                    help="samples run together (default 100); results do not depend on it, memory does")
     sp.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
     g = sp.add_argument_group("crossbar backend")
     add_chip_options(g)
@@ -122,6 +123,8 @@ def crossbar_options(args) -> dict:
     if args.adc_full_scale is not None:
         overrides += [f"adc.full_scale={args.adc_full_scale}", "adc.lossless=false"]
     overrides += list(args.set or [])
+    if args.seed is not None and args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: must be an integer >= 0")
     copy = getattr(args, "copy", None)
     if copy is not None and copy < 0:
         raise ConfigError(f"--copy {copy}: must be a replica index >= 0")
@@ -132,8 +135,14 @@ def crossbar_options(args) -> dict:
     return options
 
 
+def output_classes(manifest) -> int | None:
+    """The number of classes of the model's first output (its non-batch size), None where not known."""
+    dims = manifest.graph.outputs[0].shape[1:]
+    return math.prod(dims) if all(isinstance(d, int) for d in dims) else None
+
+
 def run(args) -> int:
-    from cimc.data import load_npz
+    from cimc.data import check_labels, load_npz
     from cimc.evaluate import evaluate
     from cimc.manifest import load
     crossbar = args.backend == "crossbar"
@@ -146,32 +155,39 @@ def run(args) -> int:
         raise ConfigError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials {args.trials}: must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: must be at least 1 (the number of samples to run)")
     options = crossbar_options(args) if crossbar else None
     manifest = load(args.manifest)
-    data = load_npz(args.data, [t.name for t in manifest.graph.inputs])
-    if args.limit:
-        data.inputs = {k: v[:args.limit] for k, v in data.inputs.items()}
-        data.labels = None if data.labels is None else data.labels[:args.limit]
+    names = [t.name for t in manifest.graph.inputs]
+    data = load_npz(args.data, names, limit=args.limit)
+    check_labels(data.labels, output_classes(manifest), data.path)
     if crossbar:
         from cimc.targets.registry import load_target
         effective = load_target(manifest.target, options["overrides"])   # bad overrides fail here, before any work
         if args.drift_time is not None and effective.nonideal.drift_nu == 0 and effective.nonideal.drift_nu_sigma == 0:
             print("cimc: warning: --drift-time has no effect while the drift exponent is 0; set --drift-nu "
                   "(nonideal.drift_nu) and optionally --drift-nu-sigma", file=sys.stderr)
+        span = effective.device.g_max_us - effective.device.g_min_us
+        if effective.nonideal.program_sigma_us > span:
+            print(f"cimc: warning: the programming error {effective.nonideal.program_sigma_us:g} uS exceeds the "
+                  f"device's whole conductance range ({effective.device.g_min_us:g}..{effective.device.g_max_us:g} "
+                  "uS): the weights are mostly noise; check the unit of --program-sigma (uS, nS)", file=sys.stderr)
         if args.calibration is not None:
-            options["calibration"] = load_npz(args.calibration, [t.name for t in manifest.graph.inputs]).inputs
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            options["calibration"] = load_npz(args.calibration, names, what="calibration file").inputs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if crossbar:
             result = evaluate(manifest, data, backend="crossbar", seed=args.seed, reference=args.reference,
                               batch_size=args.batch_size, progress=not args.json, trials=args.trials or 1,
                               backend_options=options, layers=args.layers)
-        messages = list(dict.fromkeys(str(w.message) for w in caught))
-        for message in messages:
-            print(f"cimc: warning: {message}", file=sys.stderr)
-        result["warnings"] = messages
-    else:
-        result = evaluate(manifest, data, backend=args.backend, reference=args.reference,
-                          batch_size=args.batch_size, progress=not args.json)
+        else:
+            result = evaluate(manifest, data, backend=args.backend, reference=args.reference,
+                              batch_size=args.batch_size, progress=not args.json)
+    messages = list(dict.fromkeys(str(w.message) for w in caught))
+    for message in messages:
+        print(f"cimc: warning: {message}", file=sys.stderr)
+    result["warnings"] = messages
     result["manifest"] = str(args.manifest)
     result["data"] = {"path": data.path, "sha256": data.sha256}
     if args.json:
@@ -204,9 +220,12 @@ def _print_crossbar(r: dict) -> None:
     if k > 1 and r["trials"][0] is not None:
         print("  per trial: " + ", ".join(f"{p['seed']}: {p['accuracy']:.4f}" for p in r["per_trial"]))
     if r.get("layers"):
-        print(f"  {'layer':28s} {'rel.error':>10s} {'SNR dB':>8s} {'ADC clip':>9s} {'full scale':>12s}")
+        print(f"  {'layer':28s} {'rel.error':>10s} {'SNR dB':>8s} {'input clip':>10s} {'ADC clip':>9s} "
+              f"{'full scale':>12s}")
         for row in r["layers"]:
             rel = "-" if row["rel_error"] is None else f"{row['rel_error']:.4g}"
             snr = "exact" if row["rel_error"] == 0 else ("-" if row["snr_db"] is None else f"{row['snr_db']:.1f}")
             fs = "lossless" if row["adc_full_scale_ua"] is None else f"{row['adc_full_scale_ua']:.4g} uA"
-            print(f"  {row['name'][:28]:28s} {rel:>10s} {snr:>8s} {row['adc_clip_rate']:>9.2%} {fs:>12s}")
+            clip = "-" if row.get("input_clip_rate") is None else f"{row['input_clip_rate']:.2%}"
+            print(f"  {row['name'][:28]:28s} {rel:>10s} {snr:>8s} {clip:>10s} {row['adc_clip_rate']:>9.2%} "
+                  f"{fs:>12s}")
