@@ -11,11 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from cimc import calibrate, frontend
 from cimc.data import as_float32_input, load_npz
 from cimc.errors import ConfigError, DataError
+from cimc.executor import check_feeds
 from cimc.passes import allocate, canonicalize, estimate, pack, quantize, tile
 from cimc.passes import replicate as replicate_pass
 from cimc.passes.replicate import read_replication_file
@@ -186,6 +185,7 @@ def _calibration_data(calibration, graph):
             raise DataError("calibration: the calibration inputs hold 0 samples; pass a few hundred")
         summary = {"path": None, "sha256": None, "samples": int(next(iter(sizes.values())))}
         where = "calibration data"
+    data = check_feeds(graph, data, where)     # names and shapes against the model, naming the file
     if summary["samples"] < MIN_CALIBRATION_SAMPLES:
         _warn(f"{where}: only {summary['samples']} calibration sample(s); the activation ranges rest on them. "
               f"Use at least {MIN_CALIBRATION_SAMPLES} (a few hundred representative inputs are best)")

@@ -143,8 +143,8 @@ class NpzReader:
         budget = data_limit_bytes() if budget is None else budget
         if nbytes > budget:
             raise DataError(f"{where}: shape {list(shape)} {m.dtype} needs {nbytes / 2**20:.0f} MB, over the "
-                            f"{budget / 2**20:.0f} MB data limit; use fewer samples (--limit N) or raise "
-                            f"{LIMIT_ENV}")
+                            f"{budget / 2**20:.0f} MB data limit; use fewer samples (`cimc run --limit N` reads "
+                            f"only the first N) or raise the limit with {LIMIT_ENV}=MEGABYTES")
         out = np.empty(nbytes, dtype=np.uint8)
         view = memoryview(out)
         try:

@@ -144,6 +144,7 @@ def output_classes(manifest) -> int | None:
 def run(args) -> int:
     from cimc.data import check_labels, load_npz
     from cimc.evaluate import evaluate
+    from cimc.executor import check_feeds
     from cimc.manifest import load
     crossbar = args.backend == "crossbar"
     if not crossbar:
@@ -161,6 +162,7 @@ def run(args) -> int:
     manifest = load(args.manifest)
     names = [t.name for t in manifest.graph.inputs]
     data = load_npz(args.data, names, limit=args.limit)
+    check_feeds(manifest.graph, data.inputs, data.path)     # shapes against the model, naming the file
     check_labels(data.labels, output_classes(manifest), data.path)
     if crossbar:
         from cimc.targets.registry import load_target
@@ -174,7 +176,9 @@ def run(args) -> int:
                   f"device's whole conductance range ({effective.device.g_min_us:g}..{effective.device.g_max_us:g} "
                   "uS): the weights are mostly noise; check the unit of --program-sigma (uS, nS)", file=sys.stderr)
         if args.calibration is not None:
-            options["calibration"] = load_npz(args.calibration, names, what="calibration file").inputs
+            options["calibration"] = check_feeds(manifest.graph, load_npz(args.calibration, names,
+                                                                          what="calibration file").inputs,
+                                                 args.calibration)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if crossbar:
