@@ -84,7 +84,7 @@ def _number(text, flag: str, lo: float | None = 0.0) -> float:
     except ValueError:
         raise ConfigError(f"{flag} {text!r}: expected a number") from None
     if not math.isfinite(value) or (lo is not None and value < lo):
-        raise ConfigError(f"{flag} {text!r}: must be a finite number >= {lo:g}")
+        raise ConfigError(f"{flag} {text!r}: must be a finite number" + ("" if lo is None else f" >= {lo:g}"))
     return value
 
 
@@ -148,7 +148,7 @@ def run(args) -> int:
     from cimc.manifest import load
     crossbar = args.backend == "crossbar"
     if not crossbar:
-        used = [f for f in _CROSSBAR_ONLY if getattr(args, f) not in (None, False)]
+        used = [f for f in _CROSSBAR_ONLY if getattr(args, f) is not None and getattr(args, f) is not False]
         if used:
             raise ConfigError(f"{', '.join('--' + f.replace('_', '-') for f in used)} appl"
                               f"{'ies' if len(used) == 1 else 'y'} to --backend crossbar only")
