@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
                     "in the manifest)")
     sp.add_argument("--limit", type=int, metavar="N", help="use only the first N samples (only they are read)")
     sp.add_argument("--batch-size", type=int, default=100, metavar="B",
-                    help="samples run together (default 100); results do not depend on it, memory does")
+                    help="samples run together (default 100); larger batches run faster and need more memory")
     sp.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
     g = sp.add_argument_group("crossbar backend")
     add_chip_options(g)
