@@ -22,6 +22,8 @@ from cimc.errors import DataError
 DEFAULT_LIMIT_MB = 4096
 LIMIT_ENV = "CIMC_MAX_DATA_MB"
 _CHUNK = 1 << 24          # bytes decompressed per read: bounds the extra memory beside the result array
+# what zipfile raises on a damaged or unsupported member (RuntimeError: encrypted; NotImplementedError: compression)
+_READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError)
 
 
 def data_limit_bytes() -> int:
@@ -63,8 +65,11 @@ def _read_header(stream, where: str) -> tuple[tuple[int, ...], np.dtype, bool]:
             shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
         else:   # 3.0 differs from 2.0 only in the header's text encoding (utf-8, latin-1 for 2.0)
             shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    except _READ_ERRORS + (ValueError,) as exc:
         raise DataError(f"{where}: not a valid .npy array header ({exc})") from None
+    if any(d < 0 for d in shape):
+        raise DataError(f"{where}: the header declares shape {list(shape)} with a negative dimension; the file is "
+                        "damaged or crafted")
     return tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran)
 
 
@@ -85,7 +90,7 @@ class NpzReader:
                             f"np.savez('{p.with_suffix('.npz').name}', x=array)")
         try:
             self._zip = zipfile.ZipFile(p)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        except _READ_ERRORS + (ValueError,) as exc:
             raise DataError(f"{self.path}: not a readable .npz {what} ({exc}); write it with np.savez") from None
         try:
             self.members = self._headers()
@@ -107,7 +112,7 @@ class NpzReader:
                 with self._zip.open(info) as stream:
                     shape, dtype, fortran = _read_header(stream, where)
                     header_len = stream.tell()
-            except (zipfile.BadZipFile, OSError, zlib.error, EOFError) as exc:
+            except _READ_ERRORS as exc:
                 raise DataError(f"{where}: the member cannot be read ({exc}); the file is damaged") from None
             if dtype.hasobject or dtype.itemsize == 0:
                 raise DataError(f"{where}: dtype {dtype} holds no numbers; cimc reads numeric arrays only")
@@ -157,7 +162,7 @@ class NpzReader:
                         break
                     view[done:done + len(chunk)] = chunk
                     done += len(chunk)
-        except (zipfile.BadZipFile, OSError, zlib.error, EOFError) as exc:
+        except _READ_ERRORS as exc:
             raise DataError(f"{where}: the member cannot be read ({exc}); the file is damaged") from None
         if done < nbytes:
             raise DataError(f"{where}: the data ends after {done} of {nbytes} bytes; the file is truncated")

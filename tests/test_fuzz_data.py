@@ -69,6 +69,23 @@ def _lying_header(path, declared_rows):
     _zip_members(path, {"x.npy": head.getvalue() + body})
 
 
+def _header_only(path, shape):
+    head = io.BytesIO()
+    npy_format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    _zip_members(path, {"x.npy": head.getvalue() + bytes(4096)})
+
+
+def _unsupported_compression(path):
+    """A stored member whose compression method (local header and central directory) says 99 (AES)."""
+    np.savez(path, x=_images())
+    data = bytearray(path.read_bytes())
+    local = data.index(b"PK\x03\x04")
+    central = data.index(b"PK\x01\x02")
+    data[local + 8:local + 10] = (99).to_bytes(2, "little")
+    data[central + 10:central + 12] = (99).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
 def _truncated(path, fraction):
     np.savez_compressed(path, x=_images())
     data = path.read_bytes()
@@ -122,6 +139,8 @@ CORPUS = {
     "corrupted_deflate": (_corrupted, ["'x'", "damaged"]),
     "lying_header": (lambda p: _lying_header(p, 10_000), ["'x'", "declares", "10000"]),
     "huge_header": (lambda p: _lying_header(p, 10 ** 12), ["'x'", "declares"]),
+    "negative_dimension": (lambda p: _header_only(p, (-4, *SHAPE)), ["'x'", "negative dimension"]),
+    "unsupported_compression": (_unsupported_compression, ["'x'", "cannot be read"]),
     "bad_magic_member": (lambda p: _zip_members(p, {"x.npy": b"not an array at all"}), ["'x'", "header"]),
     "bad_header_dict": (lambda p: _zip_members(p, {"x.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': 1}    \n"}),
                         ["'x'", "header"]),
@@ -176,6 +195,27 @@ def test_missing_or_directory_data_path(setup, command, kind):
         path.mkdir(exist_ok=True)
     assert_refused(COMMANDS[command](setup, path), [path.name, "does not exist" if kind == "missing" else
                                                     "not a file"], watch=[setup["root"]])
+
+
+@pytest.mark.parametrize("command", ["compile", "run", "run_crossbar_calibration", "tune"])
+def test_a_npy_file_is_refused(setup, command):
+    """An .npy file (one array, no key) where an .npz is expected."""
+    path = setup["bad"] / "images.npy"
+    np.save(path, _images())
+    assert_refused(COMMANDS[command](setup, path), [path.name, ".npy", "np.savez"], watch=[setup["root"]])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(limit=st.integers(-10 ** 6, 3 * N))
+def test_limit_runs_exactly_the_first_n_samples(setup, limit):
+    """--limit N: N >= 1 runs min(N, samples) samples (before: 0 ran all, -5 ran all but 5); N < 1 is refused."""
+    argv = ["run", setup["manifest"], "--data", setup["good"], "--limit", str(limit), "--json"]
+    if limit < 1:
+        assert_refused(argv, f"--limit {limit}", watch=[setup["root"]])
+        return
+    code, out, err = run_cli(argv)
+    assert code == 0, err
+    assert json.loads(out)["n"] == min(limit, N)
 
 
 @pytest.mark.parametrize("label", [10, 11, 1000, -1, np.iinfo(np.int64).min])
