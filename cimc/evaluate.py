@@ -4,6 +4,8 @@ For the `crossbar` backend, `evaluate` runs `trials` independent chip instances 
 integer backend (the ideal chip) once and onnxruntime once, all on the same inputs, and reports per trial and in
 aggregate: accuracy, top-1 agreement and largest output difference against the integer backend, timings, and (with
 `layers=True`) each crossbar layer's error against the exact integer product and its ADC clipping rate.
+On a quantised backend every crossbar layer's input clipping (values beyond its input quantiser's calibrated range)
+is counted too, and a first layer clipping more than INPUT_CLIP_WARN of its inputs gives a warning.
 """
 from __future__ import annotations
 
