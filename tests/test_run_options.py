@@ -95,7 +95,8 @@ def test_plan_options_refused_by_count_and_compile(setup, command, extra, culpri
 
 AGREEMENT = [(), ("--target-fps", "10000"), ("--target-fps", "1000"), ("--target-fps", "3000"),
              ("--replicate", "C1=9", "--no-optimize"), ("--replicate", "C1=2", "--no-optimize"),
-             ("--arrays", "8"), ("--arrays", "6"), ("--arrays", "7"), ("--set", "chip.chips=0", "--target-fps", "10000"),
+             ("--arrays", "8"), ("--arrays", "6"), ("--arrays", "7"),
+             ("--set", "chip.chips=0", "--target-fps", "10000"),
              ("--no-optimize",), ("--replicate", "FC=3")]
 
 

@@ -10,8 +10,8 @@ from cimc.commands.common import emit
 from cimc.errors import ConfigError
 
 # options that need --backend crossbar (argparse dests)
-_CROSSBAR_ONLY = ("seed", "trials", "ideal", "program_sigma", "program_sigma_rel", "stuck_rate", "stuck_at", "read_noise",
-                  "drift_time", "drift_nu", "drift_nu_sigma", "defect_map", "adc_bits", "adc_full_scale",
+_CROSSBAR_ONLY = ("seed", "trials", "ideal", "program_sigma", "program_sigma_rel", "stuck_rate", "stuck_at",
+                  "read_noise", "drift_time", "drift_nu", "drift_nu_sigma", "defect_map", "adc_bits", "adc_full_scale",
                   "calibration", "copy", "set", "layers", "gemm")
 _NOISE_FLAGS = ("program_sigma", "program_sigma_rel", "stuck_rate", "stuck_at", "read_noise", "drift_time",
                 "drift_nu", "drift_nu_sigma", "defect_map", "adc_bits", "adc_full_scale")
