@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cimc import calibrate, frontend
+from cimc import calibrate, frontend, resources
 from cimc.data import load_npz
 from cimc.errors import ConfigError
 from cimc.passes import allocate, canonicalize, estimate, pack, quantize, tile
@@ -30,13 +30,14 @@ class CompileConfig:
     optimize: bool = True              # False: no solver even if the target has a budget
     time_limit: float = 10.0           # CP-SAT seconds
     pack: bool = False                 # joint copies + placement, several tiles per array (passes/pack.py)
+    max_memory: int | str | None = None  # compile memory limit (cimc.resources; default 8 GiB or CIMC_MAX_MEMORY)
     activation_stats: dict | None = None
     replication_report: dict | None = None
     estimates: dict | None = None
 
 
 def make_config(replicate=None, replication=None, arrays=None, target_fps=None, optimize=True,
-                time_limit=10.0, pack=False) -> CompileConfig:
+                time_limit=10.0, pack=False, max_memory=None) -> CompileConfig:
     """`replication`: a replication.json path (or a {layer: copies} dict) whose copies are kept fixed."""
     if isinstance(replication, (str, Path)):
         replication = read_replication_file(replication)
@@ -44,8 +45,11 @@ def make_config(replicate=None, replication=None, arrays=None, target_fps=None, 
         raise ConfigError(f"--arrays {arrays!r}: must be a positive integer")
     if time_limit <= 0:
         raise ConfigError(f"--time-limit {time_limit}: must be positive")
+    if max_memory is not None:
+        resources.memory_limit(max_memory)          # a bad size is refused before any work
     return CompileConfig(replicate=dict(replicate or {}), replication_file_copies=replication, arrays=arrays,
-                         target_fps=target_fps, optimize=optimize, time_limit=time_limit, pack=bool(pack))
+                         target_fps=target_fps, optimize=optimize, time_limit=time_limit, pack=bool(pack),
+                         max_memory=max_memory)
 
 
 def _run_passes(graph, target, config, passes, timings):
@@ -63,7 +67,10 @@ def count(model, target="yao2020-resnet", replicate=None, overrides=None, **repl
     config = make_config(replicate, **replication_options)
     graph, _info = frontend.import_onnx(model)
     placing = [pack] if config.pack else [replicate_pass]    # pack chooses copies and placements together
-    graph = _run_passes(graph, target, config, [canonicalize, tile, *placing], {})
+    graph = _run_passes(graph, target, config, [canonicalize], {})
+    resources.check_request(graph, target, config)            # count agrees with compile on what it refuses
+    graph = _run_passes(graph, target, config, [tile, *placing], {})
+    resources.check_plan(graph, target, config)
     table = layer_table(graph, target)
     table["replication"] = config.replication_report
     return table
@@ -107,6 +114,7 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
                           "representative inputs (cimc compile ... --calibration calib.npz; "
                           "cimc.compile(..., calibration=array_or_path))")
     graph = _run_passes(graph, target, config, [canonicalize], timings)
+    resources.check_request(graph, target, config)            # from shapes, before calibrating or allocating
     t0 = time.perf_counter()
     calib_summary, data = _calibration_data(calibration, graph)
     percentile = target.quant.percentile if target.quant.calibration == "percentile" else None
@@ -114,8 +122,15 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     timings["calibrate"] = time.perf_counter() - t0
     calib_summary["ranges"] = {name: {"min": s["min"], "absmax": s["absmax"]}
                                for name, s in config.activation_stats.items()}
-    placing = [pack] if config.pack else [replicate_pass, allocate]   # pack: copies + placements, tiles share arrays
-    graph = _run_passes(graph, target, config, [quantize, tile, *placing, estimate], timings)
+    graph = _run_passes(graph, target, config, [quantize, tile], timings)
+    if config.pack:                                 # copies + placements together, tiles share arrays
+        graph = _run_passes(graph, target, config, [pack], timings)
+        resources.check_plan(graph, target, config)
+    else:
+        graph = _run_passes(graph, target, config, [replicate_pass], timings)
+        resources.check_plan(graph, target, config)  # before allocate places every copy
+        graph = _run_passes(graph, target, config, [allocate], timings)
+    graph = _run_passes(graph, target, config, [estimate], timings)
     t0 = time.perf_counter()
     _calibrate_adc(graph, target, data)
     timings["adc_calibrate"] = time.perf_counter() - t0

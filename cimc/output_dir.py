@@ -157,12 +157,12 @@ def _check_replaceable(path: Path, shown: str) -> None:
     if not is_manifest_doc(path / "manifest.json"):
         listed = _listing(base, [p.name + ("/" if p.is_dir() else "") for p in sorted(entries)])
         raise ManifestError(f"-o {shown}: is not a manifest folder written by cimc (no manifest.json with "
-                            f"\"format\": \"{MANIFEST_FORMAT}\"); refusing to replace it and what it holds ({listed}). "
-                            "Choose a new or empty -o folder.")
+                            f"\"format\": \"{MANIFEST_FORMAT}\"); refusing to overwrite it and what it holds "
+                            f"({listed}). Choose a new or empty -o folder.")
     foreign = _foreign_entries(path)
     if foreign:
         raise ManifestError(f"-o {shown}: holds files that cimc did not write ({_listing(base, foreign)}); refusing "
-                            "to replace the folder and delete them. Move them elsewhere or choose another -o folder.")
+                            "to overwrite the folder and delete them. Move them elsewhere or choose another -o folder.")
 
 
 def _listing(base: str, names: list[str], most: int = 6) -> str:
