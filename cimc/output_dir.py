@@ -87,28 +87,40 @@ def check_output(directory) -> Path:
 
 def replace_dir(directory, write: Callable[[Path], None]) -> Path:
     """Make `directory` hold exactly what `write(tmp)` puts into an empty folder, by the rules above. Returns the
-    path as given (a symlink stays a symlink)."""
+    path as given (a symlink stays a symlink). On failure nothing is changed, and folders made for it are removed."""
     shown = str(directory)
     path = resolve(directory)
     _check_replaceable(path, shown)                  # before creating anything: a refusal touches nothing
-    _make_parent(path.parent, shown)
-    with _locked(path, shown):
-        _recover_and_clean(path)
-        _check_replaceable(path, shown)              # again: another writer may have changed it meanwhile
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_NEW}", dir=path.parent))
-        except OSError as exc:
-            raise ManifestError(f"-o {shown}: cannot write in {path.parent} ({exc.strerror})") from None
-        try:
-            os.chmod(tmp, 0o777 & ~umask())          # mkdtemp makes 0700; a manifest folder is an ordinary folder
-            write(tmp)
-            _swap_in(tmp, path)
-        except OSError as exc:
-            raise ManifestError(f"-o {shown}: cannot write the manifest ({exc.strerror or exc}); "
-                                "the folder is unchanged") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)   # the new folder if it failed, the old one if it succeeded
+    created = _make_parent(path.parent, shown)
+    try:
+        with _locked(path, shown):
+            _recover_and_clean(path)
+            _check_replaceable(path, shown)          # again: another writer may have changed it meanwhile
+            _write_and_swap(path, shown, write)
+    except BaseException:
+        for d in reversed(created):                  # innermost first; stops at one that is not empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     return Path(directory)
+
+
+def _write_and_swap(path: Path, shown: str, write: Callable[[Path], None]) -> None:
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_NEW}", dir=path.parent))
+    except OSError as exc:
+        raise ManifestError(f"-o {shown}: cannot write in {path.parent} ({exc.strerror})") from None
+    try:
+        os.chmod(tmp, 0o777 & ~umask())              # mkdtemp makes 0700; a manifest folder is an ordinary folder
+        write(tmp)
+        _swap_in(tmp, path)
+    except OSError as exc:
+        raise ManifestError(f"-o {shown}: cannot write the manifest ({exc.strerror or exc}); "
+                            "the folder is unchanged") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)       # the new folder if it failed, the old one if it succeeded
 
 
 def recover(directory) -> bool:
@@ -170,7 +182,9 @@ def _listing(base: str, names: list[str], most: int = 6) -> str:
     return ", ".join(shown) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def _make_parent(parent: Path, shown: str) -> None:
+def _make_parent(parent: Path, shown: str) -> list[Path]:
+    """mkdir -p; returns the folders it created, outermost first."""
+    created = [d for d in [parent, *parent.parents] if not d.exists()][::-1]
     try:
         parent.mkdir(parents=True, exist_ok=True)        # mode 0777 & ~umask, like mkdir -p
     except (FileExistsError, NotADirectoryError):
@@ -181,6 +195,7 @@ def _make_parent(parent: Path, shown: str) -> None:
     except OSError as exc:
         raise ManifestError(f"-o {shown}: cannot create the folder {parent} ({exc.strerror}); "
                             "choose another -o path") from None
+    return created
 
 
 # -- the lock ---------------------------------------------------------------------------------------------------

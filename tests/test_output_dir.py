@@ -204,6 +204,21 @@ def test_a_place_the_system_will_not_create_is_refused(files, tmp_path):
     assert "choose another -o path" in err
 
 
+def test_a_failed_write_leaves_nothing_behind(manifests, tmp_path, monkeypatch):
+    """The disk fills up mid-write: a ManifestError names the path, and neither the temporary folder nor the
+    parent folders made for the write remain."""
+    (tmp_path / "keep").mkdir()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "write_array", disk_full)
+    with pytest.raises(ManifestError, match="No space left on device") as err:
+        manifests["a"].save(tmp_path / "keep" / "new" / "deep" / "out")
+    assert "deep/out" in str(err.value)
+    assert list((tmp_path / "keep").iterdir()) == []
+
+
 # -- what is accepted ------------------------------------------------------------------------------------------
 def test_recompiling_over_a_cimc_manifest_replaces_it(files, manifests, tmp_path):
     out = tmp_path / "out"
