@@ -420,10 +420,12 @@ def test_a_kill_at_any_moment_leaves_the_old_or_the_new_manifest(files, manifest
     rng = np.random.default_rng(11)
     in_write = 0
     for i in range(20):
+        there = set(beside(out))
         p = start("ba"[i % 2])
-        if i % 2:                                     # inside the write: once a live writer holds the lock
-            deadline = time.monotonic() + 60
-            while p.is_alive() and time.monotonic() < deadline and not _lock_held(tmp_path / ".out.lock"):
+        if i % 2:                                     # inside the write: a live writer holds the lock (or, in any
+            deadline = time.monotonic() + 60          # implementation, a new temporary appears beside the folder)
+            while p.is_alive() and time.monotonic() < deadline and not _lock_held(tmp_path / ".out.lock") \
+                    and not set(beside(out)) - there:
                 time.sleep(0.002)
             in_write += p.is_alive()
             time.sleep(rng.uniform(0, 0.05))
