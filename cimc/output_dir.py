@@ -14,8 +14,9 @@ Rules (README "Command line" and docs/design.md say the same):
   exchange is unavailable, DIR is renamed to `.DIR.cimc-old-XXXXXXXX` and the new one renamed in; a kill between
   the two renames leaves DIR missing, and the next writer (or `recover`) renames the old manifest back.
 - Leftovers. Under the lock no other writer is alive, so temporaries with those names found then are a killed
-  writer's: they are removed (only when they hold nothing but cimc's files). The last successful write leaves
-  nothing beside DIR.
+  writer's: they are removed (only when they hold nothing but cimc's files), and so are older cimc's
+  `.DIR.XXXXXXXX` and `.DIR.old.XXXXXXXX/m` (whose manifest is renamed back if DIR is missing). The last
+  successful write leaves nothing beside DIR.
 Safe against a killed process; durability against power loss is left to the file system (no fsync).
 """
 from __future__ import annotations
@@ -294,13 +295,27 @@ def _temporaries(path: Path, kind: str) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime)
 
 
+def _legacy_old(path: Path) -> list[Path]:
+    """cimc before this module swapped by renaming DIR to `.DIR.old.XXXXXXXX/m`: the same leftovers, other names."""
+    prefix = f".{path.name}.old."
+    found = []
+    for p in path.parent.iterdir():
+        if p.name.startswith(prefix) and _SUFFIX.fullmatch(p.name[len(prefix):]) and p.is_dir() \
+                and not p.is_symlink() and {e.name for e in p.iterdir()} <= {"m"}:
+            m = p / "m"
+            if not m.exists() or (m.is_dir() and not m.is_symlink() and not _foreign_entries(m)):
+                found.append(p)
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
 def _recover_and_clean(path: Path) -> None:
-    """Under the lock: restore a manifest stranded by a kill between the fallback's two renames, then remove the
-    temporaries of killed writers."""
+    """Under the lock: restore a manifest stranded by a kill between the two renames of a swap (this module's
+    fallback, or older cimc), then remove the temporaries of killed writers (older cimc's `.DIR.XXXXXXXX` too)."""
     if not path.exists() and not path.is_symlink():
-        for old in reversed(_temporaries(path, _OLD)):           # the newest complete one
-            if is_manifest_doc(old / "manifest.json"):
+        stranded = _temporaries(path, _OLD) + [p / "m" for p in _legacy_old(path)]
+        for old in sorted(stranded, key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True):
+            if is_manifest_doc(old / "manifest.json"):           # the newest complete one
                 os.rename(old, path)
                 break
-    for p in _temporaries(path, _NEW) + _temporaries(path, _OLD):
+    for p in _temporaries(path, _NEW) + _temporaries(path, _OLD) + _temporaries(path, "") + _legacy_old(path):
         shutil.rmtree(p, ignore_errors=True)

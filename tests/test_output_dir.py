@@ -350,6 +350,21 @@ def test_stale_temporaries_of_killed_writers_are_removed_but_not_lookalikes(mani
     assert fingerprint(out) == fingerprint(manifests["b"].save(tmp_path / "ref_b"))
 
 
+def test_leftovers_of_older_cimc_are_cleaned_and_a_stranded_manifest_restored(manifests, tmp_path):
+    """cimc before output_dir wrote `.out.XXXXXXXX` and swapped through `.out.old.XXXXXXXX/m`; a kill between its
+    renames left no `out` at all (issue 11)."""
+    out = tmp_path / "out"
+    manifests["a"].save(tmp_path / ".out.old.k1ll3d00" / "m")
+    manifests["b"].save(tmp_path / ".out.hw8f_2a1")          # a half-written new one
+    (tmp_path / ".out.hw8f_2a1" / "params.npz").unlink()
+    (tmp_path / ".out.old.empty000").mkdir()
+    (tmp_path / ".out.old.users000").mkdir()                 # not cimc's: a user's file inside
+    (tmp_path / ".out.old.users000" / "NOTES.txt").write_text("mine")
+    assert output_dir.recover(out) is True
+    assert fingerprint(out) == fingerprint(manifests["a"].save(tmp_path / "ref_a"))
+    assert beside(out) == [".out.old.users000"]
+
+
 def test_a_kill_between_the_fallback_renames_is_recovered(manifests, tmp_path, monkeypatch):
     """Where RENAME_EXCHANGE is missing, the swap is two renames; a writer killed between them leaves DIR missing
     and the old manifest in `.DIR.cimc-old-*`: the next writer (or `recover`) puts it back."""
