@@ -452,7 +452,7 @@ def test_a_kill_at_any_moment_leaves_the_old_or_the_new_manifest(files, manifest
             pass
         p.join()
         assert fingerprint(out) in expected.values(), f"kill {i}: neither the old nor the new manifest"
-    assert in_write >= 5                              # the kills did reach the swap
+    assert in_write >= 3                              # the kills did reach the write
     p = start("a")
     p.join()
     assert p.exitcode == 0 and fingerprint(out) == expected["a"]
