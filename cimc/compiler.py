@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cimc import calibrate, frontend
+from cimc import calibrate, frontend, resources
 from cimc.data import as_float32_input, load_npz
 from cimc.errors import ConfigError, DataError
 from cimc.executor import check_feeds
@@ -30,13 +30,14 @@ class CompileConfig:
     optimize: bool = True              # False: no solver even if the target has a budget
     time_limit: float = 10.0           # CP-SAT seconds
     pack: bool = False                 # joint copies + placement, several tiles per array (passes/pack.py)
+    max_memory: int | str | None = None  # compile memory limit (cimc.resources; default 8 GiB or CIMC_MAX_MEMORY)
     activation_stats: dict | None = None
     replication_report: dict | None = None
     estimates: dict | None = None
 
 
 def make_config(replicate=None, replication=None, arrays=None, target_fps=None, optimize=True,
-                time_limit=10.0, pack=False) -> CompileConfig:
+                time_limit=10.0, pack=False, max_memory=None) -> CompileConfig:
     """`replication`: a replication.json path (or a {layer: copies} dict) whose copies are kept fixed."""
     if isinstance(replication, (str, Path)):
         replication = read_replication_file(replication)
@@ -46,8 +47,11 @@ def make_config(replicate=None, replication=None, arrays=None, target_fps=None, 
         raise ConfigError(f"--time-limit {time_limit!r}: must be a finite number of seconds > 0")
     if target_fps is not None and not _positive_number(target_fps):
         raise ConfigError(f"--target-fps {target_fps!r}: must be a finite number of inferences per second > 0")
+    if max_memory is not None:
+        resources.memory_limit(max_memory)          # a bad size is refused before any work
     return CompileConfig(replicate=dict(replicate or {}), replication_file_copies=replication, arrays=arrays,
-                         target_fps=target_fps, optimize=optimize, time_limit=time_limit, pack=bool(pack))
+                         target_fps=target_fps, optimize=optimize, time_limit=time_limit, pack=bool(pack),
+                         max_memory=max_memory)
 
 
 def _positive_number(value) -> bool:
@@ -68,9 +72,10 @@ def count(model, target="yao2020-resnet", replicate=None, overrides=None, **repl
     target = load_target(target, overrides)
     config = make_config(replicate, **replication_options)
     graph, _info = frontend.import_onnx(model)
-    # the placing passes of compile(), so that count refuses what compile refuses (the chip's array budget)
-    placing = [pack] if config.pack else [replicate_pass, allocate]
-    graph = _run_passes(graph, target, config, [canonicalize, tile, *placing], {})
+    graph = _run_passes(graph, target, config, [canonicalize], {})
+    resources.check_request(graph, target, config)            # count agrees with compile on what it refuses
+    graph = _run_passes(graph, target, config, [tile], {})
+    graph = _place(graph, target, config, {})   # compile's placing passes: count refuses what compile refuses
     table = layer_table(graph, target)
     table["replication"] = config.replication_report
     return table
@@ -114,6 +119,7 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
                           "representative inputs (cimc compile ... --calibration calib.npz; "
                           "cimc.compile(..., calibration=array_or_path))")
     graph = _run_passes(graph, target, config, [canonicalize], timings)
+    resources.check_request(graph, target, config)            # from shapes, before calibrating or allocating
     t0 = time.perf_counter()
     calib_summary, data = _calibration_data(calibration, graph)
     percentile = target.quant.percentile if target.quant.calibration == "percentile" else None
@@ -126,8 +132,9 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     calib_summary["outliers"] = calibrate.input_outliers(graph, data, target.quant.calibration)
     for row in calib_summary["outliers"]:
         _warn(calibrate.outlier_message(row, target.quant.calibration))
-    placing = [pack] if config.pack else [replicate_pass, allocate]   # pack: copies + placements, tiles share arrays
-    graph = _run_passes(graph, target, config, [quantize, tile, *placing, estimate], timings)
+    graph = _run_passes(graph, target, config, [quantize, tile], timings)
+    graph = _place(graph, target, config, timings)
+    graph = _run_passes(graph, target, config, [estimate], timings)
     t0 = time.perf_counter()
     _calibrate_adc(graph, target, data)
     timings["adc_calibrate"] = time.perf_counter() - t0
@@ -138,6 +145,18 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     manifest.compile_seconds = time.perf_counter() - start
     manifest.pass_seconds = timings
     return manifest
+
+
+def _place(graph, target, config, timings):
+    """Copies and placements: pack chooses both together (tiles share arrays); otherwise replicate, then allocate
+    one array per tile copy. The memory check runs before allocate places every copy."""
+    if config.pack:
+        graph = _run_passes(graph, target, config, [pack], timings)
+        resources.check_plan(graph, target, config)
+        return graph
+    graph = _run_passes(graph, target, config, [replicate_pass], timings)
+    resources.check_plan(graph, target, config)
+    return _run_passes(graph, target, config, [allocate], timings)
 
 
 def _prefetch(module: str) -> None:

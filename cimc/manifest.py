@@ -6,15 +6,13 @@
     params.npz      float32 arrays named in manifest.json: per-op float matrix (for the float backend), weight
                     scales, bias, and array-valued attributes of digital ops
 
-Saving is atomic (a temporary directory renamed into place); loading validates and names the bad field.
+Saving follows cimc.output_dir (replaces only a folder cimc wrote; atomic swap; a lock against concurrent
+writers); loading validates and names the bad field.
 """
 from __future__ import annotations
 
 import datetime
 import json
-import os
-import shutil
-import tempfile
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import cimc
+from cimc import output_dir
 from cimc.errors import ManifestError
 from cimc.ir import ActQuant, ConvGeometry, DigitalOp, Graph, Placement, TensorInfo, Tile, XbarOp
 from cimc.layout import program_arrays, read_levels
@@ -88,16 +87,13 @@ class Manifest:
         return doc, params
 
     def save(self, directory) -> Path:
-        """Write the manifest directory atomically: nothing is left half-written if this fails."""
-        directory = Path(directory)
-        if directory.exists() and (not directory.is_dir() or
-                                   (any(directory.iterdir()) and not (directory / "manifest.json").exists())):
-            raise ManifestError(f"{directory}: exists and is not a cimc manifest directory; refusing to overwrite "
-                                "it (choose another -o path)")
+        """Write the manifest folder by the rules of cimc.output_dir: only a new, empty or cimc-written folder
+        holding nothing but cimc's files is replaced (otherwise ManifestError naming the foreign files); a symlink
+        is written through to its target and kept; the swap is atomic, so DIR always holds the old complete
+        manifest or the new one; concurrent writers serialise on a lock. Returns `directory`."""
         doc, params = self.to_json()
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+
+        def write(tmp: Path) -> None:
             (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
             _write_npz(tmp / "arrays.npz", {"levels": self.arrays}, compresslevel=1)  # mostly zeros: shrinks well
             _write_npz(tmp / "params.npz", params, compresslevel=None)             # float32: barely compresses
@@ -106,16 +102,8 @@ class Manifest:
             if self.replication:
                 (tmp / "replication.json").write_text(json.dumps(replication_document(self.replication), indent=1)
                                                       + "\n")
-            if directory.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-                os.rename(directory, old / "m")
-                os.rename(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        directory = output_dir.replace_dir(directory, write)
         self.path = directory
         return directory
 

@@ -88,7 +88,7 @@ def test_failed_save_leaves_the_old_manifest_intact(saved, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np.lib.format, "write_array", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(ManifestError, match="disk full"):
         manifest.save(path)
     assert (path / "manifest.json").read_text() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["m"]  # no temporary directory left behind
@@ -96,7 +96,7 @@ def test_failed_save_leaves_the_old_manifest_intact(saved, monkeypatch):
 
 def test_save_replaces_an_existing_manifest(saved):
     manifest, path = saved
-    shutil.copy(path / "manifest.json", path / "stale.txt")
+    (path / "replication.json").unlink()             # a cimc-written folder holding a subset of cimc's files
     manifest.save(path)
-    assert not (path / "stale.txt").exists()
+    assert (path / "replication.json").exists()
     load(path)

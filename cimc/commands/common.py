@@ -43,13 +43,16 @@ def add_target_options(sp) -> None:
     sp.add_argument("--pack", action="store_true",
                     help="choose copies and place tiles jointly (CP-SAT), several tiles per array time-sharing it; "
                          "needs a budget (--arrays or the target's); small chips only (passes/pack.py)")
+    sp.add_argument("--max-memory", metavar="SIZE",
+                    help="refuse a request whose arrays would need more memory than this to compile, e.g. 32GiB "
+                         "(default: $CIMC_MAX_MEMORY, else 8 GiB or 3/4 of the physical memory if less)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def replication_options(args) -> dict:
     return {"replicate": parse_replicate(args.replicate), "replication": args.replication, "arrays": args.arrays,
             "target_fps": args.target_fps, "optimize": not args.no_optimize, "time_limit": args.time_limit,
-            "pack": args.pack}
+            "pack": args.pack, "max_memory": args.max_memory}
 
 
 def replication_summary(report: dict | None) -> str:

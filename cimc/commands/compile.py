@@ -11,15 +11,19 @@ def add_parser(sub) -> None:
     sp.add_argument("model", help="ONNX model file")
     sp.add_argument("--calibration", required=True, metavar="NPZ",
                     help="a few hundred representative inputs: npz with 'x' (or one array per model input name)")
-    sp.add_argument("-o", "--output", required=True, metavar="DIR", help="manifest directory to write")
+    sp.add_argument("-o", "--output", required=True, metavar="DIR",
+                    help="manifest directory to write: a new or empty folder, or one cimc wrote that holds only "
+                    "cimc's files (it is replaced atomically; anything else is refused)")
     add_target_options(sp)
     sp.set_defaults(func=run)
 
 
 def run(args) -> int:
     from cimc.compiler import compile
+    from cimc.output_dir import check_output
     from cimc.report import layer_table_text
     start = time.perf_counter()
+    check_output(args.output)        # before compiling, so a bad -o costs nothing
     manifest = compile(args.model, args.target, calibration=args.calibration, overrides=args.set,
                        **replication_options(args))
     path = manifest.save(args.output)

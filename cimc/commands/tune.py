@@ -14,7 +14,9 @@ def add_parser(sub) -> None:
                         "with the same device options reproduces the tuned chip exactly.")
     sp.add_argument("manifest", help="manifest directory written by `cimc compile`")
     sp.add_argument("--data", required=True, metavar="NPZ", help="tuning data: npz with 'x' and labels 'y'")
-    sp.add_argument("-o", "--output", required=True, metavar="DIR", help="tuned manifest directory to write")
+    sp.add_argument("-o", "--output", required=True, metavar="DIR",
+                    help="tuned manifest directory to write (the same rules as compile -o; it may be the input "
+                    "manifest, which is then replaced by the tuned one)")
     sp.add_argument("--epochs", type=int, default=1)
     sp.add_argument("--batch", type=int, default=100, help="mini-batch size (default 100, as in the paper)")
     sp.add_argument("--lr", type=float, default=0.004,
@@ -35,9 +37,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from cimc.data import load_npz
     from cimc.manifest import load
+    from cimc.output_dir import check_output
     from cimc.targets.devices import parse_conductance
     from cimc.training import tune
     options = crossbar_options(args)
+    check_output(args.output)        # before tuning; -o may be the input manifest itself (it is read whole first)
     manifest = load(args.manifest)
     data = load_npz(args.data, [t.name for t in manifest.graph.inputs])
     threshold = parse_conductance(args.threshold, "--threshold")
