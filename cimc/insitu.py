@@ -299,8 +299,8 @@ def load_digits_split(split_seed: int = 0, test_size: int = TEST_SIZE) -> Digits
         try:
             from sklearn.datasets import load_digits
         except ImportError:
-            raise DataError("in-situ training uses sklearn.datasets.load_digits: install scikit-learn "
-                            "(pip install scikit-learn, or cimc's dev extra)") from None
+            raise DataError("in-situ training uses sklearn.datasets.load_digits, and scikit-learn is not installed: "
+                            "pip install -e '.[insitu]'") from None
         d = load_digits()
         x = (d.data / 16.0).astype(np.float64)
         y = d.target.astype(np.int64)
