@@ -47,15 +47,21 @@ def run(args) -> int:
     if epochs < 1:
         raise ConfigError(f"--epochs {epochs}: must be at least 1")
     lr = insitu.DEFAULT_LR if args.lr is None else args.lr
-    if not lr > 0:
-        raise ConfigError(f"--lr {lr}: must be positive")
+    if not 0 < lr < float("inf"):      # also refuses nan
+        raise ConfigError(f"--lr {lr}: must be a positive, finite learning rate")
     if args.adc_bits is not None and not 2 <= args.adc_bits <= 24:
         raise ConfigError(f"--adc-bits {args.adc_bits}: must be between 2 and 24")
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: must be 0 or more (it numbers a chip instance)")
     if args.stuck_at is not None and args.stuck_at not in ("g_min", "g_max"):
         try:
-            float(args.stuck_at)
+            g = float(args.stuck_at)
         except ValueError:
             raise ConfigError(f"--stuck-at {args.stuck_at!r}: expected g_min, g_max or a conductance in uS") from None
+        g_max = target.device.g_max_us
+        if not 0 <= g <= g_max:         # also refuses nan and inf
+            raise ConfigError(f"--stuck-at {args.stuck_at!r}: a stuck conductance must lie in 0..{g_max:g} uS (the "
+                              f"target's g_max), or be g_min / g_max")
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be at least 1 (the number of chip instances)")
     progress = _progress if sys.stderr.isatty() else None
