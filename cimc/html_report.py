@@ -541,14 +541,28 @@ def render_report(manifest, target=None, results=()) -> str:
     return _env.get_template(TEMPLATE).render(**report_context(manifest, target, results))
 
 
+def _is_report(path: Path) -> bool:
+    """`path` holds a page this module wrote (its generator tag near the top), so replacing it loses nothing."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return b'<meta name="generator" content="cimc ' in head
+
+
 def write_report(manifest, path, target=None, results=()) -> Path:
-    """Render and write atomically: a temporary file next to `path`, then os.replace."""
+    """Render and write atomically: a temporary file next to `path`, then os.replace. An existing `path` is
+    replaced only if it is a report cimc wrote."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ReportError(f"{path}: the folder {parent} does not exist (create it first)")
     if path.is_dir():
         raise ReportError(f"{path}: is a directory; give a file name such as report.html")
+    if path.exists() and not _is_report(path):
+        raise ReportError(f"{path}: exists and is not a report cimc wrote; give another file name (or remove it "
+                          "first): cimc replaces only its own reports")
     html = render_report(manifest, target, results)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)

@@ -105,11 +105,16 @@ def load_results(paths) -> list[dict]:
         except ValueError as exc:
             raise DataError(f"--results {raw}: not valid JSON ({exc}); give the JSON printed by `cimc run --json` "
                             "or `cimc tune --json`") from None
+        except RecursionError:
+            raise DataError(f"--results {raw}: nested too deeply to be a run or tune result") from None
         if not isinstance(obj, dict):
             kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
             raise DataError(f"--results {raw}: holds {kind}, not the JSON object printed by `cimc run --json` or "
                             "`cimc tune --json`")
-        shown.append({"file": str(raw), "kind": _kind(obj), **view(obj)})
+        try:
+            shown.append({"file": str(raw), "kind": _kind(obj), **view(obj)})
+        except RecursionError:
+            raise DataError(f"--results {raw}: nested too deeply to be a run or tune result") from None
     return shown
 
 
