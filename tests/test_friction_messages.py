@@ -44,9 +44,10 @@ def test_budget_plan_prints_its_greedy_baseline(mcnn_dir):
 
 
 # -- missing extras ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("module", ["sklearn", "sklearn.datasets"])
-def test_insitu_without_scikit_learn_names_the_insitu_extra(monkeypatch, tmp_path, module):
-    monkeypatch.setitem(sys.modules, module, None)          # `import sklearn...` now raises ImportError
+@pytest.mark.parametrize("modules", [("sklearn", "sklearn.datasets"), ("sklearn.datasets",)])
+def test_insitu_without_scikit_learn_names_the_insitu_extra(monkeypatch, tmp_path, modules):
+    for module in modules:           # `from sklearn.datasets import ...` now raises ImportError, imported before or not
+        monkeypatch.setitem(sys.modules, module, None)
     monkeypatch.setattr(cimc.insitu, "_DIGITS_CACHE", {})
     monkeypatch.chdir(tmp_path)
     err = assert_refused(["insitu", "--epochs", "1"], ["scikit-learn", "pip install -e '.[insitu]'"],
