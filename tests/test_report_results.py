@@ -131,3 +131,16 @@ def test_bad_set_is_refused_and_nothing_written(work, tmp_path, item, culprit):
     out = tmp_path / "r.html"
     assert_refused(["report", work / "m", "-o", out, "--set", item], culprit, watch=[tmp_path, work / "m"])
     assert not out.exists()
+
+
+def test_results_text_is_escaped(work, tmp_path):
+    evil = tmp_path / "evil.json"
+    evil.write_text(json.dumps({"<script>k</script>": "<img src=x onerror=alert(1)>",
+                                "layers": [{"name": "<b>L</b>", "rel_error": 0.5}],
+                                "crossbar": {"gemm": "</dl><script>"}}))
+    out = tmp_path / "r.html"
+    code, _, err = run_cli(["report", work / "m", "-o", out, "--results", evil])
+    assert code == 0, err
+    page = out.read_text()
+    assert "<script>" not in page and "<img" not in page and "<b>L</b>" not in page
+    assert "&lt;script&gt;k&lt;/script&gt;" in page and "&lt;b&gt;L&lt;/b&gt;" in page
