@@ -10,10 +10,13 @@ pictures (the array map and the cycles chart) is computed here:
   `cimc.passes.estimate.estimate_graph` (a number the target does not give is "unknown (needs <field>)");
 * per-layer table: shape, tiles, copies, arrays, positions, cycles, energy per inference, share of the bottleneck;
 * array map: one square per physical array grouped by chip and PE (array a is on PE a // arrays_per_pe and chip
-  a // arrays_per_chip), coloured by layer, hatched for copies after the first, fill opacity = the share of the
-  array's cells that hold weights. Above `MAX_SQUARES` arrays it shows one square per PE, or per group of arrays;
+  a // arrays_per_chip), coloured by layer, hatched for copies after copy 0, fill opacity = the share of the
+  array's cells that hold weights; an array that several tiles share (--pack) is split into one stripe per tile.
+  Above `MAX_SQUARES` arrays it shows one square per PE, or per group of arrays;
 * cycles chart: per layer, the cycles with one copy of every layer (ceil(P) x b x s) beside the cycles with the
-  compiled copies (ceil(P / r) x b x s), on a log axis when the range is wide.
+  compiled copies (ceil(P / r) x b x s), on a log axis when the range is wide;
+* results: a tuned manifest's hybrid-training record (provenance.tuning, and earlier rounds), and the JSON objects
+  of `cimc run --json` / `cimc tune --json` passed with `--results` (cimc.results_view).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import jinja2
 import cimc
 from cimc.errors import CimcError
 from cimc.ir import XbarOp
+from cimc.results_view import tuning_history
 
 MAX_SQUARES = 5000          # above this many arrays the map aggregates
 TEMPLATE = "report.html.j2"
@@ -164,27 +168,41 @@ def _tile_cells(tile, target) -> tuple[int, int]:
 
 
 def _array_records(ops: list[XbarOp], target, n_arrays: int) -> list[dict]:
-    """One record per physical array: layer index, copy, tile and the share of its cells that hold weights.
-    An array shared by several tiles (--pack) is coloured by its largest tile; `shared` lists all of them."""
+    """One record per physical array: the share of its cells that hold weights and every tile placed on it, as
+    (layer index, copy, copies, tile, row_start, col_start, used). An array shared by several tiles (--pack) has
+    several; the record's own layer, copy and tile are its largest tile's."""
     cells = target.array.rows * target.array.cols
-    records: list[dict | None] = [None] * n_arrays
+    parts: list[list[dict]] = [[] for _ in range(n_arrays)]
     for li, op in enumerate(ops):
         for ti, tile in enumerate(op.tiles):
             r, c = _tile_cells(tile, target)
             for copy, p in enumerate(tile.placements):
-                if not 0 <= p.array < n_arrays:
-                    continue
-                rec = {"array": p.array, "layer": li, "copy": copy, "copies": len(tile.placements), "tile": ti,
-                       "row_start": tile.row_start, "col_start": tile.col_start, "used": r * c / cells,
-                       "shared": [f"{op.name} tile {ti} copy {copy + 1}"]}
-                old = records[p.array]
-                if old is not None:
-                    big = old if old["used"] >= rec["used"] else rec
-                    rec = dict(big, used=old["used"] + rec["used"], shared=old["shared"] + rec["shared"])
-                records[p.array] = rec
-    return [rec if rec is not None else {"array": a, "layer": None, "copy": 0, "copies": 1, "tile": None,
-                                         "row_start": 0, "col_start": 0, "used": 0.0, "shared": []}
-            for a, rec in enumerate(records)]
+                if 0 <= p.array < n_arrays:
+                    parts[p.array].append({"layer": li, "copy": copy, "copies": len(tile.placements), "tile": ti,
+                                           "row_start": tile.row_start, "col_start": tile.col_start,
+                                           "used": r * c / cells})
+    records = []
+    for a, on in enumerate(parts):
+        if not on:
+            records.append({"array": a, "layer": None, "copy": 0, "copies": 1, "tile": None, "row_start": 0,
+                            "col_start": 0, "used": 0.0, "parts": []})
+            continue
+        big = max(on, key=lambda t: t["used"])
+        records.append(dict(big, array=a, used=sum(t["used"] for t in on), parts=on))
+    return records
+
+
+def id_ranges(ids) -> str:
+    """Array ids as exact ranges: {0, 2, 3, 7} -> "0, 2–3, 7"."""
+    ids = sorted(set(ids))
+    if not ids:
+        return "–"
+    runs, start = [], ids[0]
+    for prev, cur in zip(ids, ids[1:] + [None]):
+        if cur is None or cur != prev + 1:          # a run ends at prev
+            runs.append(f"{start}" if start == prev else f"{start}–{prev}")
+            start = cur
+    return ", ".join(runs)
 
 
 def _array_map(ops: list[XbarOp], layer_names: list[str], target, n_arrays: int, width: int = 1320) -> dict:
@@ -250,27 +268,45 @@ def _exact_map(records, layer_names, apc, app, pes_per_chip, width) -> dict:
                 else:
                     squares.append(_square(records[a], layer_names, x, y, cell, a // app, a // apc))
     return {"aggregated": False, "unit": "array", "squares": squares, "chips": chips, "pes": pes, "free": free,
+            "shared": any(sq["stripes"] for sq in squares),
             "cell": cell, "show_index": cell >= 26,
             "width": per_row * (chip_w + chip_gap) - chip_gap + 2,
             "height": max((ch["y"] + ch["h"] for ch in chips), default=0) + 2,
             "note": None}
 
 
+def _tile_text(part, layer_names) -> str:
+    # copies count from 0, as `cimc run --copy K` and `cimc tune` count them
+    return (f"{layer_names[part['layer']]}, tile {part['tile']} (rows {part['row_start']}+, outputs "
+            f"{part['col_start']}+), copy {part['copy']} (copies 0–{part['copies'] - 1})")
+
+
 def _square(rec, layer_names, x, y, cell, pe, chip) -> dict:
     li = rec["layer"]
+    where = f"array {rec['array']} · PE {pe} · chip {chip}"
+    use = f"{rec['used'] * 100:.0f}% of cells hold weights"
+    shared = len(rec["parts"]) > 1
     if li is None:
         fill, layer, what = "#bbbbbb", None, "unused"
+    elif shared:            # drawn as one vertical stripe per tile, in the tiles' own colours (below)
+        fill, layer = "#ffffff", ""
+        what = f"shared, time-multiplexed, by {'; '.join(_tile_text(t, layer_names) for t in rec['parts'])}"
     else:
-        fill, layer = layer_colour(li), layer_names[li]
-        what = (f"{layer}, tile {rec['tile']} (rows {rec['row_start']}+, outputs {rec['col_start']}+), "
-                f"copy {rec['copy'] + 1} of {rec['copies']}")
-        if len(rec["shared"]) > 1:
-            what = f"shared, time-multiplexed, by {'; '.join(rec['shared'])}"
+        fill, layer, what = layer_colour(li), layer_names[li], _tile_text(rec, layer_names)
+    stripes = []
+    if shared:
+        w = (cell - 1) / len(rec["parts"])
+        for k, t in enumerate(rec["parts"]):
+            stripes.append({"x": round(x + 1 + k * w, 2), "w": round(w, 2), "fill": layer_colour(t["layer"]),
+                            "layer": layer_names[t["layer"]], "copy_index": t["copy"], "tile": t["tile"],
+                            "hatched": t["copy"] > 0,
+                            "title": f"{where} · {_tile_text(t, layer_names)} · shares the array with "
+                                     f"{len(rec['parts']) - 1} other tile(s) · {use}"})
     return {"x": x, "y": y, "size": cell, "fill": fill, "opacity": round(max(rec["used"], 0.0), 3),
-            "array": rec["array"], "layer": layer, "copy_index": rec["copy"], "hatched": rec["copy"] > 0,
-            "label": str(rec["copy"] + 1) if rec["copies"] > 1 else "",
-            "title": f"array {rec['array']} · PE {pe} · chip {chip} · {what} · "
-                     f"{rec['used'] * 100:.0f}% of cells hold weights"}
+            "array": rec["array"], "layer": layer, "copy_index": rec["copy"], "tile": rec["tile"],
+            "hatched": rec["copy"] > 0 and not shared, "stripes": stripes,
+            "label": str(rec["copy"]) if rec["copies"] > 1 and not shared else "",
+            "title": f"{where} · {what} · {use}"}
 
 
 def _aggregate_map(records, layer_names, target, width) -> dict:
@@ -295,7 +331,7 @@ def _aggregate_map(records, layer_names, target, width) -> dict:
         first, last = members[0]["array"], members[-1]["array"]
         x, y = (g % per_row) * (cell + gap), (g // per_row) * (cell + gap)
         squares.append({"x": x, "y": y, "size": cell, "fill": "#bbbbbb" if li is None else layer_colour(li),
-                        "opacity": round(used, 3), "array": None, "group": g,
+                        "opacity": round(used, 3), "array": None, "group": g, "stripes": [], "tile": None,
                         "layer": None if li is None else layer_names[li], "copy_index": 0,
                         "hatched": copies * 2 > len(members),
                         "label": "",
@@ -307,6 +343,7 @@ def _aggregate_map(records, layer_names, target, width) -> dict:
     what = (f"one PE ({group} arrays)" if unit == "PE" else
             f"{group} consecutive arrays ({chips:g} chip{'' if chips == 1 else 's'})")
     return {"aggregated": True, "unit": unit, "squares": squares, "chips": [], "pes": [], "free": [], "cell": cell,
+            "shared": False,
             "show_index": False, "width": per_row * (cell + gap), "height": rows * (cell + gap),
             "note": f"{n:,} arrays are too many to draw one by one: each square stands for {what}, in array "
                     "order, coloured by the layer that holds most of them, shaded by their mean share of cells in "
@@ -402,10 +439,11 @@ def _short(name: str, limit: int = 26) -> str:
 
 
 # -- the context -------------------------------------------------------------------------------------------------
-def report_context(manifest) -> dict:
-    """Everything the template shows, as plain dicts, lists, strings and numbers."""
+def report_context(manifest, target=None, results=()) -> dict:
+    """Everything the template shows, as plain dicts, lists, strings and numbers. `target`: the manifest's target
+    with `--set` overrides applied (default: the manifest's own); `results`: cimc.results_view.load_results(...)."""
     from cimc.passes.estimate import bits_per_vector, estimate_graph, stall_factor, slot_ns
-    target, graph = manifest.target, manifest.graph
+    target, graph = target or manifest.target, manifest.graph
     ops = graph.xbar_ops()
     est = estimate_graph(graph, target)
     totals, missing = est["totals"], est["missing"]
@@ -428,7 +466,7 @@ def report_context(manifest) -> dict:
         layers.append({
             "index": i, "name": op.name, "op_type": op.op_type, "rows": op.rows, "cols": op.cols,
             "tiles": e["tiles"], "copies": e["copies"], "arrays": e["arrays"], "positions": e["positions"],
-            "array_ids": "–" if not ids else (f"{min(ids)}" if min(ids) == max(ids) else f"{min(ids)}–{max(ids)}"),
+            "array_ids": id_ranges(ids),
             "cycles": e["cycles"], "cycles_before": before[i],
             "energy": _energy_text(energy) if energy is not None else "unknown",
             "energy_known": energy is not None,
@@ -493,23 +531,39 @@ def report_context(manifest) -> dict:
         "map": _array_map(ops, names, target, n_arrays),
         "chart": _cycles_chart(est["layers"], before, totals["bottleneck_cycles"]),
         "replication": replication,
+        "tuning": tuning_history(prov),
+        "results": list(results),
         "cimc_version": cimc.__version__,
     }
 
 
-def render_report(manifest) -> str:
-    return _env.get_template(TEMPLATE).render(**report_context(manifest))
+def render_report(manifest, target=None, results=()) -> str:
+    return _env.get_template(TEMPLATE).render(**report_context(manifest, target, results))
 
 
-def write_report(manifest, path) -> Path:
-    """Render and write atomically: a temporary file next to `path`, then os.replace."""
+def _is_report(path: Path) -> bool:
+    """`path` holds a page this module wrote (its generator tag near the top), so replacing it loses nothing."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return b'<meta name="generator" content="cimc ' in head
+
+
+def write_report(manifest, path, target=None, results=()) -> Path:
+    """Render and write atomically: a temporary file next to `path`, then os.replace. An existing `path` is
+    replaced only if it is a report cimc wrote."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ReportError(f"{path}: the folder {parent} does not exist (create it first)")
     if path.is_dir():
         raise ReportError(f"{path}: is a directory; give a file name such as report.html")
-    html = render_report(manifest)
+    if path.exists() and not _is_report(path):
+        raise ReportError(f"{path}: exists and is not a report cimc wrote; give another file name (or remove it "
+                          "first): cimc replaces only its own reports")
+    html = render_report(manifest, target, results)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     except OSError as exc:
@@ -532,4 +586,4 @@ def write_report(manifest, path) -> Path:
     return path
 
 
-__all__ = ["report_context", "render_report", "write_report", "layer_colour", "ReportError"]
+__all__ = ["report_context", "render_report", "write_report", "layer_colour", "id_ranges", "ReportError"]

@@ -299,8 +299,8 @@ def load_digits_split(split_seed: int = 0, test_size: int = TEST_SIZE) -> Digits
         try:
             from sklearn.datasets import load_digits
         except ImportError:
-            raise DataError("in-situ training uses sklearn.datasets.load_digits: install scikit-learn "
-                            "(pip install scikit-learn, or cimc's dev extra)") from None
+            raise DataError("in-situ training uses sklearn.datasets.load_digits, and scikit-learn is not installed: "
+                            "pip install -e '.[insitu]'") from None
         d = load_digits()
         x = (d.data / 16.0).astype(np.float64)
         y = d.target.astype(np.int64)
@@ -488,6 +488,40 @@ def study(target="li2018", stuck_rate: float | None = None, epochs: int = DEFAUL
         out["defect_tolerance"] = defect_tolerance(target, rates, epochs, seed, stuck_at=curve_stuck_at,
                                                    progress=progress, **kwargs)
     return out
+
+
+def _stats(values) -> dict:
+    """mean and std (population, ddof=0, as examples/li2018_mlp reports) over seeds, with the per-seed values."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_seed": [float(v) for v in values]}
+
+
+def study_seeds(target="li2018", stuck_rate: float | None = None, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
+                n_seeds: int = 1, *, progress: Callable[[str], None] | None = None, **kwargs) -> dict:
+    """`study` on chip instances seed, seed+1, ..., seed+n_seeds-1 (each exactly the single-seed study) and
+    mean ± std over them: one chip instance is a noisy sample (its gap can come out negative), the README's
+    figures are means over 5."""
+    if not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ConfigError(f"seeds {n_seeds!r}: must be a whole number of chip instances, at least 1")
+    target = _load(target)
+    seeds = list(range(seed, seed + n_seeds))
+    runs = []
+    for s in seeds:
+        runs.append(study(target, stuck_rate, epochs, s, progress=progress, **kwargs))
+    summary = {
+        "ideal_simulation": _stats([r["ideal_simulation"]["final_accuracy"] for r in runs]),
+        "in_situ": _stats([r["in_situ"]["final_accuracy"] for r in runs]),
+        "ex_situ": _stats([r["ex_situ"]["final_accuracy"] for r in runs]),
+        "software": _stats([r["ex_situ"]["software_accuracy"] for r in runs]),
+        "gap_points": _stats([r["gap_points"] for r in runs]),
+    }
+    if runs and "defect_tolerance" in runs[0]:
+        summary["defect_tolerance"] = [
+            {"stuck_rate": row["stuck_rate"], "stuck_at": row["stuck_at"],
+             "in_situ": _stats([r["defect_tolerance"][k]["in_situ"] for r in runs]),
+             "ex_situ": _stats([r["defect_tolerance"][k]["ex_situ"] for r in runs])}
+            for k, row in enumerate(runs[0]["defect_tolerance"])]
+    return {"target": target.name, "seeds": seeds, "epochs": epochs, "batch": BATCH, "summary": summary,
+            "runs": runs, "paper": dict(PAPER)}
 
 
 # -- helpers --------------------------------------------------------------------------------------------------------

@@ -602,5 +602,5 @@ def test_lut_kernel_equals_a_read_by_read_loop(rows, outputs, pairs, signed, bip
 
 def test_lut_without_numba_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(lut_reads, "available", lambda: False)
-    with pytest.raises(ConfigError, match="pip install numba"):
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[fast\]'"):
         CrossbarBackend(gemm="lut")

@@ -42,7 +42,7 @@ def test_yao_macro_reproduces_the_paper():
     assert r["gops_per_mm2"] == pytest.approx(1164, rel=0.01)
     assert r["tops_per_w"] == pytest.approx(11.014, rel=0.01)
     assert r["area_mm2"] == pytest.approx(0.0704, rel=0.01)
-    # the consistent breakdown of papers.md
+    # the consistent breakdown of Yao 2020's benchmark-macro figures
     assert (r["ops_per_vector"], r["vector_ns"], r["gops"]) == (32768, 400.0, pytest.approx(81.92))
     br = r["breakdown_pj_per_slot"]
     assert br["adc"] == pytest.approx(32 * 4 * 2.55)                       # 326.4 pJ

@@ -205,7 +205,7 @@ class CrossbarBackend(Backend):
             raise ConfigError(f"gemm={gemm!r}: choose one of {', '.join(GEMMS)}")
         if gemm == "lut" and not lut_reads.available():
             raise ConfigError("gemm='lut' runs a kernel compiled with numba, which is not installed: "
-                              "pip install numba (or choose gemm='float32' or 'int8')")
+                              "pip install -e '.[fast]' (or choose gemm='float32' or 'int8')")
         if conductance_grid is not None and (not isinstance(conductance_grid, (int, np.integer))
                                              or conductance_grid < 1):
             raise ConfigError(f"conductance_grid={conductance_grid!r}: must be a positive integer (subdivisions "

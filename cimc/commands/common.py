@@ -68,7 +68,7 @@ def replication_summary(report: dict | None) -> str:
                  f"(packing {report['gain_vs_one_tile_per_array']:.2f}x faster"
                  + (f", {report['arrays_saved']} array(s) saved at that period" if report.get("arrays_saved") else "")
                  + f"); {report['speedup_vs_sequential']:.2f}x over all layers unreplicated one after another")
-    elif "greedy_bottleneck_cycles" in report:
+    elif report.get("greedy_bottleneck_cycles") is not None:     # only budget plans have a greedy baseline
         line += (f"; greedy baseline {report['greedy_bottleneck_cycles']} cycles on {report['greedy_arrays']} "
                  f"arrays")
     if report["status"] not in ("FIXED",):

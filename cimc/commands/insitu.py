@@ -1,4 +1,5 @@
-"""`cimc insitu`: Li et al. 2018's in-situ training of a 64-54-10 MLP on one chip instance (sklearn digits)."""
+"""`cimc insitu`: Li et al. 2018's in-situ training of a 64-54-10 MLP on one chip instance (sklearn digits), or on
+several (--seeds N) with the mean ± std over them."""
 from __future__ import annotations
 
 import sys
@@ -24,6 +25,9 @@ def add_parser(sub) -> None:
     sp.add_argument("--stuck-at", metavar="G", help="stuck conductance: g_min, g_max or uS (default: the target's)")
     sp.add_argument("--epochs", type=int, default=None, metavar="N", help="training epochs (default 30)")
     sp.add_argument("--seed", type=int, default=0, metavar="S", help="chip instance and training seed (default 0)")
+    sp.add_argument("--seeds", type=int, default=1, metavar="N",
+                    help="run N chip instances, seeds S..S+N-1, and print each and the mean ± std over them "
+                         "(default 1; one instance is a noisy sample: README's figures are means over 5)")
     sp.add_argument("--lr", type=float, default=None, metavar="LR", help="SGD learning rate (default 0.1)")
     sp.add_argument("--adc-bits", type=int, default=None, metavar="B",
                     help="round the line currents to B bits (default: exact readout)")
@@ -43,24 +47,35 @@ def run(args) -> int:
     if epochs < 1:
         raise ConfigError(f"--epochs {epochs}: must be at least 1")
     lr = insitu.DEFAULT_LR if args.lr is None else args.lr
-    if not lr > 0:
-        raise ConfigError(f"--lr {lr}: must be positive")
+    if not 0 < lr < float("inf"):      # also refuses nan
+        raise ConfigError(f"--lr {lr}: must be a positive, finite learning rate")
     if args.adc_bits is not None and not 2 <= args.adc_bits <= 24:
         raise ConfigError(f"--adc-bits {args.adc_bits}: must be between 2 and 24")
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: must be 0 or more (it numbers a chip instance)")
     if args.stuck_at is not None and args.stuck_at not in ("g_min", "g_max"):
         try:
-            float(args.stuck_at)
+            g = float(args.stuck_at)
         except ValueError:
             raise ConfigError(f"--stuck-at {args.stuck_at!r}: expected g_min, g_max or a conductance in uS") from None
+        g_max = target.device.g_max_us
+        if not 0 <= g <= g_max:         # also refuses nan and inf
+            raise ConfigError(f"--stuck-at {args.stuck_at!r}: a stuck conductance must lie in 0..{g_max:g} uS (the "
+                              f"target's g_max), or be g_min / g_max")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: must be at least 1 (the number of chip instances)")
     progress = _progress if sys.stderr.isatty() else None
-    result = insitu.study(target, stuck_rate, epochs, args.seed, curve=args.curve, stuck_at=args.stuck_at, lr=lr,
-                          adc_bits=args.adc_bits, progress=progress)
+    options = dict(curve=args.curve, stuck_at=args.stuck_at, lr=lr, adc_bits=args.adc_bits, progress=progress)
+    if args.seeds == 1:
+        result = insitu.study(target, stuck_rate, epochs, args.seed, **options)
+    else:
+        result = insitu.study_seeds(target, stuck_rate, epochs, args.seed, args.seeds, **options)
     if progress:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
     if args.json:
         emit(result)
     else:
-        print(text(result), end="")
+        print(text(result) if args.seeds == 1 else seeds_text(result), end="")
     return 0
 
 
@@ -93,4 +108,34 @@ def text(r: dict) -> str:
         for row in r["defect_tolerance"]:
             lines.append(f"{100 * row['stuck_rate']:>5.0f}%  {100 * row['in_situ']:>7.2f}%  "
                          f"{100 * row['ex_situ']:>7.2f}%\n")
+    return "".join(lines)
+
+
+def seeds_text(r: dict) -> str:
+    """Several chip instances: each on one line, then mean ± std (population) over them."""
+    first, summ, n = r["runs"][0], r["summary"], len(r["seeds"])
+    header = text(first).splitlines()[0].replace(f"seed {first['seed']}", f"seeds {r['seeds'][0]}..{r['seeds'][-1]}")
+    lines = [header + "\n"]
+    for run in r["runs"]:
+        lines.append(f"seed {run['seed']}: ideal {100 * run['ideal_simulation']['final_accuracy']:.2f}%, in situ "
+                     f"{100 * run['in_situ']['final_accuracy']:.2f}%, gap {run['gap_points']:.2f} points, ex situ "
+                     f"{100 * run['ex_situ']['final_accuracy']:.2f}%\n")
+
+    def pct(key):
+        return f"{100 * summ[key]['mean']:.2f}% ± {100 * summ[key]['std']:.2f}"
+    lines += [
+        f"mean ± std over {n} chip instances:\n",
+        f"ideal simulation (no stuck devices, no variation): {pct('ideal_simulation')}\n",
+        f"in situ: {pct('in_situ')}\n",
+        f"gap: {summ['gap_points']['mean']:.2f} ± {summ['gap_points']['std']:.2f} points (paper: "
+        f"{r['paper']['gap_points']} points, 91.71% on 8x8 MNIST with 11% stuck at ~10 uS)\n",
+        f"ex situ (software {pct('software')}, transferred to the same chip): {pct('ex_situ')}\n",
+    ]
+    if "defect_tolerance" in summ:
+        lines.append(f"defect tolerance (stuck at {summ['defect_tolerance'][0]['stuck_at']}, mean ± std):\n")
+        lines.append(f"{'stuck':>6}  {'in situ':>15}  {'ex situ':>15}\n")
+        for row in summ["defect_tolerance"]:
+            ins, exs = row["in_situ"], row["ex_situ"]
+            lines.append(f"{100 * row['stuck_rate']:>5.0f}%  {100 * ins['mean']:>7.2f}% ± {100 * ins['std']:<5.2f}"
+                         f"  {100 * exs['mean']:>7.2f}% ± {100 * exs['std']:.2f}\n")
     return "".join(lines)

@@ -9,7 +9,9 @@ For each seed (one chip instance = one set of stuck devices, initial weights and
   in situ, 8-bit ADC the same with the line currents rounded to 8 bits
   ex situ            float software training, weights transferred to the same defective chip
 and the defect-tolerance curve: in situ vs ex situ at 0..50% of devices stuck OFF (g_min).
-Writes results.json and defect_tolerance.svg (next to this script unless --out is given).
+Writes results.json and defect_tolerance.svg into --out (a new or empty folder; default: a fresh temporary folder),
+and prints where. The results.json and defect_tolerance.svg next to this script are the reference run README.md
+quotes; the script never rewrites them.
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ from cimc import insitu
 from cimc.targets.registry import load_target
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from example_output import output_folder  # noqa: E402
+
 RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
@@ -36,10 +41,11 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=5, help="chip instances (seeds 0..N-1), default 5")
     p.add_argument("--epochs", type=int, default=insitu.DEFAULT_EPOCHS)
     p.add_argument("--target", default="li2018")
-    p.add_argument("--out", default=str(HERE), help="where results.json and defect_tolerance.svg go")
+    p.add_argument("--out", help="a new or empty folder for results.json and defect_tolerance.svg (default: a "
+                   "fresh temporary folder)")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out, "li2018-example")
+    print(f"writing into {out}", file=sys.stderr)
     target = load_target(args.target)
     seeds = list(range(args.seeds))
     t0 = time.perf_counter()

@@ -6,8 +6,9 @@
 Steps: compile (CP-SAT replication under the chip's 8-array budget), then on the test images the float backend
 (the trained model), the integer backend (15-level weights, 8-bit activations: the ideal chip) and the crossbar
 backend (chip instances with Yao's programming error, 8-bit ADCs), then hybrid training of the FC layer in situ on
-chip instance --seed, and the tuned chip on the test images. Writes results.json, the tuned manifest and an HTML
-report under --out. --mnist takes a directory with the four IDX files or mnist_{train,test}.npz, or an npz.
+chip instance --seed, and the tuned chip on the test images. Writes results.json, the manifest, the tuned manifest
+and an HTML report into --out (a new or empty folder; default: a fresh temporary folder), and prints where.
+--mnist takes a directory with the four IDX files or mnist_{train,test}.npz, or an npz.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from cimc.training import tune
 
 HERE = Path(__file__).resolve().parent
 ART = HERE / "artifacts"
+sys.path.insert(0, str(HERE.parent))
+from example_output import output_folder  # noqa: E402
 PAPER = {"software": 97.99, "quantised": 96.92, "transferred": 95.07, "hybrid_trained": 96.19}
 
 
@@ -43,10 +46,10 @@ def main(argv=None) -> int:
     p.add_argument("--sigma", default="0.54", help="programming error in uS (Yao: 0.54)")
     p.add_argument("--lr", type=float, default=0.004)
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--out", default="out/mcnn")
+    p.add_argument("--out", help="a new or empty folder for the outputs (default: a fresh temporary folder)")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out, "mcnn-example")
+    print(f"writing into {out}")
     chip = [f"nonideal.program_sigma_us={float(args.sigma)}"]
 
     if args.mnist:
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
         print(f"  copy {row['copy']} (tuning data): error {1 - row['accuracy_before']:.2%} -> "
               f"{1 - row['accuracy_after']:.2%}")
 
-    write_report(manifest, out / "report.html")
+    write_report(tuned, out / "report.html")
     print("\n                      paper    cimc")
     for key, label in (("software", "software (float)"), ("quantised", "15-level quantised"),
                        ("transferred", "transferred to chip"), ("hybrid_trained", "after hybrid training")):

@@ -8,8 +8,8 @@ Without --model the network is built with onnx.helper (cimc.zoo.resnet56: option
 random weights), so accuracies are meaningless; the array counts and the agreement with onnxruntime are not.
 --data is an npz with `x` float32 [N, 3, 32, 32] in the model's input normalisation and `y` int labels: the first
 --calibration-samples images calibrate, the next --tune-samples tune the FC layer in situ, the rest are tested
-(hybrid training needs labels, so it runs only with --data). Everything is written under --out (default
-out/resnet56): the manifest, report.html, summary.json.
+(hybrid training needs labels, so it runs only with --data). Everything is written into --out (a new or empty
+folder; default: a fresh temporary folder, printed): the manifest, report.html, summary.json.
 """
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ from cimc.html_report import write_report
 from cimc.report import layer_table_text
 from cimc.training import tune
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from example_output import output_folder  # noqa: E402
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -42,10 +45,10 @@ def main(argv=None) -> int:
     p.add_argument("--tune-samples", type=int, default=2000, help="with --data: images for hybrid training")
     p.add_argument("--seed", type=int, default=0, help="chip instance")
     p.add_argument("--target", default="yao2020-resnet")
-    p.add_argument("--out", default="out/resnet56")
+    p.add_argument("--out", help="a new or empty folder for the outputs (default: a fresh temporary folder)")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out, "resnet56-example")
+    print(f"writing into {out}")
 
     model_path = Path(args.model) if args.model else out / "resnet56.onnx"
     if not args.model:
