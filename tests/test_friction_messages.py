@@ -21,7 +21,7 @@ def compiled(mcnn_dir, tmp_path_factory):
 
 
 # -- replication summary -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("flags", [["--no-optimize"], ["--target-fps", "1000"], ["--target-fps", "50000"],
+@pytest.mark.parametrize("flags", [["--no-optimize"], ["--target-fps", "1000"], ["--target-fps", "50000", "--set", "chip.chips=0"],
                                    ["--replicate", "C1=2", "--no-optimize"], ["--pack"]])
 def test_no_greedy_baseline_line_without_a_greedy_plan(mcnn_dir, flags):
     code, out, err = run_cli(["count", mcnn_dir / "mcnn.onnx", "--target", "yao2020-mcnn", *flags])
