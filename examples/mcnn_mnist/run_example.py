@@ -21,7 +21,7 @@ import cimc
 from cimc.data import Dataset, load_npz
 from cimc.evaluate import evaluate
 from cimc.html_report import write_report
-from cimc.training import tune
+from cimc.training import DEFAULT_LR, tune
 
 HERE = Path(__file__).resolve().parent
 ART = HERE / "artifacts"
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="chip instance for the crossbar runs and the tuning")
     p.add_argument("--trials", type=int, default=3, help="chip instances for the transfer accuracy")
     p.add_argument("--sigma", default="0.54", help="programming error in uS (Yao: 0.54)")
-    p.add_argument("--lr", type=float, default=0.004)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"tuning learning rate in device levels (default {DEFAULT_LR}, see `cimc tune --help`)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--out", default="out/mcnn")
     args = p.parse_args(argv)
