@@ -361,6 +361,10 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
                         f"against {held[best_epoch]:.4f} {when}): the manifest records the state {when}. The chip "
                         "was written meanwhile, so a physical chip has to be reprogrammed to it (the simulated chip "
                         "runs it as recorded); --keep final keeps the last state instead")
+    elif held[-1] < held[0]:
+        messages.append(f"the final state scores worse on the held-out data than the chip before tuning "
+                        f"({held[-1]:.4f} against {held[0]:.4f}); it is kept because of --keep final (the default, "
+                        "--keep best, would keep the better state)")
     for message in messages:
         warnings.warn(message, stacklevel=2)
     after = evaluate_chip(graph, backend, data, batch)
