@@ -90,8 +90,8 @@ def main(argv=None) -> int:
           f"{held['accuracy_before']:.4f} -> {held['accuracy_after']:.4f} (kept: {result.kept}); test accuracy "
           f"{before['accuracy']:.4f} -> {after['accuracy']:.4f}")
     for row in result.per_copy:
-        print(f"  copy {row['copy']} of {len(result.per_copy)} (tuning data): error {1 - row['accuracy_before']:.2%} -> "
-              f"{1 - row['accuracy_after']:.2%}")
+        print(f"  copy {row['copy']} of {len(result.per_copy)} (tuning data): error "
+              f"{1 - row['accuracy_before']:.2%} -> {1 - row['accuracy_after']:.2%}")
 
     write_report(manifest, out / "report.html")
     print("\n                      paper    cimc")
