@@ -4,8 +4,13 @@ on that same chip instance, and write the updated manifest.
 One iteration on a mini-batch (inputs X, labels y):
 1. Forward on the chip (the crossbar backend, chip instance `seed`): the FC layer's input x and its output z.
 2. In software: softmax cross-entropy, delta = softmax(z) - onehot(y) per sample; the FC input the array saw is
-   V = q * s_x (q its 8-bit codes); as in Yao et al., the update sums over the mini-batch:
-   dW = -lr * sum_i V_i delta_i (so `lr` is a per-sample rate; the batch size scales the step).
+   V = q * s_x (q its 8-bit codes); as in Yao et al., the update is the gradient summed over the mini-batch,
+   dW = -eta * sum_i V_i delta_i (the batch size scales the step).
+   `lr` fixes eta relative to the layer, so that it means the same on any network: eta = lr * s_ref / (s_x * q_max),
+   with s_ref the layer's mean weight scale (the weight of one device level) and s_x * q_max the full scale of its
+   input quantiser. So `lr` is the change of a weight, in device levels, that one sample with a full-scale input and
+   an output error of 1 asks for; rescaling a layer's inputs by c and its weights by 1/c leaves the tuning unchanged
+   (an absolute eta did not: on a pretrained ResNet-56 its steps never reached the threshold).
 3. To conductances: weight w[k, n] = s_w[n] * (G+ - G-) / step, so the pair must change by dG = dW / s_w * step.
    Each device takes half, in opposite directions: G+ += dG/2, G- -= dG/2 (equal and opposite).
 4. Thresholded writes: a pair is rewritten only where the weight change in conductance units |dG| is at least the
@@ -16,6 +21,13 @@ One iteration on a mini-batch (inputs X, labels y):
    than `verify_tolerance_us`. Stuck devices ignore writes. Nothing else is written.
 Drift is not applied during tuning (the tuning happens right after programming).
 
+Held-out data: the last `holdout` fraction of the tuning data (at least one sample) is never trained on; the chip
+is scored on it before tuning and after every epoch. With keep="best" (the default) the manifest records the chip
+state (the conductances at the end of an epoch, or before tuning) that scored best on it, the latest on ties, so the
+written chip is never worse on the held-out part than the chip before tuning. If that is not the final state, the
+physical chip holds the final state and has to be reprogrammed to the recorded one; the result says which state was
+kept and why. An epoch that writes fewer than 0.1% of the layer's devices raises a warning that says what to change.
+
 The tuned manifest holds the FC arrays' nearest device levels in arrays.npz (what an ideal re-transfer would
 program) and, in conductances.npz, the exact conductances programmed on this chip instance; the crossbar backend
 uses those when it runs the same chip instance (same seed and chip options), so `cimc run DIR2 --seed S`
@@ -24,7 +36,9 @@ reproduces the tuned accuracy exactly.
 from __future__ import annotations
 
 import copy as copy_module
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +52,9 @@ from cimc.ir import XbarOp
 from cimc.layout import read_levels, tile_cells
 
 _PASS_THROUGH = {"Softmax", "Identity"}  # ops allowed between the tuned layer and the model output
+DEFAULT_LR = 0.35          # device levels per full-scale sample (about the 0.004 chosen on the mCNN before)
+DEFAULT_HOLDOUT = 0.2      # the last 20% of the tuning data
+FEW_WRITES = 1e-3          # an epoch writing fewer than this share of the layer's devices gets a warning
 
 
 @dataclass
@@ -52,6 +69,14 @@ class TuneResult:
     arrays: list[int]
     seconds: float
     per_copy: list[dict] = field(default_factory=list)
+    writes_per_epoch: list[int] = field(default_factory=list)
+    largest_update_us_per_epoch: list[float] = field(default_factory=list)
+    devices: int = 0                     # devices of the tuned layer (both of each pair, every placement)
+    lr_weight_units: float = 0.0         # eta of dW = -eta * sum_i V_i delta_i that `lr` gave on this layer
+    holdout: dict = field(default_factory=dict)
+    kept: str = "final"                  # "final" or "best" (an earlier state, see holdout["kept_epoch"])
+    kept_reason: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -128,6 +153,14 @@ class _Writer:
         self.writes += int(mask.sum())
         self.backend.set_conductances(self.ids, self.g)
 
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """The chip state of the tuned arrays: what the devices hold and the goals they were last given."""
+        return self.g.copy(), self.target.copy()
+
+    def restore(self, state: tuple[np.ndarray, np.ndarray]) -> None:
+        self.g, self.target = state[0].copy(), state[1].copy()
+        self.backend.set_conductances(self.ids, self.g)
+
     def _program(self, goal: np.ndarray) -> np.ndarray:
         sigma = self.sigma_abs + self.sigma_rel * goal
         return np.maximum(goal + sigma * self.rng.standard_normal(goal.shape), 0.0)
@@ -148,15 +181,21 @@ def _pair_changes(op: XbarOp, dlevel: np.ndarray, target, array_ids: list[int], 
     return dg
 
 
-def evaluate_chip(session_graph, backend, data: Dataset, batch: int = 100) -> float:
-    feeds = check_feeds(session_graph, data.inputs, "tuning data")
-    out_name = session_graph.outputs[0].name
-    correct, n = 0, len(data)
+def _correct(graph, backend, feeds: dict, labels: np.ndarray, batch: int) -> np.ndarray:
+    """Per sample: whether the chip's top-1 class is the label."""
+    out_name = graph.outputs[0].name
+    n = len(labels)
+    hits = np.zeros(n, bool)
     for start in range(0, n, batch):
         part = {k: v[start:start + batch] for k, v in feeds.items()}
-        y = run_graph(session_graph, part, backend)[out_name]
-        correct += int((y.reshape(len(y), -1).argmax(1) == data.labels[start:start + batch]).sum())
-    return correct / n
+        y = run_graph(graph, part, backend)[out_name]
+        hits[start:start + batch] = y.reshape(len(y), -1).argmax(1) == labels[start:start + batch]
+    return hits
+
+
+def evaluate_chip(session_graph, backend, data: Dataset, batch: int = 100) -> float:
+    feeds = check_feeds(session_graph, data.inputs, "tuning data")
+    return float(_correct(session_graph, backend, feeds, data.labels, batch).mean())
 
 
 def per_copy_accuracy(graph, backend, data: Dataset, batch: int = 100) -> list[float]:
@@ -171,17 +210,76 @@ def per_copy_accuracy(graph, backend, data: Dataset, batch: int = 100) -> list[f
     return result
 
 
+def check_options(epochs: int = 1, batch: int = 100, lr: float = DEFAULT_LR, threshold_us: float = 1.5,
+                  write_verify: int = 0, verify_tolerance_us: float | None = None,
+                  holdout: float = DEFAULT_HOLDOUT, keep: str = "best") -> None:
+    """Refuse, naming the flag, any tuning option that cannot mean anything (before any work is done)."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+    def finite(value) -> bool:
+        return number(value) and math.isfinite(value)
+
+    checks = (
+        ("--epochs", epochs, number(epochs) and int(epochs) == epochs and epochs >= 1, "a whole number >= 1"),
+        ("--batch", batch, number(batch) and int(batch) == batch and batch >= 1, "a whole number >= 1"),
+        ("--lr", lr, finite(lr) and lr > 0, "a finite number > 0 (device levels per full-scale sample, "
+         f"default {DEFAULT_LR})"),
+        ("--threshold", threshold_us, finite(threshold_us) and threshold_us >= 0,
+         "a finite conductance >= 0, e.g. 1.5uS"),
+        ("--write-verify", write_verify, number(write_verify) and int(write_verify) == write_verify
+         and write_verify >= 0, "a whole number >= 0"),
+        ("--verify-tolerance", verify_tolerance_us,
+         verify_tolerance_us is None or (finite(verify_tolerance_us) and verify_tolerance_us >= 0),
+         "a finite conductance >= 0, e.g. 0.5uS"),
+        ("--holdout", holdout, finite(holdout) and 0 < holdout < 1,
+         f"a fraction strictly between 0 and 1 (default {DEFAULT_HOLDOUT}: the last 20% of --data)"),
+        ("--keep", keep, keep in ("best", "final"), "'best' or 'final'"),
+    )
+    for flag, value, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{flag} {value}: out of range; expected {expected}")
+
+
+def _split(data: Dataset, holdout: float) -> tuple[int, int]:
+    """(training samples, held-out samples): the held-out part is the last round(holdout * n), at least 1."""
+    n = len(data)
+    n_hold = max(1, int(round(holdout * n)))
+    if n - n_hold < 1:
+        raise DataError(f"{data.path or 'tuning data'}: {n} sample(s) cannot be split into training and a held-out "
+                        f"part (--holdout {holdout}); give at least 2 labelled samples, better several hundred")
+    return n - n_hold, n_hold
+
+
+def _layer_devices(op: XbarOp) -> int:
+    return sum(2 * t.row_count * t.col_count * len(t.placements) for t in op.tiles)
+
+
+def _few_writes_warning(op, epoch: int, epochs: int, writes: int, devices: int, largest_us: float,
+                        threshold_us: float, lr: float, running_accuracy: float) -> str:
+    what = "no device" if writes == 0 else f"only {writes} of {devices} devices"
+    if largest_us < threshold_us:
+        factor = f" about {threshold_us / largest_us:.2g}x" if largest_us > 0 else ""
+        hint = (f"the largest change asked for, {largest_us:.3g} uS, stayed below --threshold {threshold_us:g}uS; "
+                f"raise --lr (now {lr:g}){factor} or lower --threshold")
+    else:
+        hint = (f"few changes reached --threshold {threshold_us:g}uS (the largest was {largest_us:.3g} uS); raise "
+                f"--lr (now {lr:g}) or lower --threshold for more")
+    return (f"tuning epoch {epoch} of {epochs} wrote {what} of layer {op.name!r} (fewer than {FEW_WRITES:.1%} of its "
+            f"{devices} devices): {hint}. Running accuracy on the tuning data: {running_accuracy:.4f}; if that is "
+            "as good as this chip gets, the layer has converged, otherwise the chip was hardly tuned")
+
+
 def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None, ideal: bool = False,
-         epochs: int = 1, batch: int = 100, lr: float = 0.004, threshold_us: float = 1.5, layer: str | None = None,
-         write_verify: int = 0, verify_tolerance_us: float | None = None, progress: bool = False):
-    """Hybrid training of one layer on chip instance `seed`. Returns (tuned Manifest, TuneResult)."""
+         epochs: int = 1, batch: int = 100, lr: float = DEFAULT_LR, threshold_us: float = 1.5,
+         layer: str | None = None, write_verify: int = 0, verify_tolerance_us: float | None = None,
+         progress: bool = False, holdout: float = DEFAULT_HOLDOUT, keep: str = "best"):
+    """Hybrid training of one layer on chip instance `seed`. Returns (tuned Manifest, TuneResult).
+    Warnings (an epoch that hardly wrote, a kept state that is not the final one) go through `warnings.warn` and
+    are also listed in the result."""
+    check_options(epochs, batch, lr, threshold_us, write_verify, verify_tolerance_us, holdout, keep)
     if data.labels is None:
         raise DataError(f"{data.path or 'tuning data'}: hybrid training needs labels ('y')")
-    for name, value, ok in (("--epochs", epochs, epochs >= 1), ("--batch", batch, batch >= 1),
-                            ("--lr", lr, lr > 0), ("--threshold", threshold_us, threshold_us >= 0),
-                            ("--write-verify", write_verify, write_verify >= 0)):
-        if not ok:
-            raise ConfigError(f"{name} {value}: out of range")
     start_time = time.perf_counter()
     graph = copy_module.deepcopy(manifest.graph)
     backend = CrossbarBackend(seed=seed, overrides=overrides, defect_map=defect_map, ideal=ideal)
@@ -192,7 +290,7 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     op = tuned_layer(graph, layer)
     if op.replicas != 1:
         raise ConfigError(f"layer {op.name!r} has {op.replicas} copies; hybrid training tunes a shared layer "
-                          "(compile it with --replicate {op.name}=1)")
+                          f"(compile it with --replicate {op.name}=1)")
     target = backend.target
     array_ids = sorted({p.array for t in op.tiles for p in t.placements})
     writer = _Writer(backend, array_ids, seed, write_verify, verify_tolerance_us)
@@ -203,18 +301,26 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     if labels.min() < 0 or labels.max() >= n_classes:
         raise DataError(f"{data.path or 'tuning data'}: labels must lie in 0..{n_classes - 1} (layer {op.name!r} "
                         f"has {n_classes} outputs)")
+    n_train, n_hold = _split(data, holdout)
+    feeds = check_feeds(graph, data.inputs, "tuning data")
+    held_feeds = {k: v[n_train:] for k, v in feeds.items()}
+    held_labels = labels[n_train:]
     before_copies = per_copy_accuracy(graph, backend, data, batch)
     before = evaluate_chip(graph, backend, data, batch)
-    feeds = check_feeds(graph, data.inputs, "tuning data")
-    n = len(data)
+    held = [float(_correct(graph, backend, held_feeds, held_labels, batch).mean())]   # before, after each epoch
+    best_epoch, best_state = 0, writer.state()
     order_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[1])    # the shuffling stream
-    bar = Progress("cimc tune", epochs * -(-n // batch), progress)
-    iterations, correct_run, seen = 0, 0, 0
+    bar = Progress("cimc tune", epochs * -(-n_train // batch), progress)
+    iterations = 0
     scales = op.weight_scales.astype(np.float64)
-    s_x = op.input_quant.scale
-    for _epoch in range(epochs):
-        order = order_rng.permutation(n)
-        for start in range(0, n, batch):
+    s_x, q_max = op.input_quant.scale, op.input_quant.qmax
+    eta = lr * float(scales.mean()) / (s_x * q_max)          # lr in device levels -> weight units (module doc)
+    devices = _layer_devices(op)
+    writes_per_epoch, largest_per_epoch, messages = [], [], []
+    for epoch in range(1, epochs + 1):
+        order = order_rng.permutation(n_train)
+        writes_at_start, largest, correct_run, seen = writer.writes, 0.0, 0, 0
+        for start in range(0, n_train, batch):
             idx = order[start:start + batch]
             part = {k: v[idx] for k, v in feeds.items()}
             out = run_graph(graph, part, backend, keep={op.inputs[0], op.outputs[0]})
@@ -225,23 +331,55 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
             correct_run += int((p.argmax(1) == labels[idx]).sum())
             seen += len(idx)
             p[np.arange(len(idx)), labels[idx]] -= 1.0
-            dw = -lr * (v.T @ p)                                              # K x N, weight units
+            dw = -eta * (v.T @ p)                                             # K x N, weight units
             dlevel = dw / scales[None, :]
             dg = _pair_changes(op, dlevel, target, array_ids, target.device.step_us)
+            largest = max(largest, 2 * float(np.abs(dg).max()))          # the pair's change, as the threshold
             dg[2 * np.abs(dg) < threshold_us] = 0.0     # each device holds half of the pair's change
             writer.write(dg)
             iterations += 1
-            bar.update(iterations, f"running accuracy {correct_run / seen:.4f}, writes {writer.writes}")
+            bar.update(iterations, f"epoch {epoch}/{epochs}, running accuracy {correct_run / seen:.4f}, "
+                       f"writes {writer.writes}")
+        writes_per_epoch.append(writer.writes - writes_at_start)
+        largest_per_epoch.append(largest)
+        if writes_per_epoch[-1] < FEW_WRITES * devices:
+            messages.append(_few_writes_warning(op, epoch, epochs, writes_per_epoch[-1], devices, largest,
+                                                threshold_us, lr, correct_run / seen))
+        held.append(float(_correct(graph, backend, held_feeds, held_labels, batch).mean()))
+        if held[-1] >= held[best_epoch]:      # the latest of equally good states
+            best_epoch, best_state = epoch, writer.state()
     bar.close()
+    kept, kept_epoch = "final", epochs
+    reason = (f"the final state; held-out accuracy {held[0]:.4f} before tuning, {held[-1]:.4f} after")
+    if keep == "best" and best_epoch != epochs:
+        kept, kept_epoch = "best", best_epoch
+        writer.restore(best_state)
+        when = "before tuning" if best_epoch == 0 else f"after epoch {best_epoch}"
+        reason = (f"the state {when}: it scored {held[best_epoch]:.4f} on the held-out part "
+                  f"({n_hold} samples, the last {holdout:.0%} of the tuning data), the final state {held[-1]:.4f}")
+        messages.append(f"tuning made the chip worse on the held-out data ({held[-1]:.4f} after epoch {epochs} "
+                        f"against {held[best_epoch]:.4f} {when}): the manifest records the state {when}. The chip "
+                        "was written meanwhile, so a physical chip has to be reprogrammed to it (the simulated chip "
+                        "runs it as recorded); --keep final keeps the last state instead")
+    elif held[-1] < held[0]:
+        messages.append(f"the final state scores worse on the held-out data than the chip before tuning "
+                        f"({held[-1]:.4f} against {held[0]:.4f}); it is kept because of --keep final (the default, "
+                        "--keep best, would keep the better state)")
+    for message in messages:
+        warnings.warn(message, stacklevel=2)
     after = evaluate_chip(graph, backend, data, batch)
     after_copies = per_copy_accuracy(graph, backend, data, batch)
     per_copy = [{"copy": k, "accuracy_before": b, "accuracy_after": a}
                 for k, (b, a) in enumerate(zip(before_copies, after_copies))]
+    held_out = {"fraction": holdout, "samples": n_hold, "first_sample": n_train, "accuracy_before": held[0],
+                "accuracy_per_epoch": held[1:], "accuracy_after": held[kept_epoch], "kept_epoch": kept_epoch}
     result = TuneResult(before, after, writer.writes, writer.on_stuck, writer.verify_iterations, iterations,
-                        op.name, array_ids, time.perf_counter() - start_time, per_copy)
+                        op.name, array_ids, time.perf_counter() - start_time, per_copy, writes_per_epoch,
+                        largest_per_epoch, devices, eta, held_out, kept, reason, messages)
     tuned = _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides, defect_map,
-                            dict(epochs=epochs, batch=batch, lr=lr, threshold_us=threshold_us,
-                                 write_verify=write_verify), result)
+                            dict(epochs=epochs, batch=batch, lr=lr, lr_units="device levels per full-scale sample",
+                                 lr_weight_units=eta, threshold_us=threshold_us, write_verify=write_verify,
+                                 holdout=holdout, keep=keep), result)
     return tuned, result
 
 
@@ -266,6 +404,8 @@ def _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides,
         "writes": result.writes, "write_attempts_on_stuck": result.write_attempts_on_stuck,
         "verify_iterations": result.verify_iterations, "iterations": result.iterations,
         "accuracy_before": result.accuracy_before, "accuracy_after": result.accuracy_after,
+        "writes_per_epoch": result.writes_per_epoch, "held_out": result.holdout, "kept": result.kept,
+        "kept_reason": result.kept_reason,
     }
     tuned = Manifest(graph, target, arrays, provenance, manifest.replication, manifest.estimates)
     tuned.conductances = {"arrays": writer.ids.astype(np.int64), "programmed_us": writer.g.astype(np.float64),

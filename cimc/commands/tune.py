@@ -1,8 +1,12 @@
 """`cimc tune`: hybrid training — retrain the last FC layer in situ on one chip instance, write a new manifest."""
 from __future__ import annotations
 
+import sys
+import warnings
+
 from cimc.commands.common import emit
 from cimc.commands.run import add_chip_options, crossbar_options
+from cimc.training import DEFAULT_HOLDOUT, DEFAULT_LR
 
 
 def add_parser(sub) -> None:
@@ -17,10 +21,15 @@ def add_parser(sub) -> None:
     sp.add_argument("-o", "--output", required=True, metavar="DIR",
                     help="tuned manifest directory to write (the same rules as compile -o; it may be the input "
                     "manifest, which is then replaced by the tuned one)")
-    sp.add_argument("--epochs", type=int, default=1)
+    sp.add_argument("--epochs", type=int, default=1, metavar="N",
+                    help="passes over the training part of --data (default 1); the chip is scored on the held-out "
+                    "part after each")
     sp.add_argument("--batch", type=int, default=100, help="mini-batch size (default 100, as in the paper)")
-    sp.add_argument("--lr", type=float, default=0.004,
-                    help="learning rate of dW = -lr * sum_i V_i delta_i over a mini-batch (default 0.004)")
+    sp.add_argument("--lr", type=float, default=DEFAULT_LR,
+                    help="learning rate, in device levels: the change of a weight, in units of the layer's mean "
+                    "weight step, that one sample with a full-scale input and an output error of 1 asks for; "
+                    "updates sum over the mini-batch (dW = -eta * sum_i V_i delta_i with eta = lr * mean weight "
+                    f"scale / input full scale), so it means the same on any network (default {DEFAULT_LR})")
     sp.add_argument("--threshold", default="1.5uS", metavar="G",
                     help="write a device only where its change is at least this (default 1.5uS, as in the paper)")
     sp.add_argument("--layer", metavar="NODE", help="the layer to tune (default: the last crossbar layer)")
@@ -28,6 +37,12 @@ def add_parser(sub) -> None:
                     help="re-program a write up to N more times while it misses its target by more than "
                     "--verify-tolerance (default 0: open-loop writes)")
     sp.add_argument("--verify-tolerance", metavar="G", help="write-verify tolerance (default: the programming sigma)")
+    sp.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT, metavar="F",
+                    help="fraction of --data held out from training: the last F of the samples, in file order "
+                    f"(default {DEFAULT_HOLDOUT}); the chip is scored on it before tuning and after every epoch")
+    sp.add_argument("--keep", choices=["best", "final"], default="best",
+                    help="which chip state the manifest records: the one that scored best on the held-out part "
+                    "(default; never worse than before tuning) or the final one")
     sp.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
     g = sp.add_argument_group("chip instance")
     add_chip_options(g)
@@ -39,28 +54,40 @@ def run(args) -> int:
     from cimc.manifest import load
     from cimc.output_dir import check_output
     from cimc.targets.devices import parse_conductance
-    from cimc.training import tune
+    from cimc.training import check_options, tune
+    threshold = parse_conductance(args.threshold, "--threshold")
+    tolerance = None if args.verify_tolerance is None else parse_conductance(args.verify_tolerance,
+                                                                             "--verify-tolerance")
+    check_options(args.epochs, args.batch, args.lr, threshold, args.write_verify, tolerance, args.holdout, args.keep)
     options = crossbar_options(args)
     check_output(args.output)        # before tuning; -o may be the input manifest itself (it is read whole first)
     manifest = load(args.manifest)
     data = load_npz(args.data, [t.name for t in manifest.graph.inputs])
-    threshold = parse_conductance(args.threshold, "--threshold")
-    tolerance = None if args.verify_tolerance is None else parse_conductance(args.verify_tolerance,
-                                                                             "--verify-tolerance")
     seed = 0 if args.seed is None else args.seed
-    tuned, result = tune(manifest, data, seed=seed, overrides=options["overrides"],
-                         defect_map=options.get("defect_map"), ideal=options["ideal"], epochs=args.epochs,
-                         batch=args.batch, lr=args.lr, threshold_us=threshold, layer=args.layer,
-                         write_verify=args.write_verify, verify_tolerance_us=tolerance, progress=not args.json)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuned, result = tune(manifest, data, seed=seed, overrides=options["overrides"],
+                             defect_map=options.get("defect_map"), ideal=options["ideal"], epochs=args.epochs,
+                             batch=args.batch, lr=args.lr, threshold_us=threshold, layer=args.layer,
+                             write_verify=args.write_verify, verify_tolerance_us=tolerance, progress=not args.json,
+                             holdout=args.holdout, keep=args.keep)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"cimc: warning: {message}", file=sys.stderr)
     path = tuned.save(args.output)
     if args.json:
         emit({"manifest": str(path), "seed": seed, **result.to_dict()})
     else:
+        held = result.holdout
         print(f"tuned {result.layer} on chip instance {seed}: accuracy on the tuning data "
-              f"{result.accuracy_before:.4f} -> {result.accuracy_after:.4f}; {result.writes} device writes "
-              f"({result.write_attempts_on_stuck} on stuck devices ignored) in {result.iterations} iterations, "
+              f"{result.accuracy_before:.4f} -> {result.accuracy_after:.4f}, on its held-out part ({held['samples']} "
+              f"samples) {held['accuracy_before']:.4f} -> {held['accuracy_after']:.4f}; {result.writes} device writes "
+              f"({result.write_attempts_on_stuck} on stuck devices ignored; per epoch "
+              f"{', '.join(map(str, result.writes_per_epoch))}) in {result.iterations} iterations, "
               f"{result.seconds:.1f} s")
+        print(f"kept {result.kept_reason}")
+        copies = len(result.per_copy)
         for row in result.per_copy:
-            print(f"  copy {row['copy']}: error {1 - row['accuracy_before']:.2%} -> {1 - row['accuracy_after']:.2%}")
+            print(f"  copy {row['copy']} of {copies}: error {1 - row['accuracy_before']:.2%} -> "
+                  f"{1 - row['accuracy_after']:.2%}")
         print(f"wrote {path}")
     return 0

@@ -22,7 +22,7 @@ import cimc
 from cimc.data import Dataset, load_npz
 from cimc.evaluate import evaluate
 from cimc.html_report import write_report
-from cimc.training import tune
+from cimc.training import DEFAULT_LR, tune
 
 HERE = Path(__file__).resolve().parent
 ART = HERE / "artifacts"
@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="chip instance for the crossbar runs and the tuning")
     p.add_argument("--trials", type=int, default=3, help="chip instances for the transfer accuracy")
     p.add_argument("--sigma", default="0.54", help="programming error in uS (Yao: 0.54)")
-    p.add_argument("--lr", type=float, default=0.004)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR,
+                   help=f"tuning learning rate in device levels (default {DEFAULT_LR}; see `cimc tune --help`)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--out", help="a new or empty folder for the outputs (default: a fresh temporary folder)")
     args = p.parse_args(argv)
@@ -87,11 +88,13 @@ def main(argv=None) -> int:
     before = evaluate(manifest, test, backend="crossbar", seed=args.seed, backend_options={"overrides": chip})
     results.update(hybrid_trained=after["accuracy"], chip_before_tuning=before["accuracy"],
                    tuning=result.to_dict(), tuning_seconds=time.perf_counter() - start)
-    print(f"hybrid training on chip {args.seed}: {result.writes} writes; test accuracy {before['accuracy']:.4f} -> "
-          f"{after['accuracy']:.4f}")
+    held = result.holdout
+    print(f"hybrid training on chip {args.seed}: {result.writes} writes; held-out tuning images ({held['samples']}) "
+          f"{held['accuracy_before']:.4f} -> {held['accuracy_after']:.4f} (kept: {result.kept}); test accuracy "
+          f"{before['accuracy']:.4f} -> {after['accuracy']:.4f}")
     for row in result.per_copy:
-        print(f"  copy {row['copy']} (tuning data): error {1 - row['accuracy_before']:.2%} -> "
-              f"{1 - row['accuracy_after']:.2%}")
+        print(f"  copy {row['copy']} of {len(result.per_copy)} (tuning data): error "
+              f"{1 - row['accuracy_before']:.2%} -> {1 - row['accuracy_after']:.2%}")
 
     write_report(tuned, out / "report.html")
     print("\n                      paper    cimc")
