@@ -70,7 +70,7 @@ def _run_session(session: Session, data: Dataset, batch_size: int, out_name: str
     outs, seconds = [], 0.0
     for start, batch in _batches(data, batch_size):
         t0 = time.perf_counter()
-        y = session.run(batch)
+        y = session.run(batch, samples=start)          # each sample by its index in the data set
         seconds += time.perf_counter() - t0
         outs.append(y if not isinstance(y, dict) else y[out_name])
         if bar is not None:
