@@ -246,12 +246,12 @@ def sample_generators(seed: int | None, key: tuple, samples) -> list[np.random.G
     return [read_generator(seed, *key, int(i)) for i in samples]
 
 
-def line_noise(rng, sum_sq_inputs: np.ndarray, sigma: float, dtype=np.float32) -> np.ndarray:
-    """Read noise on output lines: N(0, sigma^2 * sum_r u_r^2) per entry of `sum_sq_inputs` (any shape). `rng`: one
-    Generator, or a list of them, one per entry of the first axis (per sample: entry j is drawn, in C order, from
-    rng[j] alone)."""
+def line_noise(rng, sum_sq_inputs: np.ndarray, sigma: float, dtype=np.float32, shape=None) -> np.ndarray:
+    """Read noise on output lines: N(0, sigma^2 * sum_r u_r^2) per entry of `sum_sq_inputs` (any shape; or, with
+    `shape`, broadcast to it, e.g. one sum per read for all its lines). `rng`: one Generator, or a list of them, one
+    per entry of the first axis (per sample: entry j is drawn, in C order, from rng[j] alone)."""
     dt = np.float32 if dtype == np.float32 else np.float64
-    shape = np.shape(sum_sq_inputs)
+    shape = np.shape(sum_sq_inputs) if shape is None else tuple(shape)
     if isinstance(rng, np.random.Generator):
         z = rng.standard_normal(shape, dtype=dt)
     else:

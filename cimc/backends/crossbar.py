@@ -533,8 +533,7 @@ class CrossbarBackend(Backend):
             else:
                 f = plan.noise_lut[xb.astype(np.int64) - plan.qmin].sum(axis=1)
             f = f.reshape(samples, -1, 1)
-            noise = line_noise(generators, np.broadcast_to(2.0 * f, f.shape[:2] + (len(block.cols),)),
-                               self.read_sigma, np.float64)
+            noise = line_noise(generators, 2.0 * f, self.read_sigma, np.float64, f.shape[:2] + (len(block.cols),))
             acc[:, block.cols] += noise.reshape(len(x), -1).astype(acc.dtype)
 
     def _planes(self, plan: _Plan, c: int, x: np.ndarray, ids: np.ndarray, encoded: bool = False) -> np.ndarray:
@@ -597,8 +596,8 @@ class CrossbarBackend(Backend):
                     # [planes, samples, positions, lines] <- per sample [samples, planes, positions, lines]
                     sq = (per_line * sq).reshape(n_planes, -1, positions, 1).transpose(1, 0, 2, 3)
                     first = s // positions
-                    noise = line_noise(generators[first:first + sq.shape[0]],
-                                       np.broadcast_to(sq, sq.shape[:3] + (width,)), self.read_sigma * grid)
+                    noise = line_noise(generators[first:first + sq.shape[0]], sq, self.read_sigma * grid,
+                                       shape=sq.shape[:3] + (width,))
                     by_sample = cur.reshape(n_planes, -1, positions, width)         # a view of cur
                     by_sample += noise.transpose(1, 0, 2, 3)
                 if not lossless:                                  # the ADC (in place, or int32 -> float32 codes)
