@@ -25,8 +25,9 @@ sum) is written once, with a worked example, in docs/arithmetic.md; this module 
   in real arithmetic and, for ideal devices, in float: every partial sum is an integer below 2^24, else float64),
   and adds read noise with the variance that the per-read noise of all planes adds up to. `simulate_planes=True`
   runs the planes one by one instead (same result). With ideal devices this equals the integer backend bit for bit.
-* **Replicas**: sample b of a batch runs on copy b % replicas of each op (each copy on its own, separately noisy
-  arrays); `copy=k` sends every sample through copy k % replicas.
+* **Replicas**: the sample of global index i (cimc.backends.base: its index in the data set) runs on copy
+  i % replicas of each op (each copy on its own, separately noisy arrays), whatever batch it is in; `copy=k` sends
+  every sample through copy k % replicas. A direct `mvm`/`conv` call outside run_graph numbers its samples from 0.
 * **GEMMs.** A layer's reads are one product per row tile and input chunk: all bit-planes of all its pixels
   ([planes x pixels, rows] of 0/1) times all lines of all its arrays in that row tile ([rows, lines]). float32 holds
   these integer sums exactly up to 2^24 (every ideal plane current is at most rows * (o + L), e.g. 144 * 8). With
@@ -38,8 +39,10 @@ sum) is written once, with a worked example, in docs/arithmetic.md; this module 
   ResNet-56; on the int8 grid it equals gemm="int8" bit for bit. A convolution whose row tiles hold whole input
   channels is read without im2col, straight from its padded NHWC codes (`_conv_table_reads`). Reads with read
   noise keep float32 GEMMs (the kernel draws nothing).
-* Read noise comes from its own generator (cimc.targets.devices.read_generator(seed)), created at bind and drawn in
-  call order: the same seed, data and batch size give identical outputs.
+* Read noise is drawn per sample: the sample of global index i reads layer l's copy c with its own generator,
+  cimc.targets.devices.read_generator(seed, l, c, i), which draws its [planes, positions, lines] block of each row
+  tile in turn (the planes' sum, [positions, lines], for a lossless read); chunks of reads hold whole samples. So
+  the same seed gives a sample the same output at any batch size and with any other samples in its batch.
 """
 from __future__ import annotations
 
