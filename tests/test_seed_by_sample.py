@@ -180,3 +180,41 @@ def test_cli_run_reports_the_same_numbers_at_any_batch_size(models, model, copy)
     results = [_cli(models, model, "--batch-size", str(b), *copy) for b in (1, 7, 64)]
     assert results[0] == results[1] == results[2]
     assert results[0]["max_abs_diff_vs_integer"] > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32), layer=st.integers(0, 60), copy=st.integers(0, 7), sample=st.integers(0, 300))
+def test_a_sample_stream_is_the_documented_child_of_the_read_stream(seed, layer, copy, sample):
+    """read_generator(seed, layer, copy, i) is what numpy's own spawning gives: child 0 of SeedSequence(seed) (the
+    read stream), then child `layer`, `copy`, `i` in turn (independent streams by SeedSequence's construction)."""
+    from cimc.targets.devices import read_generator
+    seq = np.random.SeedSequence(seed).spawn(1)[0]
+    for k in (layer, copy, sample):
+        seq = seq.spawn(k + 1)[k]
+    assert np.array_equal(read_generator(seed, layer, copy, sample).standard_normal(6),
+                          np.random.default_rng(seq).standard_normal(6))
+
+
+def test_line_noise_per_sample_draws_each_entry_from_its_own_generator():
+    """With a list of generators, entry j is generator j's draw alone, scaled: independent of the other entries."""
+    from cimc.targets.devices import line_noise, sample_generators
+    sq = np.random.default_rng(0).random((5, 3, 1)) * 9
+    sq[3] = sq[0]
+    z = line_noise(sample_generators(7, (2, 1), [4, 9, 0, 4, 30]), sq, 0.5, np.float64, shape=(5, 3, 8))
+    for j, i in enumerate([4, 9, 0, 4, 30]):
+        alone = sample_generators(7, (2, 1), [i])[0].standard_normal((3, 8))
+        np.testing.assert_array_equal(z[j], alone * (np.sqrt(sq[j]) * 0.5))
+    assert np.array_equal(z[0], z[3]) and not np.array_equal(z[0], z[1])       # same index, same draws
+
+
+def test_tune_with_read_noise_is_reproducible_by_seed(models):
+    """`cimc tune` reads with fresh noise numbered on from the reads before: the same seed, the same tuning."""
+    from cimc.data import Dataset
+    from cimc.training import tune
+    name = models["single"].graph.inputs[0].name
+    data = Dataset({name: models["x"][:12]}, np.random.default_rng(12).integers(0, 10, 12), None, None)
+    (a, ra), (b, rb) = [tune(models["single"], data, seed=SEED, overrides=NOISY, batch=6, lr=0.05, threshold_us=0.0)
+                        for _ in range(2)]
+    assert ra.writes > 0
+    assert (ra.accuracy_before, ra.accuracy_after, ra.writes) == (rb.accuracy_before, rb.accuracy_after, rb.writes)
+    np.testing.assert_array_equal(a.conductances["programmed_us"], b.conductances["programmed_us"])
