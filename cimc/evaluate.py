@@ -129,10 +129,10 @@ def _run_session(session: Session, data: Dataset, batch_size: int, out_name: str
     for start, batch in _batches(data, batch_size):
         t0 = time.perf_counter()
         if clipping is None:
-            y = session.run(batch)
+            y = session.run(batch, samples=start)          # each sample by its index in the data set
         else:   # what Session.run does for one batch of at most its batch size, with an observer
             y = run_graph(session.graph, check_feeds(session.graph, batch), session.backend,
-                          observe=clipping.observe)
+                          observe=clipping.observe, samples=start)
         seconds += time.perf_counter() - t0
         outs.append(y if not isinstance(y, dict) else y[out_name])
         if bar is not None:

@@ -62,9 +62,19 @@ def run_xbar(op: XbarOp, x: np.ndarray, backend: Backend) -> np.ndarray:
 
 def run_graph(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend,
               observe: Callable[[XbarOp, np.ndarray], None] | None = None,
-              keep: set[str] | frozenset = frozenset()) -> dict[str, np.ndarray]:
+              keep: set[str] | frozenset = frozenset(), samples=None) -> dict[str, np.ndarray]:
     """Execute the ops in order; `observe(op, input)` sees each crossbar op's float input (used by calibration).
-    Returns the graph outputs and the tensors named in `keep`."""
+    `samples`: the batch's global sample indices (Backend.number_samples; default: numbered on from the samples
+    the backend ran before). Returns the graph outputs and the tensors named in `keep`."""
+    n = len(next(iter(feeds.values()))) if feeds else 0
+    backend.samples = backend.number_samples(n, samples)
+    try:
+        return _run_ops(graph, feeds, backend, observe, keep)
+    finally:
+        backend.samples = None
+
+
+def _run_ops(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend, observe, keep) -> dict[str, np.ndarray]:
     env = dict(feeds)
     keep = {t.name for t in graph.outputs} | set(keep)
     last_use = {}
@@ -111,7 +121,11 @@ def check_feeds(graph: Graph, x, where: str = "input") -> dict[str, np.ndarray]:
 
 class Session:
     """`Session(manifest_or_dir, backend="integer", seed=None)`; `.run(x)` returns the model's output for a batch
-    (an array for a single-output model, else a dict by output name). Runs in chunks of `batch_size` samples."""
+    (an array for a single-output model, else a dict by output name). Runs in chunks of `batch_size` samples.
+    `.run(x, samples=...)` names the samples' global indices (their indices in your data set: an int for the first
+    of consecutive ones, or one index per sample); by default they are numbered on from the samples this session
+    ran before. The crossbar backend draws a sample's read noise, and picks its copy of a replicated layer, by that
+    index alone, so a sample's output does not depend on the batch size or on the other samples of its batch."""
 
     def __init__(self, manifest, backend: str | Backend = "integer", seed: int | None = None,
                  batch_size: int = 128, **backend_options):
@@ -136,12 +150,13 @@ class Session:
     def output_names(self) -> list[str]:
         return [t.name for t in self.graph.outputs]
 
-    def run(self, x):
+    def run(self, x, samples=None):
         feeds = check_feeds(self.graph, x)
         n = len(next(iter(feeds.values())))
+        ids = self.backend.number_samples(n, samples)
         chunks = []
         for start in range(0, max(n, 1), self.batch_size):
             part = {k: v[start:start + self.batch_size] for k, v in feeds.items()}
-            chunks.append(run_graph(self.graph, part, self.backend))
+            chunks.append(run_graph(self.graph, part, self.backend, samples=ids[start:start + self.batch_size]))
         outputs = {name: np.concatenate([c[name] for c in chunks]) for name in self.output_names}
         return outputs[self.output_names[0]] if len(outputs) == 1 else outputs

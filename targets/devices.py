@@ -23,7 +23,10 @@ Then, per cell (all in uS):
 (`read_generator(seed)`: the first child of `np.random.SeedSequence(seed)`), so it is reproducible too. The
 crossbar backend never draws it per device: a line that sums n driven devices with input amplitudes u_r carries
 noise N(0, sigma^2 * sum_r u_r^2), which is what i.i.d. per-device draws add up to (exact in distribution);
-`line_noise` draws it.
+`line_noise` draws it. The crossbar backend draws it **per sample**: `sample_generators(seed, key, samples)` gives
+sample i the child (*key, i) of that read stream (key: layer and copy), so that a sample's noise depends only on the
+seed, the read and the sample's own index, never on the batch it runs in; `line_noise` then takes one generator
+per entry of its first axis.
 
 **Defect map file** (npz): `stuck` bool/uint8 [n_arrays, rows, cols] (non-zero = stuck cell) and optionally
 `g_us` float [n_arrays, rows, cols] (the measured conductance of each stuck cell; NaN = the target's `stuck_at`).
@@ -231,14 +234,31 @@ class DeviceModel:
         return dm
 
 
-def read_generator(seed: int | None) -> np.random.Generator:
-    """The per-run read-noise generator: independent of the chip-instance stream of the same seed."""
-    return np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+def read_generator(seed: int | None, *key: int) -> np.random.Generator:
+    """The per-run read-noise generator: independent of the chip-instance stream of the same seed (child 0 of
+    `np.random.SeedSequence(seed)`). With `key`, its descendant at that spawn key (what `.spawn` would give):
+    read_generator(seed, layer, copy, sample) is one sample's stream of reads on one layer's copy."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(0,) + tuple(key))))
 
 
-def line_noise(rng: np.random.Generator, sum_sq_inputs: np.ndarray, sigma: float,
-               dtype=np.float32) -> np.ndarray:
-    """Read noise on output lines: N(0, sigma^2 * sum_r u_r^2) per entry of `sum_sq_inputs` (any shape)."""
-    z = rng.standard_normal(np.shape(sum_sq_inputs), dtype=np.float32 if dtype == np.float32 else np.float64)
+def sample_generators(seed: int | None, key: tuple, samples) -> list[np.random.Generator]:
+    """One read-noise generator per sample (global sample indices): read_generator(seed, *key, i) for i in samples."""
+    return [read_generator(seed, *key, int(i)) for i in samples]
+
+
+def line_noise(rng, sum_sq_inputs: np.ndarray, sigma: float, dtype=np.float32, shape=None) -> np.ndarray:
+    """Read noise on output lines: N(0, sigma^2 * sum_r u_r^2) per entry of `sum_sq_inputs` (any shape; or, with
+    `shape`, broadcast to it, e.g. one sum per read for all its lines). `rng`: one Generator, or a list of them, one
+    per entry of the first axis (per sample: entry j is drawn, in C order, from rng[j] alone)."""
+    dt = np.float32 if dtype == np.float32 else np.float64
+    shape = np.shape(sum_sq_inputs) if shape is None else tuple(shape)
+    if isinstance(rng, np.random.Generator):
+        z = rng.standard_normal(shape, dtype=dt)
+    else:
+        if len(rng) != shape[0]:
+            raise ValueError(f"line_noise: {len(rng)} generators for {shape[0]} samples")
+        z = np.empty(shape, dt)
+        for j, generator in enumerate(rng):
+            generator.standard_normal(shape[1:], dtype=dt, out=z[j])
     z *= np.sqrt(np.asarray(sum_sq_inputs, dtype=z.dtype)) * z.dtype.type(sigma)
     return z

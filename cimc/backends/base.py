@@ -6,23 +6,50 @@ quantisation, dequantisation, bias, digital ops); a backend does only the produc
   integer accumulators acc[m, n] = sum_k q[m, k] * level[k, n] as floats. The executor then forms
   y = acc * (input_scale * weight_scale[n]) + bias[n] in float32, identically for every quantised backend, so two
   backends that return equal accumulators give bit-identical outputs.
+
+Every sample has a global index (`number_samples`): its index in the caller's data set, or by default the count of
+samples the backend read before it. Whatever a backend draws per read (the crossbar backend's read noise) and the
+copy a replicated layer reads for a sample follow that index, so a sample's result never depends on the batch it
+runs in.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from cimc.errors import DataError
 from cimc.ir import Graph, XbarOp
 
 
 class Backend:
     name = "base"
     quantized = True
+    samples: np.ndarray | None = None     # global indices of the batch being run (set by cimc.executor.run_graph)
+    samples_seen: int = 0                 # the next default index: one past the highest index run so far
 
     def __init__(self, seed: int | None = None):
         self.seed = seed  # the reference backends draw nothing; the seed is only recorded
 
     def bind(self, graph: Graph, arrays: np.ndarray | None, target) -> None:
         """Prepare per-op state from the manifest's graph, its physical arrays and target."""
+
+    def number_samples(self, n: int, samples=None) -> np.ndarray:
+        """The global indices of a batch of n samples: `samples` (an int: the first of n consecutive indices, or n
+        indices), by default the n indices after the highest run so far. Advances that count past them."""
+        if samples is None:
+            ids = np.arange(self.samples_seen, self.samples_seen + n, dtype=np.int64)
+        elif isinstance(samples, (int, np.integer)) and not isinstance(samples, bool):
+            ids = np.arange(int(samples), int(samples) + n, dtype=np.int64)
+        else:
+            ids = np.asarray(samples)
+            if ids.shape != (n,) or (n and not np.issubdtype(ids.dtype, np.integer)):
+                raise DataError(f"samples: expected {n} integer sample indices (one per sample of the batch), got "
+                                f"{ids.dtype} {list(ids.shape)}")
+            ids = ids.astype(np.int64)
+        if n and int(ids.min()) < 0:
+            raise DataError(f"samples: sample indices must be >= 0, got {int(ids.min())}")
+        if n:
+            self.samples_seen = max(self.samples_seen, int(ids.max()) + 1)
+        return ids
 
     def mvm(self, op: XbarOp, x: np.ndarray, batch: int) -> np.ndarray:
         """x: [M, K] with M = batch * positions; rows of sample b are [b*M/batch, (b+1)*M/batch)."""

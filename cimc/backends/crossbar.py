@@ -25,8 +25,9 @@ sum) is written once, with a worked example, in docs/arithmetic.md; this module 
   in real arithmetic and, for ideal devices, in float: every partial sum is an integer below 2^24, else float64),
   and adds read noise with the variance that the per-read noise of all planes adds up to. `simulate_planes=True`
   runs the planes one by one instead (same result). With ideal devices this equals the integer backend bit for bit.
-* **Replicas**: sample b of a batch runs on copy b % replicas of each op (each copy on its own, separately noisy
-  arrays); `copy=k` sends every sample through copy k % replicas.
+* **Replicas**: the sample of global index i (cimc.backends.base: its index in the data set) runs on copy
+  i % replicas of each op (each copy on its own, separately noisy arrays), whatever batch it is in; `copy=k` sends
+  every sample through copy k % replicas. A direct `mvm`/`conv` call outside run_graph numbers its samples from 0.
 * **GEMMs.** A layer's reads are one product per row tile and input chunk: all bit-planes of all its pixels
   ([planes x pixels, rows] of 0/1) times all lines of all its arrays in that row tile ([rows, lines]). float32 holds
   these integer sums exactly up to 2^24 (every ideal plane current is at most rows * (o + L), e.g. 144 * 8). With
@@ -38,8 +39,10 @@ sum) is written once, with a worked example, in docs/arithmetic.md; this module 
   ResNet-56; on the int8 grid it equals gemm="int8" bit for bit. A convolution whose row tiles hold whole input
   channels is read without im2col, straight from its padded NHWC codes (`_conv_table_reads`). Reads with read
   noise keep float32 GEMMs (the kernel draws nothing).
-* Read noise comes from its own generator (cimc.targets.devices.read_generator(seed)), created at bind and drawn in
-  call order: the same seed, data and batch size give identical outputs.
+* Read noise is drawn per sample: the sample of global index i reads layer l's copy c with its own generator,
+  cimc.targets.devices.read_generator(seed, l, c, i), which draws its [planes, positions, lines] block of each row
+  tile in turn (the planes' sum, [positions, lines], for a lossless read); chunks of reads hold whole samples. So
+  the same seed gives a sample the same output at any batch size and with any other samples in its batch.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ from cimc.backends.base import Backend
 from cimc.errors import ConfigError
 from cimc.im2col import col2im, im2col
 from cimc.layout import program_arrays, read_levels, tile_cells
-from cimc.targets.devices import DeviceModel, line_noise, load_defect_map, read_generator
+from cimc.targets.devices import DeviceModel, line_noise, load_defect_map, sample_generators
 from cimc.targets.spec import NonIdealSpec
 
 GEMMS = ("float32", "int8", "lut")
@@ -108,6 +111,15 @@ def bit_planes_uint(xi: np.ndarray, bits: int, out: np.ndarray | None = None) ->
 def bit_planes(x: np.ndarray, bits: int, signed: bool) -> np.ndarray:
     """Integer codes [m, r] (float) -> planes [bits, m, r] float32 of 0/1, LSB first (two's complement if signed)."""
     return bit_planes_uint(uint_codes(x, bits, signed), bits)
+
+
+def rowwise_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b where each row's sums come out the same whatever the number of rows: numpy hands a one-row product to a
+    matrix-vector BLAS routine, which adds in another order (float32 sums of non-integer conductances differ in the
+    last bit), so a single row goes through the matrix-matrix routine as two."""
+    if a.shape[0] == 1:
+        return (np.concatenate([a, a]) @ b)[:1]
+    return a @ b
 
 
 def adc_range(bits: int, bipolar: bool) -> tuple[int, int]:
@@ -247,7 +259,7 @@ class CrossbarBackend(Backend):
                         + (self.chip.conductance_us - self.chip.target_us) / step)
         self.offset = target.device.g_min_us / step
         self.read_sigma = self.model.read_noise_us / step          # read noise in step units
-        self.rng = read_generator(self.chip_seed)
+        self.layer_index = {op.name: i for i, op in enumerate(graph.xbar_ops())}   # keys of the read-noise streams
         max_replicas = max((op.replicas for op in graph.xbar_ops()), default=1)
         if self.copy is not None and self.copy >= max_replicas:
             raise ConfigError(f"copy={self.copy}: the manifest's layers have at most {max_replicas} "
@@ -419,31 +431,30 @@ class CrossbarBackend(Backend):
         bit-plane through the executor's im2col + mvm."""
         plan = self.plans[op.name]
         if self.record_currents and self._exact_record(plan):
-            return self._conv_on_codes(op, plan, x, self._record_exact)
+            return self._conv_on_codes(op, plan, x, lambda p, c, xs, ids: self._record_exact(p, c, xs))
         if self._direct_table_reads(plan):
             return self._conv_table_reads(op, plan, x)
         if self._encoded_reads(plan):
-            return self._conv_on_codes(op, plan, x, lambda p, c, xs: self._planes(p, c, xs, encoded=True))
+            return self._conv_on_codes(op, plan, x, lambda p, c, xs, ids: self._planes(p, c, xs, ids, encoded=True))
         if (not self.target.adc.lossless or self.simulate_planes or self.record_currents or self.diagnostics
                 or self.read_sigma > 0 or self.gemm != "float32" or plan.dtype != np.float32):
             return None
         from cimc.backends.reference import conv_session
-        copies = [0 if self.copy is None else self.copy % plan.replicas] if plan.replicas == 1 or \
-            self.copy is not None else list(range(min(plan.replicas, len(x))))
+        copies = self._copy_samples(plan, self._sample_ids(len(x)))
         rank1 = op.conv.spatial_rank == 1
         xin = x[:, :, None, :] if rank1 else x
         out = None
-        for c in copies:
+        for c, samples in copies:
             if c not in plan.conv_sessions:
                 plan.conv_sessions[c] = conv_session(op, plan.effective[c])
-            part = xin if len(copies) == 1 else np.ascontiguousarray(xin[c::plan.replicas])
+            part = xin if len(copies) == 1 else np.ascontiguousarray(xin[samples])
             y = plan.conv_sessions[c].run(None, {"x": part})[0]
             if len(copies) == 1:
                 out = y
             else:
                 if out is None:
                     out = np.empty((len(x),) + y.shape[1:], np.float32)
-                out[c::plan.replicas] = y
+                out[samples] = y
         return out[:, :, 0, :] if rank1 else out
 
     def mvm(self, op, x: np.ndarray, batch: int) -> np.ndarray:
@@ -454,24 +465,41 @@ class CrossbarBackend(Backend):
         return out
 
     def _by_copy(self, plan: _Plan, x: np.ndarray, batch: int, run) -> np.ndarray:
-        """Sample b's rows of x [m, K] go through copy b % replicas (or `self.copy`): run(plan, c, rows) -> [., N]."""
+        """Each sample's rows of x [m, K] go through its copy (`_copy_samples`): run(plan, c, rows, ids) -> [., N],
+        ids: the global indices of the samples whose rows those are."""
         m = x.shape[0]
-        copies = self._copy_samples(plan, batch)
+        ids = self._sample_ids(batch)
+        copies = self._copy_samples(plan, ids)
         if len(copies) == 1 or m == 0:
-            return run(plan, copies[0][0], x)
+            return run(plan, copies[0][0], x, ids)
         positions = m // batch
         xs = x.reshape(batch, positions, x.shape[1])
         out = np.empty((batch, positions, plan.cols), plan.dtype)
         for c, samples in copies:
             sel = np.ascontiguousarray(xs[samples]).reshape(-1, x.shape[1])
-            out[samples] = run(plan, c, sel).reshape(-1, positions, plan.cols)
+            out[samples] = run(plan, c, sel, ids[samples]).reshape(-1, positions, plan.cols)
         return out.reshape(m, plan.cols)
 
-    def _copy_samples(self, plan: _Plan, batch: int) -> list[tuple[int, slice]]:
-        """[(copy, the samples of a batch it reads)]: sample b reads copy b % replicas, or every sample `self.copy`."""
-        if plan.replicas == 1 or self.copy is not None:
+    def _sample_ids(self, batch: int) -> np.ndarray:
+        """The global indices of the batch's samples: those run_graph set; a direct call is a batch on its own,
+        numbered from 0."""
+        if self.samples is not None and len(self.samples) == batch:
+            return self.samples
+        return np.arange(batch, dtype=np.int64)
+
+    def _copy_samples(self, plan: _Plan, ids: np.ndarray) -> list[tuple[int, object]]:
+        """[(copy, the positions in the batch of the samples it reads)]: the sample of global index i reads copy
+        i % replicas, whatever batch it is in; or every sample copy `self.copy`."""
+        if plan.replicas == 1 or self.copy is not None or len(ids) == 0:
             return [(0 if self.copy is None else self.copy % plan.replicas, slice(None))]
-        return [(c, slice(c, None, plan.replicas)) for c in range(min(plan.replicas, batch))]
+        copy_of = ids % plan.replicas
+        if np.all(copy_of == copy_of[0]):
+            return [(int(copy_of[0]), slice(None))]
+        return [(c, np.flatnonzero(copy_of == c)) for c in range(plan.replicas) if np.any(copy_of == c)]
+
+    def _noise_generators(self, plan: _Plan, c: int, ids: np.ndarray) -> list:
+        """One read-noise generator per sample: keyed by (chip seed, layer, copy, global sample index) alone."""
+        return sample_generators(self.chip_seed, (self.layer_index[plan.name], c), ids)
 
     def _lut_adc(self, plan: _Plan) -> tuple[int, int, np.float32]:
         """(lo, top, gain) of the table kernel's ADC: adc_convert's, in current units of step / grid."""
@@ -482,35 +510,40 @@ class CrossbarBackend(Backend):
         """A row tile's conductances of copy c (its g+ and g- lines, or differences) as integers on the lut grid."""
         return np.rint(np.asarray(block.lines[c] if use_lines else block.diff[c], np.float64) * self.grid)
 
-    def _run_copy(self, plan: _Plan, c: int, x: np.ndarray) -> np.ndarray:
+    def _run_copy(self, plan: _Plan, c: int, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
         if self.record_currents:
             if self._exact_record(plan):
                 return self._record_exact(plan, c, uint_codes(x, plan.bits, plan.signed))
             self._record(plan, c, x)
             return x.astype(plan.dtype, copy=False) @ plan.effective[c]
         if self.target.adc.lossless and not self.simulate_planes:
-            acc = x.astype(plan.dtype, copy=False) @ plan.effective[c]
+            acc = rowwise_matmul(x.astype(plan.dtype, copy=False), plan.effective[c])
             if self.read_sigma > 0:
-                self._lossless_noise(plan, x, acc)
+                self._lossless_noise(plan, c, x, acc, ids)
             return acc
-        return self._planes(plan, c, x)
+        return self._planes(plan, c, x, ids)
 
-    def _lossless_noise(self, plan: _Plan, x: np.ndarray, acc: np.ndarray) -> None:
+    def _lossless_noise(self, plan: _Plan, c: int, x: np.ndarray, acc: np.ndarray, ids: np.ndarray) -> None:
         """Read noise of all planes of a lossless read, summed: per row tile and output line, g+ and g- (or the
-        +u/-u row blocks) each add N(0, s^2 sum_r u_r^2) per plane, weighted by w_j: variance 2 s^2 sum_r f(q_r)."""
+        +u/-u row blocks) each add N(0, s^2 sum_r u_r^2) per plane, weighted by w_j: variance 2 s^2 sum_r f(q_r).
+        Each sample's generator draws, row tile by row tile, its [positions, lines] block."""
+        generators = self._noise_generators(plan, c, ids)
+        samples = len(ids)
         for block in plan.blocks:
             xb = x[:, block.r0:block.r1]
             if plan.analog:
                 f = np.square(xb, dtype=np.float64).sum(axis=1)
             else:
                 f = plan.noise_lut[xb.astype(np.int64) - plan.qmin].sum(axis=1)
-            noise = line_noise(self.rng, np.broadcast_to(2.0 * f[:, None], (len(x), len(block.cols))),
-                               self.read_sigma, np.float64)
-            acc[:, block.cols] += noise.astype(acc.dtype)
+            f = f.reshape(samples, -1, 1)
+            noise = line_noise(generators, 2.0 * f, self.read_sigma, np.float64, f.shape[:2] + (len(block.cols),))
+            acc[:, block.cols] += noise.reshape(len(x), -1).astype(acc.dtype)
 
-    def _planes(self, plan: _Plan, c: int, x: np.ndarray, encoded: bool = False) -> np.ndarray:
+    def _planes(self, plan: _Plan, c: int, x: np.ndarray, ids: np.ndarray, encoded: bool = False) -> np.ndarray:
         """Read by read: planes x lines -> (noise) -> ADC -> shift-and-add -> subtract -> row tiles -> x LSB.
-        `encoded`: x already holds uint_codes (the conv hook's uint8 im2col)."""
+        `encoded`: x already holds uint_codes (the conv hook's uint8 im2col). ids: the global indices of the samples
+        whose rows x holds; with read noise, each sample's generator draws, row tile by row tile, its
+        [planes, positions, lines] block (so chunks hold whole samples)."""
         lossless = self.target.adc.lossless
         adc_bits = self.target.adc.bits
         columns = self.target.array.differential == "columns"
@@ -529,6 +562,9 @@ class CrossbarBackend(Backend):
         codes = np.zeros((m, plan.cols), acc_dtype)
         int8 = self._int_session is not None and not lossless and not plan.analog
         grid = self.grid if int8 else 1                     # currents in units of step / grid
+        noisy = self.read_sigma > 0
+        generators = self._noise_generators(plan, c, ids) if noisy else None
+        positions = m // max(len(ids), 1)
         clipped = conversions = 0
         for block in plan.blocks:
             r = block.r1 - block.r0
@@ -539,6 +575,8 @@ class CrossbarBackend(Backend):
                 mat = block.lines[c] if use_lines else block.diff[c].astype(np.float32, copy=False)
             width = mat.shape[1]
             chunk = max(1, min(CHUNK_ELEMENTS // (n_planes * r), CURRENT_ELEMENTS // (n_planes * width)))
+            if noisy:
+                chunk = max(1, chunk // positions) * positions                 # whole samples
             planes = None
             for s in range(0, m, chunk):
                 xb = xi[s:s + chunk, block.r0:block.r1]
@@ -553,12 +591,18 @@ class CrossbarBackend(Backend):
                 if int8:                                          # exact int32 sums (units of step / grid)
                     cur = self._int_session.run(None, {"A": flat, "B": mat})[0]
                 else:
-                    cur = flat @ mat                              # [planes*mc, lines], step units
-                if self.read_sigma > 0:
+                    cur = rowwise_matmul(flat, mat)               # [planes*mc, lines], step units
+                if noisy:
                     sq = (np.square(u) if plan.analog else flat).sum(axis=1, keepdims=True, dtype=np.float32)
                     per_line = 1.0 if use_lines else 2.0          # a difference line reads two devices per row
                     cur = cur.astype(np.float32, copy=False)
-                    cur += line_noise(self.rng, np.broadcast_to(per_line * sq, cur.shape), self.read_sigma * grid)
+                    # [planes, samples, positions, lines] <- per sample [samples, planes, positions, lines]
+                    sq = (per_line * sq).reshape(n_planes, -1, positions, 1).transpose(1, 0, 2, 3)
+                    first = s // positions
+                    noise = line_noise(generators[first:first + sq.shape[0]], sq, self.read_sigma * grid,
+                                       shape=sq.shape[:3] + (width,))
+                    by_sample = cur.reshape(n_planes, -1, positions, width)         # a view of cur
+                    by_sample += noise.transpose(1, 0, 2, 3)
                 if not lossless:                                  # the ADC (in place, or int32 -> float32 codes)
                     cur, n_clipped = adc_convert(cur, adc_bits, plan.full_scale * grid, plan.bipolar,
                                                  out=cur if cur.dtype == np.float32 else None,
@@ -637,7 +681,7 @@ class CrossbarBackend(Backend):
         # |sum of codes| <= top * 2^bits per row tile: int32 while that fits (half the traffic of int64)
         wide = np.int32 if top * (1 << plan.bits) * len(plan.blocks) < 1 << 31 else np.int64
         codes = self._scratch("codes", (bsz * oh * ow, plan.cols), wide, zero=not covers)
-        for c, samples in self._copy_samples(plan, bsz):
+        for c, samples in self._copy_samples(plan, self._sample_ids(bsz)):
             images = np.arange(bsz)[samples]
             for k, (block, (c0, c1)) in enumerate(zip(plan.blocks, plan.channels)):
                 nb = len(block.cols)
