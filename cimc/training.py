@@ -188,7 +188,7 @@ def _correct(graph, backend, feeds: dict, labels: np.ndarray, batch: int) -> np.
     hits = np.zeros(n, bool)
     for start in range(0, n, batch):
         part = {k: v[start:start + batch] for k, v in feeds.items()}
-        y = run_graph(graph, part, backend)[out_name]
+        y = run_graph(graph, part, backend, samples=start)[out_name]  # noise by index, as in cimc run
         hits[start:start + batch] = y.reshape(len(y), -1).argmax(1) == labels[start:start + batch]
     return hits
 
