@@ -13,6 +13,7 @@ from typing import Any
 from cimc.errors import TargetError
 
 DIFFERENTIAL_LAYOUTS = ("columns", "rows")
+MAX_DEVICE_LEVELS = 256     # arrays.npz stores a device level as uint8 (0..255); signed weight levels need int16
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,10 @@ class DeviceSpec:
     g_max_us: float = 20.0
 
     def __post_init__(self):
-        _require(self.levels >= 2, "device.levels", "must be at least 2")
+        _require(isinstance(self.levels, int) and not isinstance(self.levels, bool)
+                 and 2 <= self.levels <= MAX_DEVICE_LEVELS, "device.levels",
+                 f"must be an integer from 2 to {MAX_DEVICE_LEVELS} (arrays.npz stores a device level in one "
+                 f"byte), got {self.levels!r}")
         _require(0 <= self.g_min_us < self.g_max_us, "device.g_min_us/g_max_us", "need 0 <= g_min_us < g_max_us")
 
     @property
@@ -120,10 +124,11 @@ class NonIdealSpec:
         _require(self.drift_t0_s > 0, "nonideal.drift_t0_s", "must be positive")
         if self.stuck_at not in ("g_min", "g_max"):
             try:
-                float(self.stuck_at)
+                value = float(self.stuck_at)
             except ValueError:
-                raise TargetError(f"nonideal.stuck_at: must be 'g_min', 'g_max' or a conductance in uS, "
-                                  f"got {self.stuck_at!r}") from None
+                value = math.nan
+            _require(math.isfinite(value) and value >= 0, "nonideal.stuck_at",
+                     f"must be 'g_min', 'g_max' or a finite conductance >= 0 in uS, got {self.stuck_at!r}")
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,9 @@ class Target:
             if key not in sections:
                 raise TargetError(f"{source}: unknown field {key!r} (known: {', '.join(sections)})")
             section_type = _SECTION_TYPES.get(key)
-            if section_type is None:
+            if section_type is None:                    # name, description: plain text
+                if not isinstance(value, str):
+                    raise TargetError(f"{source}: field {key!r} must be a string, got {value!r}")
                 kwargs[key] = value
                 continue
             if not isinstance(value, dict):

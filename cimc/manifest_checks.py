@@ -1,0 +1,225 @@
+"""Consistency checks that loading a manifest runs before any computation (cimc.manifest.load).
+
+JSON Schema checks each field on its own; these checks relate fields to each other and to the npz arrays, so that an
+edited manifest either loads and means what it says or is refused with a ManifestError naming the file, the field
+path (`ops[3].tiles[2].placements[0]`) and the value:
+
+* numbers: no NaN/Infinity literal anywhere in manifest.json (Python's json would accept them); weight scales
+  float32, finite and > 0; float matrices, biases and digital op arrays finite;
+* conv geometry: kernel x in_channels == rows (the block-diagonal matrix of a grouped conv spans all input channels),
+  out_channels == cols, groups dividing both channel counts, a Conv1d's height axis trivial;
+* tiles: their row ranges and column ranges each cut the matrix into bands, every (row band, column band) cell that
+  can hold a weight (inside a group's diagonal block) is covered by exactly one tile and no cell twice;
+* placements: inside the array, on the PE and chip the array id implies, and no two placements (of any layer or
+  copy) on the same cells of a physical array. `--pack` manifests share arrays between layers, but never cells;
+* digital ops: an op type the executor implements (cimc.digital), only attributes it reads, of the right kind.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from cimc.digital import SUPPORTED
+from cimc.errors import ManifestError
+from cimc.layout import tile_cells
+
+
+# -- JSON ----------------------------------------------------------------------------------------------------------
+def parse_json(text: str, where: str):
+    """json.loads that refuses NaN, Infinity and numbers that overflow to infinity (e.g. 1e400)."""
+    def constant(name):
+        raise ManifestError(f"{where}: holds the literal {name}, which is not a number JSON allows; every number "
+                            "in a manifest must be finite (recompile, or fix the value)")
+
+    def number(text):
+        value = float(text)
+        if not math.isfinite(value):
+            raise ManifestError(f"{where}: the number {text} overflows to infinity; every number in a manifest "
+                                "must be finite")
+        return value
+    return json.loads(text, parse_constant=constant, parse_float=number)
+
+
+# -- arrays of params.npz ------------------------------------------------------------------------------------------
+def check_float_array(value: np.ndarray, where: str, field: str, key: str, positive: bool = False,
+                      dtype=np.float32) -> None:
+    """params.npz[key] is `dtype`, finite (and > 0 if `positive`); the error names the first bad index."""
+    if dtype is not None and value.dtype != dtype:
+        raise ManifestError(f"{where}: field '{field}': params.npz[{key!r}] is {value.dtype}, expected "
+                            f"{np.dtype(dtype).name}")
+    if not np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.complexfloating):
+        raise ManifestError(f"{where}: field '{field}': params.npz[{key!r}] is {value.dtype}, expected real numbers")
+    bad = ~np.isfinite(value) if np.issubdtype(value.dtype, np.floating) else np.zeros(value.shape, bool)
+    what = "finite"
+    if positive:
+        bad |= ~(value > 0)
+        what = "finite and > 0"
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ManifestError(f"{where}: field '{field}': params.npz[{key!r}]{list(index)} = {value[index]!r}; every "
+                            f"entry must be {what}")
+
+
+# -- crossbar ops --------------------------------------------------------------------------------------------------
+def check_conv_geometry(d: dict, at: str, where: str) -> None:
+    conv, rows, cols = d["conv"], d["rows"], d["cols"]
+    if conv is None:
+        return
+    kh, kw = conv["kernel"]
+    cin, cout, groups = conv["in_channels"], conv["out_channels"], conv["groups"]
+
+    def bad(field, why):
+        raise ManifestError(f"{where}: field '{at}.conv.{field}' = {conv[field]!r}: {why}")
+    if cin % groups:
+        bad("groups", f"does not divide in_channels {cin}")
+    if cout % groups:
+        bad("groups", f"does not divide out_channels {cout}")
+    if kh * kw * cin != rows:
+        bad("in_channels", f"kernel {kh}x{kw} x in_channels {cin} = {kh * kw * cin}, but the matrix has {rows} rows")
+    if cout != cols:
+        bad("out_channels", f"the matrix has {cols} columns")
+    if conv["spatial_rank"] == 1 and (kh != 1 or conv["strides"][0] != 1 or conv["dilations"][0] != 1
+                                      or conv["pads"][0] or conv["pads"][2]):
+        bad("spatial_rank", "a 1-D conv runs as a height-1 2-D conv: kernel, stride, dilation 1 and no pads on "
+                            "the first axis")
+
+
+def _bands(spans: set, total: int, at: str, what: str, where: str) -> list[tuple[int, int]]:
+    """The tiles' distinct (start, count) spans must cut 0..total into consecutive bands."""
+    bands = sorted(spans)
+    end = 0
+    for start, count in bands:
+        if start != end:
+            gap = "overlaps the band before" if start < end else f"leaves {what} {end}..{start - 1} uncovered"
+            raise ManifestError(f"{where}: field '{at}.tiles': the tile {what} range {start}..{start + count - 1} "
+                                f"{gap}; tiles must cut the {total} {what}s into consecutive bands")
+        end = start + count
+    if end != total:
+        raise ManifestError(f"{where}: field '{at}.tiles': no tile covers {what}s {end}..{total - 1} of the "
+                            f"{total}")
+    return bands
+
+
+def check_tile_cover(d: dict, at: str, where: str) -> None:
+    """Every cell of the tile grid that can hold a weight is covered exactly once."""
+    rows, cols, tiles = d["rows"], d["cols"], d["tiles"]
+    row_bands = _bands({(t["row_start"], t["row_count"]) for t in tiles}, rows, at, "row", where)
+    col_bands = _bands({(t["col_start"], t["col_count"]) for t in tiles}, cols, at, "column", where)
+    seen: dict[tuple, int] = {}
+    for ti, t in enumerate(tiles):
+        key = (t["row_start"], t["col_start"])
+        if key in seen:
+            raise ManifestError(f"{where}: field '{at}.tiles[{ti}]' covers rows {t['row_start']}.. and columns "
+                                f"{t['col_start']}.. like '{at}.tiles[{seen[key]}]': each part of the matrix "
+                                "belongs to exactly one tile")
+        seen[key] = ti
+    groups = d["conv"]["groups"] if d["conv"] else 1
+    kg, ng = rows // groups, cols // groups
+    for r0, rc in row_bands:
+        for c0, cc in col_bands:
+            holds_weights = any(g * kg < r0 + rc and r0 < (g + 1) * kg and g * ng < c0 + cc and c0 < (g + 1) * ng
+                                for g in range(groups))
+            if holds_weights and (r0, c0) not in seen:
+                raise ManifestError(f"{where}: field '{at}.tiles': no tile covers rows {r0}..{r0 + rc - 1}, "
+                                    f"columns {c0}..{c0 + cc - 1} of the {rows}x{cols} matrix (a tile was deleted?)")
+
+
+class ArrayOccupancy:
+    """Which placement holds each cell of each physical array: no two may share a cell."""
+
+    def __init__(self, n_arrays: int, target):
+        self.spec, self.chip = target.array, target.chip
+        self.owner = np.full((n_arrays, self.spec.rows, self.spec.cols), -1, np.int32)
+        self.names: list[str] = []
+
+    def place(self, tile: dict, p: dict, field: str, where: str, tile_obj, placement) -> None:
+        spec = self.spec
+        height = spec.rows if spec.differential == "columns" else spec.rows // 2
+        width = tile["col_count"] * (2 if spec.differential == "columns" else 1)
+        if p["row_offset"] + tile["row_count"] > height or p["col_offset"] + width > spec.cols:
+            raise ManifestError(
+                f"{where}: field '{field}': row_offset {p['row_offset']} + {tile['row_count']} rows, col_offset "
+                f"{p['col_offset']} + {width} device columns lies outside the {spec.rows}x{spec.cols} array "
+                f"({height} rows x {spec.cols} columns for a tile with differential = {spec.differential!r})")
+        for key, per in (("pe", self.chip.arrays_per_pe), ("chip", self.chip.arrays_per_chip)):
+            if key in p and p[key] != p["array"] // per:
+                raise ManifestError(f"{where}: field '{field}.{key}' = {p[key]}, but array {p['array']} sits on "
+                                    f"{key} {p['array'] // per}")
+        owner = self.owner[p["array"]]
+        cells = tile_cells(tile_obj, placement, spec)
+        for idx in cells:
+            taken = owner[idx]
+            if (taken >= 0).any():
+                other = self.names[int(taken[taken >= 0][0])]
+                raise ManifestError(f"{where}: field '{field}' puts the tile on cells of array {p['array']} that "
+                                    f"'{other}' already holds; two tiles may share an array but never its cells")
+        for idx in cells:
+            owner[idx] = len(self.names)
+        self.names.append(field)
+
+
+# -- digital ops ---------------------------------------------------------------------------------------------------
+# The attributes each op of cimc.digital reads (kind, required). Kinds: int, ints (list of ints), float, bool, str,
+# array (a $param of params.npz); "?" allows null.
+_POOL = {"kernel_shape": ("ints", True), "strides": ("ints?", False), "pads": ("ints?", False),
+         "dilations": ("ints?", False), "ceil_mode": ("int", False)}
+_BINARY = {"constant": ("array?", False), "constant_index": ("int", False)}
+DIGITAL_ATTRS: dict[str, dict[str, tuple[str, bool]]] = {
+    "Relu": {}, "Sigmoid": {}, "Identity": {}, "GlobalAveragePool": {}, "GlobalMaxPool": {},
+    "LeakyRelu": {"alpha": ("float", False)},
+    "Clip": {"min": ("float?", False), "max": ("float?", False)},
+    "MaxPool": _POOL, "AveragePool": {**_POOL, "count_include_pad": ("int", False)},
+    "Add": _BINARY, "Sub": _BINARY, "Mul": _BINARY, "Div": _BINARY,
+    "Concat": {"axis": ("int", True)},
+    "Flatten": {"axis": ("int", False)},
+    "Reshape": {"shape": ("ints", True), "allowzero": ("int", False)},
+    "Transpose": {"perm": ("ints?", False)},
+    "Pad": {"pads": ("ints", True), "mode": ("str", False), "value": ("float?", False), "axes": ("ints?", False)},
+    "Slice": {"starts": ("ints", True), "ends": ("ints", True), "axes": ("ints?", False), "steps": ("ints?", False)},
+    "Squeeze": {"axes": ("ints?", False)},
+    "Unsqueeze": {"axes": ("ints", True)},
+    "Softmax": {"axis": ("int", False), "legacy": ("bool", False)},
+    "BatchNormalization": {"scale": ("array", True), "bias": ("array", True), "mean": ("array", True),
+                           "var": ("array", True), "epsilon": ("float", False)},
+}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_KINDS = {
+    "int": _is_int,
+    "ints": lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "array": lambda v: isinstance(v, np.ndarray),
+}
+
+
+def check_digital(d: dict, attrs: dict, at: str, where: str) -> None:
+    """`attrs`: the op's attributes with $param references already replaced by their arrays."""
+    op_type = d["op_type"]
+    known = DIGITAL_ATTRS.get(op_type)
+    if known is None or op_type not in SUPPORTED:
+        raise ManifestError(f"{where}: field '{at}.op_type' = {op_type!r}: not a digital op the executor runs "
+                            f"(supported: {', '.join(sorted(DIGITAL_ATTRS))})")
+    for name, value in attrs.items():
+        if name not in known:
+            raise ManifestError(f"{where}: field '{at}.attrs.{name}': {op_type} has no attribute {name!r} "
+                                f"(known: {', '.join(known) or 'none'})")
+        kind, _ = known[name]
+        nullable = kind.endswith("?")
+        if value is None and nullable:
+            continue
+        if not _KINDS[kind.rstrip("?")](value):
+            raise ManifestError(f"{where}: field '{at}.attrs.{name}' = {value!r}: expected {kind.rstrip('?')}"
+                                f"{' or null' if nullable else ''}")
+        if isinstance(value, np.ndarray):
+            check_float_array(value, where, f"{at}.attrs.{name}", d["attrs"][name]["$param"], dtype=None)
+    for name, (_, required) in known.items():
+        if required and attrs.get(name) is None:
+            raise ManifestError(f"{where}: field '{at}.attrs': {op_type} needs attribute {name!r}")
