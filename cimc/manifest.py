@@ -26,7 +26,8 @@ from cimc.errors import ManifestError
 from cimc.ir import ActQuant, ConvGeometry, DigitalOp, Graph, Placement, TensorInfo, Tile, XbarOp
 from cimc.layout import program_arrays, read_levels
 from cimc.manifest_checks import (ArrayOccupancy, check_conv_geometry, check_digital, check_float_array,
-                                  check_tile_cover, parse_json)
+                                  check_group_blocks, check_levels_match, check_tile_cover, parse_json,
+                                  probe_shapes)
 from cimc.passes.replicate import replication_document
 from cimc.targets.spec import Target
 
@@ -161,8 +162,15 @@ def load(directory) -> Manifest:
     ops = [_op_from_json(o, i, params, target, occupancy, where) for i, o in enumerate(doc["ops"])]
     graph = Graph([_tensor_from_json(t) for t in doc["inputs"]], [_tensor_from_json(t) for t in doc["outputs"]], ops)
     _check_dataflow(graph, where)
-    for op in graph.xbar_ops():
-        op.levels = read_levels(op, arrays, target)     # int16: up to 256-level devices
+    probe_shapes(graph, where)
+    tuned = bool(doc["provenance"].get("tuning"))       # tuning moves levels away from the quantised weights
+    for index, op in enumerate(graph.ops):
+        if isinstance(op, XbarOp):
+            op.levels = read_levels(op, arrays, target)     # int16: up to 256-level devices
+            for copy in range(op.replicas if not tuned else 0):
+                copy_levels = op.levels if copy == 0 else read_levels(op, arrays, target, copy)
+                check_levels_match(op, copy_levels, index, copy, target.device.max_level,
+                                   str(directory / "arrays.npz"))
     m = Manifest(graph, target, arrays, doc["provenance"], doc.get("replication"), doc.get("estimates"))
     m.conductances = _read_conductances(directory, doc, arrays)
     m.path = directory
@@ -204,11 +212,25 @@ def _read_conductances(directory: Path, doc: dict, arrays: np.ndarray) -> dict |
     for key in ("arrays", "programmed_us", "target_us"):
         if key not in c:
             raise ManifestError(f"{path}: missing array {key!r}")
-    shape = (len(c["arrays"]),) + arrays.shape[1:]
-    if c["programmed_us"].shape != shape or c["target_us"].shape != shape:
-        raise ManifestError(f"{path}: 'programmed_us'/'target_us' must be {list(shape)} (arrays x rows x cols)")
-    if len(c["arrays"]) and (c["arrays"].min() < 0 or c["arrays"].max() >= len(arrays)):
+    ids = c["arrays"]
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ManifestError(f"{path}: 'arrays' must be a 1-D integer array of array ids, got {ids.dtype} "
+                            f"{list(ids.shape)}")
+    shape = (len(ids),) + arrays.shape[1:]
+    for key in ("programmed_us", "target_us"):
+        g = c[key]
+        if g.shape != shape or not np.issubdtype(g.dtype, np.floating):
+            raise ManifestError(f"{path}: {key!r} is {g.dtype} {list(g.shape)}, must be float {list(shape)} "
+                                "(arrays x rows x cols)")
+        bad = ~(np.isfinite(g) & (g >= 0))
+        if bad.any():
+            index = [int(i) for i in np.argwhere(bad)[0]]
+            raise ManifestError(f"{path}: {key!r}{index} = {g[tuple(index)]!r}; conductances must be finite and "
+                                ">= 0 uS")
+    if len(ids) and (ids.min() < 0 or ids.max() >= len(arrays)):
         raise ManifestError(f"{path}: 'arrays' names an array outside 0..{len(arrays) - 1}")
+    if len(np.unique(ids)) != len(ids):
+        raise ManifestError(f"{path}: 'arrays' names an array twice")
     return c
 
 
@@ -317,6 +339,7 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
     q = d["input_quant"]
     matrix = _param(params, d["weights"]["float_matrix"], where, f"{at}.weights.float_matrix", (rows, cols))
     check_float_array(matrix, where, f"{at}.weights.float_matrix", d["weights"]["float_matrix"])
+    check_group_blocks(matrix, d, at, where)
     scales = _param(params, d["weights"]["scales"], where, f"{at}.weights.scales", (cols,))
     check_float_array(scales, where, f"{at}.weights.scales", d["weights"]["scales"], positive=True)
     bias = None if d["bias"] is None else _param(params, d["bias"], where, f"{at}.bias", (cols,))

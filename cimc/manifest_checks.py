@@ -86,6 +86,24 @@ def check_conv_geometry(d: dict, at: str, where: str) -> None:
                             "the first axis")
 
 
+def check_group_blocks(matrix: np.ndarray, d: dict, at: str, where: str) -> None:
+    """A grouped conv's matrix is block-diagonal (cimc.ir): a weight outside the blocks would be ignored by the
+    backends that run the convolution per group."""
+    groups = d["conv"]["groups"] if d["conv"] else 1
+    if groups == 1:
+        return
+    rows, cols = matrix.shape
+    kg, ng = rows // groups, cols // groups
+    inside = np.zeros(matrix.shape, bool)
+    for g in range(groups):
+        inside[g * kg:(g + 1) * kg, g * ng:(g + 1) * ng] = True
+    outside = (matrix != 0) & ~inside
+    if outside.any():
+        r, c = (int(i) for i in np.argwhere(outside)[0])
+        raise ManifestError(f"{where}: field '{at}.conv.groups' = {groups}: the float matrix holds a weight at row "
+                            f"{r}, column {c}, outside the {groups} diagonal blocks of a grouped conv")
+
+
 def _bands(spans: set, total: int, at: str, what: str, where: str) -> list[tuple[int, int]]:
     """The tiles' distinct (start, count) spans must cut 0..total into consecutive bands."""
     bands = sorted(spans)
@@ -223,3 +241,75 @@ def check_digital(d: dict, attrs: dict, at: str, where: str) -> None:
     for name, (_, required) in known.items():
         if required and attrs.get(name) is None:
             raise ManifestError(f"{where}: field '{at}.attrs': {op_type} needs attribute {name!r}")
+
+
+# -- levels against weights ----------------------------------------------------------------------------------------
+def check_levels_match(op, levels: np.ndarray, index: int, copy: int, max_level: int, arrays_file: str) -> None:
+    """An untuned manifest's arrays hold exactly the quantised weights (cimc.passes.quantize: level = clip(rint(W /
+    scale), -L, L), recomputed here from the float32 matrix and scales of params.npz), so a tile moved to cells that
+    hold other levels, or an edited arrays.npz, is caught before it computes wrong numbers."""
+    expected = np.clip(np.rint(op.matrix.astype(np.float64) / op.weight_scales.astype(np.float64)[None, :]),
+                       -max_level, max_level)
+    bad = levels != expected
+    if bad.any():
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        ti = next((i for i, t in enumerate(op.tiles) if t.row_start <= r < t.row_start + t.row_count
+                   and t.col_start <= c < t.col_start + t.col_count), None)
+        where = f"ops[{index}].tiles[{ti}].placements[{copy}]" if ti is not None else f"ops[{index}]"
+        raise ManifestError(f"{arrays_file}: the levels that field '{where}' (op {op.name!r}) places on the arrays "
+                            f"differ from its quantised weights: weight row {r}, column {c} reads level "
+                            f"{int(levels[r, c])}, the weight says {int(expected[r, c])} (a tile moved, or "
+                            "arrays.npz or params.npz edited); recompile the manifest")
+
+
+# -- shapes --------------------------------------------------------------------------------------------------------
+def probe_shapes(graph, where: str) -> None:
+    """Follow one sample of zeros through the graph: every crossbar op must get an input its matrix and conv geometry
+    fit, every digital op inputs it accepts, and the outputs the shapes the manifest declares. Digital ops run for
+    real (cimc.digital, on zeros); crossbar ops only by shape. Skipped where a non-batch input dimension is unknown."""
+    from cimc.digital import run_digital
+    if any(d is None for t in graph.inputs for d in t.shape[1:]):
+        return
+    env = {t.name: np.zeros((1,) + tuple(t.shape[1:]), np.float32) for t in graph.inputs}
+    for index, op in enumerate(graph.ops):
+        at = f"{where}: field 'ops[{index}]' ({op.op_type} {op.name!r})"
+        xs = [env[t] for t in op.inputs]
+        if op.kind == "crossbar":
+            env[op.outputs[0]] = _crossbar_output(op, xs[0], at)
+            continue
+        try:
+            with np.errstate(all="ignore"):
+                out = np.asarray(run_digital(op.op_type, xs, op.attrs))
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+            shapes = ", ".join(str(list(x.shape)) for x in xs)
+            raise ManifestError(f"{at}: cannot run on inputs of shape {shapes} (one sample): {exc}") from None
+        if out.size > 1 << 28:
+            raise ManifestError(f"{at}: makes a tensor of shape {list(out.shape)} from one sample")
+        env[op.outputs[0]] = out
+    for i, t in enumerate(graph.outputs):
+        got = env[t.name].shape
+        if len(got) != len(t.shape) or any(d is not None and d != g for d, g in zip(t.shape[1:], got[1:])):
+            raise ManifestError(f"{where}: field 'outputs[{i}].shape' = {list(t.shape)}, but the ops make "
+                                f"{list(got)} (batch 1)")
+
+
+def _crossbar_output(op, x: np.ndarray, at: str) -> np.ndarray:
+    if op.conv is None:
+        if x.ndim < 1 or x.shape[-1] != op.rows:
+            raise ManifestError(f"{at}: its input {op.inputs[0]!r} has shape {list(x.shape)}, the matrix has "
+                                f"{op.rows} rows (the last axis must match)")
+        return np.zeros(x.shape[:-1] + (op.cols,), np.float32)
+    g = op.conv
+    rank = g.spatial_rank
+    if x.ndim != 2 + rank or x.shape[1] != g.in_channels:
+        raise ManifestError(f"{at}: its input {op.inputs[0]!r} has shape {list(x.shape)}, conv expects [batch, "
+                            f"{g.in_channels}{', H, W' if rank == 2 else ', W'}]")
+    h, w = (1, x.shape[2]) if rank == 1 else x.shape[2:]
+    oh, ow = g.output_hw(h, w)
+    if oh < 1 or ow < 1:
+        raise ManifestError(f"{at}: kernel {list(g.kernel)} does not fit its input {list(x.shape)} with pads "
+                            f"{list(g.pads)}")
+    if oh * ow != op.positions:
+        raise ManifestError(f"{at}: field 'positions' = {op.positions}, but its input {list(x.shape)} gives "
+                            f"{oh}x{ow} = {oh * ow} positions")
+    return np.zeros((x.shape[0], op.cols) + ((ow,) if rank == 1 else (oh, ow)), np.float32)
