@@ -83,7 +83,7 @@ def _number(text, flag: str, lo: float | None = 0.0) -> float:
     except ValueError:
         raise ConfigError(f"{flag} {text!r}: expected a number") from None
     if not math.isfinite(value) or (lo is not None and value < lo):
-        raise ConfigError(f"{flag} {text!r}: must be a finite number >= {lo:g}")
+        raise ConfigError(f"{flag} {text!r}: must be a finite number{'' if lo is None else f' >= {lo:g}'}")
     return value
 
 
