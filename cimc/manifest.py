@@ -371,6 +371,10 @@ def _check_dataflow(graph: Graph, where: str):
             if t not in known:
                 raise ManifestError(f"{where}: field 'ops[{i}].inputs': tensor {t!r} of op {op.name!r} is neither a "
                                     "model input nor produced by an earlier op")
+        for t in op.outputs:
+            if t in known:      # a second writer would silently replace the tensor for the ops after it
+                raise ManifestError(f"{where}: field 'ops[{i}].outputs': tensor {t!r} of op {op.name!r} is already "
+                                    "a model input or the output of an earlier op")
         known.update(op.outputs)
     for t in graph.outputs:
         if t.name not in known:

@@ -452,3 +452,74 @@ def test_random_field_edit_is_refused_or_runs(compiled, data):
     assert code in (0, 2), f"{path} = {value!r}: exit {code}\n{err}"
     if code == 2:
         assert re.search(r"error:", err)
+
+
+@pytest.mark.parametrize("op,tensor", [(RELU3, "C1"), (FC, "input"), (S4, "relu3"), (FLATTEN, "S2")])
+def test_tensor_written_twice(compiled, tmp_path, op, tensor):
+    m = edited(compiled, tmp_path, doc=lambda d: d["ops"][op].update({"outputs": [tensor]}))
+    refuse(compiled, m, f"ops[{op}].outputs")
+
+
+# -- structural edits that load must not change a single number ----------------------------------------------------
+STRUCTURE = st.one_of(
+    st.tuples(st.sampled_from(XBAR), st.sampled_from(["rows", "cols", "positions", "replicas"])),
+    st.tuples(st.sampled_from([C1, C3]), st.just("conv"),
+              st.sampled_from(["kernel", "strides", "pads", "dilations", "groups", "in_channels", "out_channels",
+                               "spatial_rank"])),
+    st.tuples(st.sampled_from(PLAIN_TILES), st.sampled_from(["row_start", "row_count", "col_start", "col_count"])),
+    st.tuples(st.sampled_from(PLAIN_TILES), st.integers(0, 1),
+              st.sampled_from(["array", "row_offset", "col_offset", "pe", "chip"])),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=STRUCTURE, value=st.integers(-2, 200), index=st.integers(0, 3))
+def test_structural_edit_that_loads_gives_identical_numbers(compiled, where, value, index):
+    """A tile, placement, geometry or conv field set to another integer: load either refuses it (ManifestError)
+    or the integer backend computes exactly what the unedited manifest computes (the edit was harmless)."""
+    from cimc.errors import ManifestError
+    from cimc.executor import Session
+    x = np.load(compiled["data"] / "x.npz")["x"]
+    doc = json.loads((compiled["plain"] / "manifest.json").read_text())
+    if where[1] == "conv":
+        node, key = doc["ops"][where[0]]["conv"], where[2]
+        if isinstance(node[key], list):
+            node, key = node[key], index % len(node[key])
+    elif isinstance(where[0], tuple) and len(where) == 2:
+        node, key = doc["ops"][where[0][0]]["tiles"][where[0][1]], where[1]
+    elif isinstance(where[0], tuple):
+        placements = doc["ops"][where[0][0]]["tiles"][where[0][1]]["placements"]
+        node, key = placements[where[1] % len(placements)], where[2]
+    else:
+        node, key = doc["ops"][where[0]], where[1]
+    node[key] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        m = Path(tmp) / "m"
+        shutil.copytree(compiled["plain"], m)
+        (m / "manifest.json").write_text(json.dumps(doc))
+        try:
+            manifest = load(m)
+        except ManifestError:
+            return
+    expected = Session(load(compiled["plain"]), "integer").run(x)
+    np.testing.assert_array_equal(Session(manifest, "integer").run(x), expected, err_msg=f"{where} = {value}")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_params_array_is_refused_or_runs(compiled, data):
+    """One params.npz array replaced by a random one (shape, dtype, values including NaN and Inf): refused
+    cleanly, or the run completes; never a traceback."""
+    from hypothesis.extra import numpy as hnp
+    params = _npz(compiled["plain"] / "params.npz")
+    key = data.draw(st.sampled_from(sorted(params)))
+    shape = data.draw(st.sampled_from([params[key].shape, params[key].shape[:-1], (1,), (), (3, 3)]))
+    dtype = data.draw(st.sampled_from([np.float32, np.float64, np.int64, np.int8, np.bool_]))
+    params[key] = data.draw(hnp.arrays(dtype, shape))
+    with tempfile.TemporaryDirectory() as tmp:
+        m = Path(tmp) / "m"
+        shutil.copytree(compiled["plain"], m)
+        np.savez(m / "params.npz", **params)
+        code, out, err = run_cli(["run", m, "--data", compiled["data"] / "x.npz"])
+    assert "Traceback" not in out + err, f"{key}: {params[key]!r}\n{err}"
+    assert code in (0, 2), f"{key}: exit {code}\n{err}"
