@@ -306,7 +306,7 @@ def _param(params, key, where, field, shape=None):
 
 def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayOccupancy, where: str):
     at = f"ops[{index}]"
-    n_arrays = occupancy.owner.shape[0]
+    n_arrays = occupancy.n_arrays
     if d["kind"] == "digital":
         attrs = {k: _param(params, v["$param"], where, f"{at}.attrs.{k}") if isinstance(v, dict) and "$param" in v
                  else v for k, v in d["attrs"].items()}
@@ -333,7 +333,7 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
             if p["array"] >= n_arrays:
                 raise ManifestError(f"{where}: field '{field}.array' = {p['array']} but arrays.npz holds {n_arrays} "
                                     "arrays")
-            occupancy.place(t, p, field, where, tile, tile.placements[pi])
+            occupancy.place(t, p, field, where)
         tiles.append(tile)
     check_tile_cover(d, at, where)
     q = d["input_quant"]

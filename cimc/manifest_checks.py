@@ -23,7 +23,6 @@ import numpy as np
 
 from cimc.digital import SUPPORTED
 from cimc.errors import ManifestError
-from cimc.layout import tile_cells
 
 
 # -- JSON ----------------------------------------------------------------------------------------------------------
@@ -145,37 +144,35 @@ def check_tile_cover(d: dict, at: str, where: str) -> None:
 
 
 class ArrayOccupancy:
-    """Which placement holds each cell of each physical array: no two may share a cell."""
+    """The rectangles the placements take on each physical array (in the packing frame of cimc.passes.pack: rows x
+    device columns; for differential "rows" the first row block, which the g- block mirrors): none may overlap."""
 
     def __init__(self, n_arrays: int, target):
-        self.spec, self.chip = target.array, target.chip
-        self.owner = np.full((n_arrays, self.spec.rows, self.spec.cols), -1, np.int32)
-        self.names: list[str] = []
+        self.n_arrays, self.spec, self.chip = n_arrays, target.array, target.chip
+        self.taken: dict[int, list[tuple[int, int, int, int, str]]] = {}
 
-    def place(self, tile: dict, p: dict, field: str, where: str, tile_obj, placement) -> None:
+    def place(self, tile: dict, p: dict, field: str, where: str) -> None:
         spec = self.spec
         height = spec.rows if spec.differential == "columns" else spec.rows // 2
         width = tile["col_count"] * (2 if spec.differential == "columns" else 1)
-        if p["row_offset"] + tile["row_count"] > height or p["col_offset"] + width > spec.cols:
+        r0, c0 = p["row_offset"], p["col_offset"]
+        r1, c1 = r0 + tile["row_count"], c0 + width
+        if r1 > height or c1 > spec.cols:
             raise ManifestError(
-                f"{where}: field '{field}': row_offset {p['row_offset']} + {tile['row_count']} rows, col_offset "
-                f"{p['col_offset']} + {width} device columns lies outside the {spec.rows}x{spec.cols} array "
-                f"({height} rows x {spec.cols} columns for a tile with differential = {spec.differential!r})")
+                f"{where}: field '{field}': row_offset {r0} + {tile['row_count']} rows, col_offset {c0} + {width} "
+                f"device columns lies outside the {spec.rows}x{spec.cols} array ({height} rows x {spec.cols} "
+                f"columns for a tile with differential = {spec.differential!r})")
         for key, per in (("pe", self.chip.arrays_per_pe), ("chip", self.chip.arrays_per_chip)):
             if key in p and p[key] != p["array"] // per:
                 raise ManifestError(f"{where}: field '{field}.{key}' = {p[key]}, but array {p['array']} sits on "
                                     f"{key} {p['array'] // per}")
-        owner = self.owner[p["array"]]
-        cells = tile_cells(tile_obj, placement, spec)
-        for idx in cells:
-            taken = owner[idx]
-            if (taken >= 0).any():
-                other = self.names[int(taken[taken >= 0][0])]
-                raise ManifestError(f"{where}: field '{field}' puts the tile on cells of array {p['array']} that "
-                                    f"'{other}' already holds; two tiles may share an array but never its cells")
-        for idx in cells:
-            owner[idx] = len(self.names)
-        self.names.append(field)
+        rects = self.taken.setdefault(p["array"], [])
+        for q0, q1, d0, d1, other in rects:
+            if r0 < q1 and q0 < r1 and c0 < d1 and d0 < c1:
+                raise ManifestError(f"{where}: field '{field}' puts the tile on rows {r0}..{r1 - 1}, columns "
+                                    f"{c0}..{c1 - 1} of array {p['array']}, cells that '{other}' already holds; "
+                                    "tiles may share an array but never its cells")
+        rects.append((r0, r1, c0, c1, field))
 
 
 # -- digital ops ---------------------------------------------------------------------------------------------------
