@@ -260,13 +260,17 @@ def check_levels_match(op, levels: np.ndarray, index: int, copy: int, max_level:
 
 
 # -- shapes --------------------------------------------------------------------------------------------------------
+PROBE_ELEMENTS = 1 << 26      # values per sample per tensor; far above any model a crossbar chip holds
+
+
 def probe_shapes(graph, where: str) -> None:
     """Follow one sample of zeros through the graph: every crossbar op must get an input its matrix and conv geometry
     fit, every digital op inputs it accepts, and the outputs the shapes the manifest declares. Digital ops run for
     real (cimc.digital, on zeros); crossbar ops only by shape. Skipped where a non-batch input dimension is unknown."""
     from cimc.digital import run_digital
-    if any(d is None for t in graph.inputs for d in t.shape[1:]):
-        return
+    if any(d is None for t in graph.inputs for d in t.shape[1:]) or \
+            any(math.prod(t.shape[1:]) > PROBE_ELEMENTS for t in graph.inputs):
+        return          # unknown or huge inputs: the data check at run time (executor.check_feeds) decides
     env = {t.name: np.zeros((1,) + tuple(t.shape[1:]), np.float32) for t in graph.inputs}
     for index, op in enumerate(graph.ops):
         at = f"{where}: field 'ops[{index}]' ({op.op_type} {op.name!r})"
@@ -274,13 +278,14 @@ def probe_shapes(graph, where: str) -> None:
         if op.kind == "crossbar":
             env[op.outputs[0]] = _crossbar_output(op, xs[0], at)
             continue
+        _check_padded_size(op, xs, at)
         try:
             with np.errstate(all="ignore"):
                 out = np.asarray(run_digital(op.op_type, xs, op.attrs))
-        except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as exc:
             shapes = ", ".join(str(list(x.shape)) for x in xs)
             raise ManifestError(f"{at}: cannot run on inputs of shape {shapes} (one sample): {exc}") from None
-        if out.size > 1 << 28:
+        if out.size > PROBE_ELEMENTS:
             raise ManifestError(f"{at}: makes a tensor of shape {list(out.shape)} from one sample")
         env[op.outputs[0]] = out
     for i, t in enumerate(graph.outputs):
@@ -288,6 +293,20 @@ def probe_shapes(graph, where: str) -> None:
         if len(got) != len(t.shape) or any(d is not None and d != g for d, g in zip(t.shape[1:], got[1:])):
             raise ManifestError(f"{where}: field 'outputs[{i}].shape' = {list(t.shape)}, but the ops make "
                                 f"{list(got)} (batch 1)")
+
+
+def _check_padded_size(op, xs, at: str) -> None:
+    """Pad and the pools pad their input first: refuse pads that would make a huge tensor before numpy tries."""
+    pads = op.attrs.get("pads")
+    if not xs or not isinstance(pads, list) or not all(_is_int(p) for p in pads):
+        return
+    shape = list(xs[0].shape)
+    spatial = shape[2:] if op.op_type != "Pad" else shape
+    if len(pads) == 2 * len(spatial) and math.prod(shape[:len(shape) - len(spatial)]) * math.prod(
+            n + max(b, 0) + max(e, 0) for n, b, e in zip(spatial, pads[:len(spatial)], pads[len(spatial):])) \
+            > PROBE_ELEMENTS:
+        raise ManifestError(f"{at}: field 'attrs.pads' = {pads} pads its input {shape} to more than "
+                            f"{PROBE_ELEMENTS} values per sample")
 
 
 def _crossbar_output(op, x: np.ndarray, at: str) -> np.ndarray:

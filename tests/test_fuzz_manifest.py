@@ -523,3 +523,17 @@ def test_random_params_array_is_refused_or_runs(compiled, data):
         code, out, err = run_cli(["run", m, "--data", compiled["data"] / "x.npz"])
     assert "Traceback" not in out + err, f"{key}: {params[key]!r}\n{err}"
     assert code in (0, 2), f"{key}: exit {code}\n{err}"
+
+
+@pytest.mark.parametrize("op,pads", [(S2, [0, 0, 10 ** 6, 10 ** 6]), (S4, [10 ** 5, 10 ** 5, 0, 0]),
+                                     (S2, [2 ** 40, 0, 0, 0])])
+def test_huge_pads_refused_before_allocating(compiled, tmp_path, op, pads):
+    m = edited(compiled, tmp_path, doc=lambda d: d["ops"][op]["attrs"].update({"pads": pads}))
+    refuse(compiled, m, f"ops[{op}]")
+
+
+@pytest.mark.parametrize("dim", [225786973, 10 ** 12, 0])
+def test_huge_or_empty_input_shape(compiled, tmp_path, dim):
+    """A model input declared huge is not allocated at load; the data (28 x 28) does not match it."""
+    m = edited(compiled, tmp_path, doc=lambda d: d["inputs"][0]["shape"].__setitem__(3, dim))
+    refuse(compiled, m, "input")
