@@ -116,7 +116,7 @@ def _toml(path, section, field, literal):
     """yao2020-mcnn's fields, with one field of one section replaced by a TOML literal."""
     from cimc.targets.registry import _read_raw
     raw, _ = _read_raw("yao2020-mcnn")
-    lines = [f'name = "bad"']
+    lines = ['name = "bad"']
     raw.setdefault(section, {})[field] = "@@"
     for sec, values in raw.items():
         if not isinstance(values, dict):
@@ -147,7 +147,7 @@ def test_toml_target_refused(mcnn_dir, tmp_path, field, literal):
 def test_toml_name_must_be_text(mcnn_dir, tmp_path, field, literal):
     from cimc.targets.registry import _read_raw
     raw, _ = _read_raw("yao2020-mcnn")
-    text = "\n".join([f"{field} = {literal}"] + ([f'name = "x"'] if field != "name" else []) +
+    text = "\n".join([f"{field} = {literal}"] + (['name = "x"'] if field != "name" else []) +
                      [f"[{s}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in vals.items())
                       for s, vals in raw.items() if isinstance(vals, dict)])
     (tmp_path / "t.toml").write_text(text + "\n")
