@@ -94,7 +94,7 @@ class XbarOp:
     source_nodes: list[str] = field(default_factory=list)
     # quantize pass
     input_quant: ActQuant | None = None
-    levels: np.ndarray | None = None          # int8 K x N, signed weight levels -max_level..max_level
+    levels: np.ndarray | None = None          # int16 K x N, signed weight levels -max_level..max_level
     weight_scales: np.ndarray | None = None   # float32 N: weight = level * scale
     # tile / replicate / allocate passes
     tiles: list[Tile] = field(default_factory=list)

@@ -24,6 +24,9 @@ from cimc import output_dir
 from cimc.errors import ManifestError
 from cimc.ir import ActQuant, ConvGeometry, DigitalOp, Graph, Placement, TensorInfo, Tile, XbarOp
 from cimc.layout import program_arrays, read_levels
+from cimc.manifest_checks import (ArrayOccupancy, check_conv_geometry, check_digital, check_float_array,
+                                  check_group_blocks, check_levels_match, check_tile_cover, parse_json,
+                                  probe_shapes)
 from cimc.passes.replicate import replication_document
 from cimc.targets.spec import Target
 
@@ -115,7 +118,7 @@ def load(directory) -> Manifest:
         raise ManifestError(f"{directory}: not a manifest directory (no manifest.json); create one with "
                             "`cimc compile`")
     try:
-        doc = json.loads((directory / "manifest.json").read_text())
+        doc = parse_json((directory / "manifest.json").read_text(), where)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{where}: not valid JSON ({exc})") from None
     if isinstance(doc, dict) and doc.get("schema_version") not in (None, SCHEMA_VERSION):
@@ -138,14 +141,24 @@ def load(directory) -> Manifest:
     if (target.array.rows, target.array.cols) != (meta["rows"], meta["cols"]):
         raise ManifestError(f"{where}: field 'arrays' geometry {meta['rows']}x{meta['cols']} differs from the "
                             f"target's {target.array.rows}x{target.array.cols}")
-    ops = [_op_from_json(o, i, params, meta["count"], where) for i, o in enumerate(doc["ops"])]
+    if arrays.max(initial=0) > target.device.max_level:
+        index = [int(i) for i in np.argwhere(arrays > target.device.max_level)[0]]
+        raise ManifestError(f"{directory / 'arrays.npz'}: 'levels'{index} = {arrays[tuple(index)]} exceeds the "
+                            f"target's largest device level {target.device.max_level} (device.levels = "
+                            f"{target.device.levels})")
+    occupancy = ArrayOccupancy(meta["count"], target)
+    ops = [_op_from_json(o, i, params, target, occupancy, where) for i, o in enumerate(doc["ops"])]
     graph = Graph([_tensor_from_json(t) for t in doc["inputs"]], [_tensor_from_json(t) for t in doc["outputs"]], ops)
     _check_dataflow(graph, where)
-    for op in graph.xbar_ops():
-        op.levels = read_levels(op, arrays, target).astype(np.int8)
-        if np.abs(op.levels).max(initial=0) > target.device.max_level or arrays.max(initial=0) > target.device.max_level:
-            raise ManifestError(f"{directory / 'arrays.npz'}: device levels exceed the target's "
-                                f"{target.device.levels} levels (op {op.name!r})")
+    probe_shapes(graph, where)
+    tuned = bool(doc["provenance"].get("tuning"))       # tuning moves levels away from the quantised weights
+    for index, op in enumerate(graph.ops):
+        if isinstance(op, XbarOp):
+            op.levels = read_levels(op, arrays, target)     # int16: up to 256-level devices
+            for copy in range(op.replicas if not tuned else 0):
+                copy_levels = op.levels if copy == 0 else read_levels(op, arrays, target, copy)
+                check_levels_match(op, copy_levels, index, copy, target.device.max_level,
+                                   str(directory / "arrays.npz"))
     m = Manifest(graph, target, arrays, doc["provenance"], doc.get("replication"), doc.get("estimates"))
     m.conductances = _read_conductances(directory, doc, arrays)
     m.path = directory
@@ -187,11 +200,25 @@ def _read_conductances(directory: Path, doc: dict, arrays: np.ndarray) -> dict |
     for key in ("arrays", "programmed_us", "target_us"):
         if key not in c:
             raise ManifestError(f"{path}: missing array {key!r}")
-    shape = (len(c["arrays"]),) + arrays.shape[1:]
-    if c["programmed_us"].shape != shape or c["target_us"].shape != shape:
-        raise ManifestError(f"{path}: 'programmed_us'/'target_us' must be {list(shape)} (arrays x rows x cols)")
-    if len(c["arrays"]) and (c["arrays"].min() < 0 or c["arrays"].max() >= len(arrays)):
+    ids = c["arrays"]
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ManifestError(f"{path}: 'arrays' must be a 1-D integer array of array ids, got {ids.dtype} "
+                            f"{list(ids.shape)}")
+    shape = (len(ids),) + arrays.shape[1:]
+    for key in ("programmed_us", "target_us"):
+        g = c[key]
+        if g.shape != shape or not np.issubdtype(g.dtype, np.floating):
+            raise ManifestError(f"{path}: {key!r} is {g.dtype} {list(g.shape)}, must be float {list(shape)} "
+                                "(arrays x rows x cols)")
+        bad = ~(np.isfinite(g) & (g >= 0))
+        if bad.any():
+            index = [int(i) for i in np.argwhere(bad)[0]]
+            raise ManifestError(f"{path}: {key!r}{index} = {g[tuple(index)]!r}; conductances must be finite and "
+                                ">= 0 uS")
+    if len(ids) and (ids.min() < 0 or ids.max() >= len(arrays)):
         raise ManifestError(f"{path}: 'arrays' names an array outside 0..{len(arrays) - 1}")
+    if len(np.unique(ids)) != len(ids):
+        raise ManifestError(f"{path}: 'arrays' names an array twice")
     return c
 
 
@@ -265,13 +292,17 @@ def _param(params, key, where, field, shape=None):
     return value
 
 
-def _op_from_json(d: dict, index: int, params, n_arrays: int, where: str):
+def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayOccupancy, where: str):
     at = f"ops[{index}]"
+    n_arrays = occupancy.n_arrays
     if d["kind"] == "digital":
         attrs = {k: _param(params, v["$param"], where, f"{at}.attrs.{k}") if isinstance(v, dict) and "$param" in v
                  else v for k, v in d["attrs"].items()}
+        check_digital(d, attrs, at, where)
         return DigitalOp(d["name"], d["op_type"], d["inputs"], d["outputs"], attrs, d.get("source_nodes", []))
     rows, cols = d["rows"], d["cols"]
+    check_conv_geometry(d, at, where)
+    _check_quant(d, at, target, where)
     conv = None if d["conv"] is None else ConvGeometry(
         tuple(d["conv"]["kernel"]), tuple(d["conv"]["strides"]), tuple(d["conv"]["pads"]),
         tuple(d["conv"]["dilations"]), d["conv"]["groups"], d["conv"]["in_channels"], d["conv"]["out_channels"],
@@ -283,20 +314,38 @@ def _op_from_json(d: dict, index: int, params, n_arrays: int, where: str):
         if len(t["placements"]) != d["replicas"]:
             raise ManifestError(f"{where}: field '{at}.tiles[{ti}].placements' has {len(t['placements'])} entries "
                                 f"for {d['replicas']} replicas")
+        tile = Tile(t["row_start"], t["row_count"], t["col_start"], t["col_count"],
+                    [Placement(p["array"], p["row_offset"], p["col_offset"]) for p in t["placements"]])
         for pi, p in enumerate(t["placements"]):
+            field = f"{at}.tiles[{ti}].placements[{pi}]"
             if p["array"] >= n_arrays:
-                raise ManifestError(f"{where}: field '{at}.tiles[{ti}].placements[{pi}].array' = {p['array']} but "
-                                    f"arrays.npz holds {n_arrays} arrays")
-        tiles.append(Tile(t["row_start"], t["row_count"], t["col_start"], t["col_count"],
-                          [Placement(p["array"], p["row_offset"], p["col_offset"]) for p in t["placements"]]))
+                raise ManifestError(f"{where}: field '{field}.array' = {p['array']} but arrays.npz holds {n_arrays} "
+                                    "arrays")
+            occupancy.place(t, p, field, where)
+        tiles.append(tile)
+    check_tile_cover(d, at, where)
     q = d["input_quant"]
-    op = XbarOp(d["name"], d["op_type"], d["inputs"], d["outputs"],
-                _param(params, d["weights"]["float_matrix"], where, f"{at}.weights.float_matrix", (rows, cols)),
-                None if d["bias"] is None else _param(params, d["bias"], where, f"{at}.bias", (cols,)),
-                conv, d.get("source_nodes", []), ActQuant(q["scale"], q["signed"], q["bits"]), None,
-                _param(params, d["weights"]["scales"], where, f"{at}.weights.scales", (cols,)),
-                tiles, d["replicas"], d["positions"], d.get("adc_full_scale_ua"))
+    matrix = _param(params, d["weights"]["float_matrix"], where, f"{at}.weights.float_matrix", (rows, cols))
+    check_float_array(matrix, where, f"{at}.weights.float_matrix", d["weights"]["float_matrix"])
+    check_group_blocks(matrix, d, at, where)
+    scales = _param(params, d["weights"]["scales"], where, f"{at}.weights.scales", (cols,))
+    check_float_array(scales, where, f"{at}.weights.scales", d["weights"]["scales"], positive=True)
+    bias = None if d["bias"] is None else _param(params, d["bias"], where, f"{at}.bias", (cols,))
+    if bias is not None:
+        check_float_array(bias, where, f"{at}.bias", d["bias"])
+    op = XbarOp(d["name"], d["op_type"], d["inputs"], d["outputs"], matrix, bias,
+                conv, d.get("source_nodes", []), ActQuant(float(q["scale"]), q["signed"], q["bits"]), None,
+                scales, tiles, d["replicas"], d["positions"], d.get("adc_full_scale_ua"))
     return op
+
+
+def _check_quant(d: dict, at: str, target: Target, where: str) -> None:
+    """The op's quantisers were made for the manifest's target: a mismatch would silently change the arithmetic."""
+    for field, value, expected in ((f"{at}.input_quant.bits", d["input_quant"]["bits"], target.input.bits),
+                                   (f"{at}.weights.max_level", d["weights"]["max_level"], target.device.max_level),
+                                   (f"{at}.weights.granularity", d["weights"]["granularity"], target.quant.weights)):
+        if value != expected:
+            raise ManifestError(f"{where}: field '{field}' = {value!r}, but the manifest's target says {expected!r}")
 
 
 def _check_dataflow(graph: Graph, where: str):
@@ -310,6 +359,10 @@ def _check_dataflow(graph: Graph, where: str):
             if t not in known:
                 raise ManifestError(f"{where}: field 'ops[{i}].inputs': tensor {t!r} of op {op.name!r} is neither a "
                                     "model input nor produced by an earlier op")
+        for t in op.outputs:
+            if t in known:      # a second writer would silently replace the tensor for the ops after it
+                raise ManifestError(f"{where}: field 'ops[{i}].outputs': tensor {t!r} of op {op.name!r} is already "
+                                    "a model input or the output of an earlier op")
         known.update(op.outputs)
     for t in graph.outputs:
         if t.name not in known:

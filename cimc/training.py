@@ -392,7 +392,7 @@ def _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides,
     arrays[writer.ids] = nearest
     graph = copy_module.deepcopy(manifest.graph)
     tuned_op = next(o for o in graph.xbar_ops() if o.name == op.name)
-    levels = read_levels(tuned_op, arrays, target).astype(np.int8)
+    levels = read_levels(tuned_op, arrays, target)     # int16: up to 256-level devices
     tuned_op.levels = levels   # the float matrix stays the source model's: the float backend still proves lowering
     provenance = copy_module.deepcopy(manifest.provenance)
     if provenance.get("tuning"):   # tuned before: keep the history

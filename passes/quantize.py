@@ -21,7 +21,7 @@ def quantize_weights(matrix: np.ndarray, max_level: int, granularity: str) -> tu
     absmax = m.max(axis=0) if granularity == "column" else np.full(matrix.shape[1], m.max())
     scales = np.where(absmax > 0, absmax / max_level, 1.0).astype(np.float32)
     levels = np.rint(matrix.astype(np.float64) / scales.astype(np.float64)[None, :])
-    levels = np.clip(levels, -max_level, max_level).astype(np.int8)
+    levels = np.clip(levels, -max_level, max_level).astype(np.int16)   # up to 256-level devices: -255..255
     return levels, scales
 
 

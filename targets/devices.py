@@ -133,9 +133,12 @@ def load_defect_map(path) -> DefectMap:
         if g_us.shape != stuck.shape or not np.issubdtype(g_us.dtype, np.floating):
             raise DataError(f"{path}: 'g_us' must be a float array of the shape of 'stuck' {list(stuck.shape)}, "
                             f"got {g_us.dtype} {list(g_us.shape)}")
-        bad = (g_us < 0) & stuck.astype(bool)
+        # NaN means "the target's stuck_at" (documented); anything else at a stuck cell is a conductance
+        bad = stuck.astype(bool) & ~np.isnan(g_us) & ~(np.isfinite(g_us) & (g_us >= 0))
         if np.any(bad):
-            raise DataError(f"{path}: 'g_us' holds negative conductances")
+            index = [int(i) for i in np.argwhere(bad)[0]]
+            raise DataError(f"{path}: 'g_us'{index} = {g_us[tuple(index)]!r} at a stuck cell; a measured "
+                            "conductance must be finite and >= 0 uS (or NaN for the target's stuck_at)")
     return DefectMap(stuck.astype(bool), None if g_us is None else g_us.astype(np.float64), path)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from cimc.errors import TargetError
 
 DIFFERENTIAL_LAYOUTS = ("columns", "rows")
+MAX_DEVICE_LEVELS = 256     # arrays.npz stores a device level as uint8 (0..255); signed weight levels need int16
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,8 @@ class ArraySpec:
     differential: str = "columns"
 
     def __post_init__(self):
-        _require(self.rows >= 1 and self.cols >= 1, "array.rows/array.cols", "must be positive")
+        _require(self.rows >= 1, "array.rows", f"must be positive, got {self.rows!r}")
+        _require(self.cols >= 1, "array.cols", f"must be positive, got {self.cols!r}")
         _require(self.differential in DIFFERENTIAL_LAYOUTS, "array.differential",
                  f"must be one of {DIFFERENTIAL_LAYOUTS}, got {self.differential!r}")
         if self.differential == "columns":
@@ -53,8 +55,13 @@ class DeviceSpec:
     g_max_us: float = 20.0
 
     def __post_init__(self):
-        _require(self.levels >= 2, "device.levels", "must be at least 2")
-        _require(0 <= self.g_min_us < self.g_max_us, "device.g_min_us/g_max_us", "need 0 <= g_min_us < g_max_us")
+        _require(isinstance(self.levels, int) and not isinstance(self.levels, bool)
+                 and 2 <= self.levels <= MAX_DEVICE_LEVELS, "device.levels",
+                 f"must be an integer from 2 to {MAX_DEVICE_LEVELS} (arrays.npz stores a device level in one "
+                 f"byte), got {self.levels!r}")
+        _require(self.g_min_us >= 0, "device.g_min_us", f"must be >= 0, got {self.g_min_us!r}")
+        _require(self.g_min_us < self.g_max_us, "device.g_max_us",
+                 f"must be above device.g_min_us = {self.g_min_us!r}, got {self.g_max_us!r}")
 
     @property
     def max_level(self) -> int:
@@ -77,7 +84,8 @@ class InputSpec:
     def __post_init__(self):
         _require(2 <= self.bits <= 16, "input.bits", "must be between 2 and 16")
         _require(self.encoding in ("bit-serial", "analog"), "input.encoding", "must be 'bit-serial' or 'analog'")
-        _require(self.read_voltage_v > 0 and self.pulse_ns > 0, "input.read_voltage_v/pulse_ns", "must be positive")
+        _require(self.read_voltage_v > 0, "input.read_voltage_v", f"must be positive, got {self.read_voltage_v!r}")
+        _require(self.pulse_ns > 0, "input.pulse_ns", f"must be positive, got {self.pulse_ns!r}")
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,8 @@ class AdcSpec:
         _require(1 <= self.bits <= 24, "adc.bits", "must be between 1 and 24")
         _require(self.columns_per_adc >= 1, "adc.columns_per_adc", "must be at least 1")
         _require(self.full_scale in ("calibrated", "max"), "adc.full_scale", "must be 'calibrated' or 'max'")
+        _require(self.energy_pj is None or self.energy_pj >= 0, "adc.energy_pj",
+                 f"must be >= 0 (or omitted: unknown), got {self.energy_pj!r}")
 
 
 @dataclass(frozen=True)
@@ -120,10 +130,11 @@ class NonIdealSpec:
         _require(self.drift_t0_s > 0, "nonideal.drift_t0_s", "must be positive")
         if self.stuck_at not in ("g_min", "g_max"):
             try:
-                float(self.stuck_at)
+                value = float(self.stuck_at)
             except ValueError:
-                raise TargetError(f"nonideal.stuck_at: must be 'g_min', 'g_max' or a conductance in uS, "
-                                  f"got {self.stuck_at!r}") from None
+                value = math.nan
+            _require(math.isfinite(value) and value >= 0, "nonideal.stuck_at",
+                     f"must be 'g_min', 'g_max' or a finite conductance >= 0 in uS, got {self.stuck_at!r}")
 
 
 @dataclass(frozen=True)
@@ -134,8 +145,8 @@ class ChipSpec:
     chips: int = 0
 
     def __post_init__(self):
-        _require(self.arrays_per_pe >= 1 and self.pes_per_chip >= 1, "chip.arrays_per_pe/pes_per_chip",
-                 "must be positive")
+        _require(self.arrays_per_pe >= 1, "chip.arrays_per_pe", f"must be positive, got {self.arrays_per_pe!r}")
+        _require(self.pes_per_chip >= 1, "chip.pes_per_chip", f"must be positive, got {self.pes_per_chip!r}")
         _require(self.chips >= 0, "chip.chips", "must be >= 0 (0 = unlimited)")
 
     @property
@@ -225,7 +236,9 @@ class Target:
             if key not in sections:
                 raise TargetError(f"{source}: unknown field {key!r} (known: {', '.join(sections)})")
             section_type = _SECTION_TYPES.get(key)
-            if section_type is None:
+            if section_type is None:                    # name, description: plain text
+                if not isinstance(value, str):
+                    raise TargetError(f"{source}: field {key!r} must be a string, got {value!r}")
                 kwargs[key] = value
                 continue
             if not isinstance(value, dict):

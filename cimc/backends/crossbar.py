@@ -271,7 +271,7 @@ class CrossbarBackend(Backend):
             self._quantise_conductances(target, self.conductance_grid)
         elif self.gemm == "lut" and not target.adc.lossless:
             self._lut_grid(target)
-        elif self.record_currents and float(self.offset).is_integer():
+        elif self.record_currents and float(self.offset).is_integer() and self.offset + target.device.max_level <= 127:
             self._quantise_conductances(target, grid=1)          # ideal levels + integer g_min: exact in int8
         self.stats = {name: {"sq_err": 0.0, "sq_ref": 0.0, "clipped": 0, "conversions": 0, "max_abs_err": 0.0}
                       for name in self.plans}
@@ -341,8 +341,8 @@ class CrossbarBackend(Backend):
             return
         largest = max(float(np.abs(m).max(initial=0.0)) for m in mats)
         if largest > 127:
-            warnings.warn(f"crossbar backend: a conductance of {largest:.0f} steps does not fit gemm='int8'; "
-                          "using float32", stacklevel=3)
+            warnings.warn(f"crossbar backend: a conductance of {largest:.0f} steps (device.levels="
+                          f"{target.device.levels}) does not fit gemm='int8'; using float32", stacklevel=3)
             return
         if grid is not None and grid * largest > 127:
             raise ConfigError(f"conductance_grid={grid}: a conductance of {largest:.2f} steps does not fit int8 on "
