@@ -7,7 +7,6 @@ aggregate: accuracy, top-1 agreement and largest output difference against the i
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import onnxruntime as ort
 from cimc.data import Dataset
 from cimc.errors import ConfigError, DataError, ModelError
 from cimc.executor import Session
+from cimc.frontend import model_digest
 
 
 class Progress:
@@ -49,7 +49,7 @@ def reference_session(manifest, reference: str | None) -> tuple[ort.InferenceSes
     if not path or not Path(path).is_file():
         raise ModelError(f"the reference model {path!r} is not available; pass --reference model.onnx (the ONNX file "
                          "the manifest was compiled from)")
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = model_digest(path)   # covers external data files too
     if digest != source["sha256"]:
         print(f"cimc: warning: {path} differs from the model the manifest was compiled from "
               f"(sha256 {digest[:12]}... vs {source['sha256'][:12]}...)", file=sys.stderr)

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.external_data_helper import uses_external_data
 
+from cimc import onnx_checks, onnx_external
 from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 
@@ -45,10 +47,15 @@ class ModelInfo:
 
 
 def load_model(path_or_model) -> ModelInfo:
-    """Read and check an ONNX file (or take a ModelProto); errors name the file."""
+    """Read and check an ONNX file (or take a ModelProto); errors name the file. External data is read from the
+    model file's own folder only (cimc.onnx_external)."""
     if isinstance(path_or_model, onnx.ModelProto):
         model, path = path_or_model, None
         data = model.SerializeToString()
+        if any(uses_external_data(t) for t in onnx_external.graph_tensors(model.graph)):
+            raise ModelError("the model holds tensors with external data but no file they belong to; pass the "
+                             "model's path (or onnx.load it, which reads the external data) instead")
+        sha256 = hashlib.sha256(data).hexdigest()
     else:
         path = str(path_or_model)
         if not Path(path).is_file():
@@ -60,6 +67,8 @@ def load_model(path_or_model) -> ModelInfo:
             raise ModelError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
         if not model.graph.node and not model.graph.output:
             raise ModelError(f"{path}: not an ONNX model (no graph found)")
+        files = onnx_external.load_external_data(model, path)
+        sha256 = onnx_external.digest(data, path, files)
     where = path or "model"
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
@@ -68,7 +77,17 @@ def load_model(path_or_model) -> ModelInfo:
     if not MIN_OPSET <= opset <= newest:
         raise ModelError(f"{where}: opset {opset} is outside the supported range {MIN_OPSET}..{newest}; "
                          "convert it with onnx.version_converter")
-    return ModelInfo(path, hashlib.sha256(data).hexdigest(), opset, model.ir_version, model.producer_name, model)
+    return ModelInfo(path, sha256, opset, model.ir_version, model.producer_name, model)
+
+
+def model_digest(path) -> str:
+    """The provenance sha256 of an ONNX file: its bytes and those of its external data files (if any)."""
+    data = Path(path).read_bytes()
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:   # not ONNX: the digest of the bytes; whoever loads it says what is wrong
+        return hashlib.sha256(data).hexdigest()
+    return onnx_external.digest(data, path, onnx_external.external_data_files(model, path))
 
 
 def import_onnx(path_or_model) -> tuple[Graph, ModelInfo]:
@@ -128,13 +147,15 @@ class _Importer:
             if node.op_type not in SUPPORTED_OPS and node.op_type not in _SHAPE_OPS:
                 raise self.fail(node, f"op type {node.op_type!r} is not supported by cimc "
                                       f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
+        ordered = _topologically_sorted(info.model, self.where)
+        onnx_checks.check_valid(ordered, self.where)   # refuse what onnxruntime would refuse
         try:
-            self.model = onnx.shape_inference.infer_shapes(_topologically_sorted(info.model, self.where),
-                                                           data_prop=True)
+            self.model = onnx.shape_inference.infer_shapes(ordered, data_prop=True)
         except Exception as exc:
             raise ModelError(f"{self.where}: onnx shape inference failed: {exc}") from None
         g = self.model.graph
         self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        self.check_finite_constants(g)
         self.shapes: dict[str, tuple] = {}
         for vi in list(g.value_info) + list(g.input) + list(g.output):
             shape = _shape_of(vi)
@@ -146,6 +167,37 @@ class _Importer:
         self.ops: list = []
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def check_finite_constants(self, g) -> None:
+        """Every initializer and Constant holds finite numbers; only a Clip bound may be +-Inf (no bound)."""
+        clip_bounds = {t for n in g.node if n.op_type == "Clip" for t in n.input[1:3] if t}
+        other_uses = {t for n in g.node for i, t in enumerate(n.input) if n.op_type != "Clip" or i == 0}
+        named = [(name, value, "initializer") for name, value in self.consts.items()]
+        named += [(n.output[0], self.constant_value(n), f"output of Constant node {n.name or '<unnamed>'!r}")
+                  for n in g.node if n.op_type == "Constant" and n.output]
+        for name, value, what in named:
+            bad = onnx_checks.first_nonfinite(value)
+            if bad and not (bad.startswith(("Inf", "-Inf")) and name in clip_bounds and name not in other_uses):
+                raise ModelError(f"{self.where}: tensor {name!r} ({what}) holds {bad}; cimc needs finite weights "
+                                 "and constants: fix the model (or re-export it from a checkpoint without NaN/Inf)")
+
+    def check_finite_op(self, op) -> None:
+        """The lowered numbers of an op (weights and biases after folding, digital op parameters) are finite."""
+        if isinstance(op, XbarOp):
+            values = {"weight": op.matrix, "bias": op.bias}
+        else:
+            values = {k: v for k, v in op.attrs.items() if isinstance(v, (float, np.ndarray))}
+        for key, value in values.items():
+            if value is None:
+                continue
+            bad = onnx_checks.first_nonfinite(value)
+            if bad is None or (op.op_type == "Clip" and key in ("min", "max") and not bad.startswith("NaN")):
+                continue
+            what = "lowered weight matrix" if key == "weight" else f"parameter {key!r}"
+            node = op.source_nodes[0] if op.source_nodes else op.name
+            raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its {what} holds {bad} "
+                             "(computed from the model's constants and "
+                             "attributes); cimc needs finite weights and parameters: fix the model")
+
     def fail(self, node, message: str) -> ModelError:
         return ModelError(f"{self.where}: node {node.name or '<unnamed>'!r} ({node.op_type}, opset {self.opset}): "
                           f"{message}")
@@ -217,6 +269,12 @@ class _Importer:
             if source != vi.name:  # the output was an Identity/Dropout of another tensor: keep its name
                 self.ops.append(DigitalOp(self.unique(f"{vi.name}_identity"), "Identity", [source], [vi.name]))
             outputs.append(TensorInfo(vi.name, self.shapes.get(vi.name, ())))
+        for op in self.ops:
+            if isinstance(op, XbarOp) and 0 in op.matrix.shape:
+                raise ModelError(f"{self.where}: node {op.source_nodes[0]!r} ({op.op_type}): its weight matrix is "
+                                 f"{op.matrix.shape[0]} x {op.matrix.shape[1]} (an empty dimension); nothing to "
+                                 "map onto crossbar arrays")
+            self.check_finite_op(op)
         tensors = {name: TensorInfo(name, shape) for name, shape in self.shapes.items()}
         graph = Graph(inputs, outputs, self.ops, tensors)
         if not graph.xbar_ops():
@@ -350,8 +408,7 @@ class _Importer:
         dilations = list(a.get("dilations", [1] * n))
         spatial = self.spatial(node, node.input[0])
         pads = self.window_pads(node, a, kernel, strides, dilations, spatial)
-        if m % groups:
-            raise self.fail(node, f"{m} output channels do not divide into {groups} groups")
+        self.check_conv(node, a, w, b, groups, strides, dilations, pads, spatial)
         cin = cg * groups
         ng, kg = m // groups, cg * int(np.prod(kernel))
         matrix = np.zeros((cin * int(np.prod(kernel)), m), dtype=np.float32)
@@ -365,6 +422,42 @@ class _Importer:
         self.ops.append(XbarOp(name, "Conv", self.data_inputs(node), [node.output[0]], matrix,
                                None if b is None else b.astype(np.float32), geometry, [node.name or name],
                                positions=int(np.prod(out_spatial))))
+
+    def check_conv(self, node, a, w, b, groups, strides, dilations, pads, spatial) -> None:
+        """What onnxruntime would refuse at run time (or what would crash a later pass), named by attribute."""
+        m, cg, kernel = int(w.shape[0]), int(w.shape[1]), [int(k) for k in w.shape[2:]]
+        n = len(kernel)
+        if len(spatial) != n:
+            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)} (a {n}-D kernel) but the "
+                                  f"input has {len(spatial)} spatial axes")
+        if m < 1 or cg < 1 or 0 in kernel:
+            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)}: zero output channels, input "
+                                  "channels or kernel size; nothing to compute")
+        if "kernel_shape" in a and [int(k) for k in a["kernel_shape"]] != kernel:
+            raise self.fail(node, f"attribute 'kernel_shape' {list(a['kernel_shape'])} disagrees with the weight's "
+                                  f"kernel {kernel}")
+        for attr, values, ok, rule in (("group", [groups], lambda v: v >= 1, ">= 1"),
+                                       ("strides", strides, lambda v: v >= 1, ">= 1"),
+                                       ("dilations", dilations, lambda v: v >= 1, ">= 1"),
+                                       ("pads", pads, lambda v: v >= 0, ">= 0")):
+            if len(values) != (2 * n if attr == "pads" else 1 if attr == "group" else n) or \
+                    not all(ok(int(v)) for v in values):
+                raise self.fail(node, f"attribute {attr!r} is {values}; it needs "
+                                      f"{'one value' if attr == 'group' else f'{len(values)} values'} {rule}")
+        cin = (self.shape(node.input[0]) or (None, None))[1]
+        if m % groups or (cin is not None and cin != cg * groups):
+            raise self.fail(node, f"attribute 'group' {groups} does not fit: the input has {cin} channels and the "
+                                  f"weight {node.input[1]!r} {list(w.shape)} asks for {cg} x {groups} input and "
+                                  f"{m} output channels (both must be divisible by group)")
+        for axis, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations)):
+            padded, reach = size + pads[axis] + pads[n + axis], (k - 1) * d + 1
+            if reach > padded:
+                raise self.fail(node, f"the kernel (size {k}, dilation {d}: spans {reach}) is larger than the "
+                                      f"padded input ({size} + pads {pads[axis]}+{pads[n + axis]} = {padded}) on "
+                                      f"spatial axis {axis}; check 'kernel_shape', 'dilations' and 'pads'")
+        if b is not None and b.shape != (m,):
+            raise self.fail(node, f"bias {node.input[2]!r} has shape {list(b.shape)}; it needs [{m}] "
+                                  "(one value per output channel)")
 
     def op_Gemm(self, node, name):
         a = self.attrs(node)
@@ -381,6 +474,9 @@ class _Importer:
         out = node.output[0]
         c_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
         c = self.const(c_name) if c_name else None
+        if c is not None and (c.ndim > 2 or (c.ndim >= 1 and c.shape[-1] not in (1, matrix.shape[1]))):
+            raise self.fail(node, f"operand C {c_name!r} has shape {list(c.shape)}; it must broadcast to the "
+                                  f"output's [M, {matrix.shape[1]}]")
         bias, add_after = None, None
         if c is not None and c.size in (1, matrix.shape[1]) and (c.ndim < 2 or c.shape[0] == 1):
             bias = np.broadcast_to(beta * c.astype(np.float32).reshape(-1), (matrix.shape[1],)).copy()

@@ -1,0 +1,93 @@
+"""Is an ONNX model valid, as onnxruntime would judge it, and are its constants finite?
+
+`check_valid` runs onnx.checker and onnx's strict shape inference (what `check_model(full_check=True)` does) and
+turns what they refuse into a ModelError naming the file. Two things the checker refuses but onnxruntime runs stay
+accepted: nodes out of topological order (the front end sorts them first) and declared shapes (value_info, graph
+outputs) that disagree with the inferred ones (onnxruntime merges them leniently; cimc uses the inferred shapes).
+
+`first_nonfinite` finds the first NaN/Inf of an array, for messages that name the index.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+
+from cimc.errors import ModelError
+
+
+def _duplicates(names) -> list[str]:
+    return sorted(n for n, k in Counter(n for n in names if n).items() if k > 1)
+
+
+def check_unique_names(model: onnx.ModelProto, where: str) -> None:
+    """Initializer names, and the tensors written by nodes and graph inputs, must be unique (SSA). The checker
+    says so too, but names only the first tensor; this names the nodes that write it."""
+    g = model.graph
+    dup = _duplicates(i.name for i in g.initializer)
+    if dup:
+        raise ModelError(f"{where}: initializer {dup[0]!r} is defined more than once (initializer names must be "
+                         "unique; onnxruntime and cimc would disagree on which one holds); re-export the model")
+    writers: dict[str, list[str]] = {}
+    inputs = {vi.name for vi in g.input}
+    for vi in g.input:
+        writers.setdefault(vi.name, []).append("graph input")
+    for init in g.initializer:
+        if init.name not in inputs:   # IR-3 files list their initializers as graph inputs too: one definition
+            writers.setdefault(init.name, []).append("initializer")
+    for index, node in enumerate(g.node):
+        for out in node.output:
+            if out:
+                writers.setdefault(out, []).append(f"node {node.name or f'#{index}'!r} ({node.op_type})")
+    for tensor, who in writers.items():
+        if len(who) > 1:
+            raise ModelError(f"{where}: tensor {tensor!r} is written more than once (by {', '.join(who)}); every "
+                             "tensor must have exactly one producer; re-export the model")
+
+
+def check_valid(model: onnx.ModelProto, where: str) -> None:
+    """ModelError unless onnx.checker and strict shape inference accept `model` (nodes already in topological
+    order), ignoring declared intermediate and output shapes, which onnxruntime merges leniently."""
+    check_unique_names(model, where)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    # Files below IR 4 (IR 3 exporters, hand-made files with IR 0-2): the checker refuses their opset_import
+    # (IR < 3) and initializers that are not also graph inputs (IR < 4); onnxruntime runs both, so check as IR 4.
+    probe.ir_version = max(probe.ir_version, 4)
+    try:
+        onnx.checker.check_model(probe)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{where}: not a valid ONNX model, onnx.checker says: {_first_lines(exc)}") from None
+    except Exception as exc:  # e.g. a model over protobuf's 2 GB limit
+        raise ModelError(f"{where}: onnx.checker cannot check it ({type(exc).__name__}: {_first_lines(exc)})") \
+            from None
+    del probe.graph.value_info[:]
+    for out in probe.graph.output:     # keep the element type (onnxruntime checks it), forget the shape
+        out.type.tensor_type.ClearField("shape")
+    try:
+        onnx.shape_inference.infer_shapes(probe, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:  # InferenceError names the node, op type and attribute at fault
+        raise ModelError(f"{where}: not a valid ONNX model, onnx shape inference says: {_first_lines(exc)}") \
+            from None
+
+
+def _first_lines(exc: Exception, limit: int = 600) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def first_nonfinite(array) -> str | None:
+    """'NaN at index (3, 0, 1, 2)' (or Inf / -Inf) for the first non-finite entry of a float array, else None."""
+    a = np.asarray(array)
+    if a.dtype.kind in "iubSUO" or a.size == 0:
+        return None
+    if a.dtype.kind not in "fc":
+        a = a.astype(np.float64)     # float16 / bfloat16 and friends
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return None
+    index = np.unravel_index(int(np.argmax(bad)), a.shape)
+    value = a[index]
+    kind = "NaN" if np.isnan(value) else ("Inf" if np.real(value) > 0 else "-Inf")
+    return f"{kind} at index {tuple(int(i) for i in index)}" if a.ndim else kind
