@@ -474,9 +474,11 @@ class _Importer:
         out = node.output[0]
         c_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
         c = self.const(c_name) if c_name else None
-        if c is not None and (c.ndim > 2 or (c.ndim >= 1 and c.shape[-1] not in (1, matrix.shape[1]))):
+        rows = (self.shape(node.input[0]) or (None, None))[1 if trans_a else 0]   # M, None when symbolic
+        if c is not None and (c.ndim > 2 or (c.ndim >= 1 and c.shape[-1] not in (1, matrix.shape[1]))
+                              or (c.ndim == 2 and c.shape[0] not in (1, rows))):
             raise self.fail(node, f"operand C {c_name!r} has shape {list(c.shape)}; it must broadcast to the "
-                                  f"output's [M, {matrix.shape[1]}]")
+                                  f"output's [{rows or 'M'}, {matrix.shape[1]}]")
         bias, add_after = None, None
         if c is not None and c.size in (1, matrix.shape[1]) and (c.ndim < 2 or c.shape[0] == 1):
             bias = np.broadcast_to(beta * c.astype(np.float32).reshape(-1), (matrix.shape[1],)).copy()
