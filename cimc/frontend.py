@@ -149,24 +149,46 @@ class _Importer:
                                       f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
         ordered = _topologically_sorted(info.model, self.where)
         onnx_checks.check_valid(ordered, self.where)   # refuse what onnxruntime would refuse
+        # Shapes are inferred from the graph inputs and initializers; a shape the file declares (value_info, graph
+        # outputs) only fills in what inference leaves unknown: onnxruntime, too, runs files whose declared shapes
+        # are wrong (it merges them leniently), and cimc must compute what onnxruntime computes.
+        declared = {vi.name: _shape_of(vi) for vi in list(ordered.graph.value_info) + list(ordered.graph.output)}
+        bare = onnx.ModelProto()
+        bare.CopyFrom(ordered)
+        del bare.graph.value_info[:]
+        for out in bare.graph.output:
+            out.type.tensor_type.ClearField("shape")
         try:
-            self.model = onnx.shape_inference.infer_shapes(ordered, data_prop=True)
+            self.model = onnx.shape_inference.infer_shapes(bare, data_prop=True)
         except Exception as exc:
             raise ModelError(f"{self.where}: onnx shape inference failed: {exc}") from None
         g = self.model.graph
-        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        self.consts: dict[str, np.ndarray] = {i.name: self.tensor_value(i, "initializer") for i in g.initializer}
         self.check_finite_constants(g)
         self.shapes: dict[str, tuple] = {}
         for vi in list(g.value_info) + list(g.input) + list(g.output):
             shape = _shape_of(vi)
             if shape is not None:
                 self.shapes[vi.name] = shape
+        for name, shape in declared.items():
+            inferred = self.shapes.get(name)
+            if shape is not None and (inferred is None or len(inferred) == len(shape)):
+                self.shapes[name] = shape if inferred is None else \
+                    tuple(d if d is not None else s for d, s in zip(inferred, shape))
         self.used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
         self.alias: dict[str, str] = {}
         self.names: set[str] = set()
         self.ops: list = []
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def tensor_value(self, tensor, what: str) -> np.ndarray:
+        try:
+            return numpy_helper.to_array(tensor)
+        except Exception as exc:  # data longer than its dims say (the checker only catches shorter), odd types
+            raise ModelError(f"{self.where}: tensor {tensor.name!r} ({what}) cannot be read as "
+                             f"{onnx.TensorProto.DataType.Name(tensor.data_type)} of shape {list(tensor.dims)} "
+                             f"({exc}); re-export the model") from None
+
     def check_finite_constants(self, g) -> None:
         """Every initializer and Constant holds finite numbers; only a Clip bound may be +-Inf (no bound)."""
         clip_bounds = {t for n in g.node if n.op_type == "Clip" for t in n.input[1:3] if t}
@@ -324,7 +346,7 @@ class _Importer:
     def constant_value(self, node) -> np.ndarray:
         a = self.attrs(node)
         if "value" in a:
-            return numpy_helper.to_array(a["value"])
+            return self.tensor_value(a["value"], f"value of Constant node {node.name or '<unnamed>'!r}")
         for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
                            ("value_ints", np.int64)):
             if key in a:
@@ -590,6 +612,11 @@ class _Importer:
             raise self.fail(node, "training_mode=1; export the model in eval mode")
         params = [self.need_const(node, i, what).astype(np.float32)
                   for i, what in ((1, "scale"), (2, "bias"), (3, "mean"), (4, "var"))]
+        channels = (self.shape(node.input[0]) or (None, None))[1]
+        for i, (what, p) in enumerate(zip(("scale", "bias", "mean", "var"), params), start=1):
+            if p.shape != (channels,):   # shape inference does not check them; onnxruntime refuses at run time
+                raise self.fail(node, f"input {i} ({what}, tensor {node.input[i]!r}) has shape {list(p.shape)}; "
+                                      f"it needs one value per channel: [{channels}]")
         self.add_digital(node, name, "BatchNormalization",
                          dict(zip(("scale", "bias", "mean", "var"), params), epsilon=float(a.get("epsilon", 1e-5))))
 

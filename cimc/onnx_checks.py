@@ -9,6 +9,7 @@ outputs) that disagree with the inferred ones (onnxruntime merges them leniently
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
@@ -21,14 +22,18 @@ def _duplicates(names) -> list[str]:
     return sorted(n for n, k in Counter(n for n in names if n).items() if k > 1)
 
 
-def check_unique_names(model: onnx.ModelProto, where: str) -> None:
-    """Initializer names, and the tensors written by nodes and graph inputs, must be unique (SSA). The checker
-    says so too, but names only the first tensor; this names the nodes that write it."""
+def check_names(model: onnx.ModelProto, where: str) -> None:
+    """Initializer names, and the tensors written by nodes and graph inputs, must be unique (SSA), and every tensor a
+    node reads must be written. The checker says so too, but less plainly; these messages name the nodes."""
     g = model.graph
     dup = _duplicates(i.name for i in g.initializer)
     if dup:
         raise ModelError(f"{where}: initializer {dup[0]!r} is defined more than once (initializer names must be "
                          "unique; onnxruntime and cimc would disagree on which one holds); re-export the model")
+    dup = _duplicates(n.name for n in g.node)
+    if dup:   # the checker lets it pass; onnxruntime refuses the model ("two nodes with same node name")
+        raise ModelError(f"{where}: two nodes are named {dup[0]!r}; node names must be unique (onnxruntime "
+                         "refuses the model too); re-export it or rename the nodes")
     writers: dict[str, list[str]] = {}
     inputs = {vi.name for vi in g.input}
     for vi in g.input:
@@ -44,17 +49,25 @@ def check_unique_names(model: onnx.ModelProto, where: str) -> None:
         if len(who) > 1:
             raise ModelError(f"{where}: tensor {tensor!r} is written more than once (by {', '.join(who)}); every "
                              "tensor must have exactly one producer; re-export the model")
+    for index, node in enumerate(g.node):
+        for tensor in node.input:
+            if tensor and tensor not in writers:   # the checker would call this "not topologically sorted"
+                raise ModelError(f"{where}: node {node.name or f'#{index}'!r} ({node.op_type}) reads tensor "
+                                 f"{tensor!r}, which no node, initializer or graph input provides")
 
 
 def check_valid(model: onnx.ModelProto, where: str) -> None:
     """ModelError unless onnx.checker and strict shape inference accept `model` (nodes already in topological
     order), ignoring declared intermediate and output shapes, which onnxruntime merges leniently."""
-    check_unique_names(model, where)
+    check_names(model, where)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     # Files below IR 4 (IR 3 exporters, hand-made files with IR 0-2): the checker refuses their opset_import
     # (IR < 3) and initializers that are not also graph inputs (IR < 4); onnxruntime runs both, so check as IR 4.
     probe.ir_version = max(probe.ir_version, 4)
+    for out in probe.graph.output:   # the checker wants a shape on every graph output; onnxruntime does not
+        if out.type.HasField("tensor_type") and not out.type.tensor_type.HasField("shape"):
+            out.type.tensor_type.shape.SetInParent()
     try:
         onnx.checker.check_model(probe)
     except onnx.checker.ValidationError as exc:
@@ -72,9 +85,20 @@ def check_valid(model: onnx.ModelProto, where: str) -> None:
             from None
 
 
+# where onnx's messages name the node at fault: "(op_type:Conv, node name: conv)" and "Name: conv OpType: Conv"
+_NODE_IN_MESSAGE = (re.compile(r"op_type:\s*(?P<op>[\w.]+), node name:\s*(?P<name>[^)]*)\)"),
+                    re.compile(r"Name:\s*(?P<name>\S*)\s+OpType:\s*(?P<op>[\w.]+)"))
+
+
 def _first_lines(exc: Exception, limit: int = 600) -> str:
+    """onnx's message on one line, led by the node it names (if any) in cimc's usual form."""
     text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
+    text = text if len(text) <= limit else text[:limit] + " ..."
+    for pattern in _NODE_IN_MESSAGE:
+        found = pattern.search(text)
+        if found:
+            return f"node {found['name']!r} ({found['op']}): {text}"
+    return text
 
 
 def first_nonfinite(array) -> str | None:
