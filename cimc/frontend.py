@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from cimc import onnx_checks, onnx_external
+from cimc.digital import run_digital
 from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 
@@ -148,20 +149,12 @@ class _Importer:
                 raise self.fail(node, f"op type {node.op_type!r} is not supported by cimc "
                                       f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
         ordered = _topologically_sorted(info.model, self.where)
-        onnx_checks.check_valid(ordered, self.where)   # refuse what onnxruntime would refuse
-        # Shapes are inferred from the graph inputs and initializers; a shape the file declares (value_info, graph
-        # outputs) only fills in what inference leaves unknown: onnxruntime, too, runs files whose declared shapes
-        # are wrong (it merges them leniently), and cimc must compute what onnxruntime computes.
+        # Refuse what onnxruntime would refuse; the shapes come from inference on the graph inputs and
+        # initializers. A shape the file declares (value_info, graph outputs) only fills in what inference leaves
+        # unknown: onnxruntime, too, runs files whose declared shapes are wrong (it merges them leniently), and
+        # cimc must compute what onnxruntime computes.
+        self.model = onnx_checks.check_valid(ordered, self.where)
         declared = {vi.name: _shape_of(vi) for vi in list(ordered.graph.value_info) + list(ordered.graph.output)}
-        bare = onnx.ModelProto()
-        bare.CopyFrom(ordered)
-        del bare.graph.value_info[:]
-        for out in bare.graph.output:
-            out.type.tensor_type.ClearField("shape")
-        try:
-            self.model = onnx.shape_inference.infer_shapes(bare, data_prop=True)
-        except Exception as exc:
-            raise ModelError(f"{self.where}: onnx shape inference failed: {exc}") from None
         g = self.model.graph
         self.consts: dict[str, np.ndarray] = {i.name: self.tensor_value(i, "initializer") for i in g.initializer}
         self.check_finite_constants(g)
@@ -201,6 +194,40 @@ class _Importer:
             if bad and not (bad.startswith(("Inf", "-Inf")) and name in clip_bounds and name not in other_uses):
                 raise ModelError(f"{self.where}: tensor {name!r} ({what}) holds {bad}; cimc needs finite weights "
                                  "and constants: fix the model (or re-export it from a checkpoint without NaN/Inf)")
+
+    def dry_run(self, inputs: list[TensorInfo]) -> None:
+        """Zeros of batch 1 through the lowered ops, tracking shapes: a digital op whose attributes do not fit its
+        data (a Reshape target, an axis, a pool window) or a crossbar op whose input does not have the weight's
+        row count is refused now, naming the node, instead of failing mid-calibration. Ops whose inputs are too
+        big to probe cheaply are skipped (and what they feed)."""
+        shapes = {t.name: tuple(1 if d is None else d for d in t.shape) for t in inputs}
+        for op in self.ops:
+            given = [shapes.get(t) for t in op.inputs]
+            if any(s is None for s in given) or sum(int(np.prod(s)) for s in given) > 1 << 24:
+                continue
+            node = op.source_nodes[0] if op.source_nodes else op.name
+            if isinstance(op, XbarOp):
+                out = self.xbar_output_shape(op, given[0], node)
+            else:
+                try:
+                    out = run_digital(op.op_type, [np.zeros(s, np.float32) for s in given], op.attrs).shape
+                except (ValueError, IndexError, TypeError) as exc:
+                    raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): {exc}") from None
+            shapes[op.outputs[0]] = tuple(out)
+
+    def xbar_output_shape(self, op, x: tuple, node: str) -> tuple | None:
+        rows = op.matrix.shape[0]
+        if op.conv is not None:
+            if len(x) != 4 - (op.conv.spatial_rank == 1) or x[1] != op.conv.in_channels:
+                raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its input has shape {list(x)}, the "
+                                 f"weight needs {op.conv.in_channels} channels")
+            hw = x[2:] if op.conv.spatial_rank == 2 else (1, x[2])
+            oh, ow = op.conv.output_hw(*hw)
+            return (x[0], op.conv.out_channels) + ((oh, ow) if op.conv.spatial_rank == 2 else (ow,))
+        if not x or x[-1] != rows:
+            raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its input has shape {list(x)} but the "
+                             f"weight has {rows} rows; the last axis must have {rows} entries")
+        return tuple(x[:-1]) + (op.matrix.shape[1],)
 
     def check_finite_op(self, op) -> None:
         """The lowered numbers of an op (weights and biases after folding, digital op parameters) are finite."""
@@ -297,6 +324,7 @@ class _Importer:
                                  f"{op.matrix.shape[0]} x {op.matrix.shape[1]} (an empty dimension); nothing to "
                                  "map onto crossbar arrays")
             self.check_finite_op(op)
+        self.dry_run(inputs)
         tensors = {name: TensorInfo(name, shape) for name, shape in self.shapes.items()}
         graph = Graph(inputs, outputs, self.ops, tensors)
         if not graph.xbar_ops():
@@ -497,9 +525,12 @@ class _Importer:
         c_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
         c = self.const(c_name) if c_name else None
         rows = (self.shape(node.input[0]) or (None, None))[1 if trans_a else 0]   # M, None when symbolic
-        if c is not None and (c.ndim > 2 or (c.ndim >= 1 and c.shape[-1] not in (1, matrix.shape[1]))
-                              or (c.ndim == 2 and c.shape[0] not in (1, rows))):
-            raise self.fail(node, f"operand C {c_name!r} has shape {list(c.shape)}; it must broadcast to the "
+        self.check_contracted(node, node.input[0], 0 if trans_a else -1, matrix.shape[0])
+        c_shape = c.shape if c is not None else (self.shape(c_name) if c_name else None)
+        n_out = matrix.shape[1]
+        if c_shape is not None and (len(c_shape) > 2 or (len(c_shape) >= 1 and c_shape[-1] not in (1, n_out))
+                                    or (len(c_shape) == 2 and c_shape[0] not in (1, rows))):
+            raise self.fail(node, f"operand C {c_name!r} has shape {list(c_shape)}; it must broadcast to the "
                                   f"output's [{rows or 'M'}, {matrix.shape[1]}]")
         bias, add_after = None, None
         if c is not None and c.size in (1, matrix.shape[1]) and (c.ndim < 2 or c.shape[0] == 1):
@@ -519,13 +550,25 @@ class _Importer:
                 self.ops.append(DigitalOp(self.unique(f"{name}/bias"), "Add", [xbar_out, self.resolve(c_name)],
                                           [out], {"constant": None, "constant_index": 1}))
 
+    def check_contracted(self, node, tensor, axis: int, size: int) -> None:
+        """The run-time operand's contracted axis has the weight's size (shape inference lets a symbolic size
+        pass, and onnxruntime fails only when it runs)."""
+        shape = self.shape(tensor)
+        if shape is None or len(shape) < 2 or shape[axis] == size:
+            return
+        got = "a size that varies with the batch" if shape[axis] is None else f"size {shape[axis]}"
+        raise self.fail(node, f"the run-time operand {tensor!r} (shape {['N' if d is None else d for d in shape]}) "
+                              f"has {got} on the axis multiplied with the weight, which needs {size}")
+
     def op_MatMul(self, node, name):
         left, right = self.const(node.input[0]), self.const(node.input[1])
         if right is not None and right.ndim == 2:
+            self.check_contracted(node, node.input[0], -1, right.shape[0])
             x = self.resolve(node.input[0])
             self.ops.append(XbarOp(name, "MatMul", [x], [node.output[0]], right.astype(np.float32), None, None,
                                    [node.name or name], positions=self.matmul_positions(node.input[0])))
         elif left is not None and left.ndim == 2:
+            self.check_contracted(node, node.input[1], -2, left.shape[1])
             # Y = A X  <=>  Y^T = X^T A^T: transpose the run-time operand, multiply by A^T, transpose back.
             x = self.resolve(node.input[1])
             rank = len(self.shape(node.input[1]) or (None, None))
@@ -577,6 +620,10 @@ class _Importer:
             lo, hi = a.get("min"), a.get("max")
         else:
             lo, hi = self.need_const(node, 1, "min"), self.need_const(node, 2, "max")
+            for i, bound in ((1, lo), (2, hi)):
+                if bound is not None and bound.size != 1:   # onnxruntime: "min should be a scalar"
+                    raise self.fail(node, f"input {i} ({'min' if i == 1 else 'max'}, tensor {node.input[i]!r}) "
+                                          f"has shape {list(bound.shape)}; a Clip bound must be a scalar")
         self.add_digital(node, name, "Clip", {"min": None if lo is None else float(lo),
                                               "max": None if hi is None else float(hi)})
 

@@ -9,7 +9,11 @@ outputs) that disagree with the inferred ones (onnxruntime merges them leniently
 """
 from __future__ import annotations
 
+import logging  # noqa: F401 - imported before any fork: a first import racing a fork breaks its at-fork hooks
+import multiprocessing
+import os
 import re
+import tempfile
 from collections import Counter
 
 import numpy as np
@@ -56,10 +60,55 @@ def check_names(model: onnx.ModelProto, where: str) -> None:
                                  f"{tensor!r}, which no node, initializer or graph input provides")
 
 
-def check_valid(model: onnx.ModelProto, where: str) -> None:
+def check_valid(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     """ModelError unless onnx.checker and strict shape inference accept `model` (nodes already in topological
-    order), ignoring declared intermediate and output shapes, which onnxruntime merges leniently."""
+    order), ignoring declared intermediate and output shapes, which onnxruntime merges leniently. Returns the model
+    with the shapes inference found (in value_info and the graph outputs).
+
+    onnx's C++ code can abort the whole process on a malformed file (an assertion in a shape function, seen with
+    a Conv whose output size comes out negative feeding a Slice; onnxruntime aborts the same way), so where the
+    platform can fork, the checks run in a child process and a crash there becomes a ModelError."""
     check_names(model, where)
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return _check_and_infer(model, where)
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    with tempfile.TemporaryFile() as stderr:   # what onnx's C++ code prints before it aborts
+        child = context.Process(target=_child, args=(send, model, where, stderr.fileno()), daemon=True)
+        child.start()
+        send.close()
+        try:
+            status, payload = receive.recv()
+        except EOFError:           # the child died without a word: a crash inside onnx
+            status, payload = None, None
+        finally:
+            receive.close()
+            child.join()
+        stderr.seek(0)
+        said = " ".join(stderr.read().decode(errors="replace").split())[-300:]
+    if status == "ok":
+        return onnx.load_from_string(payload)
+    if status == "error":
+        raise ModelError(payload)
+    raise ModelError(f"{where}: onnx's checker or shape inference crashed on this model (exit code "
+                     f"{child.exitcode}{'; it said: ' + said if said else ''}); the file is malformed (look for "
+                     "attributes that make a tensor size zero or negative, such as a kernel larger than its input); "
+                     "onnxruntime cannot load it either")
+
+
+def _child(send, model, where, stderr_fd: int) -> None:
+    os.dup2(stderr_fd, 2)
+    try:
+        send.send(("ok", _check_and_infer(model, where).SerializeToString()))
+    except ModelError as exc:
+        send.send(("error", str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - whatever it is, the parent reports it as a ModelError
+        send.send(("error", f"{where}: cannot check the model ({type(exc).__name__}: {_first_lines(exc)})"))
+    finally:
+        send.close()
+
+
+def _check_and_infer(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     # Files below IR 4 (IR 3 exporters, hand-made files with IR 0-2): the checker refuses their opset_import
@@ -79,7 +128,7 @@ def check_valid(model: onnx.ModelProto, where: str) -> None:
     for out in probe.graph.output:     # keep the element type (onnxruntime checks it), forget the shape
         out.type.tensor_type.ClearField("shape")
     try:
-        onnx.shape_inference.infer_shapes(probe, check_type=True, strict_mode=True, data_prop=True)
+        return onnx.shape_inference.infer_shapes(probe, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:  # InferenceError names the node, op type and attribute at fault
         raise ModelError(f"{where}: not a valid ONNX model, onnx shape inference says: {_first_lines(exc)}") \
             from None
