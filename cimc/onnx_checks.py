@@ -9,6 +9,7 @@ outputs) that disagree with the inferred ones (onnxruntime merges them leniently
 """
 from __future__ import annotations
 
+import faulthandler
 import logging  # noqa: F401 - imported before any fork: a first import racing a fork breaks its at-fork hooks
 import multiprocessing
 import os
@@ -97,6 +98,7 @@ def check_valid(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
 
 
 def _child(send, model, where, stderr_fd: int) -> None:
+    faulthandler.disable()     # a crash is reported by the parent, not as a Python stack dump
     os.dup2(stderr_fd, 2)
     try:
         send.send(("ok", _check_and_infer(model, where).SerializeToString()))

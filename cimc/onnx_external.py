@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import warnings
 from pathlib import PurePosixPath, PureWindowsPath
 
 import onnx
@@ -65,7 +67,11 @@ def external_data_files(model: onnx.ModelProto, model_path) -> list[str]:
         if not uses_external_data(tensor):
             continue
         try:
-            location = ExternalDataInfo(tensor).location
+            with warnings.catch_warnings(record=True) as said:   # onnx warns about unknown keys, and ignores them
+                warnings.simplefilter("always")
+                location = ExternalDataInfo(tensor).location
+            for warning in said:
+                print(f"cimc: warning: {model_path}: {warning.message}", file=sys.stderr)
         except Exception as exc:  # malformed offset/length entries
             raise ModelError(f"{model_path}: tensor {tensor.name!r} has malformed external data fields ({exc})") \
                 from None
@@ -84,7 +90,9 @@ def load_external_data(model: onnx.ModelProto, model_path) -> list[str]:
     if files:
         folder = model_folder(model_path)
         try:
-            load_external_data_for_model(model, folder)
+            with warnings.catch_warnings():   # unknown keys: already reported by external_data_files
+                warnings.simplefilter("ignore")
+                load_external_data_for_model(model, folder)
         except Exception as exc:  # onnx's ValidationError (bad path) or ValueError (offset/length past the end)
             raise ModelError(f"{model_path}: cannot read its external data ({exc})") from None
     return files
