@@ -23,6 +23,7 @@ from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 
 MIN_OPSET = 8
+_MAX_SAMPLE_VALUES = 1 << 28   # an activation larger than this per sample (1 GiB of float32) is a broken attribute
 _PROBE_BATCHES = (3, 7)  # batch sizes used to tell batch-dependent entries of a computed shape
 SUPPORTED_OPS = frozenset({
     "Conv", "Gemm", "MatMul", "BatchNormalization", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu",
@@ -206,13 +207,19 @@ class _Importer:
             if any(s is None for s in given) or sum(int(np.prod(s)) for s in given) > 1 << 24:
                 continue
             node = op.source_nodes[0] if op.source_nodes else op.name
+            inferred = self.shapes.get(op.outputs[0])
+            if inferred and None not in inferred[1:] and int(np.prod(inferred[1:], dtype=float)) > _MAX_SAMPLE_VALUES:
+                raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its output {list(inferred)} holds "
+                                 f"more than {_MAX_SAMPLE_VALUES} values per sample; check its attributes")
             if isinstance(op, XbarOp):
                 out = self.xbar_output_shape(op, given[0], node)
             else:
                 try:
                     out = run_digital(op.op_type, [np.zeros(s, np.float32) for s in given], op.attrs).shape
-                except (ValueError, IndexError, TypeError) as exc:
-                    raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): {exc}") from None
+                except (ValueError, IndexError, TypeError, MemoryError) as exc:
+                    raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): "
+                                     f"{'its output is too large to hold' if isinstance(exc, MemoryError) else exc}") \
+                        from None
             shapes[op.outputs[0]] = tuple(out)
 
     def xbar_output_shape(self, op, x: tuple, node: str) -> tuple | None:
@@ -737,6 +744,9 @@ class _Importer:
         else:
             pads = [int(p) for p in self.need_const(node, 1, "pads")]
             v = self.need_const(node, 2, "constant_value")
+            if v is not None and v.size > 1:   # onnxruntime: "Value tensor should be a 1D tensor of size 1"
+                raise self.fail(node, f"input 2 (constant_value, tensor {node.input[2]!r}) has shape "
+                                      f"{list(v.shape)}; the pad value must be a single number")
             value = 0.0 if v is None or v.size == 0 else float(v.reshape(-1)[0])
             axes = self.need_const(node, 3, "axes")
             if axes is not None:

@@ -295,6 +295,9 @@ BAD = {
                                       ["'fc'", "37 rows"]),
     "maxpool_ceil_mode_2": (lambda: om.pool("MaxPool", hw=8, strides=[2, 2]), set_attr("maxpool", ceil_mode=2),
                             ["'maxpool'", "ceil_mode"]),
+    "pad_value_not_scalar": (om.newest_opset, rename_input("pad", 2, "bn.weight"), ["'pad'", "bn.weight"]),
+    "pad_huge": (om.pad, replace_init("pad.pads", np.array([0, 0, 0, 1, 0, 0, 0, 2 ** 40], np.int64)),
+                 ["'pad'", "values per sample"]),
     "onnx_aborts_on_negative_size": (om.slice_, set_attr("conv", kernel_shape=[100, 3]), ["crashed", "kernel"]),
 }
 # onnxruntime aborts the whole process on these (as onnx's shape inference does): never hand them to it in-process
