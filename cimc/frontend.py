@@ -197,11 +197,11 @@ class _Importer:
                                  "and constants: fix the model (or re-export it from a checkpoint without NaN/Inf)")
 
     def dry_run(self, inputs: list[TensorInfo]) -> None:
-        """Zeros of batch 1 through the lowered ops, tracking shapes: a digital op whose attributes do not fit its
-        data (a Reshape target, an axis, a pool window) or a crossbar op whose input does not have the weight's
-        row count is refused now, naming the node, instead of failing mid-calibration. Ops whose inputs are too
-        big to probe cheaply are skipped (and what they feed)."""
-        shapes = {t.name: tuple(1 if d is None else d for d in t.shape) for t in inputs}
+        """Zeros of batch 2 through the lowered ops, tracking shapes: a digital op whose attributes do not fit its
+        data (a Reshape target, an axis, a pool window, a constant that broadcasts only against a batch of 1) or a
+        crossbar op whose input does not have the weight's row count is refused now, naming the node, instead of
+        failing mid-calibration. Ops whose inputs are too big to probe cheaply are skipped (and what they feed)."""
+        shapes = {t.name: tuple(2 if d is None else d for d in t.shape) for t in inputs}
         for op in self.ops:
             given = [shapes.get(t) for t in op.inputs]
             if any(s is None for s in given) or sum(int(np.prod(s)) for s in given) > 1 << 24:
@@ -295,6 +295,8 @@ class _Importer:
         live = self.live_nodes(g)
         for index, node in enumerate(g.node):
             if index not in live:
+                if node.op_type == "Conv":
+                    self.check_dead_conv(node)
                 continue
             if node.op_type not in SUPPORTED_OPS:
                 raise self.fail(node, f"op type {node.op_type!r} is not supported by cimc "
@@ -449,7 +451,8 @@ class _Importer:
         return begins + ends
 
     # -- crossbar ops --------------------------------------------------------------------------------------
-    def op_Conv(self, node, name):
+    def conv_setup(self, node):
+        """A Conv's weight, bias and geometry, checked (check_conv)."""
         w = self.need_const(node, 1, "weight")
         if w is None:
             raise self.fail(node, "has no weight")
@@ -458,7 +461,6 @@ class _Importer:
         if w.ndim not in (3, 4):
             raise self.fail(node, f"{w.ndim - 2}-D convolution is not supported (only 1-D and 2-D)")
         groups = int(a.get("group", 1))
-        m, cg = w.shape[:2]
         kernel = list(w.shape[2:])
         n = len(kernel)
         strides = list(a.get("strides", [1] * n))
@@ -466,6 +468,21 @@ class _Importer:
         spatial = self.spatial(node, node.input[0])
         pads = self.window_pads(node, a, kernel, strides, dilations, spatial)
         self.check_conv(node, a, w, b, groups, strides, dilations, pads, spatial)
+        return w, b, groups, kernel, strides, dilations, pads, spatial
+
+    def check_dead_conv(self, node) -> None:
+        """onnxruntime runs nodes whose results nobody uses (cimc drops them): a Conv there that onnxruntime would
+        refuse at run time is refused now too. Only what cimc could lower is checked."""
+        w, shape = self.const(node.input[1]), self.shape(node.input[0])
+        bias_known = len(node.input) < 3 or not node.input[2] or self.const(node.input[2]) is not None
+        if w is not None and w.ndim in (3, 4) and bias_known and shape and len(shape) == w.ndim \
+                and None not in shape[2:]:
+            self.conv_setup(node)
+
+    def op_Conv(self, node, name):
+        w, b, groups, kernel, strides, dilations, pads, spatial = self.conv_setup(node)
+        m, cg = w.shape[:2]
+        n = len(kernel)
         cin = cg * groups
         ng, kg = m // groups, cg * int(np.prod(kernel))
         matrix = np.zeros((cin * int(np.prod(kernel)), m), dtype=np.float32)

@@ -9,8 +9,9 @@ outputs) that disagree with the inferred ones (onnxruntime merges them leniently
 """
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401 - these two register before/after fork hooks when first imported;
 import faulthandler
-import logging  # noqa: F401 - imported before any fork: a first import racing a fork breaks its at-fork hooks
+import logging  # noqa: F401 - imported here, before any fork, no other thread's first import races a fork
 import multiprocessing
 import os
 import re

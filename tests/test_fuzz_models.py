@@ -298,6 +298,10 @@ BAD = {
     "pad_value_not_scalar": (om.newest_opset, rename_input("pad", 2, "bn.weight"), ["'pad'", "bn.weight"]),
     "pad_huge": (om.pad, replace_init("pad.pads", np.array([0, 0, 0, 1, 0, 0, 0, 2 ** 40], np.int64)),
                  ["'pad'", "values per sample"]),
+    "unused_conv_kernel_shape": (lambda: om.concat(axis=2), set_attr("conv_b", kernel_shape=[2, 1]),
+                                 ["'conv_b'", "kernel_shape"]),   # onnxruntime runs unused nodes too
+    "add_broadcasts_only_at_batch_1": (om.transpose, lambda m: (set_attr("transpose", perm=None)(m),
+                                                                set_op("fc", "Add")(m)), ["'fc'", "Add"]),
     "onnx_aborts_on_negative_size": (om.slice_, set_attr("conv", kernel_shape=[100, 3]), ["crashed", "kernel"]),
 }
 # onnxruntime aborts the whole process on these (as onnx's shape inference does): never hand them to it in-process
