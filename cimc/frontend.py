@@ -507,6 +507,13 @@ class _Importer:
         if m < 1 or cg < 1 or 0 in kernel:
             raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)}: zero output channels, input "
                                   "channels or kernel size; nothing to compute")
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto not in ("NOTSET", "") and "pads" in a:   # onnxruntime: "has both 'auto_pad' and 'pads' attributes"
+            raise self.fail(node, f"attributes 'auto_pad' ({auto}) and 'pads' are both set; keep one")
+        if auto in ("SAME_UPPER", "SAME_LOWER") and any(int(d) != 1 for d in dilations):
+            raise self.fail(node, f"attribute 'auto_pad' {auto} with 'dilations' {list(dilations)}: onnxruntime "
+                                  "does not support dilation with SAME padding; give explicit 'pads' instead")
         if "kernel_shape" in a and [int(k) for k in a["kernel_shape"]] != kernel:
             raise self.fail(node, f"attribute 'kernel_shape' {list(a['kernel_shape'])} disagrees with the weight's "
                                   f"kernel {kernel}")
@@ -656,6 +663,12 @@ class _Importer:
         kernel = list(a["kernel_shape"])
         n = len(kernel)
         strides, dilations = list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n))
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("SAME_UPPER", "SAME_LOWER") and any(int(d) != 1 for d in dilations):
+            # the ONNX spec pads for the dilated window, onnxruntime for the undilated one: their outputs differ
+            raise self.fail(node, f"attribute 'auto_pad' {auto} with 'dilations' {dilations}: onnxruntime and the "
+                                  "ONNX specification disagree on the padding; give explicit 'pads' instead")
         pads = self.window_pads(node, a, kernel, strides, dilations, self.spatial(node, node.input[0]))
         attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": dilations,
                  "ceil_mode": int(a.get("ceil_mode", 0))}

@@ -302,6 +302,13 @@ BAD = {
                                  ["'conv_b'", "kernel_shape"]),   # onnxruntime runs unused nodes too
     "add_broadcasts_only_at_batch_1": (om.transpose, lambda m: (set_attr("transpose", perm=None)(m),
                                                                 set_op("fc", "Add")(m)), ["'fc'", "Add"]),
+    "conv_auto_pad_and_pads": (lambda: om.conv(pads=[0, 1, 2, 1]), set_attr("conv", auto_pad="VALID"),
+                               ["'conv'", "auto_pad", "pads"]),
+    "conv_same_with_dilation": (lambda: om.conv(k=2, auto_pad="SAME_UPPER"), set_attr("conv", dilations=[2, 2]),
+                                ["'conv'", "auto_pad", "dilations"]),
+    "maxpool_same_dilated": (lambda: om.pool("MaxPool", hw=9, strides=[2, 2]),
+                             set_attr("maxpool", auto_pad="SAME_LOWER", dilations=[2, 2]),
+                             ["'maxpool'", "auto_pad", "dilations"]),
     "onnx_aborts_on_negative_size": (om.slice_, set_attr("conv", kernel_shape=[100, 3]), ["crashed", "kernel"]),
 }
 # onnxruntime aborts the whole process on these (as onnx's shape inference does): never hand them to it in-process
@@ -314,6 +321,7 @@ REFUSED_BY_CIMC_ONLY = {
     "matmul_no_columns",          # an empty weight: nothing to map onto arrays
     "matmul_weight_rank_1", "unsupported_onnx_op", "opset_7", "opset_missing",  # outside cimc's scope, said so
     "maxpool_ceil_mode_2",        # the spec's ceil_mode is 0 or 1; onnxruntime takes any non-zero value as 1
+    "maxpool_same_dilated",       # onnxruntime pads SAME for the undilated window, the spec for the dilated one
 }
 BAD_WEIGHTS = {"conv_kernel_larger_than_input": ("conv.weight", _conv_weight((6, 4, 11, 11)))}
 
@@ -444,6 +452,8 @@ VALID = {
     "clip_max_inf": (lambda: om.activation("Clip", min=0.0, max=6.0), replace_init("clip.max", np.float32(np.inf))),
     "clip_min_minus_inf": (lambda: om.activation("Clip", min=0.0, max=6.0),
                            replace_init("clip.min", np.float32(-np.inf))),
+    "maxpool_same_and_pads": (lambda: om.pool("MaxPool", hw=9, strides=[2, 2]),
+                              set_attr("maxpool", auto_pad="SAME_UPPER", pads=[1, 1, 1, 1])),
     "producer_and_doc": (om.conv, set_model(producer_name="\u2603" * 50, doc_string="x" * 1000)),
 }
 
