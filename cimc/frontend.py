@@ -444,10 +444,23 @@ class _Importer:
             raise self.fail(node, f"unknown auto_pad {auto!r}")
         begins, ends = [], []
         for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, big = total // 2, total - total // 2
-            begins.append(small if auto == "SAME_UPPER" else big)
-            ends.append(big if auto == "SAME_UPPER" else small)
+            target = -(-size // s)                         # SAME: ceil(size / stride) outputs
+            total = (target - 1) * s + (k - 1) * d + 1 - size
+            if total >= 0:
+                small, big = total // 2, total - total // 2
+                begins.append(small if auto == "SAME_UPPER" else big)
+                ends.append(big if auto == "SAME_UPPER" else small)
+                continue
+            # A stride longer than the window: the rule asks for negative padding (cropping). onnxruntime refuses
+            # that for pooling; for Conv it crops the head by int((total + lower) / 2), rounded toward zero (a
+            # cropped tail changes nothing here).
+            head = int((total + (auto == "SAME_LOWER")) / 2)
+            if head < 0 or node.op_type != "Conv" or (size + head - ((k - 1) * d + 1)) // s + 1 != target:
+                raise self.fail(node, f"attribute 'auto_pad' {auto} with stride {s} on an axis of size {size} "
+                                      f"and kernel {k} would crop the input (negative padding {total}), which cimc "
+                                      "does not support; give explicit 'pads' instead")
+            begins.append(head)
+            ends.append(0)
         return begins + ends
 
     # -- crossbar ops --------------------------------------------------------------------------------------
