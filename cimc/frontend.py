@@ -683,6 +683,10 @@ class _Importer:
             raise self.fail(node, f"attribute 'auto_pad' {auto} with 'dilations' {dilations}: onnxruntime and the "
                                   "ONNX specification disagree on the padding; give explicit 'pads' instead")
         pads = self.window_pads(node, a, kernel, strides, dilations, self.spatial(node, node.input[0]))
+        if len(pads) == 2 * n and any(int(p) >= int(k) for p, k in zip(pads, kernel + kernel)):
+            # onnxruntime: "Pad should be smaller than kernel" (a window of padding only)
+            raise self.fail(node, f"attribute 'pads' {pads} has a pad as large as the kernel {kernel}; each pad "
+                                  "must be smaller than the kernel along its axis")
         attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": dilations,
                  "ceil_mode": int(a.get("ceil_mode", 0))}
         if with_count_pad:

@@ -309,6 +309,10 @@ BAD = {
     "maxpool_same_dilated": (lambda: om.pool("MaxPool", hw=9, strides=[2, 2]),
                              set_attr("maxpool", auto_pad="SAME_LOWER", dilations=[2, 2]),
                              ["'maxpool'", "auto_pad", "dilations"]),
+    "maxpool_pad_as_large_as_kernel": (lambda: om.pool("MaxPool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                                       set_attr("maxpool", pads=[3, 1, 1, 1]), ["'maxpool'", "pads"]),
+    "avgpool_pad_larger_than_kernel": (lambda: om.pool("AveragePool", hw=8, strides=[2, 2]),
+                                       set_attr("averagepool", pads=[0, 0, 5, 0]), ["'averagepool'", "pads"]),
     "onnx_aborts_on_negative_size": (om.slice_, set_attr("conv", kernel_shape=[100, 3]), ["crashed", "kernel"]),
 }
 # onnxruntime aborts the whole process on these (as onnx's shape inference does): never hand them to it in-process
