@@ -73,6 +73,13 @@ def check_valid(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     check_names(model, where)
     if "fork" not in multiprocessing.get_all_start_methods():
         return _check_and_infer(model, where)
+    try:
+        return _check_in_child(model, where)
+    except OSError:   # no child to be had (process limits, no temporary folder): check here, unprotected
+        return _check_and_infer(model, where)
+
+
+def _check_in_child(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     with tempfile.TemporaryFile() as stderr:   # what onnx's C++ code prints before it aborts

@@ -256,3 +256,18 @@ def test_unmutated_models_are_accepted():
     for model in (om.conv(), om.constant_weights(), om.activation("Clip", min=0.0, max=6.0)):
         onnx.checker.check_model(model, full_check=True)
         assert cimc.count(model)["layers"]
+
+
+def test_checks_run_in_this_process_when_no_child_can_be_started(monkeypatch):
+    from cimc import onnx_checks
+
+    def no_fork(*args):
+        raise OSError("Resource temporarily unavailable")
+    monkeypatch.setattr(onnx_checks, "_check_in_child", no_fork)
+    assert cimc.count(om.conv())["layers"][0]["rows"] == 4 * 3 * 3
+    with pytest.raises(ModelError, match="initializer 'conv.weight' is defined more than once"):
+        cimc.count(_duplicate_initializer(om.conv()))
+    with pytest.raises(ModelError, match="strides"):
+        model = om.conv()
+        model.graph.node[0].attribute.append(onnx.helper.make_attribute("strides", [0, 0]))
+        cimc.count(model)
