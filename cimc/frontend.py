@@ -203,14 +203,14 @@ class _Importer:
         failing mid-calibration. Ops whose inputs are too big to probe cheaply are skipped (and what they feed)."""
         shapes = {t.name: tuple(2 if d is None else d for d in t.shape) for t in inputs}
         for op in self.ops:
+            node = op.source_nodes[0] if op.source_nodes else op.name
+            inferred = self.shapes.get(op.outputs[0])
+            if inferred and None not in inferred[1:] and np.prod(inferred[1:], dtype=float) > _MAX_SAMPLE_VALUES:
+                raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its output {list(inferred)} holds "
+                                 f"more than {_MAX_SAMPLE_VALUES} values per sample; check its attributes")
             given = [shapes.get(t) for t in op.inputs]
             if any(s is None for s in given) or sum(int(np.prod(s)) for s in given) > 1 << 24:
                 continue
-            node = op.source_nodes[0] if op.source_nodes else op.name
-            inferred = self.shapes.get(op.outputs[0])
-            if inferred and None not in inferred[1:] and int(np.prod(inferred[1:], dtype=float)) > _MAX_SAMPLE_VALUES:
-                raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its output {list(inferred)} holds "
-                                 f"more than {_MAX_SAMPLE_VALUES} values per sample; check its attributes")
             if isinstance(op, XbarOp):
                 out = self.xbar_output_shape(op, given[0], node)
             else:

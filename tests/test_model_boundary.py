@@ -221,7 +221,8 @@ def test_nonfinite_folded_weight_is_refused_naming_the_node():
     w = n.node("Sqrt", [n.const("fc.weight_sq", squared)], "fc.weight_sqrt")
     n.node("MatMul", [x, w], "fc", "logits")
     model = n.build()
-    with pytest.raises(ModelError, match=r"node 'fc' \(MatMul\): its lowered weight matrix holds NaN at index \(4, 1\)"):
+    expected = r"node 'fc' \(MatMul\): its lowered weight matrix holds NaN at index \(4, 1\)"
+    with pytest.raises(ModelError, match=expected):
         cimc.count(model)
 
 
