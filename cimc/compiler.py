@@ -109,11 +109,11 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     target = load_target(target, overrides)
     config = make_config(replicate, **replication_options)
     timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    graph, info = frontend.import_onnx(model)   # before any thread starts: its checks may fork (onnx_checks.py)
+    timings["import"] = time.perf_counter() - t0
     if config.optimize or config.pack:
         _prefetch("ortools.sat.python.cp_model")
-    t0 = time.perf_counter()
-    graph, info = frontend.import_onnx(model)
-    timings["import"] = time.perf_counter() - t0
     if calibration is None:
         raise ConfigError("compiling needs calibration data to set the activation ranges: pass a few hundred "
                           "representative inputs (cimc compile ... --calibration calib.npz; "

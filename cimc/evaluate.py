@@ -9,7 +9,6 @@ is counted too, and a first layer clipping more than INPUT_CLIP_WARN of its inpu
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 import warnings
@@ -21,6 +20,7 @@ import onnxruntime as ort
 from cimc.data import Dataset
 from cimc.errors import ConfigError, DataError, ModelError
 from cimc.executor import Session, check_feeds, run_graph
+from cimc.frontend import model_digest
 from cimc.ir import XbarOp
 
 
@@ -53,7 +53,7 @@ def reference_session(manifest, reference: str | None) -> tuple[ort.InferenceSes
     if not path or not Path(path).is_file():
         raise ModelError(f"the reference model {path!r} is not available; pass --reference model.onnx (the ONNX file "
                          "the manifest was compiled from)")
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = model_digest(path)   # covers external data files too
     if digest != source["sha256"]:
         print(f"cimc: warning: {path} differs from the model the manifest was compiled from "
               f"(sha256 {digest[:12]}... vs {source['sha256'][:12]}...)", file=sys.stderr)

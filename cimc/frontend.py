@@ -15,11 +15,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.external_data_helper import uses_external_data
 
+from cimc import onnx_checks, onnx_external
+from cimc.digital import run_digital
 from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 
 MIN_OPSET = 8
+_MAX_SAMPLE_VALUES = 1 << 28   # an activation larger than this per sample (1 GiB of float32) is a broken attribute
 _PROBE_BATCHES = (3, 7)  # batch sizes used to tell batch-dependent entries of a computed shape
 SUPPORTED_OPS = frozenset({
     "Conv", "Gemm", "MatMul", "BatchNormalization", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu",
@@ -45,10 +49,15 @@ class ModelInfo:
 
 
 def load_model(path_or_model) -> ModelInfo:
-    """Read and check an ONNX file (or take a ModelProto); errors name the file."""
+    """Read and check an ONNX file (or take a ModelProto); errors name the file. External data is read from the
+    model file's own folder only (cimc.onnx_external)."""
     if isinstance(path_or_model, onnx.ModelProto):
         model, path = path_or_model, None
         data = model.SerializeToString()
+        if any(uses_external_data(t) for t in onnx_external.graph_tensors(model.graph)):
+            raise ModelError("the model holds tensors with external data but no file they belong to; pass the "
+                             "model's path (or onnx.load it, which reads the external data) instead")
+        sha256 = hashlib.sha256(data).hexdigest()
     else:
         path = str(path_or_model)
         if not Path(path).is_file():
@@ -60,6 +69,8 @@ def load_model(path_or_model) -> ModelInfo:
             raise ModelError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
         if not model.graph.node and not model.graph.output:
             raise ModelError(f"{path}: not an ONNX model (no graph found)")
+        files = onnx_external.load_external_data(model, path)
+        sha256 = onnx_external.digest(data, path, files)
     where = path or "model"
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
@@ -68,7 +79,17 @@ def load_model(path_or_model) -> ModelInfo:
     if not MIN_OPSET <= opset <= newest:
         raise ModelError(f"{where}: opset {opset} is outside the supported range {MIN_OPSET}..{newest}; "
                          "convert it with onnx.version_converter")
-    return ModelInfo(path, hashlib.sha256(data).hexdigest(), opset, model.ir_version, model.producer_name, model)
+    return ModelInfo(path, sha256, opset, model.ir_version, model.producer_name, model)
+
+
+def model_digest(path) -> str:
+    """The provenance sha256 of an ONNX file: its bytes and those of its external data files (if any)."""
+    data = Path(path).read_bytes()
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:   # not ONNX: the digest of the bytes; whoever loads it says what is wrong
+        return hashlib.sha256(data).hexdigest()
+    return onnx_external.digest(data, path, onnx_external.external_data_files(model, path))
 
 
 def import_onnx(path_or_model) -> tuple[Graph, ModelInfo]:
@@ -128,24 +149,111 @@ class _Importer:
             if node.op_type not in SUPPORTED_OPS and node.op_type not in _SHAPE_OPS:
                 raise self.fail(node, f"op type {node.op_type!r} is not supported by cimc "
                                       f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
-        try:
-            self.model = onnx.shape_inference.infer_shapes(_topologically_sorted(info.model, self.where),
-                                                           data_prop=True)
-        except Exception as exc:
-            raise ModelError(f"{self.where}: onnx shape inference failed: {exc}") from None
+        ordered = _topologically_sorted(info.model, self.where)
+        # Refuse what onnxruntime would refuse; the shapes come from inference on the graph inputs and
+        # initializers. A shape the file declares (value_info, graph outputs) only fills in what inference leaves
+        # unknown: onnxruntime, too, runs files whose declared shapes are wrong (it merges them leniently), and
+        # cimc must compute what onnxruntime computes.
+        self.model = onnx_checks.check_valid(ordered, self.where)
+        declared = {vi.name: _shape_of(vi) for vi in list(ordered.graph.value_info) + list(ordered.graph.output)}
         g = self.model.graph
-        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        self.consts: dict[str, np.ndarray] = {i.name: self.tensor_value(i, "initializer") for i in g.initializer}
+        self.check_finite_constants(g)
         self.shapes: dict[str, tuple] = {}
         for vi in list(g.value_info) + list(g.input) + list(g.output):
             shape = _shape_of(vi)
             if shape is not None:
                 self.shapes[vi.name] = shape
+        for name, shape in declared.items():
+            inferred = self.shapes.get(name)
+            if shape is not None and (inferred is None or len(inferred) == len(shape)):
+                self.shapes[name] = shape if inferred is None else \
+                    tuple(d if d is not None else s for d, s in zip(inferred, shape))
         self.used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
         self.alias: dict[str, str] = {}
         self.names: set[str] = set()
         self.ops: list = []
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def tensor_value(self, tensor, what: str) -> np.ndarray:
+        try:
+            return numpy_helper.to_array(tensor)
+        except Exception as exc:  # data longer than its dims say (the checker only catches shorter), odd types
+            raise ModelError(f"{self.where}: tensor {tensor.name!r} ({what}) cannot be read as "
+                             f"{onnx.TensorProto.DataType.Name(tensor.data_type)} of shape {list(tensor.dims)} "
+                             f"({exc}); re-export the model") from None
+
+    def check_finite_constants(self, g) -> None:
+        """Every initializer and Constant holds finite numbers; only a Clip bound may be +-Inf (no bound)."""
+        clip_bounds = {t for n in g.node if n.op_type == "Clip" for t in n.input[1:3] if t}
+        other_uses = {t for n in g.node for i, t in enumerate(n.input) if n.op_type != "Clip" or i == 0}
+        named = [(name, value, "initializer") for name, value in self.consts.items()]
+        named += [(n.output[0], self.constant_value(n), f"output of Constant node {n.name or '<unnamed>'!r}")
+                  for n in g.node if n.op_type == "Constant" and n.output]
+        for name, value, what in named:
+            bad = onnx_checks.first_nonfinite(value)
+            if bad and not (bad.startswith(("Inf", "-Inf")) and name in clip_bounds and name not in other_uses):
+                raise ModelError(f"{self.where}: tensor {name!r} ({what}) holds {bad}; cimc needs finite weights "
+                                 "and constants: fix the model (or re-export it from a checkpoint without NaN/Inf)")
+
+    def dry_run(self, inputs: list[TensorInfo]) -> None:
+        """Zeros of batch 2 through the lowered ops, tracking shapes: a digital op whose attributes do not fit its
+        data (a Reshape target, an axis, a pool window, a constant that broadcasts only against a batch of 1) or a
+        crossbar op whose input does not have the weight's row count is refused now, naming the node, instead of
+        failing mid-calibration. Ops whose inputs are too big to probe cheaply are skipped (and what they feed)."""
+        shapes = {t.name: tuple(2 if d is None else d for d in t.shape) for t in inputs}
+        for op in self.ops:
+            node = op.source_nodes[0] if op.source_nodes else op.name
+            inferred = self.shapes.get(op.outputs[0])
+            if inferred and None not in inferred[1:] and np.prod(inferred[1:], dtype=float) > _MAX_SAMPLE_VALUES:
+                raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its output {list(inferred)} holds "
+                                 f"more than {_MAX_SAMPLE_VALUES} values per sample; check its attributes")
+            given = [shapes.get(t) for t in op.inputs]
+            if any(s is None for s in given) or sum(int(np.prod(s)) for s in given) > 1 << 24:
+                continue
+            if isinstance(op, XbarOp):
+                out = self.xbar_output_shape(op, given[0], node)
+            else:
+                try:
+                    out = run_digital(op.op_type, [np.zeros(s, np.float32) for s in given], op.attrs).shape
+                except (ValueError, IndexError, TypeError, MemoryError) as exc:
+                    raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): "
+                                     f"{'its output is too large to hold' if isinstance(exc, MemoryError) else exc}") \
+                        from None
+            shapes[op.outputs[0]] = tuple(out)
+
+    def xbar_output_shape(self, op, x: tuple, node: str) -> tuple | None:
+        rows = op.matrix.shape[0]
+        if op.conv is not None:
+            if len(x) != 4 - (op.conv.spatial_rank == 1) or x[1] != op.conv.in_channels:
+                raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its input has shape {list(x)}, the "
+                                 f"weight needs {op.conv.in_channels} channels")
+            hw = x[2:] if op.conv.spatial_rank == 2 else (1, x[2])
+            oh, ow = op.conv.output_hw(*hw)
+            return (x[0], op.conv.out_channels) + ((oh, ow) if op.conv.spatial_rank == 2 else (ow,))
+        if not x or x[-1] != rows:
+            raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its input has shape {list(x)} but the "
+                             f"weight has {rows} rows; the last axis must have {rows} entries")
+        return tuple(x[:-1]) + (op.matrix.shape[1],)
+
+    def check_finite_op(self, op) -> None:
+        """The lowered numbers of an op (weights and biases after folding, digital op parameters) are finite."""
+        if isinstance(op, XbarOp):
+            values = {"weight": op.matrix, "bias": op.bias}
+        else:
+            values = {k: v for k, v in op.attrs.items() if isinstance(v, (float, np.ndarray))}
+        for key, value in values.items():
+            if value is None:
+                continue
+            bad = onnx_checks.first_nonfinite(value)
+            if bad is None or (op.op_type == "Clip" and key in ("min", "max") and not bad.startswith("NaN")):
+                continue
+            what = "lowered weight matrix" if key == "weight" else f"parameter {key!r}"
+            node = op.source_nodes[0] if op.source_nodes else op.name
+            raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its {what} holds {bad} "
+                             "(computed from the model's constants and "
+                             "attributes); cimc needs finite weights and parameters: fix the model")
+
     def fail(self, node, message: str) -> ModelError:
         return ModelError(f"{self.where}: node {node.name or '<unnamed>'!r} ({node.op_type}, opset {self.opset}): "
                           f"{message}")
@@ -187,6 +295,8 @@ class _Importer:
         live = self.live_nodes(g)
         for index, node in enumerate(g.node):
             if index not in live:
+                if node.op_type == "Conv":
+                    self.check_dead_conv(node)
                 continue
             if node.op_type not in SUPPORTED_OPS:
                 raise self.fail(node, f"op type {node.op_type!r} is not supported by cimc "
@@ -217,6 +327,13 @@ class _Importer:
             if source != vi.name:  # the output was an Identity/Dropout of another tensor: keep its name
                 self.ops.append(DigitalOp(self.unique(f"{vi.name}_identity"), "Identity", [source], [vi.name]))
             outputs.append(TensorInfo(vi.name, self.shapes.get(vi.name, ())))
+        for op in self.ops:
+            if isinstance(op, XbarOp) and 0 in op.matrix.shape:
+                raise ModelError(f"{self.where}: node {op.source_nodes[0]!r} ({op.op_type}): its weight matrix is "
+                                 f"{op.matrix.shape[0]} x {op.matrix.shape[1]} (an empty dimension); nothing to "
+                                 "map onto crossbar arrays")
+            self.check_finite_op(op)
+        self.dry_run(inputs)
         tensors = {name: TensorInfo(name, shape) for name, shape in self.shapes.items()}
         graph = Graph(inputs, outputs, self.ops, tensors)
         if not graph.xbar_ops():
@@ -266,7 +383,7 @@ class _Importer:
     def constant_value(self, node) -> np.ndarray:
         a = self.attrs(node)
         if "value" in a:
-            return numpy_helper.to_array(a["value"])
+            return self.tensor_value(a["value"], f"value of Constant node {node.name or '<unnamed>'!r}")
         for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
                            ("value_ints", np.int64)):
             if key in a:
@@ -327,14 +444,28 @@ class _Importer:
             raise self.fail(node, f"unknown auto_pad {auto!r}")
         begins, ends = [], []
         for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, big = total // 2, total - total // 2
-            begins.append(small if auto == "SAME_UPPER" else big)
-            ends.append(big if auto == "SAME_UPPER" else small)
+            target = -(-size // s)                         # SAME: ceil(size / stride) outputs
+            total = (target - 1) * s + (k - 1) * d + 1 - size
+            if total >= 0:
+                small, big = total // 2, total - total // 2
+                begins.append(small if auto == "SAME_UPPER" else big)
+                ends.append(big if auto == "SAME_UPPER" else small)
+                continue
+            # A stride longer than the window: the rule asks for negative padding (cropping). onnxruntime refuses
+            # that for pooling; for Conv it crops the head by int((total + lower) / 2), rounded toward zero (a
+            # cropped tail changes nothing here).
+            head = int((total + (auto == "SAME_LOWER")) / 2)
+            if head < 0 or node.op_type != "Conv" or (size + head - ((k - 1) * d + 1)) // s + 1 != target:
+                raise self.fail(node, f"attribute 'auto_pad' {auto} with stride {s} on an axis of size {size} "
+                                      f"and kernel {k} would crop the input (negative padding {total}), which cimc "
+                                      "does not support; give explicit 'pads' instead")
+            begins.append(head)
+            ends.append(0)
         return begins + ends
 
     # -- crossbar ops --------------------------------------------------------------------------------------
-    def op_Conv(self, node, name):
+    def conv_setup(self, node):
+        """A Conv's weight, bias and geometry, checked (check_conv)."""
         w = self.need_const(node, 1, "weight")
         if w is None:
             raise self.fail(node, "has no weight")
@@ -343,15 +474,28 @@ class _Importer:
         if w.ndim not in (3, 4):
             raise self.fail(node, f"{w.ndim - 2}-D convolution is not supported (only 1-D and 2-D)")
         groups = int(a.get("group", 1))
-        m, cg = w.shape[:2]
         kernel = list(w.shape[2:])
         n = len(kernel)
         strides = list(a.get("strides", [1] * n))
         dilations = list(a.get("dilations", [1] * n))
         spatial = self.spatial(node, node.input[0])
         pads = self.window_pads(node, a, kernel, strides, dilations, spatial)
-        if m % groups:
-            raise self.fail(node, f"{m} output channels do not divide into {groups} groups")
+        self.check_conv(node, a, w, b, groups, strides, dilations, pads, spatial)
+        return w, b, groups, kernel, strides, dilations, pads, spatial
+
+    def check_dead_conv(self, node) -> None:
+        """onnxruntime runs nodes whose results nobody uses (cimc drops them): a Conv there that onnxruntime would
+        refuse at run time is refused now too. Only what cimc could lower is checked."""
+        w, shape = self.const(node.input[1]), self.shape(node.input[0])
+        bias_known = len(node.input) < 3 or not node.input[2] or self.const(node.input[2]) is not None
+        if w is not None and w.ndim in (3, 4) and bias_known and shape and len(shape) == w.ndim \
+                and None not in shape[2:]:
+            self.conv_setup(node)
+
+    def op_Conv(self, node, name):
+        w, b, groups, kernel, strides, dilations, pads, spatial = self.conv_setup(node)
+        m, cg = w.shape[:2]
+        n = len(kernel)
         cin = cg * groups
         ng, kg = m // groups, cg * int(np.prod(kernel))
         matrix = np.zeros((cin * int(np.prod(kernel)), m), dtype=np.float32)
@@ -365,6 +509,49 @@ class _Importer:
         self.ops.append(XbarOp(name, "Conv", self.data_inputs(node), [node.output[0]], matrix,
                                None if b is None else b.astype(np.float32), geometry, [node.name or name],
                                positions=int(np.prod(out_spatial))))
+
+    def check_conv(self, node, a, w, b, groups, strides, dilations, pads, spatial) -> None:
+        """What onnxruntime would refuse at run time (or what would crash a later pass), named by attribute."""
+        m, cg, kernel = int(w.shape[0]), int(w.shape[1]), [int(k) for k in w.shape[2:]]
+        n = len(kernel)
+        if len(spatial) != n:
+            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)} (a {n}-D kernel) but the "
+                                  f"input has {len(spatial)} spatial axes")
+        if m < 1 or cg < 1 or 0 in kernel:
+            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)}: zero output channels, input "
+                                  "channels or kernel size; nothing to compute")
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto not in ("NOTSET", "") and "pads" in a:   # onnxruntime: "has both 'auto_pad' and 'pads' attributes"
+            raise self.fail(node, f"attributes 'auto_pad' ({auto}) and 'pads' are both set; keep one")
+        if auto in ("SAME_UPPER", "SAME_LOWER") and any(int(d) != 1 for d in dilations):
+            raise self.fail(node, f"attribute 'auto_pad' {auto} with 'dilations' {list(dilations)}: onnxruntime "
+                                  "does not support dilation with SAME padding; give explicit 'pads' instead")
+        if "kernel_shape" in a and [int(k) for k in a["kernel_shape"]] != kernel:
+            raise self.fail(node, f"attribute 'kernel_shape' {list(a['kernel_shape'])} disagrees with the weight's "
+                                  f"kernel {kernel}")
+        for attr, values, ok, rule in (("group", [groups], lambda v: v >= 1, ">= 1"),
+                                       ("strides", strides, lambda v: v >= 1, ">= 1"),
+                                       ("dilations", dilations, lambda v: v >= 1, ">= 1"),
+                                       ("pads", pads, lambda v: v >= 0, ">= 0")):
+            if len(values) != (2 * n if attr == "pads" else 1 if attr == "group" else n) or \
+                    not all(ok(int(v)) for v in values):
+                raise self.fail(node, f"attribute {attr!r} is {values}; it needs "
+                                      f"{'one value' if attr == 'group' else f'{len(values)} values'} {rule}")
+        cin = (self.shape(node.input[0]) or (None, None))[1]
+        if m % groups or (cin is not None and cin != cg * groups):
+            raise self.fail(node, f"attribute 'group' {groups} does not fit: the input has {cin} channels and the "
+                                  f"weight {node.input[1]!r} {list(w.shape)} asks for {cg} x {groups} input and "
+                                  f"{m} output channels (both must be divisible by group)")
+        for axis, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations)):
+            padded, reach = size + pads[axis] + pads[n + axis], (k - 1) * d + 1
+            if reach > padded:
+                raise self.fail(node, f"the kernel (size {k}, dilation {d}: spans {reach}) is larger than the "
+                                      f"padded input ({size} + pads {pads[axis]}+{pads[n + axis]} = {padded}) on "
+                                      f"spatial axis {axis}; check 'kernel_shape', 'dilations' and 'pads'")
+        if b is not None and b.shape != (m,):
+            raise self.fail(node, f"bias {node.input[2]!r} has shape {list(b.shape)}; it needs [{m}] "
+                                  "(one value per output channel)")
 
     def op_Gemm(self, node, name):
         a = self.attrs(node)
@@ -381,6 +568,14 @@ class _Importer:
         out = node.output[0]
         c_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
         c = self.const(c_name) if c_name else None
+        rows = (self.shape(node.input[0]) or (None, None))[1 if trans_a else 0]   # M, None when symbolic
+        self.check_contracted(node, node.input[0], 0 if trans_a else -1, matrix.shape[0])
+        c_shape = c.shape if c is not None else (self.shape(c_name) if c_name else None)
+        n_out = matrix.shape[1]
+        if c_shape is not None and (len(c_shape) > 2 or (len(c_shape) >= 1 and c_shape[-1] not in (1, n_out))
+                                    or (len(c_shape) == 2 and c_shape[0] not in (1, rows))):
+            raise self.fail(node, f"operand C {c_name!r} has shape {list(c_shape)}; it must broadcast to the "
+                                  f"output's [{rows or 'M'}, {matrix.shape[1]}]")
         bias, add_after = None, None
         if c is not None and c.size in (1, matrix.shape[1]) and (c.ndim < 2 or c.shape[0] == 1):
             bias = np.broadcast_to(beta * c.astype(np.float32).reshape(-1), (matrix.shape[1],)).copy()
@@ -399,13 +594,25 @@ class _Importer:
                 self.ops.append(DigitalOp(self.unique(f"{name}/bias"), "Add", [xbar_out, self.resolve(c_name)],
                                           [out], {"constant": None, "constant_index": 1}))
 
+    def check_contracted(self, node, tensor, axis: int, size: int) -> None:
+        """The run-time operand's contracted axis has the weight's size (shape inference lets a symbolic size
+        pass, and onnxruntime fails only when it runs)."""
+        shape = self.shape(tensor)
+        if shape is None or len(shape) < 2 or shape[axis] == size:
+            return
+        got = "a size that varies with the batch" if shape[axis] is None else f"size {shape[axis]}"
+        raise self.fail(node, f"the run-time operand {tensor!r} (shape {['N' if d is None else d for d in shape]}) "
+                              f"has {got} on the axis multiplied with the weight, which needs {size}")
+
     def op_MatMul(self, node, name):
         left, right = self.const(node.input[0]), self.const(node.input[1])
         if right is not None and right.ndim == 2:
+            self.check_contracted(node, node.input[0], -1, right.shape[0])
             x = self.resolve(node.input[0])
             self.ops.append(XbarOp(name, "MatMul", [x], [node.output[0]], right.astype(np.float32), None, None,
                                    [node.name or name], positions=self.matmul_positions(node.input[0])))
         elif left is not None and left.ndim == 2:
+            self.check_contracted(node, node.input[1], -2, left.shape[1])
             # Y = A X  <=>  Y^T = X^T A^T: transpose the run-time operand, multiply by A^T, transpose back.
             x = self.resolve(node.input[1])
             rank = len(self.shape(node.input[1]) or (None, None))
@@ -457,6 +664,10 @@ class _Importer:
             lo, hi = a.get("min"), a.get("max")
         else:
             lo, hi = self.need_const(node, 1, "min"), self.need_const(node, 2, "max")
+            for i, bound in ((1, lo), (2, hi)):
+                if bound is not None and bound.size != 1:   # onnxruntime: "min should be a scalar"
+                    raise self.fail(node, f"input {i} ({'min' if i == 1 else 'max'}, tensor {node.input[i]!r}) "
+                                          f"has shape {list(bound.shape)}; a Clip bound must be a scalar")
         self.add_digital(node, name, "Clip", {"min": None if lo is None else float(lo),
                                               "max": None if hi is None else float(hi)})
 
@@ -465,7 +676,17 @@ class _Importer:
         kernel = list(a["kernel_shape"])
         n = len(kernel)
         strides, dilations = list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n))
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("SAME_UPPER", "SAME_LOWER") and any(int(d) != 1 for d in dilations):
+            # the ONNX spec pads for the dilated window, onnxruntime for the undilated one: their outputs differ
+            raise self.fail(node, f"attribute 'auto_pad' {auto} with 'dilations' {dilations}: onnxruntime and the "
+                                  "ONNX specification disagree on the padding; give explicit 'pads' instead")
         pads = self.window_pads(node, a, kernel, strides, dilations, self.spatial(node, node.input[0]))
+        if len(pads) == 2 * n and any(int(p) >= int(k) for p, k in zip(pads, kernel + kernel)):
+            # onnxruntime: "Pad should be smaller than kernel" (a window of padding only)
+            raise self.fail(node, f"attribute 'pads' {pads} has a pad as large as the kernel {kernel}; each pad "
+                                  "must be smaller than the kernel along its axis")
         attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": dilations,
                  "ceil_mode": int(a.get("ceil_mode", 0))}
         if with_count_pad:
@@ -492,6 +713,11 @@ class _Importer:
             raise self.fail(node, "training_mode=1; export the model in eval mode")
         params = [self.need_const(node, i, what).astype(np.float32)
                   for i, what in ((1, "scale"), (2, "bias"), (3, "mean"), (4, "var"))]
+        channels = (self.shape(node.input[0]) or (None, None))[1]
+        for i, (what, p) in enumerate(zip(("scale", "bias", "mean", "var"), params), start=1):
+            if p.shape != (channels,):   # shape inference does not check them; onnxruntime refuses at run time
+                raise self.fail(node, f"input {i} ({what}, tensor {node.input[i]!r}) has shape {list(p.shape)}; "
+                                      f"it needs one value per channel: [{channels}]")
         self.add_digital(node, name, "BatchNormalization",
                          dict(zip(("scale", "bias", "mean", "var"), params), epsilon=float(a.get("epsilon", 1e-5))))
 
@@ -565,6 +791,9 @@ class _Importer:
         else:
             pads = [int(p) for p in self.need_const(node, 1, "pads")]
             v = self.need_const(node, 2, "constant_value")
+            if v is not None and v.size > 1:   # onnxruntime: "Value tensor should be a 1D tensor of size 1"
+                raise self.fail(node, f"input 2 (constant_value, tensor {node.input[2]!r}) has shape "
+                                      f"{list(v.shape)}; the pad value must be a single number")
             value = 0.0 if v is None or v.size == 0 else float(v.reshape(-1)[0])
             axes = self.need_const(node, 3, "axes")
             if axes is not None:
