@@ -668,8 +668,12 @@ class _Importer:
                 if bound is not None and bound.size != 1:   # onnxruntime: "min should be a scalar"
                     raise self.fail(node, f"input {i} ({'min' if i == 1 else 'max'}, tensor {node.input[i]!r}) "
                                           f"has shape {list(bound.shape)}; a Clip bound must be a scalar")
-        self.add_digital(node, name, "Clip", {"min": None if lo is None else float(lo),
-                                              "max": None if hi is None else float(hi)})
+        lo, hi = (None if b is None else float(np.asarray(b).reshape(-1)[0]) for b in (lo, hi))
+        if (lo is not None and lo == np.inf) or (hi is not None and hi == -np.inf):
+            raise self.fail(node, f"Clip bounds min={lo}, max={hi} make every output infinite; re-export the model")
+        # an infinite bound on its own side is no bound (and a manifest holds only finite numbers)
+        self.add_digital(node, name, "Clip", {"min": None if lo is None or lo == -np.inf else lo,
+                                              "max": None if hi is None or hi == np.inf else hi})
 
     def pool_attrs(self, node, with_count_pad: bool) -> dict:
         a = self.attrs(node)
