@@ -70,6 +70,25 @@ def test_run_refuses_bad_options(setup, extra, culprit):
     assert_refused(_run(setup, *extra), culprit, watch=[setup["root"]])
 
 
+# What the manifest fixed at compile time cannot be changed by a run's --set (it used to be ignored silently).
+COMPILE_TIME = ["array.rows=64", "array.cols=32", "array.differential=rows", "device.levels=16", "input.bits=6",
+                "quant.weights=layer", "quant.calibration=percentile", "chip.arrays_per_pe=2", "chip.chips=3"]
+
+
+@pytest.mark.parametrize("command", ["run", "tune"])
+@pytest.mark.parametrize("field", COMPILE_TIME)
+def test_a_run_cannot_change_what_the_manifest_fixed(setup, command, field):
+    argv = _run(setup, "--backend", "crossbar") if command == "run" else _tune(setup)
+    assert_refused([*argv, "--set", field], ["--set " + field.split("=")[0], "recompile"], watch=[setup["root"]])
+
+
+def test_a_run_may_change_the_physics(setup):
+    """Devices' conductances, non-idealities and the ADC are the chip's, not the manifest's: they stay settable."""
+    code, _out, err = run_cli(_run(setup, "--backend", "crossbar", "--limit", "4", "--set", "device.g_max_us=25",
+                                   "--set", "adc.bits=6", "--set", "nonideal.program_sigma_us=0.3"))
+    assert code == 0, err
+
+
 TUNE_BAD = [(("--seed", "-1"), "--seed -1"), (("--seed", "-7", "--epochs", "2"), "--seed -7"),
             (("--seed", "nan"), "--seed"), (("--program-sigma", "inf"), "--program-sigma")]
 

@@ -183,6 +183,24 @@ class _Plan:
     channels: list | None = None     # per block, its input channels (c0, c1) where conv reads can skip im2col
 
 
+# What the manifest fixed when it was compiled (geometry, level count, input coding, quantisation, placement): a
+# chip override cannot change it, only the physics (devices' conductances, non-idealities, ADC, timing, energy).
+_FIXED_AT_COMPILE = (("array", None), ("quant", None), ("chip", None), ("device", "levels"), ("input", "bits"),
+                     ("input", "encoding"))
+
+
+def _refuse_compile_time_changes(compiled, chip):
+    """`chip` (the manifest's target with the run's overrides), unless an override changed what the manifest fixed."""
+    for section, name in _FIXED_AT_COMPILE:
+        before, after = getattr(compiled, section), getattr(chip, section)
+        for f in dataclasses.fields(before):
+            if (name is None or f.name == name) and getattr(before, f.name) != getattr(after, f.name):
+                raise ConfigError(f"--set {section}.{f.name}={getattr(after, f.name)!r}: the manifest was compiled "
+                                  f"with {section}.{f.name}={getattr(before, f.name)!r}, which a run cannot change; "
+                                  f"recompile with `cimc compile ... --set {section}.{f.name}=...` instead")
+    return chip
+
+
 class CrossbarBackend(Backend):
     """`CrossbarBackend(seed=0, overrides=None, ideal=False, copy=None, defect_map=None, adc_full_scale=None,
     calibration=None, diagnostics=False, simulate_planes=False, gemm="float32")`.
@@ -232,7 +250,7 @@ class CrossbarBackend(Backend):
     def effective_target(self, target):
         from cimc.targets.registry import load_target
         if self.overrides:
-            target = load_target(target, self.overrides)
+            target = _refuse_compile_time_changes(target, load_target(target, self.overrides))
         if self.ideal or self.record_currents:
             target = target.replace(nonideal=NonIdealSpec(), adc=_lossless(target.adc))
         return target
