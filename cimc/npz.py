@@ -3,7 +3,7 @@
 `np.load` trusts each member's header and reads whole arrays: a header that declares a huge shape, or a small zip
 that inflates to gigabytes, is allocated before anything is checked. Here each member's header is read first
 (shape and dtype, no data); the declared size must fit the member's uncompressed size in the zip directory and the
-data limit (`CIMC_MAX_DATA_MB`, default DEFAULT_LIMIT_MB megabytes); and only the rows asked for are decompressed.
+data limit (`CIMC_MAX_DATA`, a size such as 4GiB; default DEFAULT_LIMIT); and only the rows asked for are decompressed.
 """
 from __future__ import annotations
 
@@ -18,26 +18,20 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from cimc.errors import DataError
+from cimc.sizes import human, parse_size
 
-DEFAULT_LIMIT_MB = 4096
-LIMIT_ENV = "CIMC_MAX_DATA_MB"
+DEFAULT_LIMIT = 4 << 30
+LIMIT_ENV = "CIMC_MAX_DATA"
 _CHUNK = 1 << 24          # bytes decompressed per read: bounds the extra memory beside the result array
 # what zipfile raises on a damaged or unsupported member (RuntimeError: encrypted; NotImplementedError: compression)
 _READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError)
 
 
 def data_limit_bytes() -> int:
-    """The most bytes one data file may put in memory (CIMC_MAX_DATA_MB, default DEFAULT_LIMIT_MB)."""
+    """The most bytes one data file may put in memory: CIMC_MAX_DATA (a size as `--max-memory` takes it, e.g.
+    4GiB or 500MB), default DEFAULT_LIMIT."""
     text = os.environ.get(LIMIT_ENV)
-    if text is None:
-        return DEFAULT_LIMIT_MB << 20
-    try:
-        mb = float(text)
-    except ValueError:
-        mb = math.nan
-    if not math.isfinite(mb) or mb <= 0:
-        raise DataError(f"{LIMIT_ENV}={text!r}: expected a positive number of megabytes")
-    return int(mb * (1 << 20))
+    return DEFAULT_LIMIT if text is None else parse_size(text, LIMIT_ENV)
 
 
 @dataclass(frozen=True)
@@ -147,9 +141,9 @@ class NpzReader:
         nbytes = math.prod(shape) * m.dtype.itemsize
         budget = data_limit_bytes() if budget is None else budget
         if nbytes > budget:
-            raise DataError(f"{where}: shape {list(shape)} {m.dtype} needs {nbytes / 2**20:.0f} MB, over the "
-                            f"{budget / 2**20:.0f} MB data limit; use fewer samples (`cimc run --limit N` reads "
-                            f"only the first N) or raise the limit with {LIMIT_ENV}=MEGABYTES")
+            raise DataError(f"{where}: shape {list(shape)} {m.dtype} needs {human(nbytes)}, over the "
+                            f"{human(budget)} data limit; use fewer samples (`cimc run --limit N` reads "
+                            f"only the first N) or raise the limit with {LIMIT_ENV}=SIZE (e.g. 16GiB)")
         out = np.empty(nbytes, dtype=np.uint8)
         view = memoryview(out)
         try:

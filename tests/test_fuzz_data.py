@@ -317,12 +317,12 @@ def test_run_limit_on_a_zip_bomb(setup, bomb):
 
 @pytest.mark.parametrize("command", ["run", "compile", "tune"])
 def test_data_over_the_memory_limit_is_refused(setup, bomb, monkeypatch, command):
-    monkeypatch.setenv(LIMIT_ENV, "50")
-    assert_refused(COMMANDS[command](setup, bomb), [bomb.name, "'x'", "50 MB", LIMIT_ENV, "--limit"],
+    monkeypatch.setenv(LIMIT_ENV, "50MiB")
+    assert_refused(COMMANDS[command](setup, bomb), [bomb.name, "'x'", "50.0 MiB", LIMIT_ENV, "--limit"],
                    watch=[setup["root"]])
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "lots"])
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "lots", "5 parsecs", "0.1"])
 def test_bad_memory_limit_setting_is_refused(setup, monkeypatch, value):
     monkeypatch.setenv(LIMIT_ENV, value)
     assert_refused(COMMANDS["run"](setup, setup["good"]), [LIMIT_ENV, value], watch=[setup["root"]])
