@@ -21,6 +21,7 @@ from cimc import onnx_checks, onnx_external
 from cimc.digital import run_digital
 from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
+from cimc.node_names import layer_names
 
 MIN_OPSET = 8
 _MAX_SAMPLE_VALUES = 1 << 28   # an activation larger than this per sample (1 GiB of float32) is a broken attribute
@@ -293,6 +294,8 @@ class _Importer:
         g = self.model.graph
         self.fold_constants(g)
         live = self.live_nodes(g)
+        names = layer_names(g.node)
+        self.names.update(names)     # the names the pass generates (`NAME/bias`, ...) never take a node's name
         for index, node in enumerate(g.node):
             if index not in live:
                 if node.op_type == "Conv":
@@ -301,8 +304,7 @@ class _Importer:
             if node.op_type not in SUPPORTED_OPS:
                 raise self.fail(node, f"op type {node.op_type!r} is not supported by cimc "
                                       f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
-            base = node.name or f"{node.op_type}_{index}"
-            getattr(self, f"op_{node.op_type}")(node, self.unique(base.replace("/", "_")))
+            getattr(self, f"op_{node.op_type}")(node, names[index])
         inputs = []
         for vi in g.input:
             if vi.name in self.consts:

@@ -72,8 +72,8 @@ class Manifest:
     # -- save -------------------------------------------------------------------------------------------
     def to_json(self) -> tuple[dict, dict[str, np.ndarray]]:
         params: dict[str, np.ndarray] = {}
-        ops = [_xbar_to_json(op, params, self.target) if isinstance(op, XbarOp) else _digital_to_json(op, params)
-               for op in self.graph.ops]
+        ops = [_xbar_to_json(op, i, params, self.target) if isinstance(op, XbarOp) else
+               _digital_to_json(op, i, params) for i, op in enumerate(self.graph.ops)]
         table = self.summary()
         doc = {
             "format": "cimc-manifest", "schema_version": SCHEMA_VERSION, "cimc_version": cimc.__version__,
@@ -241,11 +241,15 @@ def _tensor_from_json(d: dict) -> TensorInfo:
 
 
 def _put(params: dict, key: str, value: np.ndarray) -> str:
+    """Store `value` in params.npz under `key`: the path of the manifest.json field that names it (`ops[3].bias`),
+    not the op's name, which is the ONNX node's and may hold anything (`/`, `..`, a NUL) that a zip member name
+    must not."""
     params[key] = np.asarray(value)
     return key
 
 
-def _xbar_to_json(op: XbarOp, params: dict, target: Target) -> dict:
+def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target) -> dict:
+    at = f"ops[{index}]"
     return {
         "name": op.name, "kind": "crossbar", "op_type": op.op_type, "inputs": op.inputs, "outputs": op.outputs,
         "source_nodes": op.source_nodes, "rows": op.rows, "cols": op.cols, "positions": int(op.positions),
@@ -255,9 +259,9 @@ def _xbar_to_json(op: XbarOp, params: dict, target: Target) -> dict:
             "out_channels": op.conv.out_channels, "spatial_rank": op.conv.spatial_rank},
         "input_quant": {"scale": op.input_quant.scale, "signed": op.input_quant.signed, "bits": op.input_quant.bits},
         "weights": {"max_level": target.device.max_level, "granularity": target.quant.weights,
-                    "scales": _put(params, f"{op.name}/weight_scales", op.weight_scales.astype(np.float32)),
-                    "float_matrix": _put(params, f"{op.name}/matrix", op.matrix.astype(np.float32))},
-        "bias": None if op.bias is None else _put(params, f"{op.name}/bias", op.bias.astype(np.float32)),
+                    "scales": _put(params, f"{at}.weights.scales", op.weight_scales.astype(np.float32)),
+                    "float_matrix": _put(params, f"{at}.weights.float_matrix", op.matrix.astype(np.float32))},
+        "bias": None if op.bias is None else _put(params, f"{at}.bias", op.bias.astype(np.float32)),
         "replicas": op.replicas,
         "adc_full_scale_ua": op.adc_full_scale_ua,
         "tiles": [{"row_start": t.row_start, "row_count": t.row_count, "col_start": t.col_start,
@@ -269,11 +273,11 @@ def _xbar_to_json(op: XbarOp, params: dict, target: Target) -> dict:
     }
 
 
-def _digital_to_json(op: DigitalOp, params: dict) -> dict:
+def _digital_to_json(op: DigitalOp, index: int, params: dict) -> dict:
     attrs = {}
     for key, value in op.attrs.items():
         if isinstance(value, np.ndarray):
-            attrs[key] = {"$param": _put(params, f"{op.name}/{key}", value)}
+            attrs[key] = {"$param": _put(params, f"ops[{index}].attrs.{key}", value)}
         elif isinstance(value, (list, tuple)):
             attrs[key] = [v.item() if isinstance(v, np.generic) else v for v in value]
         else:

@@ -49,6 +49,7 @@ from cimc.errors import ConfigError, DataError
 from cimc.evaluate import Progress
 from cimc.executor import check_feeds, quantize_activation, run_graph
 from cimc.ir import XbarOp
+from cimc.node_names import unknown_layer
 from cimc.layout import read_levels, tile_cells
 
 _PASS_THROUGH = {"Softmax", "Identity"}  # ops allowed between the tuned layer and the model output
@@ -88,7 +89,7 @@ def tuned_layer(graph, name: str | None) -> XbarOp:
     ops = graph.xbar_ops()
     op = ops[-1] if name is None else next((o for o in ops if o.name == name), None)
     if op is None:
-        raise ConfigError(f"--layer {name!r} is not a crossbar layer; layers are: {', '.join(o.name for o in ops)}")
+        raise ConfigError(unknown_layer("--layer", name, [o.name for o in ops]))
     if op.conv is not None:
         raise ConfigError(f"layer {op.name!r} is a convolution; hybrid training tunes a fully connected layer")
     tensor = op.outputs[0]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cimc.errors import ConfigError
 from cimc.ir import Graph
+from cimc.node_names import unknown_layer
 from cimc.passes.estimate import bits_per_vector, slot_ns, stall_factor
 from cimc.passes.replication_solver import (InfeasibleBudget, LayerDemand, greedy_replication, minimum_arrays,
                                             solve_replication)
@@ -60,10 +61,10 @@ def fixed_copies(graph: Graph, config) -> dict[str, int]:
     fixed = dict(getattr(config, "replication_file_copies", None) or {})
     fixed.update(config.replicate or {})
     names = [op.name for op in graph.xbar_ops()]
-    unknown = sorted(set(fixed) - set(names))
-    if unknown:
-        raise ConfigError(f"--replicate names {', '.join(map(repr, unknown))} match no crossbar layer; "
-                          f"layers are: {', '.join(names)}")
+    for name in fixed:
+        if name not in names:
+            what = "--replicate" if name in (config.replicate or {}) else "the replication file's copies entry"
+            raise ConfigError(unknown_layer(what, name, names))
     for name, n in fixed.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"--replicate {name}={n!r}: the number of copies must be a positive integer")

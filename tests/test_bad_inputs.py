@@ -90,7 +90,7 @@ def test_compile_without_calibration_is_an_error(tmp_path):
     (["--set", "adc.bits=many"], "adc.bits"),
     (["--set", "array.rows=0"], "array.rows"),
     (["--set", "adc.nonsense=1"], "adc.nonsense"),
-    (["--replicate", "nosuch=2"], "'nosuch' match no crossbar layer"),
+    (["--replicate", "nosuch=2"], "'nosuch' matches no crossbar layer"),
     (["--replicate", "conv1=0"], "positive integer"),
     (["--replicate", "conv1"], "NODE=COPIES"),
 ])

@@ -206,16 +206,16 @@ BAD_FLOATS = [np.nan, np.inf, -np.inf]
 @pytest.mark.parametrize("op", XBAR)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0, 0.0, -np.inf, "int64", "float64", "shape"])
 def test_weight_scales(compiled, tmp_path, op, bad):
-    name = ["C1", "C3", "FC"][XBAR.index(op)]
+    key = json.loads((compiled["plain"] / "manifest.json").read_text())["ops"][op]["weights"]["scales"]
 
     def spoil(p):
-        s = p[f"{name}/weight_scales"]
+        s = p[key]
         if bad == "int64":
-            p[f"{name}/weight_scales"] = np.ones_like(s, dtype=np.int64)
+            p[key] = np.ones_like(s, dtype=np.int64)
         elif bad == "float64":
-            p[f"{name}/weight_scales"] = s.astype(np.float64)
+            p[key] = s.astype(np.float64)
         elif bad == "shape":
-            p[f"{name}/weight_scales"] = s[:-1]
+            p[key] = s[:-1]
         else:
             s[len(s) // 2] = bad
     m = edited(compiled, tmp_path, params=spoil)
@@ -226,18 +226,19 @@ def test_weight_scales(compiled, tmp_path, op, bad):
 @pytest.mark.parametrize("key,field", [("matrix", "weights.float_matrix"), ("bias", "bias")])
 @pytest.mark.parametrize("bad", BAD_FLOATS + ["float64", "int32", "shape", "complex"])
 def test_matrix_and_bias(compiled, tmp_path, op, key, field, bad):
-    name = ["C1", "C3", "FC"][XBAR.index(op)]
+    d = json.loads((compiled["plain"] / "manifest.json").read_text())["ops"][op]
+    param = d["bias"] if field == "bias" else d["weights"]["float_matrix"]   # the params.npz key manifest.json names
 
     def spoil(p):
-        a = p[f"{name}/{key}"]
+        a = p[param]
         if bad == "float64":
-            p[f"{name}/{key}"] = a.astype(np.float64)
+            p[param] = a.astype(np.float64)
         elif bad == "int32":
-            p[f"{name}/{key}"] = a.astype(np.int32)
+            p[param] = a.astype(np.int32)
         elif bad == "complex":
-            p[f"{name}/{key}"] = a.astype(np.complex64)
+            p[param] = a.astype(np.complex64)
         elif bad == "shape":
-            p[f"{name}/{key}"] = a[..., :-1]
+            p[param] = a[..., :-1]
         else:
             a.flat[a.size // 3] = bad
     m = edited(compiled, tmp_path, params=spoil)

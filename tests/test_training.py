@@ -118,7 +118,7 @@ def test_bad_tuning_input(mcnn, tmp_path, capsys):
         tune(manifest, unlabeled)
     with pytest.raises(ConfigError, match="convolution"):
         tune(manifest, _subset(data, 10), layer="C3")
-    with pytest.raises(ConfigError, match="not a crossbar layer"):
+    with pytest.raises(ConfigError, match="matches no crossbar layer"):
         tune(manifest, _subset(data, 10), layer="nope")
     manifest.save(tmp_path / "m")
     np.savez(tmp_path / "d.npz", x=data.inputs["input"][:10], y=data.labels[:10])

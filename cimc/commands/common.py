@@ -29,7 +29,8 @@ def add_target_options(sp) -> None:
     sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                     help="override one target field, e.g. --set adc.bits=6 (repeatable)")
     sp.add_argument("--replicate", action="append", metavar="NODE=N",
-                    help="fixed copies of a crossbar layer's weights, e.g. --replicate conv1=4 (repeatable)")
+                    help="fixed copies of a crossbar layer's weights; NODE is the ONNX node's name, exactly (as `cimc "
+                    "count` lists it), e.g. --replicate /conv1/Conv=4 (repeatable)")
     sp.add_argument("--replication", metavar="JSON",
                     help="replication.json (written by compile, editable): its copies are kept fixed")
     sp.add_argument("--arrays", type=int, metavar="N",

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
                     f"scale / input full scale), so it means the same on any network (default {DEFAULT_LR})")
     sp.add_argument("--threshold", default="1.5uS", metavar="G",
                     help="write a device only where its change is at least this (default 1.5uS, as in the paper)")
-    sp.add_argument("--layer", metavar="NODE", help="the layer to tune (default: the last crossbar layer)")
+    sp.add_argument("--layer", metavar="NODE", help="the layer to tune, by its ONNX node name (default: the last crossbar layer)")
     sp.add_argument("--write-verify", type=int, default=0, metavar="N",
                     help="re-program a write up to N more times while it misses its target by more than "
                     "--verify-tolerance (default 0: open-loop writes)")
