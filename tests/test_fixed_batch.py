@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from refusal import assert_refused, run_cli
 
 import cimc
+import cimc.errors
 from cimc.batching import chunks, fixed_batch
 from cimc.calibrate import activation_stats
 from cimc.data import Dataset
@@ -257,3 +258,52 @@ def test_a_model_zoo_file_with_a_fixed_batch(tmp_path):
     expected = chunkwise_onnxruntime(model, x, 1)
     y = cimc.Session(tmp_path / "out", backend="float").run({"data_0": x})
     np.testing.assert_allclose(y, expected, rtol=0, atol=1e-6 * float(np.abs(expected).max()))
+
+
+def two_input_model(batch) -> onnx.ModelProto:
+    """y = Gemm(a + b): two inputs [batch, 8] (batch None: symbolic)."""
+    w = np.random.default_rng(3).standard_normal((8, 4)).astype(np.float32)
+    dim = batch if batch else "N"
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+         helper.make_node("Gemm", ["s", "w"], ["y"], name="fc")], "two_inputs",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [dim, 8]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dim, 4])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("two_inputs")
+    rng = np.random.default_rng(4)
+    calib = {"a": rng.standard_normal((9, 8)).astype(np.float32), "b": rng.standard_normal((9, 8)).astype(np.float32)}
+    manifests = {}
+    for batch in (1, 3, None):
+        onnx.save(two_input_model(batch), d / f"{batch}.onnx")
+        manifests[batch] = cimc.compile(d / f"{batch}.onnx", "ideal", calibration=calib)
+    return manifests
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 10])
+def test_two_inputs_with_a_fixed_batch_equal_the_symbolic_batch(two_inputs, batch, n):
+    rng = np.random.default_rng(n)
+    x = {"a": rng.standard_normal((n, 8)).astype(np.float32), "b": rng.standard_normal((n, 8)).astype(np.float32)}
+    for backend in ("float", "integer"):
+        np.testing.assert_array_equal(cimc.Session(two_inputs[batch], backend=backend).run(x),
+                                      cimc.Session(two_inputs[None], backend=backend).run(x))
+
+
+@pytest.mark.parametrize("batch", [1, 3, None])
+@pytest.mark.parametrize("counts", [(5, 6), (1, 0), (3, 1), (0, 2)])
+@pytest.mark.parametrize("use", ["run", "compile"])
+def test_inputs_with_different_sample_counts_are_refused(two_inputs, tmp_path, batch, counts, use):
+    x = {name: np.zeros((count, 8), np.float32) for name, count in zip("ab", counts)}
+    with pytest.raises(cimc.errors.DataError, match=r"different numbers of samples \{'a': %d, 'b': %d\}" % counts):
+        if use == "run":
+            cimc.Session(two_inputs[batch], backend="integer").run(x)
+        else:
+            onnx.save(two_input_model(batch), tmp_path / "m.onnx")
+            cimc.compile(tmp_path / "m.onnx", "ideal", calibration=x)
