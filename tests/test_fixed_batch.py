@@ -225,7 +225,8 @@ def test_fixed_batch_of_input_shapes(shapes, expected):
 
 
 # -- bad input: a fixed batch frees the sample count, not the other dimensions --------------------------------------
-BAD_SHAPES = [(5, 1, 28, 27), (5, 2, 28, 28), (5, 1, 27, 28), (5, 28, 28), (5, 1, 1, 28, 28), (5,), (5, 784)]
+BAD_SHAPES = [(5, 1, 28, 27), (5, 2, 28, 28), (5, 1, 27, 28), (5, 28, 28), (5, 1, 1, 28, 28), (5,), (5, 784),
+              (2, 1, 28, 29), (2, 3, 28, 28), (3, 1, 56, 28), (4, 1, 28, 1), (2, 28, 28, 1)]
 
 
 @pytest.mark.parametrize("name", ["batch1", "batch2"])
