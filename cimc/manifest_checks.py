@@ -264,8 +264,8 @@ PROBE_ELEMENTS = 1 << 26      # values per sample per tensor; far above any mode
 
 
 def probe_shapes(graph, where: str) -> None:
-    """Follow one sample of zeros (a fixed-batch model: one batch) through the graph: every crossbar op must get an input its matrix and conv geometry
-    fit, every digital op inputs it accepts, and the outputs the shapes the manifest declares. Digital ops run for
+    """Follow one sample of zeros (a fixed-batch model: one batch) through the graph: every crossbar op must get an
+    input its matrix and conv geometry fit, every digital op inputs it accepts, and the outputs the shapes the manifest declares. Digital ops run for
     real (cimc.digital, on zeros); crossbar ops only by shape. Skipped where a non-batch input dimension is unknown."""
     from cimc.batching import fixed_batch
     from cimc.digital import run_digital

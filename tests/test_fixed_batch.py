@@ -48,7 +48,8 @@ def small_cnn(batch) -> onnx.ModelProto:
     inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
              numpy_helper.from_array(fc, "fc"), numpy_helper.from_array(fcb, "fcb"),
              numpy_helper.from_array(np.array(target, np.int64), "shape")]
-    graph = helper.make_graph(nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [dim, 1, 28, 28])],
+    graph = helper.make_graph(nodes, "small_cnn",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [dim, 1, 28, 28])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dim, 10])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -142,8 +143,11 @@ def test_float_backend_agrees_with_onnxruntime_chunk_by_chunk(built, name, sessi
 
 
 @pytest.mark.parametrize("name", ["batch1", "batch2"])
+NOISY = ["nonideal.program_sigma_us=0.5", "nonideal.read_noise_sigma_us=0.2"]
+
+
 @pytest.mark.parametrize("backend, options", [("integer", {}), ("crossbar", {"ideal": True, "seed": 0}),
-                                              ("crossbar", {"seed": 3, "overrides": ["nonideal.program_sigma_us=0.5", "nonideal.read_noise_sigma_us=0.2"]})])
+                                              ("crossbar", {"seed": 3, "overrides": NOISY})])
 def test_quantised_backends_bit_identical_to_the_symbolic_batch(built, name, backend, options):
     """The same network, the same sample indices: the same numbers, noise included (it is drawn per sample)."""
     _, out = built
