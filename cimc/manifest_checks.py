@@ -265,8 +265,9 @@ PROBE_ELEMENTS = 1 << 26      # values per sample per tensor; far above any mode
 
 def probe_shapes(graph, where: str) -> None:
     """Follow one sample of zeros (a fixed-batch model: one batch) through the graph: every crossbar op must get an
-    input its matrix and conv geometry fit, every digital op inputs it accepts, and the outputs the shapes the manifest declares. Digital ops run for
-    real (cimc.digital, on zeros); crossbar ops only by shape. Skipped where a non-batch input dimension is unknown."""
+    input its matrix and conv geometry fit, every digital op inputs it accepts, and the outputs the shapes the
+    manifest declares. Digital ops run for real (cimc.digital, on zeros); crossbar ops only by shape. Skipped where
+    a non-batch input dimension is unknown."""
     from cimc.batching import fixed_batch
     from cimc.digital import run_digital
     batch = fixed_batch([t.shape for t in graph.inputs]) or 1    # a fixed batch runs in chunks of exactly that

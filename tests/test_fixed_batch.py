@@ -142,10 +142,10 @@ def test_float_backend_agrees_with_onnxruntime_chunk_by_chunk(built, name, sessi
     np.testing.assert_allclose(y, expected, rtol=0, atol=1e-6 * float(np.abs(expected).max()))
 
 
-@pytest.mark.parametrize("name", ["batch1", "batch2"])
 NOISY = ["nonideal.program_sigma_us=0.5", "nonideal.read_noise_sigma_us=0.2"]
 
 
+@pytest.mark.parametrize("name", ["batch1", "batch2"])
 @pytest.mark.parametrize("backend, options", [("integer", {}), ("crossbar", {"ideal": True, "seed": 0}),
                                               ("crossbar", {"seed": 3, "overrides": NOISY})])
 def test_quantised_backends_bit_identical_to_the_symbolic_batch(built, name, backend, options):
