@@ -11,6 +11,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from cimc.backends.reference import FloatBackend
+from cimc.batching import chunks, fixed_batch
 from cimc.executor import check_feeds, run_graph
 from cimc.ir import Graph, XbarOp
 
@@ -49,8 +50,11 @@ def activation_stats(graph: Graph, data, percentile: float | None = None, batch_
         for op in graph.xbar_ops():
             taps[op.inputs[0]].append(op.name)
         names = [f"{t}{suffix}" for t in taps for suffix in _REDUCED] if reduce else list(taps)
-        for start in range(0, n, batch_size):
-            values = session.run(names, {k: v[start:start + batch_size] for k, v in feeds.items()})
+        fixed = fixed_batch([t.shape for t in graph.inputs])
+        for _, count, part in chunks(feeds, fixed) if fixed else _slices(feeds, n, batch_size):
+            values = session.run(names, part)
+            if fixed and not reduce:     # drop the padding; min and max over copies of a sample do not change
+                values = [v[:count] for v in values]
             if reduce:
                 values = [np.array([lo, hi]) for lo, hi in zip(values[0::2], values[1::2])]
             for tensor, value in zip(taps, values):
@@ -66,6 +70,12 @@ def activation_stats(graph: Graph, data, percentile: float | None = None, batch_
 
 
 _REDUCED = ("__cimc_min", "__cimc_max")
+
+
+def _slices(feeds: dict, n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        part = {k: v[start:start + batch_size] for k, v in feeds.items()}
+        yield start, len(next(iter(part.values()))), part
 
 
 def _onnxruntime_with_taps(model: onnx.ModelProto, graph: Graph, reduce: bool = False):

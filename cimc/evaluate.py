@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from cimc.batching import fixed_batch, run_chunked
 from cimc.data import Dataset
 from cimc.errors import ConfigError, DataError, ModelError
 from cimc.executor import Session, check_feeds, run_graph
@@ -142,10 +143,16 @@ def _run_session(session: Session, data: Dataset, batch_size: int, out_name: str
 
 def _run_reference(ref: ort.InferenceSession, data: Dataset, batch_size: int,
                    out_name: str) -> tuple[np.ndarray, float]:
+    """onnxruntime on the source model; a model with a fixed batch in chunks of that batch (cimc.batching)."""
+    fixed = fixed_batch([tuple(d if isinstance(d, int) else None for d in i.shape) for i in ref.get_inputs()])
     outs, seconds = [], 0.0
     for _, batch in _batches(data, batch_size):
         t0 = time.perf_counter()
-        outs.append(ref.run([out_name], {k: v.astype(np.float32) for k, v in batch.items()})[0])
+        feeds = {k: v.astype(np.float32) for k, v in batch.items()}
+        if fixed is None:
+            outs.append(ref.run([out_name], feeds)[0])
+        else:
+            outs.append(run_chunked(lambda part: {out_name: ref.run([out_name], part)[0]}, feeds, fixed)[out_name])
         seconds += time.perf_counter() - t0
     return np.concatenate(outs), seconds
 

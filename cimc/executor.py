@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from cimc.backends import Backend, make_backend
+from cimc.batching import chunks, fixed_batch
 from cimc.digital import run_digital
 from cimc.errors import DataError
 from cimc.im2col import col2im, im2col
@@ -67,9 +68,21 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend,
     `samples`: the batch's global sample indices (Backend.number_samples; default: numbered on from the samples
     the backend ran before). Returns the graph outputs and the tensors named in `keep`."""
     n = len(next(iter(feeds.values()))) if feeds else 0
-    backend.samples = backend.number_samples(n, samples)
+    ids = backend.number_samples(n, samples)
+    batch = fixed_batch([t.shape for t in graph.inputs])
     try:
-        return _run_ops(graph, feeds, backend, observe, keep)
+        if batch is None or n == batch:
+            backend.samples = ids
+            return _run_ops(graph, feeds, backend, observe, keep)
+        # a fixed-batch model: chunks of its batch (cimc.batching), the padding dropped from what is seen and kept
+        parts = []
+        for start, count, part in chunks(feeds, batch):
+            backend.samples = np.concatenate([ids[start:start + count],
+                                              np.repeat(ids[start + count - 1:start + count], batch - count)])
+            seen = observe if observe is None or count == batch else \
+                (lambda op, x, count=count: observe(op, x[:count]))
+            parts.append({k: v[:count] for k, v in _run_ops(graph, part, backend, seen, keep).items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     finally:
         backend.samples = None
 
@@ -107,15 +120,22 @@ def check_feeds(graph: Graph, x, where: str = "input") -> dict[str, np.ndarray]:
     if missing:
         raise DataError(f"{where}: missing model input(s) {missing} (model inputs: {names})")
     feeds = {}
+    batch = fixed_batch([t.shape for t in graph.inputs])
     for info in graph.inputs:
         value = np.asarray(x[info.name])
         expected = tuple(info.shape)
+        if batch is not None:      # a fixed batch runs in chunks (run_graph): any number of samples
+            expected = (None,) + expected[1:]
         if value.ndim != len(expected) or any(e is not None and e != d for e, d in zip(expected, value.shape)):
             shown = ["N" if d is None else d for d in expected]
             raise DataError(f"{where}: input {info.name!r} has shape {list(value.shape)}, the model expects {shown}")
         if not np.issubdtype(value.dtype, np.number):
             raise DataError(f"{where}: input {info.name!r} has non-numeric dtype {value.dtype}")
         feeds[info.name] = value.astype(np.float32, copy=False)
+    counts = {name: v.shape[0] for name, v in feeds.items() if v.ndim}
+    if len(set(counts.values())) > 1:
+        raise DataError(f"{where}: the inputs hold different numbers of samples {counts}; give every input the "
+                        "same number")
     return feeds
 
 

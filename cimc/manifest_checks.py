@@ -264,14 +264,17 @@ PROBE_ELEMENTS = 1 << 26      # values per sample per tensor; far above any mode
 
 
 def probe_shapes(graph, where: str) -> None:
-    """Follow one sample of zeros through the graph: every crossbar op must get an input its matrix and conv geometry
-    fit, every digital op inputs it accepts, and the outputs the shapes the manifest declares. Digital ops run for
-    real (cimc.digital, on zeros); crossbar ops only by shape. Skipped where a non-batch input dimension is unknown."""
+    """Follow one sample of zeros (a fixed-batch model: one batch) through the graph: every crossbar op must get an
+    input its matrix and conv geometry fit, every digital op inputs it accepts, and the outputs the shapes the
+    manifest declares. Digital ops run for real (cimc.digital, on zeros); crossbar ops only by shape. Skipped where
+    a non-batch input dimension is unknown."""
+    from cimc.batching import fixed_batch
     from cimc.digital import run_digital
+    batch = fixed_batch([t.shape for t in graph.inputs]) or 1    # a fixed batch runs in chunks of exactly that
     if any(d is None for t in graph.inputs for d in t.shape[1:]) or \
-            any(math.prod(t.shape[1:]) > PROBE_ELEMENTS for t in graph.inputs):
+            any(batch * math.prod(t.shape[1:]) > PROBE_ELEMENTS for t in graph.inputs):
         return          # unknown or huge inputs: the data check at run time (executor.check_feeds) decides
-    env = {t.name: np.zeros((1,) + tuple(t.shape[1:]), np.float32) for t in graph.inputs}
+    env = {t.name: np.zeros((batch,) + tuple(t.shape[1:]), np.float32) for t in graph.inputs}
     for index, op in enumerate(graph.ops):
         at = f"{where}: field 'ops[{index}]' ({op.op_type} {op.name!r})"
         xs = [env[t] for t in op.inputs]
@@ -284,15 +287,15 @@ def probe_shapes(graph, where: str) -> None:
                 out = np.asarray(run_digital(op.op_type, xs, op.attrs))
         except (ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as exc:
             shapes = ", ".join(str(list(x.shape)) for x in xs)
-            raise ManifestError(f"{at}: cannot run on inputs of shape {shapes} (one sample): {exc}") from None
+            raise ManifestError(f"{at}: cannot run on inputs of shape {shapes} (one batch): {exc}") from None
         if out.size > PROBE_ELEMENTS:
-            raise ManifestError(f"{at}: makes a tensor of shape {list(out.shape)} from one sample")
+            raise ManifestError(f"{at}: makes a tensor of shape {list(out.shape)} from one batch")
         env[op.outputs[0]] = out
     for i, t in enumerate(graph.outputs):
         got = env[t.name].shape
         if len(got) != len(t.shape) or any(d is not None and d != g for d, g in zip(t.shape[1:], got[1:])):
             raise ManifestError(f"{where}: field 'outputs[{i}].shape' = {list(t.shape)}, but the ops make "
-                                f"{list(got)} (batch 1)")
+                                f"{list(got)} (batch {batch})")
 
 
 def _check_padded_size(op, xs, at: str) -> None:

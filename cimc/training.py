@@ -195,7 +195,7 @@ def _correct(graph, backend, feeds: dict, labels: np.ndarray, batch: int) -> np.
 
 
 def evaluate_chip(session_graph, backend, data: Dataset, batch: int = 100) -> float:
-    feeds = check_feeds(session_graph, data.inputs, "tuning data")
+    feeds = check_feeds(session_graph, data.inputs, data.path or "tuning data")
     return float(_correct(session_graph, backend, feeds, data.labels, batch).mean())
 
 
@@ -303,7 +303,7 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
         raise DataError(f"{data.path or 'tuning data'}: labels must lie in 0..{n_classes - 1} (layer {op.name!r} "
                         f"has {n_classes} outputs)")
     n_train, n_hold = _split(data, holdout)
-    feeds = check_feeds(graph, data.inputs, "tuning data")
+    feeds = check_feeds(graph, data.inputs, data.path or "tuning data")
     held_feeds = {k: v[n_train:] for k, v in feeds.items()}
     held_labels = labels[n_train:]
     before_copies = per_copy_accuracy(graph, backend, data, batch)
