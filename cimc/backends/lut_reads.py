@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cimc.backends.lut_limits import MAX_LINES  # lines per kernel call; wider tiles go in pieces
+
 GROUP = 8                                  # rows per lookup: tables have 2^8 entries per group
-MAX_LINES = 512                            # lines per kernel call (its stack buffers); wider tiles go in pieces
 
 
 def pattern_table(g_int: np.ndarray) -> np.ndarray:
