@@ -5,8 +5,7 @@
     session = cimc.Session("out/", backend="integer")
     logits = session.run(x)
 """
-__version__ = "0.1.0"
-
+from cimc.version import __version__  # noqa: E402
 from cimc.compiler import compile, count  # noqa: E402
 from cimc.executor import Session  # noqa: E402
 from cimc.manifest import Manifest, load  # noqa: E402

@@ -12,7 +12,7 @@ from onnx import helper
 
 from cimc.backends.reference import FloatBackend
 from cimc.batching import chunks, fixed_batch
-from cimc.executor import check_feeds, run_graph
+from cimc.graph_run import check_feeds, run_graph
 from cimc.ir import Graph, XbarOp
 
 _SUBSAMPLE = 1 << 20

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import jinja2
 
-import cimc
+from cimc.version import __version__
 from cimc.errors import CimcError
 from cimc.ir import XbarOp
 from cimc.results_view import tuning_history
@@ -157,7 +157,7 @@ def _cimc_version(manifest) -> str:
             version = json.loads((Path(manifest.path) / "manifest.json").read_text()).get("cimc_version")
         except (OSError, ValueError):
             version = None
-    return str(version) if version is not None else f"{cimc.__version__} (not recorded)"
+    return str(version) if version is not None else f"{__version__} (not recorded)"
 
 
 def _tile_cells(tile, target) -> tuple[int, int]:
@@ -533,7 +533,7 @@ def report_context(manifest, target=None, results=()) -> dict:
         "replication": replication,
         "tuning": tuning_history(prov),
         "results": list(results),
-        "cimc_version": cimc.__version__,
+        "cimc_version": __version__,
     }
 
 

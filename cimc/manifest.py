@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-import cimc
+from cimc.version import __version__
 from cimc import output_dir
 from cimc.errors import ManifestError
 from cimc.ir import ActQuant, ConvGeometry, DigitalOp, Graph, Placement, TensorInfo, Tile, XbarOp
+from cimc.layer_table import layer_table
 from cimc.layout import program_arrays, read_levels
 from cimc.manifest_checks import (ArrayOccupancy, check_conv_geometry, check_digital, check_float_array,
                                   check_group_blocks, check_levels_match, check_tile_cover, parse_json,
@@ -66,7 +67,6 @@ class Manifest:
         return int(self.arrays.shape[0])
 
     def summary(self) -> dict:
-        from cimc.compiler import layer_table
         return layer_table(self.graph, self.target)
 
     # -- save -------------------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ class Manifest:
                _digital_to_json(op, i, params) for i, op in enumerate(self.graph.ops)]
         table = self.summary()
         doc = {
-            "format": "cimc-manifest", "schema_version": SCHEMA_VERSION, "cimc_version": cimc.__version__,
+            "format": "cimc-manifest", "schema_version": SCHEMA_VERSION, "cimc_version": __version__,
             "provenance": self.provenance, "target": self.target.to_dict(),
             "inputs": [_tensor_json(t) for t in self.graph.inputs],
             "outputs": [_tensor_json(t) for t in self.graph.outputs],
@@ -123,7 +123,7 @@ def load(directory) -> Manifest:
         raise ManifestError(f"{where}: not valid JSON ({exc})") from None
     if isinstance(doc, dict) and doc.get("schema_version") not in (None, SCHEMA_VERSION):
         raise ManifestError(f"{where}: schema_version {doc.get('schema_version')!r} is not supported by cimc "
-                            f"{cimc.__version__} (expects {SCHEMA_VERSION})")
+                            f"{__version__} (expects {SCHEMA_VERSION})")
     _validate_schema(doc, where)
     arrays_file = _read_npz(directory / "arrays.npz")
     params = _read_npz(directory / "params.npz")

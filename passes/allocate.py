@@ -8,7 +8,7 @@ from cimc.ir import Graph, Placement
 NAME = "allocate"
 
 
-def run(graph: Graph, target, config=None) -> Graph:
+def run(graph: Graph, target, ctx=None) -> Graph:
     next_array = 0
     for op in graph.xbar_ops():
         for tile in op.tiles:

@@ -14,7 +14,7 @@ NAME = "canonicalize"
 _FOLDABLE = ("BatchNormalization", "Add", "Sub", "Mul", "Div")
 
 
-def run(graph: Graph, target=None, config=None) -> Graph:
+def run(graph: Graph, target=None, ctx=None) -> Graph:
     changed = True
     while changed:
         changed = False

@@ -1,7 +1,7 @@
 """Estimate: cycles, latency, throughput, energy, area and efficiency from the target's numbers and the schedule.
 
 An analysis: plain functions returning JSON-ready dicts (`estimate_graph`, `estimate_macro`), plus a pass `run` that
-stores the graph's estimate on `config.estimates` and returns the graph unchanged.
+stores the graph's estimate on `ctx.estimates` (cimc.pipeline) and returns the graph unchanged.
 
 Schedule (the model of cimc.passes.replication_solver). Crossbar layer l with P_l sliding-window positions and r_l
 copies of its weights takes
@@ -251,8 +251,8 @@ def estimate_graph(graph: Graph, target) -> dict:
     }
 
 
-def run(graph: Graph, target, config=None) -> Graph:
-    """As a pass: store `estimate_graph` on `config.estimates` and return the graph unchanged."""
-    if config is not None:
-        config.estimates = estimate_graph(graph, target)
+def run(graph: Graph, target, ctx=None) -> Graph:
+    """As a pass: store `estimate_graph` on `ctx.estimates` (the pipeline's context) and return the graph."""
+    if ctx is not None:
+        ctx.estimates = estimate_graph(graph, target)
     return graph

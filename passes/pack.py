@@ -503,7 +503,9 @@ def _one_tile_per_array_plan(graph, plan_copies: dict[str, int]) -> PackPlan:
                     layer_cycles={}, status="HINT", gap=0.0, solve_seconds=0.0)
 
 
-def run(graph: Graph, target, config) -> Graph:
+def run(graph: Graph, target, ctx) -> Graph:
+    """Copies and placements together; the report goes to ctx.replication_report. Options: ctx.options."""
+    config = ctx.options
     t0 = time.perf_counter()
     fixed = fixed_copies(graph, config)
     ops = graph.xbar_ops()
@@ -518,7 +520,7 @@ def run(graph: Graph, target, config) -> Graph:
     if not getattr(config, "optimize", True):       # --no-optimize: keep the copies, still pack the tiles
         fixed = {name: fixed.get(name, 1) for name in names}
     if not ops:
-        config.replication_report = None
+        ctx.replication_report = None
         return graph
     if budget > MAX_ARRAYS:
         raise ConfigError(f"--pack: a budget of {budget} arrays is beyond this exact model (at most {MAX_ARRAYS} "
@@ -616,5 +618,5 @@ def run(graph: Graph, target, config) -> Graph:
         greedy = greedy_replication(demands, input_bits=bits, budget=budget)
         report.update(greedy_bottleneck_cycles=greedy.bottleneck_cycles, greedy_arrays=greedy.arrays,
                       greedy_copies=greedy.copies)
-    config.replication_report = report
+    ctx.replication_report = report
     return graph

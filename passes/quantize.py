@@ -14,6 +14,7 @@ from cimc.errors import ConfigError
 from cimc.ir import ActQuant, Graph
 
 NAME = "quantize"
+NEEDS_CALIBRATION = True     # its scales come from the activation ranges: `count` (no data) skips it
 
 
 def quantize_weights(matrix: np.ndarray, max_level: int, granularity: str) -> tuple[np.ndarray, np.ndarray]:
@@ -35,8 +36,8 @@ def act_quant_from_stats(stats: dict, bits: int, rule: str, percentile: float) -
     return ActQuant(scale=float(np.float32(r / qmax)) if r > 0 else 1.0, signed=signed, bits=bits)
 
 
-def run(graph: Graph, target, config) -> Graph:
-    stats = config.activation_stats
+def run(graph: Graph, target, ctx) -> Graph:
+    stats = ctx.activation_stats
     if stats is None:
         raise ConfigError("quantisation needs activation ranges: give calibration data "
                           "(--calibration x.npz on the command line, calibration=... in Python)")

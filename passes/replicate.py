@@ -71,7 +71,9 @@ def fixed_copies(graph: Graph, config) -> dict[str, int]:
     return fixed
 
 
-def run(graph: Graph, target, config) -> Graph:
+def run(graph: Graph, target, ctx) -> Graph:
+    """Copies per layer (op.replicas); the report goes to ctx.replication_report. Options: ctx.options."""
+    config = ctx.options
     fixed = fixed_copies(graph, config)
     bits = bits_per_vector(target) * stall_factor(target)
     layers = _demands(graph, fixed)
@@ -124,5 +126,5 @@ def run(graph: Graph, target, config) -> Graph:
     report.update(copies=copies, fixed=fixed, minimum_arrays=minimum_arrays(_demands(graph, {})),
                   unreplicated_bottleneck_cycles=baseline,
                   speedup=baseline / report["bottleneck_cycles"] if report["bottleneck_cycles"] else None)
-    config.replication_report = report
+    ctx.replication_report = report
     return graph

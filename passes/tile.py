@@ -22,7 +22,7 @@ def tiles_for(op: XbarOp, rows_per_tile: int, outputs_per_tile: int) -> list[Til
     return tiles
 
 
-def run(graph: Graph, target, config=None) -> Graph:
+def run(graph: Graph, target, ctx=None) -> Graph:
     for op in graph.xbar_ops():
         op.tiles = tiles_for(op, target.array.inputs_per_tile, target.array.outputs_per_tile)
     return graph

@@ -17,7 +17,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from cimc.backends.lut_reads import MAX_LINES    # lines per call (read_tile splits wider tiles)
+from cimc.backends.lut_limits import MAX_LINES    # lines per call (read_tile splits wider tiles)
 
 SUMMED = 18                     # table rows summed per pass (144-row arrays: one pass)
 BLOCK = 128                     # positions per parallel work item

@@ -23,7 +23,7 @@ from cimc.ir import Graph, XbarOp
 class Backend:
     name = "base"
     quantized = True
-    samples: np.ndarray | None = None     # global indices of the batch being run (set by cimc.executor.run_graph)
+    samples: np.ndarray | None = None     # global indices of the batch being run (set by cimc.graph_run.run_graph)
     samples_seen: int = 0                 # the next default index: one past the highest index run so far
 
     def __init__(self, seed: int | None = None):

@@ -57,6 +57,7 @@ import numpy as np
 from cimc.backends import lut_reads
 from cimc.backends.base import Backend
 from cimc.errors import ConfigError
+from cimc.graph_run import check_feeds, run_graph
 from cimc.im2col import col2im, im2col
 from cimc.layout import program_arrays, read_levels, tile_cells
 from cimc.targets.devices import DeviceModel, line_noise, load_defect_map, sample_generators
@@ -919,7 +920,6 @@ def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=N
     the magnitude for a bipolar ("rows") line. Activations follow the integer (ideal) chip. Ops whose lines never
     carry current are left out (the backend then uses the 'max' full scale). `data`: array or dict of arrays;
     `max_samples`: use only its first samples (ResNet-56 costs about 60 ms per sample on 2 cores)."""
-    from cimc.executor import check_feeds, run_graph
     feeds = check_feeds(graph, data, "ADC calibration data")
     n = len(next(iter(feeds.values())))
     if max_samples is not None:

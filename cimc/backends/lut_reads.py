@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cimc.backends.lut_limits import MAX_LINES  # lines per kernel call; wider tiles go in pieces
+
 GROUP = 8                                  # rows per lookup: tables have 2^8 entries per group
-MAX_LINES = 512                            # lines per kernel call (its stack buffers); wider tiles go in pieces
 
 
 def pattern_table(g_int: np.ndarray) -> np.ndarray:
@@ -171,7 +172,7 @@ def scaled_transposed(codes: np.ndarray, lsb: float, out: np.ndarray) -> np.ndar
 def dequantised_transposed(codes: np.ndarray, lsb: float, scale: np.ndarray, bias: np.ndarray | None,
                            out: np.ndarray) -> np.ndarray:
     """out [B, N, P] float32 = float32(codes [B, P, N] x lsb) * scale[n] (+ bias[n]): scaled_transposed followed by
-    the executor's dequantisation (cimc.executor.run_xbar), bit for bit, in one pass; returns out."""
+    the executor's dequantisation (cimc.graph_run.run_xbar), bit for bit, in one pass; returns out."""
     from cimc.backends._lut_kernel import dequantised_transposed
     scale = np.ascontiguousarray(scale, np.float32)
     has_bias = bias is not None
