@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cimc.backends.crossbar import CrossbarBackend, as_json_value
-from cimc.data import Dataset
+from cimc.data import Dataset, check_labels
 from cimc.errors import ConfigError, DataError
 from cimc.evaluate import Progress
 from cimc.graph_run import check_feeds, quantize_activation, run_graph
@@ -293,15 +293,12 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
         raise ConfigError(f"layer {op.name!r} has {op.replicas} copies; hybrid training tunes a shared layer "
                           f"(compile it with --replicate {op.name}=1)")
     target = backend.target
+    labels = data.labels
+    check_labels(labels, op.cols, data.path or "tuning data")     # the tuned layer's outputs are the classes
     array_ids = sorted({p.array for t in op.tiles for p in t.placements})
     writer = _Writer(backend, array_ids, seed, write_verify, verify_tolerance_us)
     if resumed:
         writer.resume(manifest.conductances, round_=2 + len(manifest.provenance.get("previous_tunings", [])))
-    labels = data.labels
-    n_classes = op.cols
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise DataError(f"{data.path or 'tuning data'}: labels must lie in 0..{n_classes - 1} (layer {op.name!r} "
-                        f"has {n_classes} outputs)")
     n_train, n_hold = _split(data, holdout)
     feeds = check_feeds(graph, data.inputs, data.path or "tuning data")
     held_feeds = {k: v[n_train:] for k, v in feeds.items()}
