@@ -21,6 +21,7 @@ from collections import Counter
 import numpy as np
 import onnx
 
+from cimc import data
 from cimc.errors import ModelError
 
 
@@ -167,10 +168,9 @@ def first_nonfinite(array) -> str | None:
         return None
     if a.dtype.kind not in "fc":
         a = a.astype(np.float64)     # float16 / bfloat16 and friends
-    bad = ~np.isfinite(a)
-    if not bad.any():
+    index = data.first_nonfinite(a)
+    if index is None:
         return None
-    index = np.unravel_index(int(np.argmax(bad)), a.shape)
     value = a[index]
     kind = "NaN" if np.isnan(value) else ("Inf" if np.real(value) > 0 else "-Inf")
-    return f"{kind} at index {tuple(int(i) for i in index)}" if a.ndim else kind
+    return f"{kind} at index {index}" if a.ndim else kind
