@@ -20,7 +20,7 @@ import onnxruntime as ort
 from cimc.batching import fixed_batch, run_chunked
 from cimc.data import Dataset
 from cimc.errors import ConfigError, DataError, ModelError
-from cimc.executor import Session, check_feeds, run_graph
+from cimc.executor import Session
 from cimc.frontend import model_digest
 from cimc.ir import XbarOp
 
@@ -129,11 +129,8 @@ def _run_session(session: Session, data: Dataset, batch_size: int, out_name: str
     outs, seconds = [], 0.0
     for start, batch in _batches(data, batch_size):
         t0 = time.perf_counter()
-        if clipping is None:
-            y = session.run(batch, samples=start)          # each sample by its index in the data set
-        else:   # what Session.run does for one batch of at most its batch size, with an observer
-            y = run_graph(session.graph, check_feeds(session.graph, batch), session.backend,
-                          observe=clipping.observe, samples=start)
+        y = session.run(batch, samples=start,              # each sample by its index in the data set
+                        observe=None if clipping is None else clipping.observe)
         seconds += time.perf_counter() - t0
         outs.append(y if not isinstance(y, dict) else y[out_name])
         if bar is not None:

@@ -43,13 +43,15 @@ class Session:
     def output_names(self) -> list[str]:
         return [t.name for t in self.graph.outputs]
 
-    def run(self, x, samples=None):
+    def run(self, x, samples=None, observe=None):
+        """`observe(op, input)`: see each crossbar op's float input (as run_graph's)."""
         feeds = check_feeds(self.graph, x)
         n = len(next(iter(feeds.values())))
         ids = self.backend.number_samples(n, samples)
         chunks = []
         for start in range(0, max(n, 1), self.batch_size):
             part = {k: v[start:start + self.batch_size] for k, v in feeds.items()}
-            chunks.append(run_graph(self.graph, part, self.backend, samples=ids[start:start + self.batch_size]))
+            chunks.append(run_graph(self.graph, part, self.backend, observe=observe,
+                                    samples=ids[start:start + self.batch_size]))
         outputs = {name: np.concatenate([c[name] for c in chunks]) for name in self.output_names}
         return outputs[self.output_names[0]] if len(outputs) == 1 else outputs
