@@ -20,7 +20,6 @@ import cimc.errors
 from cimc.batching import chunks, fixed_batch
 from cimc.calibrate import activation_stats
 from cimc.data import Dataset
-from cimc.evaluate import evaluate
 from cimc.frontend import import_onnx
 from cimc.training import tune
 

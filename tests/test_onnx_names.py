@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import numpy as np
 import onnx

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import cimc
-from cimc import Session, zoo
+from cimc import Session
 from cimc.errors import DataError
 from refusal import run_cli
 
