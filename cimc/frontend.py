@@ -1,10 +1,11 @@
 """ONNX -> IR. Real-world files: opset 8 up to the newest the onnx package knows, IR-3 files whose weights are also
 graph inputs, Constant nodes and constant subgraphs (folded with onnx's reference evaluator), a symbolic batch.
 
-Only nodes on a *data* path from the graph inputs to the outputs become ops; side chains that compute a shape
-(PyTorch's Shape -> Gather -> Concat -> Reshape) are resolved from onnx shape inference and dropped.
-Every op is normalised to the canonical attributes of `cimc.digital` (latest-opset meaning, constant inputs turned
-into attributes, defaults filled) or lowered to an `XbarOp` (see cimc.ir for the matrix layout).
+Every Conv, Gemm and MatMul with a constant weight is lowered to an `XbarOp` (see cimc.ir for the matrix layout).
+Every other node that the outputs depend on stays the ONNX node it is (`DigitalOp`: op type, domain, attributes and
+inputs verbatim; its constant inputs in `Graph.constants`) and runs in onnxruntime (cimc.onnx_segments), so any op
+onnxruntime runs works in a digital position, at the model's own opset. Nodes whose inputs are all constant are
+folded, and so is Shape of a tensor whose shape is fully known.
 """
 from __future__ import annotations
 
@@ -18,25 +19,14 @@ from onnx import helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from cimc import onnx_checks, onnx_external
-from cimc.digital import run_digital
 from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 from cimc.node_names import layer_names
+from cimc.onnx_segments import subgraph_reads
 
 MIN_OPSET = 8
 _MAX_SAMPLE_VALUES = 1 << 28   # an activation larger than this per sample (1 GiB of float32) is a broken attribute
-_PROBE_BATCHES = (3, 7)  # batch sizes used to tell batch-dependent entries of a computed shape
-SUPPORTED_OPS = frozenset({
-    "Conv", "Gemm", "MatMul", "BatchNormalization", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu",
-    "Sigmoid", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Concat", "Flatten", "Reshape",
-    "Transpose", "Pad", "Slice", "Squeeze", "Unsqueeze", "Softmax", "Identity", "Dropout", "Constant"})
-# Ops allowed only where they fold away: on constants or in a shape-computing side chain.
-_SHAPE_OPS = frozenset({"Shape", "Gather", "Cast", "Size", "Range", "ConstantOfShape", "ReduceProd", "Equal",
-                        "Where", "Expand", "Floor", "Ceil", "Sqrt", "Pow", "Neg", "Abs", "Exp", "Log", "Min",
-                        "Max", "Tile"})
-# Inputs that carry run-time data; all other inputs of these ops are parameters and must be constant.
-_DATA_INPUTS = {"Conv": (0,), "Gemm": (0, 1, 2), "MatMul": (0, 1), "BatchNormalization": (0,), "Clip": (0,),
-                "Reshape": (0,), "Pad": (0,), "Slice": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "Dropout": (0,)}
+_LOWERED = ("Conv", "Gemm", "MatMul")   # op types that may become crossbar ops (op_<type>); the rest stay digital
 
 
 @dataclass
@@ -144,12 +134,6 @@ class _Importer:
         self.info = info
         self.where = info.path or "model"
         self.opset = info.opset
-        for node in info.model.graph.node:  # name an unsupported op before shape inference trips over it
-            if node.domain not in ("", "ai.onnx"):
-                raise self.fail(node, f"custom domain {node.domain!r} is not supported")
-            if node.op_type not in SUPPORTED_OPS and node.op_type not in _SHAPE_OPS:
-                raise self.fail(node, f"op type {node.op_type!r} is not supported by cimc "
-                                      f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
         ordered = _topologically_sorted(info.model, self.where)
         # Refuse what onnxruntime would refuse; the shapes come from inference on the graph inputs and
         # initializers. A shape the file declares (value_info, graph outputs) only fills in what inference leaves
@@ -197,31 +181,21 @@ class _Importer:
                 raise ModelError(f"{self.where}: tensor {name!r} ({what}) holds {bad}; cimc needs finite weights "
                                  "and constants: fix the model (or re-export it from a checkpoint without NaN/Inf)")
 
-    def dry_run(self, inputs: list[TensorInfo]) -> None:
-        """Zeros of batch 2 through the lowered ops, tracking shapes: a digital op whose attributes do not fit its
-        data (a Reshape target, an axis, a pool window, a constant that broadcasts only against a batch of 1) or a
-        crossbar op whose input does not have the weight's row count is refused now, naming the node, instead of
-        failing mid-calibration. Ops whose inputs are too big to probe cheaply are skipped (and what they feed)."""
-        shapes = {t.name: tuple(2 if d is None else d for d in t.shape) for t in inputs}
+    def check_shapes(self) -> None:
+        """A crossbar op whose input (as shape inference sees it) does not fit its weight, or any op whose output
+        is absurdly large per sample, is refused now, naming the node, instead of failing mid-calibration. Digital
+        ops are checked by onnx's strict shape inference (check_valid) and by onnxruntime when they first run."""
         for op in self.ops:
             node = op.source_nodes[0] if op.source_nodes else op.name
-            inferred = self.shapes.get(op.outputs[0])
-            if inferred and None not in inferred[1:] and np.prod(inferred[1:], dtype=float) > _MAX_SAMPLE_VALUES:
-                raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its output {list(inferred)} holds "
-                                 f"more than {_MAX_SAMPLE_VALUES} values per sample; check its attributes")
-            given = [shapes.get(t) for t in op.inputs]
-            if any(s is None for s in given) or sum(int(np.prod(s)) for s in given) > 1 << 24:
-                continue
-            if isinstance(op, XbarOp):
-                out = self.xbar_output_shape(op, given[0], node)
-            else:
-                try:
-                    out = run_digital(op.op_type, [np.zeros(s, np.float32) for s in given], op.attrs).shape
-                except (ValueError, IndexError, TypeError, MemoryError) as exc:
-                    raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): "
-                                     f"{'its output is too large to hold' if isinstance(exc, MemoryError) else exc}") \
-                        from None
-            shapes[op.outputs[0]] = tuple(out)
+            for out in op.outputs:
+                inferred = self.shapes.get(out)
+                if inferred and None not in inferred[1:] and \
+                        np.prod(inferred[1:], dtype=float) > _MAX_SAMPLE_VALUES:
+                    raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its output {list(inferred)} "
+                                     f"holds more than {_MAX_SAMPLE_VALUES} values per sample; check its attributes")
+            x = self.shapes.get(op.inputs[0]) if isinstance(op, XbarOp) else None
+            if x is not None and None not in x[1:]:
+                self.xbar_output_shape(op, (2,) + tuple(x[1:]), node)
 
     def xbar_output_shape(self, op, x: tuple, node: str) -> tuple | None:
         rows = op.matrix.shape[0]
@@ -238,18 +212,14 @@ class _Importer:
         return tuple(x[:-1]) + (op.matrix.shape[1],)
 
     def check_finite_op(self, op) -> None:
-        """The lowered numbers of an op (weights and biases after folding, digital op parameters) are finite."""
-        if isinstance(op, XbarOp):
-            values = {"weight": op.matrix, "bias": op.bias}
-        else:
-            values = {k: v for k, v in op.attrs.items() if isinstance(v, (float, np.ndarray))}
-        for key, value in values.items():
+        """The lowered numbers of a crossbar op (weights and biases after folding) are finite."""
+        for key, value in {"weight": op.matrix, "bias": op.bias}.items():
             if value is None:
                 continue
             bad = onnx_checks.first_nonfinite(value)
-            if bad is None or (op.op_type == "Clip" and key in ("min", "max") and not bad.startswith("NaN")):
+            if bad is None:
                 continue
-            what = "lowered weight matrix" if key == "weight" else f"parameter {key!r}"
+            what = "lowered weight matrix" if key == "weight" else "bias"
             node = op.source_nodes[0] if op.source_nodes else op.name
             raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its {what} holds {bad} "
                              "(computed from the model's constants and "
@@ -296,15 +266,19 @@ class _Importer:
         live = self.live_nodes(g)
         names = layer_names(g.node)
         self.names.update(names)     # the names the pass generates (`NAME/bias`, ...) never take a node's name
+        self.constants: dict[str, np.ndarray] = {}
         for index, node in enumerate(g.node):
             if index not in live:
                 if node.op_type == "Conv":
                     self.check_dead_conv(node)
                 continue
-            if node.op_type not in SUPPORTED_OPS:
-                raise self.fail(node, f"op type {node.op_type!r} is not supported by cimc "
-                                      f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
-            getattr(self, f"op_{node.op_type}")(node, names[index])
+            self.check_weight_not_input(node)
+            if node.op_type in _LOWERED and self.has_constant_weight(node):
+                getattr(self, f"op_{node.op_type}")(node, names[index])
+            elif node.op_type == "Identity" or (node.op_type == "Dropout" and self.is_identity_dropout(node)):
+                self.alias[node.output[0]] = self.resolve(node.input[0])
+            else:
+                self.add_node(node, names[index])
         inputs = []
         for vi in g.input:
             if vi.name in self.consts:
@@ -328,33 +302,74 @@ class _Importer:
                 raise ModelError(f"{self.where}: graph output {vi.name!r} is a constant; nothing to compute")
             if source != vi.name:  # the output was an Identity/Dropout of another tensor: keep its name
                 self.ops.append(DigitalOp(self.unique(f"{vi.name}_identity"), "Identity", [source], [vi.name]))
-            outputs.append(TensorInfo(vi.name, self.shapes.get(vi.name, ())))
+            elem = vi.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
+            outputs.append(TensorInfo(vi.name, self.shapes.get(vi.name, ()),
+                                      np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name))
         for op in self.ops:
-            if isinstance(op, XbarOp) and 0 in op.matrix.shape:
-                raise ModelError(f"{self.where}: node {op.source_nodes[0]!r} ({op.op_type}): its weight matrix is "
-                                 f"{op.matrix.shape[0]} x {op.matrix.shape[1]} (an empty dimension); nothing to "
-                                 "map onto crossbar arrays")
-            self.check_finite_op(op)
-        self.dry_run(inputs)
+            if isinstance(op, XbarOp):
+                if 0 in op.matrix.shape:
+                    raise ModelError(f"{self.where}: node {op.source_nodes[0]!r} ({op.op_type}): its weight matrix "
+                                     f"is {op.matrix.shape[0]} x {op.matrix.shape[1]} (an empty dimension); nothing "
+                                     "to map onto crossbar arrays")
+                self.check_finite_op(op)
+        self.check_shapes()
         tensors = {name: TensorInfo(name, shape) for name, shape in self.shapes.items()}
-        graph = Graph(inputs, outputs, self.ops, tensors)
+        opsets = {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in self.model.opset_import}
+        graph = Graph(inputs, outputs, self.ops, tensors, self.constants, opsets)
         if not graph.xbar_ops():
             raise ModelError(f"{self.where}: no Conv, Gemm or MatMul with a constant weight; nothing to map onto "
                              "crossbar arrays")
         return graph
 
-    def fold_constants(self, g) -> None:
-        """Evaluate every node whose inputs are all constant; Shape of a fully known tensor is a constant too.
-        Shape chains that depend on the symbolic batch are evaluated twice more, with the batch set to two
-        different sizes (`self.batch_variants`), so a Reshape can tell its batch-dependent dimension (-1)."""
-        self._fold(g, self.consts, batch=None)
-        self.batch_variants = []
-        for batch in _PROBE_BATCHES:
-            values = dict(self.consts)
-            self._fold(g, values, batch=batch)
-            self.batch_variants.append({k: v for k, v in values.items() if k not in self.consts})
+    def has_constant_weight(self, node) -> bool:
+        """Whether a Conv/Gemm/MatMul multiplies by a constant cimc can put on arrays; if not, it stays digital
+        (onnxruntime multiplies two run-time tensors, e.g. attention's Q K^T)."""
+        if node.op_type == "Conv":
+            w = self.const(node.input[1]) if len(node.input) > 1 else None
+            bias_ok = len(node.input) < 3 or not node.input[2] or self.const(node.input[2]) is not None
+            return w is not None and w.ndim in (3, 4) and bias_ok
+        if node.op_type == "Gemm":
+            return self.const(node.input[1]) is not None
+        left, right = self.const(node.input[0]), self.const(node.input[1])
+        return (right is not None and right.ndim == 2) or (left is not None and left.ndim == 2 and right is None)
 
-    def _fold(self, g, values: dict, batch: int | None) -> None:
+    def check_weight_not_input(self, node) -> None:
+        """A Conv weight or Gemm B fed straight from a graph input is an export that left the weights out of
+        the file (a crossbar holds constant weights; onnxruntime would ask for them at every run)."""
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2:
+            return
+        graph_inputs = {vi.name for vi in self.model.graph.input} - set(self.consts)
+        if node.input[1] in graph_inputs:
+            raise self.fail(node, f"input 1 (weight, tensor {node.input[1]!r}) must be a constant (an initializer "
+                                  "or computable from initializers); it is a graph input given at run time: "
+                                  "export the model with its weights")
+
+    def is_identity_dropout(self, node) -> bool:
+        """An inference Dropout: no used mask output and no training_mode input that could be true."""
+        if any(extra and extra in self.used for extra in node.output[1:]):
+            return False
+        if len(node.input) > 2 and node.input[2]:
+            mode = self.const(node.input[2])
+            return mode is not None and not bool(np.asarray(mode).reshape(-1)[0])
+        return True
+
+    def add_node(self, node, name: str) -> None:
+        """Keep a node as it is, its inputs read through Identity aliases and its constant inputs recorded."""
+        inputs = [self.resolve(t) if t else "" for t in node.input]
+        for t in inputs + sorted(subgraph_reads(node.attribute)):
+            if t in self.consts:
+                self.constants[t] = self.consts[t]
+        self.ops.append(DigitalOp(name, node.op_type, inputs, list(node.output), list(node.attribute),
+                                  "" if node.domain == "ai.onnx" else node.domain, [node.name or name]))
+
+    def add_constant(self, base: str, value: np.ndarray) -> str:
+        name = self.unique(base)
+        self.constants[name] = value
+        return name
+
+    def fold_constants(self, g) -> None:
+        """Evaluate every node whose inputs are all constant; Shape of a known part of a tensor's shape too."""
+        values = self.consts
         for node in g.node:
             if any(o in values for o in node.output if o):
                 continue
@@ -363,17 +378,18 @@ class _Importer:
                 continue
             if node.op_type == "Shape":
                 shape = self.shape(node.input[0])
-                if shape and batch is not None and shape[0] is None:
-                    shape = (batch,) + tuple(shape[1:])
-                if shape and None not in shape:
+                if shape:
                     a = self.attrs(node)
-                    full = np.array(shape, dtype=np.int64)
-                    values[node.output[0]] = full[a.get("start", 0):a.get("end", len(full))]
+                    part = list(shape)[a.get("start", 0):a.get("end", len(shape))]
+                    if None not in part:
+                        values[node.output[0]] = np.array(part, dtype=np.int64)
                 continue
             if not node.input or any(n and n not in values for n in node.input):
                 continue
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                 continue
+            if node.op_type.startswith("Random") or node.op_type in ("Bernoulli", "Multinomial"):
+                continue                # drawn anew at each run by onnxruntime: not a constant
             try:
                 results = _evaluate_node(node, self.model.opset_import, {n: values[n] for n in node.input if n})
             except Exception as exc:
@@ -393,7 +409,7 @@ class _Importer:
         raise self.fail(node, f"unsupported Constant attribute(s) {sorted(a)}")
 
     def live_nodes(self, g) -> set[int]:
-        """Indices of the nodes reachable backwards from the graph outputs through data inputs only."""
+        """Indices of the nodes the graph outputs depend on (constants stop the walk: they are folded)."""
         nodes = list(g.node)
         producer = {out: i for i, node in enumerate(nodes) for out in node.output}
         live: set[int] = set()
@@ -409,17 +425,12 @@ class _Importer:
                 continue
             live.add(index)
             node = nodes[index]
-            indices = _DATA_INPUTS.get(node.op_type, range(len(node.input)))
-            stack.extend(node.input[i] for i in indices if i < len(node.input) and node.input[i])
+            stack.extend(t for t in node.input if t)
+            stack.extend(subgraph_reads(node.attribute))
         return live
 
     def data_inputs(self, node, indices=(0,)) -> list[str]:
         return [self.resolve(node.input[i]) for i in indices]
-
-    def add_digital(self, node, name, op_type, attrs, inputs=None):
-        inputs = self.data_inputs(node) if inputs is None else inputs
-        self.check_extra_outputs(node)
-        self.ops.append(DigitalOp(name, op_type, inputs, [node.output[0]], attrs, [node.name or name]))
 
     def check_extra_outputs(self, node):
         for extra in node.output[1:]:
@@ -586,15 +597,17 @@ class _Importer:
         xbar_out = f"{name}/matmul" if add_after else out
         self.ops.append(XbarOp(name, "Gemm", [x], [xbar_out], matrix.astype(np.float32), bias, None,
                                [node.name or name]))
-        if add_after:
+        if add_after:   # a C that is not one bias per column: added digitally after the product
             if c is not None:
-                attrs = {"constant": (beta * c).astype(np.float32), "constant_index": 1}
-                self.ops.append(DigitalOp(self.unique(f"{name}/bias"), "Add", [xbar_out], [out], attrs))
+                c_in = self.add_constant(f"{name}/C", (beta * c).astype(np.float32))
+            elif beta != 1.0:
+                c_in = f"{name}/betaC"
+                beta_name = self.add_constant(f"{name}/beta", np.array(beta, np.float32))
+                self.ops.append(DigitalOp(self.unique(f"{name}/scale_C"), "Mul", [self.resolve(c_name), beta_name],
+                                          [c_in]))
             else:
-                if beta != 1.0:
-                    raise self.fail(node, "a run-time C operand with beta != 1 is not supported")
-                self.ops.append(DigitalOp(self.unique(f"{name}/bias"), "Add", [xbar_out, self.resolve(c_name)],
-                                          [out], {"constant": None, "constant_index": 1}))
+                c_in = self.resolve(c_name)
+            self.ops.append(DigitalOp(self.unique(f"{name}/bias"), "Add", [xbar_out, c_in], [out]))
 
     def check_contracted(self, node, tensor, axis: int, size: int) -> None:
         """The run-time operand's contracted axis has the weight's size (shape inference lets a symbolic size
@@ -626,12 +639,7 @@ class _Importer:
             self.ops.append(XbarOp(name, "MatMul", [xt], [yt], left.T.astype(np.float32).copy(), None, None,
                                    [node.name or name]))
             self.ops.append(DigitalOp(self.unique(f"{name}/transpose_out"), "Transpose", [yt], [node.output[0]],
-                                      {"perm": perm}))
-        elif left is None and right is None:
-            raise self.fail(node, "both operands are computed at run time; only a MatMul with a constant 2-D "
-                                  "operand can be mapped onto crossbar arrays")
-        else:
-            raise self.fail(node, "the constant operand must be 2-D")
+                                      [helper.make_attribute("perm", perm)]))
 
     def matmul_positions(self, tensor) -> int:
         shape = self.shape(tensor) or ()
@@ -640,206 +648,6 @@ class _Importer:
 
     def transpose(self, name, x, perm) -> str:
         out = f"{name}/{x}_T"
-        self.ops.append(DigitalOp(self.unique(f"{name}/transpose_in"), "Transpose", [x], [out], {"perm": perm}))
+        self.ops.append(DigitalOp(self.unique(f"{name}/transpose_in"), "Transpose", [x], [out],
+                                  [helper.make_attribute("perm", perm)]))
         return out
-
-    # -- digital ops ---------------------------------------------------------------------------------------
-    def op_Identity(self, node, name):
-        self.alias[node.output[0]] = self.resolve(node.input[0])
-
-    def op_Dropout(self, node, name):
-        self.check_extra_outputs(node)
-        self.alias[node.output[0]] = self.resolve(node.input[0])
-
-    def op_Relu(self, node, name):
-        self.add_digital(node, name, "Relu", {})
-
-    def op_Sigmoid(self, node, name):
-        self.add_digital(node, name, "Sigmoid", {})
-
-    def op_LeakyRelu(self, node, name):
-        self.add_digital(node, name, "LeakyRelu", {"alpha": float(self.attrs(node).get("alpha", 0.01))})
-
-    def op_Clip(self, node, name):
-        if self.opset < 11:
-            a = self.attrs(node)
-            lo, hi = a.get("min"), a.get("max")
-        else:
-            lo, hi = self.need_const(node, 1, "min"), self.need_const(node, 2, "max")
-            for i, bound in ((1, lo), (2, hi)):
-                if bound is not None and bound.size != 1:   # onnxruntime: "min should be a scalar"
-                    raise self.fail(node, f"input {i} ({'min' if i == 1 else 'max'}, tensor {node.input[i]!r}) "
-                                          f"has shape {list(bound.shape)}; a Clip bound must be a scalar")
-        lo, hi = (None if b is None else float(np.asarray(b).reshape(-1)[0]) for b in (lo, hi))
-        if (lo is not None and lo == np.inf) or (hi is not None and hi == -np.inf):
-            raise self.fail(node, f"Clip bounds min={lo}, max={hi} make every output infinite; re-export the model")
-        # an infinite bound on its own side is no bound (and a manifest holds only finite numbers)
-        self.add_digital(node, name, "Clip", {"min": None if lo is None or lo == -np.inf else lo,
-                                              "max": None if hi is None or hi == np.inf else hi})
-
-    def pool_attrs(self, node, with_count_pad: bool) -> dict:
-        a = self.attrs(node)
-        kernel = list(a["kernel_shape"])
-        n = len(kernel)
-        strides, dilations = list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n))
-        auto = a.get("auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else auto
-        if auto in ("SAME_UPPER", "SAME_LOWER") and any(int(d) != 1 for d in dilations):
-            # the ONNX spec pads for the dilated window, onnxruntime for the undilated one: their outputs differ
-            raise self.fail(node, f"attribute 'auto_pad' {auto} with 'dilations' {dilations}: onnxruntime and the "
-                                  "ONNX specification disagree on the padding; give explicit 'pads' instead")
-        pads = self.window_pads(node, a, kernel, strides, dilations, self.spatial(node, node.input[0]))
-        if len(pads) == 2 * n and any(int(p) >= int(k) for p, k in zip(pads, kernel + kernel)):
-            # onnxruntime: "Pad should be smaller than kernel" (a window of padding only)
-            raise self.fail(node, f"attribute 'pads' {pads} has a pad as large as the kernel {kernel}; each pad "
-                                  "must be smaller than the kernel along its axis")
-        attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": dilations,
-                 "ceil_mode": int(a.get("ceil_mode", 0))}
-        if with_count_pad:
-            attrs["count_include_pad"] = int(a.get("count_include_pad", 0))
-        return attrs
-
-    def op_MaxPool(self, node, name):
-        self.add_digital(node, name, "MaxPool", self.pool_attrs(node, False))
-
-    def op_AveragePool(self, node, name):
-        self.add_digital(node, name, "AveragePool", self.pool_attrs(node, True))
-
-    def op_GlobalAveragePool(self, node, name):
-        self.add_digital(node, name, "GlobalAveragePool", {})
-
-    def op_GlobalMaxPool(self, node, name):
-        self.add_digital(node, name, "GlobalMaxPool", {})
-
-    def op_BatchNormalization(self, node, name):
-        a = self.attrs(node)
-        if self.opset < 9 and int(a.get("spatial", 1)) != 1:
-            raise self.fail(node, "spatial=0 (per-activation statistics) is not supported")
-        if int(a.get("training_mode", 0)):
-            raise self.fail(node, "training_mode=1; export the model in eval mode")
-        params = [self.need_const(node, i, what).astype(np.float32)
-                  for i, what in ((1, "scale"), (2, "bias"), (3, "mean"), (4, "var"))]
-        channels = (self.shape(node.input[0]) or (None, None))[1]
-        for i, (what, p) in enumerate(zip(("scale", "bias", "mean", "var"), params), start=1):
-            if p.shape != (channels,):   # shape inference does not check them; onnxruntime refuses at run time
-                raise self.fail(node, f"input {i} ({what}, tensor {node.input[i]!r}) has shape {list(p.shape)}; "
-                                      f"it needs one value per channel: [{channels}]")
-        self.add_digital(node, name, "BatchNormalization",
-                         dict(zip(("scale", "bias", "mean", "var"), params), epsilon=float(a.get("epsilon", 1e-5))))
-
-    def binary(self, node, name):
-        c0, c1 = self.const(node.input[0]), self.const(node.input[1])
-        if c0 is None and c1 is None:
-            self.add_digital(node, name, node.op_type, {"constant": None, "constant_index": 1},
-                             self.data_inputs(node, (0, 1)))
-        else:
-            index = 0 if c0 is not None else 1
-            value = (c0 if index == 0 else c1).astype(np.float32)
-            self.add_digital(node, name, node.op_type, {"constant": value, "constant_index": index},
-                             self.data_inputs(node, (1 - index,)))
-
-    op_Add = op_Sub = op_Mul = op_Div = binary
-
-    def op_Concat(self, node, name):
-        for i, t in enumerate(node.input):
-            if t in self.consts:
-                raise self.fail(node, f"input {i} ({t!r}) is a constant; cimc concatenates run-time tensors only")
-        self.add_digital(node, name, "Concat", {"axis": int(self.attrs(node)["axis"])},
-                         self.data_inputs(node, range(len(node.input))))
-
-    def op_Flatten(self, node, name):
-        self.add_digital(node, name, "Flatten", {"axis": int(self.attrs(node).get("axis", 1))})
-
-    def op_Reshape(self, node, name):
-        shape = self.const(node.input[1])
-        if shape is None:
-            shape = self.batch_dependent_shape(node)
-        self.add_digital(node, name, "Reshape", {"shape": [int(d) for d in shape],
-                                                 "allowzero": int(self.attrs(node).get("allowzero", 0))})
-
-    def batch_dependent_shape(self, node) -> list[int]:
-        """A target shape computed at run time (e.g. from Shape of the batch): the entries that change with the
-        batch size become -1; else the shape inferred for the output."""
-        probes = [v.get(node.input[1]) for v in self.batch_variants]
-        in_shape = self.shape(node.input[0]) or ()
-        if all(p is not None for p in probes) and len({p.shape for p in probes}) == 1:
-            varying = probes[0] != probes[1]
-            if varying.sum() == 1:
-                axis = int(np.argmax(varying))
-                shape = [int(d) for d in probes[0]]
-                # the batch entry: 0 ("copy the input's dimension") where it sits on the input's batch axis and
-                # allowzero is off, else -1 ("infer") if no other entry already is -1
-                if axis == 0 and in_shape and in_shape[0] is None and not self.attrs(node).get("allowzero", 0):
-                    shape[0] = 0
-                elif -1 not in shape:
-                    shape[axis] = -1
-                else:
-                    raise self.fail(node, f"target shape {list(probes[0])} has a batch-dependent entry and a -1")
-                return shape
-        out = self.shape(node.output[0])
-        if out is None or sum(d is None for d in out) > 1:
-            raise self.fail(node, "its target shape is computed at run time and could not be resolved to at "
-                                  "most one batch-dependent dimension")
-        return [-1 if d is None else d for d in out]
-
-    def op_Transpose(self, node, name):
-        perm = self.attrs(node).get("perm")
-        self.add_digital(node, name, "Transpose", {"perm": None if perm is None else list(perm)})
-
-    def op_Pad(self, node, name):
-        a = self.attrs(node)
-        mode = a.get("mode", b"constant")
-        mode = mode.decode() if isinstance(mode, bytes) else mode
-        if mode not in ("constant", "reflect", "edge"):
-            raise self.fail(node, f"pad mode {mode!r} is not supported (constant, reflect, edge)")
-        if self.opset < 11:
-            pads, value = list(a["pads"]), float(a.get("value", 0.0))
-        else:
-            pads = [int(p) for p in self.need_const(node, 1, "pads")]
-            v = self.need_const(node, 2, "constant_value")
-            if v is not None and v.size > 1:   # onnxruntime: "Value tensor should be a 1D tensor of size 1"
-                raise self.fail(node, f"input 2 (constant_value, tensor {node.input[2]!r}) has shape "
-                                      f"{list(v.shape)}; the pad value must be a single number")
-            value = 0.0 if v is None or v.size == 0 else float(v.reshape(-1)[0])
-            axes = self.need_const(node, 3, "axes")
-            if axes is not None:
-                rank = len(self.shape(node.input[0]))
-                full = [0] * (2 * rank)
-                for i, ax in enumerate(int(x) % rank for x in axes):
-                    full[ax], full[rank + ax] = pads[i], pads[len(axes) + i]
-                pads = full
-        self.add_digital(node, name, "Pad", {"pads": pads, "mode": mode, "value": value})
-
-    def op_Slice(self, node, name):
-        if self.opset < 10:
-            a = self.attrs(node)
-            starts, ends = list(a["starts"]), list(a["ends"])
-            axes, steps = list(a.get("axes", range(len(starts)))), [1] * len(starts)
-        else:
-            starts = [int(v) for v in self.need_const(node, 1, "starts")]
-            ends = [int(v) for v in self.need_const(node, 2, "ends")]
-            axes = self.need_const(node, 3, "axes")
-            steps = self.need_const(node, 4, "steps")
-            axes = list(range(len(starts))) if axes is None else [int(v) for v in axes]
-            steps = [1] * len(starts) if steps is None else [int(v) for v in steps]
-        self.add_digital(node, name, "Slice", {"starts": starts, "ends": ends, "axes": axes, "steps": steps})
-
-    def axes_param(self, node, required: bool):
-        axes = self.attrs(node).get("axes") if self.opset < 13 else self.need_const(node, 1, "axes")
-        if axes is None and required:
-            raise self.fail(node, "needs axes")
-        return None if axes is None else [int(v) for v in axes]
-
-    def op_Squeeze(self, node, name):
-        self.add_digital(node, name, "Squeeze", {"axes": self.axes_param(node, False)})
-
-    def op_Unsqueeze(self, node, name):
-        self.add_digital(node, name, "Unsqueeze", {"axes": self.axes_param(node, True)})
-
-    def op_Softmax(self, node, name):
-        legacy = self.opset < 13
-        axis = int(self.attrs(node).get("axis", 1 if legacy else -1))
-        self.add_digital(node, name, "Softmax", {"axis": axis, "legacy": legacy})
-
-    def op_Constant(self, node, name):  # folded in fold_constants; never on a data path
-        raise self.fail(node, "a Constant on a data path")

@@ -5,7 +5,8 @@ a graph without an import circle.
 For every crossbar op the operand is formed (im2col for a conv, the last axis for a matmul), and for a quantised
 backend the activation is quantised first: q = clip(rint(x / s), qmin, qmax) in float32 (cimc.ir.ActQuant).
 The backend multiplies; this module adds the rest: y = acc * (s * weight_scale[n]) + bias[n] (float32).
-Digital ops run in float32 with ONNX semantics (cimc.digital), as the papers' digital periphery did.
+Digital ops run in onnxruntime (cimc.onnx_segments), with exact ONNX semantics at the model's opset; float32
+activations, as the papers' digital periphery computed them.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from cimc.batching import chunks, fixed_batch
-from cimc.digital import run_digital
 from cimc.errors import DataError
 from cimc.im2col import col2im, im2col
 from cimc.ir import ActQuant, Graph, XbarOp
+from cimc.onnx_segments import Segment, plan, reads, run_segment
 
 if TYPE_CHECKING:      # annotations only: importing cimc.backends here would run the backends package first
     from cimc.backends.base import Backend
@@ -93,20 +94,23 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend,
 def _run_ops(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend, observe, keep) -> dict[str, np.ndarray]:
     env = dict(feeds)
     keep = {t.name for t in graph.outputs} | set(keep)
+    items = plan(graph)
     last_use = {}
-    for i, op in enumerate(graph.ops):
-        for t in op.inputs:
-            last_use[t] = i
-    for i, op in enumerate(graph.ops):
-        inputs = [env[t] for t in op.inputs]
-        if isinstance(op, XbarOp):
-            if observe is not None:
-                observe(op, inputs[0])
-            out = run_xbar(op, inputs[0], backend)
+    for i, item in enumerate(items):
+        for op in item.ops if isinstance(item, Segment) else [item]:
+            for t in reads(op):
+                last_use[t] = i
+    for i, item in enumerate(items):
+        if isinstance(item, Segment):
+            env.update(run_segment(graph, item, env, keep))
+            read = item.inputs
         else:
-            out = run_digital(op.op_type, inputs, op.attrs)
-        env[op.outputs[0]] = out
-        for t in op.inputs:
+            x = env[item.inputs[0]]
+            if observe is not None:
+                observe(item, x)
+            env[item.outputs[0]] = run_xbar(item, x, backend)
+            read = item.inputs
+        for t in read:
             if last_use.get(t) == i and t not in keep:
                 env.pop(t, None)
     return {name: env[name] for name in [t.name for t in graph.outputs] + sorted(keep) if name in env}

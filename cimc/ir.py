@@ -7,7 +7,8 @@
   [g*K/groups, (g+1)*K/groups) and columns [g*N/groups, (g+1)*N/groups)); tiles that lie wholly outside the blocks
   hold only structural zeros and get no array, so depthwise layers pack many groups per array.
   A matmul op (`conv is None`) multiplies the last axis of its input: y[..., n] = sum_k x[..., k] W[k, n] + b[n].
-* `DigitalOp` — everything else, with ONNX semantics (cimc.digital), attributes in canonical form.
+* `DigitalOp` — everything else: the ONNX node itself (op type, domain, attributes and inputs as in the model,
+  constant inputs named in `Graph.constants`), run by onnxruntime (cimc.onnx_segments), never re-implemented.
 
 Passes fill in XbarOp fields: quantisation (`input_quant`, `levels`, `weight_scales`), tiles, replicas and placements.
 The manifest is this graph serialised; `Graph.ops` is in topological (execution) order: the front end puts the
@@ -121,13 +122,41 @@ class XbarOp:
 
 @dataclass
 class DigitalOp:
+    """An ONNX node kept as it is: `inputs` in ONNX order ("" for an omitted optional input; constant inputs are
+    named in Graph.constants), `outputs` likewise, `attributes` the node's onnx.AttributeProto list, verbatim."""
     name: str
     op_type: str
     inputs: list[str]
     outputs: list[str]
-    attrs: dict = field(default_factory=dict)
+    attributes: list = field(default_factory=list)      # onnx.AttributeProto
+    domain: str = ""
     source_nodes: list[str] = field(default_factory=list)
     kind = "digital"
+
+    def attr(self, name: str, default=None):
+        """An attribute's Python value (onnx.helper.get_attribute_value), or `default`."""
+        from onnx import helper
+        for a in self.attributes:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+
+class SessionCache:
+    """onnxruntime sessions of a graph's digital segments (cimc.onnx_segments). Never copied or pickled: a copy
+    of the graph starts with an empty cache and builds its sessions again when it first runs."""
+
+    def __init__(self):
+        self.sessions: dict = {}
+
+    def __deepcopy__(self, memo):
+        return SessionCache()
+
+    def __copy__(self):
+        return SessionCache()
+
+    def __reduce__(self):
+        return (SessionCache, ())
 
 
 Op = Union[XbarOp, DigitalOp]
@@ -139,6 +168,9 @@ class Graph:
     outputs: list[TensorInfo]
     ops: list[Op]
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)   # constant inputs of digital ops, by tensor
+    opsets: dict[str, int] = field(default_factory=lambda: {"": 17})  # the model's opset per domain ("" = ai.onnx)
+    sessions: SessionCache = field(default_factory=SessionCache, compare=False, repr=False)
 
     def xbar_ops(self) -> list[XbarOp]:
         return [op for op in self.ops if isinstance(op, XbarOp)]

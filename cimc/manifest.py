@@ -4,7 +4,10 @@
                     order with quantisation, tiles and placements, provenance, summary
     arrays.npz      `levels`: uint8 [arrays, rows, cols], the device level programmed into every cell (cimc.layout)
     params.npz      float32 arrays named in manifest.json: per-op float matrix (for the float backend), weight
-                    scales, bias, and array-valued attributes of digital ops
+                    scales, bias
+    digital.onnx    the whole graph as ONNX: every digital op the node it was in the source model (attributes,
+                    constants as initializers, the model's opsets), every crossbar op a `cimc.Crossbar` placeholder;
+                    onnxruntime runs the digital ops from it (cimc.onnx_segments)
 
 Saving follows cimc.output_dir (replaces only a folder cimc wrote; atomic swap; a lock against concurrent
 writers); loading validates and names the bad field.
@@ -25,14 +28,14 @@ from cimc.errors import ManifestError
 from cimc.ir import ActQuant, ConvGeometry, DigitalOp, Graph, Placement, TensorInfo, Tile, XbarOp
 from cimc.layer_table import layer_table
 from cimc.layout import program_arrays, read_levels
-from cimc.manifest_checks import (ArrayOccupancy, check_conv_geometry, check_digital, check_float_array,
-                                  check_group_blocks, check_levels_match, check_tile_cover, parse_json,
-                                  probe_shapes)
+from cimc.manifest_checks import (ArrayOccupancy, check_conv_geometry, check_float_array, check_group_blocks,
+                                  check_levels_match, check_tile_cover, parse_json, probe_shapes, read_digital_model)
+from cimc.onnx_segments import graph_model, reads
 from cimc.passes.replicate import replication_document
 from cimc.targets.spec import Target
 
-SCHEMA_VERSION = 1
-_FILES = ("manifest.json", "arrays.npz", "params.npz")
+SCHEMA_VERSION = 2      # 2: digital ops in digital.onnx (1 held them as JSON attributes)
+_FILES = ("manifest.json", "arrays.npz", "params.npz", "digital.onnx")
 
 
 def schema() -> dict:
@@ -73,7 +76,7 @@ class Manifest:
     def to_json(self) -> tuple[dict, dict[str, np.ndarray]]:
         params: dict[str, np.ndarray] = {}
         ops = [_xbar_to_json(op, i, params, self.target) if isinstance(op, XbarOp) else
-               _digital_to_json(op, i, params) for i, op in enumerate(self.graph.ops)]
+               _digital_to_json(op) for i, op in enumerate(self.graph.ops)]
         table = self.summary()
         doc = {
             "format": "cimc-manifest", "schema_version": SCHEMA_VERSION, "cimc_version": __version__,
@@ -84,6 +87,7 @@ class Manifest:
             "arrays": {"count": self.total_arrays, "rows": self.target.array.rows, "cols": self.target.array.cols,
                        "file": "arrays.npz"},
             "params_file": "params.npz",
+            "digital_file": "digital.onnx",
             "summary": {"total_arrays": table["total_arrays"], "layers": table["layers"]},
             "replication": self.replication, "estimates": self.estimates,
         }
@@ -100,6 +104,7 @@ class Manifest:
             (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
             _write_npz(tmp / "arrays.npz", {"levels": self.arrays}, compresslevel=1)  # mostly zeros: shrinks well
             _write_npz(tmp / "params.npz", params, compresslevel=None)             # float32: barely compresses
+            (tmp / "digital.onnx").write_bytes(graph_model(self.graph).SerializeToString())
             if self.conductances is not None:
                 _write_npz(tmp / "conductances.npz", self.conductances, compresslevel=1)
             if self.replication:
@@ -123,7 +128,7 @@ def load(directory) -> Manifest:
         raise ManifestError(f"{where}: not valid JSON ({exc})") from None
     if isinstance(doc, dict) and doc.get("schema_version") not in (None, SCHEMA_VERSION):
         raise ManifestError(f"{where}: schema_version {doc.get('schema_version')!r} is not supported by cimc "
-                            f"{__version__} (expects {SCHEMA_VERSION})")
+                            f"{__version__} (expects {SCHEMA_VERSION}); compile the model again with this cimc")
     _validate_schema(doc, where)
     arrays_file = _read_npz(directory / "arrays.npz")
     params = _read_npz(directory / "params.npz")
@@ -147,8 +152,10 @@ def load(directory) -> Manifest:
                             f"target's largest device level {target.device.max_level} (device.levels = "
                             f"{target.device.levels})")
     occupancy = ArrayOccupancy(meta["count"], target)
-    ops = [_op_from_json(o, i, params, target, occupancy, where) for i, o in enumerate(doc["ops"])]
-    graph = Graph([_tensor_from_json(t) for t in doc["inputs"]], [_tensor_from_json(t) for t in doc["outputs"]], ops)
+    digital = read_digital_model(directory / "digital.onnx", doc)
+    ops = [_op_from_json(o, i, params, target, occupancy, where, digital.nodes) for i, o in enumerate(doc["ops"])]
+    graph = Graph([_tensor_from_json(t) for t in doc["inputs"]], [_tensor_from_json(t) for t in doc["outputs"]], ops,
+                  constants=digital.constants, opsets=digital.opsets)
     _check_dataflow(graph, where)
     probe_shapes(graph, where)
     tuned = bool(doc["provenance"].get("tuning"))       # tuning moves levels away from the quantised weights
@@ -273,17 +280,13 @@ def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target) -> dict:
     }
 
 
-def _digital_to_json(op: DigitalOp, index: int, params: dict) -> dict:
-    attrs = {}
-    for key, value in op.attrs.items():
-        if isinstance(value, np.ndarray):
-            attrs[key] = {"$param": _put(params, f"ops[{index}].attrs.{key}", value)}
-        elif isinstance(value, (list, tuple)):
-            attrs[key] = [v.item() if isinstance(v, np.generic) else v for v in value]
-        else:
-            attrs[key] = value.item() if isinstance(value, np.generic) else value
-    return {"name": op.name, "kind": "digital", "op_type": op.op_type, "inputs": op.inputs, "outputs": op.outputs,
-            "attrs": attrs, "source_nodes": op.source_nodes}
+def _digital_to_json(op: DigitalOp) -> dict:
+    """The op's summary; its attributes and constants are in digital.onnx (the node of the same index)."""
+    row = {"name": op.name, "kind": "digital", "op_type": op.op_type, "inputs": op.inputs, "outputs": op.outputs,
+           "source_nodes": op.source_nodes}
+    if op.domain:
+        row["domain"] = op.domain
+    return row
 
 
 def _param(params, key, where, field, shape=None):
@@ -296,14 +299,12 @@ def _param(params, key, where, field, shape=None):
     return value
 
 
-def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayOccupancy, where: str):
+def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayOccupancy, where: str, nodes):
     at = f"ops[{index}]"
     n_arrays = occupancy.n_arrays
-    if d["kind"] == "digital":
-        attrs = {k: _param(params, v["$param"], where, f"{at}.attrs.{k}") if isinstance(v, dict) and "$param" in v
-                 else v for k, v in d["attrs"].items()}
-        check_digital(d, attrs, at, where)
-        return DigitalOp(d["name"], d["op_type"], d["inputs"], d["outputs"], attrs, d.get("source_nodes", []))
+    if d["kind"] == "digital":      # digital.onnx's node `index` (read_digital_model checked they agree)
+        return DigitalOp(d["name"], d["op_type"], list(d["inputs"]), list(d["outputs"]),
+                         list(nodes[index].attribute), d.get("domain", ""), d.get("source_nodes", []))
     rows, cols = d["rows"], d["cols"]
     check_conv_geometry(d, at, where)
     _check_quant(d, at, target, where)
@@ -353,17 +354,17 @@ def _check_quant(d: dict, at: str, target: Target, where: str) -> None:
 
 
 def _check_dataflow(graph: Graph, where: str):
-    known = {t.name for t in graph.inputs}
+    known = {t.name for t in graph.inputs} | set(graph.constants)
     names = set()
     for i, op in enumerate(graph.ops):
         if op.name in names:
             raise ManifestError(f"{where}: field 'ops[{i}].name': duplicate op name {op.name!r}")
         names.add(op.name)
-        for t in op.inputs:
+        for t in reads(op):
             if t not in known:
                 raise ManifestError(f"{where}: field 'ops[{i}].inputs': tensor {t!r} of op {op.name!r} is neither a "
                                     "model input nor produced by an earlier op")
-        for t in op.outputs:
+        for t in filter(None, op.outputs):
             if t in known:      # a second writer would silently replace the tensor for the ops after it
                 raise ManifestError(f"{where}: field 'ops[{i}].outputs': tensor {t!r} of op {op.name!r} is already "
                                     "a model input or the output of an earlier op")

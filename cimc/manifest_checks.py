@@ -12,17 +12,21 @@ path (`ops[3].tiles[2].placements[0]`) and the value:
   can hold a weight (inside a group's diagonal block) is covered by exactly one tile and no cell twice;
 * placements: inside the array, on the PE and chip the array id implies, and no two placements (of any layer or
   copy) on the same cells of a physical array. `--pack` manifests share arrays between layers, but never cells;
-* digital ops: an op type the executor implements (cimc.digital), only attributes it reads, of the right kind.
+* digital ops (digital.onnx): a valid ONNX model (onnx.checker and strict shape inference, in a child process),
+  its nodes one for one the ops of manifest.json (names, op types, tensors; `cimc.Crossbar` placeholders for the
+  crossbar ops), no external data, finite constants (a Clip bound may be infinite), and a one-batch run in
+  onnxruntime (probe_shapes).
 """
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from cimc.digital import SUPPORTED
-from cimc.errors import ManifestError
+from cimc.errors import CimcError, ManifestError
 
 
 # -- JSON ----------------------------------------------------------------------------------------------------------
@@ -176,68 +180,74 @@ class ArrayOccupancy:
 
 
 # -- digital ops ---------------------------------------------------------------------------------------------------
-# The attributes each op of cimc.digital reads (kind, required). Kinds: int, ints (list of ints), float, bool, str,
-# array (a $param of params.npz); "?" allows null.
-_POOL = {"kernel_shape": ("ints", True), "strides": ("ints?", False), "pads": ("ints?", False),
-         "dilations": ("ints?", False), "ceil_mode": ("int", False)}
-_BINARY = {"constant": ("array?", False), "constant_index": ("int", False)}
-DIGITAL_ATTRS: dict[str, dict[str, tuple[str, bool]]] = {
-    "Relu": {}, "Sigmoid": {}, "Identity": {}, "GlobalAveragePool": {}, "GlobalMaxPool": {},
-    "LeakyRelu": {"alpha": ("float", False)},
-    "Clip": {"min": ("float?", False), "max": ("float?", False)},
-    "MaxPool": _POOL, "AveragePool": {**_POOL, "count_include_pad": ("int", False)},
-    "Add": _BINARY, "Sub": _BINARY, "Mul": _BINARY, "Div": _BINARY,
-    "Concat": {"axis": ("int", True)},
-    "Flatten": {"axis": ("int", False)},
-    "Reshape": {"shape": ("ints", True), "allowzero": ("int", False)},
-    "Transpose": {"perm": ("ints?", False)},
-    "Pad": {"pads": ("ints", True), "mode": ("str", False), "value": ("float?", False), "axes": ("ints?", False)},
-    "Slice": {"starts": ("ints", True), "ends": ("ints", True), "axes": ("ints?", False), "steps": ("ints?", False)},
-    "Squeeze": {"axes": ("ints?", False)},
-    "Unsqueeze": {"axes": ("ints", True)},
-    "Softmax": {"axis": ("int", False), "legacy": ("bool", False)},
-    "BatchNormalization": {"scale": ("array", True), "bias": ("array", True), "mean": ("array", True),
-                           "var": ("array", True), "epsilon": ("float", False)},
-}
+@dataclass
+class DigitalModel:
+    nodes: list            # onnx.NodeProto, one per manifest op, in order
+    constants: dict        # initializers: the digital ops' constant inputs
+    opsets: dict           # domain ("" = ai.onnx) -> version, without the placeholders' domain
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def read_digital_model(path: Path, doc: dict) -> DigitalModel:
+    """digital.onnx, checked against manifest.json's ops (see the module docstring)."""
+    import onnx
+    from onnx import numpy_helper
+    from onnx.external_data_helper import uses_external_data
 
-
-_KINDS = {
-    "int": _is_int,
-    "ints": lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
-    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "bool": lambda v: isinstance(v, bool),
-    "str": lambda v: isinstance(v, str),
-    "array": lambda v: isinstance(v, np.ndarray),
-}
-
-
-def check_digital(d: dict, attrs: dict, at: str, where: str) -> None:
-    """`attrs`: the op's attributes with $param references already replaced by their arrays."""
-    op_type = d["op_type"]
-    known = DIGITAL_ATTRS.get(op_type)
-    if known is None or op_type not in SUPPORTED:
-        raise ManifestError(f"{where}: field '{at}.op_type' = {op_type!r}: not a digital op the executor runs "
-                            f"(supported: {', '.join(sorted(DIGITAL_ATTRS))})")
-    for name, value in attrs.items():
-        if name not in known:
-            raise ManifestError(f"{where}: field '{at}.attrs.{name}': {op_type} has no attribute {name!r} "
-                                f"(known: {', '.join(known) or 'none'})")
-        kind, _ = known[name]
-        nullable = kind.endswith("?")
-        if value is None and nullable:
-            continue
-        if not _KINDS[kind.rstrip("?")](value):
-            raise ManifestError(f"{where}: field '{at}.attrs.{name}' = {value!r}: expected {kind.rstrip('?')}"
-                                f"{' or null' if nullable else ''}")
-        if isinstance(value, np.ndarray):
-            check_float_array(value, where, f"{at}.attrs.{name}", d["attrs"][name]["$param"], dtype=None)
-    for name, (_, required) in known.items():
-        if required and attrs.get(name) is None:
-            raise ManifestError(f"{where}: field '{at}.attrs': {op_type} needs attribute {name!r}")
+    from cimc import onnx_checks
+    from cimc.npz import data_limit_bytes
+    from cimc.onnx_segments import CROSSBAR_DOMAIN, CROSSBAR_OP
+    where = str(path)
+    if not path.is_file():
+        raise ManifestError(f"{where}: missing (a manifest of schema 2 holds its digital ops there); compile the "
+                            "model again")
+    if path.stat().st_size > data_limit_bytes():
+        raise ManifestError(f"{where}: {path.stat().st_size} bytes, above the data limit (CIMC_MAX_DATA)")
+    try:
+        model = onnx.load_from_string(path.read_bytes())
+    except Exception as exc:
+        raise ManifestError(f"{where}: not an ONNX model ({type(exc).__name__}: {exc})") from None
+    if any(uses_external_data(t) for t in model.graph.initializer):
+        raise ManifestError(f"{where}: holds tensors with external data; a manifest's digital.onnx holds its "
+                            "constants itself")
+    try:
+        onnx_checks.check_valid(model, where)
+    except CimcError as exc:
+        raise ManifestError(str(exc)) from None
+    ops, nodes = doc["ops"], list(model.graph.node)
+    if len(nodes) != len(ops):
+        raise ManifestError(f"{where}: holds {len(nodes)} nodes, manifest.json field 'ops' {len(ops)} ops")
+    for index, (node, d) in enumerate(zip(nodes, ops)):
+        crossbar = d["kind"] == "crossbar"
+        expected = ((CROSSBAR_DOMAIN, CROSSBAR_OP) if crossbar else (d.get("domain", ""), d["op_type"]),
+                    d["name"], list(d["inputs"]), list(d["outputs"]))
+        got = (("" if node.domain == "ai.onnx" else node.domain, node.op_type), node.name, list(node.input),
+               list(node.output))
+        if got != expected:
+            raise ManifestError(f"{where}: node {index} ({node.op_type} {node.name!r}) differs from manifest.json "
+                                f"field 'ops[{index}]' ({d['op_type']} {d['name']!r}): domain, op type, name, "
+                                "inputs and outputs must agree; compile the model again")
+    for what, declared, infos in (("inputs", doc["inputs"], model.graph.input),
+                                  ("outputs", doc["outputs"], model.graph.output)):
+        if [t["name"] for t in declared] != [vi.name for vi in infos]:
+            raise ManifestError(f"{where}: graph {what} {[vi.name for vi in infos]} differ from manifest.json "
+                                f"field '{what}' {[t['name'] for t in declared]}")
+    constants = {}
+    clip_bounds = {t for n in nodes if n.op_type == "Clip" for t in n.input[1:3]}
+    other_uses = {t for n in nodes for i, t in enumerate(n.input) if n.op_type != "Clip" or i == 0}
+    for init in model.graph.initializer:
+        try:
+            value = numpy_helper.to_array(init)
+        except Exception as exc:
+            raise ManifestError(f"{where}: initializer {init.name!r} cannot be read ({exc})") from None
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            infinite_bound = init.name in clip_bounds and init.name not in other_uses and not np.isnan(value).any()
+            if not infinite_bound:
+                raise ManifestError(f"{where}: initializer {init.name!r} holds NaN or Inf; every number in a "
+                                    "manifest must be finite (a Clip bound may be infinite)")
+        constants[init.name] = value
+    opsets = {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in model.opset_import
+              if o.domain != CROSSBAR_DOMAIN}
+    return DigitalModel(nodes, constants, opsets)
 
 
 # -- levels against weights ----------------------------------------------------------------------------------------
@@ -265,51 +275,37 @@ PROBE_ELEMENTS = 1 << 26      # values per sample per tensor; far above any mode
 
 def probe_shapes(graph, where: str) -> None:
     """Follow one sample of zeros (a fixed-batch model: one batch) through the graph: every crossbar op must get an
-    input its matrix and conv geometry fit, every digital op inputs it accepts, and the outputs the shapes the
-    manifest declares. Digital ops run for real (cimc.digital, on zeros); crossbar ops only by shape. Skipped where
-    a non-batch input dimension is unknown."""
+    input its matrix and conv geometry fit, every digital op inputs onnxruntime accepts, and the outputs the shapes
+    the manifest declares. Digital ops run for real (onnxruntime, on zeros); crossbar ops only by shape. Skipped
+    where a non-batch input dimension is unknown."""
     from cimc.batching import fixed_batch
-    from cimc.digital import run_digital
+    from cimc.onnx_segments import Segment, plan, run_segment
     batch = fixed_batch([t.shape for t in graph.inputs]) or 1    # a fixed batch runs in chunks of exactly that
     if any(d is None for t in graph.inputs for d in t.shape[1:]) or \
             any(batch * math.prod(t.shape[1:]) > PROBE_ELEMENTS for t in graph.inputs):
         return          # unknown or huge inputs: the data check at run time (executor.check_feeds) decides
     env = {t.name: np.zeros((batch,) + tuple(t.shape[1:]), np.float32) for t in graph.inputs}
-    for index, op in enumerate(graph.ops):
-        at = f"{where}: field 'ops[{index}]' ({op.op_type} {op.name!r})"
-        xs = [env[t] for t in op.inputs]
-        if op.kind == "crossbar":
-            env[op.outputs[0]] = _crossbar_output(op, xs[0], at)
+    index_of = {id(op): i for i, op in enumerate(graph.ops)}
+    for item in plan(graph):
+        if not isinstance(item, Segment):
+            at = f"{where}: field 'ops[{index_of[id(item)]}]' ({item.op_type} {item.name!r})"
+            env[item.outputs[0]] = _crossbar_output(item, env[item.inputs[0]], at)
             continue
-        _check_padded_size(op, xs, at)
         try:
-            with np.errstate(all="ignore"):
-                out = np.asarray(run_digital(op.op_type, xs, op.attrs))
-        except (ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as exc:
-            shapes = ", ".join(str(list(x.shape)) for x in xs)
-            raise ManifestError(f"{at}: cannot run on inputs of shape {shapes} (one batch): {exc}") from None
-        if out.size > PROBE_ELEMENTS:
-            raise ManifestError(f"{at}: makes a tensor of shape {list(out.shape)} from one batch")
-        env[op.outputs[0]] = out
+            made = run_segment(graph, item, env)
+        except CimcError as exc:
+            first = index_of[id(item.ops[0])]
+            raise ManifestError(f"{where}: field 'ops[{first}..{first + len(item.ops) - 1}]' (nodes of "
+                                f"digital.onnx): cannot run on zeros (one batch): {exc}") from None
+        for t, value in made.items():
+            if np.asarray(value).size > PROBE_ELEMENTS:
+                raise ManifestError(f"{where}: tensor {t!r} has shape {list(np.shape(value))} from one batch")
+        env.update(made)
     for i, t in enumerate(graph.outputs):
         got = env[t.name].shape
         if len(got) != len(t.shape) or any(d is not None and d != g for d, g in zip(t.shape[1:], got[1:])):
             raise ManifestError(f"{where}: field 'outputs[{i}].shape' = {list(t.shape)}, but the ops make "
                                 f"{list(got)} (batch {batch})")
-
-
-def _check_padded_size(op, xs, at: str) -> None:
-    """Pad and the pools pad their input first: refuse pads that would make a huge tensor before numpy tries."""
-    pads = op.attrs.get("pads")
-    if not xs or not isinstance(pads, list) or not all(_is_int(p) for p in pads):
-        return
-    shape = list(xs[0].shape)
-    spatial = shape[2:] if op.op_type != "Pad" else shape
-    if len(pads) == 2 * len(spatial) and math.prod(shape[:len(shape) - len(spatial)]) * math.prod(
-            n + max(b, 0) + max(e, 0) for n, b, e in zip(spatial, pads[:len(spatial)], pads[len(spatial):])) \
-            > PROBE_ELEMENTS:
-        raise ManifestError(f"{at}: field 'attrs.pads' = {pads} pads its input {shape} to more than "
-                            f"{PROBE_ELEMENTS} values per sample")
 
 
 def _crossbar_output(op, x: np.ndarray, at: str) -> np.ndarray:

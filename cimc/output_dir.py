@@ -41,7 +41,8 @@ except ImportError:            # not POSIX: writers are not serialised
     fcntl = None
 
 # every file cimc writes into a manifest folder (cimc.manifest.Manifest.save)
-MANIFEST_FILES = frozenset({"manifest.json", "arrays.npz", "params.npz", "conductances.npz", "replication.json"})
+MANIFEST_FILES = frozenset({"manifest.json", "arrays.npz", "params.npz", "digital.onnx", "conductances.npz",
+                            "replication.json"})
 MANIFEST_FORMAT = "cimc-manifest"
 LOCK_WAIT_S = 120.0
 _NEW, _OLD = "cimc-new-", "cimc-old-"

@@ -25,10 +25,11 @@ def run(graph: Graph, target=None, ctx=None) -> Graph:
 
 
 def _try_fold(graph: Graph, op: DigitalOp) -> bool:
-    if len(op.inputs) != 1:
+    runtime = [t for t in op.inputs if t and t not in graph.constants]
+    if len(runtime) != 1 or op.domain or len([t for t in op.outputs if t]) != 1:
         return False
-    xbar = graph.producer(op.inputs[0])
-    if not isinstance(xbar, XbarOp) or graph.is_graph_output(op.inputs[0]) or len(graph.consumers(op.inputs[0])) != 1:
+    xbar = graph.producer(runtime[0])
+    if not isinstance(xbar, XbarOp) or graph.is_graph_output(runtime[0]) or len(graph.consumers(runtime[0])) != 1:
         return False
     scale_shift = _affine(op, xbar, graph)
     if scale_shift is None:
@@ -38,7 +39,7 @@ def _try_fold(graph: Graph, op: DigitalOp) -> bool:
     bias = np.zeros(xbar.cols) if xbar.bias is None else xbar.bias.astype(np.float64)
     xbar.matrix = matrix.astype(np.float32)
     xbar.bias = (bias * scale + shift).astype(np.float32)
-    xbar.outputs = list(op.outputs)
+    xbar.outputs = [op.outputs[0]]
     xbar.source_nodes = xbar.source_nodes + op.source_nodes
     graph.ops.remove(op)
     return True
@@ -48,18 +49,22 @@ def _affine(op: DigitalOp, xbar: XbarOp, graph: Graph):
     """(scale, shift) vectors of length N if `op` is a per-output-channel affine map of the crossbar output."""
     n = xbar.cols
     if op.op_type == "BatchNormalization":
-        if xbar.conv is None:
+        params = [graph.constants.get(t) for t in op.inputs[1:5]]
+        if xbar.conv is None or len(params) != 4 or op.attr("training_mode", 0) or op.attr("spatial", 1) != 1 \
+                or any(p is None or p.shape != (n,) for p in params):
             return None
-        a = op.attrs
-        s = a["scale"].astype(np.float64) / np.sqrt(a["var"].astype(np.float64) + a["epsilon"])
-        return s, a["bias"].astype(np.float64) - a["mean"].astype(np.float64) * s
-    c = op.attrs.get("constant")
-    if c is None:
+        scale, shift, mean, var = (p.astype(np.float64) for p in params)
+        s = scale / np.sqrt(var + float(np.float32(op.attr("epsilon", 1e-5))))
+        return s, shift - mean * s
+    if len(op.inputs) != 2:
+        return None
+    first = op.inputs[0] in graph.constants
+    c = graph.constants[op.inputs[0 if first else 1]]
+    if not np.issubdtype(c.dtype, np.floating):
         return None
     v = _per_channel(np.asarray(c, dtype=np.float64), xbar, graph)
     if v is None:
         return None
-    first = op.attrs["constant_index"] == 0
     ones, zeros = np.ones(n), np.zeros(n)
     if op.op_type == "Add":
         return ones, v

@@ -313,54 +313,129 @@ def test_conv_geometry(compiled, tmp_path, op, change):
     refuse(compiled, m, f"ops[{op}].conv")
 
 
-# -- digital ops ---------------------------------------------------------------------------------------------------
+# -- digital ops (digital.onnx) ------------------------------------------------------------------------------------
+def with_digital(m: Path, edit) -> Path:
+    """Edit the ModelProto of m/digital.onnx in place (edit(model))."""
+    import onnx
+    model = onnx.load(m / "digital.onnx")
+    edit(model)
+    onnx.save(model, m / "digital.onnx")
+    return m
+
+
+def node_of(model, index):
+    return model.graph.node[index]
+
+
+@pytest.mark.parametrize("op", DIGITAL + XBAR)
+def test_digital_onnx_node_differs_from_manifest_json(compiled, tmp_path, op):
+    m = edited(compiled, tmp_path, doc=lambda d: d["ops"][op].update({"name": "renamed"}))
+    refuse(compiled, m, ["digital.onnx", f"ops[{op}]"])
+
+
 @pytest.mark.parametrize("op", DIGITAL)
-@pytest.mark.parametrize("op_type", ["Gelu", "relu", "", "Conv", "LSTM", "maxpool"])
+@pytest.mark.parametrize("op_type", ["relu", "NoSuchOp", "maxpool", "Gelu"])
 def test_unknown_digital_op(compiled, tmp_path, op, op_type):
+    """The same op type in both files, one ONNX does not define at the model's opset: onnx's checker refuses."""
     m = edited(compiled, tmp_path, doc=lambda d: d["ops"][op].update({"op_type": op_type}))
-    refuse(compiled, m, f"ops[{op}]")
+    with_digital(m, lambda model: setattr(node_of(model, op), "op_type", op_type))
+    refuse(compiled, m, ["digital.onnx", op_type])
 
 
 @pytest.mark.parametrize("op", DIGITAL)
-@pytest.mark.parametrize("attr", ["foo", "auto_pad", "storage_order", "Axis"])
+@pytest.mark.parametrize("attr", ["foo", "storage_order_x", "Axis"])
 def test_unknown_digital_attribute(compiled, tmp_path, op, attr):
-    m = edited(compiled, tmp_path, doc=lambda d: d["ops"][op]["attrs"].update({attr: 1}))
-    refuse(compiled, m, f"ops[{op}].attrs.{attr}")
+    from onnx import helper
+    m = edited(compiled, tmp_path)
+    with_digital(m, lambda model: node_of(model, op).attribute.append(helper.make_attribute(attr, 1)))
+    refuse(compiled, m, ["digital.onnx", attr])
 
 
-@pytest.mark.parametrize("op,attr,value", [
-    (S2, "kernel_shape", "abc"), (S2, "kernel_shape", None), (S2, "kernel_shape", [3.5, 3]),
-    (S2, "strides", [True, 1]), (S2, "ceil_mode", True), (S2, "ceil_mode", "1"), (S4, "pads", 0),
-    (S4, "dilations", [[1], [1]]), (FLATTEN, "axis", "1"), (FLATTEN, "axis", 1.5), (FLATTEN, "axis", None),
-])
+@pytest.mark.parametrize("op,attr,value", [(S2, "kernel_shape", "abc"), (S2, "kernel_shape", 2.5),
+                                           (S4, "pads", "x"), (FLATTEN, "axis", "1"), (FLATTEN, "axis", 1.5)])
 def test_digital_attribute_of_wrong_kind(compiled, tmp_path, op, attr, value):
-    m = edited(compiled, tmp_path, doc=lambda d: d["ops"][op]["attrs"].update({attr: value}))
-    refuse(compiled, m, f"ops[{op}].attrs")
+    from onnx import helper
+
+    def spoil(model):
+        node = node_of(model, op)
+        kept = [a for a in node.attribute if a.name != attr]
+        del node.attribute[:]
+        node.attribute.extend(kept + [helper.make_attribute(attr, value)])
+    m = with_digital(edited(compiled, tmp_path), spoil)
+    refuse(compiled, m, ["digital.onnx", attr])
 
 
 @pytest.mark.parametrize("op,attr", [(S2, "kernel_shape"), (S4, "kernel_shape")])
 def test_digital_required_attribute_missing(compiled, tmp_path, op, attr):
-    m = edited(compiled, tmp_path, doc=lambda d: d["ops"][op]["attrs"].pop(attr))
-    refuse(compiled, m, [f"ops[{op}].attrs", attr])
+    def drop(model):
+        node = node_of(model, op)
+        kept = [a for a in node.attribute if a.name != attr]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    m = with_digital(edited(compiled, tmp_path), drop)
+    refuse(compiled, m, ["digital.onnx", attr])
 
 
-@pytest.mark.parametrize("value", [np.array([np.nan], np.float32), np.array([1.0, np.inf], np.float32),
-                                   np.array(["a"]), np.array([1 + 2j])])
-def test_digital_param_array(compiled, tmp_path, value):
-    """relu1 turned into a Mul by a params.npz constant: a NaN, infinite or non-real constant is refused."""
-    def to_mul(d):
-        d["ops"][RELU1].update(op_type="Mul", attrs={"constant": {"$param": "relu1/constant"}, "constant_index": 1})
-    m = edited(compiled, tmp_path, doc=to_mul, params=lambda p: p.update({"relu1/constant": value}))
-    refuse(compiled, m, "ops[1].attrs.constant")
+def _relu1_to_mul(value):
+    """relu1 turned into a Mul by a constant initializer in both files."""
+    from onnx import numpy_helper
+
+    def doc(d):
+        d["ops"][RELU1].update(op_type="Mul", inputs=d["ops"][RELU1]["inputs"] + ["relu1/constant"])
+
+    def model_edit(model):
+        node = node_of(model, RELU1)
+        node.op_type = "Mul"
+        node.input.append("relu1/constant")
+        model.graph.initializer.append(numpy_helper.from_array(value, "relu1/constant"))
+    return doc, model_edit
 
 
-def test_digital_param_control(compiled, tmp_path):
-    """The same edit with a finite constant loads: the refusals above are about the values."""
-    def to_mul(d):
-        d["ops"][RELU1].update(op_type="Mul", attrs={"constant": {"$param": "relu1/constant"}, "constant_index": 1})
-    m = edited(compiled, tmp_path, doc=to_mul,
-               params=lambda p: p.update({"relu1/constant": np.array([2.0], np.float32)}))
-    assert load(m).graph.ops[RELU1].op_type == "Mul"
+@pytest.mark.parametrize("value", [np.array([np.nan], np.float32), np.array([1.0, np.inf], np.float32)])
+def test_digital_constant_not_finite(compiled, tmp_path, value):
+    doc, model_edit = _relu1_to_mul(value)
+    m = with_digital(edited(compiled, tmp_path, doc=doc), model_edit)
+    refuse(compiled, m, ["digital.onnx", "relu1/constant"])
+
+
+def test_digital_constant_control(compiled, tmp_path):
+    """The same edit with a finite constant loads and multiplies: the refusals above are about the values."""
+    from cimc.executor import Session
+    doc, model_edit = _relu1_to_mul(np.array([2.0], np.float32))
+    m = with_digital(edited(compiled, tmp_path, doc=doc), model_edit)
+    manifest = load(m)
+    assert manifest.graph.ops[RELU1].op_type == "Mul"
+    x = np.load(compiled["data"] / "x.npz")["x"]
+    assert Session(manifest, "float").run(x).shape == Session(load(compiled["plain"]), "float").run(x).shape
+
+
+@pytest.mark.parametrize("content", [b"", b"not onnx at all", b"\x08\x07" * 10])
+def test_digital_onnx_unreadable(compiled, tmp_path, content):
+    m = edited(compiled, tmp_path, files={"digital.onnx": content})
+    refuse(compiled, m, "digital.onnx")
+
+
+def test_digital_onnx_missing(compiled, tmp_path):
+    m = edited(compiled, tmp_path)
+    (m / "digital.onnx").unlink()
+    refuse(compiled, m, "digital.onnx")
+
+
+def test_digital_onnx_external_data_refused(compiled, tmp_path):
+    """A digital.onnx constant pointing at a file outside the manifest is never read."""
+    doc, model_edit = _relu1_to_mul(np.array([2.0], np.float32))
+
+    def external(model):
+        model_edit(model)
+        init = model.graph.initializer[-1]
+        init.data_location = 1                      # EXTERNAL
+        del init.external_data[:]
+        entry = init.external_data.add()
+        entry.key, entry.value = "location", "/etc/passwd"
+        init.ClearField("float_data")
+        init.ClearField("raw_data")
+    m = with_digital(edited(compiled, tmp_path, doc=doc), external)
+    refuse(compiled, m, ["digital.onnx", "external"])
 
 
 # -- arrays.npz and conductances.npz -------------------------------------------------------------------------------
@@ -457,8 +532,13 @@ def test_random_field_edit_is_refused_or_runs(compiled, data):
 
 @pytest.mark.parametrize("op,tensor", [(RELU3, "C1"), (FC, "input"), (S4, "relu3"), (FLATTEN, "S2")])
 def test_tensor_written_twice(compiled, tmp_path, op, tensor):
-    m = edited(compiled, tmp_path, doc=lambda d: d["ops"][op].update({"outputs": [tensor]}))
-    refuse(compiled, m, f"ops[{op}].outputs")
+    """The same second writer in both files (manifest.json and digital.onnx)."""
+    def rewire(model):
+        node = node_of(model, op)
+        del node.output[:]
+        node.output.append(tensor)
+    m = with_digital(edited(compiled, tmp_path, doc=lambda d: d["ops"][op].update({"outputs": [tensor]})), rewire)
+    refuse(compiled, m, tensor)
 
 
 # -- structural edits that load must not change a single number ----------------------------------------------------
@@ -529,8 +609,15 @@ def test_random_params_array_is_refused_or_runs(compiled, data):
 @pytest.mark.parametrize("op,pads", [(S2, [0, 0, 10 ** 6, 10 ** 6]), (S4, [10 ** 5, 10 ** 5, 0, 0]),
                                      (S2, [2 ** 40, 0, 0, 0])])
 def test_huge_pads_refused_before_allocating(compiled, tmp_path, op, pads):
-    m = edited(compiled, tmp_path, doc=lambda d: d["ops"][op]["attrs"].update({"pads": pads}))
-    refuse(compiled, m, f"ops[{op}]")
+    from onnx import helper
+
+    def spoil(model):
+        node = node_of(model, op)
+        kept = [a for a in node.attribute if a.name != "pads"]
+        del node.attribute[:]
+        node.attribute.extend(kept + [helper.make_attribute("pads", pads)])
+    m = with_digital(edited(compiled, tmp_path), spoil)
+    refuse(compiled, m, "digital.onnx")
 
 
 @pytest.mark.parametrize("dim", [225786973, 10 ** 12, 0])

@@ -219,10 +219,6 @@ def test_old_manifest_keyed_by_op_name_still_loads(compiled, tmp_path):
                 if holder[field] is not None:
                     renamed[f"{op['name']}/{suffix}"] = params[holder[field]]
                     holder[field] = f"{op['name']}/{suffix}"
-        for key, value in op.get("attrs", {}).items():
-            if isinstance(value, dict) and "$param" in value:
-                renamed[f"{op['name']}/{key}"] = params[value["$param"]]
-                value["$param"] = f"{op['name']}/{key}"
     assert len(renamed) == len(params)
     (old / "manifest.json").write_text(json.dumps(doc))
     np.savez(old / "params.npz", **renamed)

@@ -1,0 +1,189 @@
+"""Digital ops run in onnxruntime, never re-implemented.
+
+A crossbar computes only the product with a constant matrix; every other op of the model stays the ONNX node it
+was (cimc.ir.DigitalOp) and onnxruntime runs it, with exact ONNX semantics at the model's own opset. The graph walk
+(cimc.graph_run) runs the ops in order; a maximal run of consecutive digital ops is a *segment*, run as one small
+ONNX model: its inputs are the tensors it reads that earlier ops made, its initializers the constants it reads,
+its outputs the tensors that later ops (or the caller) need. Each segment's onnxruntime session is built once per
+graph (Graph.sessions), keyed by the segment, the outputs asked for and the input types.
+
+The same nodes, with a `cimc.Crossbar` placeholder for each crossbar op, make the manifest's `digital.onnx`
+(`graph_model`): a standard ONNX file that Netron opens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from cimc.errors import ModelError
+from cimc.ir import DigitalOp, Graph, XbarOp
+
+CROSSBAR_DOMAIN = "cimc"          # placeholders for crossbar ops in digital.onnx
+CROSSBAR_OP = "Crossbar"
+
+
+def node_proto(op: DigitalOp) -> onnx.NodeProto:
+    node = helper.make_node(op.op_type, list(op.inputs), list(op.outputs), name=op.name, domain=op.domain or None)
+    node.attribute.extend(op.attributes)
+    return node
+
+
+def placeholder_proto(op: XbarOp) -> onnx.NodeProto:
+    return helper.make_node(CROSSBAR_OP, list(op.inputs), list(op.outputs), name=op.name, domain=CROSSBAR_DOMAIN,
+                            source_op_type=op.op_type)
+
+
+def subgraph_reads(attributes) -> set[str]:
+    """Tensors that the subgraphs of If/Loop/Scan attributes read from the enclosing scope."""
+    reads: set[str] = set()
+    for a in attributes:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else \
+            list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+        for g in graphs:
+            defined = {vi.name for vi in g.input} | {i.name for i in g.initializer}
+            for node in g.node:
+                for t in list(node.input) + sorted(subgraph_reads(node.attribute)):
+                    if t and t not in defined:
+                        reads.add(t)
+                defined.update(node.output)
+    return reads
+
+
+def reads(op) -> list[str]:
+    """Every tensor an op reads: its inputs and, for a digital op with subgraphs, their outer-scope names."""
+    names = [t for t in op.inputs if t]
+    if isinstance(op, DigitalOp) and op.attributes:
+        names += sorted(subgraph_reads(op.attributes) - set(names))
+    return names
+
+
+@dataclass
+class Segment:
+    ops: list[DigitalOp]
+    inputs: list[str]          # run-time tensors it reads (not constants, not made inside it)
+    constants: list[str]       # names in Graph.constants it reads
+    outputs: list[str]         # tensors it makes that a later op or the graph's outputs need
+
+    @property
+    def names(self) -> list[str]:
+        return [op.name for op in self.ops]
+
+
+def plan(graph: Graph) -> list:
+    """The ops in order, each maximal run of consecutive digital ops gathered into one Segment."""
+    items: list = []
+    for op in graph.ops:
+        if isinstance(op, DigitalOp):
+            if items and isinstance(items[-1], list):
+                items[-1].append(op)
+            else:
+                items.append([op])
+        else:
+            items.append(op)
+    read_from = {}                                   # tensor -> index of the last item that reads it
+    for index, item in enumerate(items):
+        for op in item if isinstance(item, list) else [item]:
+            for t in reads(op):
+                read_from[t] = index
+    graph_outputs = {t.name for t in graph.outputs}
+    result = []
+    for index, item in enumerate(items):
+        if not isinstance(item, list):
+            result.append(item)
+            continue
+        made, inputs, constants = set(), [], []
+        for op in item:
+            for t in reads(op):
+                if t in made or t in inputs or t in constants:
+                    continue
+                (constants if t in graph.constants else inputs).append(t)
+            made.update(t for t in op.outputs if t)
+        outputs = [t for op in item for t in op.outputs
+                   if t and (read_from.get(t, -1) > index or t in graph_outputs)]
+        result.append(Segment(item, inputs, constants, outputs))
+    return result
+
+
+def run_segment(graph: Graph, segment: Segment, env: dict, extra_outputs=()) -> dict[str, np.ndarray]:
+    """Run `segment` on the tensors in `env`; returns its outputs (and those of `extra_outputs` it makes)."""
+    made = {t for op in segment.ops for t in op.outputs if t}
+    outputs = list(dict.fromkeys(segment.outputs + [t for t in extra_outputs if t in made]))
+    if not outputs:
+        return {}
+    feeds = {t: np.asarray(env[t]) for t in segment.inputs}
+    session = _session(graph, segment, feeds, outputs)
+    try:
+        values = session.run(outputs, feeds)
+    except Exception as exc:   # onnxruntime's own error types; its message names the node
+        shapes = ", ".join(f"{t} {list(v.shape)}" for t, v in feeds.items())
+        raise ModelError(f"digital op(s) {_shown(segment)} failed in onnxruntime on inputs {shapes}: "
+                         f"{_first_line(exc)}") from None
+    return dict(zip(outputs, values))
+
+
+def segment_model(graph: Graph, segment: Segment, feeds: dict, outputs: list[str]) -> onnx.ModelProto:
+    inputs = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(v.dtype), None)
+              for t, v in feeds.items()]
+    body = helper.make_graph([node_proto(op) for op in segment.ops], "digital_segment", inputs,
+                             [helper.make_value_info(t, onnx.TypeProto()) for t in outputs],
+                             [numpy_helper.from_array(np.asarray(graph.constants[t]), t) for t in segment.constants])
+    return _model(body, graph.opsets)
+
+
+def graph_model(graph: Graph) -> onnx.ModelProto:
+    """The whole graph as one ONNX model: digital ops as they are, crossbar ops as cimc.Crossbar placeholders
+    (the manifest's digital.onnx)."""
+    nodes = [node_proto(op) if isinstance(op, DigitalOp) else placeholder_proto(op) for op in graph.ops]
+    used = {t for op in graph.ops for t in reads(op)}
+
+    def info(t):
+        dtype = onnx.TensorProto.FLOAT if t.dtype == "float32" else \
+            helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+        return helper.make_tensor_value_info(t.name, dtype, [None if d is None else int(d) for d in t.shape])
+    body = helper.make_graph(nodes, "cimc_digital", [info(t) for t in graph.inputs], [info(t) for t in graph.outputs],
+                             [numpy_helper.from_array(np.asarray(v), k) for k, v in graph.constants.items()
+                              if k in used])
+    return _model(body, {**graph.opsets, CROSSBAR_DOMAIN: 1})
+
+
+def _model(body, opsets: dict[str, int]) -> onnx.ModelProto:
+    ids = [helper.make_opsetid(d, v) for d, v in sorted(opsets.items())]
+    model = helper.make_model(body, opset_imports=ids, producer_name="cimc")
+    # the oldest IR version that holds these opsets: what the widest range of onnxruntime versions reads
+    # (at least IR 4, where initializers need not be graph inputs)
+    model.ir_version = max(4, helper.find_min_ir_version_for([i for i in ids if i.domain in ("", "ai.onnx")],
+                                                             ignore_unknown=True))
+    return model
+
+
+def _session(graph: Graph, segment: Segment, feeds: dict, outputs: list[str]):
+    key = (tuple((op.name, op.op_type, tuple(op.inputs), tuple(op.outputs)) for op in segment.ops),
+           tuple(outputs), tuple((t, v.dtype.str) for t, v in feeds.items()))
+    cache = graph.sessions.sessions
+    session = cache.get(key)
+    if session is None:
+        import onnxruntime as ort
+        ort.set_default_logger_severity(3)    # its errors reach the user as a ModelError, not as a log line
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        model = segment_model(graph, segment, feeds, outputs)
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"digital op(s) {_shown(segment)}: onnxruntime cannot run them: {_first_line(exc)}") \
+                from None
+        cache[key] = session
+    return session
+
+
+def _shown(segment: Segment) -> str:
+    names = [f"{op.name!r} ({op.op_type})" for op in segment.ops]
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
