@@ -14,6 +14,7 @@ from cimc.calibration_passes import ADC_CALIBRATION_SAMPLES, MIN_CALIBRATION_SAM
 from cimc.compile_options import CompileConfig, make_config  # noqa: F401 - API
 from cimc.errors import ConfigError
 from cimc.layer_table import layer_table
+from cimc.mac_count import crossbar_macs, mac_table
 from cimc.manifest import Manifest
 from cimc.pipeline import COUNT_PASSES, PIPELINE, CompileContext, run_passes, timed
 from cimc.targets.registry import load_target
@@ -27,6 +28,9 @@ def count(model, target="yao2020-resnet", replicate=None, overrides=None, **repl
     graph, _info = frontend.import_onnx(model)
     graph = run_passes(graph, target, ctx, COUNT_PASSES)   # compile's placing passes: count refuses what it refuses
     table = layer_table(graph, target)
+    for row, op in zip(table["layers"], graph.xbar_ops()):
+        row["macs"] = crossbar_macs(op)
+    table["macs"] = mac_table(graph)
     table["replication"] = ctx.replication_report
     return table
 
