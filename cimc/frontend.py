@@ -300,7 +300,7 @@ class _Importer:
         self.names.update(names)     # the names the pass generates (`NAME/bias`, ...) never take a node's name
         for index, node in enumerate(g.node):
             if index not in live:
-                if node.op_type == "Conv":
+                if node.op_type in ("Conv", "ConvTranspose"):
                     self.check_dead_conv(node)
                 continue
             if node.op_type not in SUPPORTED_OPS:
@@ -489,13 +489,13 @@ class _Importer:
         return w, b, groups, kernel, strides, dilations, pads, spatial
 
     def check_dead_conv(self, node) -> None:
-        """onnxruntime runs nodes whose results nobody uses (cimc drops them): a Conv there that onnxruntime would
-        refuse at run time is refused now too. Only what cimc could lower is checked."""
+        """onnxruntime runs nodes whose results nobody uses (cimc drops them): a Conv or ConvTranspose there that
+        onnxruntime would refuse at run time is refused now too. Only what cimc could lower is checked."""
         w, shape = self.const(node.input[1]), self.shape(node.input[0])
         bias_known = len(node.input) < 3 or not node.input[2] or self.const(node.input[2]) is not None
         if w is not None and w.ndim in (3, 4, 5) and bias_known and shape and len(shape) == w.ndim \
                 and None not in shape[2:]:
-            self.conv_setup(node)
+            (self.conv_setup if node.op_type == "Conv" else self.conv_transpose_setup)(node)
 
     def op_Conv(self, node, name):
         w, b, groups, kernel, strides, dilations, pads, spatial = self.conv_setup(node)
@@ -520,6 +520,14 @@ class _Importer:
         digital overlap-add in the op's run stage (cimc.overlap_add). The alternative, a conv on the zero-inserted
         input with the flipped kernel, has the same cells but reads prod(stride) times as many positions, most of
         their inputs zeros (docs/design.md, ConvTranspose)."""
+        matrix, b, geometry, spatial = self.conv_transpose_setup(node)
+        self.check_extra_outputs(node)
+        self.ops.append(XbarOp(name, "ConvTranspose", self.data_inputs(node), [node.output[0]], matrix,
+                               None if b is None else b.astype(np.float32), geometry, [node.name or name],
+                               positions=int(np.prod(spatial))))
+
+    def conv_transpose_setup(self, node):
+        """A ConvTranspose's matrix, bias, geometry and input spatial size, checked."""
         w = self.need_const(node, 1, "weight")
         if w is None:
             raise self.fail(node, "has no weight")
@@ -539,6 +547,8 @@ class _Importer:
         self.check_conv_transpose(node, a, w, b, groups, spatial, strides, dilations, output_padding, pads)
         auto = a.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto not in ("NOTSET", "", "SAME_UPPER", "SAME_LOWER", "VALID"):
+            raise self.fail(node, f"unknown auto_pad {auto!r}")
         output_shape = [int(v) for v in a["output_shape"]] if "output_shape" in a else None
         try:
             begins, ends, appended = conv_transpose_geometry.resolve(spatial, kernel, strides, dilations,
@@ -556,10 +566,7 @@ class _Importer:
             pads, appended = [0, pads[0], 0, pads[1]], [0] + appended
         geometry = ConvGeometry(tuple(kernel), tuple(strides), tuple(pads), tuple(dilations), groups, cin, m, n,
                                 transposed=True, output_padding=tuple(appended))
-        self.check_extra_outputs(node)
-        self.ops.append(XbarOp(name, "ConvTranspose", self.data_inputs(node), [node.output[0]], matrix,
-                               None if b is None else b.astype(np.float32), geometry, [node.name or name],
-                               positions=int(np.prod(spatial))))
+        return matrix, b, geometry, spatial
 
     def check_conv_transpose(self, node, a, w, b, groups, spatial, strides, dilations, output_padding, pads):
         """What onnxruntime would refuse at run time, named by attribute (the output geometry: resolve)."""

@@ -171,10 +171,15 @@ def _unet(seed=0):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_network_with_batchnorm_folded_into_conv3d_and_transpose_in_count():
-    model = _unet()
+@pytest.fixture(scope="module")
+def unet():
+    """The net above compiled, its ConvTranspose on 2 copies."""
+    return cimc.compile(_unet(), "yao2020-resnet", calibration=_input([32, 3, 4, 6, 5], seed=6), replicate={NODE: 2})
+
+
+def test_network_with_batchnorm_folded_into_conv3d_and_transpose_in_count(unet):
+    model, manifest = _unet(), unet
     x = _input([4, 3, 4, 6, 5], seed=5)
-    manifest = cimc.compile(model, "yao2020-resnet", calibration=_input([32, 3, 4, 6, 5], seed=6))
     assert [op.op_type for op in manifest.graph.ops] == ["Conv", "Relu", "Conv", "ConvTranspose", "Relu"]
     want = _ort(model, x)
     got = Session(manifest, backend="float").run(x)
@@ -264,3 +269,35 @@ def test_4d_convolution_is_refused_naming_the_weight():
     with pytest.raises(ModelError, match=r"'/up/ConvTranspose'.*'w' has shape \[2, 3, 1, 1, 1, 1\]: a 4-D "
                                          r"convolution; cimc supports 1-D, 2-D and 3-D"):
         cimc.count(_model("Conv", [2, 3, 4, 4, 4, 4], [2, 3, 1, 1, 1, 1]))
+
+
+def test_dead_conv_transpose_that_onnxruntime_refuses_is_refused():
+    """onnxruntime runs a node nobody reads (and refuses this one); cimc drops such nodes but refuses it too."""
+    model = _model("Conv", [2, 4, 5], [3, 4, 3], pads=[1, 1])
+    model.graph.node.append(helper.make_node("ConvTranspose", ["x", "wt"], ["unused"], name="/dead/ConvTranspose",
+                                             strides=[2], output_padding=[3]))
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((4, 2, 3), np.float32), "wt"))
+    with pytest.raises(Exception):
+        _ort(model, _input([2, 4, 5]))
+    with pytest.raises(ModelError, match=r"'/dead/ConvTranspose'.*'output_padding' \[3\]"):
+        cimc.count(model)
+
+
+@pytest.mark.parametrize("gemm,noisy", [("int8", ["nonideal.read_noise_sigma_us=0.3", "nonideal.program_sigma_us=0.5"]),
+                                        ("lut", ["nonideal.program_sigma_us=0.5"])])
+def test_noisy_chip_same_seed_same_result_whatever_the_batch(unet, gemm, noisy):
+    """A real ADC (with read noise, or table reads): a sample's output through a Conv3d and a ConvTranspose (the
+    3-D net above, on 2 copies of its ConvTranspose) is the same bit for bit in a batch of 5 and alone."""
+    manifest = unet
+    x = _input([5, 3, 4, 6, 5], seed=7)
+
+    def run(batch, **kw):
+        return Session(manifest, backend="crossbar", seed=3, batch_size=batch, gemm=gemm, overrides=noisy).run(x, **kw)
+    together = run(5)
+    alone = run(1)
+    assert np.array_equal(together, alone)
+    reversed_order = Session(manifest, backend="crossbar", seed=3, gemm=gemm, overrides=noisy).run(
+        x[::-1].copy(), samples=np.arange(5)[::-1].copy())
+    assert np.array_equal(reversed_order[::-1], together)
+    assert not np.array_equal(together, Session(manifest, backend="crossbar", seed=4, gemm=gemm,
+                                                overrides=noisy).run(x))
