@@ -148,8 +148,9 @@ def test_integer_within_bound_ideal_crossbar_bit_exact_and_manifest_round_trip(o
 
 
 def _unet(seed=0):
-    """Conv3d -> ReLU -> grouped Conv3d -> BatchNorm -> ConvTranspose (stride 2, output_padding) -> ReLU ->
-    1-D-free 2-D path is covered elsewhere; this is the 3-D U-Net-style up path in one graph."""
+    """A 3-D U-Net-style down and up path: Conv3d -> ReLU -> grouped Conv3d -> BatchNorm -> grouped ConvTranspose
+    (stride 2, output_padding) -> Mul and Add by per-channel constants -> ReLU. The BatchNorm and the Mul/Add fold
+    into the matrices (a ConvTranspose's channel scale into all of its kernel offsets' columns)."""
     rng = np.random.default_rng(seed)
 
     def w(name, shape, scale=0.3):
@@ -161,10 +162,14 @@ def _unet(seed=0):
              helper.make_node("BatchNormalization", ["c2", "s", "bb", "mu", "var"], ["n2"], name="/mid/bn"),
              helper.make_node("ConvTranspose", ["n2", "w3", "b3"], ["u"], name=NODE, strides=[2, 2, 1],
                               output_padding=[1, 0, 0], group=2),
-             helper.make_node("Relu", ["u"], ["y"])]
+             helper.make_node("Mul", ["u", "k"], ["uk"]),
+             helper.make_node("Add", ["uk", "c"], ["uc"]),
+             helper.make_node("Relu", ["uc"], ["y"])]
     inits = [w("w1", [4, 3, 3, 2, 2]), w("b1", [4]), w("w2", [6, 2, 3, 3, 3]), w("w3", [6, 2, 2, 3, 2]),
              w("b3", [4]), numpy_helper.from_array(rng.uniform(0.5, 1.5, 6).astype(np.float32), "s"),
-             w("bb", [6]), w("mu", [6]), numpy_helper.from_array(rng.uniform(0.5, 2, 6).astype(np.float32), "var")]
+             w("bb", [6]), w("mu", [6]), numpy_helper.from_array(rng.uniform(0.5, 2, 6).astype(np.float32), "var"),
+             numpy_helper.from_array(np.array([0.5, -2.0, 3.0, 1.5], np.float32).reshape(4, 1, 1, 1), "k"),
+             w("c", [4, 1, 1, 1])]
     graph = helper.make_graph(nodes, "unet3d", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                               [None, 3, 4, 6, 5])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
