@@ -306,3 +306,11 @@ def test_noisy_chip_same_seed_same_result_whatever_the_batch(unet, gemm, noisy):
     assert np.array_equal(reversed_order[::-1], together)
     assert not np.array_equal(together, Session(manifest, backend="crossbar", seed=4, gemm=gemm,
                                                 overrides=noisy).run(x))
+
+
+def test_cli_refuses_an_inconsistent_output_shape_with_exit_2(tmp_path):
+    from refusal import assert_refused
+    path = tmp_path / "bad.onnx"
+    onnx.save(_model("ConvTranspose", [2, 4, 5, 6], [4, 3, 3, 3], strides=[2, 2], output_shape=[9, 20]), path)
+    assert_refused(["count", path], [str(path), NODE, "'output_shape' [9, 20]", "spatial axis 1"], watch=[tmp_path],
+                   case="count: ConvTranspose output_shape the stride cannot reach")
