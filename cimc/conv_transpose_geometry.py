@@ -41,12 +41,13 @@ def resolve(sizes, kernel, strides, dilations, output_padding, pads, auto_pad: s
                              f"stride {s}, dilation {d}, output_padding {adj}, pads {head}+{total - head}); check "
                              "'pads' and 'output_shape'")
         if (out + total - reach) // s + 1 != size:
+            if adj >= s:
+                raise ValueError(f"attribute 'output_padding' {list(output_padding)}: entry {i} ({adj}) is too large "
+                                 f"for stride {s} (onnxruntime needs it below the stride)")
             raise ValueError(f"attribute 'output_shape' {list(output_shape)} is inconsistent with the input: "
-                             f"{out} positions on spatial axis {i} come from "
-                             f"{(out + total - reach) // s + 1} input positions with kernel {k}, stride {s}, "
-                             f"dilation {d}, but the input has {size}" if output_shape is not None else
-                             f"attribute 'output_padding' {list(output_padding)} is too large for stride {s} on "
-                             f"spatial axis {i}")
+                             f"{out} positions on spatial axis {i} come from {(out + total - reach) // s + 1} input "
+                             f"positions with kernel {k}, stride {s}, dilation {d}, but the input has {size}; "
+                             f"give at most {full + s - 1} there")
         net = out - (full - head)          # > 0: zeros appended past the full result; < 0: cropped off its end
         begins.append(head)
         ends.append(max(0, -net))
