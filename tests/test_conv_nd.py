@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import cimc
@@ -315,3 +316,37 @@ def test_cli_refuses_an_inconsistent_output_shape_with_exit_2(tmp_path):
     assert_refused(["count", path], [str(path), NODE, "'output_shape' [9, 20]", "spatial axis 1", "at most 14"],
                    watch=[tmp_path],
                    case="count: ConvTranspose output_shape the stride cannot reach")
+
+
+# -- a property: any ConvTranspose geometry is run by onnxruntime and cimc alike, or refused by both ------------
+@settings(max_examples=30, deadline=None)
+@given(k=st.integers(1, 4), stride=st.integers(0, 3), dilation=st.integers(0, 2), pad=st.integers(-1, 3),
+       adj=st.integers(0, 2), group=st.sampled_from([0, 1, 2, 3]), auto=st.sampled_from(["NOTSET", "SAME_UPPER",
+                                                                                       "SAME_LOWER", "VALID"]),
+       extra=st.sampled_from([None, -4, -1, 0, 1, 2, 3]))
+def test_conv_transpose_geometry_agrees_with_onnxruntime(k, stride, dilation, pad, adj, group, auto, extra):
+    size, cin = 5, 4
+    attrs = dict(strides=[stride, 1], dilations=[dilation, 1], output_padding=[adj, 0], group=group)
+    if auto != "NOTSET":
+        attrs["auto_pad"] = auto
+    else:
+        attrs["pads"] = [pad, 0, 0, pad]
+    if extra is not None:      # an output_shape near the full result's size
+        attrs["output_shape"] = [(size - 1) * max(stride, 1) + (k - 1) * max(dilation, 1) + 1 + extra, size + 1]
+    model = _model("ConvTranspose", [2, cin, size, size], [cin, 2, k, 2], **attrs)
+    x = _input([2, cin, size, size])
+    try:
+        want = _ort(model, x)
+        runs = want.size > 0
+    except Exception:
+        runs = False
+    if not runs:
+        with pytest.raises(ModelError, match=NODE):
+            import_onnx(model)
+        return
+    graph, _ = import_onnx(model)
+    backend = FloatBackend()
+    backend.bind(graph, None, None)
+    got = run_graph(graph, {"x": x}, backend)["y"]
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-5 * max(np.ptp(want), 1e-6)
