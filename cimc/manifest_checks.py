@@ -348,6 +348,10 @@ def _crossbar_output(op, x: np.ndarray, at: str) -> np.ndarray:
     if min(out) < 1:
         raise ManifestError(f"{at}: kernel {list(g.kernel)} does not fit its input {list(x.shape)} with pads "
                             f"{list(g.pads)}")
+    if op.output_channels * math.prod(out) > PROBE_ELEMENTS:    # strides or pads that blow the output up
+        raise ManifestError(f"{at}: makes an output of {op.output_channels} x {'x'.join(map(str, out))} values per "
+                            f"sample from its input {list(x.shape)}, more than {PROBE_ELEMENTS}; check its "
+                            "'conv.strides' and 'conv.pads'")
     reads = math.prod(sizes if g.transposed else out)      # a ConvTranspose reads once per input position
     if reads != op.positions:
         raise ManifestError(f"{at}: field 'positions' = {op.positions}, but its input {list(x.shape)} gives "

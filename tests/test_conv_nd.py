@@ -350,3 +350,16 @@ def test_conv_transpose_geometry_agrees_with_onnxruntime(k, stride, dilation, pa
     got = run_graph(graph, {"x": x}, backend)["y"]
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-5 * max(np.ptp(want), 1e-6)
+
+
+def test_manifest_with_a_stride_that_blows_the_output_up_is_refused_before_it_is_made(transpose_manifest,
+                                                                                        tmp_path):
+    import shutil
+    path = tmp_path / "m"
+    shutil.copytree(transpose_manifest, path)
+    doc = json.loads((path / "manifest.json").read_text())
+    op = next(op for op in doc["ops"] if op["kind"] == "crossbar")
+    op["conv"]["strides"] = [1 << 20, 1 << 20]
+    (path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match=r"more than \d+; check its 'conv.strides'"):
+        load(path)
