@@ -8,7 +8,7 @@
   offset (ONNX's W[cin, cout/groups, *kernel] flattened per input channel). It is read once per *input* position;
   the run stage (cimc.overlap_add) adds each product's kernel offsets into the output (overlap-add), crops, and
   adds the bias once per output channel (its bias has out_channels entries, not N).
-  A grouped conv is one block-diagonal matrix over all input channels (group g owns rows
+  A grouped conv (or ConvTranspose) is one block-diagonal matrix over all input channels (group g owns rows
   [g*K/groups, (g+1)*K/groups) and columns [g*N/groups, (g+1)*N/groups)); tiles that lie wholly outside the blocks
   hold only structural zeros and get no array, so depthwise layers pack many groups per array.
   A matmul op (`conv is None`) multiplies the last axis of its input: y[..., n] = sum_k x[..., k] W[k, n] + b[n].
