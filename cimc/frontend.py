@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from cimc import onnx_checks, onnx_external
+from cimc import conv_transpose_geometry, onnx_checks, onnx_external
 from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 from cimc.node_names import layer_names
@@ -26,7 +26,7 @@ from cimc.onnx_segments import subgraph_reads
 
 MIN_OPSET = 8
 _MAX_SAMPLE_VALUES = 1 << 28   # an activation larger than this per sample (1 GiB of float32) is a broken attribute
-_LOWERED = ("Conv", "Gemm", "MatMul")   # op types that may become crossbar ops (op_<type>); the rest stay digital
+_LOWERED = ("Conv", "ConvTranspose", "Gemm", "MatMul")   # may become crossbar ops (op_<type>); the rest stay digital
 
 
 @dataclass
@@ -200,12 +200,12 @@ class _Importer:
     def xbar_output_shape(self, op, x: tuple, node: str) -> tuple | None:
         rows = op.matrix.shape[0]
         if op.conv is not None:
-            if len(x) != 4 - (op.conv.spatial_rank == 1) or x[1] != op.conv.in_channels:
+            g = op.conv
+            if len(x) != 2 + g.spatial_rank or x[1] != g.in_channels:
                 raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its input has shape {list(x)}, the "
-                                 f"weight needs {op.conv.in_channels} channels")
-            hw = x[2:] if op.conv.spatial_rank == 2 else (1, x[2])
-            oh, ow = op.conv.output_hw(*hw)
-            return (x[0], op.conv.out_channels) + ((oh, ow) if op.conv.spatial_rank == 2 else (ow,))
+                                 f"weight needs {g.spatial_rank} spatial axes and {g.in_channels} channels")
+            out = g.output_size(((1,) if g.spatial_rank == 1 else ()) + tuple(x[2:]))
+            return (x[0], g.out_channels) + out[len(out) - g.spatial_rank:]
         if not x or x[-1] != rows:
             raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its input has shape {list(x)} but the "
                              f"weight has {rows} rows; the last axis must have {rows} entries")
@@ -269,7 +269,7 @@ class _Importer:
         self.constants: dict[str, np.ndarray] = {}
         for index, node in enumerate(g.node):
             if index not in live:
-                if node.op_type == "Conv":
+                if node.op_type in ("Conv", "ConvTranspose"):
                     self.check_dead_conv(node)
                 continue
             self.check_weight_not_input(node)
@@ -322,12 +322,12 @@ class _Importer:
         return graph
 
     def has_constant_weight(self, node) -> bool:
-        """Whether a Conv/Gemm/MatMul multiplies by a constant cimc can put on arrays; if not, it stays digital
+        """Whether a Conv/ConvTranspose/Gemm/MatMul multiplies by a constant cimc can put on arrays; if not, it stays digital
         (onnxruntime multiplies two run-time tensors, e.g. attention's Q K^T)."""
-        if node.op_type == "Conv":
+        if node.op_type in ("Conv", "ConvTranspose"):     # 1-D to 3-D; a 4-D conv stays digital
             w = self.const(node.input[1]) if len(node.input) > 1 else None
             bias_ok = len(node.input) < 3 or not node.input[2] or self.const(node.input[2]) is not None
-            return w is not None and w.ndim in (3, 4) and bias_ok
+            return w is not None and w.ndim in (3, 4, 5) and bias_ok
         if node.op_type == "Gemm":
             return self.const(node.input[1]) is not None
         left, right = self.const(node.input[0]), self.const(node.input[1])
@@ -484,8 +484,9 @@ class _Importer:
             raise self.fail(node, "has no weight")
         b = self.need_const(node, 2, "bias")
         a = self.attrs(node)
-        if w.ndim not in (3, 4):
-            raise self.fail(node, f"{w.ndim - 2}-D convolution is not supported (only 1-D and 2-D)")
+        if w.ndim not in (3, 4, 5):
+            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)}: a {w.ndim - 2}-D "
+                                  "convolution; cimc supports 1-D, 2-D and 3-D")
         groups = int(a.get("group", 1))
         kernel = list(w.shape[2:])
         n = len(kernel)
@@ -497,13 +498,13 @@ class _Importer:
         return w, b, groups, kernel, strides, dilations, pads, spatial
 
     def check_dead_conv(self, node) -> None:
-        """onnxruntime runs nodes whose results nobody uses (cimc drops them): a Conv there that onnxruntime would
-        refuse at run time is refused now too. Only what cimc could lower is checked."""
+        """onnxruntime runs nodes whose results nobody uses (cimc drops them): a Conv or ConvTranspose there that
+        onnxruntime would refuse at run time is refused now too. Only what cimc could lower is checked."""
         w, shape = self.const(node.input[1]), self.shape(node.input[0])
         bias_known = len(node.input) < 3 or not node.input[2] or self.const(node.input[2]) is not None
-        if w is not None and w.ndim in (3, 4) and bias_known and shape and len(shape) == w.ndim \
+        if w is not None and w.ndim in (3, 4, 5) and bias_known and shape and len(shape) == w.ndim \
                 and None not in shape[2:]:
-            self.conv_setup(node)
+            (self.conv_setup if node.op_type == "Conv" else self.conv_transpose_setup)(node)
 
     def op_Conv(self, node, name):
         w, b, groups, kernel, strides, dilations, pads, spatial = self.conv_setup(node)
@@ -517,11 +518,92 @@ class _Importer:
         if n == 1:  # Conv1d runs as a height-1 2-D conv
             kernel, strides, dilations, pads = [1] + kernel, [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
         geometry = ConvGeometry(tuple(kernel), tuple(strides), tuple(pads), tuple(dilations), groups, cin, m, n)
-        out_spatial = geometry.output_hw(*([1] + list(spatial) if n == 1 else spatial))
+        out_spatial = geometry.output_size(([1] if n == 1 else []) + list(spatial))
         self.check_extra_outputs(node)
         self.ops.append(XbarOp(name, "Conv", self.data_inputs(node), [node.output[0]], matrix,
                                None if b is None else b.astype(np.float32), geometry, [node.name or name],
                                positions=int(np.prod(out_spatial))))
+
+    def op_ConvTranspose(self, node, name):
+        """The transposed kernel as a Cin x (Cout * kernel size) matrix, read once per input position, and a
+        digital overlap-add in the op's run stage (cimc.overlap_add). The alternative, a conv on the zero-inserted
+        input with the flipped kernel, has the same cells but reads prod(stride) times as many positions, most of
+        their inputs zeros (docs/design.md, ConvTranspose)."""
+        matrix, b, geometry, spatial = self.conv_transpose_setup(node)
+        self.check_extra_outputs(node)
+        self.ops.append(XbarOp(name, "ConvTranspose", self.data_inputs(node), [node.output[0]], matrix,
+                               None if b is None else b.astype(np.float32), geometry, [node.name or name],
+                               positions=int(np.prod(spatial))))
+
+    def conv_transpose_setup(self, node):
+        """A ConvTranspose's matrix, bias, geometry and input spatial size, checked."""
+        w = self.need_const(node, 1, "weight")
+        if w is None:
+            raise self.fail(node, "has no weight")
+        b = self.need_const(node, 2, "bias")
+        a = self.attrs(node)
+        if w.ndim not in (3, 4, 5):
+            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)}: a {w.ndim - 2}-D "
+                                  "transposed convolution; cimc supports 1-D, 2-D and 3-D")
+        groups = int(a.get("group", 1))
+        cin, mg, kernel = int(w.shape[0]), int(w.shape[1]), [int(k) for k in w.shape[2:]]
+        n, m = len(kernel), mg * groups
+        spatial = self.spatial(node, node.input[0])
+        strides = [int(v) for v in a.get("strides", [1] * n)]
+        dilations = [int(v) for v in a.get("dilations", [1] * n)]
+        output_padding = [int(v) for v in a.get("output_padding", [0] * n)]
+        pads = [int(v) for v in a.get("pads", [0] * (2 * n))]
+        self.check_conv_transpose(node, a, w, b, groups, spatial, strides, dilations, output_padding, pads)
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto not in ("NOTSET", "", "SAME_UPPER", "SAME_LOWER", "VALID"):
+            raise self.fail(node, f"unknown auto_pad {auto!r}")
+        output_shape = [int(v) for v in a["output_shape"]] if "output_shape" in a else None
+        try:
+            begins, ends, appended = conv_transpose_geometry.resolve(spatial, kernel, strides, dilations,
+                                                                     output_padding, pads, auto, output_shape)
+        except ValueError as exc:
+            raise self.fail(node, str(exc)) from None
+        size = int(np.prod(kernel))
+        matrix = np.zeros((cin, m * size), dtype=np.float32)
+        cg = cin // groups
+        for g in range(groups):
+            matrix[g * cg:(g + 1) * cg, g * mg * size:(g + 1) * mg * size] = w[g * cg:(g + 1) * cg].reshape(cg, -1)
+        pads = begins + ends
+        if n == 1:  # runs as a height-1 2-D transposed conv, like Conv1d
+            kernel, strides, dilations = [1] + kernel, [1] + strides, [1] + dilations
+            pads, appended = [0, pads[0], 0, pads[1]], [0] + appended
+        geometry = ConvGeometry(tuple(kernel), tuple(strides), tuple(pads), tuple(dilations), groups, cin, m, n,
+                                transposed=True, output_padding=tuple(appended))
+        return matrix, b, geometry, spatial
+
+    def check_conv_transpose(self, node, a, w, b, groups, spatial, strides, dilations, output_padding, pads):
+        """What onnxruntime would refuse at run time, named by attribute (the output geometry: resolve)."""
+        cin, mg, kernel = int(w.shape[0]), int(w.shape[1]), [int(k) for k in w.shape[2:]]
+        n = len(kernel)
+        if len(spatial) != n:
+            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)} (a {n}-D kernel) but the "
+                                  f"input has {len(spatial)} spatial axes")
+        if cin < 1 or mg < 1 or 0 in kernel:
+            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)}: zero input channels, output "
+                                  "channels or kernel size; nothing to compute")
+        if "kernel_shape" in a and [int(k) for k in a["kernel_shape"]] != kernel:
+            raise self.fail(node, f"attribute 'kernel_shape' {list(a['kernel_shape'])} disagrees with the weight's "
+                                  f"kernel {kernel}")
+        for attr, values, low, count in (("group", [groups], 1, 1), ("strides", strides, 1, n),
+                                         ("dilations", dilations, 1, n), ("pads", pads, 0, 2 * n),
+                                         ("output_padding", output_padding, 0, n)):
+            if len(values) != count or any(v < low for v in values):
+                raise self.fail(node, f"attribute {attr!r} is {list(values)}; it needs "
+                                      f"{'one value' if count == 1 else f'{count} values'} >= {low}")
+        x_channels = (self.shape(node.input[0]) or (None, None))[1]
+        if cin % groups or (x_channels is not None and x_channels != cin):
+            raise self.fail(node, f"attribute 'group' {groups} does not fit: the input has {x_channels} channels "
+                                  f"and the weight {node.input[1]!r} {list(w.shape)} takes {cin} input channels "
+                                  "(divisible by group) and gives group x its second dimension output channels")
+        if b is not None and b.shape != (mg * groups,):
+            raise self.fail(node, f"bias {node.input[2]!r} has shape {list(b.shape)}; it needs [{mg * groups}] "
+                                  "(one value per output channel)")
 
     def check_conv(self, node, a, w, b, groups, strides, dilations, pads, spatial) -> None:
         """What onnxruntime would refuse at run time (or what would crash a later pass), named by attribute."""

@@ -2,9 +2,11 @@
 backend's own ADC calibration. It sits below the backends (it never imports them at run time), so a backend may run
 a graph without an import circle.
 
-For every crossbar op the operand is formed (im2col for a conv, the last axis for a matmul), and for a quantised
-backend the activation is quantised first: q = clip(rint(x / s), qmin, qmax) in float32 (cimc.ir.ActQuant).
-The backend multiplies; this module adds the rest: y = acc * (s * weight_scale[n]) + bias[n] (float32).
+For every crossbar op the operand is formed (im2col for a conv, the input's channels per position for a
+ConvTranspose, the last axis for a matmul), and for a quantised backend the activation is quantised first:
+q = clip(rint(x / s), qmin, qmax) in float32 (cimc.ir.ActQuant). The backend multiplies; this module adds the rest:
+y = acc * (s * weight_scale[n]) + bias[n] (float32); for a ConvTranspose y = acc * (s * weight_scale[n]), then the
+overlap-add and the bias per output channel (cimc.overlap_add).
 Digital ops run in onnxruntime (cimc.onnx_segments), with exact ONNX semantics at the model's opset; float32
 activations, as the papers' digital periphery computed them.
 """
@@ -19,6 +21,7 @@ from cimc.errors import DataError
 from cimc.im2col import col2im, im2col
 from cimc.ir import ActQuant, Graph, XbarOp
 from cimc.onnx_segments import Segment, plan, reads, run_segment
+from cimc.overlap_add import input_rows, overlap_add
 
 if TYPE_CHECKING:      # annotations only: importing cimc.backends here would run the backends package first
     from cimc.backends.base import Backend
@@ -39,11 +42,12 @@ def output_scale(op: XbarOp) -> np.ndarray:
 def run_xbar(op: XbarOp, x: np.ndarray, backend: Backend) -> np.ndarray:
     if backend.quantized:
         x = quantize_activation(x, op.input_quant)
-    if op.conv is not None and backend.quantized:
+    whole = op.conv is not None and op.conv.planar and backend.quantized   # the backends' fast paths are 2-D
+    if whole:
         y = backend.conv_output(op, x, output_scale(op), op.bias)
         if y is not None:   # the backend ran the whole convolution and the dequantisation below
             return y
-    acc = backend.conv(op, x) if op.conv is not None and backend.quantized else None
+    acc = backend.conv(op, x) if whole else None
     if acc is not None:   # the backend ran the whole convolution: accumulators [B, N, *spatial] (a new array)
         per_channel = (slice(None),) + (None,) * (acc.ndim - 2)
         y = acc.astype(np.float32, copy=False)
@@ -51,15 +55,19 @@ def run_xbar(op: XbarOp, x: np.ndarray, backend: Backend) -> np.ndarray:
         if op.bias is not None:
             y += op.bias[per_channel]
         return y
-    if op.conv is not None:
-        cols, shape = im2col(x, op.conv)
-    else:
+    if op.conv is None:
         shape = x.shape[:-1]
         cols = x.reshape(-1, x.shape[-1])
+    elif op.conv.transposed:       # one read per input position; the overlap-add below
+        cols, shape = input_rows(x, op.conv)
+    else:
+        cols, shape = im2col(x, op.conv)
     y = backend.mvm(op, cols, batch=len(x))
     if backend.quantized:
         y = y.astype(np.float32) * output_scale(op)
     y = y.astype(np.float32, copy=False)
+    if op.conv is not None and op.conv.transposed:
+        return overlap_add(y, shape, op.conv, op.bias)
     if op.bias is not None:
         y = y + op.bias
     return col2im(y, shape, op.conv) if op.conv is not None else y.reshape(*shape, op.cols)

@@ -1,35 +1,35 @@
-"""im2col for the executor: a conv input [B, C, H, W] becomes a matrix [B*OH*OW, C*kh*kw] whose columns follow
-the IR's row order (c, i, j) (see cimc.ir), so that conv = im2col(x) @ matrix. Zero padding is exact for
-quantised inputs too: every activation quantiser has zero point 0."""
+"""im2col for the executor: a conv input [B, C, *spatial] (1-D, 2-D or 3-D) becomes a matrix
+[B*positions, C*prod(kernel)] whose columns follow the IR's row order (c, kd, kh, kw) (see cimc.ir), so that
+conv = im2col(x) @ matrix. Zero padding is exact for quantised inputs too: every activation quantiser has zero
+point 0. A Conv1d runs as a height-1 2-D conv (ConvGeometry.lift)."""
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
 from cimc.ir import ConvGeometry
 
 
-def im2col(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """x [B, C, H, W] (or [B, C, W]) -> (cols [B*OH*OW, C*kh*kw], (B, OH, OW)), any dtype. One strided copy per
-    kernel offset (i, j) out of a zero-padded NHWC copy: 2-5x faster than reshaping a sliding-window view."""
-    if g.spatial_rank == 1:
-        x = x[:, :, None, :]
-    top, left, bottom, right = g.pads
-    (kh, kw), (dh, dw), (sh, sw) = g.kernel, g.dilations, g.strides
-    b, c, h, w = x.shape
-    hp, wp = h + top + bottom, w + left + right
-    oh, ow = (hp - (kh - 1) * dh - 1) // sh + 1, (wp - (kw - 1) * dw - 1) // sw + 1
-    padded = np.zeros((b, hp, wp, c), x.dtype)
-    padded[:, top:top + h, left:left + w, :] = x.transpose(0, 2, 3, 1)
-    cols = np.empty((b, oh, ow, c, kh, kw), x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, :, i, j] = padded[:, i * dh:i * dh + (oh - 1) * sh + 1:sh,
-                                            j * dw:j * dw + (ow - 1) * sw + 1:sw, :]
-    return cols.reshape(b * oh * ow, c * kh * kw), (b, oh, ow)
+def im2col(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, tuple[int, ...]]:
+    """x [B, C, *spatial] -> (cols [B*prod(out), C*prod(kernel)], (B, *out)), any dtype. One strided copy per
+    kernel offset out of a zero-padded channels-last copy: 2-5x faster than reshaping a sliding-window view."""
+    x = g.lift(x)
+    n = g.rank
+    b, c, sizes = x.shape[0], x.shape[1], x.shape[2:]
+    begins, ends = g.pads[:n], g.pads[n:]
+    out = g.output_size(sizes)
+    padded = np.zeros((b,) + tuple(s + p + q for s, p, q in zip(sizes, begins, ends)) + (c,), x.dtype)
+    padded[(slice(None),) + tuple(slice(p, p + s) for p, s in zip(begins, sizes))] = np.moveaxis(x, 1, -1)
+    cols = np.empty((b,) + out + (c,) + tuple(g.kernel), x.dtype)
+    for offset in itertools.product(*(range(k) for k in g.kernel)):
+        window = tuple(slice(i * d, i * d + (o - 1) * s + 1, s)
+                       for i, d, o, s in zip(offset, g.dilations, out, g.strides))
+        cols[(slice(None),) * (n + 2) + offset] = padded[(slice(None),) + window]
+    return cols.reshape(b * int(np.prod(out)), c * int(np.prod(g.kernel))), (b,) + out
 
 
-def col2im(y: np.ndarray, shape: tuple[int, int, int], g: ConvGeometry) -> np.ndarray:
-    """[B*OH*OW, N] -> [B, N, OH, OW] (or [B, N, OW] for a 1-D conv)."""
-    b, oh, ow = shape
-    out = y.reshape(b, oh, ow, -1).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(out[:, :, 0, :] if g.spatial_rank == 1 else out)
+def col2im(y: np.ndarray, shape: tuple[int, ...], g: ConvGeometry) -> np.ndarray:
+    """[B*prod(out), N] -> [B, N, *out] (a Conv1d's height axis dropped again)."""
+    out = np.moveaxis(y.reshape(shape + (-1,)), -1, 1)
+    return np.ascontiguousarray(g.unlift(out))

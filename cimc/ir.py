@@ -1,9 +1,14 @@
 """The IR: a small typed graph of two kinds of op, in execution order.
 
-* `XbarOp` — a Conv/Gemm/MatMul with a constant weight, already lowered to a K x N float matrix.
+* `XbarOp` — a Conv/ConvTranspose/Gemm/MatMul with a constant weight, already lowered to a K x N float matrix.
   **im2col row order** (the one place it is defined): row k of a conv matrix is input channel c, kernel row i,
-  kernel column j with k = (c * kh + i) * kw + j — the order of ONNX's weight W[cout, cin/groups, kh, kw] flattened.
-  A grouped conv is one block-diagonal matrix over all input channels (group g owns rows
+  kernel column j with k = (c * kh + i) * kw + j — the order of ONNX's weight W[cout, cin/groups, kh, kw] flattened;
+  a Conv3d's rows are (c, kd, kh, kw) likewise, k = ((c * kd + a) * kh + i) * kw + j.
+  A **ConvTranspose** is the transposed kernel: row c is input channel c, column n = cout * (kd*kh*kw) + kernel
+  offset (ONNX's W[cin, cout/groups, *kernel] flattened per input channel). It is read once per *input* position;
+  the run stage (cimc.overlap_add) adds each product's kernel offsets into the output (overlap-add), crops, and
+  adds the bias once per output channel (its bias has out_channels entries, not N).
+  A grouped conv (or ConvTranspose) is one block-diagonal matrix over all input channels (group g owns rows
   [g*K/groups, (g+1)*K/groups) and columns [g*N/groups, (g+1)*N/groups)); tiles that lie wholly outside the blocks
   hold only structural zeros and get no array, so depthwise layers pack many groups per array.
   A matmul op (`conv is None`) multiplies the last axis of its input: y[..., n] = sum_k x[..., k] W[k, n] + b[n].
@@ -31,21 +36,50 @@ class TensorInfo:
 
 @dataclass
 class ConvGeometry:
-    kernel: tuple[int, int]
-    strides: tuple[int, int]
-    pads: tuple[int, int, int, int]        # top, left, bottom, right (ONNX begin..., end... order)
-    dilations: tuple[int, int]
+    """A convolution's geometry, per *run* axis: a Conv1d runs as a height-1 2-D conv (kernel, strides, dilations
+    1 and no pads on the first axis; `spatial_rank` 1 says so), a Conv2d on its two axes, a Conv3d on three
+    (depth, height, width). `transposed`: a ConvTranspose (see cimc.ir's module doc for its matrix), whose `pads`
+    crop the full overlap-add result and whose `output_padding` appends zeros at the end of each axis."""
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]                  # begins..., ends... (ONNX order; 2-D: top, left, bottom, right)
+    dilations: tuple[int, ...]
     groups: int
     in_channels: int
     out_channels: int
-    spatial_rank: int = 2                  # 1 for Conv1d (run as height-1 2-D conv)
+    spatial_rank: int = 2                  # axes of the tensor: 1 for Conv1d (run as height-1 2-D conv), 2, 3
+    transposed: bool = False
+    output_padding: tuple[int, ...] = ()   # transposed only, one per run axis
+
+    @property
+    def rank(self) -> int:
+        """The run axes: 2 for a Conv1d or Conv2d, 3 for a Conv3d."""
+        return len(self.kernel)
+
+    @property
+    def planar(self) -> bool:
+        """A forward 2-D (or lifted 1-D) conv: what the backends' whole-convolution fast paths run."""
+        return self.rank == 2 and not self.transposed
+
+    def lift(self, x):
+        """[B, C, W] -> [B, C, 1, W] for a Conv1d; other ranks unchanged (a view)."""
+        return x[:, :, None, :] if self.spatial_rank == 1 else x
+
+    def unlift(self, y):
+        return y[:, :, 0, :] if self.spatial_rank == 1 else y
+
+    def output_size(self, sizes) -> tuple[int, ...]:
+        """Output sizes of the run axes from the input's (lifted) ones."""
+        n = self.rank
+        reach = [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations)]
+        if self.transposed:   # the full overlap-add (size - 1) * s + reach, cropped by pads, zeros appended
+            return tuple((size - 1) * s + r - self.pads[i] - self.pads[n + i] + self.output_padding[i]
+                         for i, (size, s, r) in enumerate(zip(sizes, self.strides, reach)))
+        return tuple((size + self.pads[i] + self.pads[n + i] - r) // s + 1
+                     for i, (size, s, r) in enumerate(zip(sizes, self.strides, reach)))
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
-        kh = (self.kernel[0] - 1) * self.dilations[0] + 1
-        kw = (self.kernel[1] - 1) * self.dilations[1] + 1
-        oh = (h + self.pads[0] + self.pads[2] - kh) // self.strides[0] + 1
-        ow = (w + self.pads[1] + self.pads[3] - kw) // self.strides[1] + 1
-        return oh, ow
+        return self.output_size((h, w))
 
 
 @dataclass
@@ -86,11 +120,11 @@ class Tile:
 @dataclass
 class XbarOp:
     name: str
-    op_type: str                   # source op: Conv, Gemm or MatMul
+    op_type: str                   # source op: Conv, ConvTranspose, Gemm or MatMul
     inputs: list[str]
     outputs: list[str]
     matrix: np.ndarray             # float32 K x N
-    bias: np.ndarray | None        # float32 N
+    bias: np.ndarray | None        # float32, output_channels entries
     conv: ConvGeometry | None = None
     source_nodes: list[str] = field(default_factory=list)
     # quantize pass
@@ -100,7 +134,8 @@ class XbarOp:
     # tile / replicate / allocate passes
     tiles: list[Tile] = field(default_factory=list)
     replicas: int = 1
-    positions: int = 1                        # sliding-window positions per inference (1 for a matmul)
+    positions: int = 1                        # reads per inference: output positions of a conv, input positions
+                                              # of a ConvTranspose, 1 for a matmul
     adc_full_scale_ua: float | None = None    # calibrated ADC full scale (cimc.backends.crossbar)
     kind = "crossbar"
 
@@ -111,6 +146,11 @@ class XbarOp:
     @property
     def cols(self) -> int:
         return int(self.matrix.shape[1])
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the op's output, the length of its bias: N, except for a ConvTranspose (N / kernel size)."""
+        return self.conv.out_channels if self.conv is not None else self.cols
 
     @property
     def structural_mask_blocks(self) -> list[tuple[int, int, int, int]]:

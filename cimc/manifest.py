@@ -260,10 +260,7 @@ def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target) -> dict:
     return {
         "name": op.name, "kind": "crossbar", "op_type": op.op_type, "inputs": op.inputs, "outputs": op.outputs,
         "source_nodes": op.source_nodes, "rows": op.rows, "cols": op.cols, "positions": int(op.positions),
-        "conv": None if op.conv is None else {
-            "kernel": list(op.conv.kernel), "strides": list(op.conv.strides), "pads": list(op.conv.pads),
-            "dilations": list(op.conv.dilations), "groups": op.conv.groups, "in_channels": op.conv.in_channels,
-            "out_channels": op.conv.out_channels, "spatial_rank": op.conv.spatial_rank},
+        "conv": None if op.conv is None else _conv_to_json(op.conv),
         "input_quant": {"scale": op.input_quant.scale, "signed": op.input_quant.signed, "bits": op.input_quant.bits},
         "weights": {"max_level": target.device.max_level, "granularity": target.quant.weights,
                     "scales": _put(params, f"{at}.weights.scales", op.weight_scales.astype(np.float32)),
@@ -278,6 +275,15 @@ def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target) -> dict:
                                    "chip": p.array // target.chip.arrays_per_chip} for p in t.placements]}
                   for t in op.tiles],
     }
+
+
+def _conv_to_json(g) -> dict:
+    d = {"kernel": list(g.kernel), "strides": list(g.strides), "pads": list(g.pads), "dilations": list(g.dilations),
+         "groups": g.groups, "in_channels": g.in_channels, "out_channels": g.out_channels,
+         "spatial_rank": g.spatial_rank}
+    if g.transposed:    # written only for a ConvTranspose: a Conv's entry is what it was before they existed
+        d.update(transposed=True, output_padding=list(g.output_padding))
+    return d
 
 
 def _digital_to_json(op: DigitalOp) -> dict:
@@ -311,7 +317,7 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
     conv = None if d["conv"] is None else ConvGeometry(
         tuple(d["conv"]["kernel"]), tuple(d["conv"]["strides"]), tuple(d["conv"]["pads"]),
         tuple(d["conv"]["dilations"]), d["conv"]["groups"], d["conv"]["in_channels"], d["conv"]["out_channels"],
-        d["conv"]["spatial_rank"])
+        d["conv"]["spatial_rank"], d["conv"].get("transposed", False), tuple(d["conv"].get("output_padding", ())))
     tiles = []
     for ti, t in enumerate(d["tiles"]):
         if t["row_start"] + t["row_count"] > rows or t["col_start"] + t["col_count"] > cols:
@@ -335,7 +341,8 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
     check_group_blocks(matrix, d, at, where)
     scales = _param(params, d["weights"]["scales"], where, f"{at}.weights.scales", (cols,))
     check_float_array(scales, where, f"{at}.weights.scales", d["weights"]["scales"], positive=True)
-    bias = None if d["bias"] is None else _param(params, d["bias"], where, f"{at}.bias", (cols,))
+    channels = cols if conv is None else conv.out_channels       # a ConvTranspose's bias is per output channel
+    bias = None if d["bias"] is None else _param(params, d["bias"], where, f"{at}.bias", (channels,))
     if bias is not None:
         check_float_array(bias, where, f"{at}.bias", d["bias"])
     op = XbarOp(d["name"], d["op_type"], d["inputs"], d["outputs"], matrix, bias,

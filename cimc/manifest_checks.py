@@ -69,22 +69,42 @@ def check_float_array(value: np.ndarray, where: str, field: str, key: str, posit
 def check_conv_geometry(d: dict, at: str, where: str) -> None:
     conv, rows, cols = d["conv"], d["rows"], d["cols"]
     if conv is None:
+        if d["op_type"] in ("Conv", "ConvTranspose"):
+            raise ManifestError(f"{where}: field '{at}.conv' is null, but a {d['op_type']} needs its geometry")
         return
-    kh, kw = conv["kernel"]
+    kernel = conv["kernel"]
+    n, size = len(kernel), math.prod(kernel)
     cin, cout, groups = conv["in_channels"], conv["out_channels"], conv["groups"]
+    transposed = conv.get("transposed", False)
 
     def bad(field, why):
-        raise ManifestError(f"{where}: field '{at}.conv.{field}' = {conv[field]!r}: {why}")
+        raise ManifestError(f"{where}: field '{at}.conv.{field}' = {conv.get(field)!r}: {why}")
+    if n != max(2, conv["spatial_rank"]):
+        bad("kernel", f"spatial_rank {conv['spatial_rank']} runs on {max(2, conv['spatial_rank'])} axes (a 1-D conv "
+                      "as a height-1 2-D conv), one kernel entry each")
+    for field, count in (("strides", n), ("dilations", n), ("pads", 2 * n)):
+        if len(conv[field]) != count:
+            bad(field, f"needs {count} entries for a {n}-axis kernel")
+    if transposed != (d["op_type"] == "ConvTranspose"):
+        bad("transposed", f"op_type {d['op_type']!r}: only a ConvTranspose is transposed")
+    if transposed and len(conv.get("output_padding", ())) != n:
+        bad("output_padding", f"a ConvTranspose needs {n} entries, one per run axis")
+    if not transposed and "output_padding" in conv:
+        bad("output_padding", "only a ConvTranspose has one")
     if cin % groups:
         bad("groups", f"does not divide in_channels {cin}")
     if cout % groups:
         bad("groups", f"does not divide out_channels {cout}")
-    if kh * kw * cin != rows:
-        bad("in_channels", f"kernel {kh}x{kw} x in_channels {cin} = {kh * kw * cin}, but the matrix has {rows} rows")
-    if cout != cols:
-        bad("out_channels", f"the matrix has {cols} columns")
-    if conv["spatial_rank"] == 1 and (kh != 1 or conv["strides"][0] != 1 or conv["dilations"][0] != 1
-                                      or conv["pads"][0] or conv["pads"][2]):
+    want_rows, want_cols = (cin, cout * size) if transposed else (size * cin, cout)
+    if want_rows != rows:
+        bad("in_channels", f"kernel {'x'.join(map(str, kernel))} and in_channels {cin} make {want_rows} rows, but the "
+                           f"matrix has {rows}")
+    if want_cols != cols:
+        bad("out_channels", f"kernel {'x'.join(map(str, kernel))} and out_channels {cout} make {want_cols} columns, "
+                            f"but the matrix has {cols}")
+    if conv["spatial_rank"] == 1 and (kernel[0] != 1 or conv["strides"][0] != 1 or conv["dilations"][0] != 1
+                                      or conv["pads"][0] or conv["pads"][2]
+                                      or (transposed and conv["output_padding"][0])):
         bad("spatial_rank", "a 1-D conv runs as a height-1 2-D conv: kernel, stride, dilation 1 and no pads on "
                             "the first axis")
 
@@ -318,13 +338,18 @@ def _crossbar_output(op, x: np.ndarray, at: str) -> np.ndarray:
     rank = g.spatial_rank
     if x.ndim != 2 + rank or x.shape[1] != g.in_channels:
         raise ManifestError(f"{at}: its input {op.inputs[0]!r} has shape {list(x.shape)}, conv expects [batch, "
-                            f"{g.in_channels}{', H, W' if rank == 2 else ', W'}]")
-    h, w = (1, x.shape[2]) if rank == 1 else x.shape[2:]
-    oh, ow = g.output_hw(h, w)
-    if oh < 1 or ow < 1:
+                            f"{g.in_channels}, {', '.join('DHW'[3 - rank:])}]")
+    sizes = ((1,) if rank == 1 else ()) + x.shape[2:]
+    out = g.output_size(sizes)
+    if min(out) < 1:
         raise ManifestError(f"{at}: kernel {list(g.kernel)} does not fit its input {list(x.shape)} with pads "
                             f"{list(g.pads)}")
-    if oh * ow != op.positions:
+    if op.output_channels * math.prod(out) > PROBE_ELEMENTS:    # strides or pads that blow the output up
+        raise ManifestError(f"{at}: makes an output of {op.output_channels} x {'x'.join(map(str, out))} values per "
+                            f"sample from its input {list(x.shape)}, more than {PROBE_ELEMENTS}; check its "
+                            "'conv.strides' and 'conv.pads'")
+    reads = math.prod(sizes if g.transposed else out)      # a ConvTranspose reads once per input position
+    if reads != op.positions:
         raise ManifestError(f"{at}: field 'positions' = {op.positions}, but its input {list(x.shape)} gives "
-                            f"{oh}x{ow} = {oh * ow} positions")
-    return np.zeros((x.shape[0], op.cols) + ((ow,) if rank == 1 else (oh, ow)), np.float32)
+                            f"{'x'.join(map(str, sizes if g.transposed else out))} = {reads} positions")
+    return np.zeros((x.shape[0], op.output_channels) + out[len(out) - rank:], np.float32)

@@ -34,9 +34,10 @@ def _try_fold(graph: Graph, op: DigitalOp) -> bool:
     scale_shift = _affine(op, xbar, graph)
     if scale_shift is None:
         return False
-    scale, shift = scale_shift                      # y = x * scale + shift, per output column
-    matrix = xbar.matrix.astype(np.float64) * scale[None, :]
-    bias = np.zeros(xbar.cols) if xbar.bias is None else xbar.bias.astype(np.float64)
+    scale, shift = scale_shift                      # y = x * scale + shift, per output channel
+    # a ConvTranspose's columns are (channel, kernel offset): a channel's scale applies to all of its columns
+    matrix = xbar.matrix.astype(np.float64) * np.repeat(scale, xbar.cols // xbar.output_channels)[None, :]
+    bias = np.zeros(xbar.output_channels) if xbar.bias is None else xbar.bias.astype(np.float64)
     xbar.matrix = matrix.astype(np.float32)
     xbar.bias = (bias * scale + shift).astype(np.float32)
     xbar.outputs = [op.outputs[0]]
@@ -46,8 +47,9 @@ def _try_fold(graph: Graph, op: DigitalOp) -> bool:
 
 
 def _affine(op: DigitalOp, xbar: XbarOp, graph: Graph):
-    """(scale, shift) vectors of length N if `op` is a per-output-channel affine map of the crossbar output."""
-    n = xbar.cols
+    """(scale, shift) vectors, one entry per output channel, if `op` is a per-output-channel affine map of the
+    crossbar output."""
+    n = xbar.output_channels
     if op.op_type == "BatchNormalization":
         params = [graph.constants.get(t) for t in op.inputs[1:5]]
         if xbar.conv is None or len(params) != 4 or op.attr("training_mode", 0) or op.attr("spatial", 1) != 1 \
@@ -87,6 +89,6 @@ def _per_channel(c: np.ndarray, xbar: XbarOp, graph: Graph):
     channel_axis = 1 if xbar.conv is not None else rank - 1
     if any(d != 1 for i, d in enumerate(shape) if i != channel_axis):
         return None
-    if shape[channel_axis] not in (1, xbar.cols):
+    if shape[channel_axis] not in (1, xbar.output_channels):
         return None
-    return np.broadcast_to(c.reshape(-1), (xbar.cols,)).astype(np.float64)
+    return np.broadcast_to(c.reshape(-1), (xbar.output_channels,)).astype(np.float64)

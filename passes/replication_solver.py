@@ -1,8 +1,8 @@
 """Kernel replication: how many copies of each crossbar layer's weights to program.
 
 Layer ``l`` needs ``a_l`` arrays for one copy of its weights and must process
-``P_l`` input vectors per inference (sliding-window positions of a conv, 1 for a
-fully-connected layer).  With ``r_l`` copies on separate arrays the positions are
+``P_l`` input vectors per inference (sliding-window positions of a conv, input positions of a ConvTranspose,
+1 for a fully-connected layer).  With ``r_l`` copies on separate arrays the positions are
 split across the copies, so the layer takes
 
     cycles_l = ceil(P_l / r_l) * b          (b = input bits, bit-serial inputs)

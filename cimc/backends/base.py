@@ -63,7 +63,8 @@ class Backend:
     def conv(self, op: XbarOp, x: np.ndarray) -> np.ndarray | None:
         """Optionally run a whole quantised convolution: integer codes [B, C, *spatial] -> accumulators
         [B, N, *out_spatial] equal to what `mvm` on the im2col matrix gives, in a new array that the executor may
-        overwrite (it scales it in place). None: use im2col + mvm."""
+        overwrite (it scales it in place). None: use im2col + mvm. Offered only 2-D (and lifted 1-D) forward
+        convolutions (`ConvGeometry.planar`); a Conv3d or ConvTranspose always runs through mvm."""
         return None
 
     def conv_output(self, op: XbarOp, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:

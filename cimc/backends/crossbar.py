@@ -449,6 +449,8 @@ class CrossbarBackend(Backend):
         doc): run the whole convolution in onnxruntime, like the integer backend. Any other read goes bit-plane by
         bit-plane through the executor's im2col + mvm."""
         plan = self.plans[op.name]
+        if not op.conv.planar:      # a Conv3d or ConvTranspose: the executor's operand + mvm
+            return None
         if self.record_currents and self._exact_record(plan):
             return self._conv_on_codes(op, plan, x, lambda p, c, xs, ids: self._record_exact(p, c, xs))
         if self._direct_table_reads(plan):
@@ -674,7 +676,8 @@ class CrossbarBackend(Backend):
     def conv_output(self, op, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
         """Direct table reads (below) also apply the executor's dequantisation, in the pass that scales the codes."""
         plan = self.plans[op.name]
-        if self.record_currents or not self._direct_table_reads(plan) or plan.dtype != np.float32:
+        if not op.conv.planar or self.record_currents or not self._direct_table_reads(plan) \
+                or plan.dtype != np.float32:
             return None
         return self._conv_table_reads(op, plan, x, (scale, bias))
 
@@ -868,7 +871,7 @@ def _channel_tiles(op, blocks: list) -> list | None:
     """Per row tile of a convolution, the input channels [c0, c1) it holds, where every tile holds whole channels
     starting on a multiple of 8 and padding its last octet wastes at most a quarter of its lookups (gemm="lut" then
     reads the convolution without im2col); else None."""
-    if op.conv is None:
+    if op.conv is None or not op.conv.planar:
         return None
     size = op.conv.kernel[0] * op.conv.kernel[1]
     channels = []

@@ -36,7 +36,7 @@ class IntegerBackend(Backend):
             bound = op.rows * max(abs(op.input_quant.qmin), op.input_quant.qmax) * target.device.max_level
             exact32 = bound < FLOAT32_EXACT
             self.levels[op.name] = levels.astype(np.float32 if exact32 else np.float64)
-            if op.conv is not None and exact32:
+            if op.conv is not None and op.conv.planar and exact32:   # onnxruntime Conv: 2-D (and lifted 1-D)
                 self.sessions[op.name] = conv_session(op, levels)
 
     def mvm(self, op, x, batch):
@@ -47,9 +47,7 @@ class IntegerBackend(Backend):
         session = self.sessions.get(op.name)
         if session is None:
             return None
-        if op.conv.spatial_rank == 1:
-            return session.run(None, {"x": x[:, :, None, :]})[0][:, :, 0, :]
-        return session.run(None, {"x": x})[0]
+        return op.conv.unlift(session.run(None, {"x": op.conv.lift(x)})[0])
 
 
 def conv_session(op, levels: np.ndarray):
