@@ -5,15 +5,17 @@ Needs torch and torchvision, only when it runs (never in CI: the files it writes
     /work/torchvenv/bin/python tests/models/make_models.py
 
 (a venv with torch==2.13.0, onnxscript, onnx, torchvision==0.28.0; see /work/shared/reference/tooling.md). Every
-model is built under `torch.manual_seed(SEED)`, and every BatchNorm gets random statistics and affine parameters
-(so that none is an identity and folding it into a crossbar matrix is really tested). The exports are
-deterministic: running the script again writes the same bytes (it prints a sha256 per file to check).
+model is built under `torch.manual_seed(SEED)`; every BatchNorm gets random statistics and affine parameters, every
+LayerNorm random affine parameters (so that none is an identity), and every parameter torch starts at zero random
+values (randomise_normalisation, randomise_zeros). The exports are deterministic: running the script again writes
+the same bytes (it prints a sha256 per file to check).
 
 Files, `<model>_<exporter>[_b1].onnx`:
 - exporter `dynamo`: torch.onnx.export(dynamo=True), the default (opset 20 here, ReduceMean for average pooling,
   LayerNormalization, Gelu). It has static shapes, so its files have a fixed batch of 1 (`_b1`, as the ONNX model
-  zoo's), and the per-node metadata the exporter adds (stack traces with local paths) is dropped. All inline except `regnet_dynamo_b1.onnx`, which keeps its weights in `regnet_dynamo_b1.onnx.data`
-  beside it (external data, read relative to the model file).
+  zoo's), and the per-node metadata the exporter adds (stack traces with local paths) is dropped. All inline
+  except `regnet_dynamo_b1.onnx`, which keeps its weights in `regnet_dynamo_b1.onnx.data` beside it (external
+  data, read relative to the model file).
 - exporter `legacy`: dynamo=False (TorchScript, opset 17): a symbolic batch axis "N" (and "T" for the sequence
   of the BERT-like encoder), except the `_b1` files, exported without dynamic axes.
 Keep them small: all files together under ~3 MB (`du -ch tests/models/*.onnx*`).
@@ -196,16 +198,28 @@ EXTERNAL_DATA = {"regnet_dynamo_b1.onnx"}
 KEEP_BATCHNORM = {"unet_tiny_legacy.onnx", "conv1d_net_legacy.onnx", "conv3d_net_legacy.onnx"}
 
 
-def randomise_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
-    """gamma ~ U(0.5, 1.5), beta ~ N(0, 0.1), mean ~ N(0, 0.1), var ~ U(0.5, 1.5): no BatchNorm is an identity."""
+def randomise_normalisation(model: nn.Module, generator: torch.Generator) -> None:
+    """BatchNorm: gamma ~ U(0.5, 1.5), beta ~ N(0, 0.1), mean ~ N(0, 0.1), var ~ U(0.5, 1.5); LayerNorm: the same
+    gamma and beta. No normalisation is an identity, so folding or running it is really tested."""
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+            shape = m.weight.shape
             with torch.no_grad():
-                m.weight.copy_(0.5 + torch.rand(c, generator=generator))
-                m.bias.copy_(0.1 * torch.randn(c, generator=generator))
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=generator))
+                m.weight.copy_(0.5 + torch.rand(shape, generator=generator))
+                m.bias.copy_(0.1 * torch.randn(shape, generator=generator))
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
+                    m.running_var.copy_(0.5 + torch.rand(shape, generator=generator))
+
+
+def randomise_zeros(model: nn.Module, generator: torch.Generator) -> None:
+    """Parameters torch initialises to zero (biases; ViT's class token and classifier head, which would make its
+    output identically 0) get N(0, 0.1) (vectors) or N(0, 1 / fan_in) (the rest)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if bool((p == 0).all()):
+                std = 0.1 if p.dim() == 1 else p[0].numel() ** -0.5
+                p.copy_(std * torch.randn(p.shape, generator=generator))
 
 
 def save_without_node_metadata(model: onnx.ModelProto, path: Path, external: bool) -> None:
@@ -224,7 +238,9 @@ def build(name: str) -> tuple[nn.Module, tuple[int, ...], dict]:
     builder, shape, axes = MODELS[name]
     torch.manual_seed(SEED)
     model = builder()
-    randomise_batchnorm(model, torch.Generator().manual_seed(SEED + 1))
+    generator = torch.Generator().manual_seed(SEED + 1)
+    randomise_normalisation(model, generator)
+    randomise_zeros(model, generator)
     return model.eval(), shape, axes
 
 
