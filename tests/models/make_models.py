@@ -5,10 +5,11 @@ Needs torch and torchvision, only when it runs (never in CI: the files it writes
     /work/torchvenv/bin/python tests/models/make_models.py
 
 (a venv with torch==2.13.0, onnxscript, onnx, torchvision==0.28.0; see /work/shared/reference/tooling.md). Every
-model is built under `torch.manual_seed(SEED)`; every BatchNorm gets random statistics and affine parameters, every
-LayerNorm random affine parameters (so that none is an identity), and every parameter torch starts at zero random
-values (randomise_normalisation, randomise_zeros). The exports are deterministic: running the script again writes
-the same bytes (it prints a sha256 per file to check).
+model is built under `torch.manual_seed(SEED)`, then made to behave like a trained net at unit activation scale
+(its logits depend on the input) and to have no identity normalisation: random Linear weights, random values where
+torch starts at zero, BatchNorm statistics measured on random inputs and then randomised, random BatchNorm and
+LayerNorm affine parameters (randomise_linear, randomise_zeros, measure_batchnorm, randomise_normalisation). The
+exports are deterministic: running the script again writes the same bytes (it prints a sha256 per file to check).
 
 Files, `<model>_<exporter>[_b1].onnx`:
 - exporter `dynamo`: torch.onnx.export(dynamo=True), the default (opset 20 here, ReduceMean for average pooling,
@@ -186,7 +187,9 @@ FILES = {
     "bert_tiny_legacy.onnx": ("bert_tiny", "legacy", False),
     "bert_tiny_dynamo_b1.onnx": ("bert_tiny", "dynamo", True),
     "lstm_legacy.onnx": ("lstm", "legacy", False),
+    "lstm_dynamo_b1.onnx": ("lstm", "dynamo", True),
     "gru_legacy.onnx": ("gru", "legacy", False),
+    "gru_dynamo_b1.onnx": ("gru", "dynamo", True),
     "unet_tiny_legacy.onnx": ("unet_tiny", "legacy", False),
     "unet_tiny_dynamo_b1.onnx": ("unet_tiny", "dynamo", True),
     "conv1d_net_legacy.onnx": ("conv1d_net", "legacy", False),
@@ -198,9 +201,50 @@ EXTERNAL_DATA = {"regnet_dynamo_b1.onnx"}
 KEEP_BATCHNORM = {"unet_tiny_legacy.onnx", "conv1d_net_legacy.onnx", "conv3d_net_legacy.onnx"}
 
 
+def randomise_linear(model: nn.Module, generator: torch.Generator) -> None:
+    """Every Linear weight ~ N(0, 1 / fan_in) and bias ~ N(0, 0.1): torchvision starts classifier heads near zero
+    (MobileNetV3: N(0, 0.01^2); ViT: zeros), so the logits would hardly depend on the image."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(m.in_features ** -0.5 * torch.randn(m.weight.shape, generator=generator))
+                if m.bias is not None:
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=generator))
+
+
+def randomise_zeros(model: nn.Module, generator: torch.Generator) -> None:
+    """Other parameters torch starts at zero (conv biases, ViT's class token) get N(0, 0.1) (vectors) or
+    N(0, 1 / fan_in) (the rest)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if bool((p == 0).all()):
+                std = 0.1 if p.dim() == 1 else p[0].numel() ** -0.5
+                p.copy_(std * torch.randn(p.shape, generator=generator))
+
+
+def measure_batchnorm(model: nn.Module, shape: tuple[int, ...], generator: torch.Generator) -> None:
+    """Each BatchNorm's running statistics measured on 32 random N(0, 1) inputs (BatchNorms in training mode, the
+    rest in eval mode: no dropout), as training would leave them: activations keep about unit scale through the
+    net. With torch's initial statistics (mean 0, var 1) a random deep net's signal vanishes and its output is a
+    constant."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                   # a cumulative average: after one batch, exactly its statistics
+        m.train()
+    with torch.no_grad():
+        model(torch.randn((32, *shape), generator=generator))
+    for m in norms:
+        m.momentum = 0.1
+
+
 def randomise_normalisation(model: nn.Module, generator: torch.Generator) -> None:
-    """BatchNorm: gamma ~ U(0.5, 1.5), beta ~ N(0, 0.1), mean ~ N(0, 0.1), var ~ U(0.5, 1.5); LayerNorm: the same
-    gamma and beta. No normalisation is an identity, so folding or running it is really tested."""
+    """No normalisation is an identity, so folding or running it is really tested. BatchNorm: gamma ~ U(0.5, 1.5),
+    beta ~ N(0, 0.1), the measured mean moved by N(0, 0.1^2) standard deviations, the variance scaled by
+    U(0.8, 1.25); LayerNorm: the same gamma and beta."""
     for m in model.modules():
         if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
             shape = m.weight.shape
@@ -208,18 +252,8 @@ def randomise_normalisation(model: nn.Module, generator: torch.Generator) -> Non
                 m.weight.copy_(0.5 + torch.rand(shape, generator=generator))
                 m.bias.copy_(0.1 * torch.randn(shape, generator=generator))
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
-                    m.running_var.copy_(0.5 + torch.rand(shape, generator=generator))
-
-
-def randomise_zeros(model: nn.Module, generator: torch.Generator) -> None:
-    """Parameters torch initialises to zero (biases; ViT's class token and classifier head, which would make its
-    output identically 0) get N(0, 0.1) (vectors) or N(0, 1 / fan_in) (the rest)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if bool((p == 0).all()):
-                std = 0.1 if p.dim() == 1 else p[0].numel() ** -0.5
-                p.copy_(std * torch.randn(p.shape, generator=generator))
+                    m.running_mean.add_(0.1 * m.running_var.sqrt() * torch.randn(shape, generator=generator))
+                    m.running_var.mul_(0.8 + 0.45 * torch.rand(shape, generator=generator))
 
 
 def save_without_node_metadata(model: onnx.ModelProto, path: Path, external: bool) -> None:
@@ -239,8 +273,10 @@ def build(name: str) -> tuple[nn.Module, tuple[int, ...], dict]:
     torch.manual_seed(SEED)
     model = builder()
     generator = torch.Generator().manual_seed(SEED + 1)
-    randomise_normalisation(model, generator)
+    randomise_linear(model, generator)
     randomise_zeros(model, generator)
+    measure_batchnorm(model, shape, generator)
+    randomise_normalisation(model, generator)
     return model.eval(), shape, axes
 
 
