@@ -38,10 +38,15 @@ def graph_input(model: onnx.ModelProto) -> tuple[str, int | None, list[int]]:
     return inp.name, dims[0].dim_value or None, [d.dim_value or SYMBOLIC_DIM for d in dims[1:]]
 
 
-def onnxruntime_outputs(model: Path | onnx.ModelProto, name: str, batch: int | None, x: np.ndarray) -> np.ndarray:
-    """The first output, run in chunks of a fixed batch (a path: external data read beside the file)."""
+def onnxruntime_outputs(model: Path | onnx.ModelProto, name: str, batch: int | None, x: np.ndarray,
+                        optimise: bool = True) -> np.ndarray:
+    """The first output, run in chunks of a fixed batch (a path: external data read beside the file).
+    `optimise=False`: no graph optimisation, so other float32 kernels and summation orders."""
     source = str(model) if isinstance(model, Path) else model.SerializeToString()
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if not optimise:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     step = batch or len(x)
     return np.concatenate([session.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x), step)])
 

@@ -4,7 +4,11 @@ Conv1d/Conv3d nets; both torch exporters; fixed-batch files; one with external d
 backend. Per file, on inputs drawn from a seeded N(0, 1) (calibration: 16 samples, checks: 4 others), on the
 `ideal` preset with 256-level devices (weights -255..255 per column, 8-bit activations):
 
-- float backend vs onnxruntime (run chunk by chunk on a fixed-batch file): max |error| <= 1e-5 x output range;
+- float backend vs onnxruntime (run chunk by chunk on a fixed-batch file): max |error| <= 1e-5 x output range
+  (the issue's figure). These random nets amplify float32 rounding: onnxruntime with and without its graph
+  optimisations differs by a median 1e-6 x range over 20 draws of 4 samples, up to 1.1e-5 on mobilenet_v3_small
+  (4.6e-6 mnasnet, 2.5e-6 efficientnet_b0); on the test's draw at most 6e-6 (mnasnet). A failure message gives
+  that figure for its draw;
 - integer backend vs onnxruntime: the relative L2 error E is the one cimc's documented rounding gives. The
   expectation comes without cimc (coverage_reference.py): the same file in onnxruntime with that rounding written
   into the graph (per-column weight levels, 8-bit per-tensor inputs with the calibration's max range), error S.
@@ -51,6 +55,7 @@ class Case(NamedTuple):
     manifest: cimc.Manifest
     feeds: dict
     expected: np.ndarray        # onnxruntime on the file
+    unoptimised: np.ndarray     # the same without graph optimisations: what float32 order alone changes
     simulated: float            # relative error of the fake-quantised file (coverage_reference)
     recurrent: bool
 
@@ -65,7 +70,8 @@ def case(request) -> Case:
     manifest = cimc.compile(path, TARGET, calibration={name: calibration}, overrides=OVERRIDES, optimize=False)
     expected = onnxruntime_outputs(path, name, batch, x)
     simulated, _ = simulated_error(path, calibration, x, expected)
-    return Case(request.param, manifest, {name: x}, expected, simulated,
+    unoptimised = onnxruntime_outputs(path, name, batch, x, optimise=False)
+    return Case(request.param, manifest, {name: x}, expected, unoptimised, simulated,
                 bool(RECURRENT & {n.op_type for n in model.graph.node}))
 
 
@@ -83,7 +89,9 @@ def test_float_backend_equals_onnxruntime(case):
     y = cimc.Session(case.manifest, backend="float").run(case.feeds)
     assert y.shape == case.expected.shape
     error, scale = float(np.abs(y - case.expected).max()), float(np.ptp(case.expected))
-    assert error <= 1e-5 * scale, f"{case.file}: max |float - onnxruntime| {error:.3g}, output range {scale:.3g}"
+    itself = float(np.abs(case.unoptimised - case.expected).max())
+    assert error <= 1e-5 * scale, (f"{case.file}: max |float - onnxruntime| {error:.3g}, output range {scale:.3g}; "
+                                   f"onnxruntime itself, optimisations off vs on: {itself:.3g}")
 
 
 def test_integer_backend_within_the_quantisation_bound(case):
