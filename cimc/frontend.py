@@ -23,6 +23,7 @@ from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 from cimc.node_names import layer_names
 from cimc.onnx_segments import subgraph_reads
+from cimc.shape_probe import probe_shapes
 
 MIN_OPSET = 8
 _MAX_SAMPLE_VALUES = 1 << 28   # an activation larger than this per sample (1 GiB of float32) is a broken attribute
@@ -155,6 +156,7 @@ class _Importer:
                 self.shapes[name] = shape if inferred is None else \
                     tuple(d if d is not None else s for d, s in zip(inferred, shape))
         self.used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
+        self.probed = False      # shape() ran the model to find shapes inference left unknown
         self.alias: dict[str, str] = {}
         self.names: set[str] = set()
         self.ops: list = []
@@ -257,7 +259,21 @@ class _Importer:
         return name
 
     def shape(self, tensor: str) -> tuple | None:
-        return self.shapes.get(tensor)
+        """The tensor's shape (None for sizes unknown); where inference left a size past the batch axis unknown,
+        the model is run once to find it (cimc.shape_probe)."""
+        shape = self.shapes.get(tensor)
+        if (shape is None or None in shape[1:]) and not self.probed:
+            self.probed = True
+            inputs = {vi.name: self.shapes.get(vi.name) for vi in self.model.graph.input
+                      if vi.name not in self.consts and vi.name in self.shapes}
+            for name, found in probe_shapes(self.model, inputs).items():
+                known = self.shapes.get(name)
+                if known is None or len(known) != len(found):
+                    self.shapes[name] = found
+                else:
+                    self.shapes[name] = tuple(k if k is not None else f for k, f in zip(known, found))
+            shape = self.shapes.get(tensor)
+        return shape
 
     # -- the pass ------------------------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -286,10 +302,8 @@ class _Importer:
             shape = self.shapes.get(vi.name)
             if shape is None:
                 raise ModelError(f"{self.where}: graph input {vi.name!r} has no shape")
-            for axis, dim in enumerate(shape[1:], start=1):
-                if dim is None:
-                    raise ModelError(f"{self.where}: graph input {vi.name!r} has a symbolic size at axis {axis}; "
-                                     "cimc needs fixed sizes except the batch axis (re-export with a fixed size)")
+            # a symbolic size past the batch axis (a sequence length) is allowed: crossbar ops multiply along the
+            # last axis whatever the rest; a conv needs its spatial size and says so (conv_setup)
             elem = vi.type.tensor_type.elem_type
             if elem != onnx.TensorProto.FLOAT:
                 raise ModelError(f"{self.where}: graph input {vi.name!r} has element type "
@@ -331,12 +345,36 @@ class _Importer:
         if node.op_type == "Gemm":
             return self.const(node.input[1]) is not None
         left, right = self.const(node.input[0]), self.const(node.input[1])
-        return (right is not None and right.ndim == 2) or (left is not None and left.ndim == 2 and right is None)
+        if right is not None and left is None:
+            return right.ndim == 2 or self.batched_weight(node, right) is not None
+        return left is not None and left.ndim == 2 and right is None
+
+    def batched_weight(self, node, w):
+        """How a constant right MatMul operand that is not 2-D goes onto arrays, or None (it stays digital):
+        ("vector",) for w [K]; ("matrix", K x N) for leading sizes all 1 that add no axis; ("blocks", wb) for
+        weights that differ along batch axes wb: one block-diagonal matrix, the batch axes moved next to K.
+        The run-time operand must keep its own leading (sample) axis in front of the weight's axes: a weight that
+        varies along the sample axis is not a crossbar weight."""
+        x = self.shape(node.input[0])
+        if x is None or len(x) < 2 or w.ndim < 1 or w.shape[-2 if w.ndim > 1 else 0] != x[-1]:
+            return None
+        if w.ndim == 1:
+            return ("vector",)
+        lead = 0
+        while lead < w.ndim - 2 and w.shape[lead] == 1:
+            lead += 1
+        wb = tuple(int(d) for d in w.shape[lead:-2])
+        if not wb:
+            return ("matrix",) if len(x) >= w.ndim else None
+        xb = x[len(x) - 2 - len(wb):-2]
+        if len(x) <= len(wb) + 2 or any(d is None or d not in (1, b) for d, b in zip(xb, wb)):
+            return None
+        return ("blocks", wb)
 
     def check_weight_not_input(self, node) -> None:
         """A Conv weight or Gemm B fed straight from a graph input is an export that left the weights out of
         the file (a crossbar holds constant weights; onnxruntime would ask for them at every run)."""
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2:
             return
         graph_inputs = {vi.name for vi in self.model.graph.input} - set(self.consts)
         if node.input[1] in graph_inputs:
@@ -703,7 +741,9 @@ class _Importer:
 
     def op_MatMul(self, node, name):
         left, right = self.const(node.input[0]), self.const(node.input[1])
-        if right is not None and right.ndim == 2:
+        if right is not None and right.ndim != 2:
+            self.batched_matmul(node, name, right, self.batched_weight(node, right))
+        elif right is not None and right.ndim == 2:
             self.check_contracted(node, node.input[0], -1, right.shape[0])
             x = self.resolve(node.input[0])
             self.ops.append(XbarOp(name, "MatMul", [x], [node.output[0]], right.astype(np.float32), None, None,
@@ -722,6 +762,52 @@ class _Importer:
                                    [node.name or name]))
             self.ops.append(DigitalOp(self.unique(f"{name}/transpose_out"), "Transpose", [yt], [node.output[0]],
                                       [helper.make_attribute("perm", perm)]))
+
+    def batched_matmul(self, node, name, w, plan) -> None:
+        """x @ w for a constant w of rank 1 or > 2 (batched_weight): reshapes and transposes digitally around one
+        crossbar matmul."""
+        x, out = self.resolve(node.input[0]), node.output[0]
+        rank = len(self.shape(node.input[0]))
+        positions = self.matmul_positions(node.input[0])
+
+        def digital(op_type, inputs, output, **attrs):
+            self.ops.append(DigitalOp(self.unique(f"{name}/{op_type.lower()}"), op_type, inputs, [output],
+                                      [helper.make_attribute(k, v) for k, v in attrs.items()]))
+
+        def shape_const(values):
+            return self.add_constant(f"{name}/shape", np.array(values, np.int64))
+        if plan[0] == "matrix":
+            self.ops.append(XbarOp(name, "MatMul", [x], [out], w.reshape(w.shape[-2:]).astype(np.float32), None,
+                                   None, [node.name or name], positions=positions))
+            return
+        if plan[0] == "vector":          # [..., K] @ [K] = [...]: a one-column matrix, its column axis dropped
+            column = f"{name}/column"
+            self.ops.append(XbarOp(name, "MatMul", [x], [column], w.reshape(-1, 1).astype(np.float32), None, None,
+                                   [node.name or name], positions=positions))
+            digital("Reshape", [column, shape_const([0] * (rank - 1))], out)
+            return
+        wb = plan[1]
+        k, n, b = w.shape[-2], w.shape[-1], int(np.prod(wb))
+        blocks = w.reshape(b, k, n).astype(np.float32)
+        matrix = np.zeros((b * k, b * n), np.float32)
+        for i in range(b):
+            matrix[i * k:(i + 1) * k, i * n:(i + 1) * n] = blocks[i]
+        lead = rank - 2 - len(wb)                      # the run-time operand's own leading axes (sample first)
+        expanded = f"{name}/expanded"
+        digital("Expand", [x, shape_const([1] * lead + list(wb) + [1, 1])], expanded)
+        moved = f"{name}/moved"                        # [..., M, *wb, K]
+        digital("Transpose", [expanded], moved,
+                perm=list(range(lead)) + [rank - 2] + list(range(lead, lead + len(wb))) + [rank - 1])
+        flat = f"{name}/flat"
+        digital("Reshape", [moved, shape_const([0] * (lead + 1) + [-1])], flat)
+        product = f"{name}/product"
+        inner = list(self.shape(node.input[0])[1:lead]) + [self.shape(node.input[0])[-2]]  # [x[:lead], M, B*K]
+        self.ops.append(XbarOp(name, "MatMul", [flat], [product], matrix, None, None, [node.name or name],
+                               positions=int(np.prod(inner)) if None not in inner else 1))
+        unflat = f"{name}/unflat"
+        digital("Reshape", [product, shape_const([0] * (lead + 1) + list(wb) + [n])], unflat)
+        digital("Transpose", [unflat], out, perm=list(range(lead)) + list(range(lead + 1, lead + 1 + len(wb)))
+                + [lead, lead + 1 + len(wb)])
 
     def matmul_positions(self, tensor) -> int:
         shape = self.shape(tensor) or ()

@@ -1,0 +1,46 @@
+"""MatMul with a constant operand that is not 2-D goes onto the arrays (issue 15): a vector weight [K], leading
+sizes of 1, and weights that differ along batch axes (one block-diagonal matrix). Float backend against
+onnxruntime; the ideal crossbar equals the integer backend bit for bit."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import cimc
+
+
+def _model(x_shape, w_shape):
+    w = np.random.default_rng(len(w_shape)).normal(size=w_shape).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape[1:]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("x_shape,w_shape,matrix", [
+    ((4, 3, 5), (5,), (5, 1)),                        # vector weight
+    ((4, 3, 5), (1, 5, 2), (5, 2)),                   # a leading 1 that adds no axis
+    ((4, 3, 2, 5), (3, 5, 2), (15, 6)),               # per-head weights along axis 1 (block diagonal)
+    ((4, 1, 2, 5), (1, 3, 5, 2), (15, 6)),            # the activation's axis of 1 broadcasts against 3 heads
+])
+def test_constant_matmul_of_any_rank_on_arrays(x_shape, w_shape, matrix):
+    model = _model(x_shape, w_shape)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=x_shape).astype(np.float32)
+    manifest = cimc.compile(model, "ideal", calibration=np.concatenate([x] * 8))
+    (op,) = manifest.graph.xbar_ops()
+    assert op.matrix.shape == matrix
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = cimc.Session(manifest, "float").run(x)
+    assert got.shape == want.shape
+    assert np.max(np.abs(got - want)) <= 1e-5 * float(np.abs(want).max())
+    integer = cimc.Session(manifest, "integer").run(x)
+    # each of the K products errs by at most |x| s_w/2 (weight rounding) + (|w| + s_w/2) s_x/2 (input rounding)
+    s_w, s_x = float(op.weight_scales.max()), op.input_quant.scale
+    bound = op.rows * (np.abs(x).max() * s_w / 2 + (np.abs(op.matrix).max() + s_w / 2) * s_x / 2)
+    assert np.max(np.abs(integer - want)) <= bound
+    np.testing.assert_array_equal(cimc.Session(manifest, "crossbar", ideal=True).run(x), integer)
