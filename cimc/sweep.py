@@ -28,6 +28,7 @@ from cimc.sweep_store import SweepFolder
 from cimc.sweep_tasks import files_digest, manifest_files, run_shard, run_tune
 
 DEFAULT_SHARD = 1000          # samples per task: one point's accuracy on a big test set spreads over the cluster
+CONNECT_TIMEOUT_S = 10
 
 
 @dataclass
@@ -52,8 +53,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None):
     from distributed import Client, LocalCluster
     if scheduler is not None:
         try:
-            client = Client(scheduler, timeout=20)
-        except (OSError, TimeoutError) as exc:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError) as exc:
             raise ConfigError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler there ({exc}); start one "
                               "with `dask scheduler` and workers with `dask worker ADDRESS`, or leave --scheduler "
                               "out to run on local processes") from None
@@ -77,33 +78,32 @@ def shards(n: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-def run_sweep(request: SweepRequest, folder: SweepFolder, connect=dask_client, progress: bool = True,
-              on_row=None) -> dict:
+def run_sweep(request: SweepRequest, folder: SweepFolder, connect=dask_client, progress: bool = True) -> dict:
     """Run what `folder` does not hold yet on the client that `connect()` opens (a context manager; not opened
-    when every row is done), writing each row as it finishes; then write the results. `on_row(row)` is called
-    after each row is written. Returns {"summary", "rows", "computed", "resumed", "seconds", "warnings"}."""
+    when every row is done), writing each row as it finishes; then write the results. Returns {"summary", "rows", "computed", "resumed", "seconds", "warnings"}."""
     start = time.perf_counter()
-    done = folder.open()
-    try:
+    total = len(request.points) * request.seeds
+    messages: list[str] = []
+    with contextlib.ExitStack() as stack:
+        # connect first, and only when there is work: a scheduler that cannot be reached leaves OUT untouched
+        client = stack.enter_context(connect()) if plan(request, folder.finished()) else None
+        done = folder.open()
+        stack.callback(folder.close)
         todo = plan(request, done)
-        total = len(request.points) * request.seeds
         # finished/total of the rows this run computes (rows resumed from OUT would skew the ETA)
         bar = Progress("cimc sweep", len(todo), progress)
-        messages: list[str] = []
         if todo:
-            with connect() as client:
-                _compute(request, folder, client, todo, done, bar, messages, on_row)
+            client = client or stack.enter_context(connect())
+            _compute(request, folder, client, todo, done, bar, messages)
         bar.close()
         rows = list(done.values())
         summary = summarise(request.points, rows)
         _write_results(request, folder, rows, summary)
-    finally:
-        folder.close()
     return {"summary": summary, "rows": len(rows), "computed": len(todo), "resumed": total - len(todo),
             "seconds": time.perf_counter() - start, "warnings": messages}
 
 
-def _compute(request, folder, client, todo, done, bar, messages, on_row) -> None:
+def _compute(request, folder, client, todo, done, bar, messages) -> None:
     from distributed import as_completed
     resumed = len(done)
     total = len(request.points) * request.seeds
@@ -154,8 +154,6 @@ def _compute(request, folder, client, todo, done, bar, messages, on_row) -> None
                 folder.write_row(row)
                 done[(p, s)] = row
                 bar.update(len(done) - resumed, f"({len(done)} of {total} rows in {folder.shown})")
-                if on_row is not None:
-                    on_row(row)
     finally:
         client.cancel([f for f in futures if not f.done()])
 

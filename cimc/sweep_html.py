@@ -19,6 +19,7 @@ from cimc.version import __version__
 TEMPLATE = "sweep.html.j2"
 _W, _H = 620, 340                          # plot area
 _LEFT, _TOP, _RIGHT, _BOTTOM = 64, 20, 20, 52
+_TUNED_SHIFT = 6                           # px: a tuned mark sits beside the untuned one
 
 _env = jinja2.Environment(
     loader=jinja2.FunctionLoader(lambda name: (resources.files("cimc.targets") / "templates" / name).read_text()),
@@ -77,11 +78,12 @@ def _plot(axis_index: int, axes: list[dict], points: list[dict], summary: list[d
         v = min(max(v, y_lo), y_hi)          # a t interval may reach past 0 or 1: the bar stops at the frame
         return round(_TOP + _H * (1 - (v - y_lo) / (y_hi - y_lo)), 2)
 
+    kind = {False: "as programmed" if tuned else "", True: "after hybrid training"}
     lines = []
     for g, combo in enumerate(itertools.product(*(a["values"] for a in others))):
         fixed = {a["name"]: v for a, v in zip(others, combo)}
         colour = layer_colour(g)
-        label = ", ".join(f"{k}={v}" for k, v in fixed.items()) or "all points"
+        label = ", ".join(f"{k}={v}" for k, v in fixed.items())
         for key, dashed in (("accuracy", False), ("tuned_accuracy", True)):
             if key == "tuned_accuracy" and not tuned:
                 continue
@@ -93,16 +95,19 @@ def _plot(axis_index: int, axes: list[dict], points: list[dict], summary: list[d
                 if entry is None or entry.get(f"{key}_mean") is None:
                     continue
                 lo, hi = entry[f"{key}_ci95"]
-                x = round(_LEFT + xs[vi], 2)
+                x = round(_LEFT + xs[vi] + (_TUNED_SHIFT if dashed else 0), 2)   # bars side by side, not on top
                 marks.append({"x": x, "y": y(entry[f"{key}_mean"]), "lo": y(lo), "hi": y(hi),
-                              "title": f"{name}={value}, {label}: {key.replace('_', ' ')} "
+                              "title": f"{name}={value}{', ' + label if label else ''}: {key.replace('_', ' ')} "
                                        f"{entry[f'{key}_mean']:.4f} (95% interval {lo:.4f}..{hi:.4f}, "
                                        f"{entry['n']} seeds)"})
             if marks:
                 lines.append({"colour": colour, "dashed": dashed, "marks": marks,
                               "path": " ".join(f"{m['x']},{m['y']}" for m in marks),
-                              "label": label + (" (tuned)" if dashed else "")})
-    return {"axis": name, "label": axis["label"] + (", log scale" if log else ""),
+                              "label": ", ".join(part for part in (label, kind[dashed]) if part) or "mean"})
+    # the key, inside the frame at its lower left (accuracy falls to the right, so that corner is mostly free)
+    legend = [{"x": _LEFT + 10, "y": round(_TOP + _H - 12 - 16 * (len(lines) - 1 - i), 2), "colour": line["colour"],
+               "dashed": line["dashed"], "label": line["label"]} for i, line in enumerate(lines)]
+    return {"axis": name, "label": axis["label"] + (", log scale" if log else ""), "legend": legend,
             "width": _LEFT + _W + _RIGHT, "height": _TOP + _H + _BOTTOM, "left": _LEFT, "top": _TOP,
             "plot_w": _W, "plot_h": _H, "base": _TOP + _H,
             "x_ticks": [{"x": round(_LEFT + t["x"], 2), "text": t["text"]} for t in x_ticks],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,7 @@ VERSION = 1
 ROWS = "rows"
 SWEEP_FILES = frozenset({MARKER, ROWS, "rows.csv", "rows.jsonl", "summary.json", "index.html", ".lock"})
 _TMP = ".tmp-"
+_ROW_NAME = re.compile(r"p(\d+)-s(\d+)\.json")
 
 # what each field of the command's identity is called on the command line (for the refusal)
 _FLAGS = {"manifest": "DIR (the manifest's files)", "data": "--data", "grid": "--grid", "seeds": "--seeds",
@@ -111,6 +113,13 @@ class SweepFolder:
             parts = [f"{_FLAGS.get(k, k)}: {_show(theirs.get(k))} there, {_show(ours.get(k))} here" for k in differ]
             raise SweepError(f"-o {self.shown}: holds a sweep of a different command ({'; '.join(parts)}). Rerun "
                              "that sweep's own command to resume it, or choose another -o folder.")
+
+    def finished(self) -> set[tuple[int, int]]:
+        """The (point, seed) whose row files exist now (read-only: to decide whether there is work at all)."""
+        rows = self.path / ROWS
+        if not rows.is_dir():
+            return set()
+        return {(int(m[1]), int(m[2])) for m in map(_ROW_NAME.fullmatch, (p.name for p in rows.iterdir())) if m}
 
     def open(self) -> dict[tuple[int, int], dict]:
         """Create or resume the folder, take its lock, and return the finished rows by (point, seed)."""

@@ -20,7 +20,8 @@ import cimc
 from cimc.cli import main
 
 ART = Path(__file__).resolve().parents[1] / "examples" / "mcnn_mnist" / "artifacts"
-GRID = ["--grid", "program_sigma=0.54uS,2uS", "--grid", "adc_bits=5,8"]
+# read noise is drawn per sample by its index in the data set: shards must number their samples right
+GRID = ["--grid", "program_sigma=0.54uS,2uS", "--grid", "adc_bits=5,8", "--grid", "read_noise=0.5uS"]
 SEEDS = 3
 RESULT_FILES = ("rows.csv", "rows.jsonl", "summary.json")
 
@@ -80,7 +81,8 @@ def test_rows_are_cimc_run_with_the_point_flags(setup, reference, capsys):
     summary = json.loads((reference / "summary.json").read_text())["points"]
     for row in (rows[1], rows[-1]):                    # point 0 seed 1, point 3 seed 2
         flags = summary[row["point"]]["run_flags"]
-        assert flags == ["--program-sigma", row["params"]["program_sigma"], "--adc-bits", row["params"]["adc_bits"]]
+        assert flags == ["--program-sigma", row["params"]["program_sigma"], "--adc-bits", row["params"]["adc_bits"],
+                         "--read-noise", "0.5uS"]
         rc = main(["run", str(setup / "m"), "--data", str(setup / "test.npz"), "--backend", "crossbar",
                    "--seed", str(row["seed"]), *flags, "--json"])
         run = json.loads(capsys.readouterr().out)

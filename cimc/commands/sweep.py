@@ -37,6 +37,7 @@ def add_parser(sub) -> None:
                     help="also tune every chip instance with `cimc tune`'s hybrid training on this data (its "
                     "defaults) and record the accuracy with and without tuning")
     sp.add_argument("--tune-epochs", type=int, default=1, metavar="N", help="tuning epochs (default 1, as cimc tune)")
+    sp.add_argument("--tune-limit", type=int, metavar="N", help="use only the first N samples of --tune-data")
     sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                     help="a fixed target override for every point, as cimc run --set (repeatable)")
     sp.add_argument("--gemm", choices=_GEMMS, help="how bit-plane reads are computed, as cimc run --gemm")
@@ -51,7 +52,7 @@ def add_parser(sub) -> None:
 
 def _check_counts(args) -> None:
     for flag, value in (("--seeds", args.seeds), ("--workers", args.workers), ("--tune-epochs", args.tune_epochs),
-                        ("--limit", args.limit), ("--batch-size", args.batch_size),
+                        ("--limit", args.limit), ("--tune-limit", args.tune_limit), ("--batch-size", args.batch_size),
                         ("--shard-size", args.shard_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: must be at least 1")
@@ -79,11 +80,14 @@ def run(args) -> int:
     from cimc.sweep_store import SweepFolder
     from cimc.sweep_tasks import files_digest, manifest_files
     _check_counts(args)
+    if args.tune_data is None and (args.tune_limit is not None or args.tune_epochs != 1):
+        raise ConfigError("--tune-limit and --tune-epochs apply with --tune-data (the data to tune each chip on)")
     axes = parse_axes(args.grid)
     manifest = load(args.manifest)
     described, points, warnings = grid_points(axes, manifest.target, args.set, args.gemm)
     data = _load_labelled(args.data, manifest, args.limit, "data file")
-    tune_data = None if args.tune_data is None else _load_labelled(args.tune_data, manifest, None, "tuning data")
+    tune_data = None if args.tune_data is None else _load_labelled(args.tune_data, manifest, args.tune_limit,
+                                                                       "tuning data")
     tune_options = {"epochs": args.tune_epochs}
     identity = {"manifest": files_digest(manifest_files(args.manifest)),
                 "data": {"sha256": data.sha256, "samples": len(data)},
