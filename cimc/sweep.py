@@ -16,6 +16,8 @@ a local Dask cluster of worker processes or on an existing one (`--scheduler`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -114,7 +116,7 @@ def _compute(request, folder, client, todo, done, bar, messages) -> None:
     if request.tune_data is not None:
         [tune_f] = client.scatter([request.tune_data], broadcast=True, hash=False)
     parts = shards(len(request.data), request.shard_size)
-    tag = digest[:10]
+    data_id = [digest, request.data.sha256, len(request.data)]
     futures, meta, pending = [], {}, {}
     for order, (p, s) in enumerate(todo):
         point = request.points[p]
@@ -122,14 +124,16 @@ def _compute(request, folder, client, todo, done, bar, messages) -> None:
         keys = []
         for k, (a, b) in enumerate(parts):
             f = client.submit(run_shard, files_f, digest, data_f, a, b, options, s, request.batch_size,
-                              key=f"cimc-sweep-{tag}-p{p}-s{s}-shard{k}", priority=-order, pure=False)
+                              key=_key(f"p{p}-s{s}-shard{k}", data_id, options, s, a, b, request.batch_size),
+                              priority=-order, pure=False)
             meta[f.key] = (p, s)
             futures.append(f)
             keys.append(f.key)
         if tune_f is not None:
             f = client.submit(run_tune, files_f, digest, data_f, tune_f, options, s, request.batch_size,
-                              request.tune_options, key=f"cimc-sweep-{tag}-p{p}-s{s}-tune", priority=-order,
-                              pure=False)
+                              request.tune_options, priority=-order, pure=False,
+                              key=_key(f"p{p}-s{s}-tune", data_id, options, s, request.tune_data.sha256,
+                                       len(request.tune_data), request.tune_options, request.batch_size))
             meta[f.key] = (p, s)
             futures.append(f)
             keys.append(f.key)
@@ -158,6 +162,12 @@ def _compute(request, folder, client, todo, done, bar, messages) -> None:
         client.cancel([f for f in futures if not f.done()])
 
 
+def _key(name: str, *what) -> str:
+    """A task key naming what the task computes, not just its place in this grid: two sweeps sharing a cluster
+    never take each other's results (equal keys are equal tasks, whose results are equal)."""
+    return f"cimc-sweep-{name}-{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
 def _row(request, p: int, s: int, acc: dict) -> dict:
     row = {"point": p, "params": dict(request.points[p]["params"]), "seed": s, "samples": acc["samples"],
            "correct": acc["correct"], "accuracy": acc["correct"] / acc["samples"]}
@@ -170,8 +180,6 @@ def _row(request, p: int, s: int, acc: dict) -> dict:
 
 
 def _write_results(request, folder, rows, summary) -> None:
-    import json
-
     from cimc.sweep_html import render_sweep
     folder.write_text("rows.jsonl", rows_jsonl(rows))
     folder.write_text("rows.csv", rows_csv(rows, [a["name"] for a in request.axes]))
