@@ -4,6 +4,7 @@ other shard sizes; a killed sweep resumes without recomputing its rows; a worker
 grid values are refused naming the axis. Model: the trained mCNN of examples/mcnn_mnist, on a few dozen images."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -229,3 +230,26 @@ def test_a_folder_that_is_not_a_sweep_is_refused_untouched(setup, tmp_path, caps
     err = capsys.readouterr().err
     assert "cimc: error:" in err and "not a sweep folder" in err and "notes.txt" in err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_grid_points_are_the_run_flags_and_warn_about_axes_without_effect(setup):
+    """The points in grid order (last axis fastest), their backend options as `cimc run` makes them from the same
+    flags, and a warning for an axis that cannot change anything."""
+    from cimc.commands.run import add_chip_options, crossbar_options
+    from cimc.commands.sweep_grid import grid_points, parse_axes
+    from cimc.manifest import load
+    target = load(setup / "m").target
+    axes, points, warnings = grid_points(parse_axes(["drift_time=1h,1d", "adc.bits=6,8"]), target,
+                                         ["adc.lossless=true"])
+    assert [p["params"] for p in points] == [{"drift_time": t, "adc.bits": b} for t in ("1h", "1d") for b in "68"]
+    assert points[1]["run_flags"] == ["--drift-time", "1h", "--set", "adc.lossless=true", "--set", "adc.bits=8"]
+    parser = argparse.ArgumentParser()
+    add_chip_options(parser)
+    for point in points:
+        assert point["options"] == {k: v for k, v in crossbar_options(parser.parse_args(point["run_flags"])).items()
+                                    if k != "defect_map"}
+    assert axes[0]["numbers"] == [3600.0, 86400.0] and axes[1]["numbers"] == [6.0, 8.0]
+    assert len(warnings) == 2 and "drift_time" in warnings[0] and "drift_nu" in warnings[0]
+    assert "adc.bits" in warnings[1] and "lossless" in warnings[1]
+    _, _, quiet = grid_points(parse_axes(["drift_time=1h,1d", "drift_nu=0.05", "adc_bits=6,8"]), target)
+    assert quiet == []
