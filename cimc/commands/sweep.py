@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
                         "point of a grid of run options or target fields and every seed 0..N-1, on local worker "
                         "processes or an existing Dask cluster. Each finished (point, seed) is written to OUT at once; "
                         "rerunning the same command resumes. OUT then holds rows.csv, rows.jsonl, summary.json "
-                        "(mean, std, 95%% interval per point) and index.html (the plots).")
+                        "(mean, std, 95% interval per point) and index.html (the plots).")
     sp.add_argument("manifest", metavar="DIR", help="manifest directory written by `cimc compile`")
     sp.add_argument("--data", required=True, metavar="NPZ", help="test set: npz with 'x' (model layout) and labels 'y'")
     sp.add_argument("--grid", action="append", required=True, metavar="FIELD=V1,V2,...",
