@@ -253,3 +253,26 @@ def test_grid_points_are_the_run_flags_and_warn_about_axes_without_effect(setup)
     assert "adc.bits" in warnings[1] and "lossless" in warnings[1]
     _, _, quiet = grid_points(parse_axes(["drift_time=1h,1d", "drift_nu=0.05", "adc_bits=6,8"]), target)
     assert quiet == []
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--seeds", "0"], ["--seeds 0", "at least 1"]),
+    (["--seeds", "2", "--shard-size", "0"], ["--shard-size 0"]),
+    (["--seeds", "2", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--workers", "--scheduler"]),
+    (["--seeds", "2", "--tune-limit", "5"], ["--tune-limit", "--tune-data"]),
+    (["--seeds", "2", "--set", "adc.bits=6", "--grid", "adc.bits=6,8"], ["--grid adc.bits", "--set adc.bits"]),
+    (["--seeds", "2", "--data-labels-missing"], ["nolabels.npz", "labels 'y'"]),
+])
+def test_bad_options_name_the_flag(setup, tmp_path, capsys, extra, words):
+    data = setup / "test.npz"
+    if "--data-labels-missing" in extra:
+        extra = [e for e in extra if e != "--data-labels-missing"]
+        data = tmp_path / "nolabels.npz"
+        np.savez(data, x=np.load(setup / "test.npz")["x"])
+    argv = ["sweep", str(setup / "m"), "--data", str(data), "-o", str(tmp_path / "o"), *extra]
+    if "--grid" not in extra:
+        argv += ["--grid", "adc_bits=8"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cimc: error:") and all(w in err for w in words), err
+    assert not (tmp_path / "o").exists()
