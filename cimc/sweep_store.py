@@ -134,7 +134,14 @@ class SweepFolder:
             raise SweepError(f"-o {self.shown}: cannot create the folder ({exc.strerror}); choose another -o "
                              "path") from None
         self._lock()
-        self.check()                 # again, under the lock: another sweep may have marked it meanwhile
+        try:
+            self.check()             # again, under the lock: another sweep may have marked it meanwhile
+            return self._read_rows()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_rows(self) -> dict[tuple[int, int], dict]:
         rows = {}
         for p in sorted((self.path / ROWS).iterdir()):
             if p.name.startswith(_TMP):          # a killed sweep's half-written row

@@ -276,3 +276,26 @@ def test_bad_options_name_the_flag(setup, tmp_path, capsys, extra, words):
     err = capsys.readouterr().err
     assert err.startswith("cimc: error:") and all(w in err for w in words), err
     assert not (tmp_path / "o").exists()
+
+
+def test_one_sweep_at_a_time_per_folder_and_half_written_rows_are_dropped(tmp_path):
+    """A second sweep on a folder another one holds is refused at once; a temporary row left by a killed sweep is
+    removed, and a row file whose name and content disagree is refused naming it."""
+    from cimc.sweep_store import SweepError, SweepFolder
+    identity = {"grid": [["adc_bits", ["8"]]], "seeds": 1}
+    first = SweepFolder(tmp_path / "out", identity)
+    assert first.open() == {}
+    with pytest.raises(SweepError, match="another cimc sweep is writing"):
+        SweepFolder(tmp_path / "out", identity).open()
+    first.write_row({"point": 0, "seed": 0, "accuracy": 0.5})
+    first.close()
+    (tmp_path / "out" / "rows" / ".tmp-abc").write_text('{"point": 0, "se')
+    again = SweepFolder(tmp_path / "out", identity)
+    assert again.open() == {(0, 0): {"point": 0, "seed": 0, "accuracy": 0.5}}
+    again.close()
+    assert sorted(p.name for p in (tmp_path / "out" / "rows").iterdir()) == ["p0000-s0000.json"]
+    (tmp_path / "out" / "rows" / "p0000-s0001.json").write_text('{"point": 0, "seed": 0}')
+    with pytest.raises(SweepError, match="p0000-s0001.json"):
+        SweepFolder(tmp_path / "out", identity).open()
+    (tmp_path / "out" / "rows" / "p0000-s0001.json").unlink()
+    assert SweepFolder(tmp_path / "out", identity).open() == {(0, 0): {"point": 0, "seed": 0, "accuracy": 0.5}}
