@@ -169,6 +169,8 @@ def _key(name: str, *what) -> str:
 
 
 def _row(request, p: int, s: int, acc: dict) -> dict:
+    if acc["samples"] != len(request.data):      # the shards must cover the test set exactly once
+        raise RuntimeError(f"sweep point {p} seed {s}: shards ran {acc['samples']} of {len(request.data)} samples")
     row = {"point": p, "params": dict(request.points[p]["params"]), "seed": s, "samples": acc["samples"],
            "correct": acc["correct"], "accuracy": acc["correct"] / acc["samples"]}
     tune = acc["tune"]
