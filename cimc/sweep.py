@@ -82,7 +82,8 @@ def shards(n: int, size: int) -> list[tuple[int, int]]:
 
 def run_sweep(request: SweepRequest, folder: SweepFolder, connect=dask_client, progress: bool = True) -> dict:
     """Run what `folder` does not hold yet on the client that `connect()` opens (a context manager; not opened
-    when every row is done), writing each row as it finishes; then write the results. Returns {"summary", "rows", "computed", "resumed", "seconds", "warnings"}."""
+    when every row is done), writing each row as it finishes; then write the results. Returns {"summary", "rows",
+    "computed", "resumed", "seconds", "warnings"}."""
     start = time.perf_counter()
     total = len(request.points) * request.seeds
     messages: list[str] = []
