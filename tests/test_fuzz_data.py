@@ -168,6 +168,13 @@ COMMANDS = {
     "run_crossbar_calibration": lambda s, f: ["run", s["manifest"], "--data", s["good"], "--backend", "crossbar",
                                               "--calibration", f],
     "tune": lambda s, f: ["tune", s["manifest"], "--data", f, "-o", s["bad"] / "tuned"],
+    "sweep": lambda s, f: ["sweep", s["manifest"], "--data", f, "--grid", "adc_bits=8", "--seeds", "1",
+                           "-o", s["bad"] / "sweep"],
+}
+# sweep reads --tune-data with the same code as --data: checked for a missing file and a folder only
+OTHER_COMMANDS = {
+    "sweep_tune_data": lambda s, f: ["sweep", s["manifest"], "--data", s["good"], "--grid", "adc_bits=8", "--seeds",
+                                     "1", "--tune-data", f, "-o", s["bad"] / "sweep"],
 }
 
 
@@ -188,14 +195,14 @@ def test_bad_data_file_is_refused(setup, case, command):
     assert_refused(argv, names + culprit, watch=[setup["root"]], case=f"{command} {case}")
 
 
-@pytest.mark.parametrize("command", ["compile", "run", "tune"])
+@pytest.mark.parametrize("command", ["compile", "run", "tune", "sweep", "sweep_tune_data"])
 @pytest.mark.parametrize("kind", ["missing", "directory"])
 def test_missing_or_directory_data_path(setup, command, kind):
     path = setup["bad"] / f"{kind}-data.npz"
     if kind == "directory":
         path.mkdir(exist_ok=True)
-    assert_refused(COMMANDS[command](setup, path), [path.name, "does not exist" if kind == "missing" else
-                                                    "not a file"], watch=[setup["root"]])
+    assert_refused({**COMMANDS, **OTHER_COMMANDS}[command](setup, path),
+                   [path.name, "does not exist" if kind == "missing" else "not a file"], watch=[setup["root"]])
 
 
 @pytest.mark.parametrize("command", ["compile", "run", "run_crossbar_calibration", "tune"])
