@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from cimc import conv_transpose_geometry, onnx_checks, onnx_external
+from cimc import conv_transpose_geometry, einsum_plan, onnx_checks, onnx_external
 from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 from cimc.node_names import layer_names
@@ -27,7 +27,7 @@ from cimc.shape_probe import probe_shapes
 
 MIN_OPSET = 8
 _MAX_SAMPLE_VALUES = 1 << 28   # an activation larger than this per sample (1 GiB of float32) is a broken attribute
-_LOWERED = ("Conv", "ConvTranspose", "Gemm", "MatMul")   # may become crossbar ops (op_<type>); the rest stay digital
+_LOWERED = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")   # may become crossbar ops (op_<type>); the rest stay digital
 
 
 @dataclass
@@ -344,10 +344,52 @@ class _Importer:
             return w is not None and w.ndim in (3, 4, 5) and bias_ok
         if node.op_type == "Gemm":
             return self.const(node.input[1]) is not None
+        if node.op_type == "Einsum":
+            return self.einsum_plan(node) is not None
         left, right = self.const(node.input[0]), self.const(node.input[1])
         if right is not None and left is None:
             return right.ndim == 2 or self.batched_weight(node, right) is not None
         return left is not None and left.ndim == 2 and right is None
+
+    def einsum_plan(self, node):
+        """An Einsum of a run-time tensor and a constant that is a product with a constant matrix, else None."""
+        if len(node.input) != 2:
+            return None
+        consts = [self.const(t) for t in node.input]
+        if (consts[0] is None) == (consts[1] is None):
+            return None
+        x_first = consts[1] is not None
+        shape = self.shape(node.input[0 if x_first else 1])
+        equation = self.attrs(node).get("equation", b"")
+        equation = equation.decode() if isinstance(equation, bytes) else equation
+        return None if shape is None else einsum_plan.plan(equation, shape, consts[1 if x_first else 0], x_first)
+
+    def op_Einsum(self, node, name):
+        plan = self.einsum_plan(node)
+        operand = node.input[0 if self.const(node.input[1]) is not None else 1]
+        x, shape = self.resolve(operand), self.shape(operand)
+        rank = len(plan.x_perm)
+
+        def digital(op_type, inputs, output, **attrs):
+            self.ops.append(DigitalOp(self.unique(f"{name}/{op_type.lower()}"), op_type, inputs, [output],
+                                      [helper.make_attribute(k, v) for k, v in attrs.items()]))
+        if plan.x_perm != list(range(rank)):
+            digital("Transpose", [x], f"{name}/x_moved", perm=plan.x_perm)
+            x = f"{name}/x_moved"
+        flat = f"{name}/x_flat"
+        digital("Reshape", [x, self.add_constant(f"{name}/shape", np.array([0] * plan.free_x + [-1], np.int64))],
+                flat)
+        product = f"{name}/product"
+        inner = [shape[a] for a in plan.x_perm[1:plan.free_x]]
+        self.ops.append(XbarOp(name, "Einsum", [flat], [product], plan.matrix, None, None, [node.name or name],
+                               positions=int(np.prod(inner)) if None not in inner else 1))
+        identity = plan.out_perm == list(range(len(plan.out_perm)))
+        unflat = node.output[0] if identity else f"{name}/unflat"
+        digital("Reshape", [product, self.add_constant(f"{name}/shape",
+                                                       np.array([0] * plan.free_x + plan.free_w_sizes, np.int64))],
+                unflat)
+        if not identity:
+            digital("Transpose", [unflat], node.output[0], perm=plan.out_perm)
 
     def batched_weight(self, node, w):
         """How a constant right MatMul operand that is not 2-D goes onto arrays, or None (it stays digital):
@@ -551,8 +593,9 @@ class _Importer:
         cin = cg * groups
         ng, kg = m // groups, cg * int(np.prod(kernel))
         matrix = np.zeros((cin * int(np.prod(kernel)), m), dtype=np.float32)
-        for g in range(groups):
-            matrix[g * kg:(g + 1) * kg, g * ng:(g + 1) * ng] = w[g * ng:(g + 1) * ng].reshape(ng, kg).T
+        diagonal = np.arange(groups)         # block g: rows g*kg.., columns g*ng.. (one assignment, no loop)
+        matrix.reshape(groups, kg, groups, ng)[diagonal, :, diagonal, :] = \
+            w.reshape(groups, ng, kg).transpose(0, 2, 1)
         if n == 1:  # Conv1d runs as a height-1 2-D conv
             kernel, strides, dilations, pads = [1] + kernel, [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
         geometry = ConvGeometry(tuple(kernel), tuple(strides), tuple(pads), tuple(dilations), groups, cin, m, n)
