@@ -123,6 +123,25 @@ def _evaluate_node(node, opset_import, feeds: dict) -> list:
     return ReferenceEvaluator(helper.make_model(graph, opset_imports=opset_import)).run(None, feeds)
 
 
+def _evaluate_nodes(nodes, opset_import, values: dict) -> dict:
+    """Run the constant-only nodes together in one onnxruntime session (one session instead of one reference
+    evaluator per node: seconds on a large torch export)."""
+    import onnxruntime as ort
+    made = {o for n in nodes for o in n.output if o}
+    needed = sorted({t for n in nodes for t in n.input if t and t not in made})
+    outputs = [o for n in nodes for o in n.output if o]
+    graph = helper.make_graph(list(nodes), "fold", [], [helper.make_value_info(t, onnx.TypeProto()) for t in outputs],
+                              [numpy_helper.from_array(np.asarray(values[t]), t) for t in needed])
+    model = helper.make_model(graph, opset_imports=opset_import)
+    model.ir_version = max(4, helper.find_min_ir_version_for(
+        [o for o in opset_import if o.domain in ("", "ai.onnx")], ignore_unknown=True))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return dict(zip(outputs, (np.asarray(v) for v in session.run(outputs, {}))))
+
+
 def _shape_of(value_info) -> tuple | None:
     t = value_info.type.tensor_type
     if not t.HasField("shape"):
@@ -448,13 +467,17 @@ class _Importer:
         return name
 
     def fold_constants(self, g) -> None:
-        """Evaluate every node whose inputs are all constant; Shape of a known part of a tensor's shape too."""
+        """Evaluate every node whose inputs are all constant (in one onnxruntime run; node by node with onnx's
+        reference evaluator if that fails, so the message names the node); Shape of a known part of a tensor's
+        shape too."""
         values = self.consts
+        foldable, known = [], set(values)
         for node in g.node:
-            if any(o in values for o in node.output if o):
+            if any(o in known for o in node.output if o):
                 continue
             if node.op_type == "Constant":
                 values[node.output[0]] = self.constant_value(node)
+                known.add(node.output[0])
                 continue
             if node.op_type == "Shape":
                 shape = self.shape(node.input[0])
@@ -463,13 +486,24 @@ class _Importer:
                     part = list(shape)[a.get("start", 0):a.get("end", len(shape))]
                     if None not in part:
                         values[node.output[0]] = np.array(part, dtype=np.int64)
+                        known.add(node.output[0])
                 continue
-            if not node.input or any(n and n not in values for n in node.input):
+            if not node.input or any(n and n not in known for n in node.input):
                 continue
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                 continue
             if node.op_type.startswith("Random") or node.op_type in ("Bernoulli", "Multinomial"):
                 continue                # drawn anew at each run by onnxruntime: not a constant
+            foldable.append(node)
+            known.update(o for o in node.output if o)
+        if not foldable:
+            return
+        try:
+            values.update(_evaluate_nodes(foldable, self.model.opset_import, values))
+            return
+        except Exception:       # onnxruntime cannot run them together: one by one, naming the node that fails
+            pass
+        for node in foldable:
             try:
                 results = _evaluate_node(node, self.model.opset_import, {n: values[n] for n in node.input if n})
             except Exception as exc:

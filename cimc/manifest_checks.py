@@ -243,9 +243,11 @@ def read_digital_model(path: Path, doc: dict) -> DigitalModel:
         got = (("" if node.domain == "ai.onnx" else node.domain, node.op_type), node.name, list(node.input),
                list(node.output))
         if got != expected:
+            what = next(w for w, g, e in zip(("op type", "name", "inputs", "outputs"), got, expected) if g != e)
+            shown = {w: (g, e) for w, g, e in zip(("op type", "name", "inputs", "outputs"), got, expected)}[what]
             raise ManifestError(f"{where}: node {index} ({node.op_type} {node.name!r}) differs from manifest.json "
-                                f"field 'ops[{index}]' ({d['op_type']} {d['name']!r}): domain, op type, name, "
-                                "inputs and outputs must agree; compile the model again")
+                                f"field 'ops[{index}]': {what} {shown[0]!r} here, {shown[1]!r} in manifest.json; "
+                                "the two files must agree node for node (compile the model again)")
     for what, declared, infos in (("inputs", doc["inputs"], model.graph.input),
                                   ("outputs", doc["outputs"], model.graph.output)):
         if [t["name"] for t in declared] != [vi.name for vi in infos]:

@@ -36,7 +36,7 @@ def test_round_trip_gives_identical_outputs(saved):
 def test_manifest_content(saved):
     manifest, path = saved
     doc = json.loads((path / "manifest.json").read_text())
-    assert doc["format"] == "cimc-manifest" and doc["schema_version"] == 1
+    assert doc["format"] == "cimc-manifest" and doc["schema_version"] == 2
     assert doc["provenance"]["source_model"]["sha256"] == manifest.provenance["source_model"]["sha256"]
     assert doc["provenance"]["calibration"]["samples"] == 16
     assert doc["target"]["name"] == "yao2020-resnet"
