@@ -1,7 +1,8 @@
 """ONNX -> IR. Real-world files: opset 8 up to the newest the onnx package knows, IR-3 files whose weights are also
 graph inputs, Constant nodes and constant subgraphs (folded with onnx's reference evaluator), a symbolic batch.
 
-Every Conv, Gemm and MatMul with a constant weight is lowered to an `XbarOp` (see cimc.ir for the matrix layout).
+Every Conv, Gemm and MatMul with a constant weight is lowered to an `XbarOp` (see cimc.ir for the matrix layout);
+LSTM, GRU and RNN with constant weights to crossbar reads plus digital gates (cimc.recurrent_lowering).
 Every other node that the outputs depend on stays the ONNX node it is (`DigitalOp`: op type, domain, attributes and
 inputs verbatim; its constant inputs in `Graph.constants`) and runs in onnxruntime (cimc.onnx_segments), so any op
 onnxruntime runs works in a digital position, at the model's own opset. Nodes whose inputs are all constant are
@@ -18,7 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from cimc import onnx_checks, onnx_external
+from cimc import onnx_checks, onnx_external, recurrent_lowering
 from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 from cimc.node_names import layer_names
@@ -275,6 +276,9 @@ class _Importer:
             self.check_weight_not_input(node)
             if node.op_type in _LOWERED and self.has_constant_weight(node):
                 getattr(self, f"op_{node.op_type}")(node, names[index])
+            elif node.op_type in recurrent_lowering.RECURRENT and node.domain in ("", "ai.onnx") \
+                    and recurrent_lowering.why_digital(self, node) is None:
+                recurrent_lowering.lower(self, node, names[index])     # else onnxruntime runs it whole
             elif node.op_type == "Identity" or (node.op_type == "Dropout" and self.is_identity_dropout(node)):
                 self.alias[node.output[0]] = self.resolve(node.input[0])
             else:
