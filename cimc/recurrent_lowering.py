@@ -164,23 +164,23 @@ def lower(imp, node, name: str) -> None:
                 imp.constants[t] = imp.consts[t]
             init[key] = t
 
-    last_h, last_c, ys = [], [], []
-    for d, dir_name in enumerate(dirs):
+    def direction(d: int, dir_name: str):
+        """One direction's steps; yields each crossbar read it needs as (key, matrix, bias, input, step) and gets
+        the read's output tensor back. Returns (h_t by time, last h, last c)."""
         tag = "" if d_count == 1 else f"_{dir_name}"
         f_act, g_act, h_act = (acts[d * per_dir:(d + 1) * per_dir] + [None, None])[:3]
         h = em.gather(init["h"], d, layout) if "h" in init else None
         c = em.gather(init["c"], d, layout) if "c" in init else None
         peep = None
         if p is not None:
-            pi, po, pf = (em.const(f"P{n}", p[d, k * hidden:(k + 1) * hidden].astype(np.float32))
-                          for k, n in enumerate("iof"))
-            peep = (pi, po, pf)
+            peep = [em.const(f"P{n}", p[d, j * hidden:(j + 1) * hidden].astype(np.float32))
+                    for j, n in enumerate("iof")]
         by_time = {}
         for k in range(steps):
             t = k if dir_name == "forward" else steps - 1 - k
             xg = em.gather(xw_dirs[d], t, 1)                              # [N, G*H]
             if kind == "LSTM":
-                rec = em.read(f"R{tag}", r[d].T.copy(), None, h, k, kind) if h is not None else None
+                rec = (yield f"R{tag}", r[d].T.copy(), None, h, k) if h is not None else None
                 i, o, f, cc = em.split(em.add(xg, rec), 1, hidden, 4)
                 if c is not None and peep is not None:
                     i = em.op("Add", [i, em.op("Mul", [c, peep[0]])])
@@ -198,7 +198,7 @@ def lower(imp, node, name: str) -> None:
                     rbh = rb[d, 2 * hidden:]
                     if h is not None:
                         rec_bias = np.concatenate([np.zeros(2 * hidden, np.float32), rbh])
-                        rz, rr, rh = em.split(em.read(f"R{tag}", r[d].T.copy(), rec_bias, h, k, kind), 1, hidden, 3)
+                        rz, rr, rh = em.split((yield f"R{tag}", r[d].T.copy(), rec_bias, h, k), 1, hidden, 3)
                     else:
                         rz = rr = None
                         rh = em.const("Rbh", rbh.copy()) if np.any(rbh) else None
@@ -207,23 +207,47 @@ def lower(imp, node, name: str) -> None:
                 else:
                     rz = rr = rh = None
                     if h is not None:
-                        rz, rr = em.split(em.read(f"Rzr{tag}", r[d, :2 * hidden].T.copy(), None, h, k, kind), 1,
-                                          hidden, 2)
+                        rz, rr = em.split((yield f"Rzr{tag}", r[d, :2 * hidden].T.copy(), None, h, k), 1, hidden, 2)
                     z, rg = em.op(f_act, [em.add(xz, rz)]), em.op(f_act, [em.add(xr, rr)])
                     if h is not None:
-                        rh = em.read(f"Rh{tag}", r[d, 2 * hidden:].T.copy(), None, em.op("Mul", [rg, h]), k, kind)
+                        rh = yield f"Rh{tag}", r[d, 2 * hidden:].T.copy(), None, em.op("Mul", [rg, h]), k
                     hh = em.op(g_act, [em.add(xh, rh)])
                 one = em.const("one", np.array(1.0, np.float32))
                 h_new = em.op("Mul", [em.op("Sub", [one, z]), hh])
                 h = h_new if h is None else em.op("Add", [h_new, em.op("Mul", [z, h])])
             else:
-                rec = em.read(f"R{tag}", r[d].T.copy(), None, h, k, kind) if h is not None else None
+                rec = (yield f"R{tag}", r[d].T.copy(), None, h, k) if h is not None else None
                 h = em.op(f_act, [em.add(xg, rec)])
             by_time[t] = h
-        last_h.append(h)
-        last_c.append(c)
-        ys.append([by_time[t] for t in range(steps)])
+        return [by_time[t] for t in range(steps)], h, c
+
+    # The directions advance in lock step: each one's digital ops up to its next read, then the reads of all of
+    # them. So the digital ops between two rounds of reads form one onnxruntime segment (cimc.onnx_segments), not
+    # one per direction.
+    results = _lock_step([direction(d, name) for d, name in enumerate(dirs)], lambda request: em.read(*request, kind))
+    ys, last_h, last_c = (list(x) for x in zip(*results))
     _outputs(imp, em, node, layout, steps, hidden, ys, last_h, last_c)
+
+
+def _lock_step(directions: list, read) -> list:
+    """Run generators that yield read requests, one round of reads at a time; their return values, in order."""
+    results: list = [None] * len(directions)
+    requests: dict = {}
+
+    def advance(d, value):
+        try:
+            requests[d] = directions[d].send(value)
+        except StopIteration as done:
+            results[d] = done.value
+
+    for d in range(len(directions)):
+        advance(d, None)
+    while requests:
+        round_, requests = requests, {}
+        outputs = {d: read(request) for d, request in round_.items()}
+        for d, out in outputs.items():
+            advance(d, out)
+    return results
 
 
 def _outputs(imp, em: _Emitter, node, layout: int, steps: int, hidden: int, ys, last_h, last_c) -> None:

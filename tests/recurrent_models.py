@@ -11,9 +11,10 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 def recurrent(kind: str = "LSTM", direction: str = "forward", layout: int = 0, steps: int = 5, inputs: int = 6,
               hidden: int = 4, initial: str | None = None, lbr: int = 0, peepholes: bool = False,
               outputs=("Y", "Y_h", "Y_c"), batch=None, seed: int = 0, constant_r: bool = True,
-              opset: int = 14, seq_lens: bool = False, **attrs) -> onnx.ModelProto:
-    """One recurrent node and nothing else. initial: None, "input" (initial_h/c graph inputs) or "const";
-    outputs: the node outputs made graph outputs (Y_c only for an LSTM)."""
+              opset: int = 14, seq_lens=False, head: bool = False, **attrs) -> onnx.ModelProto:
+    """One recurrent node (and with `head` a MatMul of Y_h with a constant, output "head"). initial: None, "input"
+    (initial_h/c graph inputs) or "const"; outputs: the node outputs made graph outputs (Y_c only for an LSTM);
+    seq_lens: True (every sample's length T) or the lengths, a constant input (needs a fixed batch)."""
     rng = np.random.default_rng(seed)
     d = 2 if direction == "bidirectional" else 1
     g = GATES[kind]
@@ -30,7 +31,8 @@ def recurrent(kind: str = "LSTM", direction: str = "forward", layout: int = 0, s
         graph_inputs.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, list(r.shape)))
     names = ["X", "W", "R", "B", "", "", ""]
     if seq_lens:
-        inits.append(numpy_helper.from_array(np.full(batch, steps, np.int32), "lens"))
+        lens = np.full(batch, steps, np.int32) if seq_lens is True else np.array(seq_lens, np.int32)
+        inits.append(numpy_helper.from_array(lens, "lens"))
         names[4] = "lens"
     states = ["h"] + (["c"] if kind == "LSTM" else [])
     for i, s in enumerate(states):
@@ -57,7 +59,12 @@ def recurrent(kind: str = "LSTM", direction: str = "forward", layout: int = 0, s
     y_shape = [steps, d, n, hidden] if layout == 0 else [n, steps, d, hidden]
     graph_outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, y_shape if o == "Y" else state_shape)
                      for o in node_outputs if o]
-    graph = helper.make_graph([node], kind.lower(), graph_inputs, graph_outputs, inits)
+    nodes = [node]
+    if head:
+        inits.append(numpy_helper.from_array(rng.standard_normal((hidden, 3)).astype(np.float32), "W_head"))
+        nodes.append(helper.make_node("MatMul", ["Y_h", "W_head"], ["head"], name="head"))
+        graph_outputs.append(helper.make_tensor_value_info("head", TensorProto.FLOAT, state_shape[:2] + [3]))
+    graph = helper.make_graph(nodes, kind.lower(), graph_inputs, graph_outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model)
