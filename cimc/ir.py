@@ -92,7 +92,7 @@ class Tile:
 @dataclass
 class XbarOp:
     name: str
-    op_type: str                   # source op: Conv, Gemm or MatMul
+    op_type: str                   # source op: Conv, Gemm, MatMul, or LSTM, GRU, RNN (cimc.recurrent_lowering)
     inputs: list[str]
     outputs: list[str]
     matrix: np.ndarray             # float32 K x N

@@ -255,8 +255,8 @@ def _outputs(imp, em: _Emitter, node, layout: int, steps: int, hidden: int, ys, 
     wanted = [t if t and t in imp.used else "" for t in list(node.output) + ["", "", ""]][:3]
     d_count = len(ys)
     if wanted[0]:
-        per_dir = [em.op("Reshape", [em.op("Concat", hs, axis=1), em.const("shape", np.array([0, steps, 1, hidden], np.int64))])
-                   for hs in ys]
+        shape = em.const("shape", np.array([0, steps, 1, hidden], np.int64))      # 0: the batch, as it is
+        per_dir = [em.op("Reshape", [em.op("Concat", hs, axis=1), shape]) for hs in ys]
         y = per_dir[0] if d_count == 1 else em.op("Concat", per_dir, axis=2)
         if layout == 0:
             em.op("Transpose", [y], out=wanted[0], perm=[1, 2, 0, 3])
@@ -265,7 +265,8 @@ def _outputs(imp, em: _Emitter, node, layout: int, steps: int, hidden: int, ys, 
     for out, states in ((wanted[1], last_h), (wanted[2], last_c)):
         if not out:
             continue
-        state = em.op("Reshape", [em.op("Concat", states, axis=1), em.const("shape", np.array([0, d_count, hidden], np.int64))])
+        shape = em.const("shape", np.array([0, d_count, hidden], np.int64))
+        state = em.op("Reshape", [em.op("Concat", states, axis=1), shape])
         if layout == 0:
             em.op("Transpose", [state], out=out, perm=[1, 0, 2])
         else:

@@ -339,8 +339,8 @@ class CrossbarBackend(Backend):
         channels = _channel_tiles(op, blocks)
         step = target.device.step_us
         unit_ua = target.input.read_voltage_v * step / (qmax if analog else 1)
-        plan = _Plan(op.name, op.rows, op.cols, cells.replicas, bits, signed, analog, bipolar, dtype, code_dtype, blocks,
-                     effective, exact, np.array([1.0]) if analog else plane_weights(bits, signed), unit_ua,
+        plan = _Plan(op.name, op.rows, op.cols, cells.replicas, bits, signed, analog, bipolar, dtype, code_dtype,
+                     blocks, effective, exact, np.array([1.0]) if analog else plane_weights(bits, signed), unit_ua,
                      qmin=q.qmin, qmax=q.qmax, channels=channels)
         if not analog:
             codes = np.arange(q.qmin, q.qmax + 1)
