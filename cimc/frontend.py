@@ -321,8 +321,8 @@ class _Importer:
         opsets = {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in self.model.opset_import}
         graph = Graph(inputs, outputs, self.ops, tensors, self.constants, opsets)
         if not graph.xbar_ops():
-            raise ModelError(f"{self.where}: no Conv, Gemm or MatMul with a constant weight; nothing to map onto "
-                             "crossbar arrays")
+            raise ModelError(f"{self.where}: no Conv, Gemm, MatMul, LSTM, GRU or RNN with constant weights; nothing "
+                             "to map onto crossbar arrays")
         return graph
 
     def has_constant_weight(self, node) -> bool:

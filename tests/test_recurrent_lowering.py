@@ -70,6 +70,17 @@ def test_float_backend_matches_onnxruntime(kind, direction, layout, initial, lbr
         assert np.abs(got[name] - e).max() <= 1e-5 * np.abs(e).max()
 
 
+@pytest.mark.parametrize("opset", [9, 12])
+def test_old_opsets_and_other_activations(opset):
+    """Split takes its sizes as an attribute before opset 13; Relu and Softsign instead of Sigmoid and Tanh."""
+    model = _model("GRU", "bidirectional", 0, "input", 1, opset=opset, activations=["Relu", "Softsign"] * 2)
+    feeds = rm.feeds(model, BATCH, seed=1)
+    graph, got = _float_run(model, feeds)
+    assert {"Relu", "Softsign"} <= {op.op_type for op in graph.ops} and graph.readers("gru0/R_forward/step0")
+    for name, e in _ort(model, feeds).items():
+        assert np.abs(got[name] - e).max() <= 1e-5 * np.abs(e).max()
+
+
 def _tiles(rows, cols, target):
     return -(-rows // target.array.inputs_per_tile) * -(-cols // target.array.outputs_per_tile)
 
