@@ -283,6 +283,7 @@ class CrossbarBackend(Backend):
         if self.copy is not None and self.copy >= max_replicas:
             raise ConfigError(f"copy={self.copy}: the manifest's layers have at most {max_replicas} "
                               f"cop{'y' if max_replicas == 1 else 'ies'} (copies 0..{max_replicas - 1})")
+        self._cells_plans: dict = {}      # (owner, dtype) -> its first plan: the reads of shared arrays share cells
         self.plans = {op.name: self._plan(op, target) for op in graph.xbar_ops()}   # readers: the owner's devices
         self._resolve_full_scale(graph, target)
         self.grid, self._int_session, self._lut = 1, None, False
@@ -342,6 +343,9 @@ class CrossbarBackend(Backend):
         plan = _Plan(op.name, op.rows, op.cols, cells.replicas, bits, signed, analog, bipolar, dtype, code_dtype,
                      blocks, effective, exact, np.array([1.0]) if analog else plane_weights(bits, signed), unit_ua,
                      qmin=q.qmin, qmax=q.qmax, channels=channels)
+        first = self._cells_plans.setdefault((cells.name, np.dtype(dtype).str), plan)
+        if first is not plan:       # the same devices: one copy of their conductances (and their tables) in memory
+            plan.blocks, plan.effective, plan.exact_levels = first.blocks, first.effective, first.exact_levels
         if not analog:
             codes = np.arange(q.qmin, q.qmax + 1)
             planes = bit_planes(codes[:, None].astype(np.float32), bits, signed)[:, :, 0]
@@ -823,6 +827,7 @@ class CrossbarBackend(Backend):
         self.chip.conductance_us[ids] = conductance_us
         self.g_units[ids] = (conductance_us - self.target.device.g_min_us) / self.model.step_us
         touched = set(ids.tolist())
+        self._cells_plans = {}
         for op in self.graph.xbar_ops():
             if any(p.array in touched for t in self.graph.array_owner(op).tiles for p in t.placements):
                 old = self.plans[op.name]
