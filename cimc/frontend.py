@@ -277,7 +277,7 @@ class _Importer:
             if node.op_type in _LOWERED and self.has_constant_weight(node):
                 getattr(self, f"op_{node.op_type}")(node, names[index])
             elif node.op_type in recurrent_lowering.RECURRENT and node.domain in ("", "ai.onnx") \
-                    and recurrent_lowering.why_digital(self, node) is None:
+                    and self.recurrent_lowerable(node):
                 recurrent_lowering.lower(self, node, names[index])     # else onnxruntime runs it whole
             elif node.op_type == "Identity" or (node.op_type == "Dropout" and self.is_identity_dropout(node)):
                 self.alias[node.output[0]] = self.resolve(node.input[0])
@@ -324,6 +324,16 @@ class _Importer:
             raise ModelError(f"{self.where}: no Conv, Gemm, MatMul, LSTM, GRU or RNN with constant weights; nothing "
                              "to map onto crossbar arrays")
         return graph
+
+    def recurrent_lowerable(self, node) -> bool:
+        """Whether an LSTM/GRU/RNN goes onto arrays; if not, onnxruntime runs it whole, which it cannot for
+        layout 1 (its CPU kernels refuse batch-first recurrent ops): that is refused now, naming why."""
+        reason = recurrent_lowering.why_digital(self, node)
+        if reason is not None and int(self.attrs(node).get("layout", 0)) == 1:
+            raise self.fail(node, f"attribute 'layout' is 1 (batch first), which onnxruntime does not run, and cimc "
+                                  f"cannot put this node on arrays: {reason}. Export it with layout 0 (PyTorch: "
+                                  "batch_first=False), or with constant weights and default options")
+        return reason is None
 
     def has_constant_weight(self, node) -> bool:
         """Whether a Conv/Gemm/MatMul multiplies by a constant cimc can put on arrays; if not, it stays digital

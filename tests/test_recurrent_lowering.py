@@ -219,6 +219,12 @@ def test_a_node_that_cannot_be_lowered_stays_digital_and_matches_onnxruntime(cas
         assert np.abs(got[name] - e).max() <= 1e-5 * np.abs(e).max()
 
 
+def test_batch_first_node_that_cannot_be_lowered_is_refused_naming_why():
+    model = _model("GRU", "forward", 1, clip=0.5)
+    with pytest.raises(cimc.errors.ModelError, match=r"'gru0' \(GRU.*'layout' is 1.*attribute 'clip' is set"):
+        import_onnx(model)
+
+
 def test_constant_full_sequence_lengths_are_lowered():
     model = _model("LSTM", seq_lens=True)
     feeds = rm.feeds(model, BATCH, seed=3)
