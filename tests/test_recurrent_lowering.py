@@ -21,7 +21,7 @@ from cimc.graph_run import run_graph
 from cimc.ir import DigitalOp
 from cimc.manifest import load
 from cimc.passes.quantize import quantize_weights
-from cimc.passes.tile import tiles_for
+from cimc.report import layer_table_text
 from cimc.targets.registry import load_target
 from cimc.training import tuned_layer
 
@@ -106,6 +106,8 @@ def test_arrays_hold_w_and_r_once(kind, lbr, initial):
     reads = steps if initial else steps - 1          # no read of the implicit zero initial state
     assert len(readers) == 2 * matrices * (reads - 1)
     assert all(layer["arrays"] == 0 and layer["tiles"] == 0 for layer in readers)
+    text = layer_table_text(table, target)
+    assert f"0  (reads the arrays of {readers[0]['weights_of']})" in text and "grouped conv" not in text
 
 
 def _compiled(kind, lbr=0, target="ideal", **kw):
