@@ -83,12 +83,18 @@ class _Emitter:
     def __init__(self, imp, name: str, source: str):
         self.imp, self.name, self.source = imp, name, source
         self.owners: dict[str, str] = {}
+        self.matrices: dict[str, np.ndarray] = {}
+        self.consts: dict[tuple, str] = {}
 
     def tensor(self, base: str) -> str:
         return self.imp.unique(f"{self.name}/{base}")       # one namespace with the constants: never the same
 
     def const(self, base: str, value: np.ndarray) -> str:
-        return self.imp.add_constant(f"{self.name}/{base}", value)
+        """A constant tensor; equal values (the step indices, split sizes, shapes) are one constant."""
+        key = (base, value.dtype.str, value.shape, value.tobytes())
+        if key not in self.consts:
+            self.consts[key] = self.imp.add_constant(f"{self.name}/{base}", value)
+        return self.consts[key]
 
     def op(self, op_type: str, inputs: list[str], out: str | None = None, outputs: int = 1, **attrs):
         outs = [out] if out else [self.tensor(op_type.lower()) for _ in range(outputs)]
@@ -116,6 +122,7 @@ class _Emitter:
         name = self.imp.unique(f"{self.name}/{key}/step{step}")
         out = self.tensor(f"{key}_read")
         owner = self.owners.setdefault(key, name)
+        matrix = self.matrices.setdefault(key, matrix)          # every read holds the one matrix, not a copy
         self.imp.ops.append(XbarOp(name, source_type, [x], [out], matrix, bias, None, [self.source],
                                    weights_of=None if owner == name else owner))
         return out
@@ -168,6 +175,7 @@ def lower(imp, node, name: str) -> None:
         """One direction's steps; yields each crossbar read it needs as (key, matrix, bias, input, step) and gets
         the read's output tensor back. Returns (h_t by time, last h, last c)."""
         tag = "" if d_count == 1 else f"_{dir_name}"
+        r_all, r_zr, r_h = r[d].T.copy(), r[d, :2 * hidden].T.copy(), r[d, 2 * hidden:].T.copy()   # R^T; GRU: R_zr^T, R_h^T
         f_act, g_act, h_act = (acts[d * per_dir:(d + 1) * per_dir] + [None, None])[:3]
         h = em.gather(init["h"], d, layout) if "h" in init else None
         c = em.gather(init["c"], d, layout) if "c" in init else None
@@ -180,7 +188,7 @@ def lower(imp, node, name: str) -> None:
             t = k if dir_name == "forward" else steps - 1 - k
             xg = em.gather(xw_dirs[d], t, 1)                              # [N, G*H]
             if kind == "LSTM":
-                rec = (yield f"R{tag}", r[d].T.copy(), None, h, k) if h is not None else None
+                rec = (yield f"R{tag}", r_all, None, h, k) if h is not None else None
                 i, o, f, cc = em.split(em.add(xg, rec), 1, hidden, 4)
                 if c is not None and peep is not None:
                     i = em.op("Add", [i, em.op("Mul", [c, peep[0]])])
@@ -198,7 +206,7 @@ def lower(imp, node, name: str) -> None:
                     rbh = rb[d, 2 * hidden:]
                     if h is not None:
                         rec_bias = np.concatenate([np.zeros(2 * hidden, np.float32), rbh])
-                        rz, rr, rh = em.split((yield f"R{tag}", r[d].T.copy(), rec_bias, h, k), 1, hidden, 3)
+                        rz, rr, rh = em.split((yield f"R{tag}", r_all, rec_bias, h, k), 1, hidden, 3)
                     else:
                         rz = rr = None
                         rh = em.const("Rbh", rbh.copy()) if np.any(rbh) else None
@@ -207,16 +215,16 @@ def lower(imp, node, name: str) -> None:
                 else:
                     rz = rr = rh = None
                     if h is not None:
-                        rz, rr = em.split((yield f"Rzr{tag}", r[d, :2 * hidden].T.copy(), None, h, k), 1, hidden, 2)
+                        rz, rr = em.split((yield f"Rzr{tag}", r_zr, None, h, k), 1, hidden, 2)
                     z, rg = em.op(f_act, [em.add(xz, rz)]), em.op(f_act, [em.add(xr, rr)])
                     if h is not None:
-                        rh = yield f"Rh{tag}", r[d, 2 * hidden:].T.copy(), None, em.op("Mul", [rg, h]), k
+                        rh = yield f"Rh{tag}", r_h, None, em.op("Mul", [rg, h]), k
                     hh = em.op(g_act, [em.add(xh, rh)])
                 one = em.const("one", np.array(1.0, np.float32))
                 h_new = em.op("Mul", [em.op("Sub", [one, z]), hh])
                 h = h_new if h is None else em.op("Add", [h_new, em.op("Mul", [z, h])])
             else:
-                rec = (yield f"R{tag}", r[d].T.copy(), None, h, k) if h is not None else None
+                rec = (yield f"R{tag}", r_all, None, h, k) if h is not None else None
                 h = em.op(f_act, [em.add(xg, rec)])
             by_time[t] = h
         return [by_time[t] for t in range(steps)], h, c

@@ -240,6 +240,7 @@ def test_tune_and_replicate_name_the_arrays_owner():
     model = _model("LSTM", "forward", 1, "input", head=True)
     graph, _ = import_onnx(model)
     reader = next(op for op in graph.xbar_ops() if op.weights_of)
+    assert reader.matrix is graph.op(reader.weights_of).matrix        # one matrix in memory, not one per step
     with pytest.raises(ConfigError, match="recurrent"):
         tuned_layer(graph, reader.name)
     with pytest.raises(ConfigError, match=re.escape(reader.name)):
