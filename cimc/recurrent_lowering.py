@@ -175,7 +175,8 @@ def lower(imp, node, name: str) -> None:
         """One direction's steps; yields each crossbar read it needs as (key, matrix, bias, input, step) and gets
         the read's output tensor back. Returns (h_t by time, last h, last c)."""
         tag = "" if d_count == 1 else f"_{dir_name}"
-        r_all, r_zr, r_h = r[d].T.copy(), r[d, :2 * hidden].T.copy(), r[d, 2 * hidden:].T.copy()   # R^T; GRU: R_zr^T, R_h^T
+        # R^T, and for GRU's linear_before_reset=0 its two parts R_zr^T and R_h^T
+        r_all, r_zr, r_h = r[d].T.copy(), r[d, :2 * hidden].T.copy(), r[d, 2 * hidden:].T.copy()
         f_act, g_act, h_act = (acts[d * per_dir:(d + 1) * per_dir] + [None, None])[:3]
         h = em.gather(init["h"], d, layout) if "h" in init else None
         c = em.gather(init["c"], d, layout) if "c" in init else None
