@@ -164,6 +164,22 @@ def test_levels_shared_and_each_read_calibrated_on_its_own_input():
     assert len({op.input_quant.scale for op in readers}) > 1
 
 
+def test_every_pass_keeps_the_model_and_pack_places_each_matrix_once():
+    """CheckAgainstOnnx after every pass (canonicalize must fold nothing into shared arrays); --pack and a replication
+    budget give a shared-weight read its owner's copies and no arrays."""
+    from cimc.pipeline import CheckAgainstOnnx
+    model = _model("LSTM", "bidirectional", 0, "const", head=True)     # onnxruntime runs the source: layout 0
+    cimc.compile(model, "ideal", calibration=rm.feeds(model, 16, seed=7),
+                 instruments=[CheckAgainstOnnx(rm.feeds(model, BATCH, seed=8))])
+    for options in ({"pack": True, "arrays": 6, "time_limit": 2.0}, {"arrays": 12, "time_limit": 2.0}):
+        table = cimc.count(model, "yao2020-resnet", **options)
+        rows = {layer["name"]: layer for layer in table["layers"]}
+        readers = [layer for layer in table["layers"] if "weights_of" in layer]
+        assert readers and table["total_arrays"] <= options["arrays"]
+        for layer in readers:
+            assert layer["arrays"] == 0 and layer["copies"] == rows[layer["weights_of"]]["copies"]
+
+
 def test_manifest_round_trip_gives_identical_outputs(tmp_path):
     model, manifest = _compiled("LSTM", target="yao2020-resnet")
     feeds = rm.feeds(model, BATCH, seed=4)
