@@ -192,12 +192,17 @@ def estimate_graph(graph: Graph, target) -> dict:
     # Tiles that share an array (passes/pack.py) time-share it: one read per array per slot, so an array's load is
     # the sum of the cycles of the tile copies on it, and the pipelined period is the largest load. With one tile
     # per array each load is one layer's cycles and this is the slowest layer, as above.
-    # A shared-weight reader's reads load its owner's arrays (a recurrent matrix is busy for all T steps).
+    # Shared-weight readers' reads load their owner's arrays (a recurrent matrix is busy for all T steps): an
+    # owner's arrays take ceil(its reads and its readers' / copies) slots, the replication solver's model.
     loads: dict[int, int] = {}
     for op, layer in zip(graph.xbar_ops(), layers):
-        for t in graph.array_owner(op).tiles:
+        if op.weights_of is not None:
+            continue
+        reads = graph.reads_per_inference(op)
+        cycles = layer["cycles"] if reads == op.positions else math.ceil(reads / op.replicas) * b * s
+        for t in op.tiles:
             for p in t.placements:
-                loads[p.array] = loads.get(p.array, 0) + layer["cycles"]
+                loads[p.array] = loads.get(p.array, 0) + cycles
     bottleneck_cycles = max([bottleneck_cycles, *loads.values()])
     shared = len(loads) < sum(len(t.placements) for op in graph.mapped_ops() for t in op.tiles)
     if shared:        # a layer's "arrays" is then the arrays it touches; the total counts each array once

@@ -178,6 +178,13 @@ def test_every_pass_keeps_the_model_and_pack_places_each_matrix_once():
         assert readers and table["total_arrays"] <= options["arrays"]
         for layer in readers:
             assert layer["arrays"] == 0 and layer["copies"] == rows[layer["weights_of"]]["copies"]
+    # the estimate loads an owner's arrays with all T reads over its copies, as the replication solver counts
+    lstm = _model("LSTM", "forward", 1, "input")
+    manifest = cimc.compile(lstm, "yao2020-resnet", calibration=rm.feeds(lstm, 16, seed=7), arrays=12)
+    owner = next(op for op in manifest.graph.mapped_ops() if manifest.graph.readers(op.name))
+    bits = manifest.target.input.bits
+    assert owner.replicas > 1 and manifest.replication["bottleneck_cycles"] == -(-5 // owner.replicas) * bits
+    assert manifest.estimates["totals"]["bottleneck_cycles"] == manifest.replication["bottleneck_cycles"]
 
 
 def test_manifest_round_trip_gives_identical_outputs(tmp_path):
