@@ -69,6 +69,8 @@ def why_digital(imp, node) -> str | None:
     if w.ndim != 3 or r.ndim != 3 or w.shape[0] != d or w.shape[1] % _GATES[kind] or \
             r.shape != (d, w.shape[1], w.shape[1] // _GATES[kind]) or w.shape[2] != shape[2]:
         return "W or R has an unexpected shape"        # onnxruntime gives its own error
+    if "hidden_size" in a and int(a["hidden_size"]) != r.shape[2]:
+        return f"attribute 'hidden_size' {a['hidden_size']} disagrees with R {list(r.shape)}"
     lens = _input(node, 4)
     if lens:
         value = imp.const(lens)
