@@ -110,3 +110,31 @@ def as_layout0(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.node[:]
     g.node.extend(nodes)
     return out
+
+
+def classifier(kind: str = "LSTM", steps: int = 5, inputs: int = 6, hidden: int = 4, classes: int = 3,
+               seed: int = 0) -> onnx.ModelProto:
+    """What torch.onnx.export writes for a batch_first recurrent classifier: X [N, T, I] (N symbolic) ->
+    Transpose -> the node in layout 0 -> Y_h [1, N, H] -> Squeeze -> Gemm (logits [N, classes])."""
+    rng = np.random.default_rng(seed)
+    g = GATES[kind]
+    inits = [numpy_helper.from_array((rng.standard_normal((1, g * hidden, inputs)) * 0.5).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((1, g * hidden, hidden)) * 0.5).astype(np.float32), "R"),
+             numpy_helper.from_array((rng.standard_normal((1, 2 * g * hidden)) * 0.3).astype(np.float32), "B"),
+             numpy_helper.from_array((rng.standard_normal((classes, hidden))).astype(np.float32), "fc.weight"),
+             numpy_helper.from_array((rng.standard_normal(classes) * 0.1).astype(np.float32), "fc.bias"),
+             numpy_helper.from_array(np.array([0], np.int64), "axes")]
+    outs = ["Y", "Y_h"] + (["Y_c"] if kind == "LSTM" else [])
+    extra = {"linear_before_reset": 1} if kind == "GRU" else {}
+    nodes = [helper.make_node("Transpose", ["input"], ["x_tnf"], name="/Transpose", perm=[1, 0, 2]),
+             helper.make_node(kind, ["x_tnf", "W", "R", "B"], outs, name=f"/{kind.lower()}/{kind}",
+                              hidden_size=hidden, **extra),
+             helper.make_node("Squeeze", ["Y_h", "axes"], ["h_last"], name="/Squeeze"),
+             helper.make_node("Gemm", ["h_last", "fc.weight", "fc.bias"], ["logits"], name="/fc/Gemm", transB=1)]
+    graph = helper.make_graph(nodes, "classifier",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", steps, inputs])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -272,3 +272,21 @@ def test_tune_and_replicate_name_the_arrays_owner():
     table = cimc.count(model, "ideal", replicate={owner: 2})
     rows = {layer["name"]: layer for layer in table["layers"]}
     assert rows[owner]["copies"] == 2 and rows[reader.name]["copies"] == 2 and rows[reader.name]["arrays"] == 0
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_torch_style_classifier_with_a_symbolic_batch(kind):
+    """Batch-first input, the node in layout 0 between transposes, as torch exports it: float = onnxruntime, the
+    ideal chip = integer, and a noisy chip gives each sample the same logits whatever batch it runs in."""
+    model = rm.classifier(kind)
+    manifest = cimc.compile(model, "yao2020-resnet", calibration=rm.feeds(model, 48, seed=7))
+    assert manifest.graph.readers(f"/{kind.lower()}/{kind}/R/step1")
+    feeds = rm.feeds(model, 5, seed=6)
+    expected = _ort(model, feeds)["logits"]
+    assert np.abs(Session(manifest, backend="float").run(feeds) - expected).max() <= 1e-5 * np.abs(expected).max()
+    np.testing.assert_array_equal(Session(manifest, backend="crossbar", ideal=True).run(feeds),
+                                  Session(manifest, backend="integer").run(feeds))
+    options = {"overrides": ["nonideal.read_noise_sigma_us=0.2"], "seed": 4}
+    whole = Session(manifest, backend="crossbar", **options).run(feeds)
+    one_by_one = Session(manifest, backend="crossbar", **options)
+    np.testing.assert_array_equal(np.concatenate([one_by_one.run(feeds["input"][i:i + 1]) for i in range(5)]), whole)
