@@ -1,7 +1,8 @@
 """ONNX -> IR. Real-world files: opset 8 up to the newest the onnx package knows, IR-3 files whose weights are also
 graph inputs, Constant nodes and constant subgraphs (folded with onnx's reference evaluator), a symbolic batch.
 
-Every Conv, Gemm and MatMul with a constant weight is lowered to an `XbarOp` (see cimc.ir for the matrix layout).
+Every Conv, Gemm and MatMul with a constant weight is lowered to an `XbarOp` (see cimc.ir for the matrix layout);
+LSTM, GRU and RNN with constant weights to crossbar reads plus digital gates (cimc.recurrent_lowering).
 Every other node that the outputs depend on stays the ONNX node it is (`DigitalOp`: op type, domain, attributes and
 inputs verbatim; its constant inputs in `Graph.constants`) and runs in onnxruntime (cimc.onnx_segments), so any op
 onnxruntime runs works in a digital position, at the model's own opset. Nodes whose inputs are all constant are
@@ -18,7 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from cimc import conv_transpose_geometry, einsum_plan, onnx_checks, onnx_external
+from cimc import conv_transpose_geometry, einsum_plan, onnx_checks, onnx_external, recurrent_lowering
 from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 from cimc.node_names import layer_names
@@ -310,6 +311,9 @@ class _Importer:
             self.check_weight_not_input(node)
             if node.op_type in _LOWERED and self.has_constant_weight(node):
                 getattr(self, f"op_{node.op_type}")(node, names[index])
+            elif node.op_type in recurrent_lowering.RECURRENT and node.domain in ("", "ai.onnx") \
+                    and self.recurrent_lowerable(node):
+                recurrent_lowering.lower(self, node, names[index])     # else onnxruntime runs it whole
             elif node.op_type == "Identity" or (node.op_type == "Dropout" and self.is_identity_dropout(node)):
                 self.alias[node.output[0]] = self.resolve(node.input[0])
             else:
@@ -350,9 +354,19 @@ class _Importer:
         opsets = {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in self.model.opset_import}
         graph = Graph(inputs, outputs, self.ops, tensors, self.constants, opsets)
         if not graph.xbar_ops():
-            raise ModelError(f"{self.where}: no Conv, Gemm or MatMul with a constant weight; nothing to map onto "
-                             "crossbar arrays")
+            raise ModelError(f"{self.where}: no Conv, ConvTranspose, Gemm, MatMul, Einsum, LSTM, GRU or RNN with "
+                             "constant weights; nothing to map onto crossbar arrays")
         return graph
+
+    def recurrent_lowerable(self, node) -> bool:
+        """Whether an LSTM/GRU/RNN goes onto arrays; if not, onnxruntime runs it whole, which it cannot for
+        layout 1 (its CPU kernels refuse batch-first recurrent ops): that is refused now, naming why."""
+        reason = recurrent_lowering.why_digital(self, node)
+        if reason is not None and int(self.attrs(node).get("layout", 0)) == 1:
+            raise self.fail(node, f"attribute 'layout' is 1 (batch first), which onnxruntime does not run, and cimc "
+                                  f"cannot put this node on arrays: {reason}. Export it with layout 0 (PyTorch: "
+                                  "batch_first=False), or with constant weights and default options")
+        return reason is None
 
     def has_constant_weight(self, node) -> bool:
         """Whether a Conv/ConvTranspose/Gemm/MatMul multiplies by a constant cimc can put on arrays; if not, it stays digital

@@ -12,6 +12,12 @@
   [g*K/groups, (g+1)*K/groups) and columns [g*N/groups, (g+1)*N/groups)); tiles that lie wholly outside the blocks
   hold only structural zeros and get no array, so depthwise layers pack many groups per array.
   A matmul op (`conv is None`) multiplies the last axis of its input: y[..., n] = sum_k x[..., k] W[k, n] + b[n].
+  **Shared weights** (`weights_of`): an op that reads another crossbar op's arrays (a recurrent op's h_{t-1} R^T,
+  read once per time step from the same devices; cimc.recurrent_lowering). It has its own input, input quantiser,
+  bias, ADC full scale and read-noise stream (each read is a new analog read), but no matrix, levels, tiles or
+  copies of its own: its `matrix`, `levels` and `weight_scales` are the owner's, its tiles and placements are the
+  owner's (`Graph.array_owner`), and the owner's replication applies to it. Passes that place arrays walk
+  `Graph.mapped_ops()` (the owners); passes that run or calibrate reads walk `Graph.xbar_ops()` (every read).
 * `DigitalOp` — everything else: the ONNX node itself (op type, domain, attributes and inputs as in the model,
   constant inputs named in `Graph.constants`), run by onnxruntime (cimc.onnx_segments), never re-implemented.
 
@@ -120,7 +126,7 @@ class Tile:
 @dataclass
 class XbarOp:
     name: str
-    op_type: str                   # source op: Conv, ConvTranspose, Gemm or MatMul
+    op_type: str                   # source op: Conv, ConvTranspose, Gemm, MatMul, Einsum, or LSTM, GRU, RNN
     inputs: list[str]
     outputs: list[str]
     matrix: np.ndarray             # float32 K x N
@@ -137,6 +143,7 @@ class XbarOp:
     positions: int = 1                        # reads per inference: output positions of a conv, input positions
                                               # of a ConvTranspose, 1 for a matmul
     adc_full_scale_ua: float | None = None    # calibrated ADC full scale (cimc.backends.crossbar)
+    weights_of: str | None = None             # the op whose arrays this op reads (shared weights), or None
     kind = "crossbar"
 
     @property
@@ -213,7 +220,33 @@ class Graph:
     sessions: SessionCache = field(default_factory=SessionCache, compare=False, repr=False)
 
     def xbar_ops(self) -> list[XbarOp]:
+        """Every crossbar op: every read of the arrays, shared-weight readers included."""
         return [op for op in self.ops if isinstance(op, XbarOp)]
+
+    def mapped_ops(self) -> list[XbarOp]:
+        """The crossbar ops that own arrays (tiles, copies, placements): all but the shared-weight readers."""
+        return [op for op in self.ops if isinstance(op, XbarOp) and op.weights_of is None]
+
+    def array_owner(self, op: XbarOp) -> XbarOp:
+        """The op whose tiles and placements `op` reads: itself, or the op named by its `weights_of`."""
+        return op if op.weights_of is None else self.op(op.weights_of)
+
+    def readers(self, name: str) -> list[XbarOp]:
+        """The shared-weight ops that read the arrays of op `name`."""
+        return [op for op in self.ops if isinstance(op, XbarOp) and op.weights_of == name]
+
+    def reads_per_inference(self, op: XbarOp) -> int:
+        """Positions read per inference from the arrays of `op` (an owner): its own and its readers'."""
+        return int(op.positions) + sum(int(r.positions) for r in self.readers(op.name))
+
+    def share_weights(self) -> None:
+        """Give every shared-weight reader its owner's matrix, levels, scales and copies (after a pass changed
+        them on the owner)."""
+        for op in self.xbar_ops():
+            if op.weights_of is not None:
+                owner = self.op(op.weights_of)
+                op.matrix, op.levels, op.weight_scales, op.replicas = (owner.matrix, owner.levels,
+                                                                       owner.weight_scales, owner.replicas)
 
     def op(self, name: str) -> Op:
         for op in self.ops:

@@ -13,6 +13,8 @@ def layer_table(graph, target) -> dict:
                        "row_tiles": row_tiles, "col_tiles": col_tiles, "tiles": len(op.tiles),
                        "copies": op.replicas, "arrays": len(placed) if placed else len(op.tiles) * op.replicas,
                        "positions": op.positions})
+        if op.weights_of is not None:   # reads another layer's arrays: no tiles or arrays of its own
+            layers[-1]["weights_of"] = op.weights_of
     # packed tiles share arrays (passes/pack.py): the total is the distinct arrays placed, not the sum over layers
     placed_all = {p.array for op in graph.xbar_ops() for t in op.tiles for p in t.placements}
     tile_copies = sum(len(op.tiles) * op.replicas for op in graph.xbar_ops())

@@ -75,7 +75,8 @@ class Manifest:
     # -- save -------------------------------------------------------------------------------------------
     def to_json(self) -> tuple[dict, dict[str, np.ndarray]]:
         params: dict[str, np.ndarray] = {}
-        ops = [_xbar_to_json(op, i, params, self.target) if isinstance(op, XbarOp) else
+        index_of = {op.name: i for i, op in enumerate(self.graph.ops)}
+        ops = [_xbar_to_json(op, i, params, self.target, index_of) if isinstance(op, XbarOp) else
                _digital_to_json(op) for i, op in enumerate(self.graph.ops)]
         table = self.summary()
         doc = {
@@ -153,19 +154,25 @@ def load(directory) -> Manifest:
                             f"{target.device.levels})")
     occupancy = ArrayOccupancy(meta["count"], target)
     digital = read_digital_model(directory / "digital.onnx", doc)
-    ops = [_op_from_json(o, i, params, target, occupancy, where, digital.nodes) for i, o in enumerate(doc["ops"])]
+    owners: dict[str, tuple[int, XbarOp]] = {}     # crossbar ops that own arrays, by name, as they are read
+    ops = []
+    for i, o in enumerate(doc["ops"]):
+        ops.append(_op_from_json(o, i, params, target, occupancy, where, digital.nodes, owners))
+        if isinstance(ops[-1], XbarOp) and ops[-1].weights_of is None:
+            owners[ops[-1].name] = (i, ops[-1])
     graph = Graph([_tensor_from_json(t) for t in doc["inputs"]], [_tensor_from_json(t) for t in doc["outputs"]], ops,
                   constants=digital.constants, opsets=digital.opsets)
     _check_dataflow(graph, where)
     probe_shapes(graph, where)
     tuned = bool(doc["provenance"].get("tuning"))       # tuning moves levels away from the quantised weights
     for index, op in enumerate(graph.ops):
-        if isinstance(op, XbarOp):
+        if isinstance(op, XbarOp) and op.weights_of is None:
             op.levels = read_levels(op, arrays, target)     # int16: up to 256-level devices
             for copy in range(op.replicas if not tuned else 0):
                 copy_levels = op.levels if copy == 0 else read_levels(op, arrays, target, copy)
                 check_levels_match(op, copy_levels, index, copy, target.device.max_level,
                                    str(directory / "arrays.npz"))
+    graph.share_weights()            # a shared-weight reader's levels are its owner's, read from the same cells
     m = Manifest(graph, target, arrays, doc["provenance"], doc.get("replication"), doc.get("estimates"))
     m.conductances = _read_conductances(directory, doc, arrays)
     m.path = directory
@@ -255,8 +262,19 @@ def _put(params: dict, key: str, value: np.ndarray) -> str:
     return key
 
 
-def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target) -> dict:
+def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target, index_of: dict) -> dict:
     at = f"ops[{index}]"
+    if op.weights_of is not None:   # a shared-weight reader names its owner's matrix and scales; no tiles of its own
+        owner = f"ops[{index_of[op.weights_of]}]"
+        return {"name": op.name, "kind": "crossbar", "op_type": op.op_type, "inputs": op.inputs,
+                "outputs": op.outputs, "source_nodes": op.source_nodes, "rows": op.rows, "cols": op.cols,
+                "positions": int(op.positions), "conv": None, "weights_of": op.weights_of,
+                "input_quant": {"scale": op.input_quant.scale, "signed": op.input_quant.signed,
+                                "bits": op.input_quant.bits},
+                "weights": {"max_level": target.device.max_level, "granularity": target.quant.weights,
+                            "scales": f"{owner}.weights.scales", "float_matrix": f"{owner}.weights.float_matrix"},
+                "bias": None if op.bias is None else _put(params, f"{at}.bias", op.bias.astype(np.float32)),
+                "replicas": op.replicas, "adc_full_scale_ua": op.adc_full_scale_ua, "tiles": []}
     return {
         "name": op.name, "kind": "crossbar", "op_type": op.op_type, "inputs": op.inputs, "outputs": op.outputs,
         "source_nodes": op.source_nodes, "rows": op.rows, "cols": op.cols, "positions": int(op.positions),
@@ -305,7 +323,8 @@ def _param(params, key, where, field, shape=None):
     return value
 
 
-def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayOccupancy, where: str, nodes):
+def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayOccupancy, where: str, nodes,
+                  owners: dict):
     at = f"ops[{index}]"
     n_arrays = occupancy.n_arrays
     if d["kind"] == "digital":      # digital.onnx's node `index` (read_digital_model checked they agree)
@@ -314,6 +333,8 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
     rows, cols = d["rows"], d["cols"]
     check_conv_geometry(d, at, where)
     _check_quant(d, at, target, where)
+    if d.get("weights_of") is not None:
+        return _reader_from_json(d, at, params, owners, where)
     conv = None if d["conv"] is None else ConvGeometry(
         tuple(d["conv"]["kernel"]), tuple(d["conv"]["strides"]), tuple(d["conv"]["pads"]),
         tuple(d["conv"]["dilations"]), d["conv"]["groups"], d["conv"]["in_channels"], d["conv"]["out_channels"],
@@ -334,6 +355,9 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
                                     "arrays")
             occupancy.place(t, p, field, where)
         tiles.append(tile)
+    if not d["tiles"]:
+        raise ManifestError(f"{where}: field '{at}.tiles' is empty; a crossbar op without 'weights_of' needs tiles "
+                            "that cover its matrix")
     check_tile_cover(d, at, where)
     q = d["input_quant"]
     matrix = _param(params, d["weights"]["float_matrix"], where, f"{at}.weights.float_matrix", (rows, cols))
@@ -349,6 +373,32 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
                 conv, d.get("source_nodes", []), ActQuant(float(q["scale"]), q["signed"], q["bits"]), None,
                 scales, tiles, d["replicas"], d["positions"], d.get("adc_full_scale_ua"))
     return op
+
+
+def _reader_from_json(d: dict, at: str, params, owners: dict, where: str) -> XbarOp:
+    """A shared-weight reader: it must name an earlier crossbar op that owns arrays, have its shape and copies, no
+    tiles, and name the owner's matrix and scales; it then shares them (and the owner's levels, share_weights)."""
+    name = d["weights_of"]
+    if name not in owners:
+        raise ManifestError(f"{where}: field '{at}.weights_of' = {name!r} names no earlier crossbar op that holds "
+                            "arrays (the owner comes first, and is not itself a reader)")
+    index, owner = owners[name]
+    oat = f"ops[{index}]"
+    for field, got, want in (("rows", d["rows"], owner.rows), ("cols", d["cols"], owner.cols),
+                             ("replicas", d["replicas"], owner.replicas), ("tiles", d["tiles"], []),
+                             ("conv", d["conv"], None),
+                             ("weights.float_matrix", d["weights"]["float_matrix"], f"{oat}.weights.float_matrix"),
+                             ("weights.scales", d["weights"]["scales"], f"{oat}.weights.scales")):
+        if got != want:
+            raise ManifestError(f"{where}: field '{at}.{field}' = {got!r}; a reader of {name!r}'s arrays "
+                                f"('{oat}') needs {want!r}")
+    bias = None if d["bias"] is None else _param(params, d["bias"], where, f"{at}.bias", (owner.cols,))
+    if bias is not None:
+        check_float_array(bias, where, f"{at}.bias", d["bias"])
+    q = d["input_quant"]
+    return XbarOp(d["name"], d["op_type"], d["inputs"], d["outputs"], owner.matrix, bias, None,
+                  d.get("source_nodes", []), ActQuant(float(q["scale"]), q["signed"], q["bits"]), None,
+                  owner.weight_scales, [], owner.replicas, d["positions"], d.get("adc_full_scale_ua"), name)
 
 
 def _check_quant(d: dict, at: str, target: Target, where: str) -> None:

@@ -147,6 +147,8 @@ def _op_json(op) -> dict:
                    tiles=[{"row_start": t.row_start, "row_count": t.row_count, "col_start": t.col_start,
                            "col_count": t.col_count,
                            "arrays": [p.array for p in t.placements]} for t in op.tiles])
+        if op.weights_of is not None:     # reads that op's arrays
+            row["weights_of"] = op.weights_of
     return row
 
 

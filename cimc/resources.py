@@ -38,15 +38,15 @@ def check_request(graph, target, config) -> None:
     """Before tiling and placing: the arrays the request implies (tiles of each layer x its fixed copies)."""
     fixed = fixed_copies(graph, config)
     arrays = {op.name: len(tiles_for(op, target.array.inputs_per_tile, target.array.outputs_per_tile))
-              * fixed.get(op.name, 1) for op in graph.xbar_ops()}
+              * fixed.get(op.name, 1) for op in graph.mapped_ops()}
     _check(arrays, fixed, target, config, "")
 
 
 def check_plan(graph, target, config) -> None:
     """After replication: the arrays actually planned (copies chosen by the solver included)."""
     fixed = fixed_copies(graph, config)
-    arrays = {op.name: len(op.tiles) * op.replicas for op in graph.xbar_ops()}
-    chosen = {op.name: op.replicas for op in graph.xbar_ops() if op.name not in fixed and op.replicas > 1}
+    arrays = {op.name: len(op.tiles) * op.replicas for op in graph.mapped_ops()}
+    chosen = {op.name: op.replicas for op in graph.mapped_ops() if op.name not in fixed and op.replicas > 1}
     _check(arrays, fixed, target, config, ", ".join(f"{n}: {c} copies chosen by the replication solver "
                                                      "(--arrays / --target-fps)" for n, c in chosen.items()))
 

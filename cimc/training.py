@@ -92,6 +92,10 @@ def tuned_layer(graph, name: str | None) -> XbarOp:
         raise ConfigError(unknown_layer("--layer", name, [o.name for o in ops]))
     if op.conv is not None:
         raise ConfigError(f"layer {op.name!r} is a convolution; hybrid training tunes a fully connected layer")
+    if op.weights_of is not None or graph.readers(op.name):
+        raise ConfigError(f"layer {op.name!r} shares its arrays with the reads of other time steps (a recurrent "
+                          "layer); hybrid training tunes a fully connected layer read once per inference: name one "
+                          "with --layer")
     tensor = op.outputs[0]
     while not graph.is_graph_output(tensor):
         consumers = graph.consumers(tensor)

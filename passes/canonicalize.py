@@ -31,6 +31,8 @@ def _try_fold(graph: Graph, op: DigitalOp) -> bool:
     xbar = graph.producer(runtime[0])
     if not isinstance(xbar, XbarOp) or graph.is_graph_output(runtime[0]) or len(graph.consumers(runtime[0])) != 1:
         return False
+    if xbar.weights_of is not None or graph.readers(xbar.name):   # shared arrays: a fold would change every read
+        return False
     scale_shift = _affine(op, xbar, graph)
     if scale_shift is None:
         return False

@@ -164,12 +164,13 @@ def estimate_graph(graph: Graph, target) -> dict:
     cells_per_array = target.array.rows * target.array.cols
     layers, busy_slots = [], []
     for op in graph.xbar_ops():
-        tiles = _tiles(op, target)
+        # a shared-weight reader reads its owner's tiles (and is charged its reads) but holds no arrays
+        tiles = _tiles(graph.array_owner(op), target)
         shapes = [_tile_cells(t, target) for t in tiles]
         rows_used, cols_used = sum(r for r, _ in shapes), sum(c for _, c in shapes)
         cells_used = sum(r * c for r, c in shapes)
         copies, positions = int(op.replicas), int(op.positions)
-        arrays = len(tiles) * copies
+        arrays = len(tiles) * copies if op.weights_of is None else 0
         slots_work = positions * b                                 # position-bits, each on one copy
         cycles = math.ceil(positions / copies) * b * s
         ops = 2 * _weights(op) * positions
@@ -191,16 +192,24 @@ def estimate_graph(graph: Graph, target) -> dict:
     # Tiles that share an array (passes/pack.py) time-share it: one read per array per slot, so an array's load is
     # the sum of the cycles of the tile copies on it, and the pipelined period is the largest load. With one tile
     # per array each load is one layer's cycles and this is the slowest layer, as above.
+    # Shared-weight readers' reads load their owner's arrays (a recurrent matrix is busy for all T steps): an
+    # owner's arrays take ceil(its reads and its readers' / copies) slots, the replication solver's model.
     loads: dict[int, int] = {}
     for op, layer in zip(graph.xbar_ops(), layers):
+        if op.weights_of is not None:
+            continue
+        reads = graph.reads_per_inference(op)
+        cycles = layer["cycles"] if reads == op.positions else math.ceil(reads / op.replicas) * b * s
         for t in op.tiles:
             for p in t.placements:
-                loads[p.array] = loads.get(p.array, 0) + layer["cycles"]
+                loads[p.array] = loads.get(p.array, 0) + cycles
     bottleneck_cycles = max([bottleneck_cycles, *loads.values()])
-    shared = len(loads) < sum(len(t.placements) for op in graph.xbar_ops() for t in op.tiles)
+    shared = len(loads) < sum(len(t.placements) for op in graph.mapped_ops() for t in op.tiles)
     if shared:        # a layer's "arrays" is then the arrays it touches; the total counts each array once
         touched = [{p.array for t in op.tiles for p in t.placements} for op in graph.xbar_ops()]
         for layer, arrays in zip(layers, touched):
+            if not arrays:
+                continue
             layer["arrays"] = len(arrays)
             layer["area_um2"] = _mul(area_array["total"], len(arrays))
             layer["utilisation"] = layer["utilisation"] * layer["copies"] * layer["tiles"] / len(arrays)

@@ -494,7 +494,7 @@ def tile_rectangle(tile, target) -> tuple[int, int]:
 def _one_tile_per_array_plan(graph, plan_copies: dict[str, int]) -> PackPlan:
     """The allocate pass's placement of a copy plan (one tile per array, offset 0), as a PackPlan hint."""
     placements, j = {}, 0
-    for op in graph.xbar_ops():
+    for op in graph.mapped_ops():
         for c in range(plan_copies[op.name]):
             for t in range(len(op.tiles)):
                 placements[(op.name, c, t)] = (j, 0, 0)
@@ -508,8 +508,9 @@ def run(graph: Graph, target, ctx) -> Graph:
     config = ctx.options
     t0 = time.perf_counter()
     fixed = fixed_copies(graph, config)
-    ops = graph.xbar_ops()
+    ops = graph.mapped_ops()        # a shared-weight reader reads its owner's tiles: its reads count there
     names = [op.name for op in ops]
+    reads = {op.name: graph.reads_per_inference(op) for op in ops}
     if getattr(config, "target_fps", None) is not None:
         raise ConfigError("--pack minimises the period under an array budget; it does not take --target-fps "
                           "(drop --pack, or give --arrays N instead)")
@@ -527,7 +528,7 @@ def run(graph: Graph, target, ctx) -> Graph:
                           "arrays); drop --pack to use the default allocator (one tile per array), or pass "
                           f"--arrays N with N <= {MAX_ARRAYS}")
     height, width = pack_frame(target)
-    layers = [PackLayer(op.name, tuple(tile_rectangle(t, target) for t in op.tiles), int(op.positions),
+    layers = [PackLayer(op.name, tuple(tile_rectangle(t, target) for t in op.tiles), reads[op.name],
                         fixed.get(op.name)) for op in ops]
     for l in layers:
         if l.fixed_copies is not None and l.fixed_copies > budget:
@@ -542,7 +543,7 @@ def run(graph: Graph, target, ctx) -> Graph:
     time_limit = getattr(config, "time_limit", 10.0)
 
     # the one-tile-per-array optimum beside it (and the hint)
-    demands = [LayerDemand(op.name, len(op.tiles), int(op.positions), max_copies=budget,
+    demands = [LayerDemand(op.name, len(op.tiles), reads[op.name], max_copies=budget,
                            fixed_copies=fixed.get(op.name)) for op in ops]
     try:
         otpa = solve_replication(demands, input_bits=bits, budget=budget, time_limit=0.2 * time_limit)
@@ -578,10 +579,11 @@ def run(graph: Graph, target, ctx) -> Graph:
         op.replicas = plan.copies[op.name]
         for t, tile in enumerate(op.tiles):
             tile.placements = [Placement(*plan.placements[(op.name, c, t)]) for c in range(op.replicas)]
+    graph.share_weights()
     period = plan.period * bits
     cycles = {name: c * bits for name, c in plan.layer_cycles.items()}
-    unreplicated = max(op.positions for op in ops) * bits
-    sequential = sum(op.positions for op in ops) * bits
+    unreplicated = max(reads.values()) * bits
+    sequential = sum(reads.values()) * bits
     per_array = []
     for j in range(plan.arrays):
         tiles = [{"layer": n, "copy": c, "tile": t, "row_offset": y, "col_offset": x,

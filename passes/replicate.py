@@ -52,15 +52,16 @@ def replication_document(report: dict) -> dict:
 
 
 def _demands(graph: Graph, fixed: dict[str, int]) -> list[LayerDemand]:
-    return [LayerDemand(op.name, len(op.tiles), op.positions, fixed_copies=fixed.get(op.name))
-            for op in graph.xbar_ops()]
+    # a layer's arrays serve its own reads and those of its shared-weight readers (a recurrent matrix: T steps)
+    return [LayerDemand(op.name, len(op.tiles), graph.reads_per_inference(op), fixed_copies=fixed.get(op.name))
+            for op in graph.mapped_ops()]
 
 
 def fixed_copies(graph: Graph, config) -> dict[str, int]:
     """The copies the user pinned (--replication FILE, then --replicate NODE=N), checked against the layers."""
     fixed = dict(getattr(config, "replication_file_copies", None) or {})
     fixed.update(config.replicate or {})
-    names = [op.name for op in graph.xbar_ops()]
+    names = [op.name for op in graph.mapped_ops()]     # a shared-weight reader follows its owner's copies
     for name in fixed:
         if name not in names:
             what = "--replicate" if name in (config.replicate or {}) else "the replication file's copies entry"
@@ -111,9 +112,10 @@ def run(graph: Graph, target, ctx) -> Graph:
                           "or a target with more arrays") from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    copies = plan.copies if plan is not None else {op.name: fixed.get(op.name, 1) for op in graph.xbar_ops()}
-    for op in graph.xbar_ops():
+    copies = plan.copies if plan is not None else {op.name: fixed.get(op.name, 1) for op in graph.mapped_ops()}
+    for op in graph.mapped_ops():
         op.replicas = copies[op.name]
+    graph.share_weights()
     baseline = max((math.ceil(l.positions / 1) * bits for l in layers), default=0)
     if plan is not None:
         report.update(status=plan.status, gap=plan.gap, solve_seconds=plan.solve_seconds,

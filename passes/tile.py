@@ -26,6 +26,7 @@ def tiles_for(op: XbarOp, rows_per_tile: int, outputs_per_tile: int) -> list[Til
 
 
 def run(graph: Graph, target, ctx=None) -> Graph:
-    for op in graph.xbar_ops():
-        op.tiles = tiles_for(op, target.array.inputs_per_tile, target.array.outputs_per_tile)
+    for op in graph.xbar_ops():     # a shared-weight reader has no tiles of its own: it reads its owner's
+        op.tiles = tiles_for(op, target.array.inputs_per_tile, target.array.outputs_per_tile) \
+            if op.weights_of is None else []
     return graph

@@ -283,7 +283,8 @@ class CrossbarBackend(Backend):
         if self.copy is not None and self.copy >= max_replicas:
             raise ConfigError(f"copy={self.copy}: the manifest's layers have at most {max_replicas} "
                               f"cop{'y' if max_replicas == 1 else 'ies'} (copies 0..{max_replicas - 1})")
-        self.plans = {op.name: self._plan(op, target) for op in graph.xbar_ops()}
+        self._cells_plans: dict = {}      # (owner, dtype) -> its first plan: the reads of shared arrays share cells
+        self.plans = {op.name: self._plan(op, target) for op in graph.xbar_ops()}   # readers: the owner's devices
         self._resolve_full_scale(graph, target)
         self.grid, self._int_session, self._lut = 1, None, False
         if self.gemm == "int8" and not target.adc.lossless:
@@ -299,6 +300,7 @@ class CrossbarBackend(Backend):
     def _plan(self, op, target) -> _Plan:
         spec = target.array
         q = op.input_quant
+        cells = self.graph.array_owner(op)      # a shared-weight reader reads its owner's tiles and placements
         bits, signed = q.bits, q.signed
         analog = target.input.encoding == "analog"
         bipolar = spec.differential == "rows" or (analog and signed)
@@ -308,12 +310,12 @@ class CrossbarBackend(Backend):
         _, top = adc_range(target.adc.bits, bipolar)
         code_bound = top * (qmax if analog else (1 << bits)) * max(1, -(-op.rows // spec.inputs_per_tile))
         code_dtype = np.float32 if code_bound < FLOAT32_EXACT else np.float64
-        exact = read_levels(op, self.arrays, target, 0).astype(np.float64)
+        exact = read_levels(cells, self.arrays, target, 0).astype(np.float64)
         by_start: dict[int, list] = {}
-        for tile in op.tiles:
+        for tile in cells.tiles:
             by_start.setdefault(tile.row_start, []).append(tile)
         blocks = []
-        effective = [np.zeros((op.rows, op.cols), dtype) for _ in range(op.replicas)]
+        effective = [np.zeros((op.rows, op.cols), dtype) for _ in range(cells.replicas)]
         for r0 in sorted(by_start):
             tiles = sorted(by_start[r0], key=lambda t: t.col_start)
             rc = tiles[0].row_count
@@ -321,7 +323,7 @@ class CrossbarBackend(Backend):
             block = _Block(r0, r0 + rc, cols)
             contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
             block.index = slice(int(cols[0]), int(cols[0]) + len(cols)) if contiguous else cols
-            for c in range(op.replicas):
+            for c in range(cells.replicas):
                 plus, minus = [], []
                 for t in tiles:
                     p = t.placements[c]
@@ -338,9 +340,12 @@ class CrossbarBackend(Backend):
         channels = _channel_tiles(op, blocks)
         step = target.device.step_us
         unit_ua = target.input.read_voltage_v * step / (qmax if analog else 1)
-        plan = _Plan(op.name, op.rows, op.cols, op.replicas, bits, signed, analog, bipolar, dtype, code_dtype, blocks,
-                     effective, exact, np.array([1.0]) if analog else plane_weights(bits, signed), unit_ua,
+        plan = _Plan(op.name, op.rows, op.cols, cells.replicas, bits, signed, analog, bipolar, dtype, code_dtype,
+                     blocks, effective, exact, np.array([1.0]) if analog else plane_weights(bits, signed), unit_ua,
                      qmin=q.qmin, qmax=q.qmax, channels=channels)
+        first = self._cells_plans.setdefault((cells.name, np.dtype(dtype).str), plan)
+        if first is not plan:       # the same devices: one copy of their conductances (and their tables) in memory
+            plan.blocks, plan.effective, plan.exact_levels = first.blocks, first.effective, first.exact_levels
         if not analog:
             codes = np.arange(q.qmin, q.qmax + 1)
             planes = bit_planes(codes[:, None].astype(np.float32), bits, signed)[:, :, 0]
@@ -825,8 +830,9 @@ class CrossbarBackend(Backend):
         self.chip.conductance_us[ids] = conductance_us
         self.g_units[ids] = (conductance_us - self.target.device.g_min_us) / self.model.step_us
         touched = set(ids.tolist())
+        self._cells_plans = {}
         for op in self.graph.xbar_ops():
-            if any(p.array in touched for t in op.tiles for p in t.placements):
+            if any(p.array in touched for t in self.graph.array_owner(op).tiles for p in t.placements):
                 old = self.plans[op.name]
                 plan = self._plan(op, self.target)
                 plan.full_scale, plan.full_scale_source = old.full_scale, old.full_scale_source

@@ -32,7 +32,8 @@ class IntegerBackend(Backend):
     def bind(self, graph, arrays, target):
         self.levels, self.sessions = {}, {}
         for op in graph.xbar_ops():
-            levels = read_levels(op, arrays, target) if arrays is not None else op.levels
+            # a shared-weight reader reads its owner's devices
+            levels = read_levels(graph.array_owner(op), arrays, target) if arrays is not None else op.levels
             bound = op.rows * max(abs(op.input_quant.qmin), op.input_quant.qmax) * target.device.max_level
             exact32 = bound < FLOAT32_EXACT
             self.levels[op.name] = levels.astype(np.float32 if exact32 else np.float64)
