@@ -262,3 +262,23 @@ def test_insitu_chip_converts_through_the_targets_adc_instances():
     plain = chip_for_target(load_target("li2018"), adc_bits=6, seed=2, stuck_rate=0.0)
     plain.program(0, w)
     assert np.array_equal(plain.currents(0, v), np.round(exact / step) * step)
+
+
+# -- the command line ---------------------------------------------------------------------------------------------
+def test_cli_targets_json_shows_the_fields_and_run_refuses_a_bad_value(fc, tmp_path, capsys):
+    import json
+
+    from cimc.cli import main
+    assert main(["targets", "--json"]) == 0
+    shown = {t["name"]: t for t in json.loads(capsys.readouterr().out)["targets"]}
+    assert shown["yao2020-resnet"]["adc"]["offset_sigma_lsb"] == 0.0 and "dac_inl_lsb" in shown["li2018"]["input"]
+    fc.save(tmp_path / "m")
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((4, 20)).astype(np.float32))
+    rc = main(["run", str(tmp_path / "m"), "--data", str(tmp_path / "x.npz"), "--backend", "crossbar",
+               "--set", "adc.offset_sigma_lsb=-0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "adc.offset_sigma_lsb" in err
+    rc = main(["run", str(tmp_path / "m"), "--data", str(tmp_path / "x.npz"), "--backend", "crossbar", "--json",
+               "--set", "adc.offset_sigma_lsb=0.5", "--set", "adc.noise_sigma_lsb=0.2"])
+    r = json.loads(capsys.readouterr().out)
+    assert rc == 0 and r["crossbar"]["adc"]["offset_sigma_lsb"] == 0.5 and r["crossbar"]["reader"] == "float32"
