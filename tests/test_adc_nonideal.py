@@ -3,6 +3,7 @@ sense noise and the analog DAC's curve, each against an independent expectation 
 written here from the documented formulas, closed-form statistics — plus seeds, fallbacks and the target fields."""
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -282,3 +283,20 @@ def test_cli_targets_json_shows_the_fields_and_run_refuses_a_bad_value(fc, tmp_p
                "--set", "adc.offset_sigma_lsb=0.5", "--set", "adc.noise_sigma_lsb=0.2"])
     r = json.loads(capsys.readouterr().out)
     assert rc == 0 and r["crossbar"]["adc"]["offset_sigma_lsb"] == 0.5 and r["crossbar"]["reader"] == "float32"
+
+
+def test_a_tuned_chip_is_the_same_chip_only_with_the_same_adcs(fc):
+    """cimc tune writes the chip instance it reads, ADCs included: its identity records the ADC effects, so the
+    tuned conductances apply to the same seed and ADCs and to nothing else."""
+    from cimc.data import Dataset
+    from cimc.training import tune
+    name = fc.graph.inputs[0].name
+    x = np.random.default_rng(2).standard_normal((60, 20)).astype(np.float32)
+    labels = Session(fc, backend="float").run(x).argmax(1)
+    chip = ["nonideal.program_sigma_us=1.0"] + EFFECTS
+    tuned, result = tune(fc, Dataset({name: x}, labels, None, None), seed=3, overrides=chip, holdout=0.2)
+    recorded = json.loads(json.dumps(tuned.provenance["tuning"]["chip"]))
+    assert recorded["adc"] == {"gain_sigma_rel": 0.03, "offset_sigma_lsb": 0.7, "inl_lsb": 1.5, "noise_sigma_lsb": 0.4}
+    assert Session(tuned, backend="crossbar", seed=3, overrides=chip).backend.tuning_applied
+    other_adcs = chip[:-1] + ["adc.noise_sigma_lsb=0.5"]
+    assert not Session(tuned, backend="crossbar", seed=3, overrides=other_adcs).backend.tuning_applied
