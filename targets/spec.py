@@ -100,12 +100,16 @@ class InputSpec:
     pulse_ns: float = 50.0
     # "analog" inputs: the row driver's (DAC's) bow-shaped non-linearity, peak deviation in input LSB (one code)
     dac_inl_lsb: float = 0.0
+    # every row driver's gain error, relative, drawn per driver from the chip seed (cimc.targets.drivers)
+    driver_gain_sigma_rel: float = 0.0
 
     def __post_init__(self):
         _require(2 <= self.bits <= 16, "input.bits", "must be between 2 and 16")
         _require(self.encoding in ("bit-serial", "analog"), "input.encoding", "must be 'bit-serial' or 'analog'")
         _require(self.read_voltage_v > 0, "input.read_voltage_v", f"must be positive, got {self.read_voltage_v!r}")
         _require(self.pulse_ns > 0, "input.pulse_ns", f"must be positive, got {self.pulse_ns!r}")
+        _require(self.driver_gain_sigma_rel >= 0, "input.driver_gain_sigma_rel",
+                 f"must be >= 0 (0 = ideal drivers), got {self.driver_gain_sigma_rel!r}")
         _require(abs(self.dac_inl_lsb) <= 2 ** (self.bits - 2), "input.dac_inl_lsb",
                  f"must be at most a quarter of the code range ({2 ** (self.bits - 2)} LSB for {self.bits} bits) in "
                  f"magnitude, got {self.dac_inl_lsb!r}")

@@ -300,3 +300,52 @@ def test_a_tuned_chip_is_the_same_chip_only_with_the_same_adcs(fc):
     assert Session(tuned, backend="crossbar", seed=3, overrides=chip).backend.tuning_applied
     other_adcs = chip[:-1] + ["adc.noise_sigma_lsb=0.5"]
     assert not Session(tuned, backend="crossbar", seed=3, overrides=other_adcs).backend.tuning_applied
+
+
+# -- row drivers' gain errors ---------------------------------------------------------------------------------------
+def _driver_gains(seed, array, rows, sigma):
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(0xDAC, array))))
+    return 1.0 + sigma * rng.standard_normal(rows)
+
+
+def test_driver_gains_scale_their_rows_columns_layout(fc):
+    """Yao's column pairs, lossless ADC, ideal devices: the accumulator is sum_r x_r a_r (G+_r - G-_r), a_r the
+    gain of the driver of physical row r (drawn from key (0xDAC, array)); g_min cancels in the pair."""
+    b = CrossbarBackend(seed=4, overrides=IDEAL_DEVICES + ["adc.lossless=true", "input.driver_gain_sigma_rel=0.05"])
+    b.bind(fc.graph, fc.arrays, fc.target)
+    op = fc.graph.xbar_ops()[0]
+    p = op.tiles[0].placements[0]
+    a = _driver_gains(4, p.array, fc.target.array.rows, 0.05)[p.row_offset:p.row_offset + op.rows]
+    x = _codes(op, 4)
+    levels = b.plans[op.name].exact_levels
+    want = x.astype(np.float64) @ (a[:, None] * levels)
+    got = b.mvm(op, x, len(x))
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-2) and not np.allclose(got, x @ levels, atol=1)
+    assert b.chip_identity()["drivers"]["driver_gain_sigma_rel"] == 0.05
+
+
+def test_driver_gains_on_li_row_pairs_do_not_cancel_g_min(tmp_path):
+    """Li's +v/-v row blocks are driven by different drivers: the line carries sum_r u_r ((L+_r + o) a_r -
+    (L-_r + o) a'_r) with o = g_min / step, so g_min no longer cancels exactly."""
+    path = tmp_path / "mlp.onnx"
+    onnx.save(zoo.mlp(), path)
+    calib = np.random.default_rng(3).standard_normal((32, 64)).astype(np.float32)
+    m = cimc.compile(path, "li2018", calibration=calib, overrides=["chip.chips=0"])
+    op = m.graph.xbar_ops()[0]
+    flat = ["nonideal.stuck_rate=0", "nonideal.update_sigma_rel=0", "adc.lossless=true",
+            "input.driver_gain_sigma_rel=0.1"]
+    b = CrossbarBackend(seed=6, overrides=flat)
+    b.bind(m.graph, m.arrays, m.target)
+    tile = op.tiles[0]
+    p = tile.placements[0]
+    half = m.target.array.rows // 2
+    a = _driver_gains(6, p.array, m.target.array.rows, 0.1)
+    rows = p.row_offset + np.arange(tile.row_count)
+    cols = p.col_offset + np.arange(tile.col_count)
+    arr = m.arrays[p.array].astype(np.float64)
+    o = m.target.device.g_min_us / m.target.device.step_us
+    eff = (arr[np.ix_(rows, cols)] + o) * a[rows, None] - (arr[np.ix_(rows + half, cols)] + o) * a[rows + half, None]
+    x = _codes(op, 3)
+    want = x[:, tile.row_start:tile.row_start + tile.row_count].astype(np.float64) @ eff
+    got = b.mvm(op, x, len(x))[:, tile.col_start:tile.col_start + tile.col_count]
+    assert len(op.tiles) == 1 and np.allclose(got, want, rtol=1e-5, atol=1e-2)

@@ -15,6 +15,7 @@ import numpy as np
 
 from cimc.targets.adc import AdcModel
 from cimc.targets.devices import DeviceModel, load_defect_map, programmed_us
+from cimc.targets.drivers import driver_gains
 
 
 class Chip:
@@ -32,6 +33,9 @@ class Chip:
         self.offset = target.device.g_min_us / step
         self.read_sigma = self.model.read_noise_us / step          # read noise in step units
         self.adc = AdcModel(target.adc, self.seed, levels.shape[0], target.array.cols)
+        # row drivers' gains [n_arrays, rows], None for ideal drivers
+        self.driver_gain = driver_gains(target.input.driver_gain_sigma_rel, self.seed, levels.shape[0],
+                                        target.array.rows)
 
     # what the devices hold (uS, [n_arrays, rows, cols])
     @property
@@ -61,7 +65,7 @@ class Chip:
 
     def identity(self) -> dict:
         """What makes two chip instances the same: the seed, the device non-idealities, the defect map, and the ADC
-        non-idealities where any is set (so an ideal-ADC identity reads as before they existed)."""
+        and row-driver non-idealities where any is set (so an ideal chip's identity reads as before they existed)."""
         dm = self.model.defect_map
         out = {"seed": self.seed, "nonideal": dataclasses.asdict(self.target.nonideal),
                "defect_map": None if dm is None else hashlib.sha256(np.ascontiguousarray(dm.stuck)).hexdigest()}
@@ -69,4 +73,7 @@ class Chip:
         effects = {k: getattr(adc, k) for k in ("gain_sigma_rel", "offset_sigma_lsb", "inl_lsb", "noise_sigma_lsb")}
         if any(effects.values()):
             out["adc"] = effects
+        drivers = {k: getattr(self.target.input, k) for k in ("driver_gain_sigma_rel", "dac_inl_lsb")}
+        if any(drivers.values()):
+            out["drivers"] = drivers
         return out

@@ -145,7 +145,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             target = _refuse_compile_time_changes(target, load_target(target, self.overrides))
         if self.ideal or self.record_currents:
             target = target.replace(nonideal=NonIdealSpec(), adc=_lossless(target.adc),
-                                    input=dataclasses.replace(target.input, dac_inl_lsb=0.0))
+                                    input=dataclasses.replace(target.input, dac_inl_lsb=0.0,
+                                                              driver_gain_sigma_rel=0.0))
         return target
 
     def bind(self, graph, arrays, target) -> None:
@@ -225,8 +226,11 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                 for t in tiles:
                     p = t.placements[c]
                     pi, mi = tile_cells(t, p, spec)
-                    plus.append(self.g_units[p.array][pi])
-                    minus.append(self.g_units[p.array][mi])
+                    gpt, gmt = self.g_units[p.array][pi], self.g_units[p.array][mi]
+                    if self.chip.driver_gain is not None:     # a driver's gain scales its row's devices, g_min too
+                        gpt, gmt = _driven(gpt, gmt, t, p, self.chip, spec)
+                    plus.append(gpt)
+                    minus.append(gmt)
                     where.append((p.array, pi[1][0], mi[1][0]))        # the physical columns of its lines
                 gp, gm = np.concatenate(plus, axis=1), np.concatenate(minus, axis=1)
                 if not self.chip.adc.ideal:
@@ -444,6 +448,17 @@ def _adc_lines(adc, where: list, columns: bool):
         return adc.lines(arrays, plus)
     minus = np.concatenate([cm for _, _, cm in where])
     return adc.lines(np.concatenate([arrays, arrays]), np.concatenate([plus, minus]))
+
+
+def _driven(gp: np.ndarray, gm: np.ndarray, tile, placement, chip, spec) -> tuple[np.ndarray, np.ndarray]:
+    """A row tile's g+ and g- (step units above g_min) as its rows' drivers apply them: (g + o) * a_r - o, so the
+    read current sum_r u_r a_r (g_r + o) keeps the plan's form (o added back where a physical current is needed)."""
+    a = chip.driver_gain[placement.array]
+    rows = placement.row_offset + np.arange(tile.row_count)
+    ap = a[rows][:, None]
+    am = ap if spec.differential == "columns" else a[rows + spec.rows // 2][:, None]
+    o = chip.offset
+    return (gp + o) * ap - o, (gm + o) * am - o
 
 
 def dac_amplitudes(x: np.ndarray, qmax: int, inl_lsb: float) -> np.ndarray:
