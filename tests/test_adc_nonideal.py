@@ -349,3 +349,21 @@ def test_driver_gains_on_li_row_pairs_do_not_cancel_g_min(tmp_path):
     want = x[:, tile.row_start:tile.row_start + tile.row_count].astype(np.float64) @ eff
     got = b.mvm(op, x, len(x))[:, tile.col_start:tile.col_start + tile.col_count]
     assert len(op.tiles) == 1 and np.allclose(got, want, rtol=1e-5, atol=1e-2)
+
+
+def test_sense_noise_on_replicated_convolutions_is_batch_independent(tmp_path):
+    """Convolutions read from uint8 im2col codes, a replicated layer's copies each take their samples: sample i's
+    conversions still come from its own stream, so one batch equals sample-by-sample runs."""
+    model = om.small_cnn()
+    path = tmp_path / "cnn.onnx"
+    onnx.save(model, path)
+    calib = next(iter(om.random_feeds(model, 16, 1).values()))
+    m = cimc.compile(path, "yao2020-resnet", calibration=calib, replicate={"conv1": 2})
+    x = next(iter(om.random_feeds(model, 5, 2).values()))
+    session = Session(m, backend="crossbar", seed=3, overrides=EFFECTS)
+    with_adc = session.run(x)
+    assert {p.conv_route for p in session.backend.plans.values()} >= {"codes"}
+    alone = np.concatenate([Session(m, backend="crossbar", seed=3, overrides=EFFECTS).run(x[i:i + 1], samples=[i])
+                            for i in range(len(x))])
+    assert np.array_equal(with_adc, alone)
+    assert not np.array_equal(with_adc, Session(m, backend="crossbar", seed=3).run(x))

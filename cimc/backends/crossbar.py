@@ -181,6 +181,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         elif self.record_currents and float(self.offset).is_integer() and self.offset + target.device.max_level <= 127:
             self._quantise_conductances(target, grid=1)          # ideal levels + integer g_min: exact in int8
         self.reader = self._reader(target)
+        for plan in self.plans.values():
+            plan.conv_route = self._conv_route(plan)
         self.stats = {name: {"sq_err": 0.0, "sq_ref": 0.0, "clipped": 0, "conversions": 0, "max_abs_err": 0.0}
                       for name in self.plans}
         self.peaks = {name: 0.0 for name in self.plans}
@@ -299,15 +301,14 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         doc): run the whole convolution in onnxruntime, like the integer backend. Any other read goes bit-plane by
         bit-plane through the executor's im2col + mvm."""
         plan = self.plans[op.name]
-        if self.record_currents and self._exact_record(plan):
+        route = plan.conv_route
+        if route == "record":
             return self._conv_on_codes(op, plan, x, lambda p, c, xs, ids: self._record_exact(p, c, xs))
-        if self._direct_table_reads(plan):
+        if route == "table":
             return self._conv_table_reads(op, plan, x)
-        if self._encoded_reads(plan):
+        if route == "codes":
             return self._conv_on_codes(op, plan, x, lambda p, c, xs, ids: self._planes(p, c, xs, ids, encoded=True))
-        if (not self.target.adc.lossless or self.simulate_planes or self.record_currents or self.diagnostics
-                or self.read_sigma > 0 or self.gemm != "float32" or plan.dtype != np.float32
-                or (plan.analog and self.dac_inl)):
+        if route != "onnx":
             return None
         from cimc.backends.reference import conv_session
         copies = self._copy_samples(plan, self._sample_ids(len(x)))
@@ -326,6 +327,22 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                     out = np.empty((len(x),) + y.shape[1:], np.float32)
                 out[samples] = y
         return out[:, :, 0, :] if rank1 else out
+
+    def _conv_route(self, plan: ReadPlan) -> str | None:
+        """How `conv` reads a convolution, fixed at bind: "record" (exact int8 calibration reads), "table" (lut reads
+        from NHWC codes), "codes" (bit-planes of uint8 im2col codes), "onnx" (one exact product as an onnxruntime
+        Conv), or None (the executor's im2col + mvm)."""
+        if self.record_currents and self._exact_record(plan):
+            return "record"
+        if self._direct_table_reads(plan):
+            return "table"
+        if self._encoded_reads(plan):
+            return "codes"
+        if (not self.target.adc.lossless or self.simulate_planes or self.record_currents or self.diagnostics
+                or self.read_sigma > 0 or self.gemm != "float32" or plan.dtype != np.float32
+                or (plan.analog and self.dac_inl)):
+            return None
+        return "onnx"
 
     def mvm(self, op, x: np.ndarray, batch: int) -> np.ndarray:
         plan = self.plans[op.name]
@@ -404,6 +421,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                 old = self.plans[op.name]
                 plan = self._plan(op, self.target)
                 plan.full_scale, plan.full_scale_source = old.full_scale, old.full_scale_source
+                plan.conv_route = old.conv_route
                 self.plans[op.name] = plan
 
     def chip_identity(self) -> dict:

@@ -83,7 +83,7 @@ class TableReads:
     def conv_output(self, op, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
         """Direct table reads (below) also apply the executor's dequantisation, in the pass that scales the codes."""
         plan = self.plans[op.name]
-        if self.record_currents or not self._direct_table_reads(plan) or plan.dtype != np.float32:
+        if plan.conv_route != "table" or plan.dtype != np.float32:
             return None
         return self._conv_table_reads(op, plan, x, (scale, bias))
 
