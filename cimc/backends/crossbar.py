@@ -18,9 +18,13 @@ for a lossless ADC (here). This class binds them and walks the samples through t
 * For each plane, each array line carries I = V_read * sum_r u_r g_r. Differential "columns" (Yao): the g+ and g-
   lines are converted separately by a unipolar ADC and the codes subtracted digitally; "rows" (Li): the input is
   applied as +u/-u on the two row blocks, the line carries the difference and one bipolar ADC converts it.
-* ADC: `bits`, full scale FS, round to nearest (ties to even), clip to the code range. Codes are shifted (times the
-  plane weight) and added over planes and over the row tiles of a layer, then multiplied once by the LSB (in step
-  units), which gives the accumulator in weight-level units: what the integer backend returns as sum_k q_k w_k.
+* ADC: `bits`, full scale FS, round to nearest (ties to even), clip to the code range; each line's ADC instance
+  adds its gain, offset, INL and sense noise before rounding where the target sets them (cimc.targets.adc). Codes
+  are shifted (times the plane weight) and added over planes and over the row tiles of a layer, then multiplied
+  once by the LSB (in step units), which gives the accumulator in weight-level units: what the integer backend
+  returns as sum_k q_k w_k.
+* Row drivers (cimc.targets.drivers): a driver's gain error scales its row's conductances in the read plans; the
+  analog DAC's bow (`input.dac_inl_lsb`) bends the codes before any read (`dac_amplitudes`).
 * FS per layer: `adc.full_scale = "max"`: the largest current a line can carry (all array rows driven, every device at
   g_max; for "rows": half the rows at g_max - g_min); "calibrated": the largest ideal line current seen over the
   calibration set's reads (`calibrate_adc_full_scale`), stored per op as `adc_full_scale_ua` in the manifest, given
@@ -43,11 +47,14 @@ for a lossless ADC (here). This class binds them and walks the samples through t
   and shift-and-add run in the same loop, on a grid of step / ~400 (6 nS): about 6x faster than float32 on
   ResNet-56; on the int8 grid it equals gemm="int8" bit for bit. A convolution whose row tiles hold whole input
   channels is read without im2col, straight from its padded NHWC codes (`_conv_table_reads`). Reads with read
-  noise keep float32 GEMMs (the kernel draws nothing).
+  noise, or through ADCs with gain, offset, INL or sense noise, keep float32 GEMMs (the kernel draws nothing and
+  fuses an ideal ADC).
 * Read noise is drawn per sample: the sample of global index i reads layer l's copy c with its own generator,
   cimc.targets.devices.read_generator(seed, l, c, i), which draws its [planes, positions, lines] block of each row
   tile in turn (the planes' sum, [positions, lines], for a lossless read); chunks of reads hold whole samples. So
-  the same seed gives a sample the same output at any batch size and with any other samples in its batch.
+  the same seed gives a sample the same output at any batch size and with any other samples in its batch. Sense
+  noise (ADC) is drawn the same way from its own streams (cimc.targets.adc.sense_generators): [planes, positions,
+  lines] per sample and row tile.
 """
 from __future__ import annotations
 
