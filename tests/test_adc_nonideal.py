@@ -367,3 +367,21 @@ def test_sense_noise_on_replicated_convolutions_is_batch_independent(tmp_path):
                             for i in range(len(x))])
     assert np.array_equal(with_adc, alone)
     assert not np.array_equal(with_adc, Session(m, backend="crossbar", seed=3).run(x))
+
+
+def test_analog_reads_with_read_noise_through_a_finite_adc(tmp_path):
+    """Li's analog inputs with read noise and an 8-bit ADC (this crashed before: the noise variance summed the wrong
+    axis): each sample's noise is its own, whatever the batch, and ADC effects add to it."""
+    path = tmp_path / "mlp.onnx"
+    onnx.save(zoo.mlp(), path)
+    calib = np.random.default_rng(3).standard_normal((32, 64)).astype(np.float32)
+    m = cimc.compile(path, "li2018", calibration=calib, overrides=["chip.chips=0"])
+    x = np.random.default_rng(4).standard_normal((5, 64)).astype(np.float32)
+    noisy = ["nonideal.read_noise_sigma_us=0.3"]
+    whole = Session(m, backend="crossbar", seed=2, overrides=noisy).run(x)
+    alone = np.concatenate([Session(m, backend="crossbar", seed=2, overrides=noisy).run(x[i:i + 1], samples=[i])
+                            for i in range(len(x))])
+    assert np.array_equal(whole, alone) and np.all(np.isfinite(whole))
+    assert not np.array_equal(whole, Session(m, backend="crossbar", seed=2).run(x))
+    with_adc = Session(m, backend="crossbar", seed=2, overrides=noisy + ["adc.offset_sigma_lsb=1"]).run(x)
+    assert not np.array_equal(with_adc, whole)
