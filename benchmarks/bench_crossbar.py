@@ -4,8 +4,9 @@
 
 For each configuration — `integer` (the reference), `crossbar-ideal` (ideal devices, lossless ADC) and
 `crossbar-noisy` (the yao2020-resnet target: 0.54 uS programming error, 8-bit ADC with a calibrated full scale,
-every bit-plane read; float32 GEMMs), `crossbar-noisy-int8` (the same with gemm="int8") and `crossbar-noisy-lut`
-(the same with gemm="lut": numba table reads with the ADC fused) — a fresh worker process loads the manifest, warms
+every bit-plane read; float32 GEMMs), `crossbar-noisy-int8` (the same with gemm="int8"), `crossbar-noisy-lut`
+(the same with gemm="lut": numba table reads with the ADC fused) and, on request, `crossbar-noisy-adc` (crossbar-noisy
+with ADC gain, offset, INL and sense noise: the cost of the ADC model) — a fresh worker process loads the manifest, warms
 both up on two inputs (numba compiles on first use, then loads from its disk cache), times onnxruntime and the
 backend on the same n
 inputs, and reports the ratio and its peak resident memory (ru_maxrss, the whole process). Then a GEMM
@@ -52,6 +53,10 @@ def prepare(workdir: Path, n: int, seed: int = 0) -> None:
     np.save(workdir / "x.npy", rng.standard_normal((n, 3, 32, 32)).astype(np.float32))
 
 
+# crossbar-noisy-adc: crossbar-noisy plus every ADC non-ideality (cimc.targets.adc), float32 GEMMs
+ADC_EFFECTS = ["adc.gain_sigma_rel=0.01", "adc.offset_sigma_lsb=0.5", "adc.inl_lsb=0.5", "adc.noise_sigma_lsb=0.3"]
+
+
 def worker(workdir: Path, config: str, batch_size: int) -> dict:
     import warnings
 
@@ -70,6 +75,10 @@ def worker(workdir: Path, config: str, batch_size: int) -> dict:
         session = cimc.Session(manifest, backend="integer", batch_size=batch_size)
     elif config == "crossbar-ideal":
         session = cimc.Session(manifest, backend="crossbar", ideal=True, batch_size=batch_size)
+    elif config == "crossbar-noisy-adc":
+        scales = json.loads((workdir / "adc_full_scale.json").read_text())
+        session = cimc.Session(manifest, backend="crossbar", seed=0, adc_full_scale=scales, batch_size=batch_size,
+                               overrides=ADC_EFFECTS)
     else:
         scales = json.loads((workdir / "adc_full_scale.json").read_text())
         session = cimc.Session(manifest, backend="crossbar", seed=0, adc_full_scale=scales, batch_size=batch_size,

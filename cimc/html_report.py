@@ -128,6 +128,10 @@ def _target_info(t) -> dict:
         adc_text = f"{adc.bits}-bit, {adc.columns_per_adc} column(s) per ADC, full scale {adc.full_scale}"
         if adc.energy_pj is not None:
             adc_text += f", {adc.energy_pj:g} pJ per conversion"
+        effects = [f"{label} {value:g}" for label, value in (("gain σ", adc.gain_sigma_rel), ("offset σ LSB",
+                   adc.offset_sigma_lsb), ("INL LSB", adc.inl_lsb), ("sense noise σ LSB", adc.noise_sigma_lsb)) if value]
+        if effects:
+            adc_text += "; " + ", ".join(effects)
     chips = "unlimited chips" if chip.chips == 0 else f"{chip.chips} chip(s) ({chip.array_budget} arrays)"
     return {
         "name": t.name, "description": t.description,
@@ -160,13 +164,6 @@ def _cimc_version(manifest) -> str:
     return str(version) if version is not None else f"{__version__} (not recorded)"
 
 
-def _tile_cells(tile, target) -> tuple[int, int]:
-    """Physical rows and columns a tile occupies on its array (as cimc.passes.estimate counts them)."""
-    if target.array.differential == "columns":
-        return tile.row_count, 2 * tile.col_count
-    return 2 * tile.row_count, tile.col_count
-
-
 def _array_records(ops: list[XbarOp], target, n_arrays: int) -> list[dict]:
     """One record per physical array: the share of its cells that hold weights and every tile placed on it, as
     (layer index, copy, copies, tile, row_start, col_start, used). An array shared by several tiles (--pack) has
@@ -175,7 +172,7 @@ def _array_records(ops: list[XbarOp], target, n_arrays: int) -> list[dict]:
     parts: list[list[dict]] = [[] for _ in range(n_arrays)]
     for li, op in enumerate(ops):
         for ti, tile in enumerate(op.tiles):
-            r, c = _tile_cells(tile, target)
+            r, c = target.array.tile_footprint(tile.row_count, tile.col_count)
             for copy, p in enumerate(tile.placements):
                 if 0 <= p.array < n_arrays:
                     parts[p.array].append({"layer": li, "copy": copy, "copies": len(tile.placements), "tile": ti,

@@ -36,12 +36,18 @@ signed uniform grid whose full scale is the largest |I| of that read (a per-batc
   (li2018: 2%), independently per device and per update.
 * programming error (`program_sigma_us`, `program_sigma_rel`, DeviceModel's formula sigma = sigma_us + sigma_rel * g)
   applies whenever weights are programmed: the initial weights of in-situ training and the ex-situ transfer.
+* ADC (with `adc_bits`): the target's `[adc]` gain_sigma_rel, offset_sigma_lsb, inl_lsb and noise_sigma_lsb, applied
+  to each layer's currents in LSB before rounding, one ADC per column (cimc.targets.adc).
 * read noise (`read_noise_sigma_us`) is added to every line current (`devices.line_noise`) and to every device
   conductance read back for the weights. Drift is not modelled (training and test happen at once).
 
-DeviceModel is used only to draw the stuck devices: its `program` maps the 8 discrete device levels of a compiled
-manifest to conductances, while Li's in-situ devices are analog and change by continuous updates, so the pair
-programming, the update rule and the analog programming error are written here (with DeviceModel's conventions).
+**One chip model, analog devices.** The chip shares the physics of a compiled chip (cimc.backends.chip.Chip): stuck
+devices and defect maps are DeviceModel's draws, programming error is `devices.programmed_us` (the formula of chip
+programming and of `cimc tune`'s writes), read noise is `devices.line_noise`, and with `adc_bits` the ADC instances
+are the chip's `cimc.targets.adc.AdcModel` (the target's per-ADC gain, offset, INL and sense noise, drawn from the
+seed; all zero = the plain rounding above, bit for bit). What stays here is what a manifest's chip does not have:
+Li's devices are analog (continuous conductances and updates, not the manifest's 8 levels), so the pair programming
+about g_ref, the update rule and the per-read calibrated ADC range are written here.
 
 **In-situ training (Li).** Plain SGD with softmax cross-entropy, batch 50. The forward pass runs on the chip; the
 backward pass runs in software on the weights *read back* from the array (the effective weights, stuck devices
@@ -67,6 +73,8 @@ from typing import Callable
 import numpy as np
 
 from cimc.errors import ConfigError, DataError
+from cimc.targets.adc import adc_range
+from cimc.targets.devices import line_noise, programmed_us
 
 LAYER_SIZES = (64, 54, 10)
 BATCH = 50
@@ -78,7 +86,8 @@ PAPER = {"in_situ_11pct_accuracy": 91.71, "gap_points": 2.4, "in_situ_50pct_off_
          "simulated_1024x512_accuracy": 97.3}
 
 # Child streams of np.random.SeedSequence(seed); child 0 is `devices.read_generator(seed)` (read noise).
-_STREAM_READ, _STREAM_INIT, _STREAM_ORDER, _STREAM_UPDATE, _STREAM_PROGRAM = range(5)
+_STREAM_READ, _STREAM_INIT, _STREAM_ORDER, _STREAM_UPDATE, _STREAM_PROGRAM, _STREAM_SENSE = range(6)
+_STREAMS = 6
 
 
 # -- layout ---------------------------------------------------------------------------------------------------------
@@ -125,7 +134,8 @@ class InSituChip:
     def __init__(self, rows: int, cols: int, layers, *, g_min_us: float, g_max_us: float, w_max: float = DEFAULT_W_MAX,
                  read_voltage_v: float = 0.2, stuck: np.ndarray | None = None, stuck_g_us: np.ndarray | None = None,
                  update_sigma_rel: float = 0.0, program_sigma_us: float = 0.0, program_sigma_rel: float = 0.0,
-                 read_noise_sigma_us: float = 0.0, adc_bits: int | None = None, seed: int | None = 0):
+                 read_noise_sigma_us: float = 0.0, adc_bits: int | None = None, seed: int | None = 0,
+                 adc=None):
         if not 0 <= g_min_us < g_max_us:
             raise ConfigError(f"conductance range {g_min_us}..{g_max_us} uS: need 0 <= g_min < g_max")
         if not w_max > 0:
@@ -155,7 +165,13 @@ class InSituChip:
         self.stuck_g = np.broadcast_to(np.asarray(stuck_g_us, np.float64), self.stuck.shape).copy()
         self.g = np.full((self.rows, self.cols), self.g_ref)
         self.g[self.stuck] = self.stuck_g[self.stuck]
-        children = np.random.SeedSequence(seed).spawn(5)
+        # the chip's ADC instances (cimc.targets.adc.AdcModel: gain, offset, INL, sense noise), used with adc_bits
+        self.adc_lines = {} if adc is None else {lay.name: adc.lines(np.zeros(lay.n_out, np.int64),
+                                                                    np.arange(lay.cols.start, lay.cols.stop))
+                                                 for lay in self.layers}
+        self.sense_sigma_lsb = 0.0 if adc is None else adc.noise_sigma_lsb
+        children = np.random.SeedSequence(seed).spawn(_STREAMS)
+        self._rng_sense = np.random.default_rng(children[_STREAM_SENSE])
         self._rng_read = np.random.default_rng(children[_STREAM_READ])
         self._rng_update = np.random.default_rng(children[_STREAM_UPDATE])
         self._rng_program = np.random.default_rng(children[_STREAM_PROGRAM])
@@ -183,8 +199,8 @@ class InSituChip:
         half = w * self.g_scale / 2
         for rows, target in ((lay.rows_plus, self.g_ref + half), (lay.rows_minus, self.g_ref - half)):
             if self.program_sigma_us or self.program_sigma_rel:
-                sigma = self.program_sigma_us + self.program_sigma_rel * target
-                target = target + sigma * self._rng_program.standard_normal(target.shape)
+                target = programmed_us(target, self._rng_program.standard_normal(target.shape),
+                                       self.program_sigma_us, self.program_sigma_rel)
             block = np.clip(target, self.g_min, self.g_max)
             stuck = self.stuck[rows, lay.cols]
             self.g[rows, lay.cols] = np.where(stuck, self.g[rows, lay.cols], block)
@@ -228,13 +244,19 @@ class InSituChip:
         g = np.concatenate([self.g[lay.rows_plus, lay.cols], self.g[lay.rows_minus, lay.cols]], axis=0)
         i = drive @ g
         if self.read_noise_sigma_us:
-            from cimc.targets.devices import line_noise
             i = i + line_noise(self._rng_read, np.repeat((2 * v * v).sum(1, keepdims=True), lay.n_out, 1),
                                self.read_noise_sigma_us, dtype=np.float64)
         if self.adc_bits is not None:
             full = float(np.max(np.abs(i))) or 1.0
-            step = full / (2 ** (self.adc_bits - 1) - 1)
-            i = np.round(i / step) * step
+            top = adc_range(self.adc_bits, bipolar=True)[1]
+            step = full / top
+            t = i / step                                          # in LSB: the ADC model's gain, offset, INL, noise
+            lines = self.adc_lines.get(lay.name)
+            if lines is not None:
+                lines.apply(t, -top, top)
+            if self.sense_sigma_lsb:
+                t = t + self.sense_sigma_lsb * self._rng_sense.standard_normal(t.shape)
+            i = np.clip(np.round(t), -top, top) * step
         return i
 
     def matmul(self, layer, x: np.ndarray) -> np.ndarray:
@@ -259,6 +281,9 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
                     update_sigma_rel: float | None = None, ideal: bool = False, w_max: float = DEFAULT_W_MAX,
                     adc_bits: int | None = None, defect_map=None, seed: int | None = 0) -> InSituChip:
     """A chip instance of the target: one array with Li's layout; stuck devices drawn by DeviceModel (seed)."""
+    import dataclasses
+
+    from cimc.targets.adc import AdcModel
     from cimc.targets.devices import DeviceModel
     target = _load(target)
     arr = target.array
@@ -270,6 +295,9 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
         raise ConfigError(f"target {target.name!r}: the 64-54-10 MLP needs one array of at least "
                           f"{need_rows}x{need_cols} devices, the target's is {arr.rows}x{arr.cols}")
     nonideal = _nonideal(target, stuck_rate, stuck_at, update_sigma_rel, ideal)
+    # adc_bits means a real ADC here, whatever the target's adc.lossless: its [adc] effects apply
+    adc = None if ideal or adc_bits is None else AdcModel(dataclasses.replace(target.adc, lossless=False), seed, 1,
+                                                          arr.cols)
     model = DeviceModel(target.device, nonideal, None if ideal else _defect_map(defect_map))
     inst = model.program(np.zeros((1, arr.rows, arr.cols), np.uint8), seed=seed)
     return InSituChip(arr.rows, arr.cols, li2018_layout(arr.rows), g_min_us=target.device.g_min_us,
@@ -277,7 +305,7 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
                       stuck=inst.stuck[0], stuck_g_us=inst.conductance_us[0],
                       update_sigma_rel=nonideal.update_sigma_rel, program_sigma_us=nonideal.program_sigma_us,
                       program_sigma_rel=nonideal.program_sigma_rel, read_noise_sigma_us=nonideal.read_noise_sigma_us,
-                      adc_bits=adc_bits, seed=seed)
+                      adc_bits=adc_bits, seed=seed, adc=adc)
 
 
 # -- data -----------------------------------------------------------------------------------------------------------

@@ -167,8 +167,7 @@ class _Writer:
         self.backend.set_conductances(self.ids, self.g)
 
     def _program(self, goal: np.ndarray) -> np.ndarray:
-        sigma = self.sigma_abs + self.sigma_rel * goal
-        return np.maximum(goal + sigma * self.rng.standard_normal(goal.shape), 0.0)
+        return self.backend.chip.program(goal, self.rng)
 
 
 def _pair_changes(op: XbarOp, dlevel: np.ndarray, target, array_ids: list[int], step_us: float) -> np.ndarray:

@@ -138,13 +138,6 @@ def estimate_macro(target) -> dict:
 
 
 # -- a compiled graph --------------------------------------------------------------------------------------------
-def _tile_cells(tile, target) -> tuple[int, int]:
-    """Physical rows and columns a tile occupies on its array."""
-    if target.array.differential == "columns":
-        return tile.row_count, 2 * tile.col_count
-    return 2 * tile.row_count, tile.col_count
-
-
 def _weights(op: XbarOp) -> int:
     """Logical multiply-accumulates per position: K x N without the structural zeros of a grouped conv."""
     return sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in op.structural_mask_blocks)
@@ -166,7 +159,7 @@ def estimate_graph(graph: Graph, target) -> dict:
     for op in graph.xbar_ops():
         # a shared-weight reader reads its owner's tiles (and is charged its reads) but holds no arrays
         tiles = _tiles(graph.array_owner(op), target)
-        shapes = [_tile_cells(t, target) for t in tiles]
+        shapes = [target.array.tile_footprint(t.row_count, t.col_count) for t in tiles]
         rows_used, cols_used = sum(r for r, _ in shapes), sum(c for _, c in shapes)
         cells_used = sum(r * c for r, c in shapes)
         copies, positions = int(op.replicas), int(op.positions)

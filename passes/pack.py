@@ -480,15 +480,12 @@ def minimum_pack_arrays(layers: Sequence[PackLayer], height: int, width: int, ti
 
 def pack_frame(target) -> tuple[int, int]:
     """(height, width) of the packing frame: the array, or its first row block for differential "rows"."""
-    spec = target.array
-    return (spec.rows, spec.cols) if spec.differential == "columns" else (spec.rows // 2, spec.cols)
+    return target.array.frame
 
 
 def tile_rectangle(tile, target) -> tuple[int, int]:
     """Rows x device columns a tile covers in the packing frame (cimc.layout)."""
-    if target.array.differential == "columns":
-        return tile.row_count, 2 * tile.col_count
-    return tile.row_count, tile.col_count
+    return target.array.tile_rectangle(tile.row_count, tile.col_count)
 
 
 def _one_tile_per_array_plan(graph, plan_copies: dict[str, int]) -> PackPlan:

@@ -211,8 +211,7 @@ class DeviceModel:
         z_prog = rng.standard_normal(levels.shape)
         u_stuck = rng.random(levels.shape)
         z_nu = rng.standard_normal(levels.shape)
-        sigma = n.program_sigma_us + n.program_sigma_rel * target
-        programmed = np.maximum(target + sigma * z_prog, 0.0)
+        programmed = np.maximum(programmed_us(target, z_prog, n.program_sigma_us, n.program_sigma_rel), 0.0)
         nu = n.drift_nu + n.drift_nu_sigma * z_nu
         g = programmed * (n.drift_time_s / n.drift_t0_s) ** -nu if self.drifts else programmed.copy()
         stuck = u_stuck < n.stuck_rate
@@ -235,6 +234,14 @@ class DeviceModel:
         if dm.stuck.shape[0] < shape[0]:
             raise DataError(f"{where}: holds {dm.stuck.shape[0]} arrays, the manifest uses {shape[0]}")
         return dm
+
+
+def programmed_us(goal_us, z, sigma_us: float, sigma_rel: float):
+    """What a device programmed towards `goal_us` holds before any bound: goal + (sigma_us + sigma_rel * goal) * z,
+    z standard normal (the programming / transfer error; Yao 2020: 0.54 uS). The one formula of chip programming,
+    transfer and in-situ writes alike (DeviceModel.program, cimc tune, cimc insitu)."""
+    sigma = sigma_us + sigma_rel * goal_us
+    return goal_us + sigma * z
 
 
 def read_generator(seed: int | None, *key: int) -> np.random.Generator:

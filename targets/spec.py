@@ -45,6 +45,24 @@ class ArraySpec:
         """Logical signed outputs one array holds."""
         return self.cols // 2 if self.differential == "columns" else self.cols
 
+    # Tile geometry, answered here only (cimc.layout places each device; estimates, packing and reports count them).
+    def tile_footprint(self, row_count: int, col_count: int) -> tuple[int, int]:
+        """Physical (rows, columns) of devices a tile of row_count inputs x col_count signed outputs occupies:
+        "columns": g+/g- on adjacent lines (rows x 2 cols); "rows": +v/-v row blocks (2 rows x cols)."""
+        if self.differential == "columns":
+            return row_count, 2 * col_count
+        return 2 * row_count, col_count
+
+    @property
+    def frame(self) -> tuple[int, int]:
+        """(height, width) of the region tiles are placed in: the array, or its first row block for "rows" (the
+        -v block mirrors it rows/2 below)."""
+        return (self.rows, self.cols) if self.differential == "columns" else (self.rows // 2, self.cols)
+
+    def tile_rectangle(self, row_count: int, col_count: int) -> tuple[int, int]:
+        """(rows, device columns) a tile covers in `frame`."""
+        return (row_count, 2 * col_count) if self.differential == "columns" else (row_count, col_count)
+
 
 @dataclass(frozen=True)
 class DeviceSpec:
@@ -80,12 +98,24 @@ class InputSpec:
     encoding: str = "bit-serial"
     read_voltage_v: float = 0.2
     pulse_ns: float = 50.0
+    # "analog" inputs: the row driver's (DAC's) bow-shaped non-linearity, peak deviation in input LSB (one code)
+    dac_inl_lsb: float = 0.0
+    # every row driver's gain error, relative, drawn per driver from the chip seed (cimc.targets.drivers)
+    driver_gain_sigma_rel: float = 0.0
 
     def __post_init__(self):
         _require(2 <= self.bits <= 16, "input.bits", "must be between 2 and 16")
         _require(self.encoding in ("bit-serial", "analog"), "input.encoding", "must be 'bit-serial' or 'analog'")
         _require(self.read_voltage_v > 0, "input.read_voltage_v", f"must be positive, got {self.read_voltage_v!r}")
         _require(self.pulse_ns > 0, "input.pulse_ns", f"must be positive, got {self.pulse_ns!r}")
+        _require(self.driver_gain_sigma_rel >= 0, "input.driver_gain_sigma_rel",
+                 f"must be >= 0 (0 = ideal drivers), got {self.driver_gain_sigma_rel!r}")
+        _require(abs(self.dac_inl_lsb) <= 2 ** (self.bits - 2), "input.dac_inl_lsb",
+                 f"must be at most a quarter of the code range ({2 ** (self.bits - 2)} LSB for {self.bits} bits) in "
+                 f"magnitude, got {self.dac_inl_lsb!r}")
+        _require(self.dac_inl_lsb == 0 or self.encoding == "analog", "input.dac_inl_lsb",
+                 "applies to analog-amplitude inputs only (input.encoding = 'analog'); bit-serial pulses are 0 or "
+                 "V_read, so set it to 0")
 
 
 @dataclass(frozen=True)
@@ -98,9 +128,20 @@ class AdcSpec:
     columns_per_adc: int = 1
     full_scale: str = "calibrated"
     energy_pj: float | None = None
+    # non-idealities of each ADC instance (cimc.targets.adc; 0 = ideal): per-ADC gain error and offset drawn from
+    # the chip seed, a bow-shaped INL of this peak, sense noise drawn per conversion
+    gain_sigma_rel: float = 0.0
+    offset_sigma_lsb: float = 0.0
+    inl_lsb: float = 0.0
+    noise_sigma_lsb: float = 0.0
 
     def __post_init__(self):
         _require(1 <= self.bits <= 24, "adc.bits", "must be between 1 and 24")
+        for name in ("gain_sigma_rel", "offset_sigma_lsb", "noise_sigma_lsb"):
+            _require(getattr(self, name) >= 0, f"adc.{name}", f"must be >= 0 (0 = ideal), got {getattr(self, name)!r}")
+        _require(abs(self.inl_lsb) <= 0.25 * 2 ** self.bits, "adc.inl_lsb",
+                 f"must be at most a quarter of the code range ({0.25 * 2 ** self.bits:g} LSB for {self.bits} bits) "
+                 f"in magnitude, got {self.inl_lsb!r}")
         _require(self.columns_per_adc >= 1, "adc.columns_per_adc", "must be at least 1")
         _require(self.full_scale in ("calibrated", "max"), "adc.full_scale", "must be 'calibrated' or 'max'")
         _require(self.energy_pj is None or self.energy_pj >= 0, "adc.energy_pj",

@@ -7,7 +7,8 @@ multiply-adds, exact in int32. The patterns come from the uint8 codes, eight cod
 once per code word (`plane_words`): ((word >> j) & 0x0101..01) * 0x0102040810204080 >> 56 is bit j of all eight as
 one byte, row 8g + i at bit i, and byte j of the plane word.
 Each current goes through the ADC and the shift-and-add at once, so no plane, current or code array is
-materialised. The ADC is the one of `cimc.backends.crossbar.adc_convert`, operation for operation in float32
+materialised. The ADC is the one of `cimc.targets.adc.adc_convert` (an ideal ADC: the crossbar backend reads
+through float32 GEMMs instead when its ADCs have errors), operation for operation in float32
 (float32(current) * float32 gain, round half to even, clip), so a table read equals the MatMulInteger read on the
 same conductance grid bit for bit. The kernel reads at most MAX_LINES lines per call: `table_pieces` cuts a wider
 row tile by outputs, keeping each output's g+ and g- lines in one piece.

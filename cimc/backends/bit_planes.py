@@ -1,0 +1,63 @@
+"""Integer input codes as bit-planes (LSB first, two's complement for signed codes), and the one product routine
+whose rows add the same whatever their number. Used by the crossbar backend's readers."""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT32_EXACT = 1 << 24        # float32 adds integers exactly while every partial sum stays below 2^24
+CHUNK_ELEMENTS = 1 << 23       # a layer's input rows go in chunks of at most this many plane elements ...
+CURRENT_ELEMENTS = 1 << 22     # ... and this many line currents (large GEMMs; about 50 MB of temporaries)
+
+
+def plane_weights(bits: int, signed: bool) -> np.ndarray:
+    """Weight of each bit-plane, LSB first: 2^j, the MSB -2^(bits-1) for two's-complement signed codes."""
+    w = np.array([float(1 << j) for j in range(bits)])
+    if signed:
+        w[-1] = -w[-1]
+    return w
+
+
+def uint_codes(x: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """Integer codes (float) -> unsigned integers whose bits are the planes: the code itself, or its two's complement
+    on `bits` bits for signed codes (uint8 up to 8 bits, else uint16 / uint32)."""
+    dtype = np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32
+    if not signed:
+        return x.astype(dtype)
+    xi = x.astype(np.int32)
+    xi &= (1 << bits) - 1
+    return xi.astype(dtype)
+
+
+def bit_planes_uint(xi: np.ndarray, bits: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Unsigned integers [m, r] -> planes [bits, m, r] float32 of 0/1, LSB first."""
+    if out is None:
+        out = np.empty((bits,) + xi.shape, np.float32)
+    if xi.dtype == np.uint8 and out.dtype == np.uint8 and xi.size % 8 == 0 and out.flags.c_contiguous:
+        # eight codes per 64-bit word: (word >> j) & 0x01..01 is plane j of all eight at once
+        words = np.ascontiguousarray(xi).reshape(-1).view(np.uint64)
+        planes = out.reshape(bits, -1).view(np.uint64)
+        for j in range(bits):
+            np.right_shift(words, np.uint64(j), out=planes[j])
+            np.bitwise_and(planes[j], np.uint64(0x0101010101010101), out=planes[j])
+        return out
+    tmp = np.empty(xi.shape, xi.dtype)
+    one = xi.dtype.type(1)
+    for j in range(bits):
+        np.right_shift(xi, j, out=tmp)
+        np.bitwise_and(tmp, one, out=tmp)
+        out[j] = tmp
+    return out
+
+
+def bit_planes(x: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """Integer codes [m, r] (float) -> planes [bits, m, r] float32 of 0/1, LSB first (two's complement if signed)."""
+    return bit_planes_uint(uint_codes(x, bits, signed), bits)
+
+
+def rowwise_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b where each row's sums come out the same whatever the number of rows: numpy hands a one-row product to a
+    matrix-vector BLAS routine, which adds in another order (float32 sums of non-integer conductances differ in the
+    last bit), so a single row goes through the matrix-matrix routine as two."""
+    if a.shape[0] == 1:
+        return (np.concatenate([a, a]) @ b)[:1]
+    return a @ b

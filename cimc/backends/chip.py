@@ -1,0 +1,79 @@
+"""One chip instance: what a seed draws for a target (devices, ADCs), what is programmed on it, and its identity.
+
+The crossbar backend reads it (`run`), `cimc tune` writes it (`program` + `set_conductances`), and a tuned manifest's
+conductances apply only to a chip of the same `identity()`. Device physics: cimc.targets.devices; ADC instances:
+cimc.targets.adc.
+
+Conductances are also kept in *step units* relative to g_min, `g_units` = (g - g_min) / step = level + (g - g_target)
+/ step, exact for ideal devices (deviation 0); `offset` = g_min / step is the g_min part of one driven device."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+
+from cimc.targets.adc import AdcModel
+from cimc.targets.devices import DeviceModel, load_defect_map, programmed_us
+from cimc.targets.drivers import driver_gains
+
+
+class Chip:
+    """`Chip(target, levels, seed, defect_map=None)`: levels uint8 [n_arrays, rows, cols] (cimc.layout); defect_map
+    a DefectMap, an npz path or None."""
+
+    def __init__(self, target, levels: np.ndarray, seed: int = 0, defect_map=None):
+        if isinstance(defect_map, (str, bytes)) or hasattr(defect_map, "__fspath__"):
+            defect_map = load_defect_map(defect_map)
+        self.target, self.seed = target, int(seed)
+        self.model = DeviceModel(target.device, target.nonideal, defect_map)
+        self.instance = self.model.program(levels, self.seed)
+        step = self.model.step_us
+        self.g_units = (levels.astype(np.float64) + (self.instance.conductance_us - self.instance.target_us) / step)
+        self.offset = target.device.g_min_us / step
+        self.read_sigma = self.model.read_noise_us / step          # read noise in step units
+        self.adc = AdcModel(target.adc, self.seed, levels.shape[0], target.array.cols)
+        # row drivers' gains [n_arrays, rows], None for ideal drivers
+        self.driver_gain = driver_gains(target.input.driver_gain_sigma_rel, self.seed, levels.shape[0],
+                                        target.array.rows)
+
+    # what the devices hold (uS, [n_arrays, rows, cols])
+    @property
+    def conductance_us(self) -> np.ndarray:
+        return self.instance.conductance_us
+
+    @property
+    def target_us(self) -> np.ndarray:
+        return self.instance.target_us
+
+    @property
+    def stuck(self) -> np.ndarray:
+        return self.instance.stuck
+
+    def program(self, goal_us: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """What devices programmed towards `goal_us` hold: the target's programming error (one standard normal draw
+        per device from `rng`), floored at 0 uS. Writes nothing: `set_conductances` does."""
+        n = self.target.nonideal
+        return np.maximum(programmed_us(goal_us, rng.standard_normal(np.shape(goal_us)), n.program_sigma_us,
+                                        n.program_sigma_rel), 0.0)
+
+    def set_conductances(self, array_ids, conductance_us: np.ndarray) -> None:
+        """Overwrite the conductances of whole arrays (uS, [len(ids), rows, cols])."""
+        ids = np.asarray(array_ids, dtype=np.int64)
+        self.instance.conductance_us[ids] = conductance_us
+        self.g_units[ids] = (conductance_us - self.target.device.g_min_us) / self.model.step_us
+
+    def identity(self) -> dict:
+        """What makes two chip instances the same: the seed, the device non-idealities, the defect map, and the ADC
+        and row-driver non-idealities where any is set (so an ideal chip's identity reads as before they existed)."""
+        dm = self.model.defect_map
+        out = {"seed": self.seed, "nonideal": dataclasses.asdict(self.target.nonideal),
+               "defect_map": None if dm is None else hashlib.sha256(np.ascontiguousarray(dm.stuck)).hexdigest()}
+        adc = self.target.adc
+        effects = {k: getattr(adc, k) for k in ("gain_sigma_rel", "offset_sigma_lsb", "inl_lsb", "noise_sigma_lsb")}
+        if any(effects.values()):
+            out["adc"] = effects
+        drivers = {k: getattr(self.target.input, k) for k in ("driver_gain_sigma_rel", "dac_inl_lsb")}
+        if any(drivers.values()):
+            out["drivers"] = drivers
+        return out

@@ -1,0 +1,107 @@
+"""The crossbar backend's `int8` reader (gemm="int8": onnxruntime MatMulInteger on a conductance grid) and the
+ADC calibration's reads of ideal line currents (exact in int8 where the levels and g_min allow). A mixin of
+CrossbarBackend."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from cimc.backends.bit_planes import CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights, uint_codes
+from cimc.backends.read_plan import ReadPlan
+from cimc.errors import ConfigError
+
+
+class Int8Reads:
+    """Mixin of CrossbarBackend (its state: plans, target, chip, grid, ...)."""
+
+    def _quantise_conductances(self, target, grid: int | None = None) -> None:
+        """gemm="int8": read conductances on a grid of step / grid, grid = floor(127 / largest |conductance|) in
+        steps (14 for Yao's devices with 0.54 uS programming error: a 0.18 uS grid), so that bit-planes (uint8) times
+        conductances (int8) run as onnxruntime's MatMulInteger with exact int32 sums. Ideal levels stay exact."""
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+        columns = target.array.differential == "columns"
+        mats = [m for p in self.plans.values() if not p.analog for b in p.blocks
+                for m in (b.lines if columns else b.diff)]
+        if not mats:
+            return
+        largest = max(float(np.abs(m).max(initial=0.0)) for m in mats)
+        if largest > 127:
+            warnings.warn(f"crossbar backend: a conductance of {largest:.0f} steps (device.levels="
+                          f"{target.device.levels}) does not fit gemm='int8'; using float32", stacklevel=3)
+            return
+        if grid is not None and grid * largest > 127:
+            raise ConfigError(f"conductance_grid={grid}: a conductance of {largest:.2f} steps does not fit int8 on "
+                              f"that grid; at most {int(127 // largest)} for gemm='int8'")
+        self.grid = grid or max(1, int(127 // max(largest, 1e-30)))
+        for plan in self.plans.values():
+            if plan.analog:
+                continue
+            for b in plan.blocks:
+                b.quantised = [np.rint(np.asarray(m, np.float64) * self.grid).astype(np.int8)
+                               for m in (b.lines if columns else b.diff)]
+        node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
+        g = helper.make_graph([node], "planes_x_conductances",
+                              [helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", "K"]),
+                               helper.make_tensor_value_info("B", TensorProto.INT8, ["K", "N"])],
+                              [helper.make_tensor_value_info("Y", TensorProto.INT32, ["M", "N"])])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        self._int_session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def _exact_record(self, plan: ReadPlan) -> bool:
+        """Calibration reads can run exactly in int8 (ideal levels and an integer g_min, 8-bit planes)."""
+        return self._int_session is not None and self.grid == 1 and not plan.analog and plan.bits <= 8
+
+    def _record_exact(self, plan: ReadPlan, c: int, xi: np.ndarray) -> np.ndarray:
+        """Ideal reads of uint8 codes [m, r]: every bit-plane of a row tile in one MatMulInteger, the peak line
+        current recorded, and the exact accumulators formed from the same currents by shift-and-add (the g_min
+        parts cancel in g+ - g-)."""
+        columns = self.target.array.differential == "columns"
+        n = plan.bits
+        w = plane_weights(n, plan.signed).astype(np.int64)
+        out = np.zeros((len(xi), plan.cols), np.int64)
+        peak = self.peaks[plan.name]
+        planes = None
+        for block in plan.blocks:
+            r, nb = block.r1 - block.r0, len(block.cols)
+            mat = block.quantised[c]
+            chunk = max(1, min(CHUNK_ELEMENTS // (n * r), CURRENT_ELEMENTS // (n * mat.shape[1])))
+            for s in range(0, len(xi), chunk):
+                xb = xi[s:s + chunk, block.r0:block.r1]
+                if planes is None or planes.shape[1:] != xb.shape:
+                    planes = np.empty((n,) + xb.shape, np.uint8)
+                bit_planes_uint(xb, n, planes)
+                cur = self._int_session.run(None, {"A": planes.reshape(-1, r), "B": mat})[0]
+                if cur.size:
+                    peak = max(peak, float(cur.max()), 0.0 if columns else -float(cur.min()))
+                # |current| <= 127 r per plane, at most 2^n times that over the planes: int32 while that fits
+                wide = np.int32 if 127 * r << n < 1 << 31 else np.int64
+                acc = np.einsum("jmn,j->mn", cur.reshape(n, len(xb), -1).astype(wide, copy=False), w.astype(wide))
+                out[s:s + chunk, block.index] += acc[:, :nb] - acc[:, nb:] if columns else acc
+        self.peaks[plan.name] = peak
+        return out.astype(plan.dtype)
+
+    def _record(self, plan: ReadPlan, c: int, x: np.ndarray) -> None:
+        """Largest ideal line current (step units, magnitude) over all reads: the calibrated ADC full scale."""
+        columns = self.target.array.differential == "columns"
+        n_planes = 1 if plan.analog else plan.bits
+        xi = x if plan.analog else uint_codes(x, plan.bits, plan.signed)
+        peak = self.peaks[plan.name]
+        for block in plan.blocks:
+            r = block.r1 - block.r0
+            mat = block.lines[c] if columns else block.diff[c].astype(np.float32)
+            chunk = max(1, CHUNK_ELEMENTS // (n_planes * max(r, mat.shape[1])))
+            int8 = self._int_session is not None and not plan.analog
+            for s in range(0, len(x), chunk):
+                xb = xi[s:s + chunk, block.r0:block.r1]
+                if plan.analog:
+                    cur = xb.astype(np.float32) @ mat
+                elif int8:
+                    u = bit_planes_uint(xb, n_planes, np.empty((n_planes,) + xb.shape, np.uint8))
+                    cur = self._int_session.run(None, {"A": u.reshape(-1, r), "B": block.quantised[c]})[0]
+                else:
+                    cur = bit_planes_uint(xb, n_planes).reshape(-1, r) @ mat
+                if cur.size:
+                    peak = max(peak, float(cur.max()), -float(cur.min()))
+        self.peaks[plan.name] = peak

@@ -1,0 +1,147 @@
+"""The crossbar backend's bit-plane reads (the `float32` and `int8` readers): planes x lines -> read noise -> ADC
+(with its instances' gain, offset, INL and sense noise) -> shift-and-add, and the lossless reads' summed read
+noise. A mixin of CrossbarBackend."""
+from __future__ import annotations
+
+import numpy as np
+
+from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, FLOAT32_EXACT, bit_planes_uint,
+                                      rowwise_matmul, uint_codes)
+from cimc.backends.read_plan import ReadPlan
+from cimc.im2col import col2im, im2col
+from cimc.targets.adc import adc_convert, adc_range, sense_generators
+from cimc.targets.devices import line_noise, sample_generators
+
+
+class PlaneReads:
+    """Mixin of CrossbarBackend (its state: plans, target, chip, grid, ...)."""
+
+    def _noise_generators(self, plan: ReadPlan, c: int, ids: np.ndarray) -> list:
+        """One read-noise generator per sample: keyed by (chip seed, layer, copy, global sample index) alone."""
+        return sample_generators(self.chip_seed, (self.layer_index[plan.name], c), ids)
+
+    def _lossless_noise(self, plan: ReadPlan, c: int, x: np.ndarray, acc: np.ndarray, ids: np.ndarray) -> None:
+        """Read noise of all planes of a lossless read, summed: per row tile and output line, g+ and g- (or the
+        +u/-u row blocks) each add N(0, s^2 sum_r u_r^2) per plane, weighted by w_j: variance 2 s^2 sum_r f(q_r).
+        Each sample's generator draws, row tile by row tile, its [positions, lines] block."""
+        generators = self._noise_generators(plan, c, ids)
+        samples = len(ids)
+        for block in plan.blocks:
+            xb = x[:, block.r0:block.r1]
+            if plan.analog:
+                f = np.square(xb, dtype=np.float64).sum(axis=1)
+            else:
+                f = plan.noise_lut[xb.astype(np.int64) - plan.qmin].sum(axis=1)
+            f = f.reshape(samples, -1, 1)
+            noise = line_noise(generators, 2.0 * f, self.read_sigma, np.float64, f.shape[:2] + (len(block.cols),))
+            acc[:, block.cols] += noise.reshape(len(x), -1).astype(acc.dtype)
+
+    def _planes(self, plan: ReadPlan, c: int, x: np.ndarray, ids: np.ndarray, encoded: bool = False) -> np.ndarray:
+        """Read by read: planes x lines -> (noise) -> ADC -> shift-and-add -> subtract -> row tiles -> x LSB.
+        `encoded`: x already holds uint_codes (the conv hook's uint8 im2col). ids: the global indices of the samples
+        whose rows x holds; with read noise, each sample's generator draws, row tile by row tile, its
+        [planes, positions, lines] block (so chunks hold whole samples)."""
+        lossless = self.target.adc.lossless
+        adc_bits = self.target.adc.bits
+        columns = self.target.array.differential == "columns"
+        use_lines = columns and not lossless
+        xi = x if plan.analog or encoded else uint_codes(x, plan.bits, plan.signed)
+        if self.reader == "lut" and not plan.analog and plan.bits <= 8:
+            return self._table_reads(plan, c, xi, use_lines)
+        m = len(x)
+        n_planes = 1 if plan.analog else plan.bits
+        lo, top = adc_range(adc_bits, plan.bipolar)
+        # shift-and-add of one row tile is exact in float32 while |sum| < 2^24
+        per_read = top if not lossless else self.target.array.rows * (self.offset + self.target.device.max_level)
+        horner_dtype = np.float32 if per_read * (1 << n_planes) * (plan.qmax if plan.analog else 1) < FLOAT32_EXACT \
+            else np.float64
+        acc_dtype = np.float64 if lossless else plan.code_dtype
+        codes = np.zeros((m, plan.cols), acc_dtype)
+        int8 = self.reader == "int8" and not plan.analog
+        grid = self.grid if int8 else 1                     # currents in units of step / grid
+        noisy = self.read_sigma > 0
+        generators = self._noise_generators(plan, c, ids) if noisy else None
+        sensing = self.sense_sigma > 0 and not lossless
+        senses = sense_generators(self.chip_seed, (self.layer_index[plan.name], c), ids) if sensing else None
+        positions = m // max(len(ids), 1)
+        clipped = conversions = 0
+        for block in plan.blocks:
+            r = block.r1 - block.r0
+            nb = len(block.cols)
+            if int8:
+                mat = block.quantised[c]
+            else:
+                mat = block.lines[c] if use_lines else block.diff[c].astype(np.float32, copy=False)
+            width = mat.shape[1]
+            chunk = max(1, min(CHUNK_ELEMENTS // (n_planes * r), CURRENT_ELEMENTS // (n_planes * width)))
+            if noisy or sensing:
+                chunk = max(1, chunk // positions) * positions                 # whole samples
+            planes = None
+            for s in range(0, m, chunk):
+                xb = xi[s:s + chunk, block.r0:block.r1]
+                mc = len(xb)
+                if plan.analog:
+                    u = xb.astype(np.float32)[None]
+                else:
+                    if planes is None or planes.shape[1] != mc:
+                        planes = np.empty((n_planes, mc, r), np.uint8 if int8 else np.float32)
+                    u = bit_planes_uint(xb, n_planes, planes)
+                flat = u.reshape(n_planes * mc, r)
+                if int8:                                          # exact int32 sums (units of step / grid)
+                    cur = self._int_session.run(None, {"A": flat, "B": mat})[0]
+                else:
+                    cur = rowwise_matmul(flat, mat)               # [planes*mc, lines], step units
+                if noisy:
+                    sq = (np.square(flat) if plan.analog else flat).sum(axis=1, keepdims=True, dtype=np.float32)
+                    per_line = 1.0 if use_lines else 2.0          # a difference line reads two devices per row
+                    cur = cur.astype(np.float32, copy=False)
+                    # [planes, samples, positions, lines] <- per sample [samples, planes, positions, lines]
+                    sq = (per_line * sq).reshape(n_planes, -1, positions, 1).transpose(1, 0, 2, 3)
+                    first = s // positions
+                    noise = line_noise(generators[first:first + sq.shape[0]], sq, self.read_sigma * grid,
+                                       shape=sq.shape[:3] + (width,))
+                    by_sample = cur.reshape(n_planes, -1, positions, width)         # a view of cur
+                    by_sample += noise.transpose(1, 0, 2, 3)
+                if not lossless:                                  # the ADC (in place, or int32 -> float32 codes)
+                    sense = None
+                    if sensing:                                   # per sample: [planes, positions, lines], LSB
+                        first = s // positions
+                        sense = np.empty((mc // positions, n_planes, positions, width), np.float32)
+                        for j, generator in enumerate(senses[first:first + len(sense)]):
+                            generator.standard_normal(sense.shape[1:], dtype=np.float32, out=sense[j])
+                        sense *= np.float32(self.sense_sigma)
+                        sense = sense.transpose(1, 0, 2, 3).reshape(cur.shape)
+                    cur, n_clipped = adc_convert(cur, adc_bits, plan.full_scale * grid, plan.bipolar,
+                                                 out=cur if cur.dtype == np.float32 else None,
+                                                 count=self.diagnostics, lines=block.adc[c] if block.adc else None,
+                                                 noise=sense)
+                    clipped += n_clipped
+                    conversions += cur.size
+                d = cur.reshape(n_planes, mc, width)
+                acc = d[n_planes - 1].astype(horner_dtype)        # shift-and-add, MSB first (Horner)
+                if plan.weights[n_planes - 1] < 0:
+                    np.negative(acc, out=acc)
+                for j in range(n_planes - 2, -1, -1):
+                    acc *= 2
+                    acc += d[j]
+                if use_lines:
+                    acc = acc[:, :nb] - acc[:, nb:]               # g+ codes minus g- codes
+                codes[s:s + chunk, block.index] += acc
+        if self.diagnostics:
+            self.stats[plan.name]["clipped"] += clipped
+            self.stats[plan.name]["conversions"] += conversions
+        if lossless:
+            return codes.astype(plan.dtype, copy=False)
+        return (codes.astype(np.float64) * (plan.full_scale / top)).astype(plan.dtype)
+
+    def _encoded_reads(self, plan: ReadPlan) -> bool:
+        """Bit-serial reads through a real ADC whose inputs can be encoded before im2col (uint8 codes; diagnostics
+        compare against the float codes, so they keep the executor's im2col)."""
+        return (not self.target.adc.lossless and not plan.analog and plan.bits <= 8 and not self.diagnostics
+                and not self.record_currents)
+
+    def _conv_on_codes(self, op, plan: ReadPlan, x: np.ndarray, run) -> np.ndarray:
+        """A whole convolution read plane by plane: im2col on the uint8 codes (a quarter of float32's traffic), then
+        run(plan, copy, rows) per copy; returns the accumulators [B, N, *out_spatial]."""
+        cols, shape = im2col(uint_codes(x, plan.bits, plan.signed), op.conv)
+        return col2im(self._by_copy(plan, cols, len(x), run), shape, op.conv)

@@ -1,0 +1,164 @@
+"""The crossbar backend's `lut` reader (gemm="lut"): bit-serial reads as numba table lookups with the ADC and the
+shift-and-add fused (cimc.backends.lut_reads), on im2col rows or straight from a convolution's padded NHWC codes.
+A mixin of CrossbarBackend: chosen once at bind (`_lut_grid`), never for reads it cannot model (read noise, a
+non-ideal ADC: those fall back to float32 GEMMs)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from cimc.backends import lut_reads
+from cimc.backends.read_plan import ReadPlan, RowTile
+from cimc.errors import ConfigError
+from cimc.targets.adc import adc_range
+
+
+class TableReads:
+    """Mixin of CrossbarBackend (its state: plans, target, chip, grid, ...)."""
+
+    def _lut_grid(self, target) -> None:
+        """gemm="lut": integer conductances on a grid of step / grid, the finest for which every 8-row subset sum
+        fits an int16 table entry: grid = floor(32767 / (8 x largest conductance in steps)), about 400 (6 nS) for
+        Yao's devices with 0.54 uS programming error. Tables are built per row tile and copy on first use."""
+        if self.read_sigma > 0:
+            warnings.warn("crossbar backend: gemm='lut' draws no per-read noise; reads with read noise run as "
+                          "float32 GEMMs", stacklevel=3)
+            return
+        if not self.chip.adc.ideal or self.sense_sigma > 0:
+            warnings.warn("crossbar backend: gemm='lut' fuses an ideal ADC into its kernel; reads through ADCs with "
+                          "gain, offset, INL or sense noise (adc.*_sigma_*, adc.inl_lsb) run as float32 GEMMs",
+                          stacklevel=3)
+            return
+        columns = target.array.differential == "columns"
+        mats = [m for p in self.plans.values() if not p.analog and p.bits <= 8
+                for b in p.blocks for m in (b.lines if columns else b.diff)]
+        if not mats:
+            return
+        for plan in self.plans.values():                     # the kernel adds shift-and-add codes in int32
+            _, top = adc_range(target.adc.bits, plan.bipolar)
+            if not plan.analog and plan.bits <= 8 and top << plan.bits >= 1 << 31:
+                raise ConfigError(f"gemm='lut' adds ADC codes in int32: adc.bits={target.adc.bits} with the "
+                                  f"{plan.bits}-bit inputs of layer {plan.name!r} can overflow it; use at most "
+                                  f"{31 - plan.bits} ADC bits, or gemm='float32'")
+        largest = max(float(np.abs(m).max(initial=0.0)) for m in mats)
+        self.grid = self.conductance_grid or max(1, int(((1 << 15) - 1) // max(lut_reads.GROUP * largest, 1e-30)))
+        self._lut = True
+
+    def _lut_adc(self, plan: ReadPlan) -> tuple[int, int, np.float32]:
+        """(lo, top, gain) of the table kernel's ADC: adc_convert's, in current units of step / grid."""
+        lo, top = adc_range(self.target.adc.bits, plan.bipolar)
+        return lo, top, np.float32(top / (plan.full_scale * self.grid))
+
+    def _grid_lines(self, block: RowTile, c: int, use_lines: bool) -> np.ndarray:
+        """A row tile's conductances of copy c (its g+ and g- lines, or differences) as integers on the lut grid."""
+        return np.rint(np.asarray(block.lines[c] if use_lines else block.diff[c], np.float64) * self.grid)
+
+    def _table_reads(self, plan: ReadPlan, c: int, xi: np.ndarray, use_lines: bool) -> np.ndarray:
+        """gemm="lut": the fused table reads of cimc.backends.lut_reads, row tile by row tile, on uint8 codes xi."""
+        lo, top, gain = self._lut_adc(plan)
+        m = len(xi)
+        codes = np.zeros((m, plan.cols), np.int64)
+        clipped = conversions = 0
+        for block in plan.blocks:
+            nb = len(block.cols)
+            if c not in block.tables:
+                block.tables[c] = lut_reads.table_pieces(
+                    lut_reads.pattern_table(self._grid_lines(block, c, use_lines)), nb, use_lines)
+            words = lut_reads.plane_words(xi[:, block.r0:block.r1])
+            if isinstance(block.index, slice):              # the kernel adds into codes[:, start:stop] itself
+                clipped += lut_reads.read_tile(words, block.tables[c], plan.weights, gain, lo, top, use_lines, codes,
+                                               block.index.start or 0)
+            else:
+                acc = np.zeros((m, nb), np.int64)
+                clipped += lut_reads.read_tile(words, block.tables[c], plan.weights, gain, lo, top, use_lines, acc)
+                codes[:, block.index] += acc
+            conversions += m * plan.bits * (2 * nb if use_lines else nb)
+        if self.diagnostics:
+            self.stats[plan.name]["clipped"] += clipped
+            self.stats[plan.name]["conversions"] += conversions
+        # codes x LSB in float64, rounded once to the accumulator dtype (as the GEMM paths)
+        return lut_reads.scaled(codes, plan.full_scale / top, np.empty((m, plan.cols), plan.dtype))
+
+    def conv_output(self, op, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
+        """Direct table reads (below) also apply the executor's dequantisation, in the pass that scales the codes."""
+        plan = self.plans[op.name]
+        if not op.conv.planar or plan.conv_route != "table" or plan.dtype != np.float32:
+            return None
+        return self._conv_table_reads(op, plan, x, (scale, bias))
+
+    def _direct_table_reads(self, plan: ReadPlan) -> bool:
+        return self._lut and plan.channels is not None and self._encoded_reads(plan)
+
+    def _conv_table_reads(self, op, plan: ReadPlan, x: np.ndarray, dequantise: tuple | None = None) -> np.ndarray:
+        """gemm="lut" on a convolution whose row tiles hold whole channels: table reads straight from the padded
+        NHWC codes (lut_reads.read_conv_tile), no im2col; the same codes as _table_reads on im2col rows. Returns
+        the accumulators, or with `dequantise` = (scale, bias) the executor's float32 output."""
+        g = op.conv
+        xs = x[:, :, None, :] if g.spatial_rank == 1 else x
+        bsz, _, h, w = xs.shape
+        oh, ow = g.output_hw(h, w)
+        words = lut_reads.padded_plane_words(xs, plan.bits, g.pads, self._scratch_arrays.get("words"))
+        self._scratch_arrays["words"] = words
+        lo, top, gain = self._lut_adc(plan)
+        use_lines = self.target.array.differential == "columns"
+        size = g.kernel[0] * g.kernel[1]
+        # the first row tile writes every output (when it covers them all), the others add: no zero fill, and the
+        # codes array is reused from layer to layer (a fresh one costs a page fault per 4 kB on first touch)
+        covers = isinstance(plan.blocks[0].index, slice) and len(plan.blocks[0].cols) == plan.cols
+        # |sum of codes| <= top * 2^bits per row tile: int32 while that fits (half the traffic of int64)
+        wide = np.int32 if top * (1 << plan.bits) * len(plan.blocks) < 1 << 31 else np.int64
+        codes = self._scratch("codes", (bsz * oh * ow, plan.cols), wide, zero=not covers)
+        for c, samples in self._copy_samples(plan, self._sample_ids(bsz)):
+            images = np.arange(bsz)[samples]
+            for k, (block, (c0, c1)) in enumerate(zip(plan.blocks, plan.channels)):
+                nb = len(block.cols)
+                if c not in block.conv_tables:
+                    table = lut_reads.conv_table(self._grid_lines(block, c, use_lines), c0, c1, size)
+                    block.conv_tables[c] = lut_reads.table_pieces(table, nb, use_lines)
+                    block.conv_groups = lut_reads.conv_groups(c0, c1, g.kernel, g.dilations)
+                groups = block.conv_groups
+                if isinstance(block.index, slice):
+                    lut_reads.read_conv_tile(words, images, groups, g.strides, (oh, ow), block.conv_tables[c],
+                                             plan.weights, gain, lo, top, use_lines, codes, block.index.start or 0,
+                                             add=k > 0 or not covers)
+                else:
+                    acc = np.zeros((len(codes), nb), wide)
+                    lut_reads.read_conv_tile(words, images, groups, g.strides, (oh, ow), block.conv_tables[c],
+                                             plan.weights, gain, lo, top, use_lines, acc)
+                    codes[:, block.index] += acc
+        out = np.empty((bsz, plan.cols, oh * ow), np.float32 if dequantise else plan.dtype)
+        if dequantise:
+            lut_reads.dequantised_transposed(codes.reshape(bsz, oh * ow, plan.cols), plan.full_scale / top,
+                                             *dequantise, out)
+        else:
+            lut_reads.scaled_transposed(codes.reshape(bsz, oh * ow, plan.cols), plan.full_scale / top, out)
+        return out.reshape((bsz, plan.cols) + ((ow,) if g.spatial_rank == 1 else (oh, ow)))
+
+    def _scratch(self, name: str, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
+        """A work array kept from call to call while its shape and dtype stay the same (filled with 0 if `zero`)."""
+        buf = self._scratch_arrays.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._scratch_arrays[name] = np.zeros(shape, dtype)
+        elif zero:
+            buf.fill(0)
+        return buf
+
+
+def _channel_tiles(op, blocks: list) -> list | None:
+    """Per row tile of a convolution, the input channels [c0, c1) it holds, where every tile holds whole channels
+    starting on a multiple of 8 and padding its last octet wastes at most a quarter of its lookups (gemm="lut" then
+    reads the convolution without im2col); else None."""
+    if op.conv is None or not op.conv.planar:
+        return None
+    size = op.conv.kernel[0] * op.conv.kernel[1]
+    channels = []
+    for block in blocks:
+        if block.r0 % size or block.r1 % size or (block.r0 // size) % lut_reads.GROUP:
+            return None
+        c0, c1 = block.r0 // size, block.r1 // size
+        direct = -(-(c1 - c0) // lut_reads.GROUP) * size         # lookups per plane without im2col ...
+        if 4 * direct > 5 * -(-(block.r1 - block.r0) // lut_reads.GROUP):   # ... against on im2col rows
+            return None
+        channels.append((c0, c1))
+    return channels
