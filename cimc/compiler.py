@@ -45,7 +45,7 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     ctx = CompileContext(make_config(replicate, **replication_options), calibration=calibration,
                          instruments=list(instruments))
     with timed(ctx, "import"):
-        graph, info = frontend.import_onnx(model)   # before any thread starts: its checks may fork (onnx_checks.py)
+        graph, info = frontend.import_onnx(model)   # its checks run in a forkserver child (onnx_checks.py)
     ctx.model = info.model
     if ctx.options.optimize or ctx.options.pack:
         _prefetch("ortools.sat.python.cp_model")

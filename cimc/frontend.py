@@ -24,7 +24,7 @@ from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 from cimc.node_names import layer_names
 from cimc.onnx_segments import subgraph_reads
-from cimc.shape_probe import probe_shapes
+from cimc import shape_probe
 
 MIN_OPSET = 8
 _MAX_SAMPLE_VALUES = 1 << 28   # an activation larger than this per sample (1 GiB of float32) is a broken attribute
@@ -176,10 +176,11 @@ class _Importer:
                 self.shapes[name] = shape if inferred is None else \
                     tuple(d if d is not None else s for d, s in zip(inferred, shape))
         self.used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
-        self.probed = False      # shape() ran the model to find shapes inference left unknown
         self.alias: dict[str, str] = {}
         self.names: set[str] = set()
         self.ops: list = []
+        self.check_finite_attributes(g)
+        self.ran: bool | None = None      # None: not run in onnxruntime yet; False: it failed (or cannot run)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def tensor_value(self, tensor, what: str) -> np.ndarray:
@@ -189,6 +190,17 @@ class _Importer:
             raise ModelError(f"{self.where}: tensor {tensor.name!r} ({what}) cannot be read as "
                              f"{onnx.TensorProto.DataType.Name(tensor.data_type)} of shape {list(tensor.dims)} "
                              f"({exc}); re-export the model") from None
+
+    def check_finite_attributes(self, g) -> None:
+        """Float attributes (an epsilon, an alpha) are finite: cimc folds some into weights, and a manifest holds
+        only finite numbers."""
+        for node in g.node:
+            for a in node.attribute:
+                values = [a.f] if a.type == onnx.AttributeProto.FLOAT else \
+                    list(a.floats) if a.type == onnx.AttributeProto.FLOATS else []
+                if any(not np.isfinite(v) for v in values):
+                    raise self.fail(node, f"attribute {a.name!r} is {values[0] if len(values) == 1 else values}; "
+                                          "cimc needs finite attributes: fix the model")
 
     def check_finite_constants(self, g) -> None:
         """Every initializer and Constant holds finite numbers; only a Clip bound may be +-Inf (no bound)."""
@@ -280,20 +292,38 @@ class _Importer:
 
     def shape(self, tensor: str) -> tuple | None:
         """The tensor's shape (None for sizes unknown); where inference left a size past the batch axis unknown,
-        the model is run once to find it (cimc.shape_probe)."""
+        the model is run once in onnxruntime to find it (run_in_onnxruntime)."""
         shape = self.shapes.get(tensor)
-        if (shape is None or None in shape[1:]) and not self.probed:
-            self.probed = True
-            inputs = {vi.name: self.shapes.get(vi.name) for vi in self.model.graph.input
-                      if vi.name not in self.consts and vi.name in self.shapes}
-            for name, found in probe_shapes(self.model, inputs).items():
-                known = self.shapes.get(name)
-                if known is None or len(known) != len(found):
-                    self.shapes[name] = found
-                else:
-                    self.shapes[name] = tuple(k if k is not None else f for k, f in zip(known, found))
+        if (shape is None or None in shape[1:]) and self.ran is None:
+            try:
+                self.run_in_onnxruntime()
+            except ModelError:
+                pass            # said at the end of the import (check_runs), after cimc's own, sharper checks
             shape = self.shapes.get(tensor)
         return shape
+
+    def run_in_onnxruntime(self) -> None:
+        """The model runs in onnxruntime (cimc.shape_probe), and the run fills in the sizes past the batch axis
+        that shape inference left unknown. ModelError if onnxruntime cannot run it."""
+        self.ran = False
+        inputs = {vi.name: self.shapes[vi.name] for vi in self.model.graph.input
+                  if vi.name not in self.consts and vi.name in self.shapes
+                  and vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+        if len(inputs) != len([vi for vi in self.model.graph.input if vi.name not in self.consts]):
+            return          # an input cimc refuses by name (no shape, not float32)
+        for name, found in shape_probe.run_model(self.model, inputs, self.where).items():
+            known = self.shapes.get(name)
+            if known is None or len(known) != len(found):
+                self.shapes[name] = found
+            else:
+                self.shapes[name] = tuple(k if k is not None else f for k, f in zip(known, found))
+        self.ran = True
+
+    def check_runs(self) -> None:
+        """After cimc's own checks (which name the tensor or attribute at fault): the model must run in
+        onnxruntime, which runs every digital op of it."""
+        if not self.ran:
+            self.run_in_onnxruntime()
 
     # -- the pass ------------------------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -350,6 +380,7 @@ class _Importer:
                                      "to map onto crossbar arrays")
                 self.check_finite_op(op)
         self.check_shapes()
+        self.check_runs()
         tensors = {name: TensorInfo(name, shape) for name, shape in self.shapes.items()}
         opsets = {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in self.model.opset_import}
         graph = Graph(inputs, outputs, self.ops, tensors, self.constants, opsets)
@@ -568,6 +599,8 @@ class _Importer:
 
     def spatial(self, node, tensor) -> tuple:
         shape = self.shape(tensor)
+        if (shape is None or len(shape) < 3 or None in shape[2:]) and self.ran is False:
+            self.run_in_onnxruntime()      # it could not run: say why (it names the node), not "unknown"
         if shape is None or len(shape) < 3 or None in shape[2:]:
             raise self.fail(node, f"the spatial size of input {tensor!r} is unknown after shape inference")
         return shape[2:]

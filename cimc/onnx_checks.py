@@ -9,9 +9,7 @@ outputs) that disagree with the inferred ones (onnxruntime merges them leniently
 """
 from __future__ import annotations
 
-import concurrent.futures.thread  # noqa: F401 - these two register before/after fork hooks when first imported;
 import faulthandler
-import logging  # noqa: F401 - imported here, before any fork, no other thread's first import races a fork
 import multiprocessing
 import os
 import re
@@ -72,7 +70,7 @@ def check_valid(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     a Conv whose output size comes out negative feeding a Slice; onnxruntime aborts the same way), so where the
     platform can fork, the checks run in a child process and a crash there becomes a ModelError."""
     check_names(model, where)
-    if "fork" not in multiprocessing.get_all_start_methods():
+    if "forkserver" not in multiprocessing.get_all_start_methods():
         return _check_and_infer(model, where)
     try:
         return _check_in_child(model, where)
@@ -81,10 +79,15 @@ def check_valid(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
 
 
 def _check_in_child(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
-    context = multiprocessing.get_context("fork")
+    # A forkserver child, not a plain fork: by now this process may run onnxruntime sessions whose threads hold
+    # locks (malloc's, the thread pool's), and a child forked from it could wait on them forever. The fork server
+    # is a fresh process (onnx preloaded) that forks the checkers.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["cimc.onnx_checks"])
     receive, send = context.Pipe(duplex=False)
-    with tempfile.TemporaryFile() as stderr:   # what onnx's C++ code prints before it aborts
-        child = context.Process(target=_child, args=(send, model, where, stderr.fileno()), daemon=True)
+    with tempfile.NamedTemporaryFile() as stderr:   # what onnx's C++ code prints before it aborts
+        child = context.Process(target=_child, args=(send, model.SerializeToString(), where, stderr.name),
+                                daemon=True)
         child.start()
         send.close()
         try:
@@ -106,11 +109,12 @@ def _check_in_child(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
                      "onnxruntime cannot load it either")
 
 
-def _child(send, model, where, stderr_fd: int) -> None:
+def _child(send, model_bytes: bytes, where, stderr_path: str) -> None:
     faulthandler.disable()     # a crash is reported by the parent, not as a Python stack dump
-    os.dup2(stderr_fd, 2)
+    with open(stderr_path, "wb") as stderr:
+        os.dup2(stderr.fileno(), 2)
     try:
-        send.send(("ok", _check_and_infer(model, where).SerializeToString()))
+        send.send(("ok", _check_and_infer(onnx.load_from_string(model_bytes), where).SerializeToString()))
     except ModelError as exc:
         send.send(("error", str(exc)))
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the parent reports it as a ModelError

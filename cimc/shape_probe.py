@@ -1,24 +1,33 @@
-"""Shapes that onnx shape inference leaves unknown, found by running the model.
+"""Run the model once in onnxruntime at import: it must run, and it tells the shapes onnx's inference leaves unknown.
 
-PyTorch exports compute some shapes at run time (ShuffleNet's channel split: Shape -> Gather -> Div -> Slice), and
-onnx's inference, even with data propagation, gives up on them; a crossbar op needs its input's sizes (a conv its
-spatial size). So the model runs in onnxruntime on zeros, twice, with every intermediate tensor as an output: at a
-batch of 1 and of 2 (a fixed batch: that batch both times) and with any symbolic size past the batch axis at two
-different values. A size that came out the same both times is fixed; one that changed depends on the batch or on
-a symbolic size and stays unknown (None). Shapes only: the values are never used.
+cimc runs every digital op in onnxruntime, so a model onnxruntime cannot run (a Clip bound that is not a scalar, a
+constant that broadcasts only for one batch size, an op no registered domain provides) would otherwise fail at
+calibration or at run time. So the importer runs it on zeros, twice, with every intermediate tensor as an output:
+at a batch of 1 and of 2 (a fixed batch: that batch both times), with any symbolic size past the batch axis at two
+different values. A failure is a ModelError naming the file and onnxruntime's reason (its message names the node),
+unless a symbolic size past the batch axis had to be guessed (the model may need a particular one).
+
+The shapes: PyTorch exports compute some at run time (ShuffleNet's channel split: Shape -> Gather -> Div -> Slice),
+and onnx's inference, even with data propagation, gives up on them; a crossbar op needs its input's sizes (a conv
+its spatial size). A size that came out the same in both runs is fixed; one that changed depends on the batch or on
+a symbolic size and stays unknown (None). The values themselves are never used.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import onnx
 from onnx import helper
 
+from cimc.errors import ModelError
+
 _PROBES = ((1, 5), (2, 7))      # (batch, value of other symbolic sizes) per run
 
 
-def probe_shapes(model: onnx.ModelProto, inputs: dict[str, tuple]) -> dict[str, tuple]:
-    """{tensor: shape with None where a size varies} for every node output; {} if onnxruntime cannot run it.
-    `inputs`: the float graph inputs' shapes (None for symbolic sizes)."""
+def run_model(model: onnx.ModelProto, inputs: dict[str, tuple], where: str) -> dict[str, tuple]:
+    """{tensor: shape with None where a size varies} for every node output. `inputs`: the float graph inputs'
+    shapes (None for symbolic sizes)."""
     import onnxruntime as ort
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -29,19 +38,60 @@ def probe_shapes(model: onnx.ModelProto, inputs: dict[str, tuple]) -> dict[str, 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # keep every tensor
+    guessed = any(d is None for shape in inputs.values() for d in shape[1:])
+    runs = []
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        runs = []
+        try:
+            session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:   # at load: which node? onnxruntime's kernel errors do not say
+            node = _failing_node(model, options)
+            raise type(exc)(f"node {node.name or '<unnamed>'!r} ({node.op_type}): {exc}" if node else exc) from None
         for batch, other in _PROBES:
             feeds = {name: np.zeros([batch if (axis == 0 and d is None) else other if d is None else d
                                      for axis, d in enumerate(shape)], np.float32)
                      for name, shape in inputs.items()}
             runs.append(dict(zip(outputs, (np.shape(v) for v in session.run(outputs, feeds)))))
-    except Exception:          # the shapes stay unknown; the op that needs them says so
-        return {}
+    except Exception as exc:          # onnxruntime's own error types
+        if guessed:        # the sizes we made up may be what it refuses: the shapes stay unknown
+            return {}
+        raise ModelError(f"{where}: onnxruntime cannot run this model (on zeros, batch "
+                         f"{', '.join(str(b) for b, _ in _PROBES)}): {_reason(exc, model)}") from None
     shapes = {}
     for t in outputs:
         a, b = runs[0][t], runs[1][t]
         if len(a) == len(b):
             shapes[t] = tuple(x if x == y else None for x, y in zip(a, b))
     return shapes
+
+
+def _failing_node(model: onnx.ModelProto, options, limit: int = 2000):
+    """The first node onnxruntime refuses to load on its own (its inputs typed as in the model), or None."""
+    import onnxruntime as ort
+    typed = {vi.name: vi for vi in list(model.graph.input) + list(model.graph.value_info)}
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in list(model.graph.node)[:limit]:
+        names = [t for t in node.input if t]
+        if any(t not in typed and t not in inits for t in names):
+            continue
+        graph = helper.make_graph([node], "one", [typed[t] for t in names if t not in inits],
+                                  [helper.make_value_info(t, onnx.TypeProto()) for t in node.output if t],
+                                  [inits[t] for t in names if t in inits])
+        one = helper.make_model(graph, opset_imports=model.opset_import)
+        one.ir_version = model.ir_version
+        try:
+            ort.InferenceSession(one.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception:
+            return node
+    return None
+
+
+def _reason(exc: Exception, model: onnx.ModelProto) -> str:
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    unknown = re.search(r"([\w.]*):(\w+)\(-?\d+\) is not a registered function/op", text)
+    if unknown:     # name the node: onnxruntime names only the op
+        domain, op_type = unknown.groups()
+        nodes = [n.name or "<unnamed>" for n in model.graph.node if n.op_type == op_type and n.domain == domain]
+        return (f"node(s) {nodes} ({op_type}, domain {domain or 'ai.onnx'!r}): no onnxruntime kernel runs this op "
+                "(a custom domain needs its kernels registered)")
+    return text[:600]

