@@ -41,7 +41,8 @@ def test_manifest_content(saved):
     assert doc["provenance"]["calibration"]["samples"] == 16
     assert doc["target"]["name"] == "yao2020-resnet"
     assert doc["arrays"]["count"] == manifest.total_arrays == doc["summary"]["total_arrays"]
-    assert sorted(p.name for p in path.iterdir()) == ["arrays.npz", "manifest.json", "params.npz", "replication.json"]
+    assert sorted(p.name for p in path.iterdir()) == ["arrays.npz", "digital.onnx", "manifest.json", "params.npz",
+                                                      "replication.json"]
     gemm = next(o for o in doc["ops"] if o["name"] == "gemm1")
     assert gemm["replicas"] == 2 and all(len(t["placements"]) == 2 for t in gemm["tiles"])
 
