@@ -80,6 +80,7 @@ from cimc.targets.adc import adc_convert, adc_range  # noqa: F401  (re-exported:
 from cimc.targets.spec import NonIdealSpec
 
 GEMMS = ("float32", "int8", "lut")
+DEFAULT_GEMM = "lut"      # the reader of a run that names none (gemm=None), where it applies (_default_gemm)
 
 
 # What the manifest fixed when it was compiled (geometry, level count, input coding, quantisation, placement): a
@@ -115,7 +116,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
 
     def __init__(self, seed: int | None = None, overrides=None, ideal: bool = False, copy: int | None = None,
                  defect_map=None, adc_full_scale: dict | None = None, calibration=None, diagnostics: bool = False,
-                 simulate_planes: bool = False, record_currents: bool = False, gemm: str = "float32",
+                 simulate_planes: bool = False, record_currents: bool = False, gemm: str | None = None,
                  conductance_grid: int | None = None):
         super().__init__(seed)
         self.chip_seed = 0 if seed is None else int(seed)
@@ -130,16 +131,21 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.diagnostics = bool(diagnostics)
         self.simulate_planes = bool(simulate_planes)
         self.record_currents = bool(record_currents)
-        if gemm not in GEMMS:
-            raise ConfigError(f"gemm={gemm!r}: choose one of {', '.join(GEMMS)}")
-        if gemm == "lut" and not lut_reads.available():
-            raise ConfigError("gemm='lut' runs a kernel compiled with numba, which is not installed: "
-                              "pip install -e '.[fast]' (or choose gemm='float32' or 'int8')")
+        if gemm is not None and gemm not in GEMMS:
+            raise ConfigError(f"gemm={gemm!r}: choose one of {', '.join(GEMMS)} (or None: the fastest faithful "
+                              "reader, see DEFAULT_GEMM)")
+        if gemm == "lut":
+            why = lut_reads.import_error()
+            if why is not None:
+                raise ConfigError(f"gemm='lut' (--gemm lut) runs a kernel compiled with numba, which cannot be "
+                                  f"imported ({why}): pip install -e '.[fast]' (numba is a dependency of cimc), or "
+                                  "choose gemm='float32' or 'int8'")
         if conductance_grid is not None and (not isinstance(conductance_grid, (int, np.integer))
                                              or conductance_grid < 1):
             raise ConfigError(f"conductance_grid={conductance_grid!r}: must be a positive integer (subdivisions "
                               "of one conductance step)")
-        self.gemm = gemm
+        self.requested_gemm = gemm          # None: DEFAULT_GEMM where it applies, resolved at bind (`_default_gemm`)
+        self.gemm = gemm                    # the reader family in use, from bind on
         self.conductance_grid = conductance_grid
         self.peaks: dict[str, float] = {}
         self.stats: dict[str, dict] = {}
@@ -182,6 +188,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.plans = {op.name: self._plan(op, target) for op in graph.xbar_ops()}   # readers: the owner's devices
         self._resolve_full_scale(graph, target)
         self.grid, self._int_session, self._lut = 1, None, False
+        self.gemm = self.requested_gemm or self._default_gemm(target)
         if self.gemm == "int8" and not target.adc.lossless:
             self._quantise_conductances(target, self.conductance_grid)
         elif self.gemm == "lut" and not target.adc.lossless:
@@ -194,6 +201,25 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.stats = {name: {"sq_err": 0.0, "sq_ref": 0.0, "clipped": 0, "conversions": 0, "max_abs_err": 0.0}
                       for name in self.plans}
         self.peaks = {name: 0.0 for name in self.plans}
+
+    def _default_gemm(self, target) -> str:
+        """The reader of a run that names none: DEFAULT_GEMM ("lut") wherever its table reads apply - bit-serial
+        reads of inputs of at most 8 bits through an ideal finite ADC, no read noise - else "float32" (silently: the
+        float32 GEMMs are then what the lut reader itself would fall back to, see `_lut_grid`). Where numba cannot be
+        imported, "float32" with one warning that says why and how to get the fast path."""
+        tables = [p for p in self.plans.values() if not p.analog and p.bits <= 8]
+        if (self.record_currents or target.adc.lossless or self.read_sigma > 0 or not self.chip.adc.ideal
+                or self.sense_sigma > 0 or not tables
+                or any(adc_range(target.adc.bits, p.bipolar)[1] << p.bits >= 1 << 31 for p in tables)):
+            return "float32"                  # the last: ADC codes whose shift-and-add overflows the kernel's int32
+        why = lut_reads.import_error()
+        if why is not None:
+            warnings.warn(f"crossbar backend: numba cannot be imported ({why}), so this run reads through float32 "
+                          "GEMMs, about 6x slower than the default table reads (gemm='lut'); pip install -e '.[fast]' "
+                          "(numba is a dependency of cimc) for the fast path, or choose gemm='float32' "
+                          "(--gemm float32) to keep this reader without the warning", stacklevel=3)
+            return "float32"
+        return DEFAULT_GEMM
 
     def _reader(self, target) -> str:
         """How reads run, chosen once here: "record" (ADC calibration), "product" (lossless: one product per
@@ -437,6 +463,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                 plan = self._plan(op, self.target)
                 plan.full_scale, plan.full_scale_source = old.full_scale, old.full_scale_source
                 plan.conv_route = old.conv_route
+                if self._int_session is not None:       # gemm="int8": the new conductances on the same grid
+                    self._quantise_plan(plan)
                 self.plans[op.name] = plan
 
     def chip_identity(self) -> dict:
