@@ -158,3 +158,18 @@ def test_without_numba_the_default_falls_back_to_float32_with_one_warning(mcnn, 
     assert main(["run", str(d / "compiled"), "--data", str(d / "data.npz"), "--backend", "crossbar",
                  "--gemm", "lut"]) == 2
     assert "--gemm lut" in capsys.readouterr().err
+
+
+def test_a_sweep_folder_written_before_the_lut_default_resumes_only_with_gemm_float32(tmp_path):
+    """Its marker says gemm None, which then meant float32 reads: the new default is another command (refused,
+    naming --gemm); `--gemm float32` is the same one and resumes it."""
+    from cimc.sweep_store import SweepError, SweepFolder
+    old = SweepFolder(tmp_path / "out", {"grid": [["adc_bits", ["8"]]], "seeds": 1, "gemm": None})
+    assert old.open() == {}
+    old.write_row({"point": 0, "seed": 0, "accuracy": 0.5})
+    old.close()
+    with pytest.raises(SweepError, match='--gemm: "float32" there, "default" here'):
+        SweepFolder(tmp_path / "out", {"grid": [["adc_bits", ["8"]]], "seeds": 1, "gemm": "default"}).open()
+    again = SweepFolder(tmp_path / "out", {"grid": [["adc_bits", ["8"]]], "seeds": 1, "gemm": "float32"})
+    assert again.open() == {(0, 0): {"point": 0, "seed": 0, "accuracy": 0.5}}
+    again.close()

@@ -45,7 +45,8 @@ for a lossless ADC (here). This class binds them and walks the samples through t
   Yao's devices with 0.54 uS programming error): about 1.6x faster end to end; ideal levels stay exact. With
   `gemm="lut"` (numba, cimc.backends.lut_reads) each read is r/8 lookups in tables of 8-row subset sums, and the ADC
   and shift-and-add run in the same loop, on a grid of step / ~400 (6 nS): about 6x faster than float32 on
-  ResNet-56; on the int8 grid it equals gemm="int8" bit for bit. A convolution whose row tiles hold whole input
+  ResNet-56; on the int8 grid it equals gemm="int8" bit for bit. The default (gemm=None) is "lut" wherever it
+  applies and "float32" elsewhere, or where numba cannot be imported (with a warning): `_default_gemm`. A convolution whose row tiles hold whole input
   channels is read without im2col, straight from its padded NHWC codes (`_conv_table_reads`). Reads with read
   noise, or through ADCs with gain, offset, INL or sense noise, keep float32 GEMMs (the kernel draws nothing and
   fuses an ideal ADC).
@@ -109,8 +110,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
     ideal: ideal devices and a lossless ADC (then equal to the integer backend bit for bit); copy: force one replica;
     defect_map: npz path (cimc.targets.devices); adc_full_scale: {op name: uA}; calibration: input data to calibrate
     the ADC full scale at bind when the manifest holds none; diagnostics: per-layer error and clipping statistics
-    (`layer_stats()`); simulate_planes: run every bit-plane even with a lossless ADC; gemm: "float32" or "int8"
-    (see the module doc). `record_currents` is internal (`calibrate_adc_full_scale`)."""
+    (`layer_stats()`); simulate_planes: run every bit-plane even with a lossless ADC; gemm: "float32", "int8",
+    "lut" or None, the default: "lut" where it applies, else "float32" (see the module doc and `_default_gemm`). `record_currents` is internal (`calibrate_adc_full_scale`)."""
     name = "crossbar"
     quantized = True
 
