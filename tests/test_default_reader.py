@@ -145,7 +145,8 @@ def test_without_numba_the_default_falls_back_to_float32_with_one_warning(mcnn, 
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1
     assert "numba cannot be imported (" in messages[0]
-    assert ("No module named 'numba'" if missing == "numba" else "Error: import of cimc.backends._lut_kernel") in messages[0]
+    why = "No module named 'numba'" if missing == "numba" else "Error: import of cimc.backends._lut_kernel"
+    assert why in messages[0]
     assert "pip install -e '.[fast]'" in messages[0] and "--gemm float32" in messages[0]
     assert (be.gemm, be.reader) == ("float32", "float32")
     ref = Session(manifest, "crossbar", seed=1, gemm="float32").run(x[:4])

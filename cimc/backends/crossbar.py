@@ -46,10 +46,10 @@ for a lossless ADC (here). This class binds them and walks the samples through t
   `gemm="lut"` (numba, cimc.backends.lut_reads) each read is r/8 lookups in tables of 8-row subset sums, and the ADC
   and shift-and-add run in the same loop, on a grid of step / ~400 (6 nS): about 6x faster than float32 on
   ResNet-56; on the int8 grid it equals gemm="int8" bit for bit. The default (gemm=None) is "lut" wherever it
-  applies and "float32" elsewhere, or where numba cannot be imported (with a warning): `_default_gemm`. A convolution whose row tiles hold whole input
-  channels is read without im2col, straight from its padded NHWC codes (`_conv_table_reads`). Reads with read
-  noise, or through ADCs with gain, offset, INL or sense noise, keep float32 GEMMs (the kernel draws nothing and
-  fuses an ideal ADC).
+  applies and "float32" elsewhere, or where numba cannot be imported (with a warning): `_default_gemm`. A
+  convolution whose row tiles hold whole input channels is read without im2col, straight from its padded NHWC
+  codes (`_conv_table_reads`). Reads with read noise, or through ADCs with gain, offset, INL or sense noise, keep
+  float32 GEMMs (the kernel draws nothing and fuses an ideal ADC).
 * Read noise is drawn per sample: the sample of global index i reads layer l's copy c with its own generator,
   cimc.targets.devices.read_generator(seed, l, c, i), which draws its [planes, positions, lines] block of each row
   tile in turn (the planes' sum, [positions, lines], for a lossless read); chunks of reads hold whole samples. So
@@ -111,7 +111,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
     defect_map: npz path (cimc.targets.devices); adc_full_scale: {op name: uA}; calibration: input data to calibrate
     the ADC full scale at bind when the manifest holds none; diagnostics: per-layer error and clipping statistics
     (`layer_stats()`); simulate_planes: run every bit-plane even with a lossless ADC; gemm: "float32", "int8",
-    "lut" or None, the default: "lut" where it applies, else "float32" (see the module doc and `_default_gemm`). `record_currents` is internal (`calibrate_adc_full_scale`)."""
+    "lut" or None, the default: "lut" where it applies, else "float32" (see the module doc and `_default_gemm`).
+    `record_currents` is internal (`calibrate_adc_full_scale`)."""
     name = "crossbar"
     quantized = True
 
@@ -216,7 +217,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         why = lut_reads.import_error()
         if why is not None:
             warnings.warn(f"crossbar backend: numba cannot be imported ({why}), so this run reads through float32 "
-                          "GEMMs, about 6x slower than the default table reads (gemm='lut'); pip install -e '.[fast]' "
+                          "GEMMs, up to 6x slower than the default table reads (gemm='lut'); pip install -e '.[fast]' "
                           "(numba is a dependency of cimc) for the fast path, or choose gemm='float32' "
                           "(--gemm float32) to keep this reader without the warning", stacklevel=3)
             return "float32"
