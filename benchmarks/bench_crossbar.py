@@ -5,7 +5,8 @@
 For each configuration — `integer` (the reference), `crossbar-ideal` (ideal devices, lossless ADC) and
 `crossbar-noisy` (the yao2020-resnet target: 0.54 uS programming error, 8-bit ADC with a calibrated full scale,
 every bit-plane read; float32 GEMMs), `crossbar-noisy-int8` (the same with gemm="int8"), `crossbar-noisy-lut`
-(the same with gemm="lut": numba table reads with the ADC fused) and, on request, `crossbar-noisy-adc` (crossbar-noisy
+(the same with gemm="lut": numba table reads with the ADC fused), `crossbar-noisy-default` (the same naming no
+reader: what `cimc run --backend crossbar` and `Session(m, "crossbar")` read with) and, on request, `crossbar-noisy-adc` (crossbar-noisy
 with ADC gain, offset, INL and sense noise: the cost of the ADC model) — a fresh worker process loads the manifest, warms
 both up on two inputs (numba compiles on first use, then loads from its disk cache), times onnxruntime and the
 backend on the same n
@@ -57,6 +58,14 @@ def prepare(workdir: Path, n: int, seed: int = 0) -> None:
 ADC_EFFECTS = ["adc.gain_sigma_rel=0.01", "adc.offset_sigma_lsb=0.5", "adc.inl_lsb=0.5", "adc.noise_sigma_lsb=0.3"]
 
 
+def _gemm(config: str) -> str | None:
+    """crossbar-noisy: float32; crossbar-noisy-int8 / -lut: that reader; crossbar-noisy-default: None (the default)."""
+    if config.count("-") != 2:
+        return "float32"
+    name = config.rsplit("-", 1)[1]
+    return None if name == "default" else name
+
+
 def worker(workdir: Path, config: str, batch_size: int) -> dict:
     import warnings
 
@@ -82,14 +91,15 @@ def worker(workdir: Path, config: str, batch_size: int) -> dict:
     else:
         scales = json.loads((workdir / "adc_full_scale.json").read_text())
         session = cimc.Session(manifest, backend="crossbar", seed=0, adc_full_scale=scales, batch_size=batch_size,
-                               gemm=config.rsplit("-", 1)[1] if config.count("-") == 2 else "float32")
+                               gemm=_gemm(config))
     session.run(x[:2])                                                        # warm up (and compile, for lut)
+    reader = getattr(session.backend, "reader", None)
     t0 = time.perf_counter()
     y = session.run(x)
     backend_s = time.perf_counter() - t0
     np.save(workdir / f"y_{config}.npy", y)
     return {"config": config, "n": int(len(x)), "backend_seconds": backend_s, "onnxruntime_seconds": ort_s,
-            "ratio": backend_s / ort_s, "peak_rss_mb": _peak_rss_mb(),
+            "ratio": backend_s / ort_s, "peak_rss_mb": _peak_rss_mb(), "reader": reader,
             "top1_agreement_with_onnxruntime": float(np.mean(y.argmax(1) == ref.argmax(1)))}
 
 
@@ -154,7 +164,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--json", action="store_true")
     p.add_argument("--skip-gemm", action="store_true")
-    p.add_argument("--configs", default="integer,crossbar-ideal,crossbar-noisy,crossbar-noisy-int8,crossbar-noisy-lut")
+    p.add_argument("--configs", default="integer,crossbar-ideal,crossbar-noisy,crossbar-noisy-int8,crossbar-noisy-lut,"
+                   "crossbar-noisy-default")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -173,7 +184,7 @@ def main(argv=None) -> int:
         if (workdir / "y_integer.npy").exists() and (workdir / "y_crossbar-ideal.npy").exists():
             result["ideal_equals_integer_bit_for_bit"] = bool(np.array_equal(np.load(workdir / "y_integer.npy"),
                                                                          np.load(workdir / "y_crossbar-ideal.npy")))
-        for noisy in ("crossbar-noisy", "crossbar-noisy-int8", "crossbar-noisy-lut"):
+        for noisy in ("crossbar-noisy", "crossbar-noisy-int8", "crossbar-noisy-lut", "crossbar-noisy-default"):
             if (workdir / "y_integer.npy").exists() and (workdir / f"y_{noisy}.npy").exists():
                 a, b = np.load(workdir / "y_integer.npy"), np.load(workdir / f"y_{noisy}.npy")
                 result[f"{noisy}_top1_agreement_with_integer"] = float(np.mean(a.argmax(1) == b.argmax(1)))
@@ -188,13 +199,14 @@ def main(argv=None) -> int:
     print(f"{m['platform']}, {m['cpu_count']} CPUs ({m['processor']}), numpy {m['numpy']}, onnxruntime "
           f"{m['onnxruntime']}; load average {m['load_average_at_start'][0]:.1f} at start, "
           f"{m['load_average_at_end'][0]:.1f} at end\n")
-    print("| configuration | inputs | backend s | onnxruntime s | ratio | peak RSS MB |")
-    print("|---|---|---|---|---|---|")
+    print("| configuration | reader | inputs | backend s | onnxruntime s | ratio | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
     for r in result["runs"]:
-        print(f"| {r['config']} | {r['n']} | {r['backend_seconds']:.1f} | {r['onnxruntime_seconds']:.2f} | "
-              f"{r['ratio']:.1f}x | {r['peak_rss_mb']:.0f} |")
+        print(f"| {r['config']} | {r['reader'] or '-'} | {r['n']} | {r['backend_seconds']:.1f} | "
+              f"{r['onnxruntime_seconds']:.2f} | {r['ratio']:.1f}x | {r['peak_rss_mb']:.0f} |")
     for key in ("ideal_equals_integer_bit_for_bit", "crossbar-noisy_top1_agreement_with_integer",
-                "crossbar-noisy-int8_top1_agreement_with_integer", "crossbar-noisy-lut_top1_agreement_with_integer"):
+                "crossbar-noisy-int8_top1_agreement_with_integer", "crossbar-noisy-lut_top1_agreement_with_integer",
+                "crossbar-noisy-default_top1_agreement_with_integer"):
         if key in result:
             print(f"\n{key}: {result[key]}")
     if "gemm" in result:

@@ -70,8 +70,8 @@ def check_valid(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     a Conv whose output size comes out negative feeding a Slice; onnxruntime aborts the same way), so where the
     platform can fork, the checks run in a child process and a crash there becomes a ModelError."""
     check_names(model, where)
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return _check_and_infer(model, where)
+    if "forkserver" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
+        return _check_and_infer(model, where)     # a daemonic process (a Dask worker) may not start children
     try:
         return _check_in_child(model, where)
     except OSError:   # no child to be had (process limits, no temporary folder): check here, unprotected

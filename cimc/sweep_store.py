@@ -43,6 +43,11 @@ _FLAGS = {"manifest": "DIR (the manifest's files)", "data": "--data", "grid": "-
           "set": "--set", "gemm": "--gemm", "tune_data": "--tune-data", "tune": "the tuning options"}
 
 
+def _float32_before_default(identity: dict) -> dict:
+    """gemm None was written when no --gemm meant float32 reads (before issue 16's lut default): it is float32."""
+    return {**identity, "gemm": "float32"} if "gemm" in identity and identity["gemm"] is None else identity
+
+
 class SweepError(CimcError):
     """The sweep output folder cannot be used as asked."""
 
@@ -107,7 +112,7 @@ class SweepFolder:
         return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
 
     def _check_same_command(self, theirs: dict) -> None:
-        ours = self.identity
+        ours, theirs = _float32_before_default(self.identity), _float32_before_default(theirs)
         differ = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
         if differ:
             parts = [f"{_FLAGS.get(k, k)}: {_show(theirs.get(k))} there, {_show(ours.get(k))} here" for k in differ]

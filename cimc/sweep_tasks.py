@@ -90,7 +90,8 @@ def run_tune(files: dict[str, bytes], digest: str, data: Dataset, tune_data: Dat
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tuned, result = tune(manifest, tune_data, seed=seed, overrides=options.get("overrides"),
-                             ideal=options.get("ideal", False), progress=False, **tune_options)
+                             ideal=options.get("ideal", False), gemm=options.get("gemm"), progress=False,
+                             **tune_options)
         session = Session(tuned, backend="crossbar", seed=seed, batch_size=batch_size, **options)
         correct = _correct(session, data, 0, len(data))
     return {"tuned_correct": correct, "samples": len(data), "tune_writes": int(result.writes),

@@ -277,16 +277,17 @@ def _few_writes_warning(op, epoch: int, epochs: int, writes: int, devices: int, 
 def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None, ideal: bool = False,
          epochs: int = 1, batch: int = 100, lr: float = DEFAULT_LR, threshold_us: float = 1.5,
          layer: str | None = None, write_verify: int = 0, verify_tolerance_us: float | None = None,
-         progress: bool = False, holdout: float = DEFAULT_HOLDOUT, keep: str = "best"):
+         progress: bool = False, holdout: float = DEFAULT_HOLDOUT, keep: str = "best", gemm: str | None = None):
     """Hybrid training of one layer on chip instance `seed`. Returns (tuned Manifest, TuneResult).
     Warnings (an epoch that hardly wrote, a kept state that is not the final one) go through `warnings.warn` and
-    are also listed in the result."""
+    are also listed in the result. `gemm`: the chip's reader, as CrossbarBackend's (None: the same default as
+    `cimc run --backend crossbar`, so the tuned chip reads as it then runs)."""
     check_options(epochs, batch, lr, threshold_us, write_verify, verify_tolerance_us, holdout, keep)
     if data.labels is None:
         raise DataError(f"{data.path or 'tuning data'}: hybrid training needs labels ('y')")
     start_time = time.perf_counter()
     graph = copy_module.deepcopy(manifest.graph)
-    backend = CrossbarBackend(seed=seed, overrides=overrides, defect_map=defect_map, ideal=ideal)
+    backend = CrossbarBackend(seed=seed, overrides=overrides, defect_map=defect_map, ideal=ideal, gemm=gemm)
     backend.bind(graph, manifest.arrays, manifest.target)
     # a manifest tuned before on this very chip continues from what was programmed then
     previous = manifest.provenance.get("tuning")

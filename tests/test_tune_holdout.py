@@ -122,8 +122,11 @@ def test_cli_reports_the_kept_state(setup, tmp_path):
     assert result["kept"] == "best" and result["holdout"]["kept_epoch"] == 0
     assert result["holdout"]["accuracy_after"] >= result["holdout"]["accuracy_before"]
     assert "cimc: warning: tuning made the chip worse on the held-out data" in err
+    # a final state that scores worse on this held-out half: found on the float32 reader (which tune used, whatever
+    # --gemm said, before the table reads became the default); the table reads' 6 nS grid lands on another margin
     code, out, err = run_cli(["tune", d / "m", "--data", d / "tune.npz", "-o", tmp_path / "t2", "--seed", seed,
-                              "--lr", lr, "--set", NOISY[0], "--holdout", "0.5", "--keep", "final"])
+                              "--lr", lr, "--set", NOISY[0], "--holdout", "0.5", "--keep", "final",
+                              "--gemm", "float32"])
     assert code == 0, err
     assert "held-out part (150 samples)" in out and "kept the final state" in out
     assert "cimc: warning: the final state scores worse on the held-out data" in err

@@ -45,10 +45,11 @@ for a lossless ADC (here). This class binds them and walks the samples through t
   Yao's devices with 0.54 uS programming error): about 1.6x faster end to end; ideal levels stay exact. With
   `gemm="lut"` (numba, cimc.backends.lut_reads) each read is r/8 lookups in tables of 8-row subset sums, and the ADC
   and shift-and-add run in the same loop, on a grid of step / ~400 (6 nS): about 6x faster than float32 on
-  ResNet-56; on the int8 grid it equals gemm="int8" bit for bit. A convolution whose row tiles hold whole input
-  channels is read without im2col, straight from its padded NHWC codes (`_conv_table_reads`). Reads with read
-  noise, or through ADCs with gain, offset, INL or sense noise, keep float32 GEMMs (the kernel draws nothing and
-  fuses an ideal ADC).
+  ResNet-56; on the int8 grid it equals gemm="int8" bit for bit. The default (gemm=None) is "lut" wherever it
+  applies and "float32" elsewhere, or where numba cannot be imported (with a warning): `_default_gemm`. A
+  convolution whose row tiles hold whole input channels is read without im2col, straight from its padded NHWC
+  codes (`_conv_table_reads`). Reads with read noise, or through ADCs with gain, offset, INL or sense noise, keep
+  float32 GEMMs (the kernel draws nothing and fuses an ideal ADC).
 * Read noise is drawn per sample: the sample of global index i reads layer l's copy c with its own generator,
   cimc.targets.devices.read_generator(seed, l, c, i), which draws its [planes, positions, lines] block of each row
   tile in turn (the planes' sum, [positions, lines], for a lossless read); chunks of reads hold whole samples. So
@@ -80,6 +81,7 @@ from cimc.targets.adc import adc_convert, adc_range  # noqa: F401  (re-exported:
 from cimc.targets.spec import NonIdealSpec
 
 GEMMS = ("float32", "int8", "lut")
+DEFAULT_GEMM = "lut"      # the reader of a run that names none (gemm=None), where it applies (_default_gemm)
 
 
 # What the manifest fixed when it was compiled (geometry, level count, input coding, quantisation, placement): a
@@ -108,14 +110,15 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
     ideal: ideal devices and a lossless ADC (then equal to the integer backend bit for bit); copy: force one replica;
     defect_map: npz path (cimc.targets.devices); adc_full_scale: {op name: uA}; calibration: input data to calibrate
     the ADC full scale at bind when the manifest holds none; diagnostics: per-layer error and clipping statistics
-    (`layer_stats()`); simulate_planes: run every bit-plane even with a lossless ADC; gemm: "float32" or "int8"
-    (see the module doc). `record_currents` is internal (`calibrate_adc_full_scale`)."""
+    (`layer_stats()`); simulate_planes: run every bit-plane even with a lossless ADC; gemm: "float32", "int8",
+    "lut" or None, the default: "lut" where it applies, else "float32" (see the module doc and `_default_gemm`).
+    `record_currents` is internal (`calibrate_adc_full_scale`)."""
     name = "crossbar"
     quantized = True
 
     def __init__(self, seed: int | None = None, overrides=None, ideal: bool = False, copy: int | None = None,
                  defect_map=None, adc_full_scale: dict | None = None, calibration=None, diagnostics: bool = False,
-                 simulate_planes: bool = False, record_currents: bool = False, gemm: str = "float32",
+                 simulate_planes: bool = False, record_currents: bool = False, gemm: str | None = None,
                  conductance_grid: int | None = None):
         super().__init__(seed)
         self.chip_seed = 0 if seed is None else int(seed)
@@ -130,16 +133,21 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.diagnostics = bool(diagnostics)
         self.simulate_planes = bool(simulate_planes)
         self.record_currents = bool(record_currents)
-        if gemm not in GEMMS:
-            raise ConfigError(f"gemm={gemm!r}: choose one of {', '.join(GEMMS)}")
-        if gemm == "lut" and not lut_reads.available():
-            raise ConfigError("gemm='lut' runs a kernel compiled with numba, which is not installed: "
-                              "pip install -e '.[fast]' (or choose gemm='float32' or 'int8')")
+        if gemm is not None and gemm not in GEMMS:
+            raise ConfigError(f"gemm={gemm!r}: choose one of {', '.join(GEMMS)} (or None: the fastest faithful "
+                              "reader, see DEFAULT_GEMM)")
+        if gemm == "lut":
+            why = lut_reads.import_error()
+            if why is not None:
+                raise ConfigError(f"gemm='lut' (--gemm lut) runs a kernel compiled with numba, which cannot be "
+                                  f"imported ({why}): pip install -e '.[fast]' (numba is a dependency of cimc), or "
+                                  "choose gemm='float32' or 'int8'")
         if conductance_grid is not None and (not isinstance(conductance_grid, (int, np.integer))
                                              or conductance_grid < 1):
             raise ConfigError(f"conductance_grid={conductance_grid!r}: must be a positive integer (subdivisions "
                               "of one conductance step)")
-        self.gemm = gemm
+        self.requested_gemm = gemm          # None: DEFAULT_GEMM where it applies, resolved at bind (`_default_gemm`)
+        self.gemm = gemm                    # the reader family in use, from bind on
         self.conductance_grid = conductance_grid
         self.peaks: dict[str, float] = {}
         self.stats: dict[str, dict] = {}
@@ -182,6 +190,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.plans = {op.name: self._plan(op, target) for op in graph.xbar_ops()}   # readers: the owner's devices
         self._resolve_full_scale(graph, target)
         self.grid, self._int_session, self._lut = 1, None, False
+        self.gemm = self.requested_gemm or self._default_gemm(target)
         if self.gemm == "int8" and not target.adc.lossless:
             self._quantise_conductances(target, self.conductance_grid)
         elif self.gemm == "lut" and not target.adc.lossless:
@@ -194,6 +203,25 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.stats = {name: {"sq_err": 0.0, "sq_ref": 0.0, "clipped": 0, "conversions": 0, "max_abs_err": 0.0}
                       for name in self.plans}
         self.peaks = {name: 0.0 for name in self.plans}
+
+    def _default_gemm(self, target) -> str:
+        """The reader of a run that names none: DEFAULT_GEMM ("lut") wherever its table reads apply - bit-serial
+        reads of inputs of at most 8 bits through an ideal finite ADC, no read noise - else "float32" (silently: the
+        float32 GEMMs are then what the lut reader itself would fall back to, see `_lut_grid`). Where numba cannot be
+        imported, "float32" with one warning that says why and how to get the fast path."""
+        tables = [p for p in self.plans.values() if not p.analog and p.bits <= 8]
+        if (self.record_currents or target.adc.lossless or self.read_sigma > 0 or not self.chip.adc.ideal
+                or self.sense_sigma > 0 or not tables
+                or any(adc_range(target.adc.bits, p.bipolar)[1] << p.bits >= 1 << 31 for p in tables)):
+            return "float32"                  # the last: ADC codes whose shift-and-add overflows the kernel's int32
+        why = lut_reads.import_error()
+        if why is not None:
+            warnings.warn(f"crossbar backend: numba cannot be imported ({why}), so this run reads through float32 "
+                          "GEMMs, up to 6x slower than the default table reads (gemm='lut'); pip install -e '.[fast]' "
+                          "(numba is a dependency of cimc) for the fast path, or choose gemm='float32' "
+                          "(--gemm float32) to keep this reader without the warning", stacklevel=3)
+            return "float32"
+        return DEFAULT_GEMM
 
     def _reader(self, target) -> str:
         """How reads run, chosen once here: "record" (ADC calibration), "product" (lossless: one product per
@@ -437,6 +465,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                 plan = self._plan(op, self.target)
                 plan.full_scale, plan.full_scale_source = old.full_scale, old.full_scale_source
                 plan.conv_route = old.conv_route
+                if self._int_session is not None:       # gemm="int8": the new conductances on the same grid
+                    self._quantise_plan(plan)
                 self.plans[op.name] = plan
 
     def chip_identity(self) -> dict:

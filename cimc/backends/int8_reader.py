@@ -36,11 +36,7 @@ class Int8Reads:
                               f"that grid; at most {int(127 // largest)} for gemm='int8'")
         self.grid = grid or max(1, int(127 // max(largest, 1e-30)))
         for plan in self.plans.values():
-            if plan.analog:
-                continue
-            for b in plan.blocks:
-                b.quantised = [np.rint(np.asarray(m, np.float64) * self.grid).astype(np.int8)
-                               for m in (b.lines if columns else b.diff)]
+            self._quantise_plan(plan)
         node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
         g = helper.make_graph([node], "planes_x_conductances",
                               [helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", "K"]),
@@ -48,6 +44,19 @@ class Int8Reads:
                               [helper.make_tensor_value_info("Y", TensorProto.INT32, ["M", "N"])])
         model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
         self._int_session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def _quantise_plan(self, plan: ReadPlan) -> None:
+        """A layer's conductances (lines, or differences) on the int8 grid chosen at bind (also after
+        `set_conductances` rewrote them: hybrid training with gemm='int8')."""
+        if plan.analog:
+            return
+        columns = self.target.array.differential == "columns"
+        for b in plan.blocks:
+            mats = [np.rint(np.asarray(m, np.float64) * self.grid) for m in (b.lines if columns else b.diff)]
+            if any(np.abs(m).max(initial=0.0) > 127 for m in mats):
+                raise ConfigError(f"gemm='int8': conductances written to layer {plan.name!r} no longer fit the int8 "
+                                  f"grid of step / {self.grid} chosen at bind; choose gemm='float32' or 'lut'")
+            b.quantised = [m.astype(np.int8) for m in mats]
 
     def _exact_record(self, plan: ReadPlan) -> bool:
         """Calibration reads can run exactly in int8 (ideal levels and an integer g_min, 8-bit planes)."""

@@ -125,6 +125,18 @@ def available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+def import_error() -> str | None:
+    """Why the kernel cannot be imported ("ImportError: ..."), or None where it can. Installed is not enough:
+    numba refuses to import beside a numpy newer than it supports. Imports numba (about 0.5 s, once a process)."""
+    if not available():
+        return "ModuleNotFoundError: No module named 'numba'"
+    try:
+        import cimc.backends._lut_kernel  # noqa: F401
+    except Exception as exc:           # numba raises ImportError (or worse) where it does not fit numpy or llvmlite
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def _plane_weights(weights: np.ndarray, top: int) -> np.ndarray:
     """The kernel's plane weights (int64), once it is known that its int32 shift-and-add sums cannot overflow."""
     if top * (1 << len(weights)) >= 1 << 31:

@@ -71,11 +71,13 @@ def add_chip_options(g) -> None:
     g.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override any target field for the simulated chip, e.g. --set adc.columns_per_adc=4")
     g.add_argument("--gemm", choices=["float32", "int8", "lut"],
-                   help="how bit-plane reads are computed: float32 GEMMs (default: the drawn conductances exactly); "
-                   "int8: onnxruntime int8 GEMMs with conductances on a grid of step/floor(127/largest conductance "
-                   "in steps), 0.18 uS for Yao's devices (1.6x faster); lut: numba table lookups with the ADC and "
-                   "shift-and-add fused, conductances on a 6 nS grid (about 6x faster; needs numba: "
-                   "pip install -e '.[fast]'; reads with read noise stay float32)")
+                   help="how bit-plane reads are computed (default: lut wherever it applies, else float32): lut: "
+                   "numba table lookups with the ADC and shift-and-add fused, conductances on a grid of step/~400 "
+                   "(6 nS for Yao's devices; about 6x faster than float32; reads with read noise or through a "
+                   "non-ideal ADC run as float32, and so does the default where numba cannot be imported, with a "
+                   "warning); float32: GEMMs of the drawn conductances exactly; int8: onnxruntime int8 GEMMs with "
+                   "conductances on a grid of step/floor(127/largest conductance in steps), 0.18 uS for Yao's "
+                   "devices (1.6x faster than float32)")
 
 
 def _number(text, flag: str, lo: float | None = 0.0) -> float:
@@ -128,7 +130,7 @@ def crossbar_options(args) -> dict:
     copy = getattr(args, "copy", None)
     if copy is not None and copy < 0:
         raise ConfigError(f"--copy {copy}: must be a replica index >= 0")
-    options = {"overrides": overrides, "ideal": args.ideal, "copy": copy, "gemm": args.gemm or "float32"}
+    options = {"overrides": overrides, "ideal": args.ideal, "copy": copy, "gemm": args.gemm}
     if args.defect_map is not None:
         from cimc.targets.devices import load_defect_map
         options["defect_map"] = load_defect_map(args.defect_map)

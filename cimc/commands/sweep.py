@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
     sp.add_argument("--tune-limit", type=int, metavar="N", help="use only the first N samples of --tune-data")
     sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                     help="a fixed target override for every point, as cimc run --set (repeatable)")
-    sp.add_argument("--gemm", choices=_GEMMS, help="how bit-plane reads are computed, as cimc run --gemm")
+    sp.add_argument("--gemm", choices=_GEMMS, help="how bit-plane reads are computed, as cimc run --gemm "
+                    "(default: the same as cimc run: lut wherever it applies, else float32)")
     sp.add_argument("--limit", type=int, metavar="N", help="use only the first N test samples")
     sp.add_argument("--batch-size", type=int, default=100, metavar="B", help="samples run together (default 100)")
     sp.add_argument("--shard-size", type=int, default=None, metavar="N",
@@ -92,7 +93,7 @@ def run(args) -> int:
     identity = {"manifest": files_digest(manifest_files(args.manifest)),
                 "data": {"sha256": data.sha256, "samples": len(data)},
                 "grid": [[name, values] for name, values in axes], "seeds": args.seeds, "set": list(args.set or []),
-                "gemm": args.gemm,
+                "gemm": args.gemm or "default",     # not None: before the lut default, None meant float32
                 "tune_data": None if tune_data is None else {"sha256": tune_data.sha256, "samples": len(tune_data)},
                 "tune": tune_options if tune_data is not None else None}
     folder = SweepFolder(args.output, identity)

@@ -70,7 +70,7 @@ def run(args) -> int:
                              defect_map=options.get("defect_map"), ideal=options["ideal"], epochs=args.epochs,
                              batch=args.batch, lr=args.lr, threshold_us=threshold, layer=args.layer,
                              write_verify=args.write_verify, verify_tolerance_us=tolerance, progress=not args.json,
-                             holdout=args.holdout, keep=args.keep)
+                             holdout=args.holdout, keep=args.keep, gemm=options["gemm"])
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"cimc: warning: {message}", file=sys.stderr)
     path = tuned.save(args.output)
