@@ -188,18 +188,17 @@ def _calibrated_manifest(manifest, graph, chip, data, seed, overrides, result):
 
 
 def other_chip_warning(provenance: dict, backend) -> str | None:
-    """A manifest whose periphery was calibrated (`--method affine`) for one chip instance, run on another chip or
-    backend: the folded gains correct errors this chip does not have. The message says how to run the right chip."""
+    """A manifest whose periphery was calibrated (`--method affine`) for one chip instance, run on another chip
+    instance: the folded gains correct errors this chip does not have. The message says how to run the right chip.
+    The integer and float backends (the references `cimc run` scores beside the chip) are not warned about: they run
+    the calibrated periphery on an ideal chip, as documented."""
     rounds = list(provenance.get("previous_tunings") or []) + [provenance.get("tuning")]
     fitted = [t for t in rounds if isinstance(t, dict) and t.get("method") == "affine"]
-    if not fitted:
+    identity = getattr(backend, "chip_identity", None)
+    if not fitted or identity is None or as_json_value(identity()) == fitted[-1].get("chip"):
         return None
     record = fitted[-1]
-    identity = getattr(backend, "chip_identity", None)
-    if identity is not None and as_json_value(identity()) == record.get("chip"):
-        return None
-    where = "this chip instance" if identity is not None else f"the {type(backend).__name__}"
     return (f"the manifest's column calibration (tune --method affine) was fitted on chip instance "
             f"{record.get('seed')} with chip options {record.get('chip_options', {}).get('overrides', [])}; on "
-            f"{where} its gains and offsets correct errors that are not there. Run it with --backend crossbar --seed "
+            f"this chip instance its gains and offsets correct errors that are not there. Run it with --seed "
             f"{record.get('seed')} and the same chip options, or run the manifest before tuning")

@@ -98,6 +98,7 @@ def calibrated(shipped, tmp_path_factory):
     manifest.save(d / "m")
     np.savez(d / "inputs.npz", x=train.inputs["input"][:300])            # no labels
     np.savez(d / "test.npz", x=test.inputs["input"], y=test.labels)
+    np.savez(d / "labelled.npz", x=train.inputs["input"][:100], y=train.labels[:100])      # for --method fc
     chip = ["--seed", str(SEED), "--program-sigma", "1.5uS"]
     code, out, err = run_cli(["tune", d / "m", "--data", d / "inputs.npz", "--method", "affine", "-o", d / "cal",
                               "--json", *chip])
@@ -153,3 +154,55 @@ def test_bad_method_is_refused_naming_the_flag(calibrated, value):
     d, _, _ = calibrated
     assert_refused(["tune", d / "m", "--data", d / "test.npz", "-o", d / "bad", f"--method={value}"], "--method",
                    watch=[d])
+
+
+def _npz(path: Path) -> dict:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_method_fc_is_todays_tune_bit_for_bit(shipped, calibrated):
+    """`--method fc` and no --method write the same manifest as training.tune() (unchanged by the affine method):
+    the same conductances and levels, bit for bit, and the same result figures."""
+    from cimc.training import tune
+    manifest, train, _ = shipped
+    d, _, chip = calibrated
+    outs = {}
+    for name, extra in (("fc", ["--method", "fc"]), ("default", [])):
+        code, out, err = run_cli(["tune", d / "m", "--data", d / "labelled.npz", "-o", d / name, "--json", *chip,
+                                  *extra])
+        assert code == 0, err
+        outs[name] = json.loads(out)
+    data = load_npz(d / "labelled.npz", ["input"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct, result = tune(manifest, data, seed=SEED, overrides=["nonideal.program_sigma_us=1.5"])
+    for name in outs:
+        written = _npz(d / name / "conductances.npz")
+        for key, value in direct.conductances.items():
+            np.testing.assert_array_equal(written[key], value)
+        np.testing.assert_array_equal(_npz(d / name / "arrays.npz")["levels"], direct.arrays)
+        assert outs[name]["accuracy_after"] == result.accuracy_after and outs[name]["writes"] == result.writes
+        assert "method" not in load(d / name).provenance["tuning"]
+
+
+def test_affine_then_fc_keeps_both_rounds_and_needs_labels(calibrated):
+    d, _, chip = calibrated
+    code, _, err = run_cli(["tune", d / "m", "--data", d / "inputs.npz", "--method", "affine+fc", "-o", d / "x",
+                            *chip])
+    assert code == 2 and "cimc: error:" in err and "--method affine+fc" in err and "labels" in err
+    assert not (d / "x").exists()
+    code, out, err = run_cli(["tune", d / "m", "--data", d / "labelled.npz", "--method", "affine+fc", "-o",
+                              d / "both", "--json", *chip])
+    assert code == 0, err
+    doc = json.loads(out)
+    tuned = load(d / "both")
+    assert [t.get("method") for t in tuned.provenance["previous_tunings"]] == ["affine"]
+    assert "method" not in tuned.provenance["tuning"]                  # the FC round, as today's records it
+    # the FC round started from the calibrated chip: its before-figure is the calibration's after-figure
+    assert doc["fc"]["accuracy_before"] == doc["affine"]["accuracy_after"]
+    # `cimc run` on the written manifest and the same chip reproduces the end of the FC round exactly
+    code, out, err = run_cli(["run", d / "both", "--data", d / "labelled.npz", "--backend", "crossbar", "--json",
+                              *chip])
+    assert code == 0 and "column calibration" not in err, err
+    assert json.loads(out)["accuracy"] == doc["fc"]["accuracy_after"]
