@@ -144,6 +144,8 @@ def test_calibrated_manifest_on_another_chip_warns(calibrated):
     assert code == 0 and "column calibration" in err and "--seed 0" in err
     tuned = load(d / "cal")
     assert tuned.provenance["tuning"]["method"] == "affine" and tuned.provenance["tuning"]["writes"] == 0
+    from cimc.results_view import tuning_history
+    assert "column calibration of 3 layer(s), chip instance 0" in tuning_history(tuned.provenance)[0]["kind"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")       # the chip it was fitted on: no warning
         cimc.Session(tuned, backend="crossbar", seed=SEED, overrides=NOISY)

@@ -1,4 +1,5 @@
-"""`cimc tune`: hybrid training — retrain the last FC layer in situ on one chip instance, write a new manifest."""
+"""`cimc tune`: recover accuracy on one chip instance and write a new manifest. --method fc: hybrid training of the
+last FC layer in situ (cimc.training); affine: column calibration without labels (cimc.column_calibration)."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,8 @@ from cimc.training import DEFAULT_HOLDOUT, DEFAULT_LR
 
 
 def add_parser(sub) -> None:
-    sp = sub.add_parser("tune", help="hybrid training: retrain the last FC layer in situ on a chip instance",
+    sp = sub.add_parser("tune", help="recover accuracy on a chip instance: hybrid training of the last FC layer, or column "
+                        "calibration (--method)",
                         description="Program the manifest onto chip instance --seed (the same device options as "
                         "`cimc run --backend crossbar`), run the network on it, and retrain the last fully connected "
                         "layer in situ with thresholded conductance updates (Yao et al. 2020). Writes a new manifest "
