@@ -10,7 +10,8 @@ corrected layers before it). They are folded into the layer's digital periphery:
 
 that is a new weight scale and bias per column. The fit runs in output units (y = acc * s + bias is affine in acc,
 per column, so the least-squares solution is the same; a ConvTranspose's overlap-add is linear, and its bias comes
-after it, so folding stays exact there too) from sums per column, so any batch size gives the same fit.
+after it, so folding stays exact there too) from sums per column over all rows at once, so any batch size gives the
+same fit bit for bit (the chip's outputs do not depend on the batch, see Backend.number_samples).
 
 Nothing is written to the devices: a real chip's controller can do the same, with its own reads and the ideal codes
 of the manifest. The folded scales correct THIS chip instance only; the tuned manifest records the chip's identity
@@ -99,12 +100,15 @@ def fit_layer(graph, op: XbarOp, chip, ideal, feeds: dict, batch: int) -> tuple[
     """Gain and offset per column of `op` (output units) mapping the chip's outputs onto the ideal ones for the
     inputs the chip produces (the layers before it as they are now in `graph`)."""
     n = len(next(iter(feeds.values())))
-    fit = ColumnFit(op.bias.shape[0] if op.bias is not None else
-                    (op.conv.out_channels if op.conv is not None else op.cols))
+    chip_out, ideal_out = [], []
     for start in range(0, n, batch):
         part = {k: v[start:start + batch] for k, v in feeds.items()}
         out = run_graph(graph, part, chip, keep={op.inputs[0], op.outputs[0]}, samples=start)  # noise by index
-        fit.add(_columns(out[op.outputs[0]], op), _columns(run_xbar(op, out[op.inputs[0]], ideal), op))
+        chip_out.append(_columns(out[op.outputs[0]], op))
+        ideal_out.append(_columns(run_xbar(op, out[op.inputs[0]], ideal), op))
+    # one sum over all rows: the float64 sums, hence the folded float32 scales, do not depend on the batch size
+    fit = ColumnFit(chip_out[0].shape[1])
+    fit.add(np.concatenate(chip_out), np.concatenate(ideal_out))
     return fit.solve()
 
 

@@ -208,3 +208,17 @@ def test_affine_then_fc_keeps_both_rounds_and_needs_labels(calibrated):
                               *chip])
     assert code == 0 and "column calibration" not in err, err
     assert json.loads(out)["accuracy"] == doc["fc"]["accuracy_after"]
+
+
+def test_same_seed_same_calibration_whatever_the_batch(shipped):
+    """The folded scales and biases, and the scores, are bit-identical for batch sizes 7 and 100."""
+    manifest, train, _ = shipped
+    data = type(train)({"input": train.inputs["input"][:60]}, train.labels[:60], "t", None)
+    runs = [calibrate(manifest, data, seed=2, overrides=NOISY, batch=b) for b in (7, 100)]
+    for (a, ra), (b, rb) in [(runs[0], runs[1])]:
+        for x, y in zip(a.graph.xbar_ops(), b.graph.xbar_ops()):
+            np.testing.assert_array_equal(x.weight_scales, y.weight_scales)
+            np.testing.assert_array_equal(x.bias, y.bias)
+        assert ra.accuracy_after == rb.accuracy_after and ra.accuracy_before == rb.accuracy_before
+    assert any(not np.array_equal(x.weight_scales, y.weight_scales)         # and it did change the periphery
+               for x, y in zip(manifest.graph.xbar_ops(), runs[0][0].graph.xbar_ops()))
