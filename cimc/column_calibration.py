@@ -113,13 +113,12 @@ def fit_layer(graph, op: XbarOp, chip, ideal, feeds: dict, batch: int) -> tuple[
 
 
 def fold(op: XbarOp, a: np.ndarray, b: np.ndarray) -> None:
-    """y' = a * y + b folded into the op's weight scales and bias (float32, as the manifest stores them)."""
-    channels = len(a)
+    """y' = a * y + b per output channel folded into the op's weight scales and bias (float32, as the manifest stores
+    them). A ConvTranspose's matrix column n is channel n // (kernel size) (cimc.ir), its bias per channel."""
     scales = op.weight_scales.astype(np.float64)
-    if op.conv is not None and op.conv.transposed and len(scales) != channels:
-        raise AssertionError("a ConvTranspose's scales are per output channel")   # lowering guarantees it
-    bias = np.zeros(channels) if op.bias is None else op.bias.astype(np.float64)
-    op.weight_scales = (scales * a).astype(np.float32)
+    gain = np.repeat(a, len(scales) // len(a)) if len(scales) != len(a) else a
+    bias = np.zeros(len(a)) if op.bias is None else op.bias.astype(np.float64)
+    op.weight_scales = (scales * gain).astype(np.float32)
     op.bias = (a * bias + b).astype(np.float32)
 
 
@@ -128,7 +127,10 @@ def calibrate_graph(graph, chip, ideal, feeds: dict, batch: int = 100) -> list[d
     rows = []
     for op in calibrated_layers(graph):
         a, b, flat = fit_layer(graph, op, chip, ideal, feeds, batch)
-        unit = float(np.float32(op.input_quant.scale)) * op.weight_scales.astype(np.float64)   # output per acc unit
+        scales = op.weight_scales.astype(np.float64)
+        if len(scales) != len(a):         # a ConvTranspose: one scale per matrix column, the first of each channel
+            scales = scales.reshape(len(a), -1)[:, 0]
+        unit = float(np.float32(op.input_quant.scale)) * scales     # output per accumulator step
         bias = np.zeros(len(a)) if op.bias is None else op.bias.astype(np.float64)
         b_acc = ((a - 1) * bias + b) / unit               # the offset in accumulator units (acc' = a acc + b_acc)
         fold(op, a, b)

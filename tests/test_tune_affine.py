@@ -222,3 +222,39 @@ def test_same_seed_same_calibration_whatever_the_batch(shipped):
         assert ra.accuracy_after == rb.accuracy_after and ra.accuracy_before == rb.accuracy_before
     assert any(not np.array_equal(x.weight_scales, y.weight_scales)         # and it did change the periphery
                for x, y in zip(manifest.graph.xbar_ops(), runs[0][0].graph.xbar_ops()))
+
+
+def _conv_transpose_model():
+    """input [N, 2, 5, 5] -> ConvTranspose (3 output channels, 3x3 kernel, stride 2, bias) -> Relu."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(7)
+    w = numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
+    nodes = [helper.make_node("ConvTranspose", ["input", "w", "b"], ["t"], name="up", strides=[2, 2]),
+             helper.make_node("Relu", ["t"], ["out"], name="relu")]
+    graph = helper.make_graph(nodes, "ct", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                          ["N", 2, 5, 5])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [w, b])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_conv_transpose_gain_is_folded_per_channel(tmp_path):
+    """A ConvTranspose's matrix column n is output channel n // 9 here: a gain injected per channel on its
+    accumulators is fitted as a = 1/g per channel, and folded into every column of that channel."""
+    import onnx
+    onnx.save(_conv_transpose_model(), tmp_path / "ct.onnx")
+    x = np.random.default_rng(8).standard_normal((30, 2, 5, 5)).astype(np.float32)
+    manifest = cimc.compile(tmp_path / "ct.onnx", "yao2020-resnet", calibration=x[:10])
+    graph = manifest.graph
+    op = graph.xbar_ops()[0]
+    assert op.conv.transposed and op.cols == 27
+    g = np.array([0.8, 1.25, 1.1])
+    chip = _InjectedChip(op.name, np.repeat(g, 9), 0.0)
+    chip.bind(graph, manifest.arrays, manifest.target)
+    ideal = IntegerBackend()
+    ideal.bind(graph, manifest.arrays, manifest.target)
+    before = op.weight_scales.copy()
+    (row,) = calibrate_graph(graph, chip, ideal, check_feeds(graph, x), batch=30)
+    np.testing.assert_allclose(row["gain"], 1 / g, rtol=1e-6)
+    np.testing.assert_allclose(op.weight_scales, before * np.repeat(1 / g, 9), rtol=1e-6)
