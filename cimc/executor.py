@@ -2,11 +2,13 @@
 activation quantisation, digital ops) is cimc.graph_run, re-exported here."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from cimc.backends import Backend, make_backend
+from cimc.column_calibration import other_chip_warning
 from cimc.graph_run import check_feeds, output_scale, quantize_activation, run_graph, run_xbar
 
 __all__ = ["Session", "check_feeds", "output_scale", "quantize_activation", "run_graph", "run_xbar"]
@@ -34,6 +36,9 @@ class Session:
         self.backend.bind(self.graph, self.manifest.arrays, self.manifest.target)
         # a tuned manifest on the chip instance it was tuned on
         self.backend.apply_tuning(self.manifest.provenance.get("tuning"), self.manifest.conductances)
+        message = other_chip_warning(self.manifest.provenance, self.backend)
+        if message:
+            warnings.warn(message, stacklevel=2)
 
     @property
     def input_names(self) -> list[str]:

@@ -77,6 +77,10 @@ def _kind(obj: dict) -> str:
     if "backend" in obj and "n" in obj:
         return (f"cimc run: {obj['backend']} backend on {obj['n']} sample(s)"
                 + (f", seed {obj['seed']}" if obj.get("seed") is not None else ""))
+    if obj.get("method") == "affine" and "layers" in obj:
+        return (f"cimc tune --method affine: column calibration of {len(obj['layers'])} layer(s), chip instance "
+                f"{obj.get('seed', '?')}, accuracy {_text(obj.get('accuracy_before'))} → "
+                f"{_text(obj.get('accuracy_after'))}, no device writes")
     if "accuracy_before" in obj and "writes" in obj:
         return (f"cimc tune: layer {obj.get('layer', '?')}, chip instance {obj.get('seed', '?')}, "
                 f"accuracy {_text(obj['accuracy_before'])} → {_text(obj.get('accuracy_after'))}, "

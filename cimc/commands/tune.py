@@ -1,4 +1,5 @@
-"""`cimc tune`: hybrid training — retrain the last FC layer in situ on one chip instance, write a new manifest."""
+"""`cimc tune`: recover accuracy on one chip instance and write a new manifest. --method fc: hybrid training of the
+last FC layer in situ (cimc.training); affine: column calibration without labels (cimc.column_calibration)."""
 from __future__ import annotations
 
 import sys
@@ -10,14 +11,21 @@ from cimc.training import DEFAULT_HOLDOUT, DEFAULT_LR
 
 
 def add_parser(sub) -> None:
-    sp = sub.add_parser("tune", help="hybrid training: retrain the last FC layer in situ on a chip instance",
+    sp = sub.add_parser("tune", help="recover accuracy on a chip instance: hybrid training of the last FC layer, or column "
+                        "calibration (--method)",
                         description="Program the manifest onto chip instance --seed (the same device options as "
                         "`cimc run --backend crossbar`), run the network on it, and retrain the last fully connected "
                         "layer in situ with thresholded conductance updates (Yao et al. 2020). Writes a new manifest "
                         "holding the conductances programmed on that chip: `cimc run OUT --backend crossbar --seed S` "
                         "with the same device options reproduces the tuned chip exactly.")
     sp.add_argument("manifest", help="manifest directory written by `cimc compile`")
-    sp.add_argument("--data", required=True, metavar="NPZ", help="tuning data: npz with 'x' and labels 'y'")
+    sp.add_argument("--data", required=True, metavar="NPZ",
+                    help="tuning data: npz with 'x' and labels 'y' ('y' only scores the chip with --method affine)")
+    sp.add_argument("--method", default="fc", metavar="M",
+                    help="fc (default): hybrid training of the last FC layer (needs labels, writes devices); affine: "
+                    "column calibration, a gain and offset per output column of every layer fitted on the chip's "
+                    "reads against the ideal accumulators and folded into the digital periphery (no labels, no "
+                    "device writes); affine+fc: affine, then fc")
     sp.add_argument("-o", "--output", required=True, metavar="DIR",
                     help="tuned manifest directory to write (the same rules as compile -o; it may be the input "
                     "manifest, which is then replaced by the tuned one)")
@@ -49,8 +57,12 @@ def add_parser(sub) -> None:
     sp.set_defaults(func=run)
 
 
+METHODS = ("fc", "affine", "affine+fc")
+
+
 def run(args) -> int:
     from cimc.data import load_npz
+    from cimc.errors import ConfigError, DataError
     from cimc.manifest import load
     from cimc.output_dir import check_output
     from cimc.targets.devices import parse_conductance
@@ -58,22 +70,41 @@ def run(args) -> int:
     threshold = parse_conductance(args.threshold, "--threshold")
     tolerance = None if args.verify_tolerance is None else parse_conductance(args.verify_tolerance,
                                                                              "--verify-tolerance")
+    if args.method not in METHODS:
+        raise ConfigError(f"--method {args.method!r}: unknown method; choose one of {', '.join(METHODS)} (fc: "
+                          "hybrid training of the last FC layer, affine: column calibration without labels)")
     check_options(args.epochs, args.batch, args.lr, threshold, args.write_verify, tolerance, args.holdout, args.keep)
     options = crossbar_options(args)
     check_output(args.output)        # before tuning; -o may be the input manifest itself (it is read whole first)
     manifest = load(args.manifest)
     data = load_npz(args.data, [t.name for t in manifest.graph.inputs])
     seed = 0 if args.seed is None else args.seed
+    if "fc" in args.method and data.labels is None:
+        raise DataError(f"{args.data}: --method {args.method} trains the last layer and needs labels ('y'); "
+                        "--method affine needs none")
+    affine = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tuned, result = tune(manifest, data, seed=seed, overrides=options["overrides"],
-                             defect_map=options.get("defect_map"), ideal=options["ideal"], epochs=args.epochs,
-                             batch=args.batch, lr=args.lr, threshold_us=threshold, layer=args.layer,
-                             write_verify=args.write_verify, verify_tolerance_us=tolerance, progress=not args.json,
-                             holdout=args.holdout, keep=args.keep, gemm=options["gemm"])
+        if args.method.startswith("affine"):
+            from cimc.column_calibration import calibrate
+            manifest, affine = calibrate(manifest, data, seed=seed, overrides=options["overrides"],
+                                         defect_map=options.get("defect_map"), ideal=options["ideal"],
+                                         batch=args.batch)
+        if args.method.endswith("fc"):
+            tuned, result = tune(manifest, data, seed=seed, overrides=options["overrides"],
+                                 defect_map=options.get("defect_map"), ideal=options["ideal"],
+                                 epochs=args.epochs, batch=args.batch, lr=args.lr, threshold_us=threshold,
+                                 layer=args.layer, write_verify=args.write_verify, verify_tolerance_us=tolerance,
+                                 progress=not args.json, holdout=args.holdout, keep=args.keep,
+                                 gemm=options["gemm"])
+        else:
+            tuned, result = manifest, None
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"cimc: warning: {message}", file=sys.stderr)
     path = tuned.save(args.output)
+    if args.method != "fc":
+        _report_affine(path, seed, affine, result, args.json)
+        return 0
     if args.json:
         emit({"manifest": str(path), "seed": seed, **result.to_dict()})
     else:
@@ -91,3 +122,27 @@ def run(args) -> int:
                   f"{1 - row['accuracy_after']:.2%}")
         print(f"wrote {path}")
     return 0
+
+
+def _report_affine(path, seed: int, affine, fc, as_json: bool) -> None:
+    """--method affine / affine+fc: the calibration per layer (and the FC training's result after it)."""
+    summary = [{k: v for k, v in row.items() if k not in ("gain", "offset_acc")} for row in affine.layers]
+    if as_json:
+        doc = {"manifest": str(path), "seed": seed, "method": "affine" if fc is None else "affine+fc",
+               "affine": {**affine.to_dict(), "layers": summary}}
+        if fc is not None:
+            doc["fc"] = fc.to_dict()
+        emit(doc)
+        return
+    scored = (f"accuracy on --data {affine.accuracy_before:.4f} -> {affine.accuracy_after:.4f}"
+              if affine.accuracy_before is not None else "no labels: accuracy not scored")
+    print(f"column calibration on chip instance {seed}: {affine.inputs} inputs, {scored}; no device written, "
+          f"{affine.seconds:.1f} s")
+    for row in summary:
+        print(f"  {row['layer']}: {row['columns']} columns, mean |a-1| {row['mean_abs_gain_error']:.4g}, "
+              f"mean |b| {row['mean_abs_offset_acc']:.4g} (accumulator units)"
+              + (f", {row['flat_columns']} constant column(s): offset only" if row["flat_columns"] else ""))
+    if fc is not None:
+        print(f"then tuned {fc.layer}: accuracy {fc.accuracy_before:.4f} -> {fc.accuracy_after:.4f}, {fc.writes} "
+              f"device writes in {fc.iterations} iterations; kept {fc.kept_reason}")
+    print(f"wrote {path}")
