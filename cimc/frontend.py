@@ -181,6 +181,7 @@ class _Importer:
         self.ops: list = []
         self.check_finite_attributes(g)
         self.ran: bool | None = None      # None: not run in onnxruntime yet; False: it failed (or cannot run)
+        self.lowered_batch_first = False  # a layout-1 LSTM/GRU/RNN went onto arrays (onnxruntime cannot run it)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def tensor_value(self, tensor, what: str) -> np.ndarray:
@@ -321,9 +322,15 @@ class _Importer:
 
     def check_runs(self) -> None:
         """After cimc's own checks (which name the tensor or attribute at fault): the model must run in
-        onnxruntime, which runs every digital op of it."""
+        onnxruntime, which runs every digital op of it. Except where it holds batch-first recurrent nodes that
+        cimc lowered: onnxruntime's CPU kernels refuse layout 1, and what cimc runs instead (their lowering) is
+        ordinary ops."""
         if not self.ran:
-            self.run_in_onnxruntime()
+            try:
+                self.run_in_onnxruntime()
+            except ModelError:
+                if not self.lowered_batch_first:
+                    raise
 
     # -- the pass ------------------------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -344,6 +351,7 @@ class _Importer:
             elif node.op_type in recurrent_lowering.RECURRENT and node.domain in ("", "ai.onnx") \
                     and self.recurrent_lowerable(node):
                 recurrent_lowering.lower(self, node, names[index])     # else onnxruntime runs it whole
+                self.lowered_batch_first |= int(self.attrs(node).get("layout", 0)) == 1
             elif node.op_type == "Identity" or (node.op_type == "Dropout" and self.is_identity_dropout(node)):
                 self.alias[node.output[0]] = self.resolve(node.input[0])
             else:
@@ -638,16 +646,19 @@ class _Importer:
         return begins + ends
 
     # -- crossbar ops --------------------------------------------------------------------------------------
-    def conv_setup(self, node):
-        """A Conv's weight, bias and geometry, checked (check_conv)."""
+    def conv_weight(self, node, what: str):
+        """A Conv's or ConvTranspose's constant weight (1-D to 3-D), its bias (or None) and its attributes."""
         w = self.need_const(node, 1, "weight")
         if w is None:
             raise self.fail(node, "has no weight")
-        b = self.need_const(node, 2, "bias")
-        a = self.attrs(node)
         if w.ndim not in (3, 4, 5):
             raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)}: a {w.ndim - 2}-D "
-                                  "convolution; cimc supports 1-D, 2-D and 3-D")
+                                  f"{what}; cimc supports 1-D, 2-D and 3-D")
+        return w, self.need_const(node, 2, "bias"), self.attrs(node)
+
+    def conv_setup(self, node):
+        """A Conv's weight, bias and geometry, checked (check_conv)."""
+        w, b, a = self.conv_weight(node, "convolution")
         groups = int(a.get("group", 1))
         kernel = list(w.shape[2:])
         n = len(kernel)
@@ -699,14 +710,7 @@ class _Importer:
 
     def conv_transpose_setup(self, node):
         """A ConvTranspose's matrix, bias, geometry and input spatial size, checked."""
-        w = self.need_const(node, 1, "weight")
-        if w is None:
-            raise self.fail(node, "has no weight")
-        b = self.need_const(node, 2, "bias")
-        a = self.attrs(node)
-        if w.ndim not in (3, 4, 5):
-            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)}: a {w.ndim - 2}-D "
-                                  "transposed convolution; cimc supports 1-D, 2-D and 3-D")
+        w, b, a = self.conv_weight(node, "transposed convolution")
         groups = int(a.get("group", 1))
         cin, mg, kernel = int(w.shape[0]), int(w.shape[1]), [int(k) for k in w.shape[2:]]
         n, m = len(kernel), mg * groups
