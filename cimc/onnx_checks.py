@@ -9,10 +9,12 @@ outputs) that disagree with the inferred ones (onnxruntime merges them leniently
 """
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import multiprocessing
 import os
 import re
+import sys
 import tempfile
 from collections import Counter
 
@@ -88,7 +90,8 @@ def _check_in_child(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     with tempfile.NamedTemporaryFile() as stderr:   # what onnx's C++ code prints before it aborts
         child = context.Process(target=_child, args=(send, model.SerializeToString(), where, stderr.name),
                                 daemon=True)
-        child.start()
+        with _main_module_hidden():
+            child.start()
         send.close()
         try:
             status, payload = receive.recv()
@@ -107,6 +110,27 @@ def _check_in_child(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
                      f"{child.exitcode}{'; it said: ' + said if said else ''}); the file is malformed (look for "
                      "attributes that make a tensor size zero or negative, such as a kernel larger than its input); "
                      "onnxruntime cannot load it either")
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """A forkserver child re-imports the parent's __main__ script (spawn's rule), which would run a user's script
+    that has no `if __name__ == "__main__":` guard again inside the checker. The child needs nothing from it, so
+    while the child is prepared, __main__ shows no file or spec (as in an interactive session)."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    spec, has_file, file = getattr(main, "__spec__", None), hasattr(main, "__file__"), getattr(main, "__file__", None)
+    main.__spec__ = None
+    if has_file:
+        del main.__file__
+    try:
+        yield
+    finally:
+        main.__spec__ = spec
+        if has_file:
+            main.__file__ = file
 
 
 def _child(send, model_bytes: bytes, where, stderr_path: str) -> None:

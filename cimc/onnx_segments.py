@@ -169,6 +169,9 @@ def _session(graph: Graph, segment: Segment, feeds: dict, outputs: list[str]):
         ort.set_default_logger_severity(3)    # its errors reach the user as a ModelError, not as a log line
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # no spin-waiting between runs: a graph holds dozens of these sessions, and their idle threads spinning
+        # would take the cores from the crossbar's own kernels (numba's table reads ran 1.8x slower)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         model = segment_model(graph, segment, feeds, outputs)
         try:
             session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
