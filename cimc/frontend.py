@@ -747,15 +747,7 @@ class _Importer:
         """What onnxruntime would refuse at run time, named by attribute (the output geometry: resolve)."""
         cin, mg, kernel = int(w.shape[0]), int(w.shape[1]), [int(k) for k in w.shape[2:]]
         n = len(kernel)
-        if len(spatial) != n:
-            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)} (a {n}-D kernel) but the "
-                                  f"input has {len(spatial)} spatial axes")
-        if cin < 1 or mg < 1 or 0 in kernel:
-            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)}: zero input channels, output "
-                                  "channels or kernel size; nothing to compute")
-        if "kernel_shape" in a and [int(k) for k in a["kernel_shape"]] != kernel:
-            raise self.fail(node, f"attribute 'kernel_shape' {list(a['kernel_shape'])} disagrees with the weight's "
-                                  f"kernel {kernel}")
+        self.check_kernel(node, a, w, spatial, "input channels, output channels")
         for attr, values, low, count in (("group", [groups], 1, 1), ("strides", strides, 1, n),
                                          ("dilations", dilations, 1, n), ("pads", pads, 0, 2 * n),
                                          ("output_padding", output_padding, 0, n)):
@@ -771,16 +763,24 @@ class _Importer:
             raise self.fail(node, f"bias {node.input[2]!r} has shape {list(b.shape)}; it needs [{mg * groups}] "
                                   "(one value per output channel)")
 
+    def check_kernel(self, node, a, w, spatial, channels: str) -> None:
+        """A conv weight's kernel fits the input's spatial axes, has no empty axis, and agrees with kernel_shape."""
+        kernel = [int(k) for k in w.shape[2:]]
+        if len(spatial) != len(kernel):
+            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)} (a {len(kernel)}-D kernel) "
+                                  f"but the input has {len(spatial)} spatial axes")
+        if 0 in w.shape:
+            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)}: zero {channels} or kernel "
+                                  "size; nothing to compute")
+        if "kernel_shape" in a and [int(k) for k in a["kernel_shape"]] != kernel:
+            raise self.fail(node, f"attribute 'kernel_shape' {list(a['kernel_shape'])} disagrees with the weight's "
+                                  f"kernel {kernel}")
+
     def check_conv(self, node, a, w, b, groups, strides, dilations, pads, spatial) -> None:
         """What onnxruntime would refuse at run time (or what would crash a later pass), named by attribute."""
         m, cg, kernel = int(w.shape[0]), int(w.shape[1]), [int(k) for k in w.shape[2:]]
         n = len(kernel)
-        if len(spatial) != n:
-            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)} (a {n}-D kernel) but the "
-                                  f"input has {len(spatial)} spatial axes")
-        if m < 1 or cg < 1 or 0 in kernel:
-            raise self.fail(node, f"weight {node.input[1]!r} has shape {list(w.shape)}: zero output channels, input "
-                                  "channels or kernel size; nothing to compute")
+        self.check_kernel(node, a, w, spatial, "output channels, input channels")
         auto = a.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         if auto not in ("NOTSET", "") and "pads" in a:   # onnxruntime: "has both 'auto_pad' and 'pads' attributes"
@@ -788,9 +788,6 @@ class _Importer:
         if auto in ("SAME_UPPER", "SAME_LOWER") and any(int(d) != 1 for d in dilations):
             raise self.fail(node, f"attribute 'auto_pad' {auto} with 'dilations' {list(dilations)}: onnxruntime "
                                   "does not support dilation with SAME padding; give explicit 'pads' instead")
-        if "kernel_shape" in a and [int(k) for k in a["kernel_shape"]] != kernel:
-            raise self.fail(node, f"attribute 'kernel_shape' {list(a['kernel_shape'])} disagrees with the weight's "
-                                  f"kernel {kernel}")
         for attr, values, ok, rule in (("group", [groups], lambda v: v >= 1, ">= 1"),
                                        ("strides", strides, lambda v: v >= 1, ">= 1"),
                                        ("dilations", dilations, lambda v: v >= 1, ">= 1"),
