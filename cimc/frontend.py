@@ -19,7 +19,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from cimc import conv_transpose_geometry, einsum_plan, onnx_checks, onnx_external, recurrent_lowering
+from cimc import (conv_transpose_geometry, einsum_plan, onnx_checks, onnx_external, ort_session,
+                  recurrent_lowering)
 from cimc.errors import ModelError
 from cimc.ir import ConvGeometry, DigitalOp, Graph, TensorInfo, XbarOp
 from cimc.node_names import layer_names
@@ -28,7 +29,8 @@ from cimc import shape_probe
 
 MIN_OPSET = 8
 _MAX_SAMPLE_VALUES = 1 << 28   # an activation larger than this per sample (1 GiB of float32) is a broken attribute
-_LOWERED = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")   # may become crossbar ops (op_<type>); the rest stay digital
+# op types that may become crossbar ops (op_<type>); every other op stays digital
+_LOWERED = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")
 
 
 @dataclass
@@ -127,19 +129,12 @@ def _evaluate_node(node, opset_import, feeds: dict) -> list:
 def _evaluate_nodes(nodes, opset_import, values: dict) -> dict:
     """Run the constant-only nodes together in one onnxruntime session (one session instead of one reference
     evaluator per node: seconds on a large torch export)."""
-    import onnxruntime as ort
     made = {o for n in nodes for o in n.output if o}
     needed = sorted({t for n in nodes for t in n.input if t and t not in made})
     outputs = [o for n in nodes for o in n.output if o]
     graph = helper.make_graph(list(nodes), "fold", [], [helper.make_value_info(t, onnx.TypeProto()) for t in outputs],
                               [numpy_helper.from_array(np.asarray(values[t]), t) for t in needed])
-    model = helper.make_model(graph, opset_imports=opset_import)
-    model.ir_version = max(4, helper.find_min_ir_version_for(
-        [o for o in opset_import if o.domain in ("", "ai.onnx")], ignore_unknown=True))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_session.session(ort_session.model(graph, opset_import), optimize=False)
     return dict(zip(outputs, (np.asarray(v) for v in session.run(outputs, {}))))
 
 
@@ -180,7 +175,8 @@ class _Importer:
         self.names: set[str] = set()
         self.ops: list = []
         self.check_finite_attributes(g)
-        self.ran: bool | None = None      # None: not run in onnxruntime yet; False: it failed (or cannot run)
+        self.ran = False                  # the model was run in onnxruntime (run_in_onnxruntime)
+        self.run_error: ModelError | None = None   # why onnxruntime could not run it
         self.lowered_batch_first = False  # a layout-1 LSTM/GRU/RNN went onto arrays (onnxruntime cannot run it)
 
     # -- helpers -------------------------------------------------------------------------------------------
@@ -205,14 +201,13 @@ class _Importer:
 
     def check_finite_constants(self, g) -> None:
         """Every initializer and Constant holds finite numbers; only a Clip bound may be +-Inf (no bound)."""
-        clip_bounds = {t for n in g.node if n.op_type == "Clip" for t in n.input[1:3] if t}
-        other_uses = {t for n in g.node for i, t in enumerate(n.input) if n.op_type != "Clip" or i == 0}
+        bounds = onnx_checks.clip_bounds_only(g.node)
         named = [(name, value, "initializer") for name, value in self.consts.items()]
         named += [(n.output[0], self.constant_value(n), f"output of Constant node {n.name or '<unnamed>'!r}")
                   for n in g.node if n.op_type == "Constant" and n.output]
         for name, value, what in named:
             bad = onnx_checks.first_nonfinite(value)
-            if bad and not (bad.startswith(("Inf", "-Inf")) and name in clip_bounds and name not in other_uses):
+            if bad and not (bad.startswith(("Inf", "-Inf")) and name in bounds):
                 raise ModelError(f"{self.where}: tensor {name!r} ({what}) holds {bad}; cimc needs finite weights "
                                  "and constants: fix the model (or re-export it from a checkpoint without NaN/Inf)")
 
@@ -293,44 +288,44 @@ class _Importer:
 
     def shape(self, tensor: str) -> tuple | None:
         """The tensor's shape (None for sizes unknown); where inference left a size past the batch axis unknown,
-        the model is run once in onnxruntime to find it (run_in_onnxruntime)."""
+        the model is run in onnxruntime to find it (run_in_onnxruntime)."""
         shape = self.shapes.get(tensor)
-        if (shape is None or None in shape[1:]) and self.ran is None:
-            try:
-                self.run_in_onnxruntime()
-            except ModelError:
-                pass            # said at the end of the import (check_runs), after cimc's own, sharper checks
+        if shape is None or None in shape[1:]:
+            self.run_in_onnxruntime()
             shape = self.shapes.get(tensor)
         return shape
 
     def run_in_onnxruntime(self) -> None:
-        """The model runs in onnxruntime (cimc.shape_probe), and the run fills in the sizes past the batch axis
-        that shape inference left unknown. ModelError if onnxruntime cannot run it."""
-        self.ran = False
+        """Once per import: run the model in onnxruntime (cimc.shape_probe), which fills in the sizes past the
+        batch axis that shape inference left unknown. A refusal is kept in `run_error`, not raised: cimc's own
+        checks, which name the tensor or attribute at fault, come first (check_runs)."""
+        if self.ran:
+            return
+        self.ran = True
         inputs = {vi.name: self.shapes[vi.name] for vi in self.model.graph.input
                   if vi.name not in self.consts and vi.name in self.shapes
                   and vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
         if len(inputs) != len([vi for vi in self.model.graph.input if vi.name not in self.consts]):
             return          # an input cimc refuses by name (no shape, not float32)
-        for name, found in shape_probe.run_model(self.model, inputs, self.where).items():
+        try:
+            found_shapes = shape_probe.run_model(self.model, inputs, self.where)
+        except ModelError as exc:
+            self.run_error = exc
+            return
+        for name, found in found_shapes.items():
             known = self.shapes.get(name)
             if known is None or len(known) != len(found):
                 self.shapes[name] = found
             else:
                 self.shapes[name] = tuple(k if k is not None else f for k, f in zip(known, found))
-        self.ran = True
 
     def check_runs(self) -> None:
-        """After cimc's own checks (which name the tensor or attribute at fault): the model must run in
-        onnxruntime, which runs every digital op of it. Except where it holds batch-first recurrent nodes that
-        cimc lowered: onnxruntime's CPU kernels refuse layout 1, and what cimc runs instead (their lowering) is
-        ordinary ops."""
-        if not self.ran:
-            try:
-                self.run_in_onnxruntime()
-            except ModelError:
-                if not self.lowered_batch_first:
-                    raise
+        """After cimc's own checks: the model must run in onnxruntime, which runs every digital op of it. Except
+        where it holds batch-first recurrent nodes that cimc lowered: onnxruntime's CPU kernels refuse layout 1,
+        and what cimc runs instead (their lowering) is ordinary ops."""
+        self.run_in_onnxruntime()
+        if self.run_error is not None and not self.lowered_batch_first:
+            raise self.run_error
 
     # -- the pass ------------------------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -376,7 +371,7 @@ class _Importer:
             if source in self.consts:
                 raise ModelError(f"{self.where}: graph output {vi.name!r} is a constant; nothing to compute")
             if source != vi.name:  # the output was an Identity/Dropout of another tensor: keep its name
-                self.ops.append(DigitalOp(self.unique(f"{vi.name}_identity"), "Identity", [source], [vi.name]))
+                self.digital_step(f"{vi.name}_identity", "Identity", [source], vi.name)
             elem = vi.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
             outputs.append(TensorInfo(vi.name, self.shapes.get(vi.name, ()),
                                       np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name))
@@ -408,8 +403,8 @@ class _Importer:
         return reason is None
 
     def has_constant_weight(self, node) -> bool:
-        """Whether a Conv/ConvTranspose/Gemm/MatMul multiplies by a constant cimc can put on arrays; if not, it stays digital
-        (onnxruntime multiplies two run-time tensors, e.g. attention's Q K^T)."""
+        """Whether a Conv/ConvTranspose/Gemm/MatMul/Einsum multiplies by a constant cimc can put on arrays; if not,
+        it stays digital (onnxruntime multiplies two run-time tensors, e.g. attention's Q K^T)."""
         if node.op_type in ("Conv", "ConvTranspose"):     # 1-D to 3-D; a 4-D conv stays digital
             w = self.const(node.input[1]) if len(node.input) > 1 else None
             bias_ok = len(node.input) < 3 or not node.input[2] or self.const(node.input[2]) is not None
@@ -442,26 +437,22 @@ class _Importer:
         x, shape = self.resolve(operand), self.shape(operand)
         rank = len(plan.x_perm)
 
-        def digital(op_type, inputs, output, **attrs):
-            self.ops.append(DigitalOp(self.unique(f"{name}/{op_type.lower()}"), op_type, inputs, [output],
-                                      [helper.make_attribute(k, v) for k, v in attrs.items()]))
         if plan.x_perm != list(range(rank)):
-            digital("Transpose", [x], f"{name}/x_moved", perm=plan.x_perm)
+            self.digital_step(f"{name}/transpose", "Transpose", [x], f"{name}/x_moved", perm=plan.x_perm)
             x = f"{name}/x_moved"
         flat = f"{name}/x_flat"
-        digital("Reshape", [x, self.add_constant(f"{name}/shape", np.array([0] * plan.free_x + [-1], np.int64))],
-                flat)
+        flat_shape = self.add_constant(f"{name}/shape", np.array([0] * plan.free_x + [-1], np.int64))
+        self.digital_step(f"{name}/reshape", "Reshape", [x, flat_shape], flat)
         product = f"{name}/product"
         inner = [shape[a] for a in plan.x_perm[1:plan.free_x]]
         self.ops.append(XbarOp(name, "Einsum", [flat], [product], plan.matrix, None, None, [node.name or name],
                                positions=int(np.prod(inner)) if None not in inner else 1))
         identity = plan.out_perm == list(range(len(plan.out_perm)))
         unflat = node.output[0] if identity else f"{name}/unflat"
-        digital("Reshape", [product, self.add_constant(f"{name}/shape",
-                                                       np.array([0] * plan.free_x + plan.free_w_sizes, np.int64))],
-                unflat)
+        out_shape = self.add_constant(f"{name}/shape", np.array([0] * plan.free_x + plan.free_w_sizes, np.int64))
+        self.digital_step(f"{name}/reshape", "Reshape", [product, out_shape], unflat)
         if not identity:
-            digital("Transpose", [unflat], node.output[0], perm=plan.out_perm)
+            self.digital_step(f"{name}/transpose", "Transpose", [unflat], node.output[0], perm=plan.out_perm)
 
     def batched_weight(self, node, w):
         """How a constant right MatMul operand that is not 2-D goes onto arrays, or None (it stays digital):
@@ -513,6 +504,12 @@ class _Importer:
                 self.constants[t] = self.consts[t]
         self.ops.append(DigitalOp(name, node.op_type, inputs, list(node.output), list(node.attribute),
                                   "" if node.domain == "ai.onnx" else node.domain, [node.name or name]))
+
+    def digital_step(self, base: str, op_type: str, inputs: list[str], output: str, **attrs) -> None:
+        """A digital op the front end makes around a crossbar op (a transpose, a reshape, a bias add), named
+        `base` (made unique), its attributes given as Python values."""
+        self.ops.append(DigitalOp(self.unique(base), op_type, list(inputs), [output],
+                                  [helper.make_attribute(k, v) for k, v in attrs.items()]))
 
     def add_constant(self, base: str, value: np.ndarray) -> str:
         name = self.unique(base)
@@ -607,8 +604,8 @@ class _Importer:
 
     def spatial(self, node, tensor) -> tuple:
         shape = self.shape(tensor)
-        if (shape is None or len(shape) < 3 or None in shape[2:]) and self.ran is False:
-            self.run_in_onnxruntime()      # it could not run: say why (it names the node), not "unknown"
+        if (shape is None or len(shape) < 3 or None in shape[2:]) and self.run_error is not None:
+            raise self.run_error           # it could not run: say why (it names the node), not "unknown"
         if shape is None or len(shape) < 3 or None in shape[2:]:
             raise self.fail(node, f"the spatial size of input {tensor!r} is unknown after shape inference")
         return shape[2:]
@@ -848,11 +845,10 @@ class _Importer:
             elif beta != 1.0:
                 c_in = f"{name}/betaC"
                 beta_name = self.add_constant(f"{name}/beta", np.array(beta, np.float32))
-                self.ops.append(DigitalOp(self.unique(f"{name}/scale_C"), "Mul", [self.resolve(c_name), beta_name],
-                                          [c_in]))
+                self.digital_step(f"{name}/scale_C", "Mul", [self.resolve(c_name), beta_name], c_in)
             else:
                 c_in = self.resolve(c_name)
-            self.ops.append(DigitalOp(self.unique(f"{name}/bias"), "Add", [xbar_out, c_in], [out]))
+            self.digital_step(f"{name}/bias", "Add", [xbar_out, c_in], out)
 
     def check_contracted(self, node, tensor, axis: int, size: int) -> None:
         """The run-time operand's contracted axis has the weight's size (shape inference lets a symbolic size
@@ -885,8 +881,7 @@ class _Importer:
             yt = f"{name}/yT"
             self.ops.append(XbarOp(name, "MatMul", [xt], [yt], left.T.astype(np.float32).copy(), None, None,
                                    [node.name or name]))
-            self.ops.append(DigitalOp(self.unique(f"{name}/transpose_out"), "Transpose", [yt], [node.output[0]],
-                                      [helper.make_attribute("perm", perm)]))
+            self.digital_step(f"{name}/transpose_out", "Transpose", [yt], node.output[0], perm=perm)
 
     def batched_matmul(self, node, name, w, plan) -> None:
         """x @ w for a constant w of rank 1 or > 2 (batched_weight): reshapes and transposes digitally around one
@@ -894,10 +889,6 @@ class _Importer:
         x, out = self.resolve(node.input[0]), node.output[0]
         rank = len(self.shape(node.input[0]))
         positions = self.matmul_positions(node.input[0])
-
-        def digital(op_type, inputs, output, **attrs):
-            self.ops.append(DigitalOp(self.unique(f"{name}/{op_type.lower()}"), op_type, inputs, [output],
-                                      [helper.make_attribute(k, v) for k, v in attrs.items()]))
 
         def shape_const(values):
             return self.add_constant(f"{name}/shape", np.array(values, np.int64))
@@ -909,7 +900,7 @@ class _Importer:
             column = f"{name}/column"
             self.ops.append(XbarOp(name, "MatMul", [x], [column], w.reshape(-1, 1).astype(np.float32), None, None,
                                    [node.name or name], positions=positions))
-            digital("Reshape", [column, shape_const([0] * (rank - 1))], out)
+            self.digital_step(f"{name}/reshape", "Reshape", [column, shape_const([0] * (rank - 1))], out)
             return
         wb = plan[1]
         k, n, b = w.shape[-2], w.shape[-1], int(np.prod(wb))
@@ -919,20 +910,21 @@ class _Importer:
             matrix[i * k:(i + 1) * k, i * n:(i + 1) * n] = blocks[i]
         lead = rank - 2 - len(wb)                      # the run-time operand's own leading axes (sample first)
         expanded = f"{name}/expanded"
-        digital("Expand", [x, shape_const([1] * lead + list(wb) + [1, 1])], expanded)
+        self.digital_step(f"{name}/expand", "Expand", [x, shape_const([1] * lead + list(wb) + [1, 1])], expanded)
         moved = f"{name}/moved"                        # [..., M, *wb, K]
-        digital("Transpose", [expanded], moved,
-                perm=list(range(lead)) + [rank - 2] + list(range(lead, lead + len(wb))) + [rank - 1])
+        self.digital_step(f"{name}/transpose", "Transpose", [expanded], moved,
+                          perm=list(range(lead)) + [rank - 2] + list(range(lead, lead + len(wb))) + [rank - 1])
         flat = f"{name}/flat"
-        digital("Reshape", [moved, shape_const([0] * (lead + 1) + [-1])], flat)
+        self.digital_step(f"{name}/reshape", "Reshape", [moved, shape_const([0] * (lead + 1) + [-1])], flat)
         product = f"{name}/product"
         inner = list(self.shape(node.input[0])[1:lead]) + [self.shape(node.input[0])[-2]]  # [x[:lead], M, B*K]
         self.ops.append(XbarOp(name, "MatMul", [flat], [product], matrix, None, None, [node.name or name],
                                positions=int(np.prod(inner)) if None not in inner else 1))
         unflat = f"{name}/unflat"
-        digital("Reshape", [product, shape_const([0] * (lead + 1) + list(wb) + [n])], unflat)
-        digital("Transpose", [unflat], out, perm=list(range(lead)) + list(range(lead + 1, lead + 1 + len(wb)))
-                + [lead, lead + 1 + len(wb)])
+        self.digital_step(f"{name}/reshape", "Reshape", [product, shape_const([0] * (lead + 1) + list(wb) + [n])],
+                          unflat)
+        back = list(range(lead)) + list(range(lead + 1, lead + 1 + len(wb))) + [lead, lead + 1 + len(wb)]
+        self.digital_step(f"{name}/transpose", "Transpose", [unflat], out, perm=back)
 
     def matmul_positions(self, tensor) -> int:
         shape = self.shape(tensor) or ()
@@ -941,6 +933,5 @@ class _Importer:
 
     def transpose(self, name, x, perm) -> str:
         out = f"{name}/{x}_T"
-        self.ops.append(DigitalOp(self.unique(f"{name}/transpose_in"), "Transpose", [x], [out],
-                                  [helper.make_attribute("perm", perm)]))
+        self.digital_step(f"{name}/transpose_in", "Transpose", [x], out, perm=perm)
         return out

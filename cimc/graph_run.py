@@ -20,7 +20,7 @@ from cimc.batching import chunks, fixed_batch
 from cimc.errors import DataError
 from cimc.im2col import col2im, im2col
 from cimc.ir import ActQuant, Graph, XbarOp
-from cimc.onnx_segments import Segment, plan, reads, run_segment
+from cimc.onnx_segments import Segment, plan, run_segment
 from cimc.overlap_add import input_rows, overlap_add
 
 if TYPE_CHECKING:      # annotations only: importing cimc.backends here would run the backends package first
@@ -102,24 +102,17 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend,
 def _run_ops(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend, observe, keep) -> dict[str, np.ndarray]:
     env = dict(feeds)
     keep = {t.name for t in graph.outputs} | set(keep)
-    items = plan(graph)
-    last_use = {}
-    for i, item in enumerate(items):
-        for op in item.ops if isinstance(item, Segment) else [item]:
-            for t in reads(op):
-                last_use[t] = i
-    for i, item in enumerate(items):
+    order = plan(graph)
+    for i, item in enumerate(order.items):
         if isinstance(item, Segment):
             env.update(run_segment(graph, item, env, keep))
-            read = item.inputs
         else:
             x = env[item.inputs[0]]
             if observe is not None:
                 observe(item, x)
             env[item.outputs[0]] = run_xbar(item, x, backend)
-            read = item.inputs
-        for t in read:
-            if last_use.get(t) == i and t not in keep:
+        for t in item.inputs:
+            if order.last_read.get(t) == i and t not in keep:
                 env.pop(t, None)
     return {name: env[name] for name in [t.name for t in graph.outputs] + sorted(keep) if name in env}
 

@@ -28,8 +28,8 @@ def mac_table(graph: Graph) -> dict:
         if not isinstance(op, DigitalOp):
             continue
         macs = digital_macs(op, graph)
-        if macs is None:
-            unknown = unknown or op.op_type in _MAC_OPS
+        if macs is None:                      # a MAC op whose shapes inference left unknown
+            unknown = True
             continue
         if macs:
             rows.append({"name": op.name, "op_type": op.op_type, "macs": macs // per_sample})

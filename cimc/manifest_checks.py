@@ -254,15 +254,14 @@ def read_digital_model(path: Path, doc: dict) -> DigitalModel:
             raise ManifestError(f"{where}: graph {what} {[vi.name for vi in infos]} differ from manifest.json "
                                 f"field '{what}' {[t['name'] for t in declared]}")
     constants = {}
-    clip_bounds = {t for n in nodes if n.op_type == "Clip" for t in n.input[1:3]}
-    other_uses = {t for n in nodes for i, t in enumerate(n.input) if n.op_type != "Clip" or i == 0}
+    bounds = onnx_checks.clip_bounds_only(nodes)
     for init in model.graph.initializer:
         try:
             value = numpy_helper.to_array(init)
         except Exception as exc:
             raise ManifestError(f"{where}: initializer {init.name!r} cannot be read ({exc})") from None
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            infinite_bound = init.name in clip_bounds and init.name not in other_uses and not np.isnan(value).any()
+            infinite_bound = init.name in bounds and not np.isnan(value).any()
             if not infinite_bound:
                 raise ManifestError(f"{where}: initializer {init.name!r} holds NaN or Inf; every number in a "
                                     "manifest must be finite (a Clip bound may be infinite)")
@@ -308,7 +307,7 @@ def probe_shapes(graph, where: str) -> None:
         return          # unknown or huge inputs: the data check at run time (executor.check_feeds) decides
     env = {t.name: np.zeros((batch,) + tuple(t.shape[1:]), np.float32) for t in graph.inputs}
     index_of = {id(op): i for i, op in enumerate(graph.ops)}
-    for item in plan(graph):
+    for item in plan(graph).items:
         if not isinstance(item, Segment):
             at = f"{where}: field 'ops[{index_of[id(item)]}]' ({item.op_type} {item.name!r})"
             env[item.outputs[0]] = _crossbar_output(item, env[item.inputs[0]], at)

@@ -29,6 +29,13 @@ def _duplicates(names) -> list[str]:
     return sorted(n for n, k in Counter(n for n in names if n).items() if k > 1)
 
 
+def clip_bounds_only(nodes) -> set[str]:
+    """Tensors read only as a Clip min/max: there an infinite value means "no bound", the one place a constant may
+    be +-Inf (NaN never)."""
+    bounds = {t for n in nodes if n.op_type == "Clip" for t in n.input[1:3] if t}
+    return bounds - {t for n in nodes for i, t in enumerate(n.input) if n.op_type != "Clip" or i == 0}
+
+
 def check_names(model: onnx.ModelProto, where: str) -> None:
     """Initializer names, and the tensors written by nodes and graph inputs, must be unique (SSA), and every tensor a
     node reads must be written. The checker says so too, but less plainly; these messages name the nodes."""

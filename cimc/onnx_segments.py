@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from cimc import ort_session
 from cimc.errors import ModelError
 from cimc.ir import DigitalOp, Graph, XbarOp
 
@@ -72,7 +73,13 @@ class Segment:
         return [op.name for op in self.ops]
 
 
-def plan(graph: Graph) -> list:
+@dataclass
+class Plan:
+    items: list                # crossbar ops and Segments, in execution order
+    last_read: dict            # tensor -> index of the last item that reads it (when a run may free it)
+
+
+def plan(graph: Graph) -> Plan:
     """The ops in order, each maximal run of consecutive digital ops gathered into one Segment."""
     items: list = []
     for op in graph.ops:
@@ -104,7 +111,7 @@ def plan(graph: Graph) -> list:
         outputs = [t for op in item for t in op.outputs
                    if t and (read_from.get(t, -1) > index or t in graph_outputs)]
         result.append(Segment(item, inputs, constants, outputs))
-    return result
+    return Plan(result, read_from)
 
 
 def run_segment(graph: Graph, segment: Segment, env: dict, extra_outputs=()) -> dict[str, np.ndarray]:
@@ -150,13 +157,7 @@ def graph_model(graph: Graph) -> onnx.ModelProto:
 
 
 def _model(body, opsets: dict[str, int]) -> onnx.ModelProto:
-    ids = [helper.make_opsetid(d, v) for d, v in sorted(opsets.items())]
-    model = helper.make_model(body, opset_imports=ids, producer_name="cimc")
-    # the oldest IR version that holds these opsets: what the widest range of onnxruntime versions reads
-    # (at least IR 4, where initializers need not be graph inputs)
-    model.ir_version = max(4, helper.find_min_ir_version_for([i for i in ids if i.domain in ("", "ai.onnx")],
-                                                             ignore_unknown=True))
-    return model
+    return ort_session.model(body, [helper.make_opsetid(d, v) for d, v in sorted(opsets.items())])
 
 
 def _session(graph: Graph, segment: Segment, feeds: dict, outputs: list[str]):
@@ -165,16 +166,8 @@ def _session(graph: Graph, segment: Segment, feeds: dict, outputs: list[str]):
     cache = graph.sessions.sessions
     session = cache.get(key)
     if session is None:
-        import onnxruntime as ort
-        ort.set_default_logger_severity(3)    # its errors reach the user as a ModelError, not as a log line
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # no spin-waiting between runs: a graph holds dozens of these sessions, and their idle threads spinning
-        # would take the cores from the crossbar's own kernels (numba's table reads ran 1.8x slower)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        model = segment_model(graph, segment, feeds, outputs)
         try:
-            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            session = ort_session.session(segment_model(graph, segment, feeds, outputs))
         except Exception as exc:
             raise ModelError(f"digital op(s) {_shown(segment)}: onnxruntime cannot run them: {_first_line(exc)}") \
                 from None

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from cimc import ort_session
 from cimc.errors import ModelError
 
 _PROBES = ((1, 5), (2, 7))      # (batch, value of other symbolic sizes) per run
@@ -28,23 +29,19 @@ _PROBES = ((1, 5), (2, 7))      # (batch, value of other symbolic sizes) per run
 def run_model(model: onnx.ModelProto, inputs: dict[str, tuple], where: str) -> dict[str, tuple]:
     """{tensor: shape with None where a size varies} for every node output. `inputs`: the float graph inputs'
     shapes (None for symbolic sizes)."""
-    import onnxruntime as ort
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
     outputs = [t for node in probe.graph.node for t in node.output if t]
     probe.graph.output.extend(helper.make_value_info(t, onnx.TypeProto()) for t in outputs)
     del probe.graph.value_info[:]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # keep every tensor
     guessed = any(d is None for shape in inputs.values() for d in shape[1:])
     runs = []
     try:
         try:
-            session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            session = ort_session.session(probe, optimize=False)     # every tensor kept
         except Exception as exc:   # at load: which node? onnxruntime's kernel errors do not say
-            node = _failing_node(model, options)
+            node = _failing_node(model)
             raise type(exc)(f"node {node.name or '<unnamed>'!r} ({node.op_type}): {exc}" if node else exc) from None
         for batch, other in _PROBES:
             feeds = {name: np.zeros([batch if (axis == 0 and d is None) else other if d is None else d
@@ -64,9 +61,8 @@ def run_model(model: onnx.ModelProto, inputs: dict[str, tuple], where: str) -> d
     return shapes
 
 
-def _failing_node(model: onnx.ModelProto, options, limit: int = 2000):
+def _failing_node(model: onnx.ModelProto, limit: int = 2000):
     """The first node onnxruntime refuses to load on its own (its inputs typed as in the model), or None."""
-    import onnxruntime as ort
     typed = {vi.name: vi for vi in list(model.graph.input) + list(model.graph.value_info)}
     inits = {i.name: i for i in model.graph.initializer}
     for node in list(model.graph.node)[:limit]:
@@ -79,7 +75,7 @@ def _failing_node(model: onnx.ModelProto, options, limit: int = 2000):
         one = helper.make_model(graph, opset_imports=model.opset_import)
         one.ir_version = model.ir_version
         try:
-            ort.InferenceSession(one.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            ort_session.session(one, optimize=False)
         except Exception:
             return node
     return None
