@@ -162,11 +162,24 @@ class NonIdealSpec:
     drift_time_s: float = 0.0          # time since programming; 0 = no drift
     update_sigma_rel: float = 0.0      # relative variation of an in-situ conductance update (Li 2018: 2%)
     defect_map: str | None = None      # npz of measured stuck cells (cimc.targets.devices), a path
+    # the array's circuit (cimc.targets.ir_drop): resistance of one row/column line segment, the 1T1R access
+    # transistor's on-resistance, and the cell: "1t1r" (undriven rows held at 0 V) or "0t1r" (passive, they float)
+    wire_ohm: float = 0.0
+    access_ohm: float = 0.0
+    cell: str = "1t1r"
 
     def __post_init__(self):
         for name in ("program_sigma_us", "program_sigma_rel", "read_noise_sigma_us", "drift_nu_sigma",
                      "drift_time_s", "update_sigma_rel"):
             _require(getattr(self, name) >= 0, f"nonideal.{name}", "must be >= 0")
+        for name in ("wire_ohm", "access_ohm"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0, f"nonideal.{name}",
+                     f"must be a finite resistance >= 0 in ohm (0 = ideal), got {value!r}")
+        _require(self.cell in ("1t1r", "0t1r"), "nonideal.cell",
+                 f"must be '1t1r' (access transistor) or '0t1r' (passive array), got {self.cell!r}")
+        _require(self.cell == "1t1r" or self.access_ohm == 0, "nonideal.access_ohm",
+                 "a passive array (nonideal.cell = '0t1r') has no access transistor: set it to 0, or use '1t1r'")
         _require(0.0 <= self.stuck_rate <= 1.0, "nonideal.stuck_rate", "must be a fraction between 0 and 1")
         _require(self.drift_t0_s > 0, "nonideal.drift_t0_s", "must be positive")
         if self.stuck_at not in ("g_min", "g_max"):

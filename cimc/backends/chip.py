@@ -16,6 +16,9 @@ import numpy as np
 from cimc.targets.adc import AdcModel
 from cimc.targets.devices import DeviceModel, load_defect_map, programmed_us
 from cimc.targets.drivers import driver_gains
+from cimc.targets.ir_drop import active as wires_active, array_conductances
+
+_CIRCUIT = ("wire_ohm", "access_ohm", "cell")      # nonideal fields of the array's circuit (cimc.targets.ir_drop)
 
 
 class Chip:
@@ -30,6 +33,12 @@ class Chip:
         self.instance = self.model.program(levels, self.seed)
         step = self.model.step_us
         self.g_units = (levels.astype(np.float64) + (self.instance.conductance_us - self.instance.target_us) / step)
+        # line and access resistance: reads see each array's effective conductances T (I = v . T, exact for 1T1R),
+        # computed once here, so every reader stays as fast as without them; None when the target has none
+        self.read_us = None
+        if wires_active(target.nonideal):
+            self.read_us = array_conductances(self.instance.conductance_us, target.nonideal)
+            self.g_units = (self.read_us - target.device.g_min_us) / step
         self.offset = target.device.g_min_us / step
         self.read_sigma = self.model.read_noise_us / step          # read noise in step units
         self.adc = AdcModel(target.adc, self.seed, levels.shape[0], target.array.cols)
@@ -61,13 +70,22 @@ class Chip:
         """Overwrite the conductances of whole arrays (uS, [len(ids), rows, cols])."""
         ids = np.asarray(array_ids, dtype=np.int64)
         self.instance.conductance_us[ids] = conductance_us
+        if self.read_us is not None:
+            self.read_us[ids] = array_conductances(np.asarray(conductance_us).reshape((len(ids),) +
+                                                                                      self.read_us.shape[1:]),
+                                                   self.target.nonideal)
+            conductance_us = self.read_us[ids]
         self.g_units[ids] = (conductance_us - self.target.device.g_min_us) / self.model.step_us
 
     def identity(self) -> dict:
         """What makes two chip instances the same: the seed, the device non-idealities, the defect map, and the ADC
         and row-driver non-idealities where any is set (so an ideal chip's identity reads as before they existed)."""
         dm = self.model.defect_map
-        out = {"seed": self.seed, "nonideal": dataclasses.asdict(self.target.nonideal),
+        nonideal = dataclasses.asdict(self.target.nonideal)
+        if not wires_active(self.target.nonideal):      # an ideal circuit reads as before it was modelled
+            for name in _CIRCUIT:
+                del nonideal[name]
+        out = {"seed": self.seed, "nonideal": nonideal,
                "defect_map": None if dm is None else hashlib.sha256(np.ascontiguousarray(dm.stuck)).hexdigest()}
         adc = self.target.adc
         effects = {k: getattr(adc, k) for k in ("gain_sigma_rel", "offset_sigma_lsb", "inl_lsb", "noise_sigma_lsb")}

@@ -65,7 +65,7 @@ import warnings
 
 import numpy as np
 
-from cimc.backends import lut_reads
+from cimc.backends import ir_check, lut_reads
 from cimc.backends.base import Backend
 from cimc.backends.bit_planes import (FLOAT32_EXACT, bit_planes, bit_planes_uint,  # noqa: F401 (re-exported)
                                       plane_weights, rowwise_matmul, uint_codes)
@@ -202,6 +202,9 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             plan.conv_route = self._conv_route(plan)
         self.stats = {name: {"sq_err": 0.0, "sq_ref": 0.0, "clipped": 0, "conversions": 0, "max_abs_err": 0.0}
                       for name in self.plans}
+        if self.chip.read_us is not None:        # line/access resistance: the fast path's error, sampled (ir_check)
+            for st in self.stats.values():
+                st.update(ir_sq_err=0.0, ir_sq_ref=0.0, ir_vectors=0)
         self.peaks = {name: 0.0 for name in self.plans}
 
     def _default_gemm(self, target) -> str:
@@ -392,6 +395,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         out = self._by_copy(plan, applied, batch, self._run_copy)
         if self.diagnostics:
             self._observe(plan, x, out)
+            if self.chip.read_us is not None:
+                ir_check.measure(self, plan, op, x)
         return out
 
     def _by_copy(self, plan: ReadPlan, x: np.ndarray, batch: int, run) -> np.ndarray:
@@ -550,6 +555,9 @@ def combine_layer_stats(backends: list) -> list[dict]:
                      "adc_conversions": int(sums["conversions"]),
                      "adc_full_scale_ua": None if plan.full_scale is None else plan.full_scale * plan.unit_ua,
                      "adc_full_scale_source": plan.full_scale_source})
+        if "ir_vectors" in first.stats[name]:     # wire/access resistance: the fast path against the exact circuit
+            err, ref = (sum(b.stats[name][k] for b in backends) for k in ("ir_sq_err", "ir_sq_ref"))
+            rows[-1]["ir_approx_error"] = float(np.sqrt(err / ref)) if ref > 0 else None
     return rows
 
 

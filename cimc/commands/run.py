@@ -12,9 +12,10 @@ from cimc.errors import ConfigError
 # options that need --backend crossbar (argparse dests)
 _CROSSBAR_ONLY = ("seed", "trials", "ideal", "program_sigma", "program_sigma_rel", "stuck_rate", "stuck_at",
                   "read_noise", "drift_time", "drift_nu", "drift_nu_sigma", "defect_map", "adc_bits", "adc_full_scale",
-                  "calibration", "copy", "set", "layers", "gemm")
+                  "wire_resistance", "access_resistance", "calibration", "copy", "set", "layers", "gemm")
 _NOISE_FLAGS = ("program_sigma", "program_sigma_rel", "stuck_rate", "stuck_at", "read_noise", "drift_time",
-                "drift_nu", "drift_nu_sigma", "defect_map", "adc_bits", "adc_full_scale")
+                "drift_nu", "drift_nu_sigma", "defect_map", "adc_bits", "adc_full_scale", "wire_resistance",
+                "access_resistance")
 
 
 def add_parser(sub) -> None:
@@ -66,6 +67,10 @@ def add_chip_options(g) -> None:
                    "(nonideal.drift_nu_sigma)")
     g.add_argument("--defect-map", metavar="NPZ", help="measured stuck cells: 'stuck' [arrays, rows, cols] and "
                    "optional 'g_us' (see cimc.targets.devices)")
+    g.add_argument("--wire-resistance", metavar="R", help="resistance of one row or column line segment (between "
+                   "neighbouring cells), e.g. 1ohm or 0.5ohm: IR drop along the lines (nonideal.wire_ohm)")
+    g.add_argument("--access-resistance", metavar="R", help="on-resistance of each cell's 1T1R access transistor, in "
+                   "series with its device, e.g. 5kohm (nonideal.access_ohm)")
     g.add_argument("--adc-bits", metavar="B", help="ADC resolution (adc.bits; turns a lossless ADC off)")
     g.add_argument("--adc-full-scale", choices=["calibrated", "max"], help="ADC full-scale rule (adc.full_scale)")
     g.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
@@ -93,6 +98,7 @@ def _number(text, flag: str, lo: float | None = 0.0) -> float:
 def crossbar_options(args) -> dict:
     """The crossbar backend's options from the command line (target overrides named by their flags)."""
     from cimc.targets.devices import parse_conductance, parse_duration, parse_fraction
+    from cimc.targets.ir_drop import parse_resistance
     given = [f for f in _NOISE_FLAGS if getattr(args, f) is not None]
     if args.ideal and given:
         raise ConfigError(f"--ideal (ideal devices, lossless ADC) cannot be combined with "
@@ -104,7 +110,9 @@ def crossbar_options(args) -> dict:
               ("read_noise", "read_noise_sigma_us", parse_conductance),
               ("drift_time", "drift_time_s", parse_duration),
               ("drift_nu", "drift_nu", lambda text, flag: _number(text, flag, None)),
-              ("drift_nu_sigma", "drift_nu_sigma", _number))
+              ("drift_nu_sigma", "drift_nu_sigma", _number),
+              ("wire_resistance", "wire_ohm", parse_resistance),
+              ("access_resistance", "access_ohm", parse_resistance))
     overrides = []
     for attr, field, parse in fields:
         value = getattr(args, attr)
@@ -226,12 +234,15 @@ def _print_crossbar(r: dict) -> None:
     if k > 1 and r["trials"][0] is not None:
         print("  per trial: " + ", ".join(f"{p['seed']}: {p['accuracy']:.4f}" for p in r["per_trial"]))
     if r.get("layers"):
+        ir = any("ir_approx_error" in row for row in r["layers"])     # only with wire or access resistance
         print(f"  {'layer':28s} {'rel.error':>10s} {'SNR dB':>8s} {'input clip':>10s} {'ADC clip':>9s} "
-              f"{'full scale':>12s}")
+              f"{'full scale':>12s}" + (f" {'IR approx':>10s}" if ir else ""))
         for row in r["layers"]:
             rel = "-" if row["rel_error"] is None else f"{row['rel_error']:.4g}"
             snr = "exact" if row["rel_error"] == 0 else ("-" if row["snr_db"] is None else f"{row['snr_db']:.1f}")
             fs = "lossless" if row["adc_full_scale_ua"] is None else f"{row['adc_full_scale_ua']:.4g} uA"
             clip = "-" if row.get("input_clip_rate") is None else f"{row['input_clip_rate']:.2%}"
+            approx = "" if not ir else " " + ("-" if row.get("ir_approx_error") is None
+                                               else f"{row['ir_approx_error']:.3g}").rjust(10)
             print(f"  {row['name'][:28]:28s} {rel:>10s} {snr:>8s} {clip:>10s} {row['adc_clip_rate']:>9.2%} "
-                  f"{fs:>12s}")
+                  f"{fs:>12s}{approx}")

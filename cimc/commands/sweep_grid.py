@@ -16,7 +16,7 @@ from cimc.errors import CimcError, ConfigError
 # chip flags that are not grid axes: the seed is the sweep's own, the rest are not quantities to sweep
 _NOT_AXES = ("seed", "ideal", "set", "gemm", "defect_map")
 # effects the issue names that the crossbar backend does not model yet (an axis only once a run flag exists)
-_NOT_MODELLED = {"wire_resistance": "wire resistance (IR drop along the array's lines)"}
+_NOT_MODELLED: dict[str, str] = {}
 
 
 def _chip_parser() -> argparse.ArgumentParser:
