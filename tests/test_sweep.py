@@ -201,7 +201,7 @@ def test_a_worker_killed_mid_run_loses_nothing(setup, reference, cluster, tmp_pa
     (["adc_bits=4,x"], ["--grid adc_bits", "'x'", "integer"]),
     (["stuck_rate=0.1,2"], ["--grid stuck_rate", "'2'", "between 0 and 1"]),
     (["drift_time=1h,soon"], ["--grid drift_time", "'soon'"]),
-    (["wire_resistance=1,2"], ["--grid wire_resistance", "does not model", "leave this axis out"]),
+    (["wire_resistance=1ohm,2Mohm"], ["--grid wire_resistance", "'2Mohm'", "unknown unit"]),
     (["temperature=300"], ["--grid temperature", "unknown axis", "program_sigma"]),
     (["adc.bitz=6"], ["--grid adc.bitz", "unknown field"]),
     (["array.rows=64"], ["--grid array.rows", "recompile"]),
