@@ -4,6 +4,10 @@ The crossbar backend reads it (`run`), `cimc tune` writes it (`program` + `set_c
 conductances apply only to a chip of the same `identity()`. Device physics: cimc.targets.devices; ADC instances:
 cimc.targets.adc.
 
+With wire or access resistance (`nonideal.wire_ohm`, `access_ohm`; cimc.targets.ir_drop) the reads see each array's
+effective conductances `read_us` (the circuit's currents per volt, computed once here) instead of the devices' own
+`conductance_us`; g_units below are then (read_us - g_min) / step.
+
 Conductances are also kept in *step units* relative to g_min, `g_units` = (g - g_min) / step = level + (g - g_target)
 / step, exact for ideal devices (deviation 0); `offset` = g_min / step is the g_min part of one driven device."""
 from __future__ import annotations

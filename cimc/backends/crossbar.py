@@ -25,6 +25,9 @@ for a lossless ADC (here). This class binds them and walks the samples through t
   returns as sum_k q_k w_k.
 * Row drivers (cimc.targets.drivers): a driver's gain error scales its row's conductances in the read plans; the
   analog DAC's bow (`input.dac_inl_lsb`) bends the codes before any read (`dac_amplitudes`).
+* Wire and access resistance (cimc.targets.ir_drop): the chip reads each array through its circuit's effective
+  conductances, computed once at bind (`Chip.read_us`), so every reader applies them; with `diagnostics` each layer
+  also measures that fast path against the exact circuit solver on a sample of its reads (ir_check.py).
 * FS per layer: `adc.full_scale = "max"`: the largest current a line can carry (all array rows driven, every device at
   g_max; for "rows": half the rows at g_max - g_min); "calibrated": the largest ideal line current seen over the
   calibration set's reads (`calibrate_adc_full_scale`), stored per op as `adc_full_scale_ua` in the manifest, given
