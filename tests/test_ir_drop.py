@@ -249,3 +249,27 @@ def test_wire_resistance_is_a_sweep_axis(fc, tmp_path, capsys):
         assert main(["run", str(d / "m"), "--data", str(d / "x.npz"), "--backend", "crossbar", "--seed", "0",
                      "--json", *point_flags]) == 0
         assert json.loads(capsys.readouterr().out)["accuracy"] == row["accuracy"]
+
+
+def test_li_rows_differential_analog_reads_equal_the_exact_circuit(tmp_path):
+    """Li's layout: inputs as amplitudes +v on the first row block and -v on the second, one bipolar line per
+    output, 128 x 64 array: the accumulator is I_line / (V_read step / qmax), the current solved here."""
+    onnx.save(om.matmul(k=20, m=6), tmp_path / "fc.onnx")
+    calib = np.random.default_rng(1).standard_normal((32, 20)).astype(np.float32)
+    manifest = cimc.compile(tmp_path / "fc.onnx", "li2018", calibration=calib)
+    b, op = _bound(manifest, ["nonideal.stuck_rate=0", "adc.lossless=true", "nonideal.wire_ohm=2",
+                              "nonideal.access_ohm=3000"], diagnostics=True)
+    x = _codes(op, 4)
+    got = b.mvm(op, x, len(x)).astype(np.float64)
+    t = manifest.target
+    tile = op.tiles[0]
+    p = tile.placements[0]
+    (pr, pc), (mr, _) = tile_cells(tile, p, t.array)
+    g = t.device.g_min_us + manifest.arrays[p.array].astype(np.float64) * t.device.step_us
+    qmax = max(abs(op.input_quant.qmin), op.input_quant.qmax)
+    volts = np.zeros((len(x), t.array.rows))
+    volts[:, pr[:, 0]] = 0.2 * x / qmax
+    volts[:, mr[:, 0]] = -0.2 * x / qmax
+    want = read_currents(g, volts, 2.0, 3000.0)[:, pc[0]] / (0.2 * t.device.step_us / qmax)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-3)
+    assert b.layer_stats()[0]["ir_approx_error"] < 1e-9
