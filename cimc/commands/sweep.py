@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
                     help="one axis and its values (repeatable; the points are all combinations): a run option of "
                     "`cimc run` with underscores, in its units (program_sigma=0,0.54uS,1uS; read_noise; stuck_rate; "
                     "drift_time=1h,1d; adc_bits=4,6,8; program_sigma_rel; stuck_at; drift_nu; drift_nu_sigma; "
-                    "adc_full_scale; wire_resistance=0,1ohm,5ohm; access_resistance=5kohm), or a target field as --set takes it (adc.bits=6,8). One value fixes an option")
+                    "adc_full_scale; wire_resistance=0,1ohm,5ohm; access_resistance=5kohm), or a target field as "
+                    "--set takes it (adc.bits=6,8). One value fixes an option")
     sp.add_argument("--seeds", type=int, required=True, metavar="N",
                     help="chip instances per point: seeds 0..N-1, each exactly `cimc run --seed S`")
     sp.add_argument("-o", "--output", required=True, metavar="OUT",
