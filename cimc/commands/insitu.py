@@ -87,6 +87,12 @@ def text(r: dict) -> str:
     ideal, ins, exs = r["ideal_simulation"], r["in_situ"], r["ex_situ"]
     chip = ins["chip"]
     var = ins["update_sigma_rel"] or 0.0
+    pulses = ins.get("pulse_model")
+    update = (f"{100 * var:g}% update variation" if pulses is None else
+              f"{pulses['kind']} pulses, {100 * pulses['c2c']:g}% c2c, {100 * pulses['d2d']:g}% d2d")
+    writes = (f"{ins['writes']:,} device writes" if pulses is None else
+              f"{ins['writes']:,} device writes, {ins['pulses']:,} pulses ({ins['set_pulses']:,} SET, "
+              f"{ins['reset_pulses']:,} RESET)")
     stuck = (f"{100 * ins['stuck_fraction']:.1f}% of devices stuck at {ins['stuck_at_us']:g} uS"
              if ins["stuck_devices"] else "no stuck devices")
     lines = [
@@ -95,8 +101,7 @@ def text(r: dict) -> str:
         f"uS per unit weight, {chip['adc']} readout; sklearn digits 1347/450, {r['epochs']} epochs, batch "
         f"{r['batch']}, seed {r['seed']}\n",
         f"ideal simulation (no stuck devices, no variation): {100 * ideal['final_accuracy']:.2f}%\n",
-        f"in situ ({stuck}, {100 * var:g}% update variation): {100 * ins['final_accuracy']:.2f}% "
-        f"({ins['writes']:,} device writes in {ins['updates']} updates)\n",
+        f"in situ ({stuck}, {update}): {100 * ins['final_accuracy']:.2f}% ({writes} in {ins['updates']} updates)\n",
         f"gap: {r['gap_points']:.2f} points (paper: {r['paper']['gap_points']} points, 91.71% on 8x8 MNIST with 11% "
         f"stuck at ~10 uS)\n",
         f"ex situ (software {100 * exs['software_accuracy']:.2f}%, transferred to the same chip): "
