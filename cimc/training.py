@@ -51,6 +51,7 @@ from cimc.graph_run import check_feeds, quantize_activation, run_graph
 from cimc.ir import XbarOp
 from cimc.node_names import unknown_layer
 from cimc.layout import read_levels, tile_cells
+from cimc.targets.pulse_update import PulsedDevices
 
 _PASS_THROUGH = {"Softmax", "Identity"}  # ops allowed between the tuned layer and the model output
 DEFAULT_LR = 0.35          # device levels per full-scale sample (about the 0.004 chosen on the mCNN before)
@@ -78,9 +79,10 @@ class TuneResult:
     kept: str = "final"                  # "final" or "best" (an earlier state, see holdout["kept_epoch"])
     kept_reason: str = ""
     warnings: list[str] = field(default_factory=list)
+    pulses: dict | None = None           # with a pulse model: {"model", "total", "set", "reset"} (else left out)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if not (k == "pulses" and v is None)}
 
 
 def tuned_layer(graph, name: str | None) -> XbarOp:
@@ -129,6 +131,10 @@ class _Writer:
         self.target = backend.chip.target_us[self.ids].copy()        # what they were last asked to hold
         self.stuck = backend.chip.stuck[self.ids]
         self.writes = self.on_stuck = self.verify_iterations = 0
+        # the target's pulse model (cimc.targets.pulse_update): writes become SET/RESET pulses; ideal = none
+        self.pulsed = None if backend.ideal else PulsedDevices.for_target(
+            backend.target, backend.chip.conductance_us.shape, seed)
+        self.pulse_counts = {"set": 0, "reset": 0}
 
     def resume(self, conductances: dict, round_: int) -> None:
         """Take the goals recorded by an earlier tuning of the same arrays on this chip (this is round `round_`)."""
@@ -147,6 +153,8 @@ class _Writer:
         if not mask.any():
             return
         goal = np.clip(self.target[mask] + dg[mask], self.g_min, self.g_max)
+        if self.pulsed is not None:
+            return self._pulse(mask, goal)
         got = self._program(goal)
         for _ in range(self.write_verify):
             miss = np.abs(got - goal) > self.tolerance
@@ -157,6 +165,21 @@ class _Writer:
         self.g[mask], self.target[mask] = got, goal
         self.writes += int(mask.sum())
         self.backend.set_conductances(self.ids, self.g)
+
+    def _pulse(self, mask: np.ndarray, goal: np.ndarray) -> None:
+        """Pulses from what the devices hold towards their goals; a write is a device pulsed at least once."""
+        a, r, c = np.nonzero(mask)
+        got, n_set, n_reset = self.pulsed.write(self.g[mask], goal, self.rng, (self.ids[a], r, c))
+        self.g[mask], self.target[mask] = got, goal
+        self.writes += int(np.count_nonzero(n_set + n_reset))
+        self.pulse_counts["set"] += int(n_set.sum())
+        self.pulse_counts["reset"] += int(n_reset.sum())
+        self.backend.set_conductances(self.ids, self.g)
+
+    def pulses(self) -> dict | None:
+        if self.pulsed is None:
+            return None
+        return {"model": self.pulsed.model.kind, "total": sum(self.pulse_counts.values()), **self.pulse_counts}
 
     def state(self) -> tuple[np.ndarray, np.ndarray]:
         """The chip state of the tuned arrays: what the devices hold and the goals they were last given."""
@@ -301,6 +324,11 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     check_labels(labels, op.cols, data.path or "tuning data")     # the tuned layer's outputs are the classes
     array_ids = sorted({p.array for t in op.tiles for p in t.placements})
     writer = _Writer(backend, array_ids, seed, write_verify, verify_tolerance_us)
+    if writer.pulsed is not None and (write_verify or verify_tolerance_us is not None):
+        raise ConfigError("--write-verify/--verify-tolerance: the target has a pulse model (pulse.model = "
+                          f"{writer.pulsed.model.kind!r}), whose writes verify by pulses: set "
+                          "pulse.verify_tolerance_us and pulse.max_pulses (e.g. --set pulse.verify_tolerance_us=0.5) "
+                          "instead")
     if resumed:
         writer.resume(manifest.conductances, round_=2 + len(manifest.provenance.get("previous_tunings", [])))
     n_train, n_hold = _split(data, holdout)
@@ -377,7 +405,7 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
                 "accuracy_per_epoch": held[1:], "accuracy_after": held[kept_epoch], "kept_epoch": kept_epoch}
     result = TuneResult(before, after, writer.writes, writer.on_stuck, writer.verify_iterations, iterations,
                         op.name, array_ids, time.perf_counter() - start_time, per_copy, writes_per_epoch,
-                        largest_per_epoch, devices, eta, held_out, kept, reason, messages)
+                        largest_per_epoch, devices, eta, held_out, kept, reason, messages, writer.pulses())
     tuned = _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides, defect_map,
                             dict(epochs=epochs, batch=batch, lr=lr, lr_units="device levels per full-scale sample",
                                  lr_weight_units=eta, threshold_us=threshold_us, write_verify=write_verify,
@@ -408,6 +436,7 @@ def _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides,
         "accuracy_before": result.accuracy_before, "accuracy_after": result.accuracy_after,
         "writes_per_epoch": result.writes_per_epoch, "held_out": result.holdout, "kept": result.kept,
         "kept_reason": result.kept_reason,
+        **({"pulses": result.pulses} if result.pulses else {}),
     }
     tuned = Manifest(graph, target, arrays, provenance, manifest.replication, manifest.estimates)
     tuned.conductances = {"arrays": writer.ids.astype(np.int64), "programmed_us": writer.g.astype(np.float64),
