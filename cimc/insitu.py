@@ -34,6 +34,11 @@ signed uniform grid whose full scale is the largest |I| of that read (a per-batc
   map (`defect_map=`) is honoured the same way.
 * update variation: each conductance change applied to a device is multiplied by (1 + N(0, update_sigma_rel))
   (li2018: 2%), independently per device and per update.
+* pulsed updates (the target's `[pulse]`, cimc.targets.pulse_update; li2018-pulsed): each device's change becomes
+  SET or RESET pulses from its present conductance towards g + change (clipped to the range), each pulse's step
+  depending on the conductance, with c2c and d2d variation; `writes` then counts devices pulsed at least once and
+  the result adds `pulses`, `set_pulses`, `reset_pulses`. It replaces the update variation (a target with both is
+  refused) and is off in the ideal simulation.
 * programming error (`program_sigma_us`, `program_sigma_rel`, DeviceModel's formula sigma = sigma_us + sigma_rel * g)
   applies whenever weights are programmed: the initial weights of in-situ training and the ex-situ transfer.
 * ADC (with `adc_bits`): the target's `[adc]` gain_sigma_rel, offset_sigma_lsb, inl_lsb and noise_sigma_lsb, applied

@@ -18,7 +18,9 @@ One iteration on a mini-batch (inputs X, labels y):
    previous goal plus its half of the change, clipped to [g_min, g_max], and is programmed to it with the target's
    programming error (a fresh draw from the tuning generator; the controller programs towards the goals it keeps,
    so errors do not add up over writes), repeated up to `write_verify` more times while it misses the goal by more
-   than `verify_tolerance_us`. Stuck devices ignore writes. Nothing else is written.
+   than `verify_tolerance_us`. Stuck devices ignore writes. Nothing else is written. With a pulse model (the target's
+   `[pulse]`, cimc.targets.pulse_update) each device is pulsed from what it holds towards its goal instead (the
+   model's own write-verify), and `pulses` is reported beside `writes` (devices pulsed at least once).
 Drift is not applied during tuning (the tuning happens right after programming).
 
 Held-out data: the last `holdout` fraction of the tuning data (at least one sample) is never trained on; the chip
