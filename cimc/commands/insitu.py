@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
                         "ideal-simulation accuracy (no stuck devices, no variation), the in-situ accuracy with the "
                         "target's defects, their gap, and the accuracy of software-trained weights transferred to "
                         "the same defective chip. See cimc/insitu.py for the model.")
-    sp.add_argument("--target", default="li2018", help="preset name or target TOML (default li2018)")
+    sp.add_argument("--target", default="li2018", help="preset name or target TOML (default li2018; li2018-pulsed: "
+                    "updates as SET/RESET pulses, see the target's [pulse])")
     sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                     help="override one target field, e.g. --set nonideal.program_sigma_us=0.5 (repeatable)")
     sp.add_argument("--stuck-rate", metavar="R", help="fraction of stuck devices, e.g. 0.11 or 11%% "
