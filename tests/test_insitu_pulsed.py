@@ -96,3 +96,12 @@ def test_cli_prints_pulses_beside_writes():
     code, out, err = run_cli(["insitu", "--target", "li2018-pulsed", "--epochs", "1", "--json"])
     doc = json.loads(out)["in_situ"]
     assert doc["pulses"] == doc["set_pulses"] + doc["reset_pulses"] and doc["writes"] > 0
+
+
+def test_cli_seeds_lines_carry_writes_and_pulses():
+    code, out, err = run_cli(["insitu", "--target", "li2018-pulsed", "--epochs", "1", "--seeds", "2"])
+    assert code == 0, err
+    rows = [l for l in out.splitlines() if l.startswith("seed ")]
+    assert len(rows) == 2 and all("writes" in l and "pulses" in l for l in rows)
+    code, out, err = run_cli(["insitu", "--epochs", "1", "--seeds", "2"])
+    assert code == 0 and not any("pulses" in l for l in out.splitlines() if l.startswith("seed "))

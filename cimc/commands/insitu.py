@@ -123,9 +123,11 @@ def seeds_text(r: dict) -> str:
     header = text(first).splitlines()[0].replace(f"seed {first['seed']}", f"seeds {r['seeds'][0]}..{r['seeds'][-1]}")
     lines = [header + "\n"]
     for run in r["runs"]:
+        pulses = (f", {run['in_situ']['writes']:,} writes, {run['in_situ']['pulses']:,} pulses"
+                  if "pulses" in run["in_situ"] else "")
         lines.append(f"seed {run['seed']}: ideal {100 * run['ideal_simulation']['final_accuracy']:.2f}%, in situ "
-                     f"{100 * run['in_situ']['final_accuracy']:.2f}%, gap {run['gap_points']:.2f} points, ex situ "
-                     f"{100 * run['ex_situ']['final_accuracy']:.2f}%\n")
+                     f"{100 * run['in_situ']['final_accuracy']:.2f}%{pulses}, gap {run['gap_points']:.2f} points, "
+                     f"ex situ {100 * run['ex_situ']['final_accuracy']:.2f}%\n")
 
     def pct(key):
         return f"{100 * summ[key]['mean']:.2f}% ± {100 * summ[key]['std']:.2f}"
