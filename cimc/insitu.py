@@ -188,7 +188,6 @@ class InSituChip:
         self._rng_pulse = np.random.default_rng(children[_STREAM_PULSE])
         self.writes = 0
         self.updates = 0
-        self.set_pulses = self.reset_pulses = 0
 
     # programming and reading back
     def layer(self, name_or_index) -> LayerPlacement:
@@ -256,8 +255,6 @@ class InSituChip:
         block = self.g[rows, cols]
         goal = np.where(self.stuck[rows, cols], block, np.clip(block + change, self.g_min, self.g_max))
         self.g[rows, cols], n_set, n_reset = self.pulsed.write(block, goal, self._rng_pulse, (rows, cols))
-        self.set_pulses += int(n_set.sum())
-        self.reset_pulses += int(n_reset.sum())
         return int(np.count_nonzero(n_set + n_reset))
 
     # inference
@@ -448,8 +445,9 @@ def train_in_situ(target="li2018", stuck_rate: float | None = None, epochs: int 
     result = _result("in_situ", chip, target, seed, epochs, lr, ideal, curve[-1], t0)
     result.update(accuracy_curve=curve, train_accuracy_curve=train_curve, writes=chip.writes, updates=chip.updates)
     if chip.pulsed is not None:
-        result.update(pulses=chip.set_pulses + chip.reset_pulses, set_pulses=chip.set_pulses,
-                      reset_pulses=chip.reset_pulses, pulse_model=dataclasses.asdict(chip.pulsed.model))
+        n = chip.pulsed.counts()
+        result.update(pulses=n["total"], set_pulses=n["set"], reset_pulses=n["reset"],
+                      pulse_model=dataclasses.asdict(chip.pulsed.model))
     return result
 
 

@@ -136,7 +136,6 @@ class _Writer:
         # the target's pulse model (cimc.targets.pulse_update): writes become SET/RESET pulses; ideal = none
         self.pulsed = None if backend.ideal else PulsedDevices.for_target(
             backend.target, backend.chip.conductance_us.shape, seed)
-        self.pulse_counts = {"set": 0, "reset": 0}
 
     def resume(self, conductances: dict, round_: int) -> None:
         """Take the goals recorded by an earlier tuning of the same arrays on this chip (this is round `round_`)."""
@@ -174,14 +173,7 @@ class _Writer:
         got, n_set, n_reset = self.pulsed.write(self.g[mask], goal, self.rng, (self.ids[a], r, c))
         self.g[mask], self.target[mask] = got, goal
         self.writes += int(np.count_nonzero(n_set + n_reset))
-        self.pulse_counts["set"] += int(n_set.sum())
-        self.pulse_counts["reset"] += int(n_reset.sum())
         self.backend.set_conductances(self.ids, self.g)
-
-    def pulses(self) -> dict | None:
-        if self.pulsed is None:
-            return None
-        return {"model": self.pulsed.model.kind, "total": sum(self.pulse_counts.values()), **self.pulse_counts}
 
     def state(self) -> tuple[np.ndarray, np.ndarray]:
         """The chip state of the tuned arrays: what the devices hold and the goals they were last given."""
@@ -407,7 +399,8 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
                 "accuracy_per_epoch": held[1:], "accuracy_after": held[kept_epoch], "kept_epoch": kept_epoch}
     result = TuneResult(before, after, writer.writes, writer.on_stuck, writer.verify_iterations, iterations,
                         op.name, array_ids, time.perf_counter() - start_time, per_copy, writes_per_epoch,
-                        largest_per_epoch, devices, eta, held_out, kept, reason, messages, writer.pulses())
+                        largest_per_epoch, devices, eta, held_out, kept, reason, messages,
+                        None if writer.pulsed is None else writer.pulsed.counts())
     tuned = _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides, defect_map,
                             dict(epochs=epochs, batch=batch, lr=lr, lr_units="device levels per full-scale sample",
                                  lr_weight_units=eta, threshold_us=threshold_us, write_verify=write_verify,

@@ -134,6 +134,12 @@ class PulsedDevices:
         rng = d2d_generator(seed)
         self.up = np.maximum(1.0 + model.d2d * rng.standard_normal(shape), 0.0)
         self.down = np.maximum(1.0 + model.d2d * rng.standard_normal(shape), 0.0)
+        self.set_pulses = self.reset_pulses = 0          # fired by `write` so far
+
+    def counts(self) -> dict:
+        """The pulses fired so far, as results report them."""
+        return {"model": self.model.kind, "total": self.set_pulses + self.reset_pulses, "set": self.set_pulses,
+                "reset": self.reset_pulses}
 
     @classmethod
     def for_target(cls, target, shape, seed: int | None) -> "PulsedDevices | None":
@@ -171,4 +177,6 @@ class PulsedDevices:
                 fired += 1
                 active = active[count[active] > fired]
             n_set, n_reset = np.where(up_all, count, 0), np.where(up_all, 0, count)
+        self.set_pulses += int(n_set.sum())
+        self.reset_pulses += int(n_reset.sum())
         return g.reshape(shape), n_set.reshape(shape), n_reset.reshape(shape)

@@ -84,7 +84,7 @@ def test_an_update_is_the_per_pulse_reference_on_every_device():
                 pulses += abs(n)
     np.testing.assert_allclose(chip.g, expected, rtol=0, atol=1e-12)
     assert np.array_equal(chip.g[stuck], before[stuck])
-    assert chip.set_pulses + chip.reset_pulses == pulses
+    assert chip.pulsed.counts()["total"] == pulses
     assert writes == int(np.count_nonzero(chip.g != before))
 
 

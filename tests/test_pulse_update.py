@@ -131,6 +131,8 @@ def test_write_verify_reaches_the_tolerance_within_the_budget():
     goal = rng.uniform(G_MIN + 0.5, G_MAX - 0.5, n)
     got, n_set, n_reset = dev.write(g, goal, np.random.default_rng(3))
     assert np.all(n_set + n_reset <= 300)
+    assert dev.counts() == {"model": "soft-bounds", "total": int((n_set + n_reset).sum()), "set": int(n_set.sum()),
+                            "reset": int(n_reset.sum())}
     assert np.all(np.abs(got - goal) <= 0.2)                          # the budget suffices here
     assert np.all(n_set[np.abs(g - goal) <= 0.2] + n_reset[np.abs(g - goal) <= 0.2] == 0)
     # a budget too small leaves devices short, never above the budget
