@@ -34,6 +34,11 @@ signed uniform grid whose full scale is the largest |I| of that read (a per-batc
   map (`defect_map=`) is honoured the same way.
 * update variation: each conductance change applied to a device is multiplied by (1 + N(0, update_sigma_rel))
   (li2018: 2%), independently per device and per update.
+* pulsed updates (the target's `[pulse]`, cimc.targets.pulse_update; li2018-pulsed): each device's change becomes
+  SET or RESET pulses from its present conductance towards g + change (clipped to the range), each pulse's step
+  depending on the conductance, with c2c and d2d variation; `writes` then counts devices pulsed at least once and
+  the result adds `pulses`, `set_pulses`, `reset_pulses`. It replaces the update variation (a target with both is
+  refused) and is off in the ideal simulation.
 * programming error (`program_sigma_us`, `program_sigma_rel`, DeviceModel's formula sigma = sigma_us + sigma_rel * g)
   applies whenever weights are programmed: the initial weights of in-situ training and the ex-situ transfer.
 * ADC (with `adc_bits`): the target's `[adc]` gain_sigma_rel, offset_sigma_lsb, inl_lsb and noise_sigma_lsb, applied
@@ -65,6 +70,7 @@ numpy Generator derived from `seed`: the same seed gives the identical result.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -75,6 +81,7 @@ import numpy as np
 from cimc.errors import ConfigError, DataError
 from cimc.targets.adc import adc_range
 from cimc.targets.devices import line_noise, programmed_us
+from cimc.targets.pulse_update import PulseModel, PulsedDevices
 
 LAYER_SIZES = (64, 54, 10)
 BATCH = 50
@@ -87,7 +94,8 @@ PAPER = {"in_situ_11pct_accuracy": 91.71, "gap_points": 2.4, "in_situ_50pct_off_
 
 # Child streams of np.random.SeedSequence(seed); child 0 is `devices.read_generator(seed)` (read noise).
 _STREAM_READ, _STREAM_INIT, _STREAM_ORDER, _STREAM_UPDATE, _STREAM_PROGRAM, _STREAM_SENSE = range(6)
-_STREAMS = 6
+_STREAM_PULSE = 6      # the per-pulse (c2c) draws; added later, children 0..5 stay what they were
+_STREAMS = 7
 
 
 # -- layout ---------------------------------------------------------------------------------------------------------
@@ -135,7 +143,7 @@ class InSituChip:
                  read_voltage_v: float = 0.2, stuck: np.ndarray | None = None, stuck_g_us: np.ndarray | None = None,
                  update_sigma_rel: float = 0.0, program_sigma_us: float = 0.0, program_sigma_rel: float = 0.0,
                  read_noise_sigma_us: float = 0.0, adc_bits: int | None = None, seed: int | None = 0,
-                 adc=None):
+                 adc=None, pulse_model=None):
         if not 0 <= g_min_us < g_max_us:
             raise ConfigError(f"conductance range {g_min_us}..{g_max_us} uS: need 0 <= g_min < g_max")
         if not w_max > 0:
@@ -175,6 +183,9 @@ class InSituChip:
         self._rng_read = np.random.default_rng(children[_STREAM_READ])
         self._rng_update = np.random.default_rng(children[_STREAM_UPDATE])
         self._rng_program = np.random.default_rng(children[_STREAM_PROGRAM])
+        # pulsed updates (cimc.targets.pulse_update): None = each update applied as the change asked for
+        self.pulsed = None if pulse_model is None else PulsedDevices(pulse_model, (self.rows, self.cols), seed)
+        self._rng_pulse = np.random.default_rng(children[_STREAM_PULSE])
         self.writes = 0
         self.updates = 0
 
@@ -225,6 +236,9 @@ class InSituChip:
         half = dw * self.g_scale / 2
         writes = 0
         for rows, change in ((lay.rows_plus, half), (lay.rows_minus, -half)):
+            if self.pulsed is not None:
+                writes += self._pulse_update(rows, lay.cols, change)
+                continue
             if self.update_sigma_rel:
                 change = change * (1.0 + self.update_sigma_rel * self._rng_update.standard_normal(change.shape))
             live = ~self.stuck[rows, lay.cols]
@@ -234,6 +248,14 @@ class InSituChip:
         self.writes += writes
         self.updates += 1
         return writes
+
+    def _pulse_update(self, rows: slice, cols: slice, change: np.ndarray) -> int:
+        """One device block's change as SET/RESET pulses towards g + change (clipped to the range); stuck devices
+        get none. Returns the devices pulsed at least once (the writes)."""
+        block = self.g[rows, cols]
+        goal = np.where(self.stuck[rows, cols], block, np.clip(block + change, self.g_min, self.g_max))
+        self.g[rows, cols], n_set, n_reset = self.pulsed.write(block, goal, self._rng_pulse, (rows, cols))
+        return int(np.count_nonzero(n_set + n_reset))
 
     # inference
     def currents(self, layer, v: np.ndarray) -> np.ndarray:
@@ -298,6 +320,15 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
     # adc_bits means a real ADC here, whatever the target's adc.lossless: its [adc] effects apply
     adc = None if ideal or adc_bits is None else AdcModel(dataclasses.replace(target.adc, lossless=False), seed, 1,
                                                           arr.cols)
+    # checked for the ideal chip too (which applies updates as asked), so that a bad target fails before any work
+    pulse_model = PulseModel.from_target(target)
+    sigma = target.nonideal.update_sigma_rel if update_sigma_rel is None else update_sigma_rel
+    if pulse_model is not None and sigma:
+        raise ConfigError(f"target {target.name!r}: pulse.model = {pulse_model.kind!r} with "
+                          f"nonideal.update_sigma_rel = {sigma:g}: a pulsed update's variation is "
+                          "pulse.c2c_sigma_rel (per pulse) and pulse.d2d_sigma_rel (per device); set "
+                          "nonideal.update_sigma_rel=0")
+    pulse_model = None if ideal else pulse_model
     model = DeviceModel(target.device, nonideal, None if ideal else _defect_map(defect_map))
     inst = model.program(np.zeros((1, arr.rows, arr.cols), np.uint8), seed=seed)
     return InSituChip(arr.rows, arr.cols, li2018_layout(arr.rows), g_min_us=target.device.g_min_us,
@@ -305,7 +336,7 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
                       stuck=inst.stuck[0], stuck_g_us=inst.conductance_us[0],
                       update_sigma_rel=nonideal.update_sigma_rel, program_sigma_us=nonideal.program_sigma_us,
                       program_sigma_rel=nonideal.program_sigma_rel, read_noise_sigma_us=nonideal.read_noise_sigma_us,
-                      adc_bits=adc_bits, seed=seed, adc=adc)
+                      adc_bits=adc_bits, seed=seed, adc=adc, pulse_model=pulse_model)
 
 
 # -- data -----------------------------------------------------------------------------------------------------------
@@ -413,6 +444,10 @@ def train_in_situ(target="li2018", stuck_rate: float | None = None, epochs: int 
             progress(f"in situ epoch {epoch}/{epochs}: test {100 * curve[-1]:.2f}%")
     result = _result("in_situ", chip, target, seed, epochs, lr, ideal, curve[-1], t0)
     result.update(accuracy_curve=curve, train_accuracy_curve=train_curve, writes=chip.writes, updates=chip.updates)
+    if chip.pulsed is not None:
+        n = chip.pulsed.counts()
+        result.update(pulses=n["total"], set_pulses=n["set"], reset_pulses=n["reset"],
+                      pulse_model=dataclasses.asdict(chip.pulsed.model))
     return result
 
 

@@ -18,7 +18,9 @@ One iteration on a mini-batch (inputs X, labels y):
    previous goal plus its half of the change, clipped to [g_min, g_max], and is programmed to it with the target's
    programming error (a fresh draw from the tuning generator; the controller programs towards the goals it keeps,
    so errors do not add up over writes), repeated up to `write_verify` more times while it misses the goal by more
-   than `verify_tolerance_us`. Stuck devices ignore writes. Nothing else is written.
+   than `verify_tolerance_us`. Stuck devices ignore writes. Nothing else is written. With a pulse model (the target's
+   `[pulse]`, cimc.targets.pulse_update) each device is pulsed from what it holds towards its goal instead (the
+   model's own write-verify), and `pulses` is reported beside `writes` (devices pulsed at least once).
 Drift is not applied during tuning (the tuning happens right after programming).
 
 Held-out data: the last `holdout` fraction of the tuning data (at least one sample) is never trained on; the chip
@@ -51,6 +53,7 @@ from cimc.graph_run import check_feeds, quantize_activation, run_graph
 from cimc.ir import XbarOp
 from cimc.node_names import unknown_layer
 from cimc.layout import read_levels, tile_cells
+from cimc.targets.pulse_update import PulsedDevices
 
 _PASS_THROUGH = {"Softmax", "Identity"}  # ops allowed between the tuned layer and the model output
 DEFAULT_LR = 0.35          # device levels per full-scale sample (about the 0.004 chosen on the mCNN before)
@@ -78,9 +81,10 @@ class TuneResult:
     kept: str = "final"                  # "final" or "best" (an earlier state, see holdout["kept_epoch"])
     kept_reason: str = ""
     warnings: list[str] = field(default_factory=list)
+    pulses: dict | None = None           # with a pulse model: {"model", "total", "set", "reset"} (else left out)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if not (k == "pulses" and v is None)}
 
 
 def tuned_layer(graph, name: str | None) -> XbarOp:
@@ -129,6 +133,9 @@ class _Writer:
         self.target = backend.chip.target_us[self.ids].copy()        # what they were last asked to hold
         self.stuck = backend.chip.stuck[self.ids]
         self.writes = self.on_stuck = self.verify_iterations = 0
+        # the target's pulse model (cimc.targets.pulse_update): writes become SET/RESET pulses; ideal = none
+        self.pulsed = None if backend.ideal else PulsedDevices.for_target(
+            backend.target, backend.chip.conductance_us.shape, seed)
 
     def resume(self, conductances: dict, round_: int) -> None:
         """Take the goals recorded by an earlier tuning of the same arrays on this chip (this is round `round_`)."""
@@ -147,6 +154,8 @@ class _Writer:
         if not mask.any():
             return
         goal = np.clip(self.target[mask] + dg[mask], self.g_min, self.g_max)
+        if self.pulsed is not None:
+            return self._pulse(mask, goal)
         got = self._program(goal)
         for _ in range(self.write_verify):
             miss = np.abs(got - goal) > self.tolerance
@@ -156,6 +165,14 @@ class _Writer:
             got[miss] = self._program(goal[miss])
         self.g[mask], self.target[mask] = got, goal
         self.writes += int(mask.sum())
+        self.backend.set_conductances(self.ids, self.g)
+
+    def _pulse(self, mask: np.ndarray, goal: np.ndarray) -> None:
+        """Pulses from what the devices hold towards their goals; a write is a device pulsed at least once."""
+        a, r, c = np.nonzero(mask)
+        got, n_set, n_reset = self.pulsed.write(self.g[mask], goal, self.rng, (self.ids[a], r, c))
+        self.g[mask], self.target[mask] = got, goal
+        self.writes += int(np.count_nonzero(n_set + n_reset))
         self.backend.set_conductances(self.ids, self.g)
 
     def state(self) -> tuple[np.ndarray, np.ndarray]:
@@ -301,6 +318,11 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     check_labels(labels, op.cols, data.path or "tuning data")     # the tuned layer's outputs are the classes
     array_ids = sorted({p.array for t in op.tiles for p in t.placements})
     writer = _Writer(backend, array_ids, seed, write_verify, verify_tolerance_us)
+    if writer.pulsed is not None and (write_verify or verify_tolerance_us is not None):
+        raise ConfigError("--write-verify/--verify-tolerance: the target has a pulse model (pulse.model = "
+                          f"{writer.pulsed.model.kind!r}), whose writes verify by pulses: set "
+                          "pulse.verify_tolerance_us and pulse.max_pulses (e.g. --set pulse.verify_tolerance_us=0.5) "
+                          "instead")
     if resumed:
         writer.resume(manifest.conductances, round_=2 + len(manifest.provenance.get("previous_tunings", [])))
     n_train, n_hold = _split(data, holdout)
@@ -377,7 +399,8 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
                 "accuracy_per_epoch": held[1:], "accuracy_after": held[kept_epoch], "kept_epoch": kept_epoch}
     result = TuneResult(before, after, writer.writes, writer.on_stuck, writer.verify_iterations, iterations,
                         op.name, array_ids, time.perf_counter() - start_time, per_copy, writes_per_epoch,
-                        largest_per_epoch, devices, eta, held_out, kept, reason, messages)
+                        largest_per_epoch, devices, eta, held_out, kept, reason, messages,
+                        None if writer.pulsed is None else writer.pulsed.counts())
     tuned = _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides, defect_map,
                             dict(epochs=epochs, batch=batch, lr=lr, lr_units="device levels per full-scale sample",
                                  lr_weight_units=eta, threshold_us=threshold_us, write_verify=write_verify,
@@ -408,6 +431,7 @@ def _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides,
         "accuracy_before": result.accuracy_before, "accuracy_after": result.accuracy_after,
         "writes_per_epoch": result.writes_per_epoch, "held_out": result.holdout, "kept": result.kept,
         "kept_reason": result.kept_reason,
+        **({"pulses": result.pulses} if result.pulses else {}),
     }
     tuned = Manifest(graph, target, arrays, provenance, manifest.replication, manifest.estimates)
     tuned.conductances = {"arrays": writer.ids.astype(np.int64), "programmed_us": writer.g.astype(np.float64),

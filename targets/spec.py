@@ -13,6 +13,7 @@ from typing import Any
 from cimc.errors import TargetError
 
 DIFFERENTIAL_LAYOUTS = ("columns", "rows")
+PULSE_MODELS = ("none", "linear", "soft-bounds", "power-step")
 MAX_DEVICE_LEVELS = 256     # arrays.npz stores a device level as uint8 (0..255); signed weight levels need int16
 
 
@@ -262,6 +263,50 @@ class TimingSpec:
 
 
 @dataclass(frozen=True)
+class PulseSpec:
+    """How a device responds to one programming pulse, for in-situ writes (`cimc insitu`, `cimc tune`;
+    cimc.targets.pulse_update). `model = "none"` (the default): a write sets the requested conductance directly, as
+    before pulse models existed. Otherwise with x = (g - g_min) / (g_max - g_min), a SET pulse adds
+    dg_up_us * (1 - x)^gamma_up and a RESET pulse removes dg_down_us * x^gamma_down ("linear": gamma 0, a constant
+    step; "soft-bounds": gamma 1; "power-step": the gamma fields), each times (1 + c2c_sigma_rel * N(0, 1)) per pulse
+    and a per-device factor (1 + d2d_sigma_rel * N(0, 1)) per direction drawn once from the chip seed. Open loop
+    (verify_tolerance_us = 0): the pulses the nominal model needs; write-verify: pulse, read, repeat until within
+    verify_tolerance_us. Either way at most max_pulses per write."""
+    model: str = "none"
+    dg_up_us: float = 0.0
+    dg_down_us: float = 0.0
+    gamma_up: float = 1.0
+    gamma_down: float = 1.0
+    c2c_sigma_rel: float = 0.0
+    d2d_sigma_rel: float = 0.0
+    verify_tolerance_us: float = 0.0
+    max_pulses: int = 200
+    rounding: str = "nearest"          # open loop: "nearest" pulse count, or "stochastic" (unbiased in the mean)
+
+    def __post_init__(self):
+        _require(self.model in PULSE_MODELS, "pulse.model", f"must be one of {PULSE_MODELS}, got {self.model!r}")
+        for name in ("dg_up_us", "dg_down_us", "gamma_up", "gamma_down", "c2c_sigma_rel", "d2d_sigma_rel",
+                     "verify_tolerance_us"):
+            _require(getattr(self, name) >= 0, f"pulse.{name}", f"must be >= 0, got {getattr(self, name)!r}")
+        _require(self.max_pulses >= 1, "pulse.max_pulses", f"must be at least 1, got {self.max_pulses!r}")
+        _require(self.rounding in ("nearest", "stochastic"), "pulse.rounding",
+                 f"must be 'nearest' or 'stochastic', got {self.rounding!r}")
+        if self.model == "none":     # a pulse field without a model would be silently unused
+            for f in dataclasses.fields(self):
+                _require(f.name == "model" or getattr(self, f.name) == f.default, f"pulse.{f.name}",
+                         "is set but pulse.model is 'none'; set pulse.model to 'linear', 'soft-bounds' or "
+                         "'power-step', or leave the field out")
+            return
+        for name in ("dg_up_us", "dg_down_us"):
+            _require(getattr(self, name) > 0, f"pulse.{name}",
+                     f"must be > 0 with pulse.model = {self.model!r} (the step of one pulse, in uS)")
+        if self.model != "power-step":
+            for name in ("gamma_up", "gamma_down"):
+                _require(getattr(self, name) == 1.0, f"pulse.{name}",
+                         f"applies to pulse.model = 'power-step' only ({self.model!r} fixes it); leave it out")
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str = ""
@@ -274,6 +319,7 @@ class Target:
     quant: QuantSpec = field(default_factory=QuantSpec)
     energy: EnergySpec = field(default_factory=EnergySpec)
     timing: TimingSpec = field(default_factory=TimingSpec)
+    pulse: PulseSpec = field(default_factory=PulseSpec)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -306,7 +352,7 @@ class Target:
 
 _SECTION_TYPES = {"array": ArraySpec, "device": DeviceSpec, "input": InputSpec, "adc": AdcSpec,
                   "nonideal": NonIdealSpec, "chip": ChipSpec, "quant": QuantSpec, "energy": EnergySpec,
-                  "timing": TimingSpec}
+                  "timing": TimingSpec, "pulse": PulseSpec}
 
 
 def _build_section(section_type, key: str, values: dict, source: str):

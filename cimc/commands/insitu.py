@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
                         "ideal-simulation accuracy (no stuck devices, no variation), the in-situ accuracy with the "
                         "target's defects, their gap, and the accuracy of software-trained weights transferred to "
                         "the same defective chip. See cimc/insitu.py for the model.")
-    sp.add_argument("--target", default="li2018", help="preset name or target TOML (default li2018)")
+    sp.add_argument("--target", default="li2018", help="preset name or target TOML (default li2018; li2018-pulsed: "
+                    "updates as SET/RESET pulses, see the target's [pulse])")
     sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                     help="override one target field, e.g. --set nonideal.program_sigma_us=0.5 (repeatable)")
     sp.add_argument("--stuck-rate", metavar="R", help="fraction of stuck devices, e.g. 0.11 or 11%% "
@@ -87,6 +88,12 @@ def text(r: dict) -> str:
     ideal, ins, exs = r["ideal_simulation"], r["in_situ"], r["ex_situ"]
     chip = ins["chip"]
     var = ins["update_sigma_rel"] or 0.0
+    pulses = ins.get("pulse_model")
+    update = (f"{100 * var:g}% update variation" if pulses is None else
+              f"{pulses['kind']} pulses, {100 * pulses['c2c']:g}% c2c, {100 * pulses['d2d']:g}% d2d")
+    writes = (f"{ins['writes']:,} device writes" if pulses is None else
+              f"{ins['writes']:,} device writes, {ins['pulses']:,} pulses ({ins['set_pulses']:,} SET, "
+              f"{ins['reset_pulses']:,} RESET)")
     stuck = (f"{100 * ins['stuck_fraction']:.1f}% of devices stuck at {ins['stuck_at_us']:g} uS"
              if ins["stuck_devices"] else "no stuck devices")
     lines = [
@@ -95,8 +102,7 @@ def text(r: dict) -> str:
         f"uS per unit weight, {chip['adc']} readout; sklearn digits 1347/450, {r['epochs']} epochs, batch "
         f"{r['batch']}, seed {r['seed']}\n",
         f"ideal simulation (no stuck devices, no variation): {100 * ideal['final_accuracy']:.2f}%\n",
-        f"in situ ({stuck}, {100 * var:g}% update variation): {100 * ins['final_accuracy']:.2f}% "
-        f"({ins['writes']:,} device writes in {ins['updates']} updates)\n",
+        f"in situ ({stuck}, {update}): {100 * ins['final_accuracy']:.2f}% ({writes} in {ins['updates']} updates)\n",
         f"gap: {r['gap_points']:.2f} points (paper: {r['paper']['gap_points']} points, 91.71% on 8x8 MNIST with 11% "
         f"stuck at ~10 uS)\n",
         f"ex situ (software {100 * exs['software_accuracy']:.2f}%, transferred to the same chip): "
@@ -117,9 +123,11 @@ def seeds_text(r: dict) -> str:
     header = text(first).splitlines()[0].replace(f"seed {first['seed']}", f"seeds {r['seeds'][0]}..{r['seeds'][-1]}")
     lines = [header + "\n"]
     for run in r["runs"]:
+        pulses = (f", {run['in_situ']['writes']:,} writes, {run['in_situ']['pulses']:,} pulses"
+                  if "pulses" in run["in_situ"] else "")
         lines.append(f"seed {run['seed']}: ideal {100 * run['ideal_simulation']['final_accuracy']:.2f}%, in situ "
-                     f"{100 * run['in_situ']['final_accuracy']:.2f}%, gap {run['gap_points']:.2f} points, ex situ "
-                     f"{100 * run['ex_situ']['final_accuracy']:.2f}%\n")
+                     f"{100 * run['in_situ']['final_accuracy']:.2f}%{pulses}, gap {run['gap_points']:.2f} points, "
+                     f"ex situ {100 * run['ex_situ']['final_accuracy']:.2f}%\n")
 
     def pct(key):
         return f"{100 * summ[key]['mean']:.2f}% ± {100 * summ[key]['std']:.2f}"

@@ -115,6 +115,9 @@ def run(args) -> int:
               f"({result.write_attempts_on_stuck} on stuck devices ignored; per epoch "
               f"{', '.join(map(str, result.writes_per_epoch))}) in {result.iterations} iterations, "
               f"{result.seconds:.1f} s")
+        if result.pulses:
+            p = result.pulses
+            print(f"{p['total']:,} {p['model']} pulses ({p['set']:,} SET, {p['reset']:,} RESET)")
         print(f"kept {result.kept_reason}")
         copies = len(result.per_copy)
         for row in result.per_copy:
