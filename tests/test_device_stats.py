@@ -213,3 +213,34 @@ def test_preset_states_its_source():
     assert "src/aihwkit/inference/noise/pcm.py" in text and "Nandakumar" in text
     t = load_target("pcm-aihwkit")
     assert dataclasses.asdict(t.nonideal)["program_sigma_poly_us"] == (0.26348, 1.9650, -1.1731)
+
+
+@pytest.fixture(scope="module")
+def pcm_cnn(tmp_path_factory):
+    import onnx
+    import onnx_models as om
+
+    import cimc
+    model = om.small_cnn()
+    path = tmp_path_factory.mktemp("pcm") / "small_cnn.onnx"
+    onnx.save(model, path)
+    feeds = lambda batch, seed: next(iter(om.random_feeds(model, batch, seed).values()))   # noqa: E731
+    return cimc.compile(path, "pcm-aihwkit", calibration=feeds(32, 1), replicate={"conv1": 2}), feeds(4, 2)
+
+
+@pytest.mark.parametrize("adc, routes", [([], {"onnx"}), (["adc.lossless=false", "adc.bits=10"], {"table", "codes"})],
+                         ids=["onnx-conv", "lut-tables"])
+def test_compensation_reaches_every_conv_route(pcm_cnn, adc, routes):
+    """After 1e6 s of PCM drift (alpha ~1.7) the network's error against the ideal chip falls several-fold with
+    compensation, whichever route reads its convolutions (one onnxruntime Conv, lut tables, bit-planes of codes)."""
+    from cimc import Session
+    manifest, x = pcm_cnn
+    ideal = np.asarray(Session(manifest, backend="crossbar", ideal=True).run(x), np.float64)
+    errors = {}
+    for gdc in ("none", "global"):
+        s = Session(manifest, backend="crossbar", seed=1,
+                    overrides=["nonideal.drift_time_s=1e6", f"nonideal.drift_compensation={gdc}", *adc])
+        out = np.asarray(s.run(x), np.float64)
+        assert {p.conv_route for name, p in s.backend.plans.items() if name != "gemm1"} == routes
+        errors[gdc] = float(np.linalg.norm(out - ideal) / np.linalg.norm(ideal))
+    assert errors["global"] < errors["none"] / 2, errors
