@@ -59,6 +59,12 @@ def any_on(n) -> bool:
     return programming_on(n) or (drift_model_on(n) and n.drift_time_s > 0) or after_programming_on(n)
 
 
+def time_matters(n) -> bool:
+    """Whether nonideal.drift_time_s changes anything: a drift exponent, or 1/f noise or relaxation."""
+    return (n.drift_nu != 0 or n.drift_nu_sigma != 0 or drift_model_on(n) or n.read_noise_1f_model != "none"
+            or n.relaxation_sigma_us > 0)
+
+
 def level_conductances(device) -> np.ndarray:
     return device.g_min_us + np.arange(device.levels) * device.step_us
 

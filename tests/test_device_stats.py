@@ -244,3 +244,14 @@ def test_compensation_reaches_every_conv_route(pcm_cnn, adc, routes):
         assert {p.conv_route for name, p in s.backend.plans.items() if name != "gemm1"} == routes
         errors[gdc] = float(np.linalg.norm(out - ideal) / np.linalg.norm(ideal))
     assert errors["global"] < errors["none"] / 2, errors
+
+
+def test_drift_time_matters_for_the_pcm_statistics():
+    """`cimc run --drift-time` and `cimc sweep --grid drift_time` warn only where the time changes nothing."""
+    from cimc.targets.device_stats import time_matters
+    assert not time_matters(load_target("yao2020-resnet").nonideal)
+    assert time_matters(load_target("yao2020-resnet", ["nonideal.drift_nu=0.05"]).nonideal)
+    assert time_matters(load_target("pcm-aihwkit").nonideal)
+    assert time_matters(_pcm("nonideal.read_noise_1f_model=pcm").nonideal)
+    assert time_matters(_pcm("nonideal.relaxation_sigma_us=0.1").nonideal)
+    assert not time_matters(_pcm().nonideal)
