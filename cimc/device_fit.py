@@ -110,9 +110,13 @@ def fit(data: dict) -> dict:
                 row["q_s"] = _q_s(np.sum(r * r) / len(usable), trace_f, trace_f2)
             row["_g0"] = np.exp(coef[:, 0])                          # each device's fitted conductance at t0
             nu = coef[:, 1]
-            c, _, scale = stats.foldnorm.fit(np.abs(nu), floc=0)
+            if np.ptp(nu) > 0:
+                c, _, scale = stats.foldnorm.fit(np.abs(nu), floc=0)
+                mean = c * scale
+            else:                                                   # every exponent the same: no spread to fit
+                mean, scale = abs(float(nu[0])), 0.0
             noise_var = row.get("q_s", 0.0) ** 2 * coef_f[1, 1]
-            row["nu_mean"] = float(c * scale)
+            row["nu_mean"] = float(mean)
             row["nu_std"] = float(np.sqrt(max(scale ** 2 - noise_var, 0.0)))
         rows.append(row)
     _fill_from_nearest(rows, ("q_s",))

@@ -361,7 +361,7 @@ def _coerce(value, type_text: str, where: str, source: str):
     if allowed[0].startswith("tuple[float") and isinstance(value, (list, tuple)):      # a list of numbers
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
                    for v in value):
-            raise TargetError(f"{source}: field '{where}' must be a list of finite numbers, got {value!r}")
+            raise TargetError(f"field '{where}' must be a list of finite numbers, got {value!r}")
         return tuple(float(v) for v in value)
     raise TargetError(f"{source}: field '{where}' must be {type_text}, got {value!r}")
 

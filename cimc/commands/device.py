@@ -29,6 +29,8 @@ def run_fit(args) -> int:
     out = Path(args.output)
     if out.suffix != ".toml":
         raise ConfigError(f"-o {args.output}: the output is a target TOML; give a name ending in .toml")
+    if out.is_dir():
+        raise ConfigError(f"-o {args.output}: is a folder; give the path of the .toml file to write")
     if out.exists() and not args.force:
         raise ConfigError(f"-o {args.output}: the file exists; choose another name or add --force to replace it")
     if not out.parent.is_dir():
