@@ -192,6 +192,9 @@ def test_global_drift_compensation_scales_outputs_by_the_reference_ratio(adc):
             ref, now = inst.reference_us[0], inst.conductance_us[0]
             alpha = np.abs(ref[:, 0::2] - ref[:, 1::2]).sum() / np.abs(now[:, 0::2] - now[:, 1::2]).sum()
             assert np.isclose(be.plans["fc"].drift_scale[0], alpha, rtol=1e-12)
+            assert be.describe()["drift_compensation_alpha"] == {"fc": [be.plans["fc"].drift_scale[0]]}
+        else:
+            assert "drift_compensation_alpha" not in be.describe()
     assert alpha > 1.2                              # a day of PCM drift loses over a sixth of the signal
     assert np.array_equal(out["global"], out["none"] * np.float32(alpha))
     exact = x.astype(np.float64) @ levels

@@ -519,6 +519,9 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             d["defect_map"] = None if self.model.defect_map is None else self.model.defect_map.path
             d["adc_full_scale"] = {name: {"ua": None if p.full_scale is None else p.full_scale * p.unit_ua,
                                           "source": p.full_scale_source} for name, p in self.plans.items()}
+            alphas = {name: p.drift_scale.tolist() for name, p in self.plans.items() if p.drift_scale is not None}
+            if alphas:              # global drift compensation: each layer's alpha per copy
+                d["drift_compensation_alpha"] = alphas
         return d
 
 
