@@ -9,12 +9,20 @@ turning one effect on or off never changes the draws of another:
 
 1. `z_prog  = rng.standard_normal(shape)`  programming (transfer) error,
 2. `u_stuck = rng.random(shape)`           stuck devices,
-3. `z_nu    = rng.standard_normal(shape)`  per-device drift exponent.
+3. `z_nu    = rng.standard_normal(shape)`  per-device drift exponent,
+
+and, only where a conductance-dependent statistic of cimc.targets.device_stats is on (so that instances without
+them are drawn exactly as before they existed), two more, both always, in this order:
+
+4. `z_1f    = rng.standard_normal(shape)`  accumulated 1/f read noise at the drift time,
+5. `z_relax = rng.standard_normal(shape)`  relaxation.
 
 Then, per cell (all in uS):
 
 * programmed  g0 = max(0, g_target + (program_sigma_us + program_sigma_rel * g_target) * z_prog)   (Yao: 0.54 uS)
 * drift       g(t) = g0 * (t / t0) ** -nu with nu = drift_nu + drift_nu_sigma * z_nu, applied when drift_time_s > 0
+* statistics  per level or by aihwkit's PCM formulas (programming sigma, drift exponent, 1/f noise, relaxation,
+              global drift compensation): cimc.targets.device_stats, which states them
 * stuck       where u_stuck < stuck_rate the cell holds the stuck conductance at all times: g_min, g_max or the
               given value (`stuck_at = "10"`: Li 2018's 11% of devices at ~10 uS)
 * defect map  cells marked in a measured defect map hold their measured conductance (or the stuck conductance).
@@ -47,6 +55,7 @@ import numpy as np
 
 from cimc.data import read_npz
 from cimc.errors import ConfigError, DataError
+from cimc.targets import device_stats
 
 CONDUCTANCE_UNITS_US = {"s": 1e6, "ms": 1e3, "us": 1.0, "µs": 1.0, "ns": 1e-3, "ps": 1e-6}
 DURATION_UNITS_S = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
@@ -153,6 +162,8 @@ class ChipInstance:
     stuck: np.ndarray             # bool: stuck cells (random and defect map)
     nu: np.ndarray | None         # per-device drift exponent (None for an ideal instance)
     seed: int | None
+    reference_us: np.ndarray | None = None   # at programming (no drift/1f/relaxation; stuck cells held), for
+    #                                          nonideal.drift_compensation = "global"; else None
 
 
 class DeviceModel:
@@ -185,12 +196,19 @@ class DeviceModel:
         """No programming error, stuck cells, drift or defect map (read noise is separate: `read_noise_us`)."""
         n = self.nonideal
         return (n.program_sigma_us == 0 and n.program_sigma_rel == 0 and n.stuck_rate == 0
-                and not self.drifts and self.defect_map is None)
+                and not self.drifts and self.defect_map is None and not device_stats.any_on(n))
 
     @property
     def drifts(self) -> bool:
         n = self.nonideal
-        return n.drift_time_s > 0 and (n.drift_nu != 0 or n.drift_nu_sigma != 0)
+        return n.drift_time_s > 0 and (n.drift_nu != 0 or n.drift_nu_sigma != 0 or device_stats.drift_model_on(n))
+
+    def program_sigma_us(self, goal_us) -> np.ndarray | float:
+        """The programming sigma at target conductance(s) goal_us (uS)."""
+        n = self.nonideal
+        extra = device_stats.extra_program_sigma(n, self.device, goal_us)
+        base = n.program_sigma_us + n.program_sigma_rel * np.asarray(goal_us, dtype=np.float64)
+        return base if extra is None else base + extra
 
     @property
     def read_noise_us(self) -> float:
@@ -211,19 +229,33 @@ class DeviceModel:
         z_prog = rng.standard_normal(levels.shape)
         u_stuck = rng.random(levels.shape)
         z_nu = rng.standard_normal(levels.shape)
-        programmed = np.maximum(programmed_us(target, z_prog, n.program_sigma_us, n.program_sigma_rel), 0.0)
-        nu = n.drift_nu + n.drift_nu_sigma * z_nu
+        stats = device_stats.any_on(n)
+        if not stats:                       # the draws and arithmetic of every instance before device_stats
+            programmed = np.maximum(programmed_us(target, z_prog, n.program_sigma_us, n.program_sigma_rel), 0.0)
+            nu = n.drift_nu + n.drift_nu_sigma * z_nu
+        else:
+            z_1f, z_relax = rng.standard_normal(levels.shape), rng.standard_normal(levels.shape)
+            programmed = np.maximum(target + self.program_sigma_us(target) * z_prog, 0.0)
+            nu = device_stats.drift_exponents(n, self.device, target, z_nu) if device_stats.drift_model_on(n) \
+                else n.drift_nu + n.drift_nu_sigma * z_nu
         g = programmed * (n.drift_time_s / n.drift_t0_s) ** -nu if self.drifts else programmed.copy()
+        if stats:
+            g = device_stats.after_programming(n, self.device, target, programmed, g, z_1f, z_relax)
         stuck = u_stuck < n.stuck_rate
         g[stuck] = self.stuck_value_us
+        reference = programmed.copy() if n.drift_compensation == "global" else None
+        if reference is not None:
+            reference[stuck] = self.stuck_value_us
         if self.defect_map is not None:
             dm = self._fit_defect_map(levels.shape)
             g_map = np.full(levels.shape, self.stuck_value_us) if dm.g_us is None else \
                 np.where(np.isnan(dm.g_us[:levels.shape[0]]), self.stuck_value_us, dm.g_us[:levels.shape[0]])
             mask = dm.stuck[:levels.shape[0]]
             g[mask] = g_map[mask]
+            if reference is not None:
+                reference[mask] = g_map[mask]
             stuck = stuck | mask
-        return ChipInstance(levels, target, programmed, g, stuck, nu, seed)
+        return ChipInstance(levels, target, programmed, g, stuck, nu, seed, reference)
 
     def _fit_defect_map(self, shape) -> DefectMap:
         dm = self.defect_map

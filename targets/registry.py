@@ -82,6 +82,11 @@ def _apply_override(raw: dict, key: str, value, source: str) -> None:
 
 def _parse_value(text: str, type_text: str, key: str):
     allowed = [t.strip() for t in type_text.split("|")]
+    if allowed[0].startswith("tuple[float"):          # a list: comma-separated numbers, e.g. 0.1,0.2,0.3 (or empty)
+        try:
+            return [float(v) for v in text.strip("[]").split(",") if v.strip()]
+        except ValueError:
+            raise TargetError(f"override {key}={text!r}: expected comma-separated numbers, e.g. 0.5,0.6,0.7") from None
     if text.lower() in ("none", "null") and "None" in allowed:
         return None
     if "bool" in allowed:

@@ -168,10 +168,22 @@ class NonIdealSpec:
     wire_ohm: float = 0.0
     access_ohm: float = 0.0
     cell: str = "1t1r"
+    # Conductance-dependent statistics (cimc.targets.device_stats; all empty/zero = off, results as before them).
+    # Per-level lists hold one value per device level 0..levels-1 (what `cimc device fit` writes).
+    program_sigma_levels_us: tuple[float, ...] = ()   # programming sigma per level (added to the above)
+    program_sigma_poly_us: tuple[float, ...] = ()     # sigma = sum_i c_i (g_T / g_max)^i uS (aihwkit prog_coeff)
+    drift_nu_model: str = "none"       # "none", "levels" (the two lists below) or "pcm" (aihwkit's formulas)
+    drift_nu_levels: tuple[float, ...] = ()           # mean drift exponent per level; nu = |mean + std z|
+    drift_nu_sigma_levels: tuple[float, ...] = ()     # its spread per level
+    read_noise_1f_model: str = "none"  # "none", "levels" (Q_s per level below) or "pcm": accumulated 1/f noise
+    read_noise_1f_levels: tuple[float, ...] = ()      # Q_s per level: sigma/g = Q_s sqrt(ln((t + t_r) / (2 t_r)))
+    read_noise_t_read_s: float = 250e-9               # t_r of the 1/f law (aihwkit t_read)
+    relaxation_sigma_us: float = 0.0   # spread added after programming: sigma^2 = this^2 * log10(t / t0), t > t0
+    drift_compensation: str = "none"   # "none" or "global": outputs scaled by a reference read at t0 over one at t
 
     def __post_init__(self):
         for name in ("program_sigma_us", "program_sigma_rel", "read_noise_sigma_us", "drift_nu_sigma",
-                     "drift_time_s", "update_sigma_rel"):
+                     "drift_time_s", "update_sigma_rel", "relaxation_sigma_us"):
             _require(getattr(self, name) >= 0, f"nonideal.{name}", "must be >= 0")
         for name in ("wire_ohm", "access_ohm"):
             value = getattr(self, name)
@@ -181,6 +193,22 @@ class NonIdealSpec:
                  f"must be '1t1r' (access transistor) or '0t1r' (passive array), got {self.cell!r}")
         _require(self.cell == "1t1r" or self.access_ohm == 0, "nonideal.access_ohm",
                  "a passive array (nonideal.cell = '0t1r') has no access transistor: set it to 0, or use '1t1r'")
+        _require(self.read_noise_t_read_s > 0, "nonideal.read_noise_t_read_s", "must be positive")
+        for name in ("program_sigma_levels_us", "drift_nu_sigma_levels", "read_noise_1f_levels"):
+            _require(all(v >= 0 for v in getattr(self, name)), f"nonideal.{name}", "every value must be >= 0")
+        _require(self.drift_nu_model in ("none", "levels", "pcm"), "nonideal.drift_nu_model",
+                 f"must be 'none', 'levels' or 'pcm', got {self.drift_nu_model!r}")
+        _require(self.read_noise_1f_model in ("none", "levels", "pcm"), "nonideal.read_noise_1f_model",
+                 f"must be 'none', 'levels' or 'pcm', got {self.read_noise_1f_model!r}")
+        _require(self.drift_compensation in ("none", "global"), "nonideal.drift_compensation",
+                 f"must be 'none' or 'global', got {self.drift_compensation!r}")
+        _require((self.drift_nu_model == "levels") == bool(self.drift_nu_levels), "nonideal.drift_nu_levels",
+                 "is given exactly when nonideal.drift_nu_model = 'levels' (one mean exponent per device level)")
+        _require(not self.drift_nu_sigma_levels or self.drift_nu_model == "levels", "nonideal.drift_nu_sigma_levels",
+                 "needs nonideal.drift_nu_model = 'levels'")
+        _require((self.read_noise_1f_model == "levels") == bool(self.read_noise_1f_levels),
+                 "nonideal.read_noise_1f_levels",
+                 "is given exactly when nonideal.read_noise_1f_model = 'levels' (one Q_s per device level)")
         _require(0.0 <= self.stuck_rate <= 1.0, "nonideal.stuck_rate", "must be a fraction between 0 and 1")
         _require(self.drift_t0_s > 0, "nonideal.drift_t0_s", "must be positive")
         if self.stuck_at not in ("g_min", "g_max"):
@@ -321,6 +349,13 @@ class Target:
     timing: TimingSpec = field(default_factory=TimingSpec)
     pulse: PulseSpec = field(default_factory=PulseSpec)
 
+    def __post_init__(self):
+        n = self.nonideal
+        for name in ("program_sigma_levels_us", "drift_nu_levels", "drift_nu_sigma_levels", "read_noise_1f_levels"):
+            values = getattr(n, name)
+            _require(not values or len(values) == self.device.levels, f"nonideal.{name}",
+                     f"holds {len(values)} values; give one per device level (device.levels = {self.device.levels})")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -382,6 +417,11 @@ def _coerce(value, type_text: str, where: str, source: str):
         return float(value)
     if "str" in allowed and isinstance(value, str):
         return value
+    if allowed[0].startswith("tuple[float") and isinstance(value, (list, tuple)):      # a list of numbers
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+                   for v in value):
+            raise TargetError(f"field '{where}' must be a list of finite numbers, got {value!r}")
+        return tuple(float(v) for v in value)
     raise TargetError(f"{source}: field '{where}' must be {type_text}, got {value!r}")
 
 

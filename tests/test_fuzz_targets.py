@@ -28,13 +28,17 @@ FLOAT_FIELDS = ["device.g_min_us", "device.g_max_us", "input.read_voltage_v", "i
                 "nonideal.read_noise_sigma_us", "nonideal.drift_nu", "nonideal.drift_nu_sigma", "nonideal.drift_t0_s",
                 "nonideal.drift_time_s", "nonideal.update_sigma_rel", "quant.percentile", "energy.array_pj_per_slot",
                 "energy.driver_pj_per_slot", "energy.digital_pj_per_op", "energy.array_area_um2",
-                "energy.peripheral_area_um2", "timing.slot_ns"]
+                "energy.peripheral_area_um2", "timing.slot_ns", "nonideal.relaxation_sigma_us",
+                "nonideal.read_noise_t_read_s"]
 NEGATIVE_MEANINGFUL = {"nonideal.drift_nu"}          # a negative drift exponent: conductance that grows
 INT_FIELDS = {"array.rows": 1, "array.cols": 2, "device.levels": 2, "input.bits": 2, "adc.bits": 1,
               "adc.columns_per_adc": 1, "chip.arrays_per_pe": 1, "chip.pes_per_chip": 1, "chip.chips": 0}  # minimum
 INT_MAXIMA = {"device.levels": 256, "input.bits": 16, "adc.bits": 24}
 ENUM_FIELDS = ["array.differential", "input.encoding", "adc.full_scale", "quant.weights", "quant.calibration",
-               "nonideal.stuck_at"]
+               "nonideal.stuck_at", "nonideal.drift_nu_model", "nonideal.read_noise_1f_model",
+               "nonideal.drift_compensation"]
+LIST_FIELDS = ["nonideal.program_sigma_levels_us", "nonideal.program_sigma_poly_us", "nonideal.drift_nu_levels",
+               "nonideal.drift_nu_sigma_levels", "nonideal.read_noise_1f_levels"]
 BOOL_FIELDS = ["adc.lossless", "timing.adc_sharing_stalls"]
 
 
@@ -50,6 +54,7 @@ def _float_cases():
     yield "nonideal.drift_t0_s", "0"
     yield "device.g_max_us", "1"           # below g_min_us = 2.5
     yield "timing.slot_ns", "0"
+    yield "nonideal.read_noise_t_read_s", "0"
 
 
 def _int_cases():
@@ -73,6 +78,11 @@ def _word_cases():
     for f in BOOL_FIELDS:
         for v in ("maybe", "2", "nan", "-1"):
             yield f, v
+    for f in LIST_FIELDS:                  # lists of numbers: comma-separated on --set
+        for v in ("nan,1", "1,inf", "a,b", "1;2"):
+            yield f, v
+        if f != "nonideal.program_sigma_poly_us":    # one value per device level (any count for a polynomial)
+            yield f, "1,2"
 
 
 SET_CASES = list(_float_cases()) + list(_int_cases()) + list(_word_cases())
@@ -132,7 +142,8 @@ TOML_CASES = [(f, lit) for f in FLOAT_FIELDS for lit in ("nan", "inf", "-inf", "
              [(f, "-1.0") for f in FLOAT_FIELDS if f not in NEGATIVE_MEANINGFUL] + \
              [(f, lit) for f in INT_FIELDS for lit in ("1.5", '"8"', "true", "-9")] + \
              [("device.levels", "257"), ("device.levels", "1e9"), ("device.levels", "65536"),
-              ("nonideal.stuck_at", '"nan"'), ("nonideal.stuck_at", '"-3"'), ("nonideal.stuck_at", "nan")]
+              ("nonideal.stuck_at", '"nan"'), ("nonideal.stuck_at", '"-3"'), ("nonideal.stuck_at", "nan")] + \
+             [(f, lit) for f in LIST_FIELDS for lit in ("[1.0, nan]", '["a"]', "[true]", "1.0")]
 
 
 @pytest.mark.parametrize("field,literal", TOML_CASES)

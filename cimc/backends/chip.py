@@ -17,10 +17,12 @@ import hashlib
 
 import numpy as np
 
+from cimc.targets import device_stats
 from cimc.targets.adc import AdcModel
 from cimc.targets.devices import DeviceModel, load_defect_map, programmed_us
 from cimc.targets.drivers import driver_gains
 from cimc.targets.ir_drop import active as wires_active, array_conductances
+from cimc.targets.spec import NonIdealSpec
 
 _CIRCUIT = ("wire_ohm", "access_ohm", "cell")      # nonideal fields of the array's circuit (cimc.targets.ir_drop)
 
@@ -45,6 +47,11 @@ class Chip:
             self.g_units = (self.read_us - target.device.g_min_us) / step
         self.offset = target.device.g_min_us / step
         self.read_sigma = self.model.read_noise_us / step          # read noise in step units
+        ref = self.instance.reference_us              # global drift compensation's reference read (else None)
+        self.g_units_reference = None if ref is None else \
+            levels.astype(np.float64) + (ref - self.instance.target_us) / step
+        if ref is not None and self.read_us is not None:  # the reference read goes through the same circuit
+            self.g_units_reference = (array_conductances(ref, target.nonideal) - target.device.g_min_us) / step
         self.adc = AdcModel(target.adc, self.seed, levels.shape[0], target.array.cols)
         # row drivers' gains [n_arrays, rows], None for ideal drivers
         self.driver_gain = driver_gains(target.input.driver_gain_sigma_rel, self.seed, levels.shape[0],
@@ -67,8 +74,10 @@ class Chip:
         """What devices programmed towards `goal_us` hold: the target's programming error (one standard normal draw
         per device from `rng`), floored at 0 uS. Writes nothing: `set_conductances` does."""
         n = self.target.nonideal
-        return np.maximum(programmed_us(goal_us, rng.standard_normal(np.shape(goal_us)), n.program_sigma_us,
-                                        n.program_sigma_rel), 0.0)
+        z = rng.standard_normal(np.shape(goal_us))
+        if device_stats.programming_on(n):          # conductance-dependent sigma (cimc.targets.device_stats)
+            return np.maximum(goal_us + self.model.program_sigma_us(goal_us) * z, 0.0)
+        return np.maximum(programmed_us(goal_us, z, n.program_sigma_us, n.program_sigma_rel), 0.0)
 
     def set_conductances(self, array_ids, conductance_us: np.ndarray) -> None:
         """Overwrite the conductances of whole arrays (uS, [len(ids), rows, cols])."""
@@ -82,13 +91,14 @@ class Chip:
         self.g_units[ids] = (conductance_us - self.target.device.g_min_us) / self.model.step_us
 
     def identity(self) -> dict:
-        """What makes two chip instances the same: the seed, the device non-idealities, the defect map, and the ADC
-        and row-driver non-idealities where any is set (so an ideal chip's identity reads as before they existed)."""
+        """What makes two chip instances the same: the seed, the device non-idealities (those of device_stats only
+        where set), the defect map, and the ADC and row-driver non-idealities where any is set (so an identity without
+        them reads as before they existed)."""
         dm = self.model.defect_map
-        nonideal = dataclasses.asdict(self.target.nonideal)
+        nonideal = device_stats.identity_fields(dataclasses.asdict(self.target.nonideal), NonIdealSpec())
         if not wires_active(self.target.nonideal):      # an ideal circuit reads as before it was modelled
             for name in _CIRCUIT:
-                del nonideal[name]
+                nonideal.pop(name, None)
         out = {"seed": self.seed, "nonideal": nonideal,
                "defect_map": None if dm is None else hashlib.sha256(np.ascontiguousarray(dm.stuck)).hexdigest()}
         adc = self.target.adc

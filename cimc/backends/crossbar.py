@@ -259,6 +259,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             by_start.setdefault(tile.row_start, []).append(tile)
         blocks = []
         effective = [np.zeros((op.rows, op.cols), dtype) for _ in range(cells.replicas)]
+        reference = self.chip.g_units_reference        # global drift compensation: sums of |g+ - g-| per copy
+        sums = np.zeros((cells.replicas, 2)) if reference is not None else None
         for r0 in sorted(by_start):
             tiles = sorted(by_start[r0], key=lambda t: t.col_start)
             rc = tiles[0].row_count
@@ -282,6 +284,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                     block.adc.append(_adc_lines(self.chip.adc, where, spec.differential == "columns"))
                 d = gp - gm
                 block.diff.append(d.astype(dtype))
+                if sums is not None:
+                    sums[c] += _reference_sums(reference, tiles, c, spec, self.chip, d)
                 if spec.differential == "columns":
                     block.lines.append(np.concatenate([gp, gm], axis=1).astype(np.float32) + np.float32(self.offset))
                 effective[c][r0:r0 + rc, cols] = d
@@ -292,6 +296,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         plan = ReadPlan(op.name, op.rows, op.cols, cells.replicas, bits, signed, analog, bipolar, dtype, code_dtype,
                         blocks, effective, exact, np.array([1.0]) if analog else plane_weights(bits, signed), unit_ua,
                         qmin=q.qmin, qmax=q.qmax, channels=channels)
+        if sums is not None:    # alpha = reference read / read at t, per copy (aihwkit GlobalDriftCompensation)
+            plan.drift_scale = np.where(sums[:, 1] > 0, sums[:, 0] / np.where(sums[:, 1] > 0, sums[:, 1], 1), 1.0)
         first = self._cells_plans.setdefault((cells.name, np.dtype(dtype).str), plan)
         if first is not plan:       # the same devices: one copy of their conductances (and their tables) in memory
             plan.blocks, plan.effective, plan.exact_levels = first.blocks, first.effective, first.exact_levels
@@ -353,11 +359,15 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         if route == "record":
             return self._conv_on_codes(op, plan, x, lambda p, c, xs, ids: self._record_exact(p, c, xs))
         if route == "table":
-            return self._conv_table_reads(op, plan, x)
+            return self._compensate(plan, self._conv_table_reads(op, plan, x), len(x))
         if route == "codes":
-            return self._conv_on_codes(op, plan, x, lambda p, c, xs, ids: self._planes(p, c, xs, ids, encoded=True))
+            return self._compensate(plan, self._conv_on_codes(
+                op, plan, x, lambda p, c, xs, ids: self._planes(p, c, xs, ids, encoded=True)), len(x))
         if route != "onnx":
             return None
+        return self._compensate(plan, self._onnx_conv(op, plan, x), len(x))
+
+    def _onnx_conv(self, op, plan: ReadPlan, x: np.ndarray) -> np.ndarray:
         from cimc.backends.reference import conv_session
         copies = self._copy_samples(plan, self._sample_ids(len(x)))
         rank1 = op.conv.spatial_rank == 1
@@ -395,11 +405,21 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
     def mvm(self, op, x: np.ndarray, batch: int) -> np.ndarray:
         plan = self.plans[op.name]
         applied = dac_amplitudes(x, max(abs(plan.qmin), plan.qmax), self.dac_inl) if plan.analog else x
-        out = self._by_copy(plan, applied, batch, self._run_copy)
+        out = self._compensate(plan, self._by_copy(plan, applied, batch, self._run_copy), batch)
         if self.diagnostics:
             self._observe(plan, x, out)
             if self.chip.read_us is not None:
                 ir_check.measure(self, plan, op, x)
+        return out
+
+    def _compensate(self, plan: ReadPlan, out, batch: int):
+        """Global drift compensation: each sample's outputs times its copy's alpha (digital, after the ADC)."""
+        if plan.drift_scale is None or out is None or batch == 0:
+            return out
+        ids = self._sample_ids(batch)
+        per_sample = out.reshape(batch, -1)
+        for c, samples in self._copy_samples(plan, ids):
+            per_sample[samples] *= out.dtype.type(plan.drift_scale[c])
         return out
 
     def _by_copy(self, plan: ReadPlan, x: np.ndarray, batch: int, run) -> np.ndarray:
@@ -507,6 +527,9 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             d["defect_map"] = None if self.model.defect_map is None else self.model.defect_map.path
             d["adc_full_scale"] = {name: {"ua": None if p.full_scale is None else p.full_scale * p.unit_ua,
                                           "source": p.full_scale_source} for name, p in self.plans.items()}
+            alphas = {name: p.drift_scale.tolist() for name, p in self.plans.items() if p.drift_scale is not None}
+            if alphas:              # global drift compensation: each layer's alpha per copy
+                d["drift_compensation_alpha"] = alphas
         return d
 
 
@@ -530,6 +553,19 @@ def _driven(gp: np.ndarray, gm: np.ndarray, tile, placement, chip, spec) -> tupl
     am = ap if spec.differential == "columns" else a[rows + spec.rows // 2][:, None]
     o = chip.offset
     return (gp + o) * ap - o, (gm + o) * am - o
+
+
+def _reference_sums(reference: np.ndarray, tiles, c: int, spec, chip, d: np.ndarray) -> np.ndarray:
+    """[sum |g+ - g-| at programming, at t] over a row tile's weights on copy c (step units, drivers applied)."""
+    ref = []
+    for t in tiles:
+        p = t.placements[c]
+        pi, mi = tile_cells(t, p, spec)
+        gp, gm = reference[p.array][pi], reference[p.array][mi]
+        if chip.driver_gain is not None:
+            gp, gm = _driven(gp, gm, t, p, chip, spec)
+        ref.append(gp - gm)
+    return np.array([np.abs(np.concatenate(ref, axis=1)).sum(), np.abs(d).sum()])
 
 
 def dac_amplitudes(x: np.ndarray, qmax: int, inl_lsb: float) -> np.ndarray:

@@ -47,4 +47,5 @@ class ReadPlan:
     qmin: int = 0
     qmax: int = 0
     channels: list | None = None     # per block, its input channels (c0, c1) where conv reads can skip im2col
+    drift_scale: np.ndarray | None = None   # per copy: global drift compensation's alpha (None: off)
     conv_route: str | None = None    # how `conv` reads it, chosen at bind (CrossbarBackend._conv_route)

@@ -81,9 +81,11 @@ class TableReads:
         return lut_reads.scaled(codes, plan.full_scale / top, np.empty((m, plan.cols), plan.dtype))
 
     def conv_output(self, op, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
-        """Direct table reads (below) also apply the executor's dequantisation, in the pass that scales the codes."""
+        """Direct table reads (below) also apply the executor's dequantisation, in the pass that scales the codes.
+        Not with global drift compensation: its per-copy scale is applied to the accumulators (`conv`)."""
         plan = self.plans[op.name]
-        if not op.conv.planar or plan.conv_route != "table" or plan.dtype != np.float32:
+        if not op.conv.planar or plan.conv_route != "table" or plan.dtype != np.float32 or \
+                plan.drift_scale is not None:
             return None
         return self._conv_table_reads(op, plan, x, (scale, bias))
 

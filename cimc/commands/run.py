@@ -177,7 +177,8 @@ def run(args) -> int:
     if crossbar:
         from cimc.targets.registry import load_target
         effective = load_target(manifest.target, options["overrides"])   # bad overrides fail here, before any work
-        if args.drift_time is not None and effective.nonideal.drift_nu == 0 and effective.nonideal.drift_nu_sigma == 0:
+        from cimc.targets.device_stats import time_matters
+        if args.drift_time is not None and not time_matters(effective.nonideal):
             print("cimc: warning: --drift-time has no effect while the drift exponent is 0; set --drift-nu "
                   "(nonideal.drift_nu) and optionally --drift-nu-sigma", file=sys.stderr)
         span = effective.device.g_max_us - effective.device.g_min_us

@@ -12,6 +12,7 @@ import itertools
 
 from cimc.commands.run import add_chip_options, crossbar_options
 from cimc.errors import CimcError, ConfigError
+from cimc.targets.device_stats import time_matters
 
 # chip flags that are not grid axes: the seed is the sweep's own, the rest are not quantities to sweep
 _NOT_AXES = ("seed", "ideal", "set", "gemm", "defect_map")
@@ -157,8 +158,7 @@ def grid_points(axes: list[tuple[str, list[str]]], target, fixed_set: list[str] 
 def _no_effect_warnings(axes, points) -> list[str]:
     out = []
     names = [name for name, _ in axes]
-    if "drift_time" in names and all(p["chip"].nonideal.drift_nu == 0 and p["chip"].nonideal.drift_nu_sigma == 0
-                                     for p in points):
+    if "drift_time" in names and not any(time_matters(p["chip"].nonideal) for p in points):
         out.append("--grid drift_time has no effect while the drift exponent is 0; add --grid drift_nu=NU (one value "
                    "fixes it) or --set nonideal.drift_nu=NU")
     for name in names:
