@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from cimc.commands import COMMANDS
@@ -22,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    model = getattr(args, "model", None)
+    if isinstance(model, str) and os.path.isfile(model):     # an ONNX file (a manifest is a folder): its checks
+        from cimc.onnx_checks import start_checker           # run in a fork server; start it while we import
+        start_checker()
     try:
         return args.func(args)
     except CimcError as exc:

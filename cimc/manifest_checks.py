@@ -28,7 +28,7 @@ import numpy as np
 
 from cimc.errors import CimcError, ManifestError
 from cimc.ir import block_slice, per_column
-from cimc.layout import tile_cells
+from cimc.layout import tile_slices
 
 
 # -- JSON ----------------------------------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ def check_off_block_cells(op, arrays: np.ndarray, spec, index: int, copy: int, a
         return
     inside = np.ones(op.matrix.shape, bool)
     for ti, tile in enumerate(op.tiles):
-        plus, minus = tile_cells(tile, tile.placements[copy], spec)
+        plus, minus = tile_slices(tile, tile.placements[copy], spec)
         a = arrays[tile.placements[copy].array]
         levels = a[plus].astype(np.int16) - a[minus].astype(np.int16)
         outside = (levels != 0) & ~block_slice(inside, tile.row_start, tile.row_start + tile.row_count,

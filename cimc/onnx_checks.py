@@ -79,7 +79,7 @@ def check_valid(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     a Conv whose output size comes out negative feeding a Slice; onnxruntime aborts the same way), so where the
     platform can fork, the checks run in a child process and a crash there becomes a ModelError."""
     check_names(model, where)
-    if "forkserver" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
+    if not _forking():
         return _check_and_infer(model, where)     # a daemonic process (a Dask worker) may not start children
     try:
         return _check_in_child(model, where)
@@ -87,12 +87,33 @@ def check_valid(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         return _check_and_infer(model, where)
 
 
+def _forking() -> bool:
+    return "forkserver" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+
+
+def _forkserver():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["cimc.onnx_checks"])
+    return context
+
+
+def start_checker() -> None:
+    """Start the checkers' fork server now, without waiting for it: its interpreter and its imports (onnx, about a
+    second) then run beside the caller's own (the `cimc` command calls this first where it will import a model)."""
+    if _forking():
+        try:
+            from multiprocessing import forkserver
+            _forkserver()
+            forkserver.ensure_running()
+        except OSError:       # check_valid falls back on its own
+            pass
+
+
 def _check_in_child(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     # A forkserver child, not a plain fork: by now this process may run onnxruntime sessions whose threads hold
     # locks (malloc's, the thread pool's), and a child forked from it could wait on them forever. The fork server
     # is a fresh process (onnx preloaded) that forks the checkers.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["cimc.onnx_checks"])
+    context = _forkserver()
     receive, send = context.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile() as stderr:   # what onnx's C++ code prints before it aborts
         child = context.Process(target=_child, args=(send, model.SerializeToString(), where, stderr.name),
@@ -109,8 +130,10 @@ def _check_in_child(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
             child.join()
         stderr.seek(0)
         said = " ".join(stderr.read().decode(errors="replace").split())[-300:]
-    if status == "ok":
-        return onnx.load_from_string(payload)
+    if status == "ok":      # the checked model came back without its initializers (unchanged): ours go in again
+        checked = onnx.load_from_string(payload)
+        checked.graph.initializer.extend(model.graph.initializer)
+        return checked
     if status == "error":
         raise ModelError(payload)
     raise ModelError(f"{where}: onnx's checker or shape inference crashed on this model (exit code "
@@ -145,7 +168,9 @@ def _child(send, model_bytes: bytes, where, stderr_path: str) -> None:
     with open(stderr_path, "wb") as stderr:
         os.dup2(stderr.fileno(), 2)
     try:
-        send.send(("ok", _check_and_infer(onnx.load_from_string(model_bytes), where).SerializeToString()))
+        checked = _check_and_infer(onnx.load_from_string(model_bytes), where)
+        del checked.graph.initializer[:]     # the parent has them: send back only what inference added
+        send.send(("ok", checked.SerializeToString()))
     except ModelError as exc:
         send.send(("error", str(exc)))
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the parent reports it as a ModelError

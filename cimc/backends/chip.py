@@ -29,7 +29,10 @@ class Chip:
         self.model = DeviceModel(target.device, target.nonideal, defect_map)
         self.instance = self.model.program(levels, self.seed)
         step = self.model.step_us
-        self.g_units = (levels.astype(np.float64) + (self.instance.conductance_us - self.instance.target_us) / step)
+        if self.instance.conductance_us is self.instance.target_us:     # ideal devices: no deviation to add
+            self.g_units = levels.astype(np.float64)
+        else:
+            self.g_units = levels.astype(np.float64) + (self.instance.conductance_us - self.instance.target_us) / step
         self.offset = target.device.g_min_us / step
         self.read_sigma = self.model.read_noise_us / step          # read noise in step units
         self.adc = AdcModel(target.adc, self.seed, levels.shape[0], target.array.cols)

@@ -77,7 +77,7 @@ from cimc.backends.table_reader import TableReads, _channel_tiles
 from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, run_graph
 from cimc.ir import block_matmul, put_block_slice
-from cimc.layout import program_arrays, read_levels, tile_cells
+from cimc.layout import program_arrays, read_levels, tile_slices
 from cimc.targets.adc import adc_convert, adc_range  # noqa: F401  (re-exported: the conversion rule)
 from cimc.targets.spec import NonIdealSpec
 
@@ -266,13 +266,14 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                 plus, minus, where = [], [], []
                 for t in tiles:
                     p = t.placements[c]
-                    pi, mi = tile_cells(t, p, spec)
+                    pi, mi = tile_slices(t, p, spec)
                     gpt, gmt = self.g_units[p.array][pi], self.g_units[p.array][mi]
                     if self.chip.driver_gain is not None:     # a driver's gain scales its row's devices, g_min too
                         gpt, gmt = _driven(gpt, gmt, t, p, self.chip, spec)
                     plus.append(gpt)
                     minus.append(gmt)
-                    where.append((p.array, pi[1][0], mi[1][0]))        # the physical columns of its lines
+                    where.append((p.array, np.arange(pi[1].start, pi[1].stop, pi[1].step),   # the physical
+                                  np.arange(mi[1].start, mi[1].stop, mi[1].step)))           # columns of its lines
                 gp, gm = np.concatenate(plus, axis=1), np.concatenate(minus, axis=1)
                 if not self.chip.adc.ideal:
                     block.adc.append(_adc_lines(self.chip.adc, where, spec.differential == "columns"))
