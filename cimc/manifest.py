@@ -56,7 +56,8 @@ class Manifest:
         self.path: Path | None = None
 
     @classmethod
-    def build(cls, graph, target, model_info, calibration: dict | None) -> "Manifest":
+    def build(cls, graph, target, model_info, calibration: dict | None, arrays=None) -> "Manifest":
+        """`arrays`: the graph's programmed levels where the caller has them (program_arrays), else made here."""
         provenance = {
             "source_model": {"path": None if model_info.path is None else str(Path(model_info.path).resolve()),
                              "sha256": model_info.sha256, "opset": model_info.opset,
@@ -65,7 +66,7 @@ class Manifest:
             "calibration": calibration,
             "seeds": {},
         }
-        return cls(graph, target, program_arrays(graph, target), provenance)
+        return cls(graph, target, program_arrays(graph, target) if arrays is None else arrays, provenance)
 
     @property
     def total_arrays(self) -> int:
