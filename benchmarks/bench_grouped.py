@@ -34,11 +34,13 @@ torch.onnx.export(m, torch.randn(1, 3, 64, 64), path, dynamo=False, input_names=
                   dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=17)
 """
 
-# runs one command and prints its peak resident memory (kB): the largest RSS of the waited child
+# runs one command and prints its peak resident memory (kB, the largest RSS of the waited child) and its CPU
+# seconds (user + system; not the onnx checker's fork server and child, which it does not wait for)
 MEASURE = """
 import resource, subprocess, sys
 subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(r.ru_maxrss, r.ru_utime + r.ru_stime)
 """
 
 
@@ -50,16 +52,16 @@ def _torch_python(given: str | None) -> str | None:
     return None
 
 
-def _run(args: list[str], repeat: int) -> tuple[float, float]:
-    """(best wall seconds, peak RSS in GB over the runs) of `cimc ARGS` in a fresh process."""
-    best, peak = float("inf"), 0.0
+def _run(args: list[str], repeat: int) -> tuple[float, float, float]:
+    """(best wall seconds, peak RSS in GB, least CPU seconds over the runs) of `cimc ARGS` in a fresh process."""
+    best, peak, cpu = float("inf"), 0.0, float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "cimc.cli", *args], check=True,
-                             capture_output=True, text=True).stdout
+                             capture_output=True, text=True).stdout.split()
         best = min(best, time.perf_counter() - start)
-        peak = max(peak, int(out.split()[-1]) / 1e6)
-    return best, peak
+        peak, cpu = max(peak, int(out[-2]) / 1e6), min(cpu, float(out[-1]))
+    return best, peak, cpu
 
 
 def main() -> int:
@@ -85,13 +87,14 @@ def main() -> int:
                     continue
                 subprocess.run([exporter, "-c", EXPORT, name, str(path)], check=True, capture_output=True)
             load = os.getloadavg()[0]
-            count_s, count_gb = _run(["count", str(path)], args.repeat)
-            compile_s, compile_gb = _run(["compile", str(path), "--calibration", str(calib), "-o",
-                                          str(work / f"{name}_out")], args.repeat)
+            count_s, count_gb, count_cpu = _run(["count", str(path)], args.repeat)
+            compile_s, compile_gb, compile_cpu = _run(["compile", str(path), "--calibration", str(calib), "-o",
+                                                       str(work / f"{name}_out")], args.repeat)
             arrays = json.loads(subprocess.run([sys.executable, "-m", "cimc.cli", "count", str(path), "--json"],
                                                check=True, capture_output=True, text=True).stdout)["total_arrays"]
             results.append({"model": f"{name} 64x64", "arrays": arrays, "count_seconds": round(count_s, 2),
-                            "count_peak_rss_gb": round(count_gb, 2), "compile_seconds": round(compile_s, 2),
+                            "count_cpu_seconds": round(count_cpu, 2), "count_peak_rss_gb": round(count_gb, 2),
+                            "compile_seconds": round(compile_s, 2), "compile_cpu_seconds": round(compile_cpu, 2),
                             "compile_peak_rss_gb": round(compile_gb, 2),
                             "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)]})
     print(json.dumps({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),

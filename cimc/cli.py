@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 
+from cimc import checker_server
 from cimc.commands import COMMANDS
 from cimc.errors import CimcError
 
@@ -25,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model = getattr(args, "model", None)
     if isinstance(model, str) and os.path.isfile(model):     # an ONNX file (a manifest is a folder): its checks
-        from cimc.onnx_checks import start_checker           # run in a fork server; start it while we import
-        start_checker()
+        checker_server.start()                               # run in a fork server; start it while we import
     try:
         return args.func(args)
     except CimcError as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import multiprocessing
 import os
 import re
 import sys
@@ -21,7 +20,7 @@ from collections import Counter
 import numpy as np
 import onnx
 
-from cimc import data
+from cimc import checker_server, data
 from cimc.errors import ModelError
 
 
@@ -79,7 +78,7 @@ def check_valid(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     a Conv whose output size comes out negative feeding a Slice; onnxruntime aborts the same way), so where the
     platform can fork, the checks run in a child process and a crash there becomes a ModelError."""
     check_names(model, where)
-    if not _forking():
+    if not checker_server.available():
         return _check_and_infer(model, where)     # a daemonic process (a Dask worker) may not start children
     try:
         return _check_in_child(model, where)
@@ -87,33 +86,11 @@ def check_valid(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         return _check_and_infer(model, where)
 
 
-def _forking() -> bool:
-    return "forkserver" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
-
-
-def _forkserver():
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["cimc.onnx_checks"])
-    return context
-
-
-def start_checker() -> None:
-    """Start the checkers' fork server now, without waiting for it: its interpreter and its imports (onnx, about a
-    second) then run beside the caller's own (the `cimc` command calls this first where it will import a model)."""
-    if _forking():
-        try:
-            from multiprocessing import forkserver
-            _forkserver()
-            forkserver.ensure_running()
-        except OSError:       # check_valid falls back on its own
-            pass
-
-
 def _check_in_child(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     # A forkserver child, not a plain fork: by now this process may run onnxruntime sessions whose threads hold
     # locks (malloc's, the thread pool's), and a child forked from it could wait on them forever. The fork server
     # is a fresh process (onnx preloaded) that forks the checkers.
-    context = _forkserver()
+    context = checker_server.context()
     receive, send = context.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile() as stderr:   # what onnx's C++ code prints before it aborts
         child = context.Process(target=_child, args=(send, model.SerializeToString(), where, stderr.name),
