@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
+import uuid
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -105,7 +107,7 @@ class Manifest:
         doc, params = self.to_json()
 
         def write(tmp: Path) -> None:
-            (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
+            (tmp / "manifest.json").write_text(_json_text(doc) + "\n")
             _write_npz(tmp / "arrays.npz", {"levels": self.arrays}, compresslevel=1)  # mostly zeros: shrinks well
             _write_npz(tmp / "params.npz", params, compresslevel=None)             # float32: barely compresses
             (tmp / "digital.onnx").write_bytes(graph_model(self.graph).SerializeToString())
@@ -184,6 +186,20 @@ def load(directory) -> Manifest:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+def _json_text(doc: dict) -> str:
+    """manifest.json indented, except each op's tile list, one line per op: Python's indenting encoder is pure
+    Python (0.6 s for efficientnet_b0's 8,000 tiles), the compact one C. Same JSON values either way."""
+    mark = f"cimc-tiles-{uuid.uuid4().hex}-"       # a placeholder no name in the document can equal
+    tiles, ops = [], []
+    for op in doc["ops"]:
+        if op.get("tiles"):
+            tiles.append(json.dumps(op["tiles"]))
+            op = {**op, "tiles": f"{mark}{len(tiles) - 1}"}
+        ops.append(op)
+    text = json.dumps({**doc, "ops": ops}, indent=1)
+    return re.sub(f'"{mark}(\\d+)"', lambda m: tiles[int(m.group(1))], text)
+
+
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], compresslevel: int | None) -> None:
     """np.savez with a choice of zlib level (np.savez_compressed's default level 6 takes seconds per 100 MB)."""
     mode = zipfile.ZIP_STORED if compresslevel is None else zipfile.ZIP_DEFLATED
