@@ -11,6 +11,7 @@ from cimc.data import as_float32_input, load_npz
 from cimc.errors import DataError
 from cimc.graph_run import check_feeds
 from cimc.ir import Graph
+from cimc.layout import program_arrays
 
 MIN_CALIBRATION_SAMPLES = 32   # fewer: warn (README, Data files); the activation ranges then rest on a few inputs
 ADC_CALIBRATION_SAMPLES = 16   # every bit-plane read of 16 images: >100k reads per layer; ~60 ms per ResNet-56 image
@@ -45,7 +46,8 @@ class CalibrateAdc:
 
     def run(self, graph: Graph, target, ctx) -> Graph:
         data = ctx.calibration_feeds
-        scales = calibrate_adc_full_scale(graph, target, data, max_samples=ADC_CALIBRATION_SAMPLES)
+        ctx.arrays = program_arrays(graph, target)      # the manifest's too: placements change no more
+        scales = calibrate_adc_full_scale(graph, target, data, max_samples=ADC_CALIBRATION_SAMPLES, arrays=ctx.arrays)
         for op in graph.xbar_ops():
             op.adc_full_scale_ua = scales.get(op.name)
         ctx.adc_full_scale = scales

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from cimc import checker_server
 from cimc.commands import COMMANDS
 from cimc.errors import CimcError
 
@@ -22,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    model = getattr(args, "model", None)
+    if isinstance(model, str) and os.path.isfile(model):     # an ONNX file (a manifest is a folder): its checks
+        checker_server.start()                               # run in a fork server; start it while we import
     try:
         return args.func(args)
     except CimcError as exc:

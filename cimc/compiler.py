@@ -54,7 +54,7 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
                           "representative inputs (cimc compile ... --calibration calib.npz; "
                           "cimc.compile(..., calibration=array_or_path))")
     graph = run_passes(graph, target, ctx, PIPELINE)
-    manifest = Manifest.build(graph, target, info, ctx.calibration_summary)
+    manifest = Manifest.build(graph, target, info, ctx.calibration_summary, ctx.arrays)
     manifest.replication = ctx.replication_report
     manifest.estimates = ctx.estimates
     manifest.compile_seconds = time.perf_counter() - start

@@ -228,7 +228,7 @@ class _Importer:
                 self.xbar_output_shape(op, (2,) + tuple(x[1:]), node)
 
     def xbar_output_shape(self, op, x: tuple, node: str) -> tuple | None:
-        rows = op.matrix.shape[0]
+        rows = op.rows
         if op.conv is not None:
             g = op.conv
             if len(x) != 2 + g.spatial_rank or x[1] != g.in_channels:
@@ -239,7 +239,7 @@ class _Importer:
         if not x or x[-1] != rows:
             raise ModelError(f"{self.where}: node {node!r} ({op.op_type}): its input has shape {list(x)} but the "
                              f"weight has {rows} rows; the last axis must have {rows} entries")
-        return tuple(x[:-1]) + (op.matrix.shape[1],)
+        return tuple(x[:-1]) + (op.cols,)
 
     def check_finite_op(self, op) -> None:
         """The lowered numbers of a crossbar op (weights and biases after folding) are finite."""
@@ -379,7 +379,7 @@ class _Importer:
             if isinstance(op, XbarOp):
                 if 0 in op.matrix.shape:
                     raise ModelError(f"{self.where}: node {op.source_nodes[0]!r} ({op.op_type}): its weight matrix "
-                                     f"is {op.matrix.shape[0]} x {op.matrix.shape[1]} (an empty dimension); nothing "
+                                     f"is {op.rows} x {op.cols} (an empty dimension); nothing "
                                      "to map onto crossbar arrays")
                 self.check_finite_op(op)
         self.check_shapes()
@@ -681,10 +681,10 @@ class _Importer:
         n = len(kernel)
         cin = cg * groups
         ng, kg = m // groups, cg * int(np.prod(kernel))
-        matrix = np.zeros((cin * int(np.prod(kernel)), m), dtype=np.float32)
-        diagonal = np.arange(groups)         # block g: rows g*kg.., columns g*ng.. (one assignment, no loop)
-        matrix.reshape(groups, kg, groups, ng)[diagonal, :, diagonal, :] = \
-            w.reshape(groups, ng, kg).transpose(0, 2, 1)
+        # block g (rows g*kg.., columns g*ng..): K x N itself for one group, else the compact blocks (cimc.ir)
+        matrix = np.ascontiguousarray(w.reshape(groups, ng, kg).transpose(0, 2, 1), dtype=np.float32)
+        if groups == 1:
+            matrix = matrix[0]
         if n == 1:  # Conv1d runs as a height-1 2-D conv
             kernel, strides, dilations, pads = [1] + kernel, [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
         geometry = ConvGeometry(tuple(kernel), tuple(strides), tuple(pads), tuple(dilations), groups, cin, m, n)
@@ -728,10 +728,10 @@ class _Importer:
         except ValueError as exc:
             raise self.fail(node, str(exc)) from None
         size = int(np.prod(kernel))
-        matrix = np.zeros((cin, m * size), dtype=np.float32)
-        cg = cin // groups
-        for g in range(groups):
-            matrix[g * cg:(g + 1) * cg, g * mg * size:(g + 1) * mg * size] = w[g * cg:(g + 1) * cg].reshape(cg, -1)
+        # block g: rows g*cg.., columns g*mg*size..; compact blocks when grouped (cimc.ir)
+        matrix = np.ascontiguousarray(w.reshape(groups, cin // groups, mg * size), dtype=np.float32)
+        if groups == 1:
+            matrix = matrix[0]
         pads = begins + ends
         if n == 1:  # runs as a height-1 2-D transposed conv, like Conv1d
             kernel, strides, dilations = [1] + kernel, [1] + strides, [1] + dilations

@@ -8,9 +8,13 @@
   offset (ONNX's W[cin, cout/groups, *kernel] flattened per input channel). It is read once per *input* position;
   the run stage (cimc.overlap_add) adds each product's kernel offsets into the output (overlap-add), crops, and
   adds the bias once per output channel (its bias has out_channels entries, not N).
-  A grouped conv (or ConvTranspose) is one block-diagonal matrix over all input channels (group g owns rows
-  [g*K/groups, (g+1)*K/groups) and columns [g*N/groups, (g+1)*N/groups)); tiles that lie wholly outside the blocks
-  hold only structural zeros and get no array, so depthwise layers pack many groups per array.
+  A grouped conv (or ConvTranspose) is logically one block-diagonal matrix over all input channels (group g owns
+  rows [g*K/groups, (g+1)*K/groups) and columns [g*N/groups, (g+1)*N/groups)); tiles that lie wholly outside the
+  blocks hold only structural zeros and get no array, so depthwise layers pack many groups per array.
+  **Compact blocks**: such an op's `matrix` (and `levels`, and the backends' per-layer level and conductance
+  matrices) hold only the diagonal blocks, shape [groups, K/groups, N/groups], never the K x N zeros around them
+  (a depthwise layer of C channels would hold C times its weights). An ungrouped op's are plain K x N. The helpers
+  below (`block_slice`, `put_block_slice`, `block_matmul`, `dense`) are how code reads either form.
   A matmul op (`conv is None`) multiplies the last axis of its input: y[..., n] = sum_k x[..., k] W[k, n] + b[n].
   **Shared weights** (`weights_of`): an op that reads another crossbar op's arrays (a recurrent op's h_{t-1} R^T,
   read once per time step from the same devices; cimc.recurrent_lowering). It has its own input, input quantiser,
@@ -146,13 +150,28 @@ class XbarOp:
     weights_of: str | None = None             # the op whose arrays this op reads (shared weights), or None
     kind = "crossbar"
 
+    def __post_init__(self):
+        # a grouped conv given its K x N block-diagonal matrix keeps only the blocks (cimc.ir: compact blocks)
+        if self.conv is not None and self.conv.groups > 1 and self.matrix.ndim == 2:
+            self.matrix = compact(self.matrix, self.conv.groups)
+            if self.levels is not None and self.levels.ndim == 2:
+                self.levels = compact(self.levels, self.conv.groups)
+
+    @property
+    def groups(self) -> int:
+        """Diagonal blocks of the matrix: a grouped conv's groups (its matrix is compact, [groups, K/g, N/g], unless
+        built K x N by hand after construction: the slow dense form, which every pass still reads the same way)."""
+        if self.matrix.ndim == 3:
+            return int(self.matrix.shape[0])
+        return int(self.conv.groups) if self.conv is not None else 1
+
     @property
     def rows(self) -> int:
-        return int(self.matrix.shape[0])
+        return block_rows(self.matrix)
 
     @property
     def cols(self) -> int:
-        return int(self.matrix.shape[1])
+        return block_cols(self.matrix)
 
     @property
     def output_channels(self) -> int:
@@ -162,9 +181,81 @@ class XbarOp:
     @property
     def structural_mask_blocks(self) -> list[tuple[int, int, int, int]]:
         """(row0, row1, col0, col1) blocks that may hold non-zero weights (one per group)."""
-        groups = self.conv.groups if self.conv else 1
+        groups = self.groups
         kg, ng = self.rows // groups, self.cols // groups
         return [(g * kg, (g + 1) * kg, g * ng, (g + 1) * ng) for g in range(groups)]
+
+
+# -- block-diagonal matrices ---------------------------------------------------------------------------------------
+# A matrix is either K x N (2-D) or the diagonal blocks [G, K/G, N/G] of a K x N block-diagonal matrix (3-D).
+def block_rows(a: np.ndarray) -> int:
+    return int(a.shape[0] * a.shape[1]) if a.ndim == 3 else int(a.shape[0])
+
+
+def block_cols(a: np.ndarray) -> int:
+    return int(a.shape[0] * a.shape[2]) if a.ndim == 3 else int(a.shape[1])
+
+
+def _overlaps(a: np.ndarray, r0: int, r1: int, c0: int, c1: int):
+    """(group, rows in the window, rows in the block, cols in the window, cols in the block) for every diagonal
+    block that meets rows [r0, r1) x columns [c0, c1) of the block-diagonal matrix."""
+    _, kg, ng = a.shape
+    for g in range(max(r0 // kg, c0 // ng), min((r1 - 1) // kg, (c1 - 1) // ng) + 1):
+        br0, br1 = max(r0, g * kg), min(r1, (g + 1) * kg)
+        bc0, bc1 = max(c0, g * ng), min(c1, (g + 1) * ng)
+        if br0 < br1 and bc0 < bc1:
+            yield (g, slice(br0 - r0, br1 - r0), slice(br0 - g * kg, br1 - g * kg),
+                   slice(bc0 - c0, bc1 - c0), slice(bc0 - g * ng, bc1 - g * ng))
+
+
+def block_slice(a: np.ndarray, r0: int, r1: int, c0: int, c1: int, dtype=None) -> np.ndarray:
+    """Rows [r0, r1) x columns [c0, c1) of the (logical) matrix, dense: structural zeros where no block lies."""
+    if a.ndim == 2:
+        return a[r0:r1, c0:c1] if dtype is None else a[r0:r1, c0:c1].astype(dtype)
+    out = np.zeros((r1 - r0, c1 - c0), a.dtype if dtype is None else dtype)
+    for g, wr, br, wc, bc in _overlaps(a, r0, r1, c0, c1):
+        out[wr, wc] = a[g, br, bc]
+    return out
+
+
+def put_block_slice(a: np.ndarray, r0: int, c0: int, values: np.ndarray) -> None:
+    """a[r0:, c0:] = values for a dense window of the logical matrix; in a compact matrix only the parts inside the
+    diagonal blocks are kept (the rest is structural zeros: no weight is there)."""
+    if a.ndim == 2:
+        a[r0:r0 + values.shape[0], c0:c0 + values.shape[1]] = values
+        return
+    for g, wr, br, wc, bc in _overlaps(a, r0, r0 + values.shape[0], c0, c0 + values.shape[1]):
+        a[g, br, bc] = values[wr, wc]
+
+
+def block_matmul(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """x [m, K] @ the (logical) K x N matrix; group by group for a compact one (what a dense product with its
+    structural zeros gives: exactly, for the integer sums of levels)."""
+    if a.ndim == 2:
+        return x @ a
+    g, kg, ng = a.shape
+    y = np.matmul(x.reshape(len(x), g, kg).transpose(1, 0, 2), a)      # [G, m, ng]
+    return y.transpose(1, 0, 2).reshape(len(x), g * ng)
+
+
+def per_column(values: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """A vector over the N columns shaped to broadcast against the matrix `a` (either form)."""
+    return values.reshape(a.shape[0], 1, a.shape[2]) if a.ndim == 3 else values[None, :]
+
+
+def dense(a: np.ndarray) -> np.ndarray:
+    """The K x N matrix itself (materialises a compact one: small layers and slow references only)."""
+    return a if a.ndim == 2 else block_slice(a, 0, block_rows(a), 0, block_cols(a))
+
+
+def compact(matrix: np.ndarray, groups: int) -> np.ndarray:
+    """The diagonal blocks [groups, K/groups, N/groups] of a K x N block-diagonal matrix (a copy); the matrix itself
+    for groups == 1."""
+    if groups == 1:
+        return matrix
+    kg, ng = matrix.shape[0] // groups, matrix.shape[1] // groups
+    d = np.arange(groups)
+    return np.ascontiguousarray(matrix.reshape(groups, kg, groups, ng)[d, :, d, :])
 
 
 @dataclass

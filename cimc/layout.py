@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cimc.ir import Graph, Tile, XbarOp
+from cimc.ir import Graph, Tile, XbarOp, block_slice, put_block_slice
 
 
 def tile_cells(tile: Tile, placement, spec):
@@ -25,6 +25,19 @@ def tile_cells(tile: Tile, placement, spec):
     return (r, cols), (r + spec.rows // 2, cols)
 
 
+def tile_slices(tile: Tile, placement, spec):
+    """`tile_cells` as basic slices (plus, minus) of the array: the same cells, read or written without index
+    arrays (a view, so writing through it is cheap; what compile and bind do for every tile)."""
+    r0, n = placement.row_offset, tile.row_count
+    rows = slice(r0, r0 + n)
+    if spec.differential == "columns":
+        c0, m = placement.col_offset, tile.col_count
+        return (rows, slice(c0, c0 + 2 * m, 2)), (rows, slice(c0 + 1, c0 + 2 * m, 2))
+    cols = slice(placement.col_offset, placement.col_offset + tile.col_count)
+    half = spec.rows // 2
+    return (rows, cols), (slice(r0 + half, r0 + half + n), cols)
+
+
 def program_arrays(graph: Graph, target, n_arrays: int | None = None) -> np.ndarray:
     """Device levels of every physical array, uint8 [n_arrays, rows, cols]."""
     spec = target.array
@@ -33,22 +46,23 @@ def program_arrays(graph: Graph, target, n_arrays: int | None = None) -> np.ndar
     arrays = np.zeros((n_arrays, spec.rows, spec.cols), dtype=np.uint8)
     for op in graph.xbar_ops():
         for tile in op.tiles:
-            block = op.levels[tile.row_start:tile.row_start + tile.row_count,
-                              tile.col_start:tile.col_start + tile.col_count].astype(np.int16)
+            block = block_slice(op.levels, tile.row_start, tile.row_start + tile.row_count,
+                                tile.col_start, tile.col_start + tile.col_count, np.int16)
             for placement in tile.placements:
-                plus, minus = tile_cells(tile, placement, spec)
+                plus, minus = tile_slices(tile, placement, spec)
                 arrays[placement.array][plus] = np.maximum(block, 0)
                 arrays[placement.array][minus] = np.maximum(-block, 0)
     return arrays
 
 
 def read_levels(op: XbarOp, arrays: np.ndarray, target, copy: int = 0) -> np.ndarray:
-    """The op's signed K x N level matrix as stored on the arrays of replica `copy` (int16; zeros off-tile)."""
+    """The op's signed level matrix as stored on the arrays of replica `copy` (int16; zeros off-tile), in the form
+    of op.matrix (K x N, or a grouped op's compact blocks: cells outside the blocks hold no weight, cimc.ir)."""
     spec = target.array
-    levels = np.zeros((op.rows, op.cols), dtype=np.int16)
+    levels = np.zeros(op.matrix.shape, dtype=np.int16)
     for tile in op.tiles:
-        plus, minus = tile_cells(tile, tile.placements[copy], spec)
-        array = arrays[tile.placements[copy].array].astype(np.int16)
-        levels[tile.row_start:tile.row_start + tile.row_count,
-               tile.col_start:tile.col_start + tile.col_count] = array[plus] - array[minus]
+        plus, minus = tile_slices(tile, tile.placements[copy], spec)
+        array = arrays[tile.placements[copy].array]
+        put_block_slice(levels, tile.row_start, tile.col_start,
+                        array[plus].astype(np.int16) - array[minus].astype(np.int16))
     return levels

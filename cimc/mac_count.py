@@ -15,8 +15,7 @@ from cimc.ir import DigitalOp, Graph, XbarOp
 
 
 def crossbar_macs(op: XbarOp) -> int:
-    groups = op.conv.groups if op.conv is not None else 1
-    return op.rows * op.cols // groups * op.positions
+    return op.rows * op.cols // op.groups * op.positions
 
 
 def mac_table(graph: Graph) -> dict:

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from cimc.errors import CimcError, ManifestError
+from cimc.ir import block_slice, per_column
+from cimc.layout import tile_slices
 
 
 # -- JSON ----------------------------------------------------------------------------------------------------------
@@ -276,18 +278,47 @@ def check_levels_match(op, levels: np.ndarray, index: int, copy: int, max_level:
     """An untuned manifest's arrays hold exactly the quantised weights (cimc.passes.quantize: level = clip(rint(W /
     scale), -L, L), recomputed here from the float32 matrix and scales of params.npz), so a tile moved to cells that
     hold other levels, or an edited arrays.npz, is caught before it computes wrong numbers."""
-    expected = np.clip(np.rint(op.matrix.astype(np.float64) / op.weight_scales.astype(np.float64)[None, :]),
-                       -max_level, max_level)
+    expected = np.clip(np.rint(op.matrix.astype(np.float64) / per_column(op.weight_scales.astype(np.float64),
+                                                                          op.matrix)), -max_level, max_level)
     bad = levels != expected
     if bad.any():
-        r, c = (int(i) for i in np.argwhere(bad)[0])
+        r, c = _logical(np.argwhere(bad)[0], op.matrix)
+        got, want = int(levels[tuple(np.argwhere(bad)[0])]), int(expected[tuple(np.argwhere(bad)[0])])
         ti = next((i for i, t in enumerate(op.tiles) if t.row_start <= r < t.row_start + t.row_count
                    and t.col_start <= c < t.col_start + t.col_count), None)
         where = f"ops[{index}].tiles[{ti}].placements[{copy}]" if ti is not None else f"ops[{index}]"
         raise ManifestError(f"{arrays_file}: the levels that field '{where}' (op {op.name!r}) places on the arrays "
                             f"differ from its quantised weights: weight row {r}, column {c} reads level "
-                            f"{int(levels[r, c])}, the weight says {int(expected[r, c])} (a tile moved, or "
+                            f"{got}, the weight says {want} (a tile moved, or "
                             "arrays.npz or params.npz edited); recompile the manifest")
+
+
+def _logical(index, matrix: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the logical K x N matrix for an index into `matrix` (either form, cimc.ir)."""
+    if matrix.ndim == 2:
+        return int(index[0]), int(index[1])
+    g, r, c = (int(i) for i in index)
+    return g * matrix.shape[1] + r, g * matrix.shape[2] + c
+
+
+def check_off_block_cells(op, arrays: np.ndarray, spec, index: int, copy: int, arrays_file: str) -> None:
+    """A grouped op's tiles may span cells outside its diagonal blocks; those hold no weight and must read level 0
+    (its compact levels, cimc.ir, have no place for anything else)."""
+    if op.matrix.ndim != 3:
+        return
+    inside = np.ones(op.matrix.shape, bool)
+    for ti, tile in enumerate(op.tiles):
+        plus, minus = tile_slices(tile, tile.placements[copy], spec)
+        a = arrays[tile.placements[copy].array]
+        levels = a[plus].astype(np.int16) - a[minus].astype(np.int16)
+        outside = (levels != 0) & ~block_slice(inside, tile.row_start, tile.row_start + tile.row_count,
+                                               tile.col_start, tile.col_start + tile.col_count)
+        if outside.any():
+            r, c = (int(i) for i in np.argwhere(outside)[0])
+            raise ManifestError(f"{arrays_file}: the levels that field 'ops[{index}].tiles[{ti}].placements[{copy}]' "
+                                f"(op {op.name!r}) places on the arrays hold level {int(levels[r, c])} at weight row "
+                                f"{tile.row_start + r}, column {tile.col_start + c}, outside the diagonal blocks of "
+                                "its grouped conv, where no weight is (arrays.npz edited); recompile the manifest")
 
 
 # -- shapes --------------------------------------------------------------------------------------------------------

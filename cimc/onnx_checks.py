@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import multiprocessing
 import os
 import re
 import sys
@@ -21,7 +20,7 @@ from collections import Counter
 import numpy as np
 import onnx
 
-from cimc import data
+from cimc import checker_server, data
 from cimc.errors import ModelError
 
 
@@ -79,7 +78,7 @@ def check_valid(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     a Conv whose output size comes out negative feeding a Slice; onnxruntime aborts the same way), so where the
     platform can fork, the checks run in a child process and a crash there becomes a ModelError."""
     check_names(model, where)
-    if "forkserver" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
+    if not checker_server.available():
         return _check_and_infer(model, where)     # a daemonic process (a Dask worker) may not start children
     try:
         return _check_in_child(model, where)
@@ -91,8 +90,7 @@ def _check_in_child(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     # A forkserver child, not a plain fork: by now this process may run onnxruntime sessions whose threads hold
     # locks (malloc's, the thread pool's), and a child forked from it could wait on them forever. The fork server
     # is a fresh process (onnx preloaded) that forks the checkers.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["cimc.onnx_checks"])
+    context = checker_server.context()
     receive, send = context.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile() as stderr:   # what onnx's C++ code prints before it aborts
         child = context.Process(target=_child, args=(send, model.SerializeToString(), where, stderr.name),
@@ -109,8 +107,10 @@ def _check_in_child(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
             child.join()
         stderr.seek(0)
         said = " ".join(stderr.read().decode(errors="replace").split())[-300:]
-    if status == "ok":
-        return onnx.load_from_string(payload)
+    if status == "ok":      # the checked model came back without its initializers (unchanged): ours go in again
+        checked = onnx.load_from_string(payload)
+        checked.graph.initializer.extend(model.graph.initializer)
+        return checked
     if status == "error":
         raise ModelError(payload)
     raise ModelError(f"{where}: onnx's checker or shape inference crashed on this model (exit code "
@@ -145,7 +145,9 @@ def _child(send, model_bytes: bytes, where, stderr_path: str) -> None:
     with open(stderr_path, "wb") as stderr:
         os.dup2(stderr.fileno(), 2)
     try:
-        send.send(("ok", _check_and_infer(onnx.load_from_string(model_bytes), where).SerializeToString()))
+        checked = _check_and_infer(onnx.load_from_string(model_bytes), where)
+        del checked.graph.initializer[:]     # the parent has them: send back only what inference added
+        send.send(("ok", checked.SerializeToString()))
     except ModelError as exc:
         send.send(("error", str(exc)))
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the parent reports it as a ModelError

@@ -46,6 +46,7 @@ class CompileContext:
     replication_report: dict | None = None          # replicate / pack
     estimates: dict | None = None                   # estimate
     adc_full_scale: dict[str, float] | None = None  # uA per crossbar op (adc_calibrate)
+    arrays: np.ndarray | None = None                # the programmed levels adc_calibrate read (the last pass)
     timings: dict[str, float] = field(default_factory=dict)   # seconds per pass, in order
     instruments: list = field(default_factory=list)           # after_pass(name, graph, ctx) hooks
 

@@ -54,10 +54,9 @@ from cimc.ir import XbarOp
 from cimc.node_names import unknown_layer
 from cimc.layout import read_levels, tile_cells
 from cimc.targets.pulse_update import PulsedDevices
+from cimc.tune_defaults import DEFAULT_HOLDOUT, DEFAULT_LR
 
 _PASS_THROUGH = {"Softmax", "Identity"}  # ops allowed between the tuned layer and the model output
-DEFAULT_LR = 0.35          # device levels per full-scale sample (about the 0.004 chosen on the mCNN before)
-DEFAULT_HOLDOUT = 0.2      # the last 20% of the tuning data
 FEW_WRITES = 1e-3          # an epoch writing fewer than this share of the layer's devices gets a warning
 
 

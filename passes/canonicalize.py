@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cimc.ir import DigitalOp, Graph, XbarOp
+from cimc.ir import DigitalOp, Graph, XbarOp, per_column
 
 NAME = "canonicalize"
 _FOLDABLE = ("BatchNormalization", "Add", "Sub", "Mul", "Div")
@@ -38,7 +38,8 @@ def _try_fold(graph: Graph, op: DigitalOp) -> bool:
         return False
     scale, shift = scale_shift                      # y = x * scale + shift, per output channel
     # a ConvTranspose's columns are (channel, kernel offset): a channel's scale applies to all of its columns
-    matrix = xbar.matrix.astype(np.float64) * np.repeat(scale, xbar.cols // xbar.output_channels)[None, :]
+    matrix = xbar.matrix.astype(np.float64) * per_column(np.repeat(scale, xbar.cols // xbar.output_channels),
+                                                          xbar.matrix)
     bias = np.zeros(xbar.output_channels) if xbar.bias is None else xbar.bias.astype(np.float64)
     xbar.matrix = matrix.astype(np.float32)
     xbar.bias = (bias * scale + shift).astype(np.float32)

@@ -11,17 +11,20 @@ from __future__ import annotations
 import numpy as np
 
 from cimc.errors import ConfigError
-from cimc.ir import ActQuant, Graph
+from cimc.ir import ActQuant, Graph, block_cols, per_column
 
 NAME = "quantize"
 NEEDS_CALIBRATION = True     # its scales come from the activation ranges: `count` (no data) skips it
 
 
 def quantize_weights(matrix: np.ndarray, max_level: int, granularity: str) -> tuple[np.ndarray, np.ndarray]:
+    """(levels, scales) of a matrix in either form (cimc.ir: K x N, or a grouped op's compact blocks, whose levels
+    are compact too; the structural zeros around the blocks would only add level 0 and change no column's max)."""
     m = np.abs(matrix.astype(np.float64))
-    absmax = m.max(axis=0) if granularity == "column" else np.full(matrix.shape[1], m.max())
+    cols = block_cols(matrix)
+    absmax = m.max(axis=-2).reshape(cols) if granularity == "column" else np.full(cols, m.max())
     scales = np.where(absmax > 0, absmax / max_level, 1.0).astype(np.float32)
-    levels = np.rint(matrix.astype(np.float64) / scales.astype(np.float64)[None, :])
+    levels = np.rint(matrix.astype(np.float64) / per_column(scales.astype(np.float64), matrix))
     levels = np.clip(levels, -max_level, max_level).astype(np.int16)   # up to 256-level devices: -255..255
     return levels, scales
 

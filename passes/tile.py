@@ -15,7 +15,7 @@ NAME = "tile"
 def tiles_for(op: XbarOp, rows_per_tile: int, outputs_per_tile: int) -> list[Tile]:
     # the groups' diagonal blocks are equal (kg rows x ng columns each, op.structural_mask_blocks): a tile holds a
     # weight iff the groups its rows span and the groups its columns span overlap; decided for all tiles at once
-    groups = op.conv.groups if op.conv is not None else 1
+    groups = op.groups
     kg, ng = op.rows // groups, op.cols // groups
     r0 = np.arange(0, op.rows, rows_per_tile)
     r1 = np.minimum(r0 + rows_per_tile, op.rows)

@@ -38,7 +38,10 @@ class Chip:
         self.model = DeviceModel(target.device, target.nonideal, defect_map)
         self.instance = self.model.program(levels, self.seed)
         step = self.model.step_us
-        self.g_units = (levels.astype(np.float64) + (self.instance.conductance_us - self.instance.target_us) / step)
+        if self.instance.conductance_us is self.instance.target_us:     # ideal devices: no deviation to add
+            self.g_units = levels.astype(np.float64)
+        else:
+            self.g_units = levels.astype(np.float64) + (self.instance.conductance_us - self.instance.target_us) / step
         # line and access resistance: reads see each array's effective conductances T (I = v . T, exact for 1T1R),
         # computed once here, so every reader stays as fast as without them; None when the target has none
         self.read_us = None

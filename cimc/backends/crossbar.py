@@ -79,7 +79,8 @@ from cimc.backends.read_plan import ReadPlan, RowTile
 from cimc.backends.table_reader import TableReads, _channel_tiles
 from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, run_graph
-from cimc.layout import program_arrays, read_levels, tile_cells
+from cimc.ir import block_matmul, put_block_slice
+from cimc.layout import program_arrays, read_levels, tile_slices
 from cimc.targets.adc import adc_convert, adc_range  # noqa: F401  (re-exported: the conversion rule)
 from cimc.targets.spec import NonIdealSpec
 
@@ -258,7 +259,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         for tile in cells.tiles:
             by_start.setdefault(tile.row_start, []).append(tile)
         blocks = []
-        effective = [np.zeros((op.rows, op.cols), dtype) for _ in range(cells.replicas)]
+        # K x N, or a grouped op's compact blocks (cimc.ir): off-block devices are read through the row tiles only
+        effective = [np.zeros(cells.matrix.shape, dtype) for _ in range(cells.replicas)]
         reference = self.chip.g_units_reference        # global drift compensation: sums of |g+ - g-| per copy
         sums = np.zeros((cells.replicas, 2)) if reference is not None else None
         for r0 in sorted(by_start):
@@ -272,13 +274,14 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                 plus, minus, where = [], [], []
                 for t in tiles:
                     p = t.placements[c]
-                    pi, mi = tile_cells(t, p, spec)
+                    pi, mi = tile_slices(t, p, spec)
                     gpt, gmt = self.g_units[p.array][pi], self.g_units[p.array][mi]
                     if self.chip.driver_gain is not None:     # a driver's gain scales its row's devices, g_min too
                         gpt, gmt = _driven(gpt, gmt, t, p, self.chip, spec)
                     plus.append(gpt)
                     minus.append(gmt)
-                    where.append((p.array, pi[1][0], mi[1][0]))        # the physical columns of its lines
+                    where.append((p.array, np.arange(pi[1].start, pi[1].stop, pi[1].step),   # the physical
+                                  np.arange(mi[1].start, mi[1].stop, mi[1].step)))           # columns of its lines
                 gp, gm = np.concatenate(plus, axis=1), np.concatenate(minus, axis=1)
                 if not self.chip.adc.ideal:
                     block.adc.append(_adc_lines(self.chip.adc, where, spec.differential == "columns"))
@@ -288,7 +291,13 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                     sums[c] += _reference_sums(reference, tiles, c, spec, self.chip, d)
                 if spec.differential == "columns":
                     block.lines.append(np.concatenate([gp, gm], axis=1).astype(np.float32) + np.float32(self.offset))
-                effective[c][r0:r0 + rc, cols] = d
+                if effective[c].ndim == 2:
+                    effective[c][r0:r0 + rc, cols] = d
+                else:
+                    at = 0
+                    for t in tiles:
+                        put_block_slice(effective[c], r0, t.col_start, d[:, at:at + t.col_count])
+                        at += t.col_count
             blocks.append(block)
         channels = _channel_tiles(op, blocks)
         step = target.device.step_us
@@ -461,17 +470,28 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             if self._exact_record(plan):
                 return self._record_exact(plan, c, uint_codes(x, plan.bits, plan.signed))
             self._record(plan, c, x)
-            return x.astype(plan.dtype, copy=False) @ plan.effective[c]
+            return self._product(plan, c, x.astype(plan.dtype, copy=False))
         if self.reader == "product":
-            acc = rowwise_matmul(x.astype(plan.dtype, copy=False), plan.effective[c])
+            acc = self._product(plan, c, x.astype(plan.dtype, copy=False))
             if self.read_sigma > 0:
                 self._lossless_noise(plan, c, x, acc, ids)
             return acc
         return self._planes(plan, c, x, ids)
 
 
+    def _product(self, plan: ReadPlan, c: int, x: np.ndarray) -> np.ndarray:
+        """x [m, K] times copy c's conductance differences: one product with the K x N matrix; a grouped op's (compact,
+        cimc.ir) row tile by row tile, so the devices of its tiles outside the diagonal blocks are read too."""
+        if plan.effective[c].ndim == 2:
+            return rowwise_matmul(x, plan.effective[c])
+        out = np.zeros((len(x), plan.cols), plan.dtype)
+        for block in plan.blocks:
+            out[:, block.index] += rowwise_matmul(np.ascontiguousarray(x[:, block.r0:block.r1]),
+                                                  block.diff[c].astype(plan.dtype, copy=False))
+        return out
+
     def _observe(self, plan: ReadPlan, x: np.ndarray, out: np.ndarray) -> None:
-        ref = x.astype(np.float64) @ plan.exact_levels
+        ref = block_matmul(x.astype(np.float64), plan.exact_levels)
         err = out.astype(np.float64) - ref
         st = self.stats[plan.name]
         st["sq_err"] += float(np.square(err).sum())

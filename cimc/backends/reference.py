@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from cimc.backends.base import Backend
+from cimc.ir import block_matmul, compact
 from cimc.layout import read_levels
 
 # float32 adds integers exactly while every partial sum stays below 2^24.
@@ -20,7 +21,7 @@ class FloatBackend(Backend):
         self.matrices = {op.name: op.matrix for op in graph.xbar_ops()}
 
     def mvm(self, op, x, batch):
-        return x @ self.matrices[op.name]
+        return block_matmul(x, self.matrices[op.name])
 
 
 class IntegerBackend(Backend):
@@ -42,7 +43,7 @@ class IntegerBackend(Backend):
 
     def mvm(self, op, x, batch):
         w = self.levels[op.name]
-        return x.astype(w.dtype, copy=False) @ w
+        return block_matmul(x.astype(w.dtype, copy=False), w)
 
     def conv(self, op, x):
         session = self.sessions.get(op.name)
@@ -52,7 +53,8 @@ class IntegerBackend(Backend):
 
 
 def conv_session(op, levels: np.ndarray):
-    """An onnxruntime session computing the op's convolution with the given K x N level matrix as its weight."""
+    """An onnxruntime session computing the op's convolution with the given level matrix (K x N, or compact blocks
+    [groups, K/groups, N/groups], cimc.ir) as its weight."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -60,8 +62,8 @@ def conv_session(op, levels: np.ndarray):
     kh, kw = g.kernel
     groups, n = g.groups, op.cols
     kg, ng, cg = op.rows // groups, n // groups, g.in_channels // groups
-    weight = np.concatenate([levels[i * kg:(i + 1) * kg, i * ng:(i + 1) * ng].T.reshape(ng, cg, kh, kw)
-                             for i in range(groups)]).astype(np.float32)
+    blocks = levels if levels.ndim == 3 else compact(levels, groups).reshape(groups, kg, ng)
+    weight = blocks.transpose(0, 2, 1).reshape(n, cg, kh, kw).astype(np.float32)   # W[g*ng + j] = block g column j
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[kh, kw], strides=list(g.strides),
                             pads=list(g.pads), dilations=list(g.dilations), group=groups)
     graph = helper.make_graph([node], op.name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],

@@ -7,7 +7,7 @@ import warnings
 
 from cimc.commands.common import emit
 from cimc.commands.run import add_chip_options, crossbar_options
-from cimc.training import DEFAULT_HOLDOUT, DEFAULT_LR
+from cimc.tune_defaults import DEFAULT_HOLDOUT, DEFAULT_LR
 
 
 def add_parser(sub) -> None:
