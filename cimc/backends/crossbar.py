@@ -580,7 +580,7 @@ def _reference_sums(reference: np.ndarray, tiles, c: int, spec, chip, d: np.ndar
     ref = []
     for t in tiles:
         p = t.placements[c]
-        pi, mi = tile_cells(t, p, spec)
+        pi, mi = tile_slices(t, p, spec)
         gp, gm = reference[p.array][pi], reference[p.array][mi]
         if chip.driver_gain is not None:
             gp, gm = _driven(gp, gm, t, p, chip, spec)
