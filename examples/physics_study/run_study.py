@@ -21,8 +21,9 @@ Steps:
    for CPU time when the cores are contended, so one-thread CPU time is what is recorded.
 4. Writes into --out (a new or empty folder; default: a fresh temporary folder): the manifest `mcnn/`, the sweep
    folders `wire/`, `adc_offset/`, `program_sigma/` (each with its `index.html`: accuracy against the axis,
-   95% error bars, tuned dashed), `study.json` (everything, with machine, date and load) and `summary.md` (one
-   markdown table: accuracy mean +- std per point, untuned and tuned, and the CPU seconds).
+   95% error bars, tuned dashed), `plots/NAME.svg` (that plot alone), `study.json` (everything, with machine,
+   date and load) and `summary.md` (one markdown table: accuracy mean +- std per point, untuned and tuned, and the
+   CPU seconds).
 
 Accuracies depend only on the options and seeds (the sweep's rows are the same bytes on any run); the seconds
 depend on the machine and its load.
@@ -104,6 +105,19 @@ def time_points(name: str, manifest_dir: Path, test, tune_data) -> list[dict]:
     return out
 
 
+def write_svgs(out: Path, names) -> list[Path]:
+    """Each sweep's plot (the one inline SVG of its index.html, a standalone SVG) as out/plots/NAME.svg."""
+    (out / "plots").mkdir(exist_ok=True)
+    written = []
+    for name in names:
+        html = (out / name / "index.html").read_text()
+        start, end = html.index("<svg "), html.index("</svg>") + len("</svg>")
+        path = out / "plots" / f"{name}.svg"
+        path.write_text(html[start:end] + "\n")
+        written.append(path)
+    return written
+
+
 def _pct(mean, std) -> str:
     return "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
@@ -169,6 +183,7 @@ def main(argv=None) -> int:
         shown = ["cimc", *cmd[cmd.index("sweep"):]]
         study["sweeps"][name] = {"axis": SWEEPS[name][0], "command": " ".join(shown), "wall_s": wall,
                                  "summary": summary["points"], "timing": timing}
+    write_svgs(out, study["sweeps"])
     study["wall_s"] = time.perf_counter() - start
     study["load_average"] = {"start": load0, "end": os.getloadavg()}
     (out / "study.json").write_text(json.dumps(study, indent=1, default=float))
