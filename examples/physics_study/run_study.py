@@ -1,7 +1,7 @@
 """What wire resistance, ADC offset and programming error cost the shipped mCNN, in accuracy and in simulation time,
 with and without hybrid training.
 
-    python examples/physics_study/run_study.py                    # 200 test images, 3 chips per point: ~20 min on 2 loaded cores
+    python examples/physics_study/run_study.py                    # 200 test images, 3 chips per point: ~7 min on 2 loaded cores
     python examples/physics_study/run_study.py --limit 500 --seeds 10 --tune-limit 2000 --out study/   # bigger
 
 Steps:
