@@ -1,0 +1,202 @@
+"""What wire resistance, ADC offset and programming error cost the shipped mCNN, in accuracy and in simulation time,
+with and without hybrid training.
+
+    python examples/physics_study/run_study.py                    # 200 test images, 3 chips per point: ~7 min on 2 loaded cores
+    python examples/physics_study/run_study.py --limit 500 --seeds 10 --tune-limit 2000 --out study/   # bigger
+
+Steps:
+1. Compiles `examples/mcnn_mnist/artifacts/mcnn.onnx` for `yao2020-mcnn` with its 200 calibration images, as
+   examples/mcnn_mnist does (the shipped model and data; nothing is downloaded, nothing read from elsewhere).
+2. Runs three `cimc sweep`s (the CLI, as a subprocess: the commands are printed and recorded), each over
+   seeds 0..N-1 with `--tune-data` (hybrid training of the FC layer per chip instance, `cimc tune`'s defaults), so
+   each point has the accuracy before and after tuning:
+   - wire resistance per line segment, 0 / 1 / 2 / 5 ohm (1T1R), at Yao's 0.54 uS programming error;
+   - ADC offset spread (`adc.offset_sigma_lsb`), 0 / 2 / 8 / 16 LSB of the 8-bit ADCs, at 0.54 uS;
+   - programming error (`program_sigma`), 0 / 0.54 / 1 / 1.5 uS.
+3. Times every point on one chip instance (seed 0) in this process, with the sweep's own task functions and the
+   sweep's own chip options (cimc.commands.sweep_grid.grid_points): CPU seconds (process time) of one untuned run
+   (bind + reads of the test images; the least of 3 repeats) and of one hybrid training (tune + the tuned chip's
+   run; the least of 2), on one thread (numba and BLAS set to one thread in this process only). Wall time on a
+   shared machine says more about the other jobs than about the simulator, and a parallel kernel's threads spin
+   for CPU time when the cores are contended, so one-thread CPU time is what is recorded.
+4. Writes into --out (a new or empty folder; default: a fresh temporary folder): the manifest `mcnn/`, the sweep
+   folders `wire/`, `adc_offset/`, `program_sigma/` (each with its `index.html`: accuracy against the axis,
+   95% error bars, tuned dashed), `plots/NAME.svg` (that plot alone), `study.json` (everything, with machine,
+   date and load) and `summary.md` (one markdown table: accuracy mean +- std per point, untuned and tuned, and the
+   CPU seconds).
+
+Accuracies depend only on the options and seeds (the sweep's rows are the same bytes on any run); the seconds
+depend on the machine and its load.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ART = HERE.parent / "mcnn_mnist" / "artifacts"
+sys.path.insert(0, str(HERE.parent))
+from example_output import output_folder  # noqa: E402
+
+# name: (axis, values, what the column shows, unit)
+SWEEPS = {
+    "wire": ("wire_resistance", ["0", "1ohm", "2ohm", "5ohm"], "wire resistance per segment"),
+    "adc_offset": ("adc.offset_sigma_lsb", ["0", "2", "8", "16"], "ADC offset sigma (LSB)"),
+    "program_sigma": ("program_sigma", ["0", "0.54uS", "1uS", "1.5uS"], "programming error sigma"),
+}
+
+
+def cimc_command() -> list[str]:
+    """`cimc` of this interpreter's environment (the console script next to python), else `python -m cimc`."""
+    script = Path(sys.executable).with_name("cimc")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cimc"]
+
+
+def run_sweep(name: str, manifest_dir: Path, out: Path, args) -> tuple[list[str], float]:
+    axis, values, _ = SWEEPS[name]
+    cmd = [*cimc_command(), "sweep", str(manifest_dir), "--data", str(ART / "test_500.npz"), "--limit",
+           str(args.limit), "--grid", f"{axis}={','.join(values)}", "--seeds", str(args.seeds), "--tune-data",
+           str(ART / "train_2000.npz"), "--tune-limit", str(args.tune_limit), "-o", str(out / name), "--json"]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    print("$ " + " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    result = json.loads(done.stdout)
+    print(f"  {result['rows']} rows in {wall:.0f} s wall", flush=True)
+    return cmd, wall
+
+
+def time_points(name: str, manifest_dir: Path, test, tune_data) -> list[dict]:
+    """CPU seconds of each point's untuned run and hybrid training, chip instance 0, with the sweep's options."""
+    from cimc.commands.sweep_grid import grid_points
+    from cimc.executor import Session
+    from cimc.manifest import load
+    from cimc.sweep_tasks import files_digest, manifest_files, run_shard, run_tune
+    axis, values, _ = SWEEPS[name]
+    manifest = load(manifest_dir)
+    _, points, _ = grid_points([(axis, values)], manifest.target)
+    files = manifest_files(manifest_dir)
+    digest = files_digest(files)
+    out = []
+    for point in points:
+        run_s, tune_s = [], []
+        for _ in range(3):
+            t0 = time.process_time()
+            shard = run_shard(files, digest, test, 0, len(test), point["options"], 0, 100)
+            run_s.append(time.process_time() - t0)
+        for _ in range(2):
+            t0 = time.process_time()
+            tuned = run_tune(files, digest, test, tune_data, point["options"], 0, 100, {"epochs": 1})
+            tune_s.append(time.process_time() - t0)
+        out.append({"params": point["params"], "run_cpu_s": min(run_s), "tune_cpu_s": min(tune_s),
+                    "run_cpu_s_all": run_s, "tune_cpu_s_all": tune_s,
+                    "seed0_accuracy": shard["correct"] / shard["samples"],
+                    "seed0_tuned_accuracy": tuned["tuned_correct"] / tuned["samples"],
+                    "reader": Session(manifest, backend="crossbar", seed=0, **point["options"]).backend.reader})
+    return out
+
+
+def write_svgs(out: Path, names) -> list[Path]:
+    """Each sweep's plot (the one inline SVG of its index.html, a standalone SVG) as out/plots/NAME.svg."""
+    (out / "plots").mkdir(exist_ok=True)
+    written = []
+    for name in names:
+        html = (out / name / "index.html").read_text()
+        start, end = html.index("<svg "), html.index("</svg>") + len("</svg>")
+        path = out / "plots" / f"{name}.svg"
+        path.write_text(html[start:end] + "\n")
+        written.append(path)
+    return written
+
+
+def _pct(mean, std) -> str:
+    return "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def table(study: dict) -> str:
+    lines = ["| effect | value | accuracy, untuned (mean ± std, %) | after hybrid training | CPU s, one chip: run "
+             f"({study['limit']} images) | CPU s: tune + tuned run |", "|---|---|---|---|---|---|"]
+    for name, sweep in study["sweeps"].items():
+        for entry, timing in zip(sweep["summary"], sweep["timing"]):
+            value = entry["params"][SWEEPS[name][0]]
+            lines.append(f"| {SWEEPS[name][2]} | {value} | {_pct(entry['accuracy_mean'], entry['accuracy_std'])} | "
+                         f"{_pct(entry.get('tuned_accuracy_mean'), entry.get('tuned_accuracy_std'))} | "
+                         f"{timing['run_cpu_s']:.2f} | {timing['tune_cpu_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--limit", type=int, default=200, help="test images (the first N of the shipped 500; default 200)")
+    p.add_argument("--seeds", type=int, default=3, help="chip instances per point, seeds 0..N-1 (default 3)")
+    p.add_argument("--tune-limit", type=int, default=300,
+                   help="tuning images (the first N of the shipped 2,000; the last 20%% held out; default 300)")
+    p.add_argument("--workers", type=int, help="the sweeps' local Dask workers (default: one per core)")
+    p.add_argument("--only", choices=sorted(SWEEPS), action="append", help="run only this sweep (repeatable)")
+    p.add_argument("--no-timing", action="store_true", help="skip the per-point CPU timings")
+    p.add_argument("--out", help="a new or empty folder for the outputs (default: a fresh temporary folder)")
+    args = p.parse_args(argv)
+    out = output_folder(args.out, "physics-study")
+    print(f"writing into {out}", flush=True)
+
+    import numba
+    import cimc
+    from cimc.data import load_npz
+    numba.set_num_threads(1)                    # the timings: one thread (the sweeps' subprocesses are untouched)
+    try:
+        from threadpoolctl import threadpool_limits     # installed with scipy's usual stack; else BLAS as it is
+        threadpool_limits(1)
+    except ImportError:
+        pass
+    load0 = os.getloadavg()
+    start = time.perf_counter()
+    manifest = cimc.compile(ART / "mcnn.onnx", "yao2020-mcnn", calibration=ART / "calib_200.npz")
+    manifest.save(out / "mcnn")
+    test = load_npz(ART / "test_500.npz", ["input"], limit=args.limit)
+    tune_data = load_npz(ART / "train_2000.npz", ["input"], limit=args.tune_limit)
+    study = {"model": "examples/mcnn_mnist/artifacts/mcnn.onnx", "target": "yao2020-mcnn", "limit": args.limit,
+             "seeds": args.seeds, "tune_limit": args.tune_limit, "date": datetime.datetime.now(
+                 datetime.timezone.utc).isoformat(timespec="minutes"),
+             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
+             "cimc": cimc.__version__, "sweeps": {}}
+    if not args.no_timing:                      # numba compiles its kernels once per process: not a point's cost
+        time_points("wire", out / "mcnn", load_npz(ART / "test_500.npz", ["input"], limit=20),
+                    load_npz(ART / "train_2000.npz", ["input"], limit=100))
+    for name in SWEEPS:
+        if args.only and name not in args.only:
+            continue
+        cmd, wall = run_sweep(name, out / "mcnn", out, args)
+        summary = json.loads((out / name / "summary.json").read_text())
+        timing = [] if args.no_timing else time_points(name, out / "mcnn", test, tune_data)
+        for t in timing:
+            print(f"  {t['params']}: run {t['run_cpu_s']:.2f} s CPU, tune {t['tune_cpu_s']:.2f} s CPU, reader "
+                  f"{t['reader']}", flush=True)
+        shown = ["cimc", *cmd[cmd.index("sweep"):]]
+        study["sweeps"][name] = {"axis": SWEEPS[name][0], "command": " ".join(shown), "wall_s": wall,
+                                 "summary": summary["points"], "timing": timing}
+    write_svgs(out, study["sweeps"])
+    study["wall_s"] = time.perf_counter() - start
+    study["load_average"] = {"start": load0, "end": os.getloadavg()}
+    (out / "study.json").write_text(json.dumps(study, indent=1, default=float))
+    if not args.no_timing:
+        md = table(study)
+        md += (f"\n{args.limit} test images, seeds 0..{args.seeds - 1}, hybrid training on the first "
+               f"{args.tune_limit} tuning images; {study['machine']}, {study['date']}, load average "
+               f"{load0[0]:.1f} at start, {study['load_average']['end'][0]:.1f} at end; {study['wall_s']:.0f} s wall.\n")
+        (out / "summary.md").write_text(md)
+        print(md)
+    print(f"wrote {out / 'study.json'}; plots: " + ", ".join(str(out / n / "index.html") for n in study["sweeps"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
