@@ -7,7 +7,7 @@ Why it is written this way (each point measured on ResNet-56, see benchmarks/ben
 * eighteen table rows (a 144-row array) are summed per pass over the lines, in registers; a last pass of at most
   6 or 12 groups sums only those (conv1's 27 rows are 4 groups: one pass of 6 lookups, not 18);
 * its loops may use 512-bit vectors (`_wide_vectors`): twice the lanes per lookup on AVX-512 CPUs whose LLVM
-  tuning prefers 256 (Intel's server cores), measured 1.2-1.3x faster reads there;
+  tuning prefers 256 (Intel's server cores): reads measured 1.0-1.3x faster per layer there;
 * inputs arrive as plane words (byte j of a word: the pattern of plane j), bit-transposed once per eight codes
   rather than once per read, and a position's table row offsets for all planes are computed first, in a loop that
   vectorises (unsigned flat offsets: no multiply per lookup, no negative-index checks; 5-10% faster);
@@ -40,7 +40,7 @@ def _stack_int32(typingctx):
 @intrinsic
 def _wide_vectors(typingctx):
     """Lets LLVM vectorise the calling function's loops 512 bits wide where the CPU has AVX-512: its tuning for
-    Intel's server cores prefers 256 bits, half the lanes per table lookup (1.2-1.3x slower reads, measured on a
+    Intel's server cores prefers 256 bits, half the lanes per table lookup (reads up to 1.3x slower, measured on a
     Xeon). A function attribute, so it applies to this kernel only; without AVX-512 LLVM keeps its widest."""
     def codegen(context, builder, signature, args):
         try:                                     # a string attribute: llvmlite's add() accepts enum names only
