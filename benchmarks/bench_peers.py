@@ -10,7 +10,9 @@ cimc runs the noisy chip of bench_crossbar.py: the yao2020-resnet target (0.54 u
 with a full scale calibrated on 64 other random images, every bit-plane read), seed 0, once with the default reader
 (gemm=None: what `cimc run --backend crossbar` does) and once with `--gemm float32`. Each is warmed up on two images
 (numba loads its kernels from its disk cache, or compiles them on a machine's first run), then the batch runs
-`--repeats` times; the table gives the median and the ratio of medians. The PyTorch model is checked against
+`--repeats` times; the table gives the median and the ratio of medians, in wall-clock time (the protocol) and
+in CPU time of the process (which a machine loaded by other jobs disturbs less; with `--threads 1` it is the
+work each side does). The PyTorch model is checked against
 onnxruntime on the same batch before anything is timed.
 
 PyTorch is not a dependency of cimc: `--torch-venv` names a virtual environment that has it (the same Python
@@ -31,9 +33,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
-THREADS = 2
-
 
 def _require_torch():
     try:
@@ -97,19 +96,22 @@ def torch_model(model, torch):
     return ResNet().eval()
 
 
-def _median_seconds(f, repeats: int) -> float:
-    times = []
+def _median_seconds(f, repeats: int) -> tuple[float, float]:
+    """Median wall-clock and median CPU seconds (this process, all threads) of `repeats` calls."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="torch, numba and onnxruntime threads (the protocol: 2)")
     p.add_argument("--gemms", default="default,float32", help="cimc readers to time: default, lut, int8, float32")
     p.add_argument("--json", action="store_true")
     p.add_argument("--torch-venv", help="a virtual environment with PyTorch, when cimc's has none")
@@ -127,8 +129,9 @@ def main(argv=None) -> int:
     from cimc import zoo
     from cimc.backends.crossbar import calibrate_adc_full_scale
     warnings.simplefilter("ignore")
-    torch.set_num_threads(THREADS)
-    numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
+    threads = args.threads
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     start_load = os.getloadavg()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
 
     net = torch_model(model, torch)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
+    opts.intra_op_num_threads = threads
     want = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(
         None, {"input": x})[0]
     with torch.inference_mode():
@@ -159,10 +162,11 @@ def main(argv=None) -> int:
             session = cimc.Session(manifest, backend="crossbar", seed=0, adc_full_scale=scales,
                                    batch_size=args.batch, gemm=None if name == "default" else name)
             session.run(x[:2])                                             # warm up (numba: cache load)
-            torch_s = _median_seconds(run_torch, args.repeats)
-            cimc_s = _median_seconds(lambda: session.run(x), args.repeats)
+            torch_s, torch_cpu = _median_seconds(run_torch, args.repeats)
+            cimc_s, cimc_cpu = _median_seconds(lambda: session.run(x), args.repeats)
             rows.append({"cimc": name, "reader": session.backend.reader, "cimc_seconds": cimc_s,
-                         "torch_seconds": torch_s, "slowdown": cimc_s / torch_s})
+                         "torch_seconds": torch_s, "slowdown": cimc_s / torch_s, "cimc_cpu_seconds": cimc_cpu,
+                         "torch_cpu_seconds": torch_cpu, "cpu_slowdown": cimc_cpu / torch_cpu})
             print(f"# {rows[-1]}", file=sys.stderr)
     from bench_crossbar import cpu_model
     result = {"machine": {"platform": platform.platform(), "processor": cpu_model(),
@@ -171,7 +175,7 @@ def main(argv=None) -> int:
                           "numba": numba.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
                           "cimc": cimc.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds")},
               "protocol": f"ResNet-20 (cimc.zoo, seed 0), one batch of {args.batch} random CIFAR-shaped images, "
-                          f"{THREADS} threads, median of {args.repeats}",
+                          f"{threads} thread{'s' if threads > 1 else ''}, median of {args.repeats}",
               "runs": rows}
     if args.json:
         print(json.dumps(result, indent=1))
@@ -181,11 +185,12 @@ def main(argv=None) -> int:
     print(f"{m['platform']}, {m['cpu_count']} CPUs ({m['processor']}), torch {m['torch']}, numba {m['numba']}, "
           f"onnxruntime {m['onnxruntime']}; load average {m['load_average_at_start'][0]:.1f} at start, "
           f"{m['load_average_at_end'][0]:.1f} at end; {result['protocol']}\n")
-    print("| cimc reader | reads with | cimc s | PyTorch s | slowdown |")
-    print("|---|---|---|---|---|")
+    print("| cimc reader | reads with | cimc s | PyTorch s | slowdown | cimc CPU s | PyTorch CPU s | CPU ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['cimc']} | {r['reader']} | {r['cimc_seconds']:.2f} | {r['torch_seconds']:.3f} | "
-              f"{r['slowdown']:.1f}x |")
+              f"{r['slowdown']:.1f}x | {r['cimc_cpu_seconds']:.2f} | {r['torch_cpu_seconds']:.3f} | "
+              f"{r['cpu_slowdown']:.1f}x |")
     return 0
 
 
