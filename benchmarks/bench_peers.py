@@ -3,20 +3,21 @@
     .venv/bin/python benchmarks/bench_peers.py --torch-venv /work/torchvenv [--repeats 3] [--json]
 
 The protocol (the one the issue's author measured CrossSim and aihwkit with): ResNet-20 for CIFAR-10
-(cimc.zoo.resnet20, seed 0, random weights), one batch of 100 random CIFAR-shaped images, 2 threads (torch, numba
-and onnxruntime each told 2), and the slowdown against plain PyTorch running the same model, with the same weights,
-in the same process (an nn.Module of Conv2d / BatchNorm2d / ReLU / Linear in eval mode under inference_mode).
-cimc runs the noisy chip of bench_crossbar.py: the yao2020-resnet target (0.54 uS programming error, 8-bit ADCs
-with a full scale calibrated on 64 other random images, every bit-plane read), seed 0, once with the default reader
-(gemm=None: what `cimc run --backend crossbar` does) and once with `--gemm float32`. Each is warmed up on two images
-(numba loads its kernels from its disk cache, or compiles them on a machine's first run), then the batch runs
-`--repeats` times; the table gives the median and the ratio of medians, in wall-clock time (the protocol) and
-in CPU time of the process (which a machine loaded by other jobs disturbs less; with `--threads 1` it is the
-work each side does). The PyTorch model is checked against
-onnxruntime on the same batch before anything is timed.
+(cimc.zoo.resnet20, seed 0, random weights), one batch of 100 random CIFAR-shaped images, 2 threads (`--threads`:
+torch's and numba's; cimc's own onnxruntime sessions for digital ops keep onnxruntime's default, one per core),
+and the slowdown against plain PyTorch running the same model, with the same weights, in the same process (an
+nn.Module of Conv2d / BatchNorm2d / ReLU / Linear in eval mode under inference_mode). cimc runs the noisy chip of
+bench_crossbar.py: the yao2020-resnet target (0.54 uS programming error, 8-bit ADCs with a full scale calibrated
+on 64 other random images, every bit-plane read), seed 0, with each reader of `--gemms` ("default": gemm=None,
+what `cimc run --backend crossbar` does). Each is warmed up on two images (numba loads its kernels from its disk
+cache, or compiles them on a machine's first run), then the batch runs `--repeats` times; the table gives the
+median and the ratio of medians, in wall-clock time (the protocol) and in CPU time of the process (which a
+machine loaded by other jobs disturbs less; with `--threads 1` it is the work each side does). The PyTorch model
+is checked against onnxruntime on the same batch before anything is timed.
 
 PyTorch is not a dependency of cimc: `--torch-venv` names a virtual environment that has it (the same Python
-version), whose site-packages are added after cimc's own (so numpy, onnx and onnxruntime are cimc's). Prints markdown (or JSON) with the machine, its load average and the date.
+version), whose site-packages are added after cimc's own (so numpy, onnx and onnxruntime are cimc's). Prints
+markdown (or JSON) with the machine, its load average and the date.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def _require_torch():
     try:
         import torch
     except ImportError as exc:
-        print(f"bench_peers.py: PyTorch cannot be imported ({exc}); run it with a Python that has torch (--torch-venv, see the module doc)", file=sys.stderr)
+        print(f"bench_peers.py: PyTorch cannot be imported ({exc}); name an environment that has it with "
+              "--torch-venv (see the module doc)", file=sys.stderr)
         raise SystemExit(2)
     return torch
 
