@@ -148,11 +148,22 @@ def gemm_bench(rows: int = 8 * 12800, k: int = 144, widths=(32, 128), repeats: i
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; platform.processor() is empty on Linux): runs on different hosts differ."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     import onnxruntime
 
     import cimc
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    return {"platform": platform.platform(), "processor": cpu_model(),
             "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
             "python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
             "cimc": cimc.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds")}

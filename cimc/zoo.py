@@ -11,6 +11,8 @@ give the compiler real layer shapes, not to classify anything.
     pooling and a 64 -> 10 fully-connected layer: 6n + 2 = 56 weighted layers (55 Conv + 1 Gemm). Shortcut "A" is
     the paper's option A: identity, and on downsampling ``x[:, :, ::2, ::2]`` zero-padded with planes // 4 channels on
     each side, as in the common CIFAR implementation. Shortcut "B" projects with a 1x1 stride-2 conv + BN instead.
+``resnet20``
+    The same family with n = 3 blocks per stage (20 weighted layers): the model of benchmarks/bench_peers.py.
 ``resnet50_imagenet``
     ResNet-50 (He et al. 2016, Table 1) for 3x224x224 ImageNet images, v1.5 variant as in torchvision (the stride of a
     downsampling bottleneck sits on its 3x3 conv): 7x7/2 conv stem + 3x3/2 max-pool, [3, 4, 6, 3] bottleneck blocks
@@ -43,7 +45,7 @@ import onnx
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["resnet56", "resnet50_imagenet", "mcnn", "mlp"]
+__all__ = ["resnet56", "resnet20", "resnet50_imagenet", "mcnn", "mlp"]
 
 _MIN_OPSET = 11  # Pad and Slice take their parameters as inputs from opset 11 (Slice from 10)
 
@@ -166,13 +168,23 @@ def _calibration_batch(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 
 def resnet56(seed: int = 0, shortcut: str = "A", opset: int = 13, num_classes: int = 10) -> onnx.ModelProto:
     """CIFAR-10 ResNet-56 (He et al. 2016): input [N, 3, 32, 32], output logits [N, num_classes]."""
+    return _cifar_resnet(9, seed, shortcut, opset, num_classes)
+
+
+def resnet20(seed: int = 0, shortcut: str = "A", opset: int = 13, num_classes: int = 10) -> onnx.ModelProto:
+    """CIFAR-10 ResNet-20 (He et al. 2016, n = 3): resnet56 with three basic blocks per stage (19 Conv + 1 Gemm)."""
+    return _cifar_resnet(3, seed, shortcut, opset, num_classes)
+
+
+def _cifar_resnet(n: int, seed: int, shortcut: str, opset: int, num_classes: int) -> onnx.ModelProto:
+    """The CIFAR ResNet of depth 6n + 2 (see the module doc)."""
     if shortcut not in ("A", "B"):
         raise ValueError(f"shortcut must be 'A' or 'B', not {shortcut!r}")
     b = _Builder(seed, opset, _calibration_batch(seed, (8, 3, 32, 32)))
     x = b.relu(b.bn(b.conv("input", "conv1", 16, 3, pad=1), "bn1"), "relu")
     cin = 16
     for stage, planes in enumerate((16, 32, 64), start=1):
-        for block in range(9):
+        for block in range(n):
             p = f"layer{stage}.{block}"
             stride = 2 if stage > 1 and block == 0 else 1
             y = b.relu(b.bn(b.conv(x, f"{p}.conv1", planes, 3, stride, 1), f"{p}.bn1"), f"{p}.relu1")
@@ -186,8 +198,9 @@ def resnet56(seed: int = 0, shortcut: str = "A", opset: int = 13, num_classes: i
             x = b.relu(b.add(y, sc, f"{p}.add"), f"{p}.relu2")
             cin = planes
     b.head(x, num_classes)
-    return b.model(f"resnet56{shortcut.lower()}", [3, 32, 32], num_classes,
-                   f"CIFAR-10 ResNet-56 (He et al. 2016), option-{shortcut} shortcuts, seed {seed}")
+    depth = 6 * n + 2
+    return b.model(f"resnet{depth}{shortcut.lower()}", [3, 32, 32], num_classes,
+                   f"CIFAR-10 ResNet-{depth} (He et al. 2016), option-{shortcut} shortcuts, seed {seed}")
 
 
 def resnet50_imagenet(seed: int = 0, opset: int = 13) -> onnx.ModelProto:

@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
@@ -77,6 +78,20 @@ def test_resnet56_structure(shortcut, convs, arrays):
     assert _crossbar_arrays(model) == arrays
     names = {n.name for n in model.graph.node}
     assert {"conv1", "bn1", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.add", "layer3.8.conv2", "fc"} <= names
+
+
+def test_resnet20_is_resnet56_with_three_blocks_per_stage():
+    """The peers benchmark's ResNet-20: 6n + 2 weighted layers with n = 3, the same names and stages as ResNet-56,
+    and onnxruntime runs it (its logits depend on the input)."""
+    model = zoo.resnet20(seed=1)
+    ops = _ops(model)
+    assert ops["Conv"] == 19 and ops["Gemm"] == 1 and ops["BatchNormalization"] == 19 and ops["Add"] == 9
+    assert (ops["Slice"], ops["Pad"]) == (2, 2) and model.graph.name == "resnet20a"
+    names = {n.name for n in model.graph.node}
+    assert {"layer1.2.conv2", "layer3.2.conv2", "fc"} <= names and "layer1.3.conv1" not in names
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"input": np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)})[0]
+    assert y.shape == (4, 10) and not np.allclose(y, y[0])
 
 
 def test_resnet56_shortcut_a_pads_channels():
