@@ -295,12 +295,15 @@ def _few_writes_warning(ops, epoch: int, epochs: int, writes: int, devices: int,
 def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None, ideal: bool = False,
          epochs: int = 1, batch: int = 100, lr: float = DEFAULT_LR, threshold_us: float = 1.5,
          layer: str | None = None, layers: list[str] | None = None, write_verify: int = 0, verify_tolerance_us: float | None = None,
-         progress: bool = False, holdout: float = DEFAULT_HOLDOUT, keep: str = "best", gemm: str | None = None):
+         progress: bool = False, holdout: float = DEFAULT_HOLDOUT, keep: str = "best", gemm: str | None = None,
+         layer_lr: dict | None = None):
     """Hybrid training of one layer on chip instance `seed`. Returns (tuned Manifest, TuneResult).
     Warnings (an epoch that hardly wrote, a kept state that is not the final one) go through `warnings.warn` and
     are also listed in the result. `gemm`: the chip's reader, as CrossbarBackend's (None: the same default as
     `cimc run --backend crossbar`, so the tuned chip reads as it then runs)."""
     check_options(epochs, batch, lr, threshold_us, write_verify, verify_tolerance_us, holdout, keep)
+    for name, value in (layer_lr or {}).items():
+        check_options(lr=value)
     if data.labels is None:
         raise DataError(f"{data.path or 'tuning data'}: hybrid training needs labels ('y')")
     start_time = time.perf_counter()
@@ -336,14 +339,16 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     iterations = 0
     # lr in device levels -> weight units, per layer (module doc)
     # a conv's gradient sums over its output positions: per position it asks what one sample asks of a matmul
-    etas = {o.name: lr * float(o.weight_scales.astype(np.float64).mean()) / (o.input_quant.scale * o.input_quant.qmax)
-            / o.positions for o in chosen}
+    rates = {o.name: (layer_lr or {}).get(o.name, lr) for o in chosen}
+    etas = {o.name: rates[o.name] * float(o.weight_scales.astype(np.float64).mean())
+            / (o.input_quant.scale * o.input_quant.qmax) / o.positions for o in chosen}
     devices = sum(_layer_devices(o) for o in chosen)
     writes_per_layer = {o.name: 0 for o in chosen}
     pulses_per_layer = {o.name: 0 for o in chosen}
     logits = backprop.logits_tensor(graph)
-    keep = {t for o in ops_on_path for t in list(o.inputs) + list(o.outputs) if t and t not in graph.constants}
-    keep.add(logits)
+    # the forward tensors the backward pass reads
+    kept_tensors = {t for o in ops_on_path for t in list(o.inputs) + list(o.outputs) if t and t not in graph.constants}
+    kept_tensors.add(logits)
     writes_per_epoch, largest_per_epoch, messages = [], [], []
     for epoch in range(1, epochs + 1):
         order = order_rng.permutation(n_train)
@@ -351,7 +356,7 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
         for start in range(0, n_train, batch):
             idx = order[start:start + batch]
             part = {k: v[idx] for k, v in feeds.items()}
-            out = run_graph(graph, part, backend, keep=keep)
+            out = run_graph(graph, part, backend, keep=kept_tensors)
             z = out[logits].astype(np.float64).reshape(len(idx), -1)
             p = _softmax(z)
             correct_run += int((p.argmax(1) == labels[idx]).sum())

@@ -17,10 +17,14 @@ from cimc.ir import DigitalOp
 _RESHAPES = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 SUPPORTED = sorted(_RESHAPES | {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Add", "Sub", "Mul", "Transpose",
                                 "Concat", "Softmax", "LogSoftmax", "BatchNormalization", "MaxPool", "AveragePool",
-                                "GlobalAveragePool"})
+                                "GlobalAveragePool", "Slice", "Pad"})
 
 
 def check_supported(op: DigitalOp, flag: str = "--layers") -> None:
+    mode = op.attr("mode", b"constant")
+    if op.op_type == "Pad" and (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        raise ConfigError(f"{flag}: node {op.name!r} (Pad, mode {mode!r}) lies between the tuned layers and the model "
+                          "output; hybrid training back-propagates only constant padding; tune only layers after it")
     if op.op_type not in SUPPORTED or op.domain not in ("", "ai.onnx"):
         raise ConfigError(f"{flag}: node {op.name!r} ({op.op_type}) lies between the tuned layers and the model "
                           f"output, and hybrid training has no backward pass for {op.op_type}; tune only layers "
@@ -74,6 +78,10 @@ def vjp(op: DigitalOp, inputs: list, output: np.ndarray, grad: np.ndarray, opset
     if t == "GlobalAveragePool":
         size = int(np.prod(np.shape(x)[2:]))
         return [np.broadcast_to(g / size, np.shape(x)).copy()]
+    if t == "Slice":
+        return [_slice_vjp(op, inputs, g)] + rest
+    if t == "Pad":
+        return [_pad_vjp(op, inputs, g)] + rest
     if t in ("MaxPool", "AveragePool"):
         return [_pool_vjp(op, np.asarray(x, np.float64), np.shape(output), g)] + rest
     raise ConfigError(f"node {op.name!r} ({t}): no backward pass")
@@ -156,3 +164,37 @@ def _pads(op, sizes, out, kernel, strides, dil) -> tuple[list[int], list[int]]:
         return [0] * n, [0] * n
     pads = list(op.attr("pads") or [0] * (2 * n))
     return pads[:n], pads[n:]
+
+
+def _slice_vjp(op, inputs, g: np.ndarray) -> np.ndarray:
+    """The gradient scattered back into the sliced positions (numpy's slice clamping is ONNX's)."""
+    x = inputs[0]
+    if len(inputs) > 1:          # opset >= 10: starts, ends[, axes[, steps]] as inputs
+        starts, ends = inputs[1], inputs[2]
+        axes = inputs[3] if len(inputs) > 3 and inputs[3] is not None else range(len(starts))
+        steps = inputs[4] if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
+    else:
+        starts, ends = op.attr("starts"), op.attr("ends")
+        axes, steps = op.attr("axes") or range(len(starts)), [1] * len(starts)
+    index = [slice(None)] * np.ndim(x)
+    for a, b, e, s in zip(axes, starts, ends, steps):
+        index[int(a) % np.ndim(x)] = slice(int(b), int(e), int(s))
+    out = np.zeros(np.shape(x))
+    out[tuple(index)] = g
+    return out
+
+
+def _pad_vjp(op, inputs, g: np.ndarray) -> np.ndarray:
+    """Constant padding: each input position's gradient is the output's at its padded place (a negative pad crops:
+    those positions get none)."""
+    x = inputs[0]
+    n = np.ndim(x)
+    pads = list(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else list(op.attr("pads"))
+    axes = [int(a) % n for a in inputs[3]] if len(inputs) > 3 and inputs[3] is not None else list(range(n))
+    begins = dict(zip(axes, pads[:len(axes)]))
+    for axis in range(n):
+        where = np.arange(np.shape(x)[axis]) + int(begins.get(axis, 0))
+        valid = (where >= 0) & (where < g.shape[axis])
+        g = np.take(g, np.clip(where, 0, g.shape[axis] - 1), axis=axis)
+        g = g * valid.reshape([-1 if i == axis else 1 for i in range(n)])
+    return g
