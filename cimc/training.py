@@ -303,7 +303,8 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     `cimc run --backend crossbar`, so the tuned chip reads as it then runs)."""
     check_options(epochs, batch, lr, threshold_us, write_verify, verify_tolerance_us, holdout, keep)
     for name, value in (layer_lr or {}).items():
-        check_options(lr=value)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"--layer-lr {name}={value}: out of range; expected a finite number > 0")
     if data.labels is None:
         raise DataError(f"{data.path or 'tuning data'}: hybrid training needs labels ('y')")
     start_time = time.perf_counter()
@@ -318,6 +319,10 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     flag = "--layer" if layer is not None else "--layers"
     chosen = tuned_layers(graph, [layer] if layer is not None else layers, flag)
     ops_on_path = backprop.path(graph, chosen, flag)
+    stray = sorted(set(layer_lr or {}) - {o.name for o in chosen})
+    if stray:
+        raise ConfigError(f"--layer-lr: {stray} not among the tuned layers {[o.name for o in chosen]}; name them "
+                          "with --layers")
     op = chosen[-1]
     target = backend.target
     labels = data.labels

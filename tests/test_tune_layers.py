@@ -72,6 +72,9 @@ def test_run_reproduces_the_tuned_chip(tuned):
     (["--layers", "C1"], "--replicate C1=1"),
     (["--layers", "C3", "--layer", "FC"], "--layers"),
     (["--layers", "C3", "--method", "affine"], "--layers"),
+    (["--layers", "C3,FC", "--layer-lr", "C1=3"], "--layer-lr"),
+    (["--layers", "FC", "--layer-lr", "FC=fast"], "--layer-lr"),
+    (["--layers", "FC", "--layer-lr", "FC=-1"], "--layer-lr"),
 ])
 def test_bad_layers_are_refused_naming_the_flag(tuned, extra, culprit):
     d, _ = tuned

@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
                     "weight step, that one sample with a full-scale input and an output error of 1 asks for; "
                     "updates sum over the mini-batch (dW = -eta * sum_i V_i delta_i with eta = lr * mean weight "
                     f"scale / input full scale), so it means the same on any network (default {DEFAULT_LR})")
+    sp.add_argument("--layer-lr", action="append", metavar="NAME=LR",
+                    help="a learning rate for one tuned layer instead of --lr (repeatable), e.g. C3=5: a conv's "
+                    "gradient is divided by its output positions, so it may want another rate than the FC layer")
     sp.add_argument("--threshold", default="1.5uS", metavar="G",
                     help="write a device only where its change is at least this (default 1.5uS, as in the paper)")
     sp.add_argument("--layer", metavar="NODE", help="the layer to tune, by its ONNX node name (default: the last crossbar layer)")
@@ -89,6 +92,13 @@ def run(args) -> int:
                           "and not together with --layer")
     if layers is not None and args.method == "affine":
         raise ConfigError("--layers: --method affine trains no layer; use --method fc or affine+fc with --layers")
+    layer_lr = {}
+    for item in args.layer_lr or []:
+        name, _, value = item.partition("=")
+        try:
+            layer_lr[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--layer-lr {item!r}: expected NAME=LR, e.g. C3=5 (a number > 0)") from None
     if "fc" in args.method and data.labels is None:
         raise DataError(f"{args.data}: --method {args.method} trains the last layer and needs labels ('y'); "
                         "--method affine needs none")
@@ -104,7 +114,7 @@ def run(args) -> int:
             tuned, result = tune(manifest, data, seed=seed, overrides=options["overrides"],
                                  defect_map=options.get("defect_map"), ideal=options["ideal"],
                                  epochs=args.epochs, batch=args.batch, lr=args.lr, threshold_us=threshold,
-                                 layer=args.layer, layers=layers, write_verify=args.write_verify, verify_tolerance_us=tolerance,
+                                 layer=args.layer, layers=layers, layer_lr=layer_lr or None, write_verify=args.write_verify, verify_tolerance_us=tolerance,
                                  progress=not args.json, holdout=args.holdout, keep=args.keep,
                                  gemm=options["gemm"])
         else:
