@@ -1,5 +1,6 @@
 """`cimc tune`: recover accuracy on one chip instance and write a new manifest. --method fc: hybrid training of the
-last FC layer in situ (cimc.training); affine: column calibration without labels (cimc.column_calibration)."""
+last FC layer, or of the --layers, in situ (cimc.training, cimc.backprop); affine: column calibration without labels
+(cimc.column_calibration)."""
 from __future__ import annotations
 
 import sys
@@ -22,10 +23,10 @@ def add_parser(sub) -> None:
     sp.add_argument("--data", required=True, metavar="NPZ",
                     help="tuning data: npz with 'x' and labels 'y' ('y' only scores the chip with --method affine)")
     sp.add_argument("--method", default="fc", metavar="M",
-                    help="fc (default): hybrid training of the last FC layer (needs labels, writes devices); affine: "
-                    "column calibration, a gain and offset per output column of every layer fitted on the chip's "
-                    "reads against the ideal accumulators and folded into the digital periphery (no labels, no "
-                    "device writes); affine+fc: affine, then fc")
+                    help="fc (default): hybrid training of the last FC layer, or of the --layers (needs labels, writes "
+                    "devices); affine: column calibration, a gain and offset per output column of every layer "
+                    "fitted on the chip's reads against the ideal chip's accumulators and folded into the digital "
+                    "periphery (no labels, no device writes); affine+fc: affine, then fc")
     sp.add_argument("-o", "--output", required=True, metavar="DIR",
                     help="tuned manifest directory to write (the same rules as compile -o; it may be the input "
                     "manifest, which is then replaced by the tuned one)")
