@@ -103,6 +103,37 @@ def test_im2col_adjoint_is_the_transpose():
     assert np.isclose((cols * c).sum(), (x * im2col_adjoint(c, x.shape, g)).sum(), rtol=1e-12)
 
 
+def _import(nodes, init, classes=5):
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", F, [None, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", F, [None, classes])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in init.items()])
+    graph, _ = import_onnx(ort_session.model(graph, [helper.make_opsetid("", 17)]))
+    for op in graph.xbar_ops():           # quantisers far finer than the finite differences
+        op.input_quant = ActQuant(2.0 ** -16, True, 32)
+    return graph
+
+
+def _residual():
+    """Conv -> Relu -> Conv -> BatchNormalization -> Add (the Relu's output again: a fan-out) -> Relu ->
+    GlobalAveragePool -> Flatten -> Gemm -> LogSoftmax: the gradient at the first Relu sums both branches."""
+    rng = np.random.default_rng(4)
+    init = {"w1": rng.normal(0, 0.5, (3, 1, 3, 3)), "b1": rng.normal(0, 0.1, 3),
+            "w2": rng.normal(0, 0.4, (3, 3, 3, 3)), "b2": rng.normal(0, 0.1, 3),
+            "s": rng.uniform(0.5, 1.5, 3), "b": rng.normal(0, 0.1, 3), "m": rng.normal(0, 0.1, 3),
+            "v": rng.uniform(0.5, 1.5, 3), "w3": rng.normal(0, 0.4, (5, 3)), "b3": rng.normal(0, 0.1, 5)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="C1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="C2", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c2", "s", "b", "m", "v"], ["n2"], name="bn"),
+             helper.make_node("Add", ["n2", "r1"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["z"], name="FC", transB=1),
+             helper.make_node("LogSoftmax", ["z"], ["y"], name="logsoft")]
+    return _import(nodes, init)
+
+
 def _cnn():
     """Conv -> Sigmoid -> AveragePool -> Conv -> Relu -> MaxPool -> Flatten -> Gemm -> Softmax."""
     rng = np.random.default_rng(2)
@@ -118,19 +149,14 @@ def _cnn():
              helper.make_node("Flatten", ["p2"], ["f"], name="flat"),
              helper.make_node("Gemm", ["f", "w3", "b3"], ["z"], name="FC", transB=1),
              helper.make_node("Softmax", ["z"], ["y"], name="soft")]
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", F, [None, 1, 8, 8])],
-                              [helper.make_tensor_value_info("y", F, [None, 5])],
-                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in init.items()])
-    graph, _ = import_onnx(ort_session.model(graph, [helper.make_opsetid("", 17)]))
-    for op in graph.xbar_ops():           # quantisers far finer than the finite differences
-        op.input_quant = ActQuant(2.0 ** -16, True, 32)
-    return graph
+    return _import(nodes, init)
 
 
-def test_chain_matches_finite_differences_of_the_loss():
+@pytest.mark.parametrize("build", [_cnn, _residual])
+def test_chain_matches_finite_differences_of_the_loss(build):
     """dL/dW of C1, C2 and FC from the chain equal central differences of the softmax cross-entropy of the model run
     forward (float backend) with one weight moved at a time."""
-    graph = _cnn()
+    graph = build()
     rng = np.random.default_rng(3)
     x = rng.uniform(0, 1, (6, 1, 8, 8)).astype(np.float32)
     labels = rng.integers(0, 5, 6)
