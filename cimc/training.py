@@ -1,5 +1,7 @@
 """Hybrid training (Yao et al. 2020): program the arrays, then train only the last fully connected layer in situ
-on that same chip instance, and write the updated manifest.
+on that same chip instance, and write the updated manifest. `layers=[...]` (`cimc tune --layers`) trains several
+layers the same way, the gradient back-propagated from the logits through the ops between them (cimc.backprop);
+each tuned layer gets its own eta by the rule of step 2 (a conv's divided by its output positions).
 
 One iteration on a mini-batch (inputs X, labels y):
 1. Forward on the chip (the crossbar backend, chip instance `seed`): the FC layer's input x and its output z.
@@ -294,10 +296,12 @@ def _few_writes_warning(ops, epoch: int, epochs: int, writes: int, devices: int,
 
 def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None, ideal: bool = False,
          epochs: int = 1, batch: int = 100, lr: float = DEFAULT_LR, threshold_us: float = 1.5,
-         layer: str | None = None, layers: list[str] | None = None, write_verify: int = 0, verify_tolerance_us: float | None = None,
+         layer: str | None = None, layers: list[str] | None = None, write_verify: int = 0,
+         verify_tolerance_us: float | None = None,
          progress: bool = False, holdout: float = DEFAULT_HOLDOUT, keep: str = "best", gemm: str | None = None,
          layer_lr: dict | None = None):
-    """Hybrid training of one layer on chip instance `seed`. Returns (tuned Manifest, TuneResult).
+    """Hybrid training of `layer`, or of `layers` (default: the last crossbar layer), on chip instance `seed`, with
+    `layer_lr` {name: lr} overriding `lr` per layer. Returns (tuned Manifest, TuneResult).
     Warnings (an epoch that hardly wrote, a kept state that is not the final one) go through `warnings.warn` and
     are also listed in the result. `gemm`: the chip's reader, as CrossbarBackend's (None: the same default as
     `cimc run --backend crossbar`, so the tuned chip reads as it then runs)."""
