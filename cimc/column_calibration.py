@@ -2,9 +2,13 @@
 
 After programming, the chip instance (`seed`, the run's chip options, drawn exactly as `cimc run --seed S` draws
 it) runs the data. Layer by layer in execution order, a gain a_n and an offset b_n per output column are fitted by
-least squares so that a_n * acc_chip + b_n matches the ideal integer accumulator of the same layer inputs (the
-integer backend on the codes the chip itself produced up to that layer, so each layer is fitted on the already
-corrected layers before it). They are folded into the layer's digital periphery:
+least squares so that a_n * acc_chip + b_n matches the ideal chip's accumulator of the same sample: the integer
+backend running the whole network up to that layer, from the sample itself. The chip's side runs the already
+corrected layers before it. Fitting to the ideal network rather than to the ideal product of the chip's own layer
+inputs makes each column also absorb what it can of the errors that reach it from the layers before (the least-
+squares fit is then the best per-column affine estimate of the ideal activation): on the shipped mCNN at 1.5 uS this
+recovers 0.7 points more. Where the layers before are exact, both targets are the same. They are folded into the
+layer's digital periphery:
 
     y = acc * (s_x * w_n * a_n) + (bias_n + b_n * s_x * w_n)
 
@@ -96,16 +100,20 @@ def _columns(y: np.ndarray, op: XbarOp) -> np.ndarray:
     return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
 
 
-def fit_layer(graph, op: XbarOp, chip, ideal, feeds: dict, batch: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Gain and offset per column of `op` (output units) mapping the chip's outputs onto the ideal ones for the
-    inputs the chip produces (the layers before it as they are now in `graph`)."""
+def fit_layer(graph, op: XbarOp, chip, ideal, feeds: dict, batch: int, reference=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Gain and offset per column of `op` (output units) mapping the chip's outputs (the layers before it as they
+    are now in `graph`) onto the ideal ones: the ideal chip's outputs of the same sample through the whole
+    `reference` graph, or (reference None) the ideal outputs for the inputs the chip produced."""
     n = len(next(iter(feeds.values())))
     chip_out, ideal_out = [], []
     for start in range(0, n, batch):
         part = {k: v[start:start + batch] for k, v in feeds.items()}
         out = run_graph(graph, part, chip, keep={op.inputs[0], op.outputs[0]}, samples=start)  # noise by index
         chip_out.append(_columns(out[op.outputs[0]], op))
-        ideal_out.append(_columns(run_xbar(op, out[op.inputs[0]], ideal), op))
+        if reference is not None:
+            ideal_out.append(_columns(run_graph(reference, part, ideal, keep={op.outputs[0]})[op.outputs[0]], op))
+        else:
+            ideal_out.append(_columns(run_xbar(op, out[op.inputs[0]], ideal), op))
     # one sum over all rows: the float64 sums, hence the folded float32 scales, do not depend on the batch size
     fit = ColumnFit(chip_out[0].shape[1])
     fit.add(np.concatenate(chip_out), np.concatenate(ideal_out))
@@ -123,10 +131,12 @@ def fold(op: XbarOp, a: np.ndarray, b: np.ndarray) -> None:
 
 
 def calibrate_graph(graph, chip, ideal, feeds: dict, batch: int = 100) -> list[dict]:
-    """Fit and fold every calibrated layer of `graph` in execution order (mutates `graph`); per-layer summary."""
+    """Fit and fold every calibrated layer of `graph` in execution order (mutates `graph`); per-layer summary. Each
+    layer is fitted against the ideal chip's network (`ideal` on a copy of `graph` as it was before any fold)."""
     rows = []
+    reference = copy_module.deepcopy(graph)       # the periphery as it was: the ideal chip's network
     for op in calibrated_layers(graph):
-        a, b, flat = fit_layer(graph, op, chip, ideal, feeds, batch)
+        a, b, flat = fit_layer(graph, op, chip, ideal, feeds, batch, reference)
         scales = op.weight_scales.astype(np.float64)
         if len(scales) != len(a):         # a ConvTranspose: one scale per matrix column, the first of each channel
             scales = scales.reshape(len(a), -1)[:, 0]

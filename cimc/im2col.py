@@ -33,3 +33,21 @@ def col2im(y: np.ndarray, shape: tuple[int, ...], g: ConvGeometry) -> np.ndarray
     """[B*prod(out), N] -> [B, N, *out] (a Conv1d's height axis dropped again)."""
     out = np.moveaxis(y.reshape(shape + (-1,)), -1, 1)
     return np.ascontiguousarray(g.unlift(out))
+
+
+def im2col_adjoint(dcols: np.ndarray, x_shape: tuple[int, ...], g: ConvGeometry) -> np.ndarray:
+    """The transpose of `im2col`: d cols [B*prod(out), C*prod(kernel)] -> d x [B, C, *spatial] (each input
+    position gathers the entries of every column it was copied into; training's backward pass)."""
+    lifted = tuple(x_shape[:2]) + ((1,) if g.spatial_rank == 1 else ()) + tuple(x_shape[2:])
+    n = g.rank
+    b, c, sizes = lifted[0], lifted[1], lifted[2:]
+    begins, ends = g.pads[:n], g.pads[n:]
+    out = g.output_size(sizes)
+    cols = dcols.reshape((b,) + out + (c,) + tuple(g.kernel))
+    padded = np.zeros((b,) + tuple(s + p + q for s, p, q in zip(sizes, begins, ends)) + (c,), dcols.dtype)
+    for offset in itertools.product(*(range(k) for k in g.kernel)):
+        window = tuple(slice(i * d, i * d + (o - 1) * s + 1, s)
+                       for i, d, o, s in zip(offset, g.dilations, out, g.strides))
+        padded[(slice(None),) + window] += cols[(slice(None),) * (n + 2) + offset]
+    inner = padded[(slice(None),) + tuple(slice(p, p + s) for p, s in zip(begins, sizes))]
+    return np.moveaxis(inner, -1, 1).reshape(x_shape)

@@ -1,5 +1,7 @@
 """Hybrid training (Yao et al. 2020): program the arrays, then train only the last fully connected layer in situ
-on that same chip instance, and write the updated manifest.
+on that same chip instance, and write the updated manifest. `layers=[...]` (`cimc tune --layers`) trains several
+layers the same way, the gradient back-propagated from the logits through the ops between them (cimc.backprop);
+each tuned layer gets its own eta by the rule of step 2 (a conv's divided by its output positions).
 
 One iteration on a mini-batch (inputs X, labels y):
 1. Forward on the chip (the crossbar backend, chip instance `seed`): the FC layer's input x and its output z.
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cimc import backprop
 from cimc.backends.crossbar import CrossbarBackend, as_json_value
 from cimc.data import Dataset, check_labels
 from cimc.errors import ConfigError, DataError
@@ -56,7 +59,6 @@ from cimc.layout import read_levels, tile_cells
 from cimc.targets.pulse_update import PulsedDevices
 from cimc.tune_defaults import DEFAULT_HOLDOUT, DEFAULT_LR
 
-_PASS_THROUGH = {"Softmax", "Identity"}  # ops allowed between the tuned layer and the model output
 FEW_WRITES = 1e-3          # an epoch writing fewer than this share of the layer's devices gets a warning
 
 
@@ -80,34 +82,50 @@ class TuneResult:
     kept: str = "final"                  # "final" or "best" (an earlier state, see holdout["kept_epoch"])
     kept_reason: str = ""
     warnings: list[str] = field(default_factory=list)
-    pulses: dict | None = None           # with a pulse model: {"model", "total", "set", "reset"} (else left out)
+    layers: list[str] = field(default_factory=list)           # the tuned layers, in execution order
+    writes_per_layer: dict = field(default_factory=dict)
+    # programming pulses: with a pulse model its SET/RESET pulses, else one per write and per write-verify retry
+    pulses: int = 0
+    pulses_per_layer: dict = field(default_factory=dict)
+    pulse_model: dict | None = None      # with a pulse model: {"model", "total", "set", "reset"} (else left out)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if not (k == "pulses" and v is None)}
+        return {k: v for k, v in self.__dict__.items() if not (k == "pulse_model" and v is None)}
+
+
+def tuned_layers(graph, names=None, flag: str = "--layers") -> list[XbarOp]:
+    """The layers to tune, in execution order: `names` (ONNX node names), or the last crossbar op. Each must own its
+    arrays, be read once per inference and have one copy; every op between them and the logits needs a backward
+    pass (cimc.backprop.path refuses the others)."""
+    ops = graph.xbar_ops()
+    chosen = []
+    for name in (names or [ops[-1].name]):
+        op = next((o for o in ops if o.name == name), None)
+        if op is None:
+            raise ConfigError(unknown_layer(flag, name, [o.name for o in ops]))
+        if op.weights_of is not None or graph.readers(op.name):
+            raise ConfigError(f"layer {op.name!r} shares its arrays with the reads of other time steps (a recurrent "
+                              "layer); hybrid training tunes a layer read once per inference: name another with "
+                              f"{flag}")
+        if op.replicas != 1:
+            raise ConfigError(f"layer {op.name!r} has {op.replicas} copies; hybrid training tunes a shared layer "
+                              f"(compile it with --replicate {op.name}=1)")
+        if op not in chosen:
+            chosen.append(op)
+    order = {id(o): i for i, o in enumerate(ops)}
+    return sorted(chosen, key=lambda o: order[id(o)])
 
 
 def tuned_layer(graph, name: str | None) -> XbarOp:
-    """The layer to tune: `name`, or the last crossbar op; it must be a matmul whose output is the model output
-    (possibly through Softmax/Identity), so that its output is the logits."""
-    ops = graph.xbar_ops()
-    op = ops[-1] if name is None else next((o for o in ops if o.name == name), None)
-    if op is None:
-        raise ConfigError(unknown_layer("--layer", name, [o.name for o in ops]))
-    if op.conv is not None:
-        raise ConfigError(f"layer {op.name!r} is a convolution; hybrid training tunes a fully connected layer")
-    if op.weights_of is not None or graph.readers(op.name):
-        raise ConfigError(f"layer {op.name!r} shares its arrays with the reads of other time steps (a recurrent "
-                          "layer); hybrid training tunes a fully connected layer read once per inference: name one "
-                          "with --layer")
-    tensor = op.outputs[0]
-    while not graph.is_graph_output(tensor):
-        consumers = graph.consumers(tensor)
-        if len(consumers) != 1 or consumers[0].op_type not in _PASS_THROUGH:
-            raise ConfigError(f"layer {op.name!r}: its output reaches the model output through "
-                              f"{[c.op_type for c in consumers]}; hybrid training needs the layer's output to be the "
-                              "logits (followed at most by Softmax)")
-        tensor = consumers[0].outputs[0]
-    return op
+    """One layer to tune (`tuned_layers` with one name)."""
+    return tuned_layers(graph, None if name is None else [name], "--layer")[0]
+
+
+def _classes(graph, op: XbarOp) -> int:
+    """Classes the labels index: the logits' size per sample (the last tuned layer's outputs when unknown)."""
+    info = graph.tensors.get(backprop.logits_tensor(graph))
+    dims = [] if info is None else list(info.shape[1:])
+    return int(np.prod(dims)) if dims and all(isinstance(d, int) for d in dims) else op.cols
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -131,7 +149,7 @@ class _Writer:
         self.g = backend.chip.conductance_us[self.ids].copy()        # what the devices hold now
         self.target = backend.chip.target_us[self.ids].copy()        # what they were last asked to hold
         self.stuck = backend.chip.stuck[self.ids]
-        self.writes = self.on_stuck = self.verify_iterations = 0
+        self.writes = self.on_stuck = self.verify_iterations = self.pulses = 0
         # the target's pulse model (cimc.targets.pulse_update): writes become SET/RESET pulses; ideal = none
         self.pulsed = None if backend.ideal else PulsedDevices.for_target(
             backend.target, backend.chip.conductance_us.shape, seed)
@@ -156,11 +174,13 @@ class _Writer:
         if self.pulsed is not None:
             return self._pulse(mask, goal)
         got = self._program(goal)
+        self.pulses += got.size
         for _ in range(self.write_verify):
             miss = np.abs(got - goal) > self.tolerance
             if not miss.any():
                 break
             self.verify_iterations += 1
+            self.pulses += int(miss.sum())
             got[miss] = self._program(goal[miss])
         self.g[mask], self.target[mask] = got, goal
         self.writes += int(mask.sum())
@@ -172,6 +192,7 @@ class _Writer:
         got, n_set, n_reset = self.pulsed.write(self.g[mask], goal, self.rng, (self.ids[a], r, c))
         self.g[mask], self.target[mask] = got, goal
         self.writes += int(np.count_nonzero(n_set + n_reset))
+        self.pulses += int(np.sum(n_set) + np.sum(n_reset))
         self.backend.set_conductances(self.ids, self.g)
 
     def state(self) -> tuple[np.ndarray, np.ndarray]:
@@ -275,7 +296,7 @@ def _layer_devices(op: XbarOp) -> int:
     return sum(2 * t.row_count * t.col_count * len(t.placements) for t in op.tiles)
 
 
-def _few_writes_warning(op, epoch: int, epochs: int, writes: int, devices: int, largest_us: float,
+def _few_writes_warning(ops, epoch: int, epochs: int, writes: int, devices: int, largest_us: float,
                         threshold_us: float, lr: float, running_accuracy: float) -> str:
     what = "no device" if writes == 0 else f"only {writes} of {devices} devices"
     if largest_us < threshold_us:
@@ -285,20 +306,27 @@ def _few_writes_warning(op, epoch: int, epochs: int, writes: int, devices: int, 
     else:
         hint = (f"few changes reached --threshold {threshold_us:g}uS (the largest was {largest_us:.3g} uS); raise "
                 f"--lr (now {lr:g}) or lower --threshold for more")
-    return (f"tuning epoch {epoch} of {epochs} wrote {what} of layer {op.name!r} (fewer than {FEW_WRITES:.1%} of its "
+    which = f"layer {ops[0].name!r}" if len(ops) == 1 else f"layers {', '.join(repr(o.name) for o in ops)}"
+    return (f"tuning epoch {epoch} of {epochs} wrote {what} of {which} (fewer than {FEW_WRITES:.1%} of its "
             f"{devices} devices): {hint}. Running accuracy on the tuning data: {running_accuracy:.4f}; if that is "
             "as good as this chip gets, the layer has converged, otherwise the chip was hardly tuned")
 
 
 def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None, ideal: bool = False,
          epochs: int = 1, batch: int = 100, lr: float = DEFAULT_LR, threshold_us: float = 1.5,
-         layer: str | None = None, write_verify: int = 0, verify_tolerance_us: float | None = None,
-         progress: bool = False, holdout: float = DEFAULT_HOLDOUT, keep: str = "best", gemm: str | None = None):
-    """Hybrid training of one layer on chip instance `seed`. Returns (tuned Manifest, TuneResult).
+         layer: str | None = None, layers: list[str] | None = None, write_verify: int = 0,
+         verify_tolerance_us: float | None = None,
+         progress: bool = False, holdout: float = DEFAULT_HOLDOUT, keep: str = "best", gemm: str | None = None,
+         layer_lr: dict | None = None):
+    """Hybrid training of `layer`, or of `layers` (default: the last crossbar layer), on chip instance `seed`, with
+    `layer_lr` {name: lr} overriding `lr` per layer. Returns (tuned Manifest, TuneResult).
     Warnings (an epoch that hardly wrote, a kept state that is not the final one) go through `warnings.warn` and
     are also listed in the result. `gemm`: the chip's reader, as CrossbarBackend's (None: the same default as
     `cimc run --backend crossbar`, so the tuned chip reads as it then runs)."""
     check_options(epochs, batch, lr, threshold_us, write_verify, verify_tolerance_us, holdout, keep)
+    for name, value in (layer_lr or {}).items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"--layer-lr {name}={value}: out of range; expected a finite number > 0")
     if data.labels is None:
         raise DataError(f"{data.path or 'tuning data'}: hybrid training needs labels ('y')")
     start_time = time.perf_counter()
@@ -308,14 +336,20 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     # a manifest tuned before on this very chip continues from what was programmed then
     previous = manifest.provenance.get("tuning")
     resumed = backend.apply_tuning(previous, manifest.conductances)
-    op = tuned_layer(graph, layer)
-    if op.replicas != 1:
-        raise ConfigError(f"layer {op.name!r} has {op.replicas} copies; hybrid training tunes a shared layer "
-                          f"(compile it with --replicate {op.name}=1)")
+    if layer is not None and layers:
+        raise ConfigError("--layer and --layers: give one of them (--layers NAME[,NAME...] names every layer to tune)")
+    flag = "--layer" if layer is not None else "--layers"
+    chosen = tuned_layers(graph, [layer] if layer is not None else layers, flag)
+    ops_on_path = backprop.path(graph, chosen, flag)
+    stray = sorted(set(layer_lr or {}) - {o.name for o in chosen})
+    if stray:
+        raise ConfigError(f"--layer-lr: {stray} not among the tuned layers {[o.name for o in chosen]}; name them "
+                          "with --layers")
+    op = chosen[-1]
     target = backend.target
     labels = data.labels
-    check_labels(labels, op.cols, data.path or "tuning data")     # the tuned layer's outputs are the classes
-    array_ids = sorted({p.array for t in op.tiles for p in t.placements})
+    check_labels(labels, _classes(graph, op), data.path or "tuning data")     # the logits are the classes
+    array_ids = sorted({p.array for o in chosen for t in o.tiles for p in t.placements})
     writer = _Writer(backend, array_ids, seed, write_verify, verify_tolerance_us)
     if writer.pulsed is not None and (write_verify or verify_tolerance_us is not None):
         raise ConfigError("--write-verify/--verify-tolerance: the target has a pulse model (pulse.model = "
@@ -335,10 +369,18 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     order_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[1])    # the shuffling stream
     bar = Progress("cimc tune", epochs * -(-n_train // batch), progress)
     iterations = 0
-    scales = op.weight_scales.astype(np.float64)
-    s_x, q_max = op.input_quant.scale, op.input_quant.qmax
-    eta = lr * float(scales.mean()) / (s_x * q_max)          # lr in device levels -> weight units (module doc)
-    devices = _layer_devices(op)
+    # lr in device levels -> weight units, per layer (module doc)
+    # a conv's gradient sums over its output positions: per position it asks what one sample asks of a matmul
+    rates = {o.name: (layer_lr or {}).get(o.name, lr) for o in chosen}
+    etas = {o.name: rates[o.name] * float(o.weight_scales.astype(np.float64).mean())
+            / (o.input_quant.scale * o.input_quant.qmax) / o.positions for o in chosen}
+    devices = sum(_layer_devices(o) for o in chosen)
+    writes_per_layer = {o.name: 0 for o in chosen}
+    pulses_per_layer = {o.name: 0 for o in chosen}
+    logits = backprop.logits_tensor(graph)
+    # the forward tensors the backward pass reads
+    kept_tensors = {t for o in ops_on_path for t in list(o.inputs) + list(o.outputs) if t and t not in graph.constants}
+    kept_tensors.add(logits)
     writes_per_epoch, largest_per_epoch, messages = [], [], []
     for epoch in range(1, epochs + 1):
         order = order_rng.permutation(n_train)
@@ -346,27 +388,33 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
         for start in range(0, n_train, batch):
             idx = order[start:start + batch]
             part = {k: v[idx] for k, v in feeds.items()}
-            out = run_graph(graph, part, backend, keep={op.inputs[0], op.outputs[0]})
-            x, z = out[op.inputs[0]], out[op.outputs[0]].astype(np.float64)
-            z = z.reshape(len(idx), -1)
-            v = quantize_activation(x, op.input_quant).astype(np.float64).reshape(len(idx), -1) * s_x
+            out = run_graph(graph, part, backend, keep=kept_tensors)
+            z = out[logits].astype(np.float64).reshape(len(idx), -1)
             p = _softmax(z)
             correct_run += int((p.argmax(1) == labels[idx]).sum())
             seen += len(idx)
             p[np.arange(len(idx)), labels[idx]] -= 1.0
-            dw = -eta * (v.T @ p)                                             # K x N, weight units
-            dlevel = dw / scales[None, :]
-            dg = _pair_changes(op, dlevel, target, array_ids, target.device.step_us)
-            largest = max(largest, 2 * float(np.abs(dg).max()))          # the pair's change, as the threshold
-            dg[2 * np.abs(dg) < threshold_us] = 0.0     # each device holds half of the pair's change
-            writer.write(dg)
+            # the chip's weights of the crossbar layers the gradient passes through (before any write of this batch)
+            chip_w = {o.name: backprop.chip_weights(o, backend.chip.conductance_us, target)
+                      for o in ops_on_path[1:] if isinstance(o, XbarOp)}
+            grads = backprop.gradients(graph, ops_on_path, out, p, chosen, chip_w)
+            for o in chosen:
+                dw = -etas[o.name] * grads[o.name]                            # K x N, weight units
+                dlevel = dw / o.weight_scales.astype(np.float64)[None, :]
+                dg = _pair_changes(o, dlevel, target, array_ids, target.device.step_us)
+                largest = max(largest, 2 * float(np.abs(dg).max()))      # the pair's change, as the threshold
+                dg[2 * np.abs(dg) < threshold_us] = 0.0     # each device holds half of the pair's change
+                before_write, before_pulses = writer.writes, writer.pulses
+                writer.write(dg)
+                writes_per_layer[o.name] += writer.writes - before_write
+                pulses_per_layer[o.name] += writer.pulses - before_pulses
             iterations += 1
             bar.update(iterations, f"epoch {epoch}/{epochs}, running accuracy {correct_run / seen:.4f}, "
                        f"writes {writer.writes}")
         writes_per_epoch.append(writer.writes - writes_at_start)
         largest_per_epoch.append(largest)
         if writes_per_epoch[-1] < FEW_WRITES * devices:
-            messages.append(_few_writes_warning(op, epoch, epochs, writes_per_epoch[-1], devices, largest,
+            messages.append(_few_writes_warning(chosen, epoch, epochs, writes_per_epoch[-1], devices, largest,
                                                 threshold_us, lr, correct_run / seen))
         held.append(float(_correct(graph, backend, held_feeds, held_labels, batch).mean()))
         if held[-1] >= held[best_epoch]:      # the latest of equally good states
@@ -396,18 +444,24 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
                 for k, (b, a) in enumerate(zip(before_copies, after_copies))]
     held_out = {"fraction": holdout, "samples": n_hold, "first_sample": n_train, "accuracy_before": held[0],
                 "accuracy_per_epoch": held[1:], "accuracy_after": held[kept_epoch], "kept_epoch": kept_epoch}
+    names = [o.name for o in chosen]
     result = TuneResult(before, after, writer.writes, writer.on_stuck, writer.verify_iterations, iterations,
-                        op.name, array_ids, time.perf_counter() - start_time, per_copy, writes_per_epoch,
-                        largest_per_epoch, devices, eta, held_out, kept, reason, messages,
-                        None if writer.pulsed is None else writer.pulsed.counts())
-    tuned = _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides, defect_map,
-                            dict(epochs=epochs, batch=batch, lr=lr, lr_units="device levels per full-scale sample",
-                                 lr_weight_units=eta, threshold_us=threshold_us, write_verify=write_verify,
-                                 holdout=holdout, keep=keep), result)
+                        ",".join(names), array_ids, time.perf_counter() - start_time, per_copy, writes_per_epoch,
+                        largest_per_epoch, devices, etas[op.name], held_out, kept, reason, messages, names,
+                        writes_per_layer, writer.pulses, pulses_per_layer,
+                        pulse_model=None if writer.pulsed is None else writer.pulsed.counts())
+    options = dict(epochs=epochs, batch=batch, lr=lr, lr_units="device levels per full-scale sample",
+                   lr_weight_units=etas[op.name], threshold_us=threshold_us, write_verify=write_verify,
+                   holdout=holdout, keep=keep)
+    if len(chosen) > 1:     # several layers: their names, per-layer rates and writes (one layer's record as before)
+        options.update(layers=names, lr_weight_units_per_layer=etas, writes_per_layer=writes_per_layer,
+                       pulses=writer.pulses, pulses_per_layer=pulses_per_layer)
+    tuned = _tuned_manifest(manifest, graph, chosen, writer, backend, data, seed, overrides, defect_map, options,
+                            result)
     return tuned, result
 
 
-def _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides, defect_map, options, result):
+def _tuned_manifest(manifest, graph, chosen, writer, backend, data, seed, overrides, defect_map, options, result):
     from cimc.manifest import Manifest
     target = manifest.target
     dev = target.device
@@ -415,14 +469,16 @@ def _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides,
     nearest = np.clip(np.rint((writer.target - dev.g_min_us) / dev.step_us), 0, dev.max_level).astype(np.uint8)
     arrays[writer.ids] = nearest
     graph = copy_module.deepcopy(manifest.graph)
-    tuned_op = next(o for o in graph.xbar_ops() if o.name == op.name)
-    levels = read_levels(tuned_op, arrays, target)     # int16: up to 256-level devices
-    tuned_op.levels = levels   # the float matrix stays the source model's: the float backend still proves lowering
+    for op in chosen:
+        tuned_op = next(o for o in graph.xbar_ops() if o.name == op.name)
+        # int16: up to 256-level devices; the float matrix stays the source model's (the float backend still
+        # proves lowering)
+        tuned_op.levels = read_levels(tuned_op, arrays, target)
     provenance = copy_module.deepcopy(manifest.provenance)
     if provenance.get("tuning"):   # tuned before: keep the history
         provenance.setdefault("previous_tunings", []).append(provenance["tuning"])
     provenance["tuning"] = {
-        "layer": op.name, "seed": seed, "chip": as_json_value(backend.chip_identity()),
+        "layer": result.layer, "seed": seed, "chip": as_json_value(backend.chip_identity()),
         "chip_options": {"overrides": list(overrides or [])},
         "data": {"path": data.path, "sha256": data.sha256, "samples": len(data)}, **options,
         "writes": result.writes, "write_attempts_on_stuck": result.write_attempts_on_stuck,
@@ -430,7 +486,7 @@ def _tuned_manifest(manifest, graph, op, writer, backend, data, seed, overrides,
         "accuracy_before": result.accuracy_before, "accuracy_after": result.accuracy_after,
         "writes_per_epoch": result.writes_per_epoch, "held_out": result.holdout, "kept": result.kept,
         "kept_reason": result.kept_reason,
-        **({"pulses": result.pulses} if result.pulses else {}),
+        **({"pulse_model": result.pulse_model} if result.pulse_model else {}),
     }
     tuned = Manifest(graph, target, arrays, provenance, manifest.replication, manifest.estimates)
     tuned.conductances = {"arrays": writer.ids.astype(np.int64), "programmed_us": writer.g.astype(np.float64),

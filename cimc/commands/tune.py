@@ -1,5 +1,6 @@
 """`cimc tune`: recover accuracy on one chip instance and write a new manifest. --method fc: hybrid training of the
-last FC layer in situ (cimc.training); affine: column calibration without labels (cimc.column_calibration)."""
+last FC layer, or of the --layers, in situ (cimc.training, cimc.backprop); affine: column calibration without labels
+(cimc.column_calibration)."""
 from __future__ import annotations
 
 import sys
@@ -22,10 +23,10 @@ def add_parser(sub) -> None:
     sp.add_argument("--data", required=True, metavar="NPZ",
                     help="tuning data: npz with 'x' and labels 'y' ('y' only scores the chip with --method affine)")
     sp.add_argument("--method", default="fc", metavar="M",
-                    help="fc (default): hybrid training of the last FC layer (needs labels, writes devices); affine: "
-                    "column calibration, a gain and offset per output column of every layer fitted on the chip's "
-                    "reads against the ideal accumulators and folded into the digital periphery (no labels, no "
-                    "device writes); affine+fc: affine, then fc")
+                    help="fc (default): hybrid training of the last FC layer, or of the --layers (needs labels, writes "
+                    "devices); affine: column calibration, a gain and offset per output column of every layer "
+                    "fitted on the chip's reads against the ideal chip's accumulators and folded into the digital "
+                    "periphery (no labels, no device writes); affine+fc: affine, then fc")
     sp.add_argument("-o", "--output", required=True, metavar="DIR",
                     help="tuned manifest directory to write (the same rules as compile -o; it may be the input "
                     "manifest, which is then replaced by the tuned one)")
@@ -38,9 +39,16 @@ def add_parser(sub) -> None:
                     "weight step, that one sample with a full-scale input and an output error of 1 asks for; "
                     "updates sum over the mini-batch (dW = -eta * sum_i V_i delta_i with eta = lr * mean weight "
                     f"scale / input full scale), so it means the same on any network (default {DEFAULT_LR})")
+    sp.add_argument("--layer-lr", action="append", metavar="NAME=LR",
+                    help="a learning rate for one tuned layer instead of --lr (repeatable), e.g. C3=5: a conv's "
+                    "gradient is divided by its output positions, so it may want another rate than the FC layer")
     sp.add_argument("--threshold", default="1.5uS", metavar="G",
                     help="write a device only where its change is at least this (default 1.5uS, as in the paper)")
     sp.add_argument("--layer", metavar="NODE", help="the layer to tune, by its ONNX node name (default: the last crossbar layer)")
+    sp.add_argument("--layers", metavar="NAME[,NAME...]",
+                    help="the crossbar layers to tune, by their ONNX node names as `cimc count` shows them (default: "
+                    "the last crossbar layer); the gradient runs back from the logits through the ops between them "
+                    "(the chip's forward pass, a float backward pass on the weights the chip holds)")
     sp.add_argument("--write-verify", type=int, default=0, metavar="N",
                     help="re-program a write up to N more times while it misses its target by more than "
                     "--verify-tolerance (default 0: open-loop writes)")
@@ -79,6 +87,19 @@ def run(args) -> int:
     manifest = load(args.manifest)
     data = load_npz(args.data, [t.name for t in manifest.graph.inputs])
     seed = 0 if args.seed is None else args.seed
+    layers = None if args.layers is None else [n.strip() for n in args.layers.split(",")]
+    if layers is not None and (not all(layers) or args.layer is not None):
+        raise ConfigError(f"--layers {args.layers!r}: give one or more crossbar layer names separated by commas, "
+                          "and not together with --layer")
+    if layers is not None and args.method == "affine":
+        raise ConfigError("--layers: --method affine trains no layer; use --method fc or affine+fc with --layers")
+    layer_lr = {}
+    for item in args.layer_lr or []:
+        name, _, value = item.partition("=")
+        try:
+            layer_lr[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--layer-lr {item!r}: expected NAME=LR, e.g. C3=5 (a number > 0)") from None
     if "fc" in args.method and data.labels is None:
         raise DataError(f"{args.data}: --method {args.method} trains the last layer and needs labels ('y'); "
                         "--method affine needs none")
@@ -94,7 +115,7 @@ def run(args) -> int:
             tuned, result = tune(manifest, data, seed=seed, overrides=options["overrides"],
                                  defect_map=options.get("defect_map"), ideal=options["ideal"],
                                  epochs=args.epochs, batch=args.batch, lr=args.lr, threshold_us=threshold,
-                                 layer=args.layer, write_verify=args.write_verify, verify_tolerance_us=tolerance,
+                                 layer=args.layer, layers=layers, layer_lr=layer_lr or None, write_verify=args.write_verify, verify_tolerance_us=tolerance,
                                  progress=not args.json, holdout=args.holdout, keep=args.keep,
                                  gemm=options["gemm"])
         else:
@@ -115,9 +136,10 @@ def run(args) -> int:
               f"({result.write_attempts_on_stuck} on stuck devices ignored; per epoch "
               f"{', '.join(map(str, result.writes_per_epoch))}) in {result.iterations} iterations, "
               f"{result.seconds:.1f} s")
-        if result.pulses:
-            p = result.pulses
+        if result.pulse_model:
+            p = result.pulse_model
             print(f"{p['total']:,} {p['model']} pulses ({p['set']:,} SET, {p['reset']:,} RESET)")
+        _per_layer(result)
         print(f"kept {result.kept_reason}")
         copies = len(result.per_copy)
         for row in result.per_copy:
@@ -148,4 +170,13 @@ def _report_affine(path, seed: int, affine, fc, as_json: bool) -> None:
     if fc is not None:
         print(f"then tuned {fc.layer}: accuracy {fc.accuracy_before:.4f} -> {fc.accuracy_after:.4f}, {fc.writes} "
               f"device writes in {fc.iterations} iterations; kept {fc.kept_reason}")
+        _per_layer(fc)
     print(f"wrote {path}")
+
+
+def _per_layer(result) -> None:
+    """Writes and programming pulses per tuned layer (pulses: one per write and per write-verify retry)."""
+    if len(result.layers) > 1 or result.pulses != result.writes:
+        for name in result.layers:
+            print(f"  {name}: {result.writes_per_layer[name]} device writes, {result.pulses_per_layer[name]} "
+                  "programming pulses")
