@@ -6,6 +6,7 @@ hold no weight stay at level 0 (g_min), so both devices of an unused pair cancel
 * differential "columns" (Yao): g+ at [a, r0 + i, c0 + 2j], g- at [a, r0 + i, c0 + 2j + 1] (adjacent output lines);
 * differential "rows" (Li): g+ at [a, r0 + i, c0 + j], g- at [a, r0 + rows/2 + i, c0 + j] (input +v on the first
   row block, -v on the second).
+A placement with a `row_order` (defect-aware placement) puts logical row i on physical row r0 + row_order[i] instead.
 """
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ import numpy as np
 from cimc.ir import Graph, Tile, XbarOp
 
 
+def placement_rows(tile: Tile, placement) -> np.ndarray:
+    """The physical row of each logical row of the tile: in order from row_offset, or permuted by the placement's
+    row_order (defect-aware placement; the permutation is undone by reading the rows back in logical order)."""
+    order = getattr(placement, "row_order", None)
+    return placement.row_offset + (np.arange(tile.row_count) if order is None else np.asarray(order, dtype=np.int64))
+
+
 def tile_cells(tile: Tile, placement, spec):
     """Index expressions (plus, minus) of the tile's g+ and g- devices on its array (`spec`: the ArraySpec)."""
-    r = placement.row_offset + np.arange(tile.row_count)[:, None]
+    r = placement_rows(tile, placement)[:, None]
     c = np.arange(tile.col_count)[None, :]
     if spec.differential == "columns":
         cols = placement.col_offset + 2 * c

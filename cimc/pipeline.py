@@ -31,7 +31,7 @@ from cimc.compile_options import CompileConfig
 from cimc.errors import ModelError
 from cimc.graph_run import check_feeds, run_graph
 from cimc.ir import Graph, XbarOp
-from cimc.passes import allocate, canonicalize, estimate, pack, quantize, replicate, tile
+from cimc.passes import allocate, canonicalize, estimate, pack, place_defects, quantize, replicate, tile
 
 
 @dataclass
@@ -46,6 +46,8 @@ class CompileContext:
     replication_report: dict | None = None          # replicate / pack
     estimates: dict | None = None                   # estimate
     adc_full_scale: dict[str, float] | None = None  # uA per crossbar op (adc_calibrate)
+    defect_placement: dict | None = None            # place_defects: the map and the defect error before/after
+    sensitivity: dict | None = None                 # replicate (--copies-for accuracy|mix): per-layer sensitivity
     timings: dict[str, float] = field(default_factory=dict)   # seconds per pass, in order
     instruments: list = field(default_factory=list)           # after_pass(name, graph, ctx) hooks
 
@@ -98,6 +100,7 @@ PIPELINE = [
     _When(replicate, _not_packing),
     CheckPlan(),
     _When(allocate, _not_packing),
+    place_defects,                  # only with a defect map (its own `applies`)
     estimate,
     CalibrateAdc(),
 ]

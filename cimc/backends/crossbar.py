@@ -76,7 +76,7 @@ from cimc.backends.read_plan import ReadPlan, RowTile
 from cimc.backends.table_reader import TableReads, _channel_tiles
 from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, run_graph
-from cimc.layout import program_arrays, read_levels, tile_cells
+from cimc.layout import placement_rows, program_arrays, read_levels, tile_cells
 from cimc.targets.adc import adc_convert, adc_range  # noqa: F401  (re-exported: the conversion rule)
 from cimc.targets.spec import NonIdealSpec
 
@@ -517,7 +517,7 @@ def _driven(gp: np.ndarray, gm: np.ndarray, tile, placement, chip, spec) -> tupl
     """A row tile's g+ and g- (step units above g_min) as its rows' drivers apply them: (g + o) * a_r - o, so the
     read current sum_r u_r a_r (g_r + o) keeps the plan's form (o added back where a physical current is needed)."""
     a = chip.driver_gain[placement.array]
-    rows = placement.row_offset + np.arange(tile.row_count)
+    rows = placement_rows(tile, placement)
     ap = a[rows][:, None]
     am = ap if spec.differential == "columns" else a[rows + spec.rows // 2][:, None]
     o = chip.offset

@@ -75,3 +75,13 @@ def replication_summary(report: dict | None) -> str:
     if report["status"] not in ("FIXED",):
         line += f"; solved in {report['solve_seconds']:.2f} s"
     return line + "\n"
+
+
+def defect_placement_summary(report: dict | None) -> str:
+    """One line on defect-aware placement (compile --defect-map): the defect error before and after."""
+    if not report:
+        return ""
+    gain = "" if not report["error_before"] else \
+        f", {100 * (1 - report['error_after'] / report['error_before']):.1f}% less"
+    return (f"defect-aware placement ({report['defect_map']}): defect error {report['error_before']:.1f} -> "
+            f"{report['error_after']:.1f} conductance steps{gain}\n")
