@@ -42,11 +42,18 @@ def make_config(replicate=None, replication=None, arrays=None, target_fps=None, 
         raise ConfigError(f"--target-fps {target_fps!r}: must be a finite number of inferences per second > 0")
     if max_memory is not None:
         resources.memory_limit(max_memory)          # a bad size is refused before any work
+    copies_for = parse_copies_for(copies_for)
+    if pack and copies_for[0] != "throughput":
+        raise ConfigError(f"--copies-for {copies_for[0]} with --pack: averaging copies are placed one tile per array; "
+                          "drop --pack")
+    if pack and defect_map is not None:
+        raise ConfigError("--defect-map with --pack: defect-aware placement moves whole tiles among a layer's own "
+                          "arrays (one tile per array); drop --pack, or pass the map to `cimc run --defect-map` only")
     if defect_map is not None and not isinstance(defect_map, DefectMap):
         defect_map = load_defect_map(defect_map)     # a bad file is refused before any work, naming it
     return CompileConfig(replicate=dict(replicate or {}), replication_file_copies=replication, arrays=arrays,
                          target_fps=target_fps, optimize=optimize, time_limit=time_limit, pack=bool(pack),
-                         max_memory=max_memory, defect_map=defect_map, copies_for=parse_copies_for(copies_for))
+                         max_memory=max_memory, defect_map=defect_map, copies_for=copies_for)
 
 
 def parse_copies_for(text) -> tuple[str, float]:

@@ -31,6 +31,7 @@ from cimc.compile_options import CompileConfig
 from cimc.errors import ModelError
 from cimc.graph_run import check_feeds, run_graph
 from cimc.ir import Graph, XbarOp
+from cimc.sensitivity import MeasureSensitivity
 from cimc.passes import allocate, canonicalize, estimate, pack, place_defects, quantize, replicate, tile
 
 
@@ -97,6 +98,7 @@ PIPELINE = [
     quantize,
     tile,
     _When(pack, _packing),
+    MeasureSensitivity(),           # only with --copies-for accuracy|mix (its own `applies`)
     _When(replicate, _not_packing),
     CheckPlan(),
     _When(allocate, _not_packing),
