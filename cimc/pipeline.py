@@ -48,7 +48,7 @@ class CompileContext:
     estimates: dict | None = None                   # estimate
     adc_full_scale: dict[str, float] | None = None  # uA per crossbar op (adc_calibrate)
     defect_placement: dict | None = None            # place_defects: the map and the defect error before/after
-    sensitivity: dict | None = None                 # replicate (--copies-for accuracy|mix): per-layer sensitivity
+    sensitivity: dict | None = None                 # sensitivity (--copies-for accuracy|mix): per-layer output error
     timings: dict[str, float] = field(default_factory=dict)   # seconds per pass, in order
     instruments: list = field(default_factory=list)           # after_pass(name, graph, ctx) hooks
 

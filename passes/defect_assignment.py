@@ -26,23 +26,28 @@ SCALE = 1000           # integer cost units per conductance step
 def pair_costs(levels: np.ndarray, stuck: np.ndarray, stuck_level: np.ndarray, differential: str,
                col_offset: int = 0) -> np.ndarray:
     """cost[i, r]: the defect error of the tile's logical row i on physical row r of one array (r < usable rows).
-    levels: the tile's signed levels [R, C]; stuck: bool [rows, cols] of the array; stuck_level: [rows, cols]."""
+    levels: the tile's signed levels [R, C]; stuck: bool [rows, cols] of the array; stuck_level: [rows, cols].
+    Summed stuck device by stuck device (a few per array), so the work is R x stuck devices."""
     rows = stuck.shape[0]
-    plus, minus = np.maximum(levels, 0).astype(np.float64), np.maximum(-levels, 0).astype(np.float64)
     n = levels.shape[1]
-    err = np.where(stuck, stuck_level, 0.0)            # stuck level where stuck (0 elsewhere, masked below)
+    plus, minus = np.maximum(levels, 0).astype(np.float64), np.maximum(-levels, 0).astype(np.float64)
     if differential == "columns":
-        cp, cm = col_offset + 2 * np.arange(n), col_offset + 2 * np.arange(n) + 1
-        sp, sm = stuck[:, cp], stuck[:, cm]            # [rows, n]
-        lp, lm = err[:, cp], err[:, cm]
+        usable, width = rows, 2 * n
+        window = stuck[:, col_offset:col_offset + width]
+        r, c = np.nonzero(window)
+        j, which = c // 2, c % 2                         # output j, 0: its g+ device, 1: its g- device
+        s = stuck_level[r, col_offset + c]
     else:
-        half = rows // 2
-        cols = col_offset + np.arange(n)
-        sp, sm = stuck[:half, cols], stuck[half:, cols]
-        lp, lm = err[:half, cols], err[half:, cols]
-    # |intended - stuck| summed over the row's stuck devices: [R, usable rows]
-    cost = (np.abs(plus[:, None, :] - lp[None]) * sp[None]).sum(-1) + \
-           (np.abs(minus[:, None, :] - lm[None]) * sm[None]).sum(-1)
+        usable = rows // 2
+        window = stuck[:, col_offset:col_offset + n]
+        r, j = np.nonzero(window)
+        which = (r >= usable).astype(np.int64)           # the second row block holds the g- devices
+        s = stuck_level[r, col_offset + j]
+        r = r % usable
+    cost = np.zeros((levels.shape[0], usable))
+    if len(r):
+        intended = np.where(which[None, :] == 0, plus[:, j], minus[:, j])      # [R, stuck devices]
+        np.add.at(cost.T, r, np.abs(intended - s[None, :]).T)
     return cost
 
 
@@ -53,27 +58,55 @@ def default_cost(cost: np.ndarray, row_offset: int = 0) -> float:
 
 
 def best_rows(cost: np.ndarray) -> tuple[float, list[int]]:
-    """The row permutation of least defect error: (error, physical row of each logical row). Exact (OR-Tools'
-    linear sum assignment on integer costs; spare physical rows are dummy logical rows of cost 0); rows that gain
-    nothing stay where the order puts them, so a defect-free array keeps the identity."""
-    from ortools.graph.python import linear_sum_assignment
+    """The row permutation of least defect error: (error, physical row of each logical row). Exact: a min-cost
+    flow (OR-Tools) on integer costs where only the defective rows are nodes, since every clean row costs 0 to any
+    logical row: logical row -> a defective row (its cost) or -> "clean" (0; at most the clean rows' count). A
+    tie-break of 1 per row off its own place (costs scaled by R + 1, so the optimum is unchanged) keeps rows in
+    order where moving gains nothing: a defect-free array keeps the identity."""
     r, usable = cost.shape
     if not cost.any():
         return 0.0, list(range(r))
-    ints = np.rint(cost * SCALE).astype(np.int64)
-    solver = linear_sum_assignment.SimpleLinearSumAssignment()
-    # a tiny preference for the identity (rows in order) breaks ties towards it without changing the optimum:
-    # every cost is a multiple of `usable + 1` plus 1 off the diagonal
-    big = ints * (usable + 1) + (np.arange(r)[:, None] != np.arange(usable)[None, :])
-    left = np.repeat(np.arange(usable), usable)
-    right = np.tile(np.arange(usable), usable)
-    full = np.zeros((usable, usable), np.int64)
-    full[:r] = big
-    full[r:] = (np.arange(r, usable)[:, None] != np.arange(usable)[None, :])
-    solver.add_arcs_with_cost(left, right, full.ravel())
-    if solver.solve() != solver.OPTIMAL:            # a complete bipartite graph always has one
+    from ortools.graph.python import min_cost_flow
+    defective = np.flatnonzero(cost.any(axis=0))
+    clean_rows = usable - len(defective)
+    scale = 1 if np.array_equal(cost, np.rint(cost)) else SCALE     # whole steps (g_min / g_max stuck): as they are
+    ints = np.rint(cost[:, defective] * scale).astype(np.int64) * (r + 1)
+    ints += np.arange(r)[:, None] != defective[None, :]                 # tie-break: off its own row
+    own_defective = np.isin(np.arange(r), defective).astype(np.int64)    # ... or sent away from its own row
+    # a defective row needs only its d cheapest logical rows as candidates (d = defective rows): at most d - 1 of
+    # them sit on other defective rows, so a cheaper free one (on a clean row) could always be swapped in
+    d = len(defective)
+    if d < r:
+        keep = np.zeros((r, d), bool)
+        keep[np.argpartition(ints, d - 1, axis=0)[:d], np.arange(d)] = True
+        keep |= np.arange(r)[:, None] == defective[None, :]             # its own row: the identity stays possible
+    else:
+        keep = np.ones((r, d), bool)
+    li, dk = np.nonzero(keep)
+    src, clean, sink = 0, 1 + r + d, 2 + r + d
+    logical = 1 + np.arange(r)
+    tails = np.concatenate([np.full(r, src), 1 + li, logical, 1 + r + np.arange(d), [clean]])
+    heads = np.concatenate([logical, 1 + r + dk, np.full(r, clean), np.full(d, sink), [sink]])
+    caps = np.concatenate([np.ones(r + len(li) + r + d, np.int64), [clean_rows]])
+    costs = np.concatenate([np.zeros(r, np.int64), ints[li, dk], own_defective, np.zeros(d + 1, np.int64)])
+    flow = min_cost_flow.SimpleMinCostFlow()
+    arcs = flow.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
+    flow.set_nodes_supplies(np.array([src, sink]), np.array([r, -r]))
+    if flow.solve() != flow.OPTIMAL:            # clean rows + defective rows >= R: always feasible
         raise RuntimeError("row assignment: no optimal solution")
-    order = [int(solver.right_mate(i)) for i in range(r)]
+    flows = flow.flows(arcs)
+    order = [-1] * r
+    for i, k in zip(li[flows[r:r + len(li)] > 0], dk[flows[r:r + len(li)] > 0]):
+        order[int(i)] = int(defective[k])
+    bad = set(defective.tolist())
+    for i in range(r):                          # to a clean row: its own where that is clean ...
+        if order[i] == -1 and i not in bad:
+            order[i] = i
+    used = set(order)
+    free = iter([x for x in range(usable) if x not in bad and x not in used])
+    for i in range(r):                          # ... else the next clean row nobody holds
+        if order[i] == -1:
+            order[i] = next(free)
     return float(cost[np.arange(r), order].sum()), order
 
 

@@ -164,6 +164,10 @@ def test_averaging_conv_bit_identical_when_ideal(mcnn_dir):
     assert m.replication["arrays"] <= 16
     x = np.random.default_rng(2).random((3, 1, 28, 28), dtype=np.float32)
     assert np.array_equal(Session(m, backend="crossbar", ideal=True).run(x), Session(m, backend="integer").run(x))
+    cycles = {l["name"]: l["cycles"] for l in m.estimates["layers"]}
+    for op in m.graph.xbar_ops():      # averaging copies add no throughput: P / pipeline groups, 8 input bits
+        assert cycles[op.name] == math.ceil(op.positions / (op.replicas // op.average)) * 8
+    assert max(cycles.values()) == m.replication["bottleneck_cycles"]
     assert set(m.replication["sensitivity"]) == {"C1", "C3", "FC"}
     assert all(v > 0 for v in m.replication["sensitivity"].values())
 
