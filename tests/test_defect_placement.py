@@ -181,3 +181,11 @@ def test_cli_reports_and_refuses(placed, mcnn_dir, tmp_path, capsys):
     small = save_defect_map(tmp_path / "small.npz", np.zeros((2, 128, 16), bool))
     assert main(base + ["-o", str(tmp_path / "e"), "--defect-map", str(small)]) == 2
     assert "--defect-map" in capsys.readouterr().err
+
+
+def test_report_shows_the_defect_error(placed, tmp_path):
+    from cimc.html_report import render_report
+    d, _, _, moved = placed
+    page = render_report(load(d / "moved"))
+    report = moved.provenance["defect_placement"]
+    assert "defect-aware placement" in page and f"{report['error_after']:,.1f}" in page
