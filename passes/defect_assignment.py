@@ -112,30 +112,40 @@ def best_rows(cost: np.ndarray) -> tuple[float, list[int]]:
 
 def assign_tiles(costs: np.ndarray, time_limit: float = 10.0) -> list[int]:
     """CP-SAT: the array (column index) of each tile copy (row index) minimising the summed pair costs; one tile
-    copy per array. costs: [n, n] float. Identity where it is as good."""
+    copy per array; identity where it is as good. The model starts from the exact min-cost assignment (OR-Tools'
+    linear sum assignment on the same integer objective) and runs on a deterministic time limit with one worker,
+    so it never ends worse than that optimum and the same map gives the same placement on any machine load."""
     n = costs.shape[0]
     if n <= 1 or not costs.any():
         return list(range(n))
+    from ortools.graph.python import linear_sum_assignment
     from ortools.sat.python import cp_model
-    ints = np.rint(costs * SCALE).astype(np.int64)
+    scale = 1 if np.array_equal(costs, np.rint(costs)) else SCALE
+    # the same tie-break as best_rows: costs x (n + 1), plus 1 off the diagonal
+    objective = np.rint(costs * scale).astype(np.int64) * (n + 1) + (np.arange(n)[:, None] != np.arange(n)[None, :])
+    exact = linear_sum_assignment.SimpleLinearSumAssignment()
+    exact.add_arcs_with_cost(np.repeat(np.arange(n), n), np.tile(np.arange(n), n), objective.ravel())
+    if exact.solve() != exact.OPTIMAL:
+        return list(range(n))
+    start = [int(exact.right_mate(t)) for t in range(n)]
     model = cp_model.CpModel()
     x = [[model.NewBoolVar(f"x{t}_{a}") for a in range(n)] for t in range(n)]
     for t in range(n):
         model.AddExactlyOne(x[t])
+        for a in range(n):
+            model.AddHint(x[t][a], a == start[t])
     for a in range(n):
         model.AddExactlyOne(x[t][a] for t in range(n))
-    # the same tie-break as best_rows: identity preferred among equal costs
-    model.Minimize(sum(int(ints[t, a]) * (n + 1) * x[t][a] + (t != a) * x[t][a]
-                       for t in range(n) for a in range(n)))
-    for t in range(n):
-        model.AddHint(x[t][t], 1)
+    model.Minimize(sum(int(objective[t, a]) * x[t][a] for t in range(n) for a in range(n)))
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit
-    solver.parameters.num_workers = 1                 # deterministic: same map, same placement
+    solver.parameters.max_deterministic_time = time_limit
+    solver.parameters.num_workers = 1
     status = solver.Solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return list(range(n))
-    return [next(a for a in range(n) if solver.Value(x[t][a])) for t in range(n)]
+        return start
+    chosen = [next(a for a in range(n) if solver.Value(x[t][a])) for t in range(n)]
+    value = lambda pick: int(sum(objective[t, pick[t]] for t in range(n)))    # noqa: E731
+    return chosen if value(chosen) <= value(start) else start
 
 
 @dataclass

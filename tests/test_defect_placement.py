@@ -189,3 +189,12 @@ def test_report_shows_the_defect_error(placed, tmp_path):
     page = render_report(load(d / "moved"))
     report = moved.provenance["defect_placement"]
     assert "defect-aware placement" in page and f"{report['error_after']:,.1f}" in page
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tile_assignment_is_the_optimum(seed):
+    from cimc.passes.defect_assignment import assign_tiles
+    costs = np.random.default_rng(seed).integers(0, 6, (5, 5)).astype(float)
+    best = min(sum(costs[t, p[t]] for t in range(5)) for p in itertools.permutations(range(5)))
+    got = assign_tiles(costs)
+    assert sorted(got) == list(range(5)) and sum(costs[t, got[t]] for t in range(5)) == best
