@@ -198,3 +198,17 @@ def test_tile_assignment_is_the_optimum(seed):
     best = min(sum(costs[t, p[t]] for t in range(5)) for p in itertools.permutations(range(5)))
     got = assign_tiles(costs)
     assert sorted(got) == list(range(5)) and sum(costs[t, got[t]] for t in range(5)) == best
+
+
+def test_run_says_which_map_the_placement_is_for(placed, tmp_path, capsys):
+    d, dm, _, moved = placed
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32))
+    base = ["run", str(d / "moved"), "--data", str(data), "--backend", "crossbar", "--json"]
+    assert main(base) == 0
+    assert "placed around the defect map" in capsys.readouterr().err
+    assert main(base + ["--defect-map", str(dm)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    other = save_defect_map(tmp_path / "other.npz", np.zeros((8, 128, 16), bool))
+    assert main(base + ["--defect-map", str(other)]) == 0
+    assert "is not the map" in capsys.readouterr().err
