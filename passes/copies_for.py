@@ -38,15 +38,17 @@ class CopiesPlan:
     bottleneck_layers: list | None = None
 
 
-def options(layer: LayerDemand, budget: int, max_average: int) -> list[tuple[int, int]]:
-    """(a, g) pairs of one layer: a averaging copies in each of g pipeline groups, within the budget; g only where
-    it is the smallest that reaches its cycle count (more would waste arrays). A fixed copy count r keeps a x g = r."""
+def options(layer: LayerDemand, spare: int, max_average: int) -> list[tuple[int, int]]:
+    """(a, g) pairs of one layer: a averaging copies in each of g pipeline groups, within its one copy plus the
+    budget's spare arrays (what every layer's single copy leaves); g only where it is the smallest that reaches its
+    cycle count (more would waste arrays). A fixed copy count r keeps a x g = r."""
     t = layer.arrays_per_copy
     if layer.fixed_copies is not None:
         r = layer.fixed_copies
         return [(a, r // a) for a in range(1, r + 1) if r % a == 0 and a <= max_average]
-    groups = [g for g, _ in candidate_copies(layer.positions, max(1, budget // t))]
-    return [(a, g) for a in range(1, max_average + 1) for g in groups if a * g * t <= budget]
+    most = 1 + spare // t                          # copies this layer can hold at most
+    groups = [g for g, _ in candidate_copies(layer.positions, most)]
+    return [(a, g) for a in range(1, min(max_average, most) + 1) for g in groups if a * g <= most]
 
 
 def solve_copies_for(layers: list[LayerDemand], sensitivity: dict[str, float], input_bits: int, budget: int,
@@ -63,7 +65,7 @@ def solve_copies_for(layers: list[LayerDemand], sensitivity: dict[str, float], i
     model = cp_model.CpModel()
     choice = {}
     for l in layers:
-        opts = options(l, budget, max_average) or [(1, l.fixed_copies or 1)]
+        opts = options(l, budget - need, max_average) or [(1, l.fixed_copies or 1)]
         choice[l.name] = [(a, g, model.NewBoolVar(f"{l.name}:{a}x{g}")) for a, g in opts]
         model.AddExactlyOne(v for _, _, v in choice[l.name])
     arrays = sum(a * g * l.arrays_per_copy * v for l in layers for a, g, v in choice[l.name])
@@ -77,21 +79,35 @@ def solve_copies_for(layers: list[LayerDemand], sensitivity: dict[str, float], i
     solver.parameters.max_time_in_seconds = time_limit
     solver.parameters.num_workers = 1           # deterministic: the same request, the same plan
     model.Minimize(primary)
+    picked = {l.name: (1, l.fixed_copies or 1) for l in layers}      # feasible (need <= budget): the start
+    for l in layers:
+        for a, g, v in choice[l.name]:
+            model.AddHint(v, (a, g) == picked[l.name])
     status = solver.Solve(model)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise InfeasibleBudget(budget, need, layers)
     first_optimal = status == cp_model.OPTIMAL
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):   # else (time out before any solution) keep the start
+        picked = {l.name: next((a, g) for a, g, v in choice[l.name] if solver.Value(v)) for l in layers}
+    else:
+        return _plan(layers, picked, cycles, s, "UNKNOWN (no plan within the time limit: one copy each)", start)
     model.Add(primary <= round(solver.ObjectiveValue()))
     model.ClearObjective()
     model.Minimize(bottleneck * (budget + 1) + arrays)
+    for l in layers:                 # the second solve starts from the first's plan, and keeps it if it finds none
+        for a, g, v in choice[l.name]:
+            model.AddHint(v, (a, g) == picked[l.name])
     status = solver.Solve(model)
-    picked = {l.name: next((a, g) for a, g, v in choice[l.name] if solver.Value(v)) for l in layers}
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        picked = {l.name: next((a, g) for a, g, v in choice[l.name] if solver.Value(v)) for l in layers}
+    return _plan(layers, picked, cycles, s,
+                 "OPTIMAL" if first_optimal and status == cp_model.OPTIMAL else "FEASIBLE", start)
+
+
+def _plan(layers, picked, cycles, s, status, start) -> CopiesPlan:
     per_cycles = [cycles[l.name](picked[l.name][1]) for l in layers]
     return CopiesPlan(
         copies={n: a * g for n, (a, g) in picked.items()}, average={n: a for n, (a, _) in picked.items()},
         bottleneck_cycles=max(per_cycles), latency_cycles=sum(per_cycles),
         arrays=sum(a * g * l.arrays_per_copy for l in layers for a, g in [picked[l.name]]),
-        noise=sum(s[n] / a for n, (a, _) in picked.items()),
-        status="OPTIMAL" if first_optimal and status == cp_model.OPTIMAL else "FEASIBLE",
+        noise=sum(s[n] / a for n, (a, _) in picked.items()), status=status,
         solve_seconds=time.perf_counter() - start,
         bottleneck_layers=[l.name for l, c in zip(layers, per_cycles) if c == max(per_cycles)])
