@@ -92,6 +92,7 @@ def solve_copies_for(layers: list[LayerDemand], sensitivity: dict[str, float], i
     model.Add(primary <= round(solver.ObjectiveValue()))
     model.ClearObjective()
     model.Minimize(bottleneck * (budget + 1) + arrays)
+    model.ClearHints()
     for l in layers:                 # the second solve starts from the first's plan, and keeps it if it finds none
         for a, g, v in choice[l.name]:
             model.AddHint(v, (a, g) == picked[l.name])

@@ -49,7 +49,7 @@ def test_solver_matches_brute_force(weight, budget):
     b0 = 9 * 8
     primary = round(weight * plan.bottleneck_cycles / b0 + (1 - weight) * plan.noise / sum(s.values()), 9)
     assert (primary, plan.bottleneck_cycles, plan.arrays) == pytest.approx(_brute(layers, s, 8, budget, weight))
-    assert all(plan.copies[n] % plan.average[n] == 0 for n in plan.copies)
+    assert all(plan.copies[n] % plan.average[n] == 0 for n in plan.copies) and plan.status == "OPTIMAL"
 
 
 def test_accuracy_averages_the_most_sensitive_layer():
