@@ -57,6 +57,8 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     manifest = Manifest.build(graph, target, info, ctx.calibration_summary, ctx.arrays)
     manifest.replication = ctx.replication_report
     manifest.estimates = ctx.estimates
+    if ctx.defect_placement is not None:       # only with --defect-map: other manifests are as before
+        manifest.provenance["defect_placement"] = ctx.defect_placement
     manifest.compile_seconds = time.perf_counter() - start
     manifest.pass_seconds = ctx.timings
     return manifest

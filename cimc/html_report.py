@@ -511,6 +511,13 @@ def report_context(manifest, target=None, results=()) -> dict:
         ("cimc version", _cimc_version(manifest)),
         ("created (UTC)", str(prov.get("created_utc", "unknown"))),
     ]
+    placed = prov.get("defect_placement")
+    if placed:          # compile --defect-map
+        summary.append(("defect-aware placement", f"defect error {placed['error_before']:,.1f} -> "
+                        f"{placed['error_after']:,.1f} conductance steps (map {placed['defect_map']})"))
+    averaged = {n: a for n, a in ((manifest.replication or {}).get("average") or {}).items() if a > 1}
+    if averaged:        # compile --copies-for accuracy|mix
+        summary.append(("copies averaged", ", ".join(f"{n} {a}x" for n, a in averaged.items())))
 
     model_name = (Path(src["path"]).name if src.get("path") else
                   f"{Path(manifest.path).name} (model compiled from memory)" if manifest.path else "model")

@@ -115,6 +115,7 @@ class Placement:
     array: int
     row_offset: int = 0
     col_offset: int = 0
+    row_order: list[int] | None = None   # defect-aware placement: physical row (from row_offset) of each tile row
 
 
 @dataclass
@@ -148,6 +149,8 @@ class XbarOp:
                                               # of a ConvTranspose, 1 for a matmul
     adc_full_scale_ua: float | None = None    # calibrated ADC full scale (cimc.backends.crossbar)
     weights_of: str | None = None             # the op whose arrays this op reads (shared weights), or None
+    average: int = 1                          # copies read together and averaged per sample (replicas = average x
+                                              # pipeline groups; cimc.passes.copies_for)
     kind = "crossbar"
 
     def __post_init__(self):
@@ -338,6 +341,7 @@ class Graph:
                 owner = self.op(op.weights_of)
                 op.matrix, op.levels, op.weight_scales, op.replicas = (owner.matrix, owner.levels,
                                                                        owner.weight_scales, owner.replicas)
+                op.average = owner.average
 
     def op(self, name: str) -> Op:
         for op in self.ops:

@@ -6,6 +6,7 @@ hold no weight stay at level 0 (g_min), so both devices of an unused pair cancel
 * differential "columns" (Yao): g+ at [a, r0 + i, c0 + 2j], g- at [a, r0 + i, c0 + 2j + 1] (adjacent output lines);
 * differential "rows" (Li): g+ at [a, r0 + i, c0 + j], g- at [a, r0 + rows/2 + i, c0 + j] (input +v on the first
   row block, -v on the second).
+A placement with a `row_order` (defect-aware placement) puts logical row i on physical row r0 + row_order[i] instead.
 """
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ import numpy as np
 from cimc.ir import Graph, Tile, XbarOp, block_slice, put_block_slice
 
 
+def placement_rows(tile: Tile, placement) -> np.ndarray:
+    """The physical row of each logical row of the tile: in order from row_offset, or permuted by the placement's
+    row_order (defect-aware placement; the permutation is undone by reading the rows back in logical order)."""
+    order = getattr(placement, "row_order", None)
+    return placement.row_offset + (np.arange(tile.row_count) if order is None else np.asarray(order, dtype=np.int64))
+
+
 def tile_cells(tile: Tile, placement, spec):
     """Index expressions (plus, minus) of the tile's g+ and g- devices on its array (`spec`: the ArraySpec)."""
-    r = placement.row_offset + np.arange(tile.row_count)[:, None]
+    r = placement_rows(tile, placement)[:, None]
     c = np.arange(tile.col_count)[None, :]
     if spec.differential == "columns":
         cols = placement.col_offset + 2 * c
@@ -26,16 +34,21 @@ def tile_cells(tile: Tile, placement, spec):
 
 
 def tile_slices(tile: Tile, placement, spec):
-    """`tile_cells` as basic slices (plus, minus) of the array: the same cells, read or written without index
-    arrays (a view, so writing through it is cheap; what compile and bind do for every tile)."""
+    """`tile_cells` as slices (plus, minus) of the array: the same cells, read or written without index arrays (a
+    view, so writing through it is cheap; what compile and bind do for every tile). Columns are always a slice; rows
+    too, except under a placement's row_order (defect-aware placement), where they are the permuted row indices."""
     r0, n = placement.row_offset, tile.row_count
-    rows = slice(r0, r0 + n)
+    half = spec.rows // 2
+    if getattr(placement, "row_order", None) is None:
+        rows, minus_rows = slice(r0, r0 + n), slice(r0 + half, r0 + half + n)
+    else:
+        rows = placement_rows(tile, placement)
+        minus_rows = rows + half
     if spec.differential == "columns":
         c0, m = placement.col_offset, tile.col_count
         return (rows, slice(c0, c0 + 2 * m, 2)), (rows, slice(c0 + 1, c0 + 2 * m, 2))
     cols = slice(placement.col_offset, placement.col_offset + tile.col_count)
-    half = spec.rows // 2
-    return (rows, cols), (slice(r0 + half, r0 + half + n), cols)
+    return (rows, cols), (minus_rows, cols)
 
 
 def program_arrays(graph: Graph, target, n_arrays: int | None = None) -> np.ndarray:

@@ -31,9 +31,9 @@ from cimc.errors import ManifestError
 from cimc.ir import ActQuant, ConvGeometry, DigitalOp, Graph, Placement, TensorInfo, Tile, XbarOp, compact
 from cimc.layer_table import layer_table
 from cimc.layout import program_arrays, read_levels
-from cimc.manifest_checks import (ArrayOccupancy, check_conv_geometry, check_float_array, check_group_blocks,
-                                  check_levels_match, check_off_block_cells, check_tile_cover, parse_json,
-                                  probe_shapes, read_digital_model)
+from cimc.manifest_checks import (ArrayOccupancy, check_average, check_conv_geometry, check_float_array,
+                                  check_group_blocks, check_levels_match, check_off_block_cells, check_tile_cover,
+                                  parse_json, probe_shapes, read_digital_model)
 from cimc.onnx_segments import graph_model, reads
 from cimc.passes.replicate import replication_document
 from cimc.targets.spec import Target
@@ -294,7 +294,8 @@ def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target, index_of
                 "weights": {"max_level": target.device.max_level, "granularity": target.quant.weights,
                             "scales": f"{owner}.weights.scales", "float_matrix": f"{owner}.weights.float_matrix"},
                 "bias": None if op.bias is None else _put(params, f"{at}.bias", op.bias.astype(np.float32)),
-                "replicas": op.replicas, "adc_full_scale_ua": op.adc_full_scale_ua, "tiles": []}
+                "replicas": op.replicas, "adc_full_scale_ua": op.adc_full_scale_ua, "tiles": [],
+                **({"average": op.average} if op.average > 1 else {})}
     return {
         "name": op.name, "kind": "crossbar", "op_type": op.op_type, "inputs": op.inputs, "outputs": op.outputs,
         "source_nodes": op.source_nodes, "rows": op.rows, "cols": op.cols, "positions": int(op.positions),
@@ -308,11 +309,18 @@ def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target, index_of
         "adc_full_scale_ua": op.adc_full_scale_ua,
         "tiles": [{"row_start": t.row_start, "row_count": t.row_count, "col_start": t.col_start,
                    "col_count": t.col_count,
-                   "placements": [{"array": p.array, "row_offset": p.row_offset, "col_offset": p.col_offset,
-                                   "pe": p.array // target.chip.arrays_per_pe,
-                                   "chip": p.array // target.chip.arrays_per_chip} for p in t.placements]}
+                   "placements": [_placement_to_json(p, target) for p in t.placements]}
                   for t in op.tiles],
+        **({"average": op.average} if op.average > 1 else {}),     # absent: every copy pipelines (as before)
     }
+
+
+def _placement_to_json(p, target) -> dict:
+    d = {"array": p.array, "row_offset": p.row_offset, "col_offset": p.col_offset,
+         "pe": p.array // target.chip.arrays_per_pe, "chip": p.array // target.chip.arrays_per_chip}
+    if p.row_order is not None:     # defect-aware placement only: manifests without it read as before
+        d["row_order"] = [int(r) for r in p.row_order]
+    return d
 
 
 def _conv_to_json(g) -> dict:
@@ -367,7 +375,8 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
             raise ManifestError(f"{where}: field '{at}.tiles[{ti}].placements' has {len(t['placements'])} entries "
                                 f"for {d['replicas']} replicas")
         tile = Tile(t["row_start"], t["row_count"], t["col_start"], t["col_count"],
-                    [Placement(p["array"], p["row_offset"], p["col_offset"]) for p in t["placements"]])
+                    [Placement(p["array"], p["row_offset"], p["col_offset"], p.get("row_order"))
+                     for p in t["placements"]])
         for pi, p in enumerate(t["placements"]):
             field = f"{at}.tiles[{ti}].placements[{pi}]"
             if p["array"] >= n_arrays:
@@ -397,6 +406,7 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
     op = XbarOp(d["name"], d["op_type"], d["inputs"], d["outputs"], matrix, bias,
                 conv, d.get("source_nodes", []), ActQuant(float(q["scale"]), q["signed"], q["bits"]), None,
                 scales, tiles, d["replicas"], d["positions"], d.get("adc_full_scale_ua"))
+    op.average = check_average(d, at, where)
     return op
 
 
@@ -421,9 +431,13 @@ def _reader_from_json(d: dict, at: str, params, owners: dict, where: str) -> Xba
     if bias is not None:
         check_float_array(bias, where, f"{at}.bias", d["bias"])
     q = d["input_quant"]
+    if d.get("average", 1) != owner.average:
+        raise ManifestError(f"{where}: field '{at}.average' = {d.get('average', 1)!r}; a reader of {name!r}'s arrays "
+                            f"('{oat}') needs {owner.average!r}")
     return XbarOp(d["name"], d["op_type"], d["inputs"], d["outputs"], owner.matrix, bias, None,
                   d.get("source_nodes", []), ActQuant(float(q["scale"]), q["signed"], q["bits"]), None,
-                  owner.weight_scales, [], owner.replicas, d["positions"], d.get("adc_full_scale_ua"), name)
+                  owner.weight_scales, [], owner.replicas, d["positions"], d.get("adc_full_scale_ua"), name,
+                  owner.average)
 
 
 def _check_quant(d: dict, at: str, target: Target, where: str) -> None:

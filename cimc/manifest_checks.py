@@ -182,7 +182,7 @@ class ArrayOccupancy:
         height = spec.rows if spec.differential == "columns" else spec.rows // 2
         width = tile["col_count"] * (2 if spec.differential == "columns" else 1)
         r0, c0 = p["row_offset"], p["col_offset"]
-        r1, c1 = r0 + tile["row_count"], c0 + width
+        r1, c1 = r0 + _row_span(tile, p, height - r0, field, where), c0 + width
         if r1 > height or c1 > spec.cols:
             raise ManifestError(
                 f"{where}: field '{field}': row_offset {r0} + {tile['row_count']} rows, col_offset {c0} + {width} "
@@ -199,6 +199,27 @@ class ArrayOccupancy:
                                     f"{c0}..{c1 - 1} of array {p['array']}, cells that '{other}' already holds; "
                                     "tiles may share an array but never its cells")
         rects.append((r0, r1, c0, c1, field))
+
+
+def _row_span(tile: dict, p: dict, usable: int, field: str, where: str) -> int:
+    """The rows a placement spans from its row_offset: row_count, or with a row_order (defect-aware placement) one
+    past its largest entry; the order must be row_count distinct rows >= 0."""
+    order = p.get("row_order")
+    if order is None:
+        return tile["row_count"]
+    if len(order) != tile["row_count"] or len(set(order)) != len(order) or min(order, default=0) < 0:
+        raise ManifestError(f"{where}: field '{field}.row_order' must list {tile['row_count']} distinct physical rows "
+                            f">= 0 (one per row of the tile), got {len(order)} entries")
+    return max(order, default=-1) + 1
+
+
+def check_average(d: dict, at: str, where: str) -> int:
+    """A layer's averaged copies (`average`, absent = 1) divide its replicas into equal pipeline groups."""
+    average = d.get("average", 1)
+    if d["replicas"] % average:
+        raise ManifestError(f"{where}: field '{at}.average' = {average} does not divide '{at}.replicas' = "
+                            f"{d['replicas']}; the copies form replicas / average groups of `average` copies")
+    return average
 
 
 # -- digital ops ---------------------------------------------------------------------------------------------------

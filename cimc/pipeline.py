@@ -31,7 +31,8 @@ from cimc.compile_options import CompileConfig
 from cimc.errors import ModelError
 from cimc.graph_run import check_feeds, run_graph
 from cimc.ir import Graph, XbarOp
-from cimc.passes import allocate, canonicalize, estimate, pack, quantize, replicate, tile
+from cimc.sensitivity import MeasureSensitivity
+from cimc.passes import allocate, canonicalize, estimate, pack, place_defects, quantize, replicate, tile
 
 
 @dataclass
@@ -47,6 +48,8 @@ class CompileContext:
     estimates: dict | None = None                   # estimate
     adc_full_scale: dict[str, float] | None = None  # uA per crossbar op (adc_calibrate)
     arrays: np.ndarray | None = None                # the programmed levels adc_calibrate read (the last pass)
+    defect_placement: dict | None = None            # place_defects: the map and the defect error before/after
+    sensitivity: dict | None = None                 # sensitivity (--copies-for accuracy|mix): per-layer output error
     timings: dict[str, float] = field(default_factory=dict)   # seconds per pass, in order
     instruments: list = field(default_factory=list)           # after_pass(name, graph, ctx) hooks
 
@@ -96,9 +99,11 @@ PIPELINE = [
     quantize,
     tile,
     _When(pack, _packing),
+    MeasureSensitivity(),           # only with --copies-for accuracy|mix (its own `applies`)
     _When(replicate, _not_packing),
     CheckPlan(),
     _When(allocate, _not_packing),
+    place_defects,                  # only with a defect map (its own `applies`)
     estimate,
     CalibrateAdc(),
 ]

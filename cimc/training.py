@@ -52,7 +52,7 @@ from cimc.backends.crossbar import CrossbarBackend, as_json_value
 from cimc.data import Dataset, check_labels
 from cimc.errors import ConfigError, DataError
 from cimc.evaluate import Progress
-from cimc.graph_run import check_feeds, quantize_activation, run_graph
+from cimc.graph_run import check_feeds, run_graph
 from cimc.ir import XbarOp
 from cimc.node_names import unknown_layer
 from cimc.layout import read_levels, tile_cells

@@ -163,9 +163,10 @@ def estimate_graph(graph: Graph, target) -> dict:
         rows_used, cols_used = sum(r for r, _ in shapes), sum(c for _, c in shapes)
         cells_used = sum(r * c for r, c in shapes)
         copies, positions = int(op.replicas), int(op.positions)
+        average = int(op.average)           # copies read together per position (averaging); the rest pipeline
         arrays = len(tiles) * copies if op.weights_of is None else 0
-        slots_work = positions * b                                 # position-bits, each on one copy
-        cycles = math.ceil(positions / copies) * b * s
+        slots_work = positions * b * average                       # position-bits, each on `average` copies
+        cycles = math.ceil(positions / (copies // average)) * b * s
         ops = 2 * _weights(op) * positions
         energy = _energy(unit, {"cells": slots_work * cells_used, "rows": slots_work * rows_used,
                                 "conversions": slots_work * cols_used})
@@ -192,7 +193,7 @@ def estimate_graph(graph: Graph, target) -> dict:
         if op.weights_of is not None:
             continue
         reads = graph.reads_per_inference(op)
-        cycles = layer["cycles"] if reads == op.positions else math.ceil(reads / op.replicas) * b * s
+        cycles = layer["cycles"] if reads == op.positions else math.ceil(reads / (op.replicas // op.average)) * b * s
         for t in op.tiles:
             for p in t.placements:
                 loads[p.array] = loads.get(p.array, 0) + cycles

@@ -18,6 +18,7 @@ from pathlib import Path
 from cimc.errors import ConfigError
 from cimc.ir import Graph
 from cimc.node_names import unknown_layer
+from cimc.passes.copies_for import solve_copies_for
 from cimc.passes.estimate import bits_per_vector, slot_ns, stall_factor
 from cimc.passes.replication_solver import (InfeasibleBudget, LayerDemand, greedy_replication, minimum_arrays,
                                             solve_replication)
@@ -83,6 +84,10 @@ def run(graph: Graph, target, ctx) -> Graph:
     if budget is None and fps is None and getattr(config, "optimize", True):
         budget = target.chip.array_budget
     time_limit = getattr(config, "time_limit", 10.0)
+    mode, weight = getattr(config, "copies_for", ("throughput", 1.0))
+    if mode != "throughput" and (fps is not None or budget is None):
+        raise ConfigError(f"--copies-for {mode}: copies are chosen for accuracy under an array budget; give "
+                          "--arrays N (or a target with a chip budget) instead of --target-fps / --no-optimize")
     report: dict = {"mode": "fixed", "budget": budget, "target_fps": fps, "input_slots_per_vector": bits,
                     "greedy_copies": None, "greedy_bottleneck_cycles": None, "greedy_arrays": None}  # budget mode only
     try:
@@ -100,6 +105,10 @@ def run(graph: Graph, target, ctx) -> Graph:
                                   f"{chip}; ask for a lower rate, use --arrays {chip} for the fastest plan on this "
                                   "chip, or --set chip.chips=0 for as many chips as needed")
             report.update(mode="target-fps", target_cycles=target_cycles)
+        elif budget is not None and mode != "throughput":
+            plan = _averaging_plan(layers, ctx, bits, budget, weight, time_limit)
+            report.update(mode=f"budget, copies for {mode}" + (f" (throughput weight {weight:g})"
+                                                               if mode == "mix" else ""))
         elif budget is not None:
             plan = solve_replication(layers, input_bits=bits, budget=budget, time_limit=time_limit)
             greedy = greedy_replication(layers, input_bits=bits, budget=budget)
@@ -113,8 +122,10 @@ def run(graph: Graph, target, ctx) -> Graph:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     copies = plan.copies if plan is not None else {op.name: fixed.get(op.name, 1) for op in graph.mapped_ops()}
+    average = getattr(plan, "average", None) or {}
     for op in graph.mapped_ops():
         op.replicas = copies[op.name]
+        op.average = average.get(op.name, 1)
     graph.share_weights()
     baseline = max((math.ceil(l.positions / 1) * bits for l in layers), default=0)
     if plan is not None:
@@ -128,5 +139,19 @@ def run(graph: Graph, target, ctx) -> Graph:
     report.update(copies=copies, fixed=fixed, minimum_arrays=minimum_arrays(_demands(graph, {})),
                   unreplicated_bottleneck_cycles=baseline,
                   speedup=baseline / report["bottleneck_cycles"] if report["bottleneck_cycles"] else None)
+    if average:          # only --copies-for accuracy|mix: the default report (and replication.json) as before
+        report.update(copies_for={"mode": mode, "throughput_weight": weight},
+                      average=average, pipeline={n: copies[n] // a for n, a in average.items()},
+                      sensitivity=ctx.sensitivity, noise=plan.noise,
+                      noise_unaveraged=sum(ctx.sensitivity.values()))
     ctx.replication_report = report
     return graph
+
+
+def _averaging_plan(layers, ctx, bits, budget, weight, time_limit):
+    """--copies-for accuracy|mix: copies that average or pipeline by CP-SAT (passes/copies_for.py), weighted by
+    the layers' measured sensitivity (cimc.sensitivity, the compile's calibration inputs)."""
+    if ctx.sensitivity is None:
+        raise ConfigError("--copies-for accuracy|mix needs each layer's sensitivity, measured on calibration data: "
+                          "use `cimc compile --calibration ...` (count has no calibration data)")
+    return solve_copies_for(layers, ctx.sensitivity, bits, budget, weight, time_limit)

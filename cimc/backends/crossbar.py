@@ -40,6 +40,11 @@ for a lossless ADC (here). This class binds them and walks the samples through t
 * **Replicas**: the sample of global index i (cimc.backends.base: its index in the data set) runs on copy
   i % replicas of each op (each copy on its own, separately noisy arrays), whatever batch it is in; `copy=k` sends
   every sample through copy k % replicas. A direct `mvm`/`conv` call outside run_graph numbers its samples from 0.
+  A layer compiled with averaging copies (`average` = a > 1, `cimc compile --copies-for accuracy|mix`) has
+  replicas / a groups of a copies: sample i reads every copy of group i % groups (each with its own devices and its
+  own read-noise stream, drawn as for any copy) and the backend averages their accumulators after the ADC and the
+  shift-and-add, before the executor's scale and bias (`_averaged`). Ideal copies give the single copy's value bit
+  for bit. Such a convolution is read through im2col (no direct table or onnxruntime reads).
 * **GEMMs.** A layer's reads are one product per row tile and input chunk: all bit-planes of all its pixels
   ([planes x pixels, rows] of 0/1) times all lines of all its arrays in that row tile ([rows, lines]). float32 holds
   these integer sums exactly up to 2^24 (every ideal plane current is at most rows * (o + L), e.g. 144 * 8). With
@@ -80,7 +85,7 @@ from cimc.backends.table_reader import TableReads, _channel_tiles
 from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, run_graph
 from cimc.ir import block_matmul, put_block_slice
-from cimc.layout import program_arrays, read_levels, tile_slices
+from cimc.layout import placement_rows, program_arrays, read_levels, tile_slices
 from cimc.targets.adc import adc_convert, adc_range  # noqa: F401  (re-exported: the conversion rule)
 from cimc.targets.spec import NonIdealSpec
 
@@ -304,7 +309,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         unit_ua = target.input.read_voltage_v * step / (qmax if analog else 1)
         plan = ReadPlan(op.name, op.rows, op.cols, cells.replicas, bits, signed, analog, bipolar, dtype, code_dtype,
                         blocks, effective, exact, np.array([1.0]) if analog else plane_weights(bits, signed), unit_ua,
-                        qmin=q.qmin, qmax=q.qmax, channels=channels)
+                        qmin=q.qmin, qmax=q.qmax, channels=channels, average=cells.average)
         if sums is not None:    # alpha = reference read / read at t, per copy (aihwkit GlobalDriftCompensation)
             plan.drift_scale = np.where(sums[:, 1] > 0, sums[:, 0] / np.where(sums[:, 1] > 0, sums[:, 1], 1), 1.0)
         first = self._cells_plans.setdefault((cells.name, np.dtype(dtype).str), plan)
@@ -401,6 +406,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         Conv), or None (the executor's im2col + mvm)."""
         if self.record_currents and self._exact_record(plan):
             return "record"
+        if self._averaging(plan):          # every copy of a group read and averaged: through `_by_copy` only
+            return "codes" if self._encoded_reads(plan) else None
         if self._direct_table_reads(plan):
             return "table"
         if self._encoded_reads(plan):
@@ -437,6 +444,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         m = x.shape[0]
         ids = self._sample_ids(batch)
         copies = self._copy_samples(plan, ids)
+        if self._averaging(plan):
+            run = self._averaged(run)
         if len(copies) == 1 or m == 0:
             return run(plan, copies[0][0], x, ids)
         positions = m // batch
@@ -456,13 +465,35 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
 
     def _copy_samples(self, plan: ReadPlan, ids: np.ndarray) -> list[tuple[int, object]]:
         """[(copy, the positions in the batch of the samples it reads)]: the sample of global index i reads copy
-        i % replicas, whatever batch it is in; or every sample copy `self.copy`."""
-        if plan.replicas == 1 or self.copy is not None or len(ids) == 0:
+        i % replicas, whatever batch it is in; or every sample copy `self.copy`. An averaging layer (plan.average
+        = a > 1) has replicas / a groups: the sample reads group g = i % groups, and the entry is g's first copy,
+        g * a (`_averaged` reads all a of them)."""
+        groups = plan.replicas // plan.average if self._averaging(plan) else plan.replicas
+        if groups == 1 or self.copy is not None or len(ids) == 0:
             return [(0 if self.copy is None else self.copy % plan.replicas, slice(None))]
-        copy_of = ids % plan.replicas
+        a = plan.replicas // groups
+        copy_of = ids % groups
         if np.all(copy_of == copy_of[0]):
-            return [(int(copy_of[0]), slice(None))]
-        return [(c, np.flatnonzero(copy_of == c)) for c in range(plan.replicas) if np.any(copy_of == c)]
+            return [(int(copy_of[0]) * a, slice(None))]
+        return [(c * a, np.flatnonzero(copy_of == c)) for c in range(groups) if np.any(copy_of == c)]
+
+    def _averaging(self, plan: ReadPlan) -> bool:
+        """Copies averaged per sample: the plan says so, and no `copy=` forces one copy, and these are not the
+        ideal calibration reads (every copy the same there)."""
+        return plan.average > 1 and self.copy is None and not self.record_currents
+
+    def _averaged(self, run):
+        """run(plan, c, x, ids) over the plan's averaging group starting at copy c: every copy read (its own devices,
+        its own read-noise streams), the accumulators (after the ADC and shift-and-add, before the executor's
+        scale and bias) summed in float64 and divided by the group size. Equal copies give their own value exactly
+        (a sum of a equal integers below 2^53, divided by a)."""
+        def run_group(plan, c, x, ids):
+            total = None
+            for k in range(c, c + plan.average):
+                acc = run(plan, k, x, ids)
+                total = acc.astype(np.float64) if total is None else total + acc
+            return (total / plan.average).astype(plan.dtype, copy=False)
+        return run_group
 
 
     def _run_copy(self, plan: ReadPlan, c: int, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -568,7 +599,7 @@ def _driven(gp: np.ndarray, gm: np.ndarray, tile, placement, chip, spec) -> tupl
     """A row tile's g+ and g- (step units above g_min) as its rows' drivers apply them: (g + o) * a_r - o, so the
     read current sum_r u_r a_r (g_r + o) keeps the plan's form (o added back where a physical current is needed)."""
     a = chip.driver_gain[placement.array]
-    rows = placement.row_offset + np.arange(tile.row_count)
+    rows = placement_rows(tile, placement)
     ap = a[rows][:, None]
     am = ap if spec.differential == "columns" else a[rows + spec.rows // 2][:, None]
     o = chip.offset

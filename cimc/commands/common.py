@@ -72,6 +72,20 @@ def replication_summary(report: dict | None) -> str:
     elif report.get("greedy_bottleneck_cycles") is not None:     # only budget plans have a greedy baseline
         line += (f"; greedy baseline {report['greedy_bottleneck_cycles']} cycles on {report['greedy_arrays']} "
                  f"arrays")
+    if report.get("average"):         # --copies-for accuracy|mix
+        averaged = [f"{n} {a}x" for n, a in report["average"].items() if a > 1]
+        line += (f"; copies averaged: {', '.join(averaged) or 'none'} (sensitivity-weighted noise "
+                 f"{report['noise_unaveraged']:.3g} -> {report['noise']:.3g})")
     if report["status"] not in ("FIXED",):
         line += f"; solved in {report['solve_seconds']:.2f} s"
     return line + "\n"
+
+
+def defect_placement_summary(report: dict | None) -> str:
+    """One line on defect-aware placement (compile --defect-map): the defect error before and after."""
+    if not report:
+        return ""
+    gain = "" if not report["error_before"] else \
+        f", {100 * (1 - report['error_after'] / report['error_before']):.1f}% less"
+    return (f"defect-aware placement ({report['defect_map']}): defect error {report['error_before']:.1f} -> "
+            f"{report['error_after']:.1f} conductance steps{gain}\n")

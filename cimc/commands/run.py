@@ -145,6 +145,24 @@ def crossbar_options(args) -> dict:
     return options
 
 
+def _check_defect_placement(manifest, options: dict, ideal: bool) -> None:
+    """A manifest placed around a defect map (compile --defect-map) gains only on that chip: say so when the run
+    gives no map or another one."""
+    placed = manifest.provenance.get("defect_placement")
+    if not placed or ideal:
+        return
+    given = options.get("defect_map")
+    if given is None:
+        print(f"cimc: warning: this manifest was placed around the defect map {placed['defect_map']} (cimc compile "
+              "--defect-map); pass the same map with --defect-map to simulate that chip", file=sys.stderr)
+    else:
+        import hashlib
+        import numpy as np
+        if hashlib.sha256(np.ascontiguousarray(given.stuck)).hexdigest() != placed["sha256"]:
+            print(f"cimc: warning: --defect-map {given.path} is not the map this manifest was placed around "
+                  f"({placed['defect_map']}); its placement helps only on that chip", file=sys.stderr)
+
+
 def output_classes(manifest) -> int | None:
     """The number of classes of the model's first output (its non-batch size), None where not known."""
     dims = manifest.graph.outputs[0].shape[1:]
@@ -181,6 +199,7 @@ def run(args) -> int:
         if args.drift_time is not None and not time_matters(effective.nonideal):
             print("cimc: warning: --drift-time has no effect while the drift exponent is 0; set --drift-nu "
                   "(nonideal.drift_nu) and optionally --drift-nu-sigma", file=sys.stderr)
+        _check_defect_placement(manifest, options, args.ideal)
         span = effective.device.g_max_us - effective.device.g_min_us
         if effective.nonideal.program_sigma_us > span:
             print(f"cimc: warning: the programming error {effective.nonideal.program_sigma_us:g} uS exceeds the "
