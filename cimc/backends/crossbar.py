@@ -83,6 +83,7 @@ from cimc.ir import block_matmul, put_block_slice
 from cimc.layout import program_arrays, read_levels, tile_slices
 from cimc.targets.adc import adc_convert, adc_range  # noqa: F401  (re-exported: the conversion rule)
 from cimc.targets.spec import NonIdealSpec
+from cimc.weight_encoding import require_pair
 
 GEMMS = ("float32", "int8", "lut")
 DEFAULT_GEMM = "lut"      # the reader of a run that names none (gemm=None), where it applies (_default_gemm)
@@ -172,6 +173,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.graph = graph
         self.tuning_applied = False
         self.target = target = self.effective_target(target)
+        require_pair(target, "the crossbar backend")
         if arrays is None:
             arrays = program_arrays(graph, target)
         self.arrays = arrays
