@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from cimc.ir import Graph, Tile, XbarOp, block_slice, put_block_slice
-from cimc.weight_encoding import decode, encode, tile_planes
+from cimc.weight_encoding import decode, encode, encoded, tile_planes
 
 
 def tile_cells(tile: Tile, placement, spec):
@@ -50,7 +50,7 @@ def program_arrays(graph: Graph, target, n_arrays: int | None = None) -> np.ndar
             block = block_slice(op.levels, tile.row_start, tile.row_start + tile.row_count,
                                 tile.col_start, tile.col_start + tile.col_count, np.int16)
             for placement in tile.placements:
-                if target.weights.encoding != "differential" or target.weights.slices != 1:   # cimc.weight_encoding
+                if encoded(target):      # another encoding than the pair: cimc.weight_encoding
                     for plane, cells in zip(tile_planes(tile, placement, target), encode(block, target)):
                         arrays[placement.array][plane] = cells
                     continue
@@ -67,7 +67,7 @@ def read_levels(op: XbarOp, arrays: np.ndarray, target, copy: int = 0) -> np.nda
     levels = np.zeros(op.matrix.shape, dtype=np.int16)
     for tile in op.tiles:
         array = arrays[tile.placements[copy].array]
-        if target.weights.encoding != "differential" or target.weights.slices != 1:       # cimc.weight_encoding
+        if encoded(target):      # another encoding than the pair: cimc.weight_encoding
             planes = [array[p] for p in tile_planes(tile, tile.placements[copy], target)]
             put_block_slice(levels, tile.row_start, tile.col_start, decode(planes, target))
             continue

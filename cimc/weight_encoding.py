@@ -50,22 +50,32 @@ def encode(levels: np.ndarray, target) -> list[np.ndarray]:
     return planes
 
 
-def decode(planes: list[np.ndarray], target) -> np.ndarray:
-    """The signed levels (int16) the planes' device levels hold (inverse of `encode`)."""
+def combine(planes: list[np.ndarray], target) -> np.ndarray:
+    """The signed weight the planes hold, in device level units (float64; any values, e.g. a chip's conductances
+    over the level step): slices shifted by L^s and added, g- subtracted, the offset subtracted, all after sensing."""
     if target.weights.encoding == "offset":
-        return (planes[0].astype(np.int32) - offset_level(target)).astype(np.int16)
+        return planes[0].astype(np.float64) - offset_level(target)
     base = target.device.levels
-    total = np.zeros(planes[0].shape, np.int32)
+    total = np.zeros(planes[0].shape, np.float64)
     for s in range(target.weights.slices):
-        total += base ** s * (planes[2 * s].astype(np.int32) - planes[2 * s + 1].astype(np.int32))
-    return total.astype(np.int16)
+        total += base ** s * (planes[2 * s].astype(np.float64) - planes[2 * s + 1].astype(np.float64))
+    return total
+
+
+def decode(planes: list[np.ndarray], target) -> np.ndarray:
+    """The signed levels (int16) the planes' device levels hold (inverse of `encode`; exact: integers < 2^53)."""
+    return combine(planes, target).astype(np.int16)
+
+
+def encoded(target) -> bool:
+    """Whether the target's weights are held other than as today's one differential pair (cimc.layout's own)."""
+    return target.weights.encoding != "differential" or target.weights.slices != 1
 
 
 def require_pair(target, what: str) -> None:
     """Refuse a consumer that reads devices as today's one pair per weight (g+ - g-) under another encoding."""
-    w = target.weights
-    if w.encoding != "differential":
+    if encoded(target):
         from cimc.errors import ConfigError
-        raise ConfigError(f"weights.encoding = {w.encoding!r}: {what} reads each weight as one g+/g- device pair "
-                          "and cannot read this encoding yet; use --backend integer (exact, the encoding's levels "
-                          "read back from the arrays) or --set weights.encoding=differential")
+        raise ConfigError(f"weights.encoding = {target.weights.encoding!r}: {what} reads each weight as one g+/g- "
+                          "device pair and cannot read this encoding yet; use --backend integer, the crossbar backend "
+                          "with a lossless ADC (--ideal), or --set weights.encoding=differential")

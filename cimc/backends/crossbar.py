@@ -83,7 +83,7 @@ from cimc.ir import block_matmul, put_block_slice
 from cimc.layout import program_arrays, read_levels, tile_slices
 from cimc.targets.adc import adc_convert, adc_range  # noqa: F401  (re-exported: the conversion rule)
 from cimc.targets.spec import NonIdealSpec
-from cimc.weight_encoding import require_pair
+from cimc.weight_encoding import combine, encoded, require_pair, tile_planes
 
 GEMMS = ("float32", "int8", "lut")
 DEFAULT_GEMM = "lut"      # the reader of a run that names none (gemm=None), where it applies (_default_gemm)
@@ -173,7 +173,6 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.graph = graph
         self.tuning_applied = False
         self.target = target = self.effective_target(target)
-        require_pair(target, "the crossbar backend")
         if arrays is None:
             arrays = program_arrays(graph, target)
         self.arrays = arrays
@@ -186,6 +185,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.model = self.chip.model
         self.g_units, self.offset, self.read_sigma = self.chip.g_units, self.chip.offset, self.chip.read_sigma
         self.sense_sigma = self.chip.adc.noise_sigma_lsb
+        if encoded(target):     # slices and offsets combined after a lossless ADC only, so far (cimc.weight_encoding)
+            self._refuse_encoding(target)
         self.dac_inl = float(target.input.dac_inl_lsb) if target.input.encoding == "analog" else 0.0
         self.layer_index = {op.name: i for i, op in enumerate(graph.xbar_ops())}   # keys of the read-noise streams
         max_replicas = max((op.replicas for op in graph.xbar_ops()), default=1)
@@ -212,6 +213,16 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             for st in self.stats.values():
                 st.update(ir_sq_err=0.0, ir_sq_ref=0.0, ir_vectors=0)
         self.peaks = {name: 0.0 for name in self.plans}
+
+    def _refuse_encoding(self, target) -> None:
+        why = [w for w, bad in (("a finite ADC (adc.lossless = false)", not target.adc.lossless),
+                                ("simulate_planes", self.simulate_planes), ("read noise", self.read_sigma > 0),
+                                ("ADC non-idealities", not self.chip.adc.ideal),
+                                ("driver gain errors", self.chip.driver_gain is not None),
+                                ("drift compensation", self.chip.g_units_reference is not None),
+                                ("line resistance", self.chip.read_us is not None)) if bad]
+        if why:
+            require_pair(target, f"the crossbar backend with {', '.join(why)}")
 
     def _default_gemm(self, target) -> str:
         """The reader of a run that names none: DEFAULT_GEMM ("lut") wherever its table reads apply - bit-serial
@@ -251,7 +262,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         analog = target.input.encoding == "analog"
         bipolar = spec.differential == "rows" or (analog and signed)
         qmax = max(abs(q.qmin), q.qmax)
-        bound = op.rows * qmax * target.device.max_level
+        bound = op.rows * qmax * target.max_weight_level
         dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
         _, top = adc_range(target.adc.bits, bipolar)
         code_bound = top * (qmax if analog else (1 << bits)) * max(1, -(-op.rows // spec.inputs_per_tile))
@@ -273,6 +284,13 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
             block.index = slice(int(cols[0]), int(cols[0]) + len(cols)) if contiguous else cols
             for c in range(cells.replicas):
+                if encoded(target):     # each plane's line read on its own, combined digitally (lossless ADC)
+                    d = np.concatenate([combine([self.g_units[t.placements[c].array][plane]
+                                                 for plane in tile_planes(t, t.placements[c], target)], target)
+                                        for t in tiles], axis=1)
+                    block.diff.append(d.astype(dtype))
+                    _put_effective(effective[c], d, r0, rc, cols, tiles)
+                    continue
                 plus, minus, where = [], [], []
                 for t in tiles:
                     p = t.placements[c]
@@ -293,13 +311,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                     sums[c] += _reference_sums(reference, tiles, c, spec, self.chip, d)
                 if spec.differential == "columns":
                     block.lines.append(np.concatenate([gp, gm], axis=1).astype(np.float32) + np.float32(self.offset))
-                if effective[c].ndim == 2:
-                    effective[c][r0:r0 + rc, cols] = d
-                else:
-                    at = 0
-                    for t in tiles:
-                        put_block_slice(effective[c], r0, t.col_start, d[:, at:at + t.col_count])
-                        at += t.col_count
+                _put_effective(effective[c], d, r0, rc, cols, tiles)
             blocks.append(block)
         channels = _channel_tiles(op, blocks)
         step = target.device.step_us
@@ -630,6 +642,17 @@ def as_json_value(value):
 def _lossless(adc):
     import dataclasses
     return dataclasses.replace(adc, lossless=True)
+
+
+def _put_effective(effective, d, r0, rc, cols, tiles) -> None:
+    """A row tile's conductance differences into the op's effective matrix (K x N, or compact blocks)."""
+    if effective.ndim == 2:
+        effective[r0:r0 + rc, cols] = d
+        return
+    at = 0
+    for t in tiles:
+        put_block_slice(effective, r0, t.col_start, d[:, at:at + t.col_count])
+        at += t.col_count
 
 
 def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=None,
