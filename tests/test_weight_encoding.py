@@ -94,6 +94,9 @@ def test_resnet56_counts_follow_the_encoding(resnet56):
                                                                "device.levels=4"])
     assert sliced["total_arrays"] == _resnet56_hand_count(2) == 2957       # 8 device columns per output
     assert cimc.count(resnet56, "resnet-bitsliced")["total_arrays"] == 2957
+    assert sliced["weights"] == {"encoding": "bit-sliced", "slices": 4}
+    # three more copies of conv1 (27 x 16: 1 x 8 tiles) for the replication solver and count alike
+    assert cimc.count(resnet56, "resnet-bitsliced", replicate={"conv1": 4})["total_arrays"] == 2957 + 3 * 8
     assert cimc.count(resnet56, "yao2020-resnet", overrides=["weights.encoding=offset"])["total_arrays"] \
         == _resnet56_hand_count(16) == 370
 
@@ -169,3 +172,16 @@ def test_targets_json_shows_each_encoding(capsys):
     assert shown["yao2020-resnet"] == {"encoding": "differential", "slices": 1}
     assert shown["resnet-bitsliced"] == {"encoding": "bit-sliced", "slices": 4}
     assert shown["ideal-offset"]["encoding"] == "offset"
+
+
+@pytest.mark.parametrize("overrides,arrays,columns", [([], 1, 128),                       # g+/g- per output
+                                                      (["weights.encoding=offset"], 1, 64),
+                                                      (["weights.encoding=bit-sliced", "weights.slices=2"], 2, 256)])
+def test_estimates_convert_every_physical_column(overrides, arrays, columns):
+    """A 128 x 64 matmul on the 128x128 macro, 8 input slots: one ADC conversion per device column per slot."""
+    from cimc.ir import Graph, XbarOp
+    from cimc.passes import estimate, tile
+    target = load_target("yao2020-macro", overrides)
+    op = XbarOp("fc", "MatMul", ["x"], ["y"], np.ones((128, 64), np.float32), None)
+    layer = estimate.estimate_graph(tile.run(Graph([], [], [op]), target), target)["layers"][0]
+    assert (layer["arrays"], layer["adc_conversions"]) == (arrays, 8 * columns)
