@@ -185,3 +185,9 @@ def test_estimates_convert_every_physical_column(overrides, arrays, columns):
     op = XbarOp("fc", "MatMul", ["x"], ["y"], np.ones((128, 64), np.float32), None)
     layer = estimate.estimate_graph(tile.run(Graph([], [], [op]), target), target)["layers"][0]
     assert (layer["arrays"], layer["adc_conversions"]) == (arrays, 8 * columns)
+
+
+def test_a_run_cannot_change_the_encoding(tmp_path_factory):
+    manifest, x = _compile(tmp_path_factory, "yao2020-resnet", [])
+    with pytest.raises(ConfigError, match="weights.encoding"):
+        Session(manifest, backend="crossbar", overrides=["weights.encoding=offset"]).run(x)

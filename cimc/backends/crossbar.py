@@ -92,7 +92,7 @@ DEFAULT_GEMM = "lut"      # the reader of a run that names none (gemm=None), whe
 # What the manifest fixed when it was compiled (geometry, level count, input coding, quantisation, placement): a
 # chip override cannot change it, only the physics (devices' conductances, non-idealities, ADC, timing, energy).
 _FIXED_AT_COMPILE = (("array", None), ("quant", None), ("chip", None), ("device", "levels"), ("input", "bits"),
-                     ("input", "encoding"))
+                     ("input", "encoding"), ("weights", None))
 
 
 def _refuse_compile_time_changes(compiled, chip):
