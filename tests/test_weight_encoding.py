@@ -191,3 +191,14 @@ def test_a_run_cannot_change_the_encoding(tmp_path_factory):
     manifest, x = _compile(tmp_path_factory, "yao2020-resnet", [])
     with pytest.raises(ConfigError, match="weights.encoding"):
         Session(manifest, backend="crossbar", overrides=["weights.encoding=offset"]).run(x)
+
+
+def test_insitu_and_tune_refuse_other_encodings(tmp_path_factory):
+    from cimc.data import Dataset
+    from cimc.insitu import chip_for_target
+    from cimc.training import tune
+    with pytest.raises(ConfigError, match="weights.encoding"):
+        chip_for_target(load_target("li2018", ["weights.encoding=offset"]))
+    manifest, x = _compile(tmp_path_factory, "ideal-offset", [])
+    with pytest.raises(ConfigError, match="weights.encoding"):
+        tune(manifest, Dataset({"x": x}, np.zeros(len(x), np.int64), None, None))
