@@ -8,6 +8,7 @@ tile's logical element (i, j) on array rows r0 + i and output group c0 + W j (W 
   or g- (w < 0); w = sum_s L^s (g+_s - g-_s). Columns layout: g+_s at column c0 + W j + 2s, g-_s at + 2s + 1;
   rows layout: both at column c0 + W j + s, g- rows/2 below. With S = 1 this is cimc.layout's pair, cell for cell.
 * "offset": one device at level w + (L-1)//2, column c0 + j; the offset is subtracted digitally.
+A placement's `row_order` (defect-aware placement), where present, puts logical row i on row r0 + row_order[i].
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def tile_planes(tile, placement, target) -> list[tuple[slice, slice]]:
     spec, w = target.array, target.weights
     r0, n, c0, m = placement.row_offset, tile.row_count, placement.col_offset, tile.col_count
     width = spec.columns_per_output
-    rows = slice(r0, r0 + n)
+    order = getattr(placement, "row_order", None)     # defect-aware placement (main's place13) permutes rows
+    rows = slice(r0, r0 + n) if order is None else r0 + np.asarray(order, dtype=np.int64)
 
     def cols(k):
         return slice(c0 + k, c0 + k + width * m, width) if m else slice(c0, c0)
@@ -33,7 +35,7 @@ def tile_planes(tile, placement, target) -> list[tuple[slice, slice]]:
     if spec.differential == "columns":
         return [(rows, cols(2 * s + side)) for s in range(w.slices) for side in (0, 1)]
     half = spec.rows // 2
-    below = slice(r0 + half, r0 + half + n)
+    below = slice(r0 + half, r0 + half + n) if order is None else rows + half
     return [(r, cols(s)) for s in range(w.slices) for r in (rows, below)]
 
 

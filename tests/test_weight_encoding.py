@@ -202,3 +202,22 @@ def test_insitu_and_tune_refuse_other_encodings(tmp_path_factory):
     manifest, x = _compile(tmp_path_factory, "ideal-offset", [])
     with pytest.raises(ConfigError, match="weights.encoding"):
         tune(manifest, Dataset({"x": x}, np.zeros(len(x), np.int64), None, None))
+
+
+def test_planes_follow_a_placements_row_order():
+    """A permuted placement (defect-aware placement's row_order) writes and reads the same weights back."""
+    from types import SimpleNamespace
+    from cimc.weight_encoding import tile_planes
+    t = load_target("li2018", ["weights.encoding=bit-sliced", "weights.slices=2"])
+    tile = SimpleNamespace(row_count=3, col_count=2)
+    plain = SimpleNamespace(row_offset=4, col_offset=6)
+    permuted = SimpleNamespace(row_offset=4, col_offset=6, row_order=[2, 0, 1])
+    w = np.array([[5, -63], [0, 17], [-1, 40]], np.int16)
+    for placement, rows in ((plain, [4, 5, 6]), (permuted, [6, 4, 5])):
+        array = np.zeros((128, 64), np.uint8)
+        for plane, cells in zip(tile_planes(tile, placement, t), encode(w, t)):
+            array[plane] = cells
+        r = rows[0]      # logical row 0: 5 = digits (5, 0) on g+ (+v rows); -63 = digits (7, 7) on g- (rows/2 below)
+        assert [array[r, 6], array[r, 7], array[r + 64, 6], array[r + 64, 7]] == [5, 0, 0, 0]
+        assert [array[r, 8], array[r, 9], array[r + 64, 8], array[r + 64, 9]] == [0, 0, 7, 7]
+        np.testing.assert_array_equal(decode([array[p] for p in tile_planes(tile, placement, t)], t), w)
