@@ -76,6 +76,7 @@ from cimc.backends.chip import Chip
 from cimc.backends.int8_reader import Int8Reads
 from cimc.backends.plane_reader import PlaneReads
 from cimc.backends.read_plan import ReadPlan, RowTile
+from cimc.backends.slice_lines import slice_lines
 from cimc.backends.table_reader import TableReads, _channel_tiles
 from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, run_graph
@@ -215,8 +216,13 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.peaks = {name: 0.0 for name in self.plans}
 
     def _refuse_encoding(self, target) -> None:
-        why = [w for w, bad in (("a finite ADC (adc.lossless = false)", not target.adc.lossless),
-                                ("simulate_planes", self.simulate_planes), ("read noise", self.read_sigma > 0),
+        finite = not target.adc.lossless or self.simulate_planes
+        why = [w for w, bad in (("a finite ADC (adc.lossless = false) or simulate_planes",
+                                 finite and target.weights.encoding == "offset"),
+                                (f"gemm={self.requested_gemm!r} (bit-sliced reads run on float32 GEMMs)",
+                                 finite and self.requested_gemm not in (None, "float32")),
+                                ("analog inputs through a finite ADC", finite and target.input.encoding == "analog"),
+                                ("read noise", self.read_sigma > 0),
                                 ("ADC non-idealities", not self.chip.adc.ideal),
                                 ("driver gain errors", self.chip.driver_gain is not None),
                                 ("drift compensation", self.chip.g_units_reference is not None),
@@ -230,7 +236,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         float32 GEMMs are then what the lut reader itself would fall back to, see `_lut_grid`). Where numba cannot be
         imported, "float32" with one warning that says why and how to get the fast path."""
         tables = [p for p in self.plans.values() if not p.analog and p.bits <= 8]
-        if (self.record_currents or target.adc.lossless or self.read_sigma > 0 or not self.chip.adc.ideal
+        if (self.record_currents or target.adc.lossless or encoded(target) or self.read_sigma > 0 or not self.chip.adc.ideal
                 or self.sense_sigma > 0 or not tables
                 or any(adc_range(target.adc.bits, p.bipolar)[1] << p.bits >= 1 << 31 for p in tables)):
             return "float32"                  # the last: ADC codes whose shift-and-add overflows the kernel's int32
@@ -266,6 +272,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
         _, top = adc_range(target.adc.bits, bipolar)
         code_bound = top * (qmax if analog else (1 << bits)) * max(1, -(-op.rows // spec.inputs_per_tile))
+        if encoded(target):     # slices shifted and added: up to sum_s L^s times one line's codes
+            code_bound *= sum(target.device.levels ** s for s in range(target.weights.slices))
         code_dtype = np.float32 if code_bound < FLOAT32_EXACT else np.float64
         exact = read_levels(cells, self.arrays, target, 0).astype(np.float64)
         by_start: dict[int, list] = {}
@@ -284,11 +292,13 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
             block.index = slice(int(cols[0]), int(cols[0]) + len(cols)) if contiguous else cols
             for c in range(cells.replicas):
-                if encoded(target):     # each plane's line read on its own, combined digitally (lossless ADC)
-                    d = np.concatenate([combine([self.g_units[t.placements[c].array][plane]
-                                                 for plane in tile_planes(t, t.placements[c], target)], target)
-                                        for t in tiles], axis=1)
+                if encoded(target):     # each plane's line read on its own, combined digitally after the ADC
+                    planes = [[self.g_units[t.placements[c].array][plane]
+                               for plane in tile_planes(t, t.placements[c], target)] for t in tiles]
+                    d = np.concatenate([combine(tp, target) for tp in planes], axis=1)
                     block.diff.append(d.astype(dtype))
+                    if not target.adc.lossless:     # bit-sliced: one line per plane (columns) or slice (rows)
+                        block.lines.append(slice_lines(planes, spec, self.offset))
                     _put_effective(effective[c], d, r0, rc, cols, tiles)
                     continue
                 plus, minus, where = [], [], []
@@ -350,7 +360,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                     ua, source = self.adc_full_scale[op.name], "option"
                 elif getattr(op, "adc_full_scale_ua", None):
                     ua, source = op.adc_full_scale_ua, "manifest"
-                elif self.calibration is not None:
+                elif self.calibration is not None and not encoded(target):     # calibration reads pairs only
                     if computed is None:
                         computed = calibrate_adc_full_scale(graph, target, self.calibration, arrays=self.arrays)
                     ua, source = computed.get(op.name), "calibration data"
