@@ -135,9 +135,6 @@ def test_ideal_crossbar_equals_integer_bit_for_bit(tmp_path_factory, target, ove
     y_int = Session(manifest, backend="integer").run(x)
     y_xbar = Session(manifest, backend="crossbar", ideal=True).run(x)
     np.testing.assert_array_equal(y_xbar, y_int)
-    if not t.adc.lossless and t.weights.encoding == "offset":     # finite ADC reads of offsets are not written yet
-        with pytest.raises(ConfigError, match="weights.encoding"):
-            Session(manifest, backend="crossbar").run(x)
 
 
 def test_the_differential_default_is_todays_target():
@@ -225,16 +222,19 @@ def test_planes_follow_a_placements_row_order():
 
 @pytest.mark.parametrize("target,overrides", [
     ("yao2020-resnet", ["weights.encoding=bit-sliced", "weights.slices=4", "device.levels=4"]),
-    ("li2018", ["weights.encoding=bit-sliced", "weights.slices=2", "chip.chips=0", "input.encoding=bit-serial"])],
-    ids=["column-pairs", "row-pairs"])
+    ("li2018", ["weights.encoding=bit-sliced", "weights.slices=2", "chip.chips=0", "input.encoding=bit-serial"]),
+    ("yao2020-resnet", ["weights.encoding=offset"]),
+    ("li2018", ["weights.encoding=offset", "chip.chips=0", "input.encoding=bit-serial"])],
+    ids=["column-pairs", "row-pairs", "offset", "offset-on-rows"])
 def test_finite_adc_reads_each_slice_line_and_is_exact_when_lsb_is_one_step(tmp_path_factory, target, overrides):
     """float32 reads through a 24-bit ADC whose LSB is one current unit (g_min = 0, so every ideal line current is
-    an integer): each slice line converted on its own, shifted and added, equals the integer reference."""
+    an integer): each slice line converted on its own, shifted and added (or the offset times the input sum
+    subtracted), equals the integer reference."""
     from cimc.backends.crossbar import CrossbarBackend
     from cimc.targets.adc import adc_range
     manifest, x = _compile(tmp_path_factory, target, overrides)
     t = manifest.target
-    bipolar = t.array.differential == "rows"
+    bipolar = t.array.differential == "rows" and t.weights.encoding != "offset"     # +v/-v difference lines
     top = adc_range(24, bipolar)[1]
     unit_ua = t.input.read_voltage_v * (t.device.g_max_us - 0.0) / (t.device.levels - 1)
     full = {op.name: top * unit_ua for op in manifest.graph.xbar_ops()}

@@ -217,8 +217,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
 
     def _refuse_encoding(self, target) -> None:
         finite = not target.adc.lossless or self.simulate_planes
-        why = [w for w, bad in (("a finite ADC (adc.lossless = false) or simulate_planes",
-                                 finite and target.weights.encoding == "offset"),
+        why = [w for w, bad in (("simulate_planes with a lossless ADC", self.simulate_planes and target.adc.lossless),
                                 (f"gemm={self.requested_gemm!r} (bit-sliced reads run on float32 GEMMs)",
                                  finite and self.requested_gemm not in (None, "float32")),
                                 ("analog inputs through a finite ADC", finite and target.input.encoding == "analog"),
@@ -266,7 +265,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         cells = self.graph.array_owner(op)      # a shared-weight reader reads its owner's tiles and placements
         bits, signed = q.bits, q.signed
         analog = target.input.encoding == "analog"
-        bipolar = spec.differential == "rows" or (analog and signed)
+        pair_rows = spec.differential == "rows" and target.weights.encoding != "offset"     # +v/-v difference lines
+        bipolar = pair_rows or (analog and signed)
         qmax = max(abs(q.qmin), q.qmax)
         bound = op.rows * qmax * target.max_weight_level
         dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
@@ -297,8 +297,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                                for plane in tile_planes(t, t.placements[c], target)] for t in tiles]
                     d = np.concatenate([combine(tp, target) for tp in planes], axis=1)
                     block.diff.append(d.astype(dtype))
-                    if not target.adc.lossless:     # bit-sliced: one line per plane (columns) or slice (rows)
-                        block.lines.append(slice_lines(planes, spec, self.offset))
+                    if not target.adc.lossless:     # one line per plane (columns, offset) or slice (row pairs)
+                        block.lines.append(slice_lines(planes, spec, self.offset, target.weights.encoding))
                     _put_effective(effective[c], d, r0, rc, cols, tiles)
                     continue
                 plus, minus, where = [], [], []
@@ -344,7 +344,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
     def _max_full_scale(self, plan: ReadPlan, target) -> float:
         spec, dev = target.array, target.device
         amp = max(abs(plan.qmin), plan.qmax) if plan.analog else 1
-        if spec.differential == "rows":
+        if spec.differential == "rows" and target.weights.encoding != "offset":
             return float(spec.rows // 2 * dev.max_level * amp)
         return float(spec.rows * (self.offset + dev.max_level) * amp)
 
