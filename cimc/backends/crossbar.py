@@ -574,6 +574,11 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             alphas = {name: p.drift_scale.tolist() for name, p in self.plans.items() if p.drift_scale is not None}
             if alphas:              # global drift compensation: each layer's alpha per copy
                 d["drift_compensation_alpha"] = alphas
+            if encoded(t):          # cimc.weight_encoding: how this run reads the other encodings
+                d["weights"] = dict(t.to_dict()["weights"], reads=(
+                    "one lossless product of the combined planes" if self.reader == "product" else
+                    "float32 reads, one ADC conversion per device line, combined after the ADC (the lut and int8 "
+                    "readers cannot read this encoding yet)"))
         return d
 
 
