@@ -248,3 +248,12 @@ def test_finite_adc_reads_each_slice_line_and_is_exact_when_lsb_is_one_step(tmp_
     assert not np.array_equal(coarse, y)
     with pytest.raises(ConfigError, match="gemm='lut'"):
         Session(manifest, backend=CrossbarBackend(gemm="lut")).run(x)
+
+
+def test_replication_solver_charges_a_copy_its_sliced_arrays(resnet56):
+    """3,200 arrays leave 243 spare: the 19 layers at 32x32 positions (conv1, stage 1) are the bottleneck, and one
+    more copy of each costs 8 bit-sliced arrays (152 in all); a third copy of each would need 152 more (91 left)."""
+    table = cimc.count(resnet56, "resnet-bitsliced", arrays=3200, time_limit=20)
+    doubled = [layer["name"] for layer in table["layers"] if layer["copies"] == 2]
+    assert len(doubled) == 19 and doubled[0] == "conv1" and all(n.startswith("layer1.") for n in doubled[1:])
+    assert table["total_arrays"] == 2957 + 19 * 8
