@@ -122,6 +122,12 @@ def _target_info(t) -> dict:
     diff = (f"g+/g− on adjacent columns: {a.inputs_per_tile} inputs × {a.outputs_per_tile} signed outputs per array"
             if a.differential == "columns" else
             f"+v/−v on paired rows: {a.inputs_per_tile} inputs × {a.outputs_per_tile} signed outputs per array")
+    w = t.weights
+    if w.encoding == "offset":      # the weight encoding (cimc.weight_encoding) decides the columns per output
+        diff = (f"offset weights, one device each (offset subtracted digitally): {a.inputs_per_tile} inputs × "
+                f"{a.outputs_per_tile} signed outputs per array")
+    elif w.encoding == "bit-sliced":
+        diff = f"bit-sliced over {w.slices} device pairs (shift-and-add after the ADC); " + diff
     if adc.lossless:
         adc_text = "lossless (ideal)"
     else:
@@ -138,7 +144,7 @@ def _target_info(t) -> dict:
         "geometry": f"{a.rows} × {a.cols} cells",
         "differential": diff,
         "device": f"{d.levels} levels, {d.g_min_us:g}–{d.g_max_us:g} µS "
-                  f"(signed weights −{d.max_level}..{d.max_level})",
+                  f"(signed weights −{t.max_weight_level}..{t.max_weight_level})",
         "input": f"{i.bits}-bit {i.encoding}, {i.read_voltage_v:g} V / {i.pulse_ns:g} ns",
         "adc": adc_text,
         "chip": f"{chip.arrays_per_pe} array(s) per PE, {chip.pes_per_chip} PEs per chip, {chips}",

@@ -82,6 +82,7 @@ from cimc.errors import ConfigError, DataError
 from cimc.targets.adc import adc_range
 from cimc.targets.devices import line_noise, programmed_us
 from cimc.targets.pulse_update import PulseModel, PulsedDevices
+from cimc.weight_encoding import require_pair
 
 LAYER_SIZES = (64, 54, 10)
 BATCH = 50
@@ -308,6 +309,7 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
     from cimc.targets.adc import AdcModel
     from cimc.targets.devices import DeviceModel
     target = _load(target)
+    require_pair(target, "in-situ training (cimc insitu)")       # Li's chip: one +v/-v pair per weight
     arr = target.array
     if arr.differential != "rows":
         raise ConfigError(f"target {target.name!r}: in-situ training needs a 'rows'-differential array (inputs "

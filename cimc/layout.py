@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from cimc.ir import Graph, Tile, XbarOp, block_slice, put_block_slice
+from cimc.weight_encoding import decode, encode, encoded, tile_planes
 
 
 def placement_rows(tile: Tile, placement) -> np.ndarray:
@@ -62,6 +63,10 @@ def program_arrays(graph: Graph, target, n_arrays: int | None = None) -> np.ndar
             block = block_slice(op.levels, tile.row_start, tile.row_start + tile.row_count,
                                 tile.col_start, tile.col_start + tile.col_count, np.int16)
             for placement in tile.placements:
+                if encoded(target):      # another encoding than the pair: cimc.weight_encoding
+                    for plane, cells in zip(tile_planes(tile, placement, target), encode(block, target)):
+                        arrays[placement.array][plane] = cells
+                    continue
                 plus, minus = tile_slices(tile, placement, spec)
                 arrays[placement.array][plus] = np.maximum(block, 0)
                 arrays[placement.array][minus] = np.maximum(-block, 0)
@@ -74,8 +79,12 @@ def read_levels(op: XbarOp, arrays: np.ndarray, target, copy: int = 0) -> np.nda
     spec = target.array
     levels = np.zeros(op.matrix.shape, dtype=np.int16)
     for tile in op.tiles:
-        plus, minus = tile_slices(tile, tile.placements[copy], spec)
         array = arrays[tile.placements[copy].array]
+        if encoded(target):      # another encoding than the pair: cimc.weight_encoding
+            planes = [array[p] for p in tile_planes(tile, tile.placements[copy], target)]
+            put_block_slice(levels, tile.row_start, tile.col_start, decode(planes, target))
+            continue
+        plus, minus = tile_slices(tile, tile.placements[copy], spec)
         put_block_slice(levels, tile.row_start, tile.col_start,
                         array[plus].astype(np.int16) - array[minus].astype(np.int16))
     return levels

@@ -175,8 +175,8 @@ def load(directory) -> Manifest:
             op.levels = read_levels(op, arrays, target)     # int16: up to 256-level devices
             for copy in range(op.replicas if not tuned else 0):
                 copy_levels = op.levels if copy == 0 else read_levels(op, arrays, target, copy)
-                check_off_block_cells(op, arrays, target.array, index, copy, str(directory / "arrays.npz"))
-                check_levels_match(op, copy_levels, index, copy, target.device.max_level,
+                check_off_block_cells(op, arrays, target, index, copy, str(directory / "arrays.npz"))
+                check_levels_match(op, copy_levels, index, copy, target.max_weight_level,
                                    str(directory / "arrays.npz"))
     graph.share_weights()            # a shared-weight reader's levels are its owner's, read from the same cells
     m = Manifest(graph, target, arrays, doc["provenance"], doc.get("replication"), doc.get("estimates"))
@@ -291,7 +291,7 @@ def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target, index_of
                 "positions": int(op.positions), "conv": None, "weights_of": op.weights_of,
                 "input_quant": {"scale": op.input_quant.scale, "signed": op.input_quant.signed,
                                 "bits": op.input_quant.bits},
-                "weights": {"max_level": target.device.max_level, "granularity": target.quant.weights,
+                "weights": {"max_level": target.max_weight_level, "granularity": target.quant.weights,
                             "scales": f"{owner}.weights.scales", "float_matrix": f"{owner}.weights.float_matrix"},
                 "bias": None if op.bias is None else _put(params, f"{at}.bias", op.bias.astype(np.float32)),
                 "replicas": op.replicas, "adc_full_scale_ua": op.adc_full_scale_ua, "tiles": [],
@@ -301,7 +301,7 @@ def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target, index_of
         "source_nodes": op.source_nodes, "rows": op.rows, "cols": op.cols, "positions": int(op.positions),
         "conv": None if op.conv is None else _conv_to_json(op.conv),
         "input_quant": {"scale": op.input_quant.scale, "signed": op.input_quant.signed, "bits": op.input_quant.bits},
-        "weights": {"max_level": target.device.max_level, "granularity": target.quant.weights,
+        "weights": {"max_level": target.max_weight_level, "granularity": target.quant.weights,
                     "scales": _put(params, f"{at}.weights.scales", op.weight_scales.astype(np.float32)),
                     "float_matrix": _put(params, f"{at}.weights.float_matrix", op.matrix.astype(np.float32))},
         "bias": None if op.bias is None else _put(params, f"{at}.bias", op.bias.astype(np.float32)),
@@ -443,7 +443,7 @@ def _reader_from_json(d: dict, at: str, params, owners: dict, where: str) -> Xba
 def _check_quant(d: dict, at: str, target: Target, where: str) -> None:
     """The op's quantisers were made for the manifest's target: a mismatch would silently change the arithmetic."""
     for field, value, expected in ((f"{at}.input_quant.bits", d["input_quant"]["bits"], target.input.bits),
-                                   (f"{at}.weights.max_level", d["weights"]["max_level"], target.device.max_level),
+                                   (f"{at}.weights.max_level", d["weights"]["max_level"], target.max_weight_level),
                                    (f"{at}.weights.granularity", d["weights"]["granularity"], target.quant.weights)):
         if value != expected:
             raise ManifestError(f"{where}: field '{field}' = {value!r}, but the manifest's target says {expected!r}")

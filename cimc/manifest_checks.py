@@ -28,7 +28,7 @@ import numpy as np
 
 from cimc.errors import CimcError, ManifestError
 from cimc.ir import block_slice, per_column
-from cimc.layout import tile_slices
+from cimc.weight_encoding import decode, tile_planes
 
 
 # -- JSON ----------------------------------------------------------------------------------------------------------
@@ -179,15 +179,16 @@ class ArrayOccupancy:
 
     def place(self, tile: dict, p: dict, field: str, where: str) -> None:
         spec = self.spec
-        height = spec.rows if spec.differential == "columns" else spec.rows // 2
-        width = tile["col_count"] * (2 if spec.differential == "columns" else 1)
+        height = spec.frame[0]
+        width = spec.tile_rectangle(tile["row_count"], tile["col_count"])[1]
         r0, c0 = p["row_offset"], p["col_offset"]
         r1, c1 = r0 + _row_span(tile, p, height - r0, field, where), c0 + width
         if r1 > height or c1 > spec.cols:
             raise ManifestError(
                 f"{where}: field '{field}': row_offset {r0} + {tile['row_count']} rows, col_offset {c0} + {width} "
                 f"device columns lies outside the {spec.rows}x{spec.cols} array ({height} rows x {spec.cols} "
-                f"columns for a tile with differential = {spec.differential!r})")
+                f"columns for a tile with differential = {spec.differential!r}, {spec.columns_per_output} device "
+                f"columns per output)")
         for key, per in (("pe", self.chip.arrays_per_pe), ("chip", self.chip.arrays_per_chip)):
             if key in p and p[key] != p["array"] // per:
                 raise ManifestError(f"{where}: field '{field}.{key}' = {p[key]}, but array {p['array']} sits on "
@@ -322,16 +323,15 @@ def _logical(index, matrix: np.ndarray) -> tuple[int, int]:
     return g * matrix.shape[1] + r, g * matrix.shape[2] + c
 
 
-def check_off_block_cells(op, arrays: np.ndarray, spec, index: int, copy: int, arrays_file: str) -> None:
+def check_off_block_cells(op, arrays: np.ndarray, target, index: int, copy: int, arrays_file: str) -> None:
     """A grouped op's tiles may span cells outside its diagonal blocks; those hold no weight and must read level 0
     (its compact levels, cimc.ir, have no place for anything else)."""
     if op.matrix.ndim != 3:
         return
     inside = np.ones(op.matrix.shape, bool)
     for ti, tile in enumerate(op.tiles):
-        plus, minus = tile_slices(tile, tile.placements[copy], spec)
         a = arrays[tile.placements[copy].array]
-        levels = a[plus].astype(np.int16) - a[minus].astype(np.int16)
+        levels = decode([a[p] for p in tile_planes(tile, tile.placements[copy], target)], target)
         outside = (levels != 0) & ~block_slice(inside, tile.row_start, tile.row_start + tile.row_count,
                                                tile.col_start, tile.col_start + tile.col_count)
         if outside.any():

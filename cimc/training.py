@@ -56,6 +56,7 @@ from cimc.graph_run import check_feeds, run_graph
 from cimc.ir import XbarOp
 from cimc.node_names import unknown_layer
 from cimc.layout import read_levels, tile_cells
+from cimc.weight_encoding import require_pair
 from cimc.targets.pulse_update import PulsedDevices
 from cimc.tune_defaults import DEFAULT_HOLDOUT, DEFAULT_LR
 
@@ -329,6 +330,7 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
             raise ConfigError(f"--layer-lr {name}={value}: out of range; expected a finite number > 0")
     if data.labels is None:
         raise DataError(f"{data.path or 'tuning data'}: hybrid training needs labels ('y')")
+    require_pair(manifest.target, "hybrid training (cimc tune)")      # it writes g+/g- pairs (_pair_changes)
     start_time = time.perf_counter()
     graph = copy_module.deepcopy(manifest.graph)
     backend = CrossbarBackend(seed=seed, overrides=overrides, defect_map=defect_map, ideal=ideal, gemm=gemm)

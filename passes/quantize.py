@@ -49,7 +49,7 @@ def run(graph: Graph, target, ctx) -> Graph:
             raise ConfigError(f"no activation range for crossbar layer {op.name!r}: the calibration data gave no "
                               "statistics (does it hold any samples?)")
         if op.weights_of is None:     # a shared-weight reader gets its owner's levels and scales (share_weights)
-            op.levels, op.weight_scales = quantize_weights(op.matrix, target.device.max_level,
+            op.levels, op.weight_scales = quantize_weights(op.matrix, target.max_weight_level,
                                                            target.quant.weights)
         op.input_quant = act_quant_from_stats(stats[op.name], target.input.bits, target.quant.calibration,
                                               target.quant.percentile)

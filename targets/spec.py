@@ -13,6 +13,8 @@ from typing import Any
 from cimc.errors import TargetError
 
 DIFFERENTIAL_LAYOUTS = ("columns", "rows")
+WEIGHT_ENCODINGS = ("differential", "offset", "bit-sliced")
+MAX_WEIGHT_LEVEL = 32767    # signed weight levels are int16
 PULSE_MODELS = ("none", "linear", "soft-bounds", "power-step")
 MAX_DEVICE_LEVELS = 256     # arrays.npz stores a device level as uint8 (0..255); signed weight levels need int16
 
@@ -36,33 +38,80 @@ class ArraySpec:
         else:
             _require(self.rows % 2 == 0, "array.rows", "must be even for differential = 'rows'")
 
+    # How a signed weight sits on devices (WeightSpec), set by Target from its [weights] section: not an [array]
+    # field (a plain class attribute, so neither TOML nor asdict sees it). (paired, lines): `paired` = a device pair
+    # per line (differential, bit-sliced); `lines` = device lines per pair side (1, or S slices).
+    _weight_lines = (True, 1)
+
+    @property
+    def _pair_rows(self) -> bool:
+        """Whether g+/g- take two row blocks (the "rows" layout with a paired encoding)."""
+        return self._weight_lines[0] and self.differential == "rows"
+
+    @property
+    def columns_per_output(self) -> int:
+        """Device columns one signed output takes: 2 per slice for column pairs, 1 per slice otherwise."""
+        paired, lines = self._weight_lines
+        return lines * (2 if paired and self.differential == "columns" else 1)
+
     @property
     def inputs_per_tile(self) -> int:
         """Logical weight rows (inputs) one array holds."""
-        return self.rows if self.differential == "columns" else self.rows // 2
+        return self.rows // 2 if self._pair_rows else self.rows
 
     @property
     def outputs_per_tile(self) -> int:
         """Logical signed outputs one array holds."""
-        return self.cols // 2 if self.differential == "columns" else self.cols
+        return self.cols // self.columns_per_output
 
     # Tile geometry, answered here only (cimc.layout places each device; estimates, packing and reports count them).
     def tile_footprint(self, row_count: int, col_count: int) -> tuple[int, int]:
         """Physical (rows, columns) of devices a tile of row_count inputs x col_count signed outputs occupies:
-        "columns": g+/g- on adjacent lines (rows x 2 cols); "rows": +v/-v row blocks (2 rows x cols)."""
-        if self.differential == "columns":
-            return row_count, 2 * col_count
-        return 2 * row_count, col_count
+        "columns": g+/g- on adjacent lines (rows x 2 cols); "rows": +v/-v row blocks (2 rows x cols); times the
+        slices of a bit-sliced encoding; an offset encoding holds one device per weight (rows x cols)."""
+        return (2 if self._pair_rows else 1) * row_count, self.columns_per_output * col_count
 
     @property
     def frame(self) -> tuple[int, int]:
         """(height, width) of the region tiles are placed in: the array, or its first row block for "rows" (the
         -v block mirrors it rows/2 below)."""
-        return (self.rows, self.cols) if self.differential == "columns" else (self.rows // 2, self.cols)
+        return (self.rows // 2, self.cols) if self._pair_rows else (self.rows, self.cols)
 
     def tile_rectangle(self, row_count: int, col_count: int) -> tuple[int, int]:
         """(rows, device columns) a tile covers in `frame`."""
-        return (row_count, 2 * col_count) if self.differential == "columns" else (row_count, col_count)
+        return row_count, self.columns_per_output * col_count
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """How a signed weight level is held by devices of `device.levels` = L levels (cimc.encoding writes and reads
+    them). "differential" (today's default): a device pair, levels -(L-1)..L-1, placed as `array.differential` says.
+    "offset": one unipolar device per weight at level w + (L-1)//2, levels -(L-1)//2..(L-1)//2; the offset times the
+    input sum is subtracted digitally per column. "bit-sliced": |w| in base L over `slices` = S device pairs (slice s
+    weighs L^s; with 2^b levels, b bits per slice), the sign by the pair, levels -(L^S-1)..L^S-1; each slice line
+    is converted on its own and the slices combined by shift-and-add after the ADC."""
+    encoding: str = "differential"
+    slices: int = 1
+
+    def __post_init__(self):
+        _require(self.encoding in WEIGHT_ENCODINGS, "weights.encoding",
+                 f"must be one of {', '.join(WEIGHT_ENCODINGS)}, got {self.encoding!r}")
+        _require(isinstance(self.slices, int) and not isinstance(self.slices, bool) and 1 <= self.slices <= 16,
+                 "weights.slices", f"must be an integer from 1 to 16, got {self.slices!r}")
+        _require(self.slices == 1 or self.encoding == "bit-sliced", "weights.slices",
+                 f"applies to weights.encoding = 'bit-sliced' only; set it to 1 for {self.encoding!r}")
+
+    def max_level(self, device_levels: int) -> int:
+        """The largest signed weight level the encoding holds with devices of `device_levels` levels."""
+        top = device_levels - 1
+        if self.encoding == "offset":
+            return top // 2
+        return top if self.encoding == "differential" else device_levels ** self.slices - 1
+
+    @property
+    def lines(self) -> tuple[bool, int]:
+        """(paired, lines) for ArraySpec's geometry."""
+        return self.encoding != "offset", self.slices
 
 
 @dataclass(frozen=True)
@@ -348,13 +397,36 @@ class Target:
     energy: EnergySpec = field(default_factory=EnergySpec)
     timing: TimingSpec = field(default_factory=TimingSpec)
     pulse: PulseSpec = field(default_factory=PulseSpec)
+    weights: WeightSpec = field(default_factory=WeightSpec)
 
     def __post_init__(self):
+        self._check_weights()
         n = self.nonideal
         for name in ("program_sigma_levels_us", "drift_nu_levels", "drift_nu_sigma_levels", "read_noise_1f_levels"):
             values = getattr(n, name)
             _require(not values or len(values) == self.device.levels, f"nonideal.{name}",
                      f"holds {len(values)} values; give one per device level (device.levels = {self.device.levels})")
+
+    def _check_weights(self) -> None:
+        w = self.weights
+        if self.array._weight_lines != w.lines:     # a fresh ArraySpec: others may share this one
+            array = dataclasses.replace(self.array)
+            object.__setattr__(array, "_weight_lines", w.lines)
+            object.__setattr__(self, "array", array)
+        _require(w.encoding != "offset" or self.device.levels >= 3, "weights.encoding",
+                 f"'offset' needs device.levels >= 3 (w + (L-1)//2 on one device; {self.device.levels} levels hold "
+                 "only weight 0); use 'differential' or more levels")
+        _require(w.max_level(self.device.levels) <= MAX_WEIGHT_LEVEL, "weights.slices",
+                 f"{w.slices} slices of {self.device.levels}-level devices give weights up to "
+                 f"{w.max_level(self.device.levels)}, above the int16 limit {MAX_WEIGHT_LEVEL}: use fewer slices")
+        _require(self.array.outputs_per_tile >= 1, "weights.slices",
+                 f"one output needs {self.array.columns_per_output} device columns but array.cols = "
+                 f"{self.array.cols}: use fewer slices or wider arrays")
+
+    @property
+    def max_weight_level(self) -> int:
+        """The largest signed weight level (quantisation's L): device.max_level for the default encoding."""
+        return self.weights.max_level(self.device.levels)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -387,7 +459,8 @@ class Target:
 
 _SECTION_TYPES = {"array": ArraySpec, "device": DeviceSpec, "input": InputSpec, "adc": AdcSpec,
                   "nonideal": NonIdealSpec, "chip": ChipSpec, "quant": QuantSpec, "energy": EnergySpec,
-                  "timing": TimingSpec, "pulse": PulseSpec}
+                  "timing": TimingSpec, "pulse": PulseSpec,
+                  "weights": WeightSpec}
 
 
 def _build_section(section_type, key: str, values: dict, source: str):

@@ -81,6 +81,7 @@ from cimc.backends.chip import Chip
 from cimc.backends.int8_reader import Int8Reads
 from cimc.backends.plane_reader import PlaneReads
 from cimc.backends.read_plan import ReadPlan, RowTile
+from cimc.backends.slice_lines import slice_lines
 from cimc.backends.table_reader import TableReads, _channel_tiles
 from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, run_graph
@@ -88,6 +89,7 @@ from cimc.ir import block_matmul, put_block_slice
 from cimc.layout import placement_rows, program_arrays, read_levels, tile_slices
 from cimc.targets.adc import adc_convert, adc_range  # noqa: F401  (re-exported: the conversion rule)
 from cimc.targets.spec import NonIdealSpec
+from cimc.weight_encoding import combine, encoded, require_pair, tile_planes
 
 GEMMS = ("float32", "int8", "lut")
 DEFAULT_GEMM = "lut"      # the reader of a run that names none (gemm=None), where it applies (_default_gemm)
@@ -96,7 +98,7 @@ DEFAULT_GEMM = "lut"      # the reader of a run that names none (gemm=None), whe
 # What the manifest fixed when it was compiled (geometry, level count, input coding, quantisation, placement): a
 # chip override cannot change it, only the physics (devices' conductances, non-idealities, ADC, timing, energy).
 _FIXED_AT_COMPILE = (("array", None), ("quant", None), ("chip", None), ("device", "levels"), ("input", "bits"),
-                     ("input", "encoding"))
+                     ("input", "encoding"), ("weights", None))
 
 
 def _refuse_compile_time_changes(compiled, chip):
@@ -189,6 +191,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.model = self.chip.model
         self.g_units, self.offset, self.read_sigma = self.chip.g_units, self.chip.offset, self.chip.read_sigma
         self.sense_sigma = self.chip.adc.noise_sigma_lsb
+        if encoded(target):     # slices and offsets combined after a lossless ADC only, so far (cimc.weight_encoding)
+            self._refuse_encoding(target)
         self.dac_inl = float(target.input.dac_inl_lsb) if target.input.encoding == "analog" else 0.0
         self.layer_index = {op.name: i for i, op in enumerate(graph.xbar_ops())}   # keys of the read-noise streams
         max_replicas = max((op.replicas for op in graph.xbar_ops()), default=1)
@@ -216,13 +220,27 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                 st.update(ir_sq_err=0.0, ir_sq_ref=0.0, ir_vectors=0)
         self.peaks = {name: 0.0 for name in self.plans}
 
+    def _refuse_encoding(self, target) -> None:
+        finite = not target.adc.lossless or self.simulate_planes
+        why = [w for w, bad in (("simulate_planes with a lossless ADC", self.simulate_planes and target.adc.lossless),
+                                (f"gemm={self.requested_gemm!r} (bit-sliced reads run on float32 GEMMs)",
+                                 finite and self.requested_gemm not in (None, "float32")),
+                                ("analog inputs through a finite ADC", finite and target.input.encoding == "analog"),
+                                ("read noise", self.read_sigma > 0),
+                                ("ADC non-idealities", not self.chip.adc.ideal),
+                                ("driver gain errors", self.chip.driver_gain is not None),
+                                ("drift compensation", self.chip.g_units_reference is not None),
+                                ("line resistance", self.chip.read_us is not None)) if bad]
+        if why:
+            require_pair(target, f"the crossbar backend with {', '.join(why)}")
+
     def _default_gemm(self, target) -> str:
         """The reader of a run that names none: DEFAULT_GEMM ("lut") wherever its table reads apply - bit-serial
         reads of inputs of at most 8 bits through an ideal finite ADC, no read noise - else "float32" (silently: the
         float32 GEMMs are then what the lut reader itself would fall back to, see `_lut_grid`). Where numba cannot be
         imported, "float32" with one warning that says why and how to get the fast path."""
         tables = [p for p in self.plans.values() if not p.analog and p.bits <= 8]
-        if (self.record_currents or target.adc.lossless or self.read_sigma > 0 or not self.chip.adc.ideal
+        if (self.record_currents or target.adc.lossless or encoded(target) or self.read_sigma > 0 or not self.chip.adc.ideal
                 or self.sense_sigma > 0 or not tables
                 or any(adc_range(target.adc.bits, p.bipolar)[1] << p.bits >= 1 << 31 for p in tables)):
             return "float32"                  # the last: ADC codes whose shift-and-add overflows the kernel's int32
@@ -252,12 +270,15 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         cells = self.graph.array_owner(op)      # a shared-weight reader reads its owner's tiles and placements
         bits, signed = q.bits, q.signed
         analog = target.input.encoding == "analog"
-        bipolar = spec.differential == "rows" or (analog and signed)
+        pair_rows = spec.differential == "rows" and target.weights.encoding != "offset"     # +v/-v difference lines
+        bipolar = pair_rows or (analog and signed)
         qmax = max(abs(q.qmin), q.qmax)
-        bound = op.rows * qmax * target.device.max_level
+        bound = op.rows * qmax * target.max_weight_level
         dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
         _, top = adc_range(target.adc.bits, bipolar)
         code_bound = top * (qmax if analog else (1 << bits)) * max(1, -(-op.rows // spec.inputs_per_tile))
+        if encoded(target):     # slices shifted and added: up to sum_s L^s times one line's codes
+            code_bound *= sum(target.device.levels ** s for s in range(target.weights.slices))
         code_dtype = np.float32 if code_bound < FLOAT32_EXACT else np.float64
         exact = read_levels(cells, self.arrays, target, 0).astype(np.float64)
         by_start: dict[int, list] = {}
@@ -276,6 +297,15 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
             block.index = slice(int(cols[0]), int(cols[0]) + len(cols)) if contiguous else cols
             for c in range(cells.replicas):
+                if encoded(target):     # each plane's line read on its own, combined digitally after the ADC
+                    planes = [[self.g_units[t.placements[c].array][plane]
+                               for plane in tile_planes(t, t.placements[c], target)] for t in tiles]
+                    d = np.concatenate([combine(tp, target) for tp in planes], axis=1)
+                    block.diff.append(d.astype(dtype))
+                    if not target.adc.lossless:     # one line per plane (columns, offset) or slice (row pairs)
+                        block.lines.append(slice_lines(planes, spec, self.offset, target.weights.encoding))
+                    _put_effective(effective[c], d, r0, rc, cols, tiles)
+                    continue
                 plus, minus, where = [], [], []
                 for t in tiles:
                     p = t.placements[c]
@@ -296,13 +326,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                     sums[c] += _reference_sums(reference, tiles, c, spec, self.chip, d)
                 if spec.differential == "columns":
                     block.lines.append(np.concatenate([gp, gm], axis=1).astype(np.float32) + np.float32(self.offset))
-                if effective[c].ndim == 2:
-                    effective[c][r0:r0 + rc, cols] = d
-                else:
-                    at = 0
-                    for t in tiles:
-                        put_block_slice(effective[c], r0, t.col_start, d[:, at:at + t.col_count])
-                        at += t.col_count
+                _put_effective(effective[c], d, r0, rc, cols, tiles)
             blocks.append(block)
         channels = _channel_tiles(op, blocks)
         step = target.device.step_us
@@ -325,7 +349,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
     def _max_full_scale(self, plan: ReadPlan, target) -> float:
         spec, dev = target.array, target.device
         amp = max(abs(plan.qmin), plan.qmax) if plan.analog else 1
-        if spec.differential == "rows":
+        if spec.differential == "rows" and target.weights.encoding != "offset":
             return float(spec.rows // 2 * dev.max_level * amp)
         return float(spec.rows * (self.offset + dev.max_level) * amp)
 
@@ -341,7 +365,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                     ua, source = self.adc_full_scale[op.name], "option"
                 elif getattr(op, "adc_full_scale_ua", None):
                     ua, source = op.adc_full_scale_ua, "manifest"
-                elif self.calibration is not None:
+                elif self.calibration is not None and not encoded(target):     # calibration reads pairs only
                     if computed is None:
                         computed = calibrate_adc_full_scale(graph, target, self.calibration, arrays=self.arrays)
                     ua, source = computed.get(op.name), "calibration data"
@@ -581,6 +605,11 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             alphas = {name: p.drift_scale.tolist() for name, p in self.plans.items() if p.drift_scale is not None}
             if alphas:              # global drift compensation: each layer's alpha per copy
                 d["drift_compensation_alpha"] = alphas
+            if encoded(t):          # cimc.weight_encoding: how this run reads the other encodings
+                d["weights"] = dict(t.to_dict()["weights"], reads=(
+                    "one lossless product of the combined planes" if self.reader == "product" else
+                    "float32 reads, one ADC conversion per device line, combined after the ADC (the lut and int8 "
+                    "readers cannot read this encoding yet)"))
         return d
 
 
@@ -659,6 +688,17 @@ def as_json_value(value):
 def _lossless(adc):
     import dataclasses
     return dataclasses.replace(adc, lossless=True)
+
+
+def _put_effective(effective, d, r0, rc, cols, tiles) -> None:
+    """A row tile's conductance differences into the op's effective matrix (K x N, or compact blocks)."""
+    if effective.ndim == 2:
+        effective[r0:r0 + rc, cols] = d
+        return
+    at = 0
+    for t in tiles:
+        put_block_slice(effective, r0, t.col_start, d[:, at:at + t.col_count])
+        at += t.col_count
 
 
 def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=None,

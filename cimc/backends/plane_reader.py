@@ -8,6 +8,7 @@ import numpy as np
 from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, FLOAT32_EXACT, bit_planes_uint,
                                       rowwise_matmul, uint_codes)
 from cimc.backends.read_plan import ReadPlan
+from cimc.backends.slice_lines import offset_units, slice_coefficients
 from cimc.im2col import col2im, im2col
 from cimc.targets.adc import adc_convert, adc_range, sense_generators
 from cimc.targets.devices import line_noise, sample_generators
@@ -44,7 +45,11 @@ class PlaneReads:
         lossless = self.target.adc.lossless
         adc_bits = self.target.adc.bits
         columns = self.target.array.differential == "columns"
-        use_lines = columns and not lossless
+        sliced = self.target.weights.encoding != "differential" and not lossless     # cimc.weight_encoding
+        use_lines = (columns or sliced) and not lossless
+        coefficients = slice_coefficients(self.target) if sliced else None
+        shift = offset_units(self.target, self.offset) if sliced and self.target.weights.encoding == "offset" \
+            else 0.0          # offset encoding: subtracted per column, times the input sum, in codes
         xi = x if plan.analog or encoded else uint_codes(x, plan.bits, plan.signed)
         if self.reader == "lut" and not plan.analog and plan.bits <= 8:
             return self._table_reads(plan, c, xi, use_lines)
@@ -124,7 +129,13 @@ class PlaneReads:
                 for j in range(n_planes - 2, -1, -1):
                     acc *= 2
                     acc += d[j]
-                if use_lines:
+                if sliced:                                        # each slice line's codes, shifted and added
+                    acc = acc.astype(acc_dtype).reshape(mc, -1, nb)
+                    acc = np.einsum("mpn,p->mn", acc, coefficients.astype(acc_dtype))
+                    if shift:                                     # the input sum, from the same planes
+                        xsum = np.tensordot(plan.weights.astype(np.float64), u.sum(axis=2, dtype=np.float64), 1)
+                        acc -= (shift * top / (plan.full_scale * grid) * xsum)[:, None].astype(acc_dtype)
+                elif use_lines:
                     acc = acc[:, :nb] - acc[:, nb:]               # g+ codes minus g- codes
                 codes[s:s + chunk, block.index] += acc
         if self.diagnostics:

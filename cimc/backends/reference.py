@@ -35,7 +35,7 @@ class IntegerBackend(Backend):
         for op in graph.xbar_ops():
             # a shared-weight reader reads its owner's devices
             levels = read_levels(graph.array_owner(op), arrays, target) if arrays is not None else op.levels
-            bound = op.rows * max(abs(op.input_quant.qmin), op.input_quant.qmax) * target.device.max_level
+            bound = op.rows * max(abs(op.input_quant.qmin), op.input_quant.qmax) * target.max_weight_level
             exact32 = bound < FLOAT32_EXACT
             self.levels[op.name] = levels.astype(np.float32 if exact32 else np.float64)
             if op.conv is not None and op.conv.planar and exact32:   # onnxruntime Conv: 2-D (and lifted 1-D)

@@ -18,7 +18,10 @@ def run(args) -> int:
         return 0
     for t in targets:
         budget = t.chip.array_budget
-        print(f"{t.name:16s} {t.array.rows}x{t.array.cols} ({t.array.differential}-differential, "
+        w = t.weights
+        held = {"differential": f"{t.array.differential}-differential", "offset": "offset weights",
+                "bit-sliced": f"bit-sliced x {w.slices} ({t.array.differential}-differential)"}[w.encoding]
+        print(f"{t.name:16s} {t.array.rows}x{t.array.cols} ({held}, "
               f"{t.array.inputs_per_tile} in x {t.array.outputs_per_tile} out per array), "
               f"{t.device.levels}-level devices {t.device.g_min_us}-{t.device.g_max_us} uS, "
               f"{t.input.bits}-bit {t.input.encoding} inputs, "
