@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 
 from cimc.errors import ConfigError, DataError
-from cimc.ir import Graph, Placement
+from cimc.ir import Graph, Placement, block_slice
 from cimc.passes.defect_assignment import solve_layer
 from cimc.targets.devices import DeviceModel
 
@@ -47,13 +47,18 @@ def run(graph: Graph, target, ctx) -> Graph:
         raise ConfigError("--defect-map with --pack: defect-aware placement moves whole tiles among a layer's own "
                           "arrays (one tile per array); drop --pack, or drop --defect-map and pass the map to "
                           "`cimc run --defect-map` only")
+    if target.weights.encoding != "differential":
+        raise ConfigError(f"--defect-map with weights.encoding = {target.weights.encoding!r}: defect-aware placement "
+                          "weighs the cells of differential pairs only; compile with the differential encoding, or "
+                          "drop --defect-map and pass the map to `cimc run --defect-map` only")
     n_arrays = 1 + max((p.array for op in graph.mapped_ops() for t in op.tiles for p in t.placements), default=-1)
     stuck, level = stuck_levels(dm, target, n_arrays)
     layers, before, after = [], 0.0, 0.0
     for op in graph.mapped_ops():
         copies = [(t, c) for c in range(op.replicas) for t in op.tiles]     # allocate's order
-        blocks = [op.levels[t.row_start:t.row_start + t.row_count, t.col_start:t.col_start + t.col_count]
-                  for t, _ in copies]
+        # a grouped op's levels are its compact blocks (cimc.ir): the tile's K x N view, zeros off the blocks
+        blocks = [block_slice(op.levels, t.row_start, t.row_start + t.row_count, t.col_start,
+                              t.col_start + t.col_count, np.int16) for t, _ in copies]
         arrays = [t.placements[c].array for t, c in copies]
         if any(t.placements[c].row_offset or t.placements[c].col_offset for t, c in copies):
             raise ConfigError(f"layer {op.name!r}: defect-aware placement needs one tile per array at offset 0")
