@@ -180,7 +180,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             defect_map = self.defect_map
             if defect_map is None:
                 defect_map = target.nonideal.defect_map   # the target may name a measured defect map
-        self.chip = Chip(target, arrays, self.chip_seed, defect_map)
+        # the ADC calibration's chip is ideal: its levels are its conductances in step units (no float64 copy)
+        self.chip = Chip(target, arrays, self.chip_seed, defect_map, levels_only=self.record_currents)
         self.model = self.chip.model
         self.g_units, self.offset, self.read_sigma = self.chip.g_units, self.chip.offset, self.chip.read_sigma
         self.sense_sigma = self.chip.adc.noise_sigma_lsb
@@ -283,6 +284,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                     where.append((p.array, np.arange(pi[1].start, pi[1].stop, pi[1].step),   # the physical
                                   np.arange(mi[1].start, mi[1].stop, mi[1].step)))           # columns of its lines
                 gp, gm = np.concatenate(plus, axis=1), np.concatenate(minus, axis=1)
+                if gp.dtype.kind == "u":         # the levels of a levels_only chip: signed differences
+                    gp, gm = gp.astype(np.int16), gm.astype(np.int16)
                 if not self.chip.adc.ideal:
                     block.adc.append(_adc_lines(self.chip.adc, where, spec.differential == "columns"))
                 d = gp - gm
