@@ -195,6 +195,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.plans = {op.name: self._plan(op, target) for op in graph.xbar_ops()}   # readers: the owner's devices
         self._resolve_full_scale(graph, target)
         self.grid, self._int_session, self._lut = 1, None, False
+        self._batched_session, self._record_cache = None, {}      # the ADC calibration's batched reads (int8_reader)
         self.gemm = self.requested_gemm or self._default_gemm(target)
         if self.gemm == "int8" and not target.adc.lossless:
             self._quantise_conductances(target, self.conductance_grid)
@@ -255,7 +256,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         _, top = adc_range(target.adc.bits, bipolar)
         code_bound = top * (qmax if analog else (1 << bits)) * max(1, -(-op.rows // spec.inputs_per_tile))
         code_dtype = np.float32 if code_bound < FLOAT32_EXACT else np.float64
-        exact = read_levels(cells, self.arrays, target, 0).astype(np.float64)
+        # the levels for diagnostics (`_observe`), which the ADC calibration's reads never run
+        exact = None if self.record_currents else read_levels(cells, self.arrays, target, 0).astype(np.float64)
         by_start: dict[int, list] = {}
         for tile in cells.tiles:
             by_start.setdefault(tile.row_start, []).append(tile)
