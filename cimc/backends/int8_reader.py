@@ -116,16 +116,17 @@ class Int8Reads:
     def _batched_int_session(self):
         """MatMulInteger of uint8 planes [n, b, m, k] and int8 matrices [b, k, lines] (numpy's matmul broadcasting)."""
         if self._batched_session is None:
-            import onnxruntime as ort
             from onnx import TensorProto, helper
+
+            from cimc import ort_session
             node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
             g = helper.make_graph([node], "batched_planes_x_conductances",
                                   [helper.make_tensor_value_info("A", TensorProto.UINT8, ["J", "B", "M", "K"]),
                                    helper.make_tensor_value_info("B", TensorProto.INT8, ["B", "K", "N"])],
                                   [helper.make_tensor_value_info("Y", TensorProto.INT32, ["J", "B", "M", "N"])])
-            model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-            self._batched_session = ort.InferenceSession(model.SerializeToString(),
-                                                         providers=["CPUExecutionProvider"])
+            # no spin-waiting (cimc.ort_session): between its many short reads the idle threads would burn the cores
+            self._batched_session = ort_session.session(helper.make_model(g, opset_imports=[
+                helper.make_opsetid("", 13)]))
         return self._batched_session
 
     def _record(self, plan: ReadPlan, c: int, x: np.ndarray) -> None:
