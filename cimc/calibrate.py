@@ -97,6 +97,7 @@ def _onnxruntime_with_taps(model: onnx.ModelProto, graph: Graph, reduce: bool = 
             tapped.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")   # idle threads burnt CPU between nodes
     try:
         return ort.InferenceSession(tapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception:  # onnxruntime cannot run it: fall back to the cimc float engine

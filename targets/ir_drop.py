@@ -25,8 +25,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 from cimc.errors import ConfigError
 from cimc.targets.devices import _split
@@ -81,10 +79,16 @@ def _system(gc: np.ndarray, wire_ohm: float, held: np.ndarray):
     diag[ids[:, 0]] += np.where(held, gw, 0.0)                   # driver segment
     diag[ids[~held].ravel()] += _FLOAT_LEAK_US
     diag[n + ids[-1, :]] += gw                                   # segment to the sense amplifier (0 V)
+    import scipy.sparse as sp       # here, not at import: scipy costs every `cimc count` ~0.15 s CPU otherwise
     m = sp.coo_matrix((np.concatenate([-w, -w, diag]),
                        (np.concatenate([a, b, np.arange(2 * n)]), np.concatenate([b, a, np.arange(2 * n)]))),
                       shape=(2 * n, 2 * n))
     return m.tocsc(), gw, ids
+
+
+def _splu(system):
+    import scipy.sparse.linalg as spla
+    return spla.splu(system)
 
 
 def _solve(gc: np.ndarray, wire_ohm: float, held: np.ndarray, volts: np.ndarray) -> np.ndarray:
@@ -93,7 +97,7 @@ def _solve(gc: np.ndarray, wire_ohm: float, held: np.ndarray, volts: np.ndarray)
     system, gw, ids = _system(gc, wire_ohm, held)
     rhs = np.zeros((2 * rows * cols, len(volts)))
     rhs[ids[:, 0]] = gw * (volts * held).T
-    nodes = spla.splu(system).solve(rhs)
+    nodes = _splu(system).solve(rhs)
     return (gw * nodes[rows * cols + ids[-1, :]]).T
 
 
@@ -130,7 +134,7 @@ def effective_conductance(g_us: np.ndarray, wire_ohm: float, access_ohm: float =
     system, gw, ids = _system(gc, wire_ohm, np.ones(rows, bool))
     rhs = np.zeros((2 * rows * cols, cols))
     rhs[rows * cols + ids[-1, :], np.arange(cols)] = 1.0
-    nodes = spla.splu(system).solve(rhs)
+    nodes = _splu(system).solve(rhs)
     return gw * gw * nodes[ids[:, 0]]
 
 

@@ -28,16 +28,27 @@ _CIRCUIT = ("wire_ohm", "access_ohm", "cell")      # nonideal fields of the arra
 
 
 class Chip:
-    """`Chip(target, levels, seed, defect_map=None)`: levels uint8 [n_arrays, rows, cols] (cimc.layout); defect_map
-    a DefectMap, an npz path or None."""
+    """`Chip(target, levels, seed, defect_map=None, levels_only=False)`: levels uint8 [n_arrays, rows, cols]
+    (cimc.layout); defect_map a DefectMap, an npz path or None. levels_only (the ADC calibration's ideal chip):
+    g_units are the levels themselves (uint8, exact: ideal devices hold their level), with no conductances
+    (`instance` None): the float64 copies of every cell cost seconds on large nets and the calibration reads only
+    the levels. Ideal devices and circuits only."""
 
-    def __init__(self, target, levels: np.ndarray, seed: int = 0, defect_map=None):
+    def __init__(self, target, levels: np.ndarray, seed: int = 0, defect_map=None, levels_only: bool = False):
         if isinstance(defect_map, (str, bytes)) or hasattr(defect_map, "__fspath__"):
             defect_map = load_defect_map(defect_map)
         self.target, self.seed = target, int(seed)
         self.model = DeviceModel(target.device, target.nonideal, defect_map)
-        self.instance = self.model.program(levels, self.seed)
         step = self.model.step_us
+        if levels_only:
+            if not self.model.ideal or wires_active(target.nonideal) or target.input.driver_gain_sigma_rel:
+                raise ValueError("Chip(levels_only=True) is the ideal chip's: ideal devices, circuit and drivers")
+            self.instance, self.g_units, self.read_us, self.g_units_reference = None, levels, None, None
+            self.offset, self.read_sigma = target.device.g_min_us / step, self.model.read_noise_us / step
+            self.adc = AdcModel(target.adc, self.seed, levels.shape[0], target.array.cols)
+            self.driver_gain = None
+            return
+        self.instance = self.model.program(levels, self.seed)
         if self.instance.conductance_us is self.instance.target_us:     # ideal devices: no deviation to add
             self.g_units = levels.astype(np.float64)
         else:

@@ -187,7 +187,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             defect_map = self.defect_map
             if defect_map is None:
                 defect_map = target.nonideal.defect_map   # the target may name a measured defect map
-        self.chip = Chip(target, arrays, self.chip_seed, defect_map)
+        # the ADC calibration's chip is ideal: its levels are its conductances in step units (no float64 copy)
+        self.chip = Chip(target, arrays, self.chip_seed, defect_map, levels_only=self.record_currents)
         self.model = self.chip.model
         self.g_units, self.offset, self.read_sigma = self.chip.g_units, self.chip.offset, self.chip.read_sigma
         self.sense_sigma = self.chip.adc.noise_sigma_lsb
@@ -203,6 +204,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.plans = {op.name: self._plan(op, target) for op in graph.xbar_ops()}   # readers: the owner's devices
         self._resolve_full_scale(graph, target)
         self.grid, self._int_session, self._lut = 1, None, False
+        self._batched_session, self._record_cache = None, {}      # the ADC calibration's batched reads (int8_reader)
         self.gemm = self.requested_gemm or self._default_gemm(target)
         if self.gemm == "int8" and not target.adc.lossless:
             self._quantise_conductances(target, self.conductance_grid)
@@ -280,7 +282,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         if encoded(target):     # slices shifted and added: up to sum_s L^s times one line's codes
             code_bound *= sum(target.device.levels ** s for s in range(target.weights.slices))
         code_dtype = np.float32 if code_bound < FLOAT32_EXACT else np.float64
-        exact = read_levels(cells, self.arrays, target, 0).astype(np.float64)
+        # the levels for diagnostics (`_observe`), which the ADC calibration's reads never run
+        exact = None if self.record_currents else read_levels(cells, self.arrays, target, 0).astype(np.float64)
         by_start: dict[int, list] = {}
         for tile in cells.tiles:
             by_start.setdefault(tile.row_start, []).append(tile)
@@ -318,6 +321,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                     where.append((p.array, np.arange(pi[1].start, pi[1].stop, pi[1].step),   # the physical
                                   np.arange(mi[1].start, mi[1].stop, mi[1].step)))           # columns of its lines
                 gp, gm = np.concatenate(plus, axis=1), np.concatenate(minus, axis=1)
+                if gp.dtype.kind == "u":         # the levels of a levels_only chip: signed differences
+                    gp, gm = gp.astype(np.int16), gm.astype(np.int16)
                 if not self.chip.adc.ideal:
                     block.adc.append(_adc_lines(self.chip.adc, where, spec.differential == "columns"))
                 d = gp - gm

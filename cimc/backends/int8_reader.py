@@ -65,31 +65,69 @@ class Int8Reads:
     def _record_exact(self, plan: ReadPlan, c: int, xi: np.ndarray) -> np.ndarray:
         """Ideal reads of uint8 codes [m, r]: every bit-plane of a row tile in one MatMulInteger, the peak line
         current recorded, and the exact accumulators formed from the same currents by shift-and-add (the g_min
-        parts cancel in g+ - g-)."""
+        parts cancel in g+ - g-). Row tiles of the same shape go in one batched MatMulInteger (a depthwise layer
+        has dozens of small ones: one call each cost more than their products)."""
         columns = self.target.array.differential == "columns"
         n = plan.bits
         w = plane_weights(n, plan.signed).astype(np.int64)
         out = np.zeros((len(xi), plan.cols), np.int64)
         peak = self.peaks[plan.name]
-        planes = None
-        for block in plan.blocks:
-            r, nb = block.r1 - block.r0, len(block.cols)
-            mat = block.quantised[c]
-            chunk = max(1, min(CHUNK_ELEMENTS // (n * r), CURRENT_ELEMENTS // (n * mat.shape[1])))
+        for blocks, mats in self._record_groups(plan, c, len(xi)):
+            r, lines, nb = blocks[0].r1 - blocks[0].r0, mats.shape[2], len(blocks)
+            chunk = max(1, min(CHUNK_ELEMENTS // (n * r * nb), CURRENT_ELEMENTS // (n * lines * nb)))
+            # |current| <= 127 r per plane, at most 2^n times that over the planes: int32 while that fits
+            wide = np.int32 if 127 * r << n < 1 << 31 else np.int64
             for s in range(0, len(xi), chunk):
-                xb = xi[s:s + chunk, block.r0:block.r1]
-                if planes is None or planes.shape[1:] != xb.shape:
-                    planes = np.empty((n,) + xb.shape, np.uint8)
-                bit_planes_uint(xb, n, planes)
-                cur = self._int_session.run(None, {"A": planes.reshape(-1, r), "B": mat})[0]
+                xb = np.stack([xi[s:s + chunk, b.r0:b.r1] for b in blocks])          # [nb, rows, r]
+                planes = bit_planes_uint(xb, n, np.empty((n,) + xb.shape, np.uint8))  # [n, nb, rows, r]
+                cur = self._batched_int_session().run(None, {"A": planes, "B": mats})[0]   # [n, nb, rows, lines]
                 if cur.size:
                     peak = max(peak, float(cur.max()), 0.0 if columns else -float(cur.min()))
-                # |current| <= 127 r per plane, at most 2^n times that over the planes: int32 while that fits
-                wide = np.int32 if 127 * r << n < 1 << 31 else np.int64
-                acc = np.einsum("jmn,j->mn", cur.reshape(n, len(xb), -1).astype(wide, copy=False), w.astype(wide))
-                out[s:s + chunk, block.index] += acc[:, :nb] - acc[:, nb:] if columns else acc
+                acc = np.einsum("jbmn,j->bmn", cur.astype(wide, copy=False), w.astype(wide))
+                for i, block in enumerate(blocks):
+                    k = len(block.cols)
+                    out[s:s + chunk, block.index] += acc[i, :, :k] - acc[i, :, k:] if columns else acc[i]
         self.peaks[plan.name] = peak
         return out.astype(plan.dtype)
+
+    def _record_groups(self, plan: ReadPlan, c: int, m: int) -> list:
+        """Copy c's row tiles in runs of the same shape, each [(blocks, their int8 matrices stacked)], at most as
+        many tiles per run as keep one read of all m rows within the chunk limits (cached per plan and copy)."""
+        key = (id(plan.blocks), c, m)
+        cache = self._record_cache
+        if key not in cache:
+            n, groups, run = plan.bits, [], []
+            for b in plan.blocks:
+                if run and (b.r1 - b.r0, b.quantised[c].shape) != (run[0].r1 - run[0].r0, run[0].quantised[c].shape):
+                    groups.append(run)
+                    run = []
+                run.append(b)
+            if run:
+                groups.append(run)
+            cache[key] = []
+            for run in groups:
+                r, lines = run[0].r1 - run[0].r0, run[0].quantised[c].shape[1]
+                most = max(1, min(CHUNK_ELEMENTS // (n * r * max(m, 1)), CURRENT_ELEMENTS // (n * lines * max(m, 1))))
+                for i in range(0, len(run), most):
+                    part = run[i:i + most]
+                    cache[key].append((part, np.stack([b.quantised[c] for b in part])))
+        return cache[key]
+
+    def _batched_int_session(self):
+        """MatMulInteger of uint8 planes [n, b, m, k] and int8 matrices [b, k, lines] (numpy's matmul broadcasting)."""
+        if self._batched_session is None:
+            from onnx import TensorProto, helper
+
+            from cimc import ort_session
+            node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
+            g = helper.make_graph([node], "batched_planes_x_conductances",
+                                  [helper.make_tensor_value_info("A", TensorProto.UINT8, ["J", "B", "M", "K"]),
+                                   helper.make_tensor_value_info("B", TensorProto.INT8, ["B", "K", "N"])],
+                                  [helper.make_tensor_value_info("Y", TensorProto.INT32, ["J", "B", "M", "N"])])
+            # no spin-waiting (cimc.ort_session): between its many short reads the idle threads would burn the cores
+            self._batched_session = ort_session.session(helper.make_model(g, opset_imports=[
+                helper.make_opsetid("", 13)]))
+        return self._batched_session
 
     def _record(self, plan: ReadPlan, c: int, x: np.ndarray) -> None:
         """Largest ideal line current (step units, magnitude) over all reads: the calibrated ADC full scale."""

@@ -37,7 +37,7 @@ class ReadPlan:
     code_dtype: type
     blocks: list
     effective: list                  # per copy [K, N] in step units (G'+ - G'- where a tile sits, else 0)
-    exact_levels: np.ndarray         # [K, N] the levels programmed (for diagnostics)
+    exact_levels: np.ndarray | None  # [K, N] the levels programmed (for diagnostics; None in ADC calibration)
     weights: np.ndarray              # plane weights
     unit_ua: float                   # one current unit (step units x V_read, / qmax for analog) in uA
     full_scale: float | None = None  # ADC full scale in current units (None for a lossless ADC)

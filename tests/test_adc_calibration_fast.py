@@ -1,0 +1,85 @@
+"""The ADC calibration's fast paths give the same full scales, bit for bit, as the slow ones they replaced: the lean
+ideal chip (Chip(levels_only=True): uint8 levels, no float64 conductances) as the full chip instance, and the
+batched reads of row tiles of one shape as one MatMulInteger per row tile."""
+from __future__ import annotations
+
+import numpy as np
+import onnx_models as om
+import pytest
+
+import cimc
+from cimc.backends import chip as chip_module
+from cimc.backends import crossbar, int8_reader
+from cimc.backends.bit_planes import CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights
+from cimc.backends.crossbar import calibrate_adc_full_scale
+
+MODELS = {
+    "small_cnn": om.small_cnn,                                   # group 2 and depthwise 8
+    "depthwise48_k3": lambda: om.conv(cin=48, cout=48, k=3, hw=6, group=48, pads=[1, 1, 1, 1]),
+    "group4_k5": lambda: om.conv(cin=24, cout=24, k=5, hw=7, group=4),
+    "depthwise96_k3": lambda: om.conv(cin=96, cout=96, k=3, hw=6, group=96, pads=[1, 1, 1, 1]),   # 6 row tiles
+}
+
+
+class _FullChip(chip_module.Chip):
+    """The chip the calibration built before: every cell's conductance programmed in float64."""
+    def __init__(self, target, levels, seed=0, defect_map=None, levels_only=False):
+        super().__init__(target, levels, seed, defect_map)
+
+
+@pytest.mark.parametrize("target", ["yao2020-resnet", "li2018"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_levels_only_chip_calibrates_as_the_full_chip(name, target, monkeypatch):
+    model = MODELS[name]()
+    calib = om.random_feeds(model, batch=8, seed=0)
+    manifest = cimc.compile(model, target, calibration=calib, overrides=["chip.chips=0"])   # li2018: 1 array
+    fast = calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays)
+    assert fast and {op.name: op.adc_full_scale_ua for op in manifest.graph.xbar_ops()} == fast
+    monkeypatch.setattr(crossbar, "Chip", _FullChip)
+    slow = calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays)
+    assert fast == slow
+
+
+def test_levels_only_refuses_a_non_ideal_target():
+    from cimc.targets.registry import load_target
+    target = load_target("yao2020-resnet")
+    with pytest.raises(ValueError, match="levels_only"):
+        chip_module.Chip(target, np.zeros((1, target.array.rows, target.array.cols), np.uint8), levels_only=True)
+
+
+def _record_exact_by_block(self, plan, c, xi):
+    """The calibration's reads before batching: one MatMulInteger per row tile and chunk of rows."""
+    columns = self.target.array.differential == "columns"
+    n = plan.bits
+    w = plane_weights(n, plan.signed).astype(np.int64)
+    out = np.zeros((len(xi), plan.cols), np.int64)
+    peak = self.peaks[plan.name]
+    for block in plan.blocks:
+        r, nb = block.r1 - block.r0, len(block.cols)
+        mat = block.quantised[c]
+        chunk = max(1, min(CHUNK_ELEMENTS // (n * r), CURRENT_ELEMENTS // (n * mat.shape[1])))
+        for s in range(0, len(xi), chunk):
+            xb = xi[s:s + chunk, block.r0:block.r1]
+            planes = bit_planes_uint(xb, n, np.empty((n,) + xb.shape, np.uint8))
+            cur = self._int_session.run(None, {"A": planes.reshape(-1, r), "B": mat})[0]
+            if cur.size:
+                peak = max(peak, float(cur.max()), 0.0 if columns else -float(cur.min()))
+            acc = np.einsum("jmn,j->mn", cur.reshape(n, len(xb), -1).astype(np.int64), w)
+            out[s:s + chunk, block.index] += acc[:, :nb] - acc[:, nb:] if columns else acc
+    self.peaks[plan.name] = peak
+    return out.astype(plan.dtype)
+
+
+@pytest.mark.parametrize("target", ["yao2020-resnet", "li2018"])
+@pytest.mark.parametrize("name", ["small_cnn", "depthwise96_k3"])
+def test_batched_reads_calibrate_as_one_read_per_row_tile(name, target, monkeypatch):
+    model = MODELS[name]()
+    calib = om.random_feeds(model, batch=8, seed=0)
+    manifest = cimc.compile(model, target, calibration=calib, overrides=["chip.chips=0"])
+    fast = calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays)
+    with monkeypatch.context() as m:        # small chunks: row tiles split into runs, rows into chunks
+        m.setattr(int8_reader, "CHUNK_ELEMENTS", 1 << 13)
+        m.setattr(int8_reader, "CURRENT_ELEMENTS", 1 << 11)
+        assert calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays) == fast
+    monkeypatch.setattr(int8_reader.Int8Reads, "_record_exact", _record_exact_by_block)
+    assert calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays) == fast
