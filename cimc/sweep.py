@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from cimc.data import Dataset
 from cimc.errors import ConfigError
 from cimc.evaluate import Progress
-from cimc.sweep_results import rows_csv, rows_jsonl, summarise
+from cimc.sweep_results import rows_csv, rows_jsonl, summarise, tune_warning_summary
 from cimc.sweep_store import SweepFolder
 from cimc.sweep_tasks import files_digest, manifest_files, run_shard, run_tune
 
@@ -100,6 +100,7 @@ def run_sweep(request: SweepRequest, folder: SweepFolder, connect=dask_client, p
             _compute(request, folder, client, todo, done, bar, messages)
         bar.close()
         rows = list(done.values())
+        messages.extend(tune_warning_summary(rows))
         summary = summarise(request.points, rows)
         _write_results(request, folder, rows, summary)
     return {"summary": summary, "rows": len(rows), "computed": len(todo), "resumed": total - len(todo),
@@ -178,7 +179,8 @@ def _row(request, p: int, s: int, acc: dict) -> dict:
     if tune is not None:
         row.update({"tuned_correct": tune["tuned_correct"], "tuned_accuracy": tune["tuned_correct"] / tune["samples"],
                     "tune_holdout_before": tune["tune_holdout_before"],
-                    "tune_holdout_after": tune["tune_holdout_after"], "tune_writes": tune["tune_writes"]})
+                    "tune_holdout_after": tune["tune_holdout_after"], "tune_writes": tune["tune_writes"],
+                    "tune_pulses": tune["tune_pulses"], "tune_warnings": tune["tune_warnings"]})
     return row
 
 

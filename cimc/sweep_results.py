@@ -1,7 +1,9 @@
 """A sweep's rows as files (CSV, JSON lines) and its summary per grid point (mean, std, 95% interval over seeds).
 
 A row is one (point, seed): {"point", "params": {axis: value as given}, "seed", "samples", "correct", "accuracy"},
-plus with tuning "tuned_correct", "tuned_accuracy", "tune_holdout_before", "tune_holdout_after", "tune_writes".
+plus with tuning "tuned_correct", "tuned_accuracy", "tune_holdout_before", "tune_holdout_after", "tune_writes",
+"tune_pulses" and "tune_warnings" (the list of that chip's tuning warnings; JSON lines only, not a CSV column). Rows
+written before "tune_pulses"/"tune_warnings" existed resume as they are: their CSV cell is empty.
 Rows hold no timings, so the files are the same bytes whatever the workers or the order they finished in.
 """
 from __future__ import annotations
@@ -11,7 +13,9 @@ import io
 import json
 import math
 
-TUNE_COLUMNS = ("tuned_correct", "tuned_accuracy", "tune_holdout_before", "tune_holdout_after", "tune_writes")
+# new columns go last, so a resumed sweep's CSV keeps the columns it had
+TUNE_COLUMNS = ("tuned_correct", "tuned_accuracy", "tune_holdout_before", "tune_holdout_after", "tune_writes",
+                "tune_pulses")
 
 
 def sorted_rows(rows) -> list[dict]:
@@ -75,4 +79,40 @@ def summarise(points: list[dict], rows) -> list[dict]:
             else:
                 entry.update({f"{key}_mean": None, f"{key}_std": None, f"{key}_ci95": None})
         out.append(entry)
+    return out
+
+
+# the kinds of tuning warning (cimc.training.tune's messages), by how each message starts or what it holds
+_TUNE_KINDS = (("tuning epoch ", " wrote no device ", "wrote no device"),
+               ("tuning epoch ", " wrote only ", "wrote fewer than 0.1% of a layer's devices"),
+               ("tuning made the chip worse", "", "made the chip worse on the held-out data (an earlier state kept)"),
+               ("the final state scores worse", "", "kept a final state worse on the held-out data (--keep final)"))
+
+
+def _tune_kind(message: str) -> str:
+    for start, holds, kind in _TUNE_KINDS:
+        if message.startswith(start) and holds in message:
+            return kind
+    return message
+
+
+def tune_warning_summary(rows) -> list[str]:
+    """One line per kind of tuning warning over the rows' "tune_warnings" (instead of one warning per chip):
+    how many of the tuned chips had it, at which points, and the first such chip's message (its hint). Rows
+    without "tune_warnings" (not tuned, or written before it existed) are not counted."""
+    tuned = [r for r in sorted_rows(rows) if "tune_warnings" in r]
+    kinds: dict[str, list[tuple[dict, str]]] = {}
+    for r in tuned:
+        first: dict[str, str] = {}
+        for message in r["tune_warnings"]:
+            first.setdefault(_tune_kind(message), message)
+        for kind, message in first.items():
+            kinds.setdefault(kind, []).append((r, message))
+    out = []
+    for kind, hits in kinds.items():
+        points = sorted({r["point"] for r, _ in hits})
+        r, message = hits[0]
+        out.append(f"tuning {kind} on {len(hits)} of {len(tuned)} tuned chips (points: "
+                   f"{', '.join(map(str, points))}; each row's tune_warnings in rows.jsonl holds its messages); "
+                   f"point {r['point']} seed {r['seed']}: {message}")
     return out

@@ -94,7 +94,10 @@ def run_tune(files: dict[str, bytes], digest: str, data: Dataset, tune_data: Dat
                              **tune_options)
         session = Session(tuned, backend="crossbar", seed=seed, batch_size=batch_size, **options)
         correct = _correct(session, data, 0, len(data))
+    # tuning's own warnings (one chip's) go into its row, for one summary line per kind at the end of the sweep
+    tune_warnings = [str(m) for m in result.warnings]
     return {"tuned_correct": correct, "samples": len(data), "tune_writes": int(result.writes),
+            "tune_pulses": int(result.pulses),
             "tune_holdout_before": result.holdout["accuracy_before"],
-            "tune_holdout_after": result.holdout["accuracy_after"],
-            "warnings": [str(w.message) for w in caught]}
+            "tune_holdout_after": result.holdout["accuracy_after"], "tune_warnings": tune_warnings,
+            "warnings": [str(w.message) for w in caught if str(w.message) not in tune_warnings]}

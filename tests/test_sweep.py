@@ -149,7 +149,8 @@ def test_tuning_rows_are_cimc_tune_then_cimc_run(setup, cluster, tmp_path, capsy
     rc = main(["sweep", str(setup / "m"), "--data", str(setup / "test.npz"), "--grid", "program_sigma=1.5uS",
                "--seeds", "2", "-o", str(tmp_path / "out"), "--tune-data", str(setup / "tune.npz"), "--json",
                "--scheduler", cluster.scheduler_address])
-    r = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    r = json.loads(captured.out)
     assert rc == 0 and "tuned_accuracy_mean" in r["points"][0]
     row = _rows(tmp_path / "out")[1]
     assert row["seed"] == 1 and row["tune_writes"] > 0
@@ -158,6 +159,26 @@ def test_tuning_rows_are_cimc_tune_then_cimc_run(setup, cluster, tmp_path, capsy
                  *common]) == 0
     tuned = json.loads(capsys.readouterr().out)
     assert tuned["writes"] == row["tune_writes"] and tuned["holdout"]["accuracy_after"] == row["tune_holdout_after"]
+    # pulses as cimc tune counts them (no pulse model here: one per write and per write-verify retry)
+    assert tuned["pulses"] == row["tune_pulses"] > 0 and tuned["warnings"] == row["tune_warnings"]
+    assert f",{row['tune_writes']},{row['tune_pulses']}\n" in (tmp_path / "out" / "rows.csv").read_text()
+    # tuning's warnings: one summary line per kind, not one per chip; the messages stay in the rows
+    rows = _rows(tmp_path / "out")
+    assert sum(len(x["tune_warnings"]) for x in rows) >= 1, "the fixture should warn on some chip"
+    tuning_lines = [line for line in captured.err.splitlines() if line.startswith("cimc: warning: tuning ")]
+    kinds = [("tuning epoch ", "wrote no device"), ("tuning made the chip worse", "made the chip worse"),
+             ("the final state scores worse", "kept a final state worse")]
+    expected = []
+    for start, summary in kinds:
+        chips = [x for x in rows if any(m.startswith(start) for m in x["tune_warnings"])]
+        if chips:
+            expected.append(summary)
+            line, = [line for line in tuning_lines if summary in line]
+            assert f" on {len(chips)} of {len(rows)} tuned chips " in line, line
+        for x in chips:          # no chip's own message printed on its own line
+            for m in x["tune_warnings"]:
+                assert f"cimc: warning: {m}\n" not in captured.err
+    assert len(tuning_lines) == len(expected)
     for manifest, key in ((setup / "m", "accuracy"), (tmp_path / "t", "tuned_accuracy")):
         assert main(["run", str(manifest), "--data", str(setup / "test.npz"), "--backend", "crossbar", "--json",
                      *common]) == 0
