@@ -320,3 +320,25 @@ def test_one_sweep_at_a_time_per_folder_and_half_written_rows_are_dropped(tmp_pa
         SweepFolder(tmp_path / "out", identity).open()
     (tmp_path / "out" / "rows" / "p0000-s0001.json").unlink()
     assert SweepFolder(tmp_path / "out", identity).open() == {(0, 0): {"point": 0, "seed": 0, "accuracy": 0.5}}
+
+
+def test_tune_warnings_summarise_per_kind_and_old_rows_resume():
+    from cimc.sweep_results import rows_csv, tune_warning_summary
+    none = "tuning epoch {} of 2 wrote no device of layer 'FC' (fewer than 0.1% of its 40 devices): raise --lr"
+    worse = "tuning made the chip worse on the held-out data (0.5 after epoch 2 against 0.6 before tuning): ..."
+    rows = [{"point": p, "params": {"a": p}, "seed": s, "samples": 10, "correct": 5, "accuracy": 0.5,
+             "tuned_correct": 6, "tuned_accuracy": 0.6, "tune_holdout_before": 0.5, "tune_holdout_after": 0.6,
+             "tune_writes": 0, "tune_pulses": 0,
+             # both epochs wrote nothing on every chip but (1, 2); chip (2, 0) also got worse
+             "tune_warnings": ([] if (p, s) == (1, 2) else [none.format(1), none.format(2)])
+             + ([worse] if (p, s) == (2, 0) else [])}
+            for p in range(3) for s in range(3)]
+    old = {k: v for k, v in rows[0].items() if k not in ("tune_pulses", "tune_warnings")} | {"point": 3}
+    lines = tune_warning_summary(rows + [old])     # a row from before tune_warnings existed: not counted
+    assert lines == [f"tuning wrote no device on 8 of 9 tuned chips (points: 0, 1, 2; each row's tune_warnings in "
+                     f"rows.jsonl holds its messages); point 0 seed 0: {none.format(1)}",
+                     "tuning made the chip worse on the held-out data (an earlier state kept) on 1 of 9 tuned "
+                     "chips (points: 2; each row's tune_warnings in rows.jsonl holds its messages); point 2 seed 0: "
+                     + worse]
+    csv = rows_csv(rows + [old], ["a"]).splitlines()
+    assert csv[0].endswith(",tune_writes,tune_pulses") and csv[-1].endswith(",0,") and csv[1].endswith(",0,0")
