@@ -73,4 +73,5 @@ def conv_session(op, levels: np.ndarray):
     model.ir_version = min(model.ir_version, onnx.IR_VERSION)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")   # idle between the layers' runs
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
