@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper
 
+from cimc import ort_session
 from cimc.backends.reference import FloatBackend
 from cimc.batching import chunks, fixed_batch
 from cimc.graph_run import check_feeds, run_graph
@@ -95,11 +95,8 @@ def _onnxruntime_with_taps(model: onnx.ModelProto, graph: Graph, reduce: bool = 
                 tapped.graph.output.append(helper.make_tensor_value_info(t + suffix, onnx.TensorProto.FLOAT, None))
         elif t not in existing:
             tapped.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")   # idle threads burnt CPU between nodes
     try:
-        return ort.InferenceSession(tapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort_session.session(tapped)    # quiet, no spin-waiting (idle threads burnt CPU between nodes)
     except Exception:  # onnxruntime cannot run it: fall back to the cimc float engine
         return None
 

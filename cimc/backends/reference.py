@@ -56,8 +56,9 @@ def conv_session(op, levels: np.ndarray):
     """An onnxruntime session computing the op's convolution with the given level matrix (K x N, or compact blocks
     [groups, K/groups, N/groups], cimc.ir) as its weight."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
+
+    from cimc import ort_session
     g = op.conv
     kh, kw = g.kernel
     groups, n = g.groups, op.cols
@@ -71,7 +72,4 @@ def conv_session(op, levels: np.ndarray):
                               [numpy_helper.from_array(weight, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = min(model.ir_version, onnx.IR_VERSION)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")   # idle between the layers' runs
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort_session.session(model)     # quiet, no spin-waiting between the layers' runs
