@@ -211,6 +211,17 @@ def test_compensation_without_drift_is_one():
     assert be.plans["fc"].drift_scale.tolist() == [1.0]
 
 
+def test_compensation_without_drift_is_one_through_wire_resistance():
+    """The reference read goes through the same circuit as the reads (cimc.targets.ir_drop): without drift they are
+    the same read, alpha = 1 exactly (a reference taken from the bare devices would read the IR drop as drift)."""
+    graph, op, _ = _one_layer()
+    target = load_target("pcm-aihwkit", ["nonideal.drift_nu_model=none", "nonideal.read_noise_1f_model=none",
+                                         "nonideal.wire_ohm=5"])
+    be = CrossbarBackend(seed=0)
+    be.bind(graph, None, target)
+    assert be.plans["fc"].drift_scale.tolist() == [1.0]
+
+
 def test_preset_states_its_source():
     text = (load_target.__globals__["_PRESETS"] / "pcm-aihwkit.toml").read_text()
     assert "src/aihwkit/inference/noise/pcm.py" in text and "Nandakumar" in text

@@ -49,23 +49,25 @@ class Chip:
             self.driver_gain = None
             return
         self.instance = self.model.program(levels, self.seed)
-        if self.instance.conductance_us is self.instance.target_us:     # ideal devices: no deviation to add
-            self.g_units = levels.astype(np.float64)
-        else:
-            self.g_units = levels.astype(np.float64) + (self.instance.conductance_us - self.instance.target_us) / step
         # line and access resistance: reads see each array's effective conductances T (I = v . T, exact for 1T1R),
         # computed once here, so every reader stays as fast as without them; None when the target has none
         self.read_us = None
         if wires_active(target.nonideal):
             self.read_us = array_conductances(self.instance.conductance_us, target.nonideal)
             self.g_units = (self.read_us - target.device.g_min_us) / step
+        elif self.instance.conductance_us is self.instance.target_us:     # ideal devices: no deviation to add
+            self.g_units = levels.astype(np.float64)
+        else:
+            self.g_units = levels.astype(np.float64) + (self.instance.conductance_us - self.instance.target_us) / step
         self.offset = target.device.g_min_us / step
         self.read_sigma = self.model.read_noise_us / step          # read noise in step units
         ref = self.instance.reference_us              # global drift compensation's reference read (else None)
-        self.g_units_reference = None if ref is None else \
-            levels.astype(np.float64) + (ref - self.instance.target_us) / step
-        if ref is not None and self.read_us is not None:  # the reference read goes through the same circuit
+        if ref is None:
+            self.g_units_reference = None
+        elif self.read_us is not None:                # the reference read goes through the same circuit
             self.g_units_reference = (array_conductances(ref, target.nonideal) - target.device.g_min_us) / step
+        else:
+            self.g_units_reference = levels.astype(np.float64) + (ref - self.instance.target_us) / step
         self.adc = AdcModel(target.adc, self.seed, levels.shape[0], target.array.cols)
         # row drivers' gains [n_arrays, rows], None for ideal drivers
         self.driver_gain = driver_gains(target.input.driver_gain_sigma_rel, self.seed, levels.shape[0],
