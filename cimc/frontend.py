@@ -904,10 +904,9 @@ class _Importer:
             return
         wb = plan[1]
         k, n, b = w.shape[-2], w.shape[-1], int(np.prod(wb))
-        blocks = w.reshape(b, k, n).astype(np.float32)
-        matrix = np.zeros((b * k, b * n), np.float32)
-        for i in range(b):
-            matrix[i * k:(i + 1) * k, i * n:(i + 1) * n] = blocks[i]
+        # the block-diagonal matrix kept as its diagonal blocks [b, k, n] (cimc.ir: compact blocks): the tiles
+        # off the diagonal hold only zeros and get no array
+        matrix = w.reshape(b, k, n).astype(np.float32)
         lead = rank - 2 - len(wb)                      # the run-time operand's own leading axes (sample first)
         expanded = f"{name}/expanded"
         self.digital_step(f"{name}/expand", "Expand", [x, shape_const([1] * lead + list(wb) + [1, 1])], expanded)

@@ -15,7 +15,8 @@
   matrices) hold only the diagonal blocks, shape [groups, K/groups, N/groups], never the K x N zeros around them
   (a depthwise layer of C channels would hold C times its weights). An ungrouped op's are plain K x N. The helpers
   below (`block_slice`, `put_block_slice`, `block_matmul`, `dense`) are how code reads either form.
-  A matmul op (`conv is None`) multiplies the last axis of its input: y[..., n] = sum_k x[..., k] W[k, n] + b[n].
+  A matmul op (`conv is None`) multiplies the last axis of its input: y[..., n] = sum_k x[..., k] W[k, n] + b[n];
+  per-head weights make it block-diagonal, held as compact blocks like a grouped conv (its `groups` = blocks).
   **Shared weights** (`weights_of`): an op that reads another crossbar op's arrays (a recurrent op's h_{t-1} R^T,
   read once per time step from the same devices; cimc.recurrent_lowering). It has its own input, input quantiser,
   bias, ADC full scale and read-noise stream (each read is a new analog read), but no matrix, levels, tiles or

@@ -31,8 +31,8 @@ from cimc.errors import ManifestError
 from cimc.ir import ActQuant, ConvGeometry, DigitalOp, Graph, Placement, TensorInfo, Tile, XbarOp, compact
 from cimc.layer_table import layer_table
 from cimc.layout import program_arrays, read_levels
-from cimc.manifest_checks import (ArrayOccupancy, check_average, check_conv_geometry, check_float_array,
-                                  check_group_blocks, check_levels_match, check_off_block_cells, check_tile_cover,
+from cimc.manifest_checks import (ArrayOccupancy, check_average, check_blocks, check_conv_geometry,
+                                  check_float_array, check_group_blocks, check_levels_match, check_off_block_cells, check_tile_cover,
                                   parse_json, probe_shapes, read_digital_model)
 from cimc.onnx_segments import graph_model, reads
 from cimc.passes.replicate import replication_document
@@ -312,6 +312,7 @@ def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target, index_of
                    "placements": [_placement_to_json(p, target) for p in t.placements]}
                   for t in op.tiles],
         **({"average": op.average} if op.average > 1 else {}),     # absent: every copy pipelines (as before)
+        **({"blocks": op.groups} if op.conv is None and op.groups > 1 else {}),   # per-head weights (cimc.ir)
     }
 
 
@@ -360,6 +361,7 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
                          list(nodes[index].attribute), d.get("domain", ""), d.get("source_nodes", []))
     rows, cols = d["rows"], d["cols"]
     check_conv_geometry(d, at, where)
+    blocks = check_blocks(d, at, where)
     _check_quant(d, at, target, where)
     if d.get("weights_of") is not None:
         return _reader_from_json(d, at, params, owners, where)
@@ -389,7 +391,7 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
                             "that cover its matrix")
     check_tile_cover(d, at, where)
     q = d["input_quant"]
-    groups = conv.groups if conv is not None else 1
+    groups = conv.groups if conv is not None else blocks
     matrix = _param(params, d["weights"]["float_matrix"], where, f"{at}.weights.float_matrix",
                     None if groups > 1 else (rows, cols))
     if groups > 1 and matrix.shape != (groups, rows // groups, cols // groups):   # compact blocks (cimc.ir) ...

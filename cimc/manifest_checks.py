@@ -112,9 +112,10 @@ def check_conv_geometry(d: dict, at: str, where: str) -> None:
 
 
 def check_group_blocks(matrix: np.ndarray, d: dict, at: str, where: str) -> None:
-    """A grouped conv's matrix is block-diagonal (cimc.ir): a weight outside the blocks would be ignored by the
-    backends that run the convolution per group."""
-    groups = d["conv"]["groups"] if d["conv"] else 1
+    """A grouped conv's (or a matmul's `blocks`) matrix is block-diagonal (cimc.ir): a weight outside the blocks
+    would be ignored by the backends that read the blocks only."""
+    groups = d["conv"]["groups"] if d["conv"] else d.get("blocks", 1)
+    field = f"'{at}.conv.groups'" if d["conv"] else f"'{at}.blocks'"
     if groups == 1:
         return
     rows, cols = matrix.shape
@@ -125,8 +126,8 @@ def check_group_blocks(matrix: np.ndarray, d: dict, at: str, where: str) -> None
     outside = (matrix != 0) & ~inside
     if outside.any():
         r, c = (int(i) for i in np.argwhere(outside)[0])
-        raise ManifestError(f"{where}: field '{at}.conv.groups' = {groups}: the float matrix holds a weight at row "
-                            f"{r}, column {c}, outside the {groups} diagonal blocks of a grouped conv")
+        raise ManifestError(f"{where}: field {field} = {groups}: the float matrix holds a weight at row {r}, "
+                            f"column {c}, outside its {groups} diagonal blocks")
 
 
 def _bands(spans: set, total: int, at: str, what: str, where: str) -> list[tuple[int, int]]:
@@ -158,7 +159,7 @@ def check_tile_cover(d: dict, at: str, where: str) -> None:
                                 f"{t['col_start']}.. like '{at}.tiles[{seen[key]}]': each part of the matrix "
                                 "belongs to exactly one tile")
         seen[key] = ti
-    groups = d["conv"]["groups"] if d["conv"] else 1
+    groups = d["conv"]["groups"] if d["conv"] else d.get("blocks", 1)
     kg, ng = rows // groups, cols // groups
     for r0, rc in row_bands:
         for c0, cc in col_bands:
@@ -212,6 +213,19 @@ def _row_span(tile: dict, p: dict, usable: int, field: str, where: str) -> int:
         raise ManifestError(f"{where}: field '{field}.row_order' must list {tile['row_count']} distinct physical rows "
                             f">= 0 (one per row of the tile), got {len(order)} entries")
     return max(order, default=-1) + 1
+
+
+def check_blocks(d: dict, at: str, where: str) -> int:
+    """A matmul's diagonal blocks (`blocks`, absent = 1) split its rows and columns evenly; a conv says its groups
+    in `conv.groups` instead."""
+    blocks = d.get("blocks", 1)
+    if blocks > 1 and d["conv"] is not None:
+        raise ManifestError(f"{where}: field '{at}.blocks' is for a matmul; a conv gives its groups in "
+                            f"'{at}.conv.groups'")
+    if d["rows"] % blocks or d["cols"] % blocks:
+        raise ManifestError(f"{where}: field '{at}.blocks' = {blocks} does not divide '{at}.rows' = {d['rows']} "
+                            f"and '{at}.cols' = {d['cols']}")
+    return blocks
 
 
 def check_average(d: dict, at: str, where: str) -> int:

@@ -3,6 +3,8 @@ sizes of 1, and weights that differ along batch axes (one block-diagonal matrix)
 onnxruntime; the ideal crossbar equals the integer backend bit for bit."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -39,8 +41,8 @@ def _on_arrays(model, x, matrix):
 @pytest.mark.parametrize("x_shape,w_shape,matrix", [
     ((4, 3, 5), (5,), (5, 1)),                        # vector weight
     ((4, 3, 5), (1, 5, 2), (5, 2)),                   # a leading 1 that adds no axis
-    ((4, 3, 2, 5), (3, 5, 2), (15, 6)),               # per-head weights along axis 1 (block diagonal)
-    ((4, 1, 2, 5), (1, 3, 5, 2), (15, 6)),            # the activation's axis of 1 broadcasts against 3 heads
+    ((4, 3, 2, 5), (3, 5, 2), (3, 5, 2)),               # per-head weights along axis 1 (block diagonal)
+    ((4, 1, 2, 5), (1, 3, 5, 2), (3, 5, 2)),            # the activation's axis of 1 broadcasts against 3 heads
 ])
 def test_constant_matmul_of_any_rank_on_arrays(x_shape, w_shape, matrix):
     x = np.random.default_rng(7).normal(size=x_shape).astype(np.float32)
@@ -93,3 +95,45 @@ def test_einsum_that_is_not_a_plain_product_still_runs(equation, w_shape):
         return
     got = cimc.Session(manifest, "float").run(x)
     assert np.max(np.abs(got - want)) <= 1e-5 * float(np.abs(want).max())
+
+
+def test_per_head_weights_map_only_the_tiles_that_hold_weights(tmp_path):
+    """4 heads of 64 x 64: the 256 x 256 block-diagonal matrix on 144-row, 8-output tiles has 2 x 32 tiles, of
+    which only those meeting a diagonal block hold a weight (counted here from the dense matrix's non-zeros); the
+    others get no array. The manifest says `blocks` and loads back to the same op; a weight off the blocks, or a
+    block count that does not divide the matrix, is refused naming the field."""
+    x_shape, w_shape = (4, 4, 3, 64), (4, 64, 64)
+    model = _model(x_shape, w_shape)
+    x = np.random.default_rng(7).normal(size=x_shape).astype(np.float32)
+    manifest = cimc.compile(model, "yao2020-resnet", calibration=np.concatenate([x] * 8))
+    (op,) = manifest.graph.xbar_ops()
+    w = numpy_helper.to_array(model.graph.initializer[0])
+    full = np.zeros((256, 256), np.float32)
+    for h in range(4):
+        full[h * 64:(h + 1) * 64, h * 64:(h + 1) * 64] = w[h]
+    holding = sum(bool(full[r:r + 144, c:c + 8].any()) for r in (0, 144) for c in range(0, 256, 8))
+    assert holding == 40 and len(op.tiles) == holding
+    assert manifest.arrays.shape[0] == holding                   # one tile per array, one copy
+    manifest.save(tmp_path / "m")
+    doc = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert doc["ops"][[o["kind"] for o in doc["ops"]].index("crossbar")]["blocks"] == 4
+    loaded = cimc.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.graph.xbar_ops()[0].matrix, w)
+    for backend, options in (("integer", {}), ("crossbar", {"seed": 2})):
+        np.testing.assert_array_equal(cimc.Session(loaded, backend, **options).run(x),
+                                      cimc.Session(manifest, backend, **options).run(x))
+    params_file = tmp_path / "m" / "params.npz"
+    with np.load(params_file) as f:
+        params = dict(f)
+    key = next(k for k in params if k.endswith("float_matrix"))
+    bad = full.copy()
+    bad[0, 255] = 1.0                                            # row 0 is head 0's, column 255 head 3's
+    np.savez(params_file, **{**params, key: bad})
+    with pytest.raises(cimc.errors.ManifestError, match=r"'ops\[\d+\]\.blocks' = 4.*outside"):
+        cimc.load(tmp_path / "m")
+    np.savez(params_file, **params)
+    i = [o["kind"] for o in doc["ops"]].index("crossbar")
+    doc["ops"][i]["blocks"] = 3
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(cimc.errors.ManifestError, match=r"'ops\[\d+\]\.blocks' = 3 does not divide"):
+        cimc.load(tmp_path / "m")
