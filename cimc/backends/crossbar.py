@@ -210,7 +210,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             self._quantise_conductances(target, self.conductance_grid)
         elif self.gemm == "lut" and not target.adc.lossless:
             self._lut_grid(target)
-        elif self.record_currents and float(self.offset).is_integer() and self.offset + target.device.max_level <= 127:
+        elif (self.record_currents and float(self.offset).is_integer() and self.offset + target.device.max_level <= 127
+              and not encoded(target)):           # the exact int8 reads form pairs' accumulators (int8_reader)
             self._quantise_conductances(target, grid=1)          # ideal levels + integer g_min: exact in int8
         self.reader = self._reader(target)
         for plan in self.plans.values():
@@ -305,7 +306,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                                for plane in tile_planes(t, t.placements[c], target)] for t in tiles]
                     d = np.concatenate([combine(tp, target) for tp in planes], axis=1)
                     block.diff.append(d.astype(dtype))
-                    if not target.adc.lossless:     # one line per plane (columns, offset) or slice (row pairs)
+                    if not target.adc.lossless or self.record_currents:   # one line per plane (columns,
                         block.lines.append(slice_lines(planes, spec, self.offset, target.weights.encoding))
                     _put_effective(effective[c], d, r0, rc, cols, tiles)
                     continue
@@ -370,7 +371,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                     ua, source = self.adc_full_scale[op.name], "option"
                 elif getattr(op, "adc_full_scale_ua", None):
                     ua, source = op.adc_full_scale_ua, "manifest"
-                elif self.calibration is not None and not encoded(target):     # calibration reads pairs only
+                elif self.calibration is not None:
                     if computed is None:
                         computed = calibrate_adc_full_scale(graph, target, self.calibration, arrays=self.arrays)
                     ua, source = computed.get(op.name), "calibration data"
@@ -711,7 +712,8 @@ def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=N
     """The documented calibration rule of the ADC full scale: for each crossbar op, the largest line current (uA)
     that the ideal chip (ideal devices, the manifest's levels) carries in any read of the calibration set — every
     bit-plane (or analog read), every row tile and line, every sample; including the g_min part of a "columns" line;
-    the magnitude for a bipolar ("rows") line. Activations follow the integer (ideal) chip. Ops whose lines never
+    the magnitude for a bipolar ("rows") line. Offset and bit-sliced weights (cimc.weight_encoding): every device line,
+    or every slice's +v/-v line, that their finite-ADC reads convert (cimc.backends.slice_lines). Activations follow the integer (ideal) chip. Ops whose lines never
     carry current are left out (the backend then uses the 'max' full scale). `data`: array or dict of arrays;
     `max_samples`: use only its first samples (ResNet-56 costs about 60 ms per sample on 2 cores)."""
     feeds = check_feeds(graph, data, "ADC calibration data")

@@ -10,6 +10,7 @@ import numpy as np
 from cimc.backends.bit_planes import CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights, uint_codes
 from cimc.backends.read_plan import ReadPlan
 from cimc.errors import ConfigError
+from cimc.weight_encoding import encoded
 
 
 class Int8Reads:
@@ -137,7 +138,8 @@ class Int8Reads:
         peak = self.peaks[plan.name]
         for block in plan.blocks:
             r = block.r1 - block.r0
-            mat = block.lines[c] if columns else block.diff[c].astype(np.float32)
+            # device lines ("columns"), or another encoding's lines (cimc.backends.slice_lines), else +v/-v pairs
+            mat = block.lines[c] if columns or encoded(self.target) else block.diff[c].astype(np.float32)
             chunk = max(1, CHUNK_ELEMENTS // (n_planes * max(r, mat.shape[1])))
             int8 = self._int_session is not None and not plan.analog
             for s in range(0, len(x), chunk):

@@ -14,7 +14,7 @@ def slice_lines(planes, spec, offset, encoding: str) -> np.ndarray:
     if spec.differential == "columns" or encoding == "offset":
         return np.concatenate([np.concatenate([tp[k] for tp in planes], axis=1) for k in range(n_planes)],
                               axis=1).astype(np.float32) + np.float32(offset)
-    return np.concatenate([np.concatenate([tp[k] - tp[k + 1] for tp in planes], axis=1)
+    return np.concatenate([np.concatenate([np.subtract(tp[k], tp[k + 1], dtype=np.float64) for tp in planes], axis=1)
                            for k in range(0, n_planes, 2)], axis=1).astype(np.float32)
 
 
