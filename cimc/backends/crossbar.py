@@ -81,7 +81,7 @@ from cimc.backends.chip import Chip
 from cimc.backends.int8_reader import Int8Reads
 from cimc.backends.plane_reader import PlaneReads
 from cimc.backends.read_plan import ReadPlan, RowTile
-from cimc.backends.slice_lines import slice_lines
+from cimc.backends.slice_lines import slice_adc_lines, slice_lines
 from cimc.backends.table_reader import TableReads, _channel_tiles
 from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, run_graph
@@ -229,10 +229,6 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                                 (f"gemm={self.requested_gemm!r} (bit-sliced reads run on float32 GEMMs)",
                                  finite and self.requested_gemm not in (None, "float32")),
                                 ("analog inputs through a finite ADC", finite and target.input.encoding == "analog"),
-                                ("read noise", self.read_sigma > 0),
-                                ("ADC non-idealities", not self.chip.adc.ideal),
-                                ("driver gain errors", self.chip.driver_gain is not None),
-                                ("drift compensation", self.chip.g_units_reference is not None),
                                 ("line resistance", self.chip.read_us is not None)) if bad]
         if why:
             require_pair(target, f"the crossbar backend with {', '.join(why)}")
@@ -302,12 +298,18 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             block.index = slice(int(cols[0]), int(cols[0]) + len(cols)) if contiguous else cols
             for c in range(cells.replicas):
                 if encoded(target):     # each plane's line read on its own, combined digitally after the ADC
-                    planes = [[self.g_units[t.placements[c].array][plane]
-                               for plane in tile_planes(t, t.placements[c], target)] for t in tiles]
+                    planes = [_driven_planes(self.g_units, t, t.placements[c], self.chip, target) for t in tiles]
                     d = np.concatenate([combine(tp, target) for tp in planes], axis=1)
                     block.diff.append(d.astype(dtype))
-                    if not target.adc.lossless or self.record_currents:   # one line per plane (columns,
+                    if not target.adc.lossless or self.record_currents:   # one line per plane (columns, offset)
+                        # or slice (row pairs); the ADC calibration reads them too
                         block.lines.append(slice_lines(planes, spec, self.offset, target.weights.encoding))
+                    if not self.chip.adc.ideal:      # each line's own ADC: that of its physical column
+                        block.adc.append(slice_adc_lines(self.chip.adc, tiles, c, target))
+                    if sums is not None:             # the reference read, combined as the reads are
+                        ref = [combine(_driven_planes(reference, t, t.placements[c], self.chip, target), target)
+                               for t in tiles]
+                        sums[c] += [np.abs(np.concatenate(ref, axis=1)).sum(), np.abs(d).sum()]
                     _put_effective(effective[c], d, r0, rc, cols, tiles)
                     continue
                 plus, minus, where = [], [], []
@@ -639,6 +641,20 @@ def _driven(gp: np.ndarray, gm: np.ndarray, tile, placement, chip, spec) -> tupl
     am = ap if spec.differential == "columns" else a[rows + spec.rows // 2][:, None]
     o = chip.offset
     return (gp + o) * ap - o, (gm + o) * am - o
+
+
+def _driven_planes(g_units, tile, placement, chip, target) -> list[np.ndarray]:
+    """A tile's device planes (cimc.weight_encoding.tile_planes; step units above g_min) as its rows' drivers apply
+    them: (g + o) * a_r - o, as `_driven` does for a pair."""
+    g = g_units[placement.array]
+    planes = []
+    for rows, cols in tile_planes(tile, placement, target):
+        plane = g[rows, cols]
+        if chip.driver_gain is not None:
+            a = chip.driver_gain[placement.array][rows][:, None]
+            plane = (plane + chip.offset) * a - chip.offset
+        planes.append(plane)
+    return planes
 
 
 def _reference_sums(reference: np.ndarray, tiles, c: int, spec, chip, d: np.ndarray) -> np.ndarray:
