@@ -728,10 +728,11 @@ def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=N
     """The documented calibration rule of the ADC full scale: for each crossbar op, the largest line current (uA)
     that the ideal chip (ideal devices, the manifest's levels) carries in any read of the calibration set — every
     bit-plane (or analog read), every row tile and line, every sample; including the g_min part of a "columns" line;
-    the magnitude for a bipolar ("rows") line. Offset and bit-sliced weights (cimc.weight_encoding): every device line,
-    or every slice's +v/-v line, that their finite-ADC reads convert (cimc.backends.slice_lines). Activations follow the integer (ideal) chip. Ops whose lines never
-    carry current are left out (the backend then uses the 'max' full scale). `data`: array or dict of arrays;
-    `max_samples`: use only its first samples (ResNet-56 costs about 60 ms per sample on 2 cores)."""
+    the magnitude for a bipolar ("rows") line. Offset and bit-sliced weights (cimc.weight_encoding): every device
+    line, or every slice's +v/-v line, that their finite-ADC reads convert (cimc.backends.slice_lines). Activations
+    follow the integer (ideal) chip. Ops whose lines never carry current are left out (the backend then uses the
+    'max' full scale). `data`: array or dict of arrays; `max_samples`: use only its first samples (ResNet-56 costs
+    about 60 ms per sample on 2 cores)."""
     feeds = check_feeds(graph, data, "ADC calibration data")
     n = len(next(iter(feeds.values())))
     if max_samples is not None:
