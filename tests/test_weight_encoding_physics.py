@@ -293,3 +293,51 @@ def test_global_drift_compensation_reads_the_combined_planes(matmul):
     x = _codes(op, 5)
     np.testing.assert_allclose(be.mvm(op, x, len(x)), alpha * plain.mvm(op, x, len(x)).astype(np.float64),
                                rtol=1e-6)
+
+
+# -- wire resistance (1T1R): the array's transfer matrix applies to whatever devices it holds ------------------------
+from cimc.targets.ir_drop import read_currents  # noqa: E402
+
+
+def test_wire_resistance_reads_equal_the_exact_circuit(matmul):
+    """Ideal devices, a lossless ADC, 2 ohm per line segment and 3 kohm access transistors: each tile's lines
+    solved exactly (nodal analysis of its whole array, every other row held at 0 V), converted to step units
+    (g_min's part removed), shifted and added (or the offset subtracted) as the encoding says, give the backend's
+    accumulators; `--layers`' fast-path error is rounding."""
+    name, manifest = matmul
+    op = manifest.graph.xbar_ops()[0]
+    wires = ["nonideal.program_sigma_us=0", "nonideal.stuck_rate=0", "adc.lossless=true", "nonideal.wire_ohm=2",
+             "nonideal.access_ohm=3000"]
+    be = _bind(manifest, 0, wires)
+    t, n = be.target, be.target.nonideal
+    dev, v = t.device, t.input.read_voltage_v
+    x = _codes(op, 4)
+    want = np.zeros((len(x), op.cols))
+    pairs = t.array.differential == "rows" and t.weights.encoding != "offset"
+    for tl in op.tiles:
+        p = tl.placements[0]
+        planes = tile_planes(tl, p, t)
+        every = np.arange(t.array.rows)
+        u = x[:, tl.row_start:tl.row_start + tl.row_count].astype(np.float64)
+        volts = np.zeros((len(x), t.array.rows))
+        volts[:, every[planes[0][0]]] = u * v
+        if pairs:
+            volts[:, every[planes[1][0]]] = -u * v
+        g_us = dev.g_min_us + program_arrays(be.graph, t)[p.array] * dev.step_us
+        current = read_currents(g_us, volts, n.wire_ohm, n.access_ohm) / (v * dev.step_us)     # step units
+        held = 0.0 if pairs else be.offset * u.sum(axis=1, keepdims=True)                       # g_min's part
+        for k in range(0, len(planes), 2 if pairs else 1):
+            cols = planes[k][1]
+            line = current[:, cols] - held
+            if t.weights.encoding == "offset":
+                line = line - (dev.levels - 1) // 2 * u.sum(axis=1, keepdims=True)
+            else:
+                line = line * dev.levels ** (k // 2) * (1 if pairs or k % 2 == 0 else -1)
+            want[:, tl.col_start:tl.col_start + tl.col_count] += line
+    got = be.mvm(op, x, len(x)).astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    ideal = _bind(manifest, 0, wires[:3]).mvm(op, x, len(x))
+    assert np.abs(got - ideal).max() > 1e-3 * np.abs(ideal).max()          # the wires show
+    diag = CrossbarBackend(overrides=wires, diagnostics=True)
+    Session(manifest, backend=diag).run(next(iter(om.random_feeds(om.matmul(k=200, m=20), 3, 5).values())))
+    assert diag.layer_stats()[0]["ir_approx_error"] < 1e-9

@@ -228,8 +228,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         why = [w for w, bad in (("simulate_planes with a lossless ADC", self.simulate_planes and target.adc.lossless),
                                 (f"gemm={self.requested_gemm!r} (bit-sliced reads run on float32 GEMMs)",
                                  finite and self.requested_gemm not in (None, "float32")),
-                                ("analog inputs through a finite ADC", finite and target.input.encoding == "analog"),
-                                ("line resistance", self.chip.read_us is not None)) if bad]
+                                ("analog inputs through a finite ADC", finite and target.input.encoding == "analog"))
+               if bad]
         if why:
             require_pair(target, f"the crossbar backend with {', '.join(why)}")
 
