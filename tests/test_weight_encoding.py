@@ -240,14 +240,14 @@ def test_finite_adc_reads_each_slice_line_and_is_exact_when_lsb_is_one_step(tmp_
     full = {op.name: top * unit_ua for op in manifest.graph.xbar_ops()}
     run = ["adc.bits=24", "adc.lossless=false", "device.g_min_us=0", "nonideal.program_sigma_us=0",
            "nonideal.stuck_rate=0"]
-    backend = CrossbarBackend(overrides=run, adc_full_scale=full)          # the default reader falls back to float32
+    backend = CrossbarBackend(overrides=run, adc_full_scale=full, gemm="float32")
     y = Session(manifest, backend=backend).run(x)
-    assert backend.reader == "float32" and "lut" in backend.describe()["weights"]["reads"]
+    assert backend.reader == "float32" and "float32 reads" in backend.describe()["weights"]["reads"]
     np.testing.assert_array_equal(y, Session(manifest, backend="integer").run(x))
     coarse = Session(manifest, backend=CrossbarBackend(overrides=["adc.bits=6"])).run(x)   # a real ADC: some error
     assert not np.array_equal(coarse, y)
-    with pytest.raises(ConfigError, match="gemm='lut'"):
-        Session(manifest, backend=CrossbarBackend(gemm="lut")).run(x)
+    with pytest.raises(ConfigError, match="gemm='int8'"):
+        Session(manifest, backend=CrossbarBackend(gemm="int8")).run(x)
 
 
 def test_replication_solver_charges_a_copy_its_sliced_arrays(resnet56):

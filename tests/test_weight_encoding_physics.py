@@ -113,14 +113,16 @@ def _codes(op, samples, seed=3):
     return np.random.default_rng(seed).integers(q.qmin, q.qmax + 1, (samples, op.rows)).astype(np.float32)
 
 
-def _slow_reads(be, op, x: np.ndarray) -> np.ndarray:
+def _slow_reads(be, op, x: np.ndarray, grid: int | None = None) -> np.ndarray:
     """Accumulators of codes x [samples, K] on copy 0, one read at a time: for each sample, row tile (ascending),
     input bit-plane and line (slice_lines order: plane after plane, tiles by column, columns ascending), the
     line's current sum_r bit_r g_r (device lines + g_min's part; +v/-v slice lines g+ - g-), plus its read-noise
     draw N(0, s^2 n_devices_per_row sum_r bit_r), then the ADC of its physical column (gain, offset, INL, sense
     noise), then shift-and-add over bit-planes, times the line's L^s (minus for g-), the offset x the input sum
     subtracted, times the LSB. The draws come, per sample, from its read-noise and sense-noise generators in that
-    order of [planes, positions, lines] blocks per row tile; the ADC instances from the array's ADC generator."""
+    order of [planes, positions, lines] blocks per row tile; the ADC instances from the array's ADC generator.
+    With `grid` q (gemm="lut"): each line's float32 conductances rounded to integers of step / q, currents in
+    those units, the ADC's full scale in them too (no read noise there)."""
     t, chip, plan = be.target, be.chip, be.plans[op.name]
     spec, w = t.array, t.weights
     offset_enc = w.encoding == "offset"
@@ -149,6 +151,9 @@ def _slow_reads(be, op, x: np.ndarray) -> np.ndarray:
                     g = chip.g_units[p.array]
                     for j, col in enumerate(range(cols.start, cols.stop, cols.step)):
                         line = g[rows, col] - g[planes[id(tl)][k + 1][0], col] if pairs else g[rows, col] + be.offset
+                        if grid:
+                            line = np.rint(np.float64(np.float32(g[rows, col]) + np.float32(be.offset)) * grid) \
+                                if not pairs else np.rint(np.float32(line).astype(np.float64) * grid)
                         lines.append((line, coefficient, p.array, col, tl.col_start + j))
             z_read = rg.standard_normal((bits, 1, len(lines)), dtype=np.float32) if read_sigma else None
             z_sense = sg.standard_normal((bits, 1, len(lines)), dtype=np.float32) if sense_sigma else None
@@ -166,7 +171,8 @@ def _slow_reads(be, op, x: np.ndarray) -> np.ndarray:
                         per_row = np.float32((2.0 if pairs else 1.0) * b.sum())
                         cur = np.float32(cur + z_read[j, 0, li] * (np.sqrt(per_row) * read_sigma))
                     noise = np.array([z_sense[j, 0, li] * sense_sigma]) if sense_sigma else None
-                    code = adc_convert(np.array([cur], np.float32), t.adc.bits, fs, plan.bipolar, lines=adc,
+                    code = adc_convert(np.array([cur], np.float32), t.adc.bits, fs * (grid or 1), plan.bipolar,
+                                       lines=adc,
                                        noise=noise)[0][0]
                     out[i, o] += coefficient * pw[j] * float(code)
         if offset_enc:                      # the zero level (and g_min's part) times the input sum, digitally
@@ -341,3 +347,37 @@ def test_wire_resistance_reads_equal_the_exact_circuit(matmul):
     diag = CrossbarBackend(overrides=wires, diagnostics=True)
     Session(manifest, backend=diag).run(next(iter(om.random_feeds(om.matmul(k=200, m=20), 3, 5).values())))
     assert diag.layer_stats()[0]["ir_approx_error"] < 1e-9
+
+
+# -- the lut reader (numba table reads) ------------------------------------------------------------------------------
+from cimc.backends import lut_reads  # noqa: E402
+
+needs_numba = pytest.mark.skipif(not lut_reads.available(), reason="numba (in the dev extra) is not installed")
+
+
+@needs_numba
+def test_lut_reads_equal_a_slow_loop_on_their_grid(matmul):
+    """Noisy devices and stuck cells (0.54 uS): the default reader is lut, and its fused table reads equal each
+    line's conversion on the grid of step / q, shifted and added (or the offset subtracted), read by read."""
+    name, manifest = matmul
+    op = manifest.graph.xbar_ops()[0]
+    be = _bind(manifest, 12, ["nonideal.program_sigma_us=0.54", "nonideal.stuck_rate=0.02"])
+    assert be.reader == "lut" and be.grid > 100 and "lut reads" in be.describe()["weights"]["reads"]
+    x = _codes(op, 6)
+    want = _slow_reads(be, op, x, grid=be.grid)
+    np.testing.assert_allclose(be.mvm(op, x, len(x)), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+@needs_numba
+def test_lut_equals_float32_bit_for_bit_where_the_grid_is_exact(compiled):
+    """Ideal levels with g_min = 0 lie on any grid; with q a power of two the kernel's ADC gain top / (FS q) is
+    float32's top / FS scaled exactly, so the table reads (im2col rows of every conv, grouped and depthwise
+    included, two copies of conv1) give the float32 reader's outputs bit for bit, and through a coarse ADC too."""
+    name, manifest, calib, x = compiled
+    for adc in ([], ["adc.bits=5"]):
+        run = ["device.g_min_us=0", "nonideal.program_sigma_us=0", "nonideal.stuck_rate=0"] + adc
+        lut = CrossbarBackend(seed=1, overrides=run, gemm="lut", conductance_grid=64)
+        y = Session(manifest, backend=lut).run(x)
+        assert lut.reader == "lut"
+        np.testing.assert_array_equal(y, Session(manifest, backend=CrossbarBackend(seed=1, overrides=run,
+                                                                                    gemm="float32")).run(x))

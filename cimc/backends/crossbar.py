@@ -226,8 +226,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
     def _refuse_encoding(self, target) -> None:
         finite = not target.adc.lossless or self.simulate_planes
         why = [w for w, bad in (("simulate_planes with a lossless ADC", self.simulate_planes and target.adc.lossless),
-                                (f"gemm={self.requested_gemm!r} (bit-sliced reads run on float32 GEMMs)",
-                                 finite and self.requested_gemm not in (None, "float32")),
+                                ("gemm='int8' (--gemm int8; choose lut or float32, which read every encoding)",
+                                 finite and self.requested_gemm == "int8"),
                                 ("analog inputs through a finite ADC", finite and target.input.encoding == "analog"))
                if bad]
         if why:
@@ -239,7 +239,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         float32 GEMMs are then what the lut reader itself would fall back to, see `_lut_grid`). Where numba cannot be
         imported, "float32" with one warning that says why and how to get the fast path."""
         tables = [p for p in self.plans.values() if not p.analog and p.bits <= 8]
-        if (self.record_currents or target.adc.lossless or encoded(target) or self.read_sigma > 0 or not self.chip.adc.ideal
+        if (self.record_currents or target.adc.lossless or self.read_sigma > 0 or not self.chip.adc.ideal
                 or self.sense_sigma > 0 or not tables
                 or any(adc_range(target.adc.bits, p.bipolar)[1] << p.bits >= 1 << 31 for p in tables)):
             return "float32"                  # the last: ADC codes whose shift-and-add overflows the kernel's int32
@@ -616,8 +616,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             if encoded(t):          # cimc.weight_encoding: how this run reads the other encodings
                 d["weights"] = dict(t.to_dict()["weights"], reads=(
                     "one lossless product of the combined planes" if self.reader == "product" else
-                    "float32 reads, one ADC conversion per device line, combined after the ADC (the lut and int8 "
-                    "readers cannot read this encoding yet)"))
+                    f"{self.reader} reads, one ADC conversion per device line, combined after the ADC (the int8 "
+                    "reader cannot read this encoding yet)"))
         return d
 
 

@@ -1,6 +1,7 @@
-"""The lines of bit-sliced and offset weights (cimc.weight_encoding) as the crossbar's float32 reader converts them:
-one ADC conversion per line, then the lines' codes shifted by L^s and added (g- lines subtracted), or the offset
-times the input sum subtracted, after the ADC."""
+"""The lines of bit-sliced and offset weights (cimc.weight_encoding) as the crossbar's float32 and lut readers
+convert them: one ADC conversion per line, then the lines' codes shifted by L^s and added (g- lines subtracted), or
+the offset times the input sum subtracted, after the ADC; and what each line's read adds: its own ADC
+(`slice_adc_lines`) and read-noise draw (`noise_lines_factor` for the lossless sum)."""
 from __future__ import annotations
 
 import numpy as np
