@@ -257,3 +257,27 @@ def test_replication_solver_charges_a_copy_its_sliced_arrays(resnet56):
     doubled = [layer["name"] for layer in table["layers"] if layer["copies"] == 2]
     assert len(doubled) == 19 and doubled[0] == "conv1" and all(n.startswith("layer1.") for n in doubled[1:])
     assert table["total_arrays"] == 2957 + 19 * 8
+
+
+@pytest.mark.parametrize("overrides,weights", [([], 128 * 64), (["weights.encoding=offset"], 128 * 128),
+                                               (["weights.encoding=bit-sliced", "weights.slices=2"], 128 * 32),
+                                               (["weights.encoding=bit-sliced", "weights.slices=4",
+                                                 "device.levels=4"], 128 * 16)])
+def test_macro_counts_the_signed_weights_the_encoding_holds(overrides, weights, capsys):
+    """Yao's macro: the per-cell count (32,768 ops) and its energy stay; `weights` counts the signed weights one
+    128x128 array holds (hand counts: 64, 128, 32, 16 outputs) and equals a matmul layer that fills the array."""
+    from cimc.ir import Graph, XbarOp
+    from cimc.passes import estimate, tile
+    target = load_target("yao2020-macro", overrides)
+    r = estimate.estimate_macro(target)
+    assert r["ops_per_vector"] == 32768 and r["gops"] == pytest.approx(81.92)
+    w = r["weights"]
+    assert (w["signed_weights"], w["signed_ops_per_vector"]) == (weights, 2 * weights)
+    op = XbarOp("fc", "MatMul", ["x"], ["y"], np.ones((128, weights // 128), np.float32), None)
+    full = estimate.estimate_graph(tile.run(Graph([], [], [op]), target), target)["totals"]
+    assert (full["arrays"], full["ops"], full["utilisation"]) == (1, w["signed_ops_per_vector"], 1.0)
+    assert w["signed_gops"] == pytest.approx(full["gops"]) and w["signed_gops_per_w"] == pytest.approx(
+        full["gops_per_w"])
+    assert main(["estimate", "--target", "yao2020-macro"] + [a for o in overrides for a in ("--set", o)]) == 0
+    out = capsys.readouterr().out
+    assert (f"{weights} signed weights" in out) == bool(overrides)       # the pair's text is unchanged
