@@ -224,20 +224,27 @@ def test_planes_follow_a_placements_row_order():
     ("yao2020-resnet", ["weights.encoding=bit-sliced", "weights.slices=4", "device.levels=4"]),
     ("li2018", ["weights.encoding=bit-sliced", "weights.slices=2", "chip.chips=0", "input.encoding=bit-serial"]),
     ("yao2020-resnet", ["weights.encoding=offset"]),
-    ("li2018", ["weights.encoding=offset", "chip.chips=0", "input.encoding=bit-serial"])],
-    ids=["column-pairs", "row-pairs", "offset", "offset-on-rows"])
+    ("li2018", ["weights.encoding=offset", "chip.chips=0", "input.encoding=bit-serial"]),
+    ("li2018", ["weights.encoding=bit-sliced", "weights.slices=2", "chip.chips=0"]),
+    ("li2018", ["weights.encoding=offset", "chip.chips=0"])],
+    ids=["column-pairs", "row-pairs", "offset", "offset-on-rows", "row-pairs-analog", "offset-analog"])
 def test_finite_adc_reads_each_slice_line_and_is_exact_when_lsb_is_one_step(tmp_path_factory, target, overrides):
-    """float32 reads through a 24-bit ADC whose LSB is one current unit (g_min = 0, so every ideal line current is
-    an integer): each slice line converted on its own, shifted and added (or the offset times the input sum
+    """float32 reads (bit-serial, or analog amplitudes) through a 24-bit ADC whose LSB is one current unit (g_min =
+    0, so every ideal line current is an integer): each slice line converted on its own, shifted and added (or the offset times the input sum
     subtracted), equals the integer reference."""
     from cimc.backends.crossbar import CrossbarBackend
     from cimc.targets.adc import adc_range
     manifest, x = _compile(tmp_path_factory, target, overrides)
     t = manifest.target
-    bipolar = t.array.differential == "rows" and t.weights.encoding != "offset"     # +v/-v difference lines
-    top = adc_range(24, bipolar)[1]
-    unit_ua = t.input.read_voltage_v * (t.device.g_max_us - 0.0) / (t.device.levels - 1)
-    full = {op.name: top * unit_ua for op in manifest.graph.xbar_ops()}
+    pairs = t.array.differential == "rows" and t.weights.encoding != "offset"     # +v/-v difference lines
+    analog = t.input.encoding == "analog"          # one amplitude x / qmax per read, signed inputs both ways
+    full = {}
+    for op in manifest.graph.xbar_ops():
+        q = op.input_quant
+        top = adc_range(24, pairs or (analog and q.signed))[1]
+        unit_ua = t.input.read_voltage_v * (t.device.g_max_us - 0.0) / (t.device.levels - 1) \
+            / (max(-q.qmin, q.qmax) if analog else 1)
+        full[op.name] = top * unit_ua
     run = ["adc.bits=24", "adc.lossless=false", "device.g_min_us=0", "nonideal.program_sigma_us=0",
            "nonideal.stuck_rate=0"]
     backend = CrossbarBackend(overrides=run, adc_full_scale=full, gemm="float32")

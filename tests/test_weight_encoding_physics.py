@@ -49,11 +49,23 @@ def _slow_peaks_ua(manifest, x) -> dict:
               observe=lambda op, a: seen.__setitem__(op.name, quantize_activation(a, op.input_quant)))
     dev, v = target.device, target.input.read_voltage_v
     pairs = target.array.differential == "rows" and target.weights.encoding != "offset"
+    analog = target.input.encoding == "analog"        # one read per input, amplitude x / qmax
     peaks = {}
     for op in manifest.graph.xbar_ops():
         rows = im2col(seen[op.name], op.conv)[0] if op.conv is not None else seen[op.name].reshape(-1, op.rows)
         u = rows.astype(np.int64) & ((1 << op.input_quant.bits) - 1)       # two's complement bits
+        q = op.input_quant
         peak = 0.0
+        if analog:
+            for t in op.tiles:
+                p = t.placements[0]
+                g = [dev.g_min_us + arrays[p.array][plane].astype(np.float64) * dev.step_us
+                     for plane in tile_planes(t, p, target)]
+                amp = rows[:, t.row_start:t.row_start + t.row_count].astype(np.float64) / max(-q.qmin, q.qmax)
+                for line in ([g[k] - g[k + 1] for k in range(0, len(g), 2)] if pairs else g):
+                    peak = max(peak, float(np.abs(amp @ line).max()) * v)
+            peaks[op.name] = peak
+            continue
         for t in op.tiles:
             p = t.placements[0]
             g = [dev.g_min_us + arrays[p.array][plane].astype(np.float64) * dev.step_us
@@ -65,6 +77,25 @@ def _slow_peaks_ua(manifest, x) -> dict:
                     peak = max(peak, float(np.abs(bits @ line).max()) * v)
         peaks[op.name] = peak
     return peaks
+
+
+@pytest.mark.parametrize("overrides", [["weights.encoding=offset"], ["weights.encoding=bit-sliced",
+                                                                      "weights.slices=2"]], ids=["offset", "sliced"])
+def test_analog_inputs_calibrate_and_read_through_a_finite_adc(overrides):
+    """li2018's amplitude-coded inputs (signed into the first layer: bipolar ADCs there): the calibrated full scale
+    is the slow loop's peak, and without stuck cells the reads converge on the integer reference as the ADC gains
+    bits (exactly at 24 bits: tests/test_weight_encoding.py)."""
+    model = om.small_cnn()
+    calib = next(iter(om.random_feeds(model, 16, 1).values()))
+    manifest = cimc.compile(model, "li2018", calibration=calib, overrides=overrides + ["chip.chips=0"])
+    assert manifest.target.input.encoding == "analog"
+    want = _slow_peaks_ua(manifest, calib)
+    assert {op.name: op.adc_full_scale_ua for op in manifest.graph.xbar_ops()} == pytest.approx(want, rel=1e-6)
+    x = next(iter(om.random_feeds(model, 4, 2).values()))
+    ref = Session(manifest, backend="integer").run(x)
+    errors = [np.linalg.norm(Session(manifest, backend=CrossbarBackend(overrides=[
+        "nonideal.stuck_rate=0", f"adc.bits={bits}"])).run(x) - ref) / np.linalg.norm(ref) for bits in (8, 12, 16)]
+    assert 0.2 > errors[0] > errors[1] > errors[2] > 0
 
 
 def test_compile_calibrates_each_layer_from_its_slice_and_offset_lines(compiled):

@@ -228,8 +228,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         why = [w for w, bad in (("simulate_planes with a lossless ADC", self.simulate_planes and target.adc.lossless),
                                 ("gemm='int8' (--gemm int8; choose lut or float32, which read every encoding)",
                                  finite and self.requested_gemm == "int8"),
-                                ("analog inputs through a finite ADC", finite and target.input.encoding == "analog"))
-               if bad]
+                                ) if bad]
         if why:
             require_pair(target, f"the crossbar backend with {', '.join(why)}")
 
