@@ -412,3 +412,21 @@ def test_lut_equals_float32_bit_for_bit_where_the_grid_is_exact(compiled):
         assert lut.reader == "lut"
         np.testing.assert_array_equal(y, Session(manifest, backend=CrossbarBackend(seed=1, overrides=run,
                                                                                     gemm="float32")).run(x))
+
+
+@needs_numba
+def test_int8_equals_lut_bit_for_bit_on_the_same_grid(compiled):
+    """Noisy devices, stuck cells, several copies, grouped and depthwise convs: the int8 reader (planes x
+    MatMulInteger, adc_convert, Horner per line) and the lut kernel on its grid give the same lines' codes, combined
+    the same way, so the same outputs bit for bit, clipping counts included (a third of the full scale: some clip)."""
+    name, manifest, calib, x = compiled
+    scales = {op.name: op.adc_full_scale_ua / 3 for op in manifest.graph.xbar_ops()}
+    common = dict(seed=4, adc_full_scale=scales, overrides=["nonideal.stuck_rate=0.02"])
+    int8 = CrossbarBackend(gemm="int8", diagnostics=True, **common)
+    y_int8 = Session(manifest, backend=int8).run(x)
+    lut = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, diagnostics=True, **common)
+    y_lut = Session(manifest, backend=lut).run(x)
+    assert (int8.reader, lut.reader) == ("int8", "lut") and 1 < int8.grid < 128
+    np.testing.assert_array_equal(y_int8, y_lut)
+    stats = [[(r["adc_clip_rate"], r["adc_conversions"]) for r in b.layer_stats()] for b in (int8, lut)]
+    assert stats[0] == stats[1] and any(rate > 0 for rate, _ in stats[0])

@@ -224,13 +224,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.peaks = {name: 0.0 for name in self.plans}
 
     def _refuse_encoding(self, target) -> None:
-        finite = not target.adc.lossless or self.simulate_planes
-        why = [w for w, bad in (("simulate_planes with a lossless ADC", self.simulate_planes and target.adc.lossless),
-                                ("gemm='int8' (--gemm int8; choose lut or float32, which read every encoding)",
-                                 finite and self.requested_gemm == "int8"),
-                                ) if bad]
-        if why:
-            require_pair(target, f"the crossbar backend with {', '.join(why)}")
+        if self.simulate_planes and target.adc.lossless:
+            require_pair(target, "the crossbar backend with simulate_planes with a lossless ADC")
 
     def _default_gemm(self, target) -> str:
         """The reader of a run that names none: DEFAULT_GEMM ("lut") wherever its table reads apply - bit-serial
@@ -615,8 +610,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             if encoded(t):          # cimc.weight_encoding: how this run reads the other encodings
                 d["weights"] = dict(t.to_dict()["weights"], reads=(
                     "one lossless product of the combined planes" if self.reader == "product" else
-                    f"{self.reader} reads, one ADC conversion per device line, combined after the ADC (the int8 "
-                    "reader cannot read this encoding yet)"))
+                    f"{self.reader} reads, one ADC conversion per device line, combined after the ADC"))
         return d
 
 

@@ -22,7 +22,7 @@ class Int8Reads:
         conductances (int8) run as onnxruntime's MatMulInteger with exact int32 sums. Ideal levels stay exact."""
         import onnxruntime as ort
         from onnx import TensorProto, helper
-        columns = target.array.differential == "columns"
+        columns = target.array.differential == "columns" or encoded(target)     # lines of other encodings
         mats = [m for p in self.plans.values() if not p.analog for b in p.blocks
                 for m in (b.lines if columns else b.diff)]
         if not mats:
@@ -51,7 +51,7 @@ class Int8Reads:
         `set_conductances` rewrote them: hybrid training with gemm='int8')."""
         if plan.analog:
             return
-        columns = self.target.array.differential == "columns"
+        columns = self.target.array.differential == "columns" or encoded(self.target)   # lines of other encodings
         for b in plan.blocks:
             mats = [np.rint(np.asarray(m, np.float64) * self.grid) for m in (b.lines if columns else b.diff)]
             if any(np.abs(m).max(initial=0.0) > 127 for m in mats):

@@ -137,7 +137,8 @@ class PlaneReads:
                     acc = np.einsum("mpn,p->mn", acc, coefficients.astype(acc_dtype))
                     if shift:                                     # the input sum, from the same planes
                         xsum = np.tensordot(plan.weights.astype(np.float64), u.sum(axis=2, dtype=np.float64), 1)
-                        acc -= (shift * top / (plan.full_scale * grid) * xsum)[:, None].astype(acc_dtype)
+                        # (o + zero level) steps per unit input are shift x top / FS codes on any grid
+                        acc -= (shift * top / plan.full_scale * xsum)[:, None].astype(acc_dtype)
                 elif use_lines:
                     acc = acc[:, :nb] - acc[:, nb:]               # g+ codes minus g- codes
                 codes[s:s + chunk, block.index] += acc

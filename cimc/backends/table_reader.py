@@ -110,7 +110,7 @@ class TableReads:
             acc = (lines.reshape(m, -1, nb) * coefficients[:, None]).sum(axis=1).astype(acc_dtype)
             if shift:                                # the same operations as the float32 reader's (plane_reader)
                 xsum = signed[:, block.r0:block.r1].sum(axis=1).astype(np.float64)
-                acc -= (shift * top / (plan.full_scale * 1) * xsum)[:, None].astype(acc_dtype)
+                acc -= (shift * top / plan.full_scale * xsum)[:, None].astype(acc_dtype)
             codes[:, block.index] += acc
             conversions += m * plan.bits * width
         if self.diagnostics:
