@@ -23,6 +23,10 @@ for a lossless ADC (here). This class binds them and walks the samples through t
   are shifted (times the plane weight) and added over planes and over the row tiles of a layer, then multiplied
   once by the LSB (in step units), which gives the accumulator in weight-level units: what the integer backend
   returns as sum_k q_k w_k.
+* Weight encodings other than the pair (cimc.weight_encoding: offset, bit-sliced): every device line (or each
+  slice's +v/-v line) is read and converted on its own, with its own read-noise draw and its own column's ADC, and
+  the codes are combined after the ADC (cimc.backends.slice_lines; shifted by L^s and added, or the offset times
+  the input sum subtracted); a lossless read is one product of the combined planes.
 * Row drivers (cimc.targets.drivers): a driver's gain error scales its row's conductances in the read plans; the
   analog DAC's bow (`input.dac_inl_lsb`) bends the codes before any read (`dac_amplitudes`).
 * Wire and access resistance (cimc.targets.ir_drop): the chip reads each array through its circuit's effective
