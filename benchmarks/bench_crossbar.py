@@ -7,7 +7,10 @@ For each configuration — `integer` (the reference), `crossbar-ideal` (ideal de
 every bit-plane read; float32 GEMMs), `crossbar-noisy-int8` (the same with gemm="int8"), `crossbar-noisy-lut`
 (the same with gemm="lut": numba table reads with the ADC fused), `crossbar-noisy-default` (the same naming no
 reader: what `cimc run --backend crossbar` and `Session(m, "crossbar")` read with) and, on request, `crossbar-noisy-adc` (crossbar-noisy
-with ADC gain, offset, INL and sense noise: the cost of the ADC model) — a fresh worker process loads the manifest, warms
+with ADC gain, offset, INL and sense noise: the cost of the ADC model), and on request `bitsliced-float32` /
+`bitsliced-lut` (ResNet-56 compiled for `resnet-bitsliced`: 8-bit weights on 2-bit cells x 4 slices, 0.54 uS
+programming error, its compile-calibrated ADC full scale; each slice line converted, read by that reader) — a fresh
+worker process loads the manifest, warms
 both up on two inputs (numba compiles on first use, then loads from its disk cache), times onnxruntime and the
 backend on the same n
 inputs, and reports the ratio and its peak resident memory (ru_maxrss, the whole process). Then a GEMM
@@ -37,7 +40,7 @@ def _peak_rss_mb() -> float:
     return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
 
 
-def prepare(workdir: Path, n: int, seed: int = 0) -> None:
+def prepare(workdir: Path, n: int, seed: int = 0, bitsliced: bool = False) -> None:
     import onnx
 
     import cimc
@@ -51,6 +54,9 @@ def prepare(workdir: Path, n: int, seed: int = 0) -> None:
     manifest.save(workdir / "manifest")
     scales = calibrate_adc_full_scale(manifest.graph, manifest.target, calib)
     (workdir / "adc_full_scale.json").write_text(json.dumps(scales))
+    if bitsliced:         # compile calibrates every slice line's ADC full scale (cimc.weight_encoding)
+        cimc.compile(workdir / "resnet56.onnx", "resnet-bitsliced", calibration=calib,
+                     overrides=["nonideal.program_sigma_us=0.54"]).save(workdir / "manifest_bitsliced")
     np.save(workdir / "x.npy", rng.standard_normal((n, 3, 32, 32)).astype(np.float32))
 
 
@@ -84,6 +90,9 @@ def worker(workdir: Path, config: str, batch_size: int) -> dict:
         session = cimc.Session(manifest, backend="integer", batch_size=batch_size)
     elif config == "crossbar-ideal":
         session = cimc.Session(manifest, backend="crossbar", ideal=True, batch_size=batch_size)
+    elif config.startswith("bitsliced-"):
+        session = cimc.Session(cimc.load(workdir / "manifest_bitsliced"), backend="crossbar", seed=0,
+                               batch_size=batch_size, gemm=config.split("-")[1])
     elif config == "crossbar-noisy-adc":
         scales = json.loads((workdir / "adc_full_scale.json").read_text())
         session = cimc.Session(manifest, backend="crossbar", seed=0, adc_full_scale=scales, batch_size=batch_size,
@@ -186,7 +195,7 @@ def main(argv=None) -> int:
     result = {"machine": machine(), "model": "ResNet-56 (cimc.zoo, conv1 x4) on yao2020-resnet", "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        prepare(workdir, args.n)
+        prepare(workdir, args.n, bitsliced="bitsliced" in args.configs)
         for config in args.configs.split(","):
             cmd = [sys.executable, __file__, "--worker", config, "--dir", tmp, "--batch-size", str(args.batch_size)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)

@@ -47,9 +47,7 @@ class CalibrateAdc:
     def run(self, graph: Graph, target, ctx) -> Graph:
         data = ctx.calibration_feeds
         ctx.arrays = program_arrays(graph, target)      # the manifest's too: placements change no more
-        # the crossbar backend reads differential pairs only (cimc.weight_encoding): no full scale for other encodings
-        scales = calibrate_adc_full_scale(graph, target, data, max_samples=ADC_CALIBRATION_SAMPLES, arrays=ctx.arrays) \
-            if target.weights.encoding == "differential" else {}
+        scales = calibrate_adc_full_scale(graph, target, data, max_samples=ADC_CALIBRATION_SAMPLES, arrays=ctx.arrays)
         for op in graph.xbar_ops():
             op.adc_full_scale_ua = scales.get(op.name)
         ctx.adc_full_scale = scales

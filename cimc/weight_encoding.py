@@ -78,6 +78,6 @@ def require_pair(target, what: str) -> None:
     """Refuse a consumer that reads devices as today's one pair per weight (g+ - g-) under another encoding."""
     if encoded(target):
         from cimc.errors import ConfigError
-        raise ConfigError(f"weights.encoding = {target.weights.encoding!r}: {what} reads each weight as one g+/g- "
-                          "device pair and cannot read this encoding yet; use --backend integer, the crossbar backend "
-                          "with a lossless ADC (--ideal), or --set weights.encoding=differential")
+        raise ConfigError(f"weights.encoding = {target.weights.encoding!r}: {what} handles each weight as one "
+                          "g+/g- device pair and cannot handle this encoding yet; compile with --set "
+                          "weights.encoding=differential for it (`cimc run` reads every encoding, on either backend)")

@@ -16,7 +16,10 @@ pipelined throughput = 1 / (max_l cycles_l x slot). Digital ops (ReLU, pooling, 
 Ops: 2 per multiply-accumulate, as Yao 2020 counts: a layer does 2 x K x N ops per position (K x N its logical weight
 matrix; structural zeros of a grouped conv excluded). The single-array macro (`estimate_macro`) counts 2 x rows x
 cols of the physical array per input vector, the paper's 2 x 128 x 128 = 32,768 (with differential columns the array
-holds rows x cols/2 signed weights, so that count is twice the signed MACs).
+holds rows x cols/2 signed weights, so that count is twice the signed MACs); its `weights` entry follows the weight
+encoding: the signed weights the array holds (inputs_per_tile x outputs_per_tile: rows x cols/2 for the pair,
+rows x cols/(2S) bit-sliced, rows x cols offset) and their ops, 2 per signed MAC, with the GOP/s and GOPS/W
+they give.
 
 Energy, per array read (one tile, one slot), scaled to the part of the array the tile uses:
     array    energy.array_pj_per_slot  x cells used / (rows x cols)
@@ -114,9 +117,17 @@ def estimate_macro(target) -> dict:
     gops_per_w = _div(ops * 1e3, pj_vector)                        # ops/pJ = 1e3 GOP/J
     area = _area_per_array_um2(target)
     area_mm2 = None if area["total"] is None else area["total"] * 1e-6
+    # the signed weights the array holds under its encoding (cimc.weight_encoding): a pair, S slices' pairs or one
+    # offset device per weight, each a MAC of 2 ops on the inputs it sees; Yao's count above is per cell
+    weights = a.inputs_per_tile * a.outputs_per_tile
+    signed_ops = 2 * weights
     return {
         "target": target.name,
         "array": {"rows": a.rows, "cols": a.cols},
+        "weights": {"encoding": target.weights.encoding, "slices": target.weights.slices,
+                    "signed_weights": weights, "signed_ops_per_vector": signed_ops,
+                    "signed_gops": signed_ops / vector_ns,
+                    "signed_gops_per_w": _div(signed_ops * 1e3, pj_vector)},
         "input_bits": target.input.bits, "encoding": target.input.encoding,
         "slot_ns": slot, "slots_per_vector": b * s, "vector_ns": vector_ns,
         "adc_conversions_per_slot": a.cols, "adcs": -(-a.cols // target.adc.columns_per_adc),

@@ -224,30 +224,37 @@ def test_planes_follow_a_placements_row_order():
     ("yao2020-resnet", ["weights.encoding=bit-sliced", "weights.slices=4", "device.levels=4"]),
     ("li2018", ["weights.encoding=bit-sliced", "weights.slices=2", "chip.chips=0", "input.encoding=bit-serial"]),
     ("yao2020-resnet", ["weights.encoding=offset"]),
-    ("li2018", ["weights.encoding=offset", "chip.chips=0", "input.encoding=bit-serial"])],
-    ids=["column-pairs", "row-pairs", "offset", "offset-on-rows"])
+    ("li2018", ["weights.encoding=offset", "chip.chips=0", "input.encoding=bit-serial"]),
+    ("li2018", ["weights.encoding=bit-sliced", "weights.slices=2", "chip.chips=0"]),
+    ("li2018", ["weights.encoding=offset", "chip.chips=0"])],
+    ids=["column-pairs", "row-pairs", "offset", "offset-on-rows", "row-pairs-analog", "offset-analog"])
 def test_finite_adc_reads_each_slice_line_and_is_exact_when_lsb_is_one_step(tmp_path_factory, target, overrides):
-    """float32 reads through a 24-bit ADC whose LSB is one current unit (g_min = 0, so every ideal line current is
-    an integer): each slice line converted on its own, shifted and added (or the offset times the input sum
+    """float32 reads (bit-serial, or analog amplitudes) through a 24-bit ADC whose LSB is one current unit (g_min =
+    0, so every ideal line current is an integer): each slice line converted on its own, shifted and added (or the offset times the input sum
     subtracted), equals the integer reference."""
     from cimc.backends.crossbar import CrossbarBackend
     from cimc.targets.adc import adc_range
     manifest, x = _compile(tmp_path_factory, target, overrides)
     t = manifest.target
-    bipolar = t.array.differential == "rows" and t.weights.encoding != "offset"     # +v/-v difference lines
-    top = adc_range(24, bipolar)[1]
-    unit_ua = t.input.read_voltage_v * (t.device.g_max_us - 0.0) / (t.device.levels - 1)
-    full = {op.name: top * unit_ua for op in manifest.graph.xbar_ops()}
+    pairs = t.array.differential == "rows" and t.weights.encoding != "offset"     # +v/-v difference lines
+    analog = t.input.encoding == "analog"          # one amplitude x / qmax per read, signed inputs both ways
+    full = {}
+    for op in manifest.graph.xbar_ops():
+        q = op.input_quant
+        top = adc_range(24, pairs or (analog and q.signed))[1]
+        unit_ua = t.input.read_voltage_v * (t.device.g_max_us - 0.0) / (t.device.levels - 1) \
+            / (max(-q.qmin, q.qmax) if analog else 1)
+        full[op.name] = top * unit_ua
     run = ["adc.bits=24", "adc.lossless=false", "device.g_min_us=0", "nonideal.program_sigma_us=0",
            "nonideal.stuck_rate=0"]
-    backend = CrossbarBackend(overrides=run, adc_full_scale=full)          # the default reader falls back to float32
+    backend = CrossbarBackend(overrides=run, adc_full_scale=full, gemm="float32")
     y = Session(manifest, backend=backend).run(x)
-    assert backend.reader == "float32" and "lut" in backend.describe()["weights"]["reads"]
+    assert backend.reader == "float32" and "float32 reads" in backend.describe()["weights"]["reads"]
     np.testing.assert_array_equal(y, Session(manifest, backend="integer").run(x))
     coarse = Session(manifest, backend=CrossbarBackend(overrides=["adc.bits=6"])).run(x)   # a real ADC: some error
     assert not np.array_equal(coarse, y)
-    with pytest.raises(ConfigError, match="gemm='lut'"):
-        Session(manifest, backend=CrossbarBackend(gemm="lut")).run(x)
+    with pytest.raises(ConfigError, match="weights.encoding"):       # a lossless ADC's planes: the pair's only
+        Session(manifest, backend=CrossbarBackend(ideal=True, simulate_planes=True)).run(x)
 
 
 def test_replication_solver_charges_a_copy_its_sliced_arrays(resnet56):
@@ -257,3 +264,27 @@ def test_replication_solver_charges_a_copy_its_sliced_arrays(resnet56):
     doubled = [layer["name"] for layer in table["layers"] if layer["copies"] == 2]
     assert len(doubled) == 19 and doubled[0] == "conv1" and all(n.startswith("layer1.") for n in doubled[1:])
     assert table["total_arrays"] == 2957 + 19 * 8
+
+
+@pytest.mark.parametrize("overrides,weights", [([], 128 * 64), (["weights.encoding=offset"], 128 * 128),
+                                               (["weights.encoding=bit-sliced", "weights.slices=2"], 128 * 32),
+                                               (["weights.encoding=bit-sliced", "weights.slices=4",
+                                                 "device.levels=4"], 128 * 16)])
+def test_macro_counts_the_signed_weights_the_encoding_holds(overrides, weights, capsys):
+    """Yao's macro: the per-cell count (32,768 ops) and its energy stay; `weights` counts the signed weights one
+    128x128 array holds (hand counts: 64, 128, 32, 16 outputs) and equals a matmul layer that fills the array."""
+    from cimc.ir import Graph, XbarOp
+    from cimc.passes import estimate, tile
+    target = load_target("yao2020-macro", overrides)
+    r = estimate.estimate_macro(target)
+    assert r["ops_per_vector"] == 32768 and r["gops"] == pytest.approx(81.92)
+    w = r["weights"]
+    assert (w["signed_weights"], w["signed_ops_per_vector"]) == (weights, 2 * weights)
+    op = XbarOp("fc", "MatMul", ["x"], ["y"], np.ones((128, weights // 128), np.float32), None)
+    full = estimate.estimate_graph(tile.run(Graph([], [], [op]), target), target)["totals"]
+    assert (full["arrays"], full["ops"], full["utilisation"]) == (1, w["signed_ops_per_vector"], 1.0)
+    assert w["signed_gops"] == pytest.approx(full["gops"]) and w["signed_gops_per_w"] == pytest.approx(
+        full["gops_per_w"])
+    assert main(["estimate", "--target", "yao2020-macro"] + [a for o in overrides for a in ("--set", o)]) == 0
+    out = capsys.readouterr().out
+    assert (f"{weights} signed weights" in out) == bool(overrides)       # the pair's text is unchanged

@@ -23,6 +23,10 @@ for a lossless ADC (here). This class binds them and walks the samples through t
   are shifted (times the plane weight) and added over planes and over the row tiles of a layer, then multiplied
   once by the LSB (in step units), which gives the accumulator in weight-level units: what the integer backend
   returns as sum_k q_k w_k.
+* Weight encodings other than the pair (cimc.weight_encoding: offset, bit-sliced): every device line (or each
+  slice's +v/-v line) is read and converted on its own, with its own read-noise draw and its own column's ADC, and
+  the codes are combined after the ADC (cimc.backends.slice_lines; shifted by L^s and added, or the offset times
+  the input sum subtracted); a lossless read is one product of the combined planes.
 * Row drivers (cimc.targets.drivers): a driver's gain error scales its row's conductances in the read plans; the
   analog DAC's bow (`input.dac_inl_lsb`) bends the codes before any read (`dac_amplitudes`).
 * Wire and access resistance (cimc.targets.ir_drop): the chip reads each array through its circuit's effective
@@ -81,7 +85,7 @@ from cimc.backends.chip import Chip
 from cimc.backends.int8_reader import Int8Reads
 from cimc.backends.plane_reader import PlaneReads
 from cimc.backends.read_plan import ReadPlan, RowTile
-from cimc.backends.slice_lines import slice_lines
+from cimc.backends.slice_lines import slice_adc_lines, slice_lines
 from cimc.backends.table_reader import TableReads, _channel_tiles
 from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, run_graph
@@ -210,7 +214,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             self._quantise_conductances(target, self.conductance_grid)
         elif self.gemm == "lut" and not target.adc.lossless:
             self._lut_grid(target)
-        elif self.record_currents and float(self.offset).is_integer() and self.offset + target.device.max_level <= 127:
+        elif (self.record_currents and float(self.offset).is_integer() and self.offset + target.device.max_level <= 127
+              and not encoded(target)):           # the exact int8 reads form pairs' accumulators (int8_reader)
             self._quantise_conductances(target, grid=1)          # ideal levels + integer g_min: exact in int8
         self.reader = self._reader(target)
         for plan in self.plans.values():
@@ -223,18 +228,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self.peaks = {name: 0.0 for name in self.plans}
 
     def _refuse_encoding(self, target) -> None:
-        finite = not target.adc.lossless or self.simulate_planes
-        why = [w for w, bad in (("simulate_planes with a lossless ADC", self.simulate_planes and target.adc.lossless),
-                                (f"gemm={self.requested_gemm!r} (bit-sliced reads run on float32 GEMMs)",
-                                 finite and self.requested_gemm not in (None, "float32")),
-                                ("analog inputs through a finite ADC", finite and target.input.encoding == "analog"),
-                                ("read noise", self.read_sigma > 0),
-                                ("ADC non-idealities", not self.chip.adc.ideal),
-                                ("driver gain errors", self.chip.driver_gain is not None),
-                                ("drift compensation", self.chip.g_units_reference is not None),
-                                ("line resistance", self.chip.read_us is not None)) if bad]
-        if why:
-            require_pair(target, f"the crossbar backend with {', '.join(why)}")
+        if self.simulate_planes and target.adc.lossless:
+            require_pair(target, "the crossbar backend with simulate_planes with a lossless ADC")
 
     def _default_gemm(self, target) -> str:
         """The reader of a run that names none: DEFAULT_GEMM ("lut") wherever its table reads apply - bit-serial
@@ -242,7 +237,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         float32 GEMMs are then what the lut reader itself would fall back to, see `_lut_grid`). Where numba cannot be
         imported, "float32" with one warning that says why and how to get the fast path."""
         tables = [p for p in self.plans.values() if not p.analog and p.bits <= 8]
-        if (self.record_currents or target.adc.lossless or encoded(target) or self.read_sigma > 0 or not self.chip.adc.ideal
+        if (self.record_currents or target.adc.lossless or self.read_sigma > 0 or not self.chip.adc.ideal
                 or self.sense_sigma > 0 or not tables
                 or any(adc_range(target.adc.bits, p.bipolar)[1] << p.bits >= 1 << 31 for p in tables)):
             return "float32"                  # the last: ADC codes whose shift-and-add overflows the kernel's int32
@@ -301,12 +296,18 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             block.index = slice(int(cols[0]), int(cols[0]) + len(cols)) if contiguous else cols
             for c in range(cells.replicas):
                 if encoded(target):     # each plane's line read on its own, combined digitally after the ADC
-                    planes = [[self.g_units[t.placements[c].array][plane]
-                               for plane in tile_planes(t, t.placements[c], target)] for t in tiles]
+                    planes = [_driven_planes(self.g_units, t, t.placements[c], self.chip, target) for t in tiles]
                     d = np.concatenate([combine(tp, target) for tp in planes], axis=1)
                     block.diff.append(d.astype(dtype))
-                    if not target.adc.lossless:     # one line per plane (columns, offset) or slice (row pairs)
+                    if not target.adc.lossless or self.record_currents:   # one line per plane (columns, offset)
+                        # or slice (row pairs); the ADC calibration reads them too
                         block.lines.append(slice_lines(planes, spec, self.offset, target.weights.encoding))
+                    if not self.chip.adc.ideal:      # each line's own ADC: that of its physical column
+                        block.adc.append(slice_adc_lines(self.chip.adc, tiles, c, target))
+                    if sums is not None:             # the reference read, combined as the reads are
+                        ref = [combine(_driven_planes(reference, t, t.placements[c], self.chip, target), target)
+                               for t in tiles]
+                        sums[c] += [np.abs(np.concatenate(ref, axis=1)).sum(), np.abs(d).sum()]
                     _put_effective(effective[c], d, r0, rc, cols, tiles)
                     continue
                 plus, minus, where = [], [], []
@@ -370,7 +371,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                     ua, source = self.adc_full_scale[op.name], "option"
                 elif getattr(op, "adc_full_scale_ua", None):
                     ua, source = op.adc_full_scale_ua, "manifest"
-                elif self.calibration is not None and not encoded(target):     # calibration reads pairs only
+                elif self.calibration is not None:
                     if computed is None:
                         computed = calibrate_adc_full_scale(graph, target, self.calibration, arrays=self.arrays)
                     ua, source = computed.get(op.name), "calibration data"
@@ -613,8 +614,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             if encoded(t):          # cimc.weight_encoding: how this run reads the other encodings
                 d["weights"] = dict(t.to_dict()["weights"], reads=(
                     "one lossless product of the combined planes" if self.reader == "product" else
-                    "float32 reads, one ADC conversion per device line, combined after the ADC (the lut and int8 "
-                    "readers cannot read this encoding yet)"))
+                    f"{self.reader} reads, one ADC conversion per device line, combined after the ADC"))
         return d
 
 
@@ -638,6 +638,20 @@ def _driven(gp: np.ndarray, gm: np.ndarray, tile, placement, chip, spec) -> tupl
     am = ap if spec.differential == "columns" else a[rows + spec.rows // 2][:, None]
     o = chip.offset
     return (gp + o) * ap - o, (gm + o) * am - o
+
+
+def _driven_planes(g_units, tile, placement, chip, target) -> list[np.ndarray]:
+    """A tile's device planes (cimc.weight_encoding.tile_planes; step units above g_min) as its rows' drivers apply
+    them: (g + o) * a_r - o, as `_driven` does for a pair."""
+    g = g_units[placement.array]
+    planes = []
+    for rows, cols in tile_planes(tile, placement, target):
+        plane = g[rows, cols]
+        if chip.driver_gain is not None:
+            a = chip.driver_gain[placement.array][rows][:, None]
+            plane = (plane + chip.offset) * a - chip.offset
+        planes.append(plane)
+    return planes
 
 
 def _reference_sums(reference: np.ndarray, tiles, c: int, spec, chip, d: np.ndarray) -> np.ndarray:
@@ -711,9 +725,11 @@ def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=N
     """The documented calibration rule of the ADC full scale: for each crossbar op, the largest line current (uA)
     that the ideal chip (ideal devices, the manifest's levels) carries in any read of the calibration set — every
     bit-plane (or analog read), every row tile and line, every sample; including the g_min part of a "columns" line;
-    the magnitude for a bipolar ("rows") line. Activations follow the integer (ideal) chip. Ops whose lines never
-    carry current are left out (the backend then uses the 'max' full scale). `data`: array or dict of arrays;
-    `max_samples`: use only its first samples (ResNet-56 costs about 60 ms per sample on 2 cores)."""
+    the magnitude for a bipolar ("rows") line. Offset and bit-sliced weights (cimc.weight_encoding): every device
+    line, or every slice's +v/-v line, that their finite-ADC reads convert (cimc.backends.slice_lines). Activations
+    follow the integer (ideal) chip. Ops whose lines never carry current are left out (the backend then uses the
+    'max' full scale). `data`: array or dict of arrays; `max_samples`: use only its first samples (ResNet-56 costs
+    about 60 ms per sample on 2 cores)."""
     feeds = check_feeds(graph, data, "ADC calibration data")
     n = len(next(iter(feeds.values())))
     if max_samples is not None:

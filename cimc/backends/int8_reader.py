@@ -10,6 +10,7 @@ import numpy as np
 from cimc.backends.bit_planes import CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights, uint_codes
 from cimc.backends.read_plan import ReadPlan
 from cimc.errors import ConfigError
+from cimc.weight_encoding import encoded
 
 
 class Int8Reads:
@@ -21,7 +22,7 @@ class Int8Reads:
         conductances (int8) run as onnxruntime's MatMulInteger with exact int32 sums. Ideal levels stay exact."""
         import onnxruntime as ort
         from onnx import TensorProto, helper
-        columns = target.array.differential == "columns"
+        columns = target.array.differential == "columns" or encoded(target)     # lines of other encodings
         mats = [m for p in self.plans.values() if not p.analog for b in p.blocks
                 for m in (b.lines if columns else b.diff)]
         if not mats:
@@ -50,7 +51,7 @@ class Int8Reads:
         `set_conductances` rewrote them: hybrid training with gemm='int8')."""
         if plan.analog:
             return
-        columns = self.target.array.differential == "columns"
+        columns = self.target.array.differential == "columns" or encoded(self.target)   # lines of other encodings
         for b in plan.blocks:
             mats = [np.rint(np.asarray(m, np.float64) * self.grid) for m in (b.lines if columns else b.diff)]
             if any(np.abs(m).max(initial=0.0) > 127 for m in mats):
@@ -137,7 +138,8 @@ class Int8Reads:
         peak = self.peaks[plan.name]
         for block in plan.blocks:
             r = block.r1 - block.r0
-            mat = block.lines[c] if columns else block.diff[c].astype(np.float32)
+            # device lines ("columns"), or another encoding's lines (cimc.backends.slice_lines), else +v/-v pairs
+            mat = block.lines[c] if columns or encoded(self.target) else block.diff[c].astype(np.float32)
             chunk = max(1, CHUNK_ELEMENTS // (n_planes * max(r, mat.shape[1])))
             int8 = self._int_session is not None and not plan.analog
             for s in range(0, len(x), chunk):

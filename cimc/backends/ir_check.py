@@ -17,6 +17,7 @@ import numpy as np
 from cimc.backends.bit_planes import bit_planes
 from cimc.layout import tile_cells
 from cimc.targets.ir_drop import read_currents
+from cimc.weight_encoding import encoded, tile_planes
 
 SAMPLE_VECTORS = 4
 SAMPLE_TILES = 4
@@ -43,14 +44,28 @@ def measure(backend, plan, op, x: np.ndarray) -> None:
     c = 0 if backend.copy is None else backend.copy % plan.replicas
     for tile in owner.tiles[:SAMPLE_TILES]:
         p = tile.placements[c]
-        (pr, pc), (mr, mc) = tile_cells(tile, p, spec)
         u = drives[:, tile.row_start:tile.row_start + tile.row_count]
         volts = np.zeros((len(u), spec.rows))
-        volts[:, pr[:, 0]] = u
-        if spec.differential == "rows":
-            volts[:, mr[:, 0]] = -u
-        cols = np.unique(np.concatenate([pc[0], mc[0]]))
+        if encoded(target):
+            plus, minus, cols = _encoded_lines(tile, p, target)
+        else:
+            (pr, pc), (mr, mc) = tile_cells(tile, p, spec)
+            plus, minus = pr[:, 0], (mr[:, 0] if spec.differential == "rows" else None)
+            cols = np.unique(np.concatenate([pc[0], mc[0]]))
+        volts[:, plus] = u
+        if minus is not None:
+            volts[:, minus] = -u
         exact = read_currents(chip.conductance_us[p.array], volts, n.wire_ohm, n.access_ohm, n.cell)[:, cols]
         fast = volts @ chip.read_us[p.array][:, cols]
         st["ir_sq_err"] += float(np.square(fast - exact).sum())
         st["ir_sq_ref"] += float(np.square(exact).sum())
+
+
+def _encoded_lines(tile, placement, target):
+    """Another encoding's (cimc.weight_encoding) drive of a tile: (rows driven at +u, rows at -u or None, the
+    physical columns of its lines): +v/-v row blocks for slices on "rows" pairs, else one block of rows."""
+    planes = tile_planes(tile, placement, target)
+    every = np.arange(target.array.rows)
+    pairs = target.array.differential == "rows" and target.weights.encoding != "offset"
+    cols = np.unique(np.concatenate([np.arange(c.start, c.stop, c.step) for _, c in planes]))
+    return every[planes[0][0]], (every[planes[1][0]] if pairs else None), cols

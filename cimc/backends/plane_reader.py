@@ -8,7 +8,7 @@ import numpy as np
 from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, FLOAT32_EXACT, bit_planes_uint,
                                       rowwise_matmul, uint_codes)
 from cimc.backends.read_plan import ReadPlan
-from cimc.backends.slice_lines import offset_units, slice_coefficients
+from cimc.backends.slice_lines import noise_lines_factor, offset_units, slice_coefficients
 from cimc.im2col import col2im, im2col
 from cimc.targets.adc import adc_convert, adc_range, sense_generators
 from cimc.targets.devices import line_noise, sample_generators
@@ -23,10 +23,12 @@ class PlaneReads:
 
     def _lossless_noise(self, plan: ReadPlan, c: int, x: np.ndarray, acc: np.ndarray, ids: np.ndarray) -> None:
         """Read noise of all planes of a lossless read, summed: per row tile and output line, g+ and g- (or the
-        +u/-u row blocks) each add N(0, s^2 sum_r u_r^2) per plane, weighted by w_j: variance 2 s^2 sum_r f(q_r).
+        +u/-u row blocks) each add N(0, s^2 sum_r u_r^2) per plane, weighted by w_j: variance 2 s^2 sum_r f(q_r)
+        (other encodings: each of their lines, shifted and added, `noise_lines_factor`).
         Each sample's generator draws, row tile by row tile, its [positions, lines] block."""
         generators = self._noise_generators(plan, c, ids)
         samples = len(ids)
+        factor = noise_lines_factor(self.target)        # 2.0 for the pair; other encodings: cimc.backends.slice_lines
         for block in plan.blocks:
             xb = x[:, block.r0:block.r1]
             if plan.analog:
@@ -34,7 +36,7 @@ class PlaneReads:
             else:
                 f = plan.noise_lut[xb.astype(np.int64) - plan.qmin].sum(axis=1)
             f = f.reshape(samples, -1, 1)
-            noise = line_noise(generators, 2.0 * f, self.read_sigma, np.float64, f.shape[:2] + (len(block.cols),))
+            noise = line_noise(generators, factor * f, self.read_sigma, np.float64, f.shape[:2] + (len(block.cols),))
             acc[:, block.cols] += noise.reshape(len(x), -1).astype(acc.dtype)
 
     def _planes(self, plan: ReadPlan, c: int, x: np.ndarray, ids: np.ndarray, encoded: bool = False) -> np.ndarray:
@@ -47,6 +49,7 @@ class PlaneReads:
         columns = self.target.array.differential == "columns"
         sliced = self.target.weights.encoding != "differential" and not lossless     # cimc.weight_encoding
         use_lines = (columns or sliced) and not lossless
+        difference = not use_lines or (not columns and self.target.weights.encoding != "offset")   # +v/-v lines
         coefficients = slice_coefficients(self.target) if sliced else None
         shift = offset_units(self.target, self.offset) if sliced and self.target.weights.encoding == "offset" \
             else 0.0          # offset encoding: subtracted per column, times the input sum, in codes
@@ -98,7 +101,7 @@ class PlaneReads:
                     cur = rowwise_matmul(flat, mat)               # [planes*mc, lines], step units
                 if noisy:
                     sq = (np.square(flat) if plan.analog else flat).sum(axis=1, keepdims=True, dtype=np.float32)
-                    per_line = 1.0 if use_lines else 2.0          # a difference line reads two devices per row
+                    per_line = 2.0 if difference else 1.0         # a difference line reads two devices per row
                     cur = cur.astype(np.float32, copy=False)
                     # [planes, samples, positions, lines] <- per sample [samples, planes, positions, lines]
                     sq = (per_line * sq).reshape(n_planes, -1, positions, 1).transpose(1, 0, 2, 3)
@@ -134,7 +137,8 @@ class PlaneReads:
                     acc = np.einsum("mpn,p->mn", acc, coefficients.astype(acc_dtype))
                     if shift:                                     # the input sum, from the same planes
                         xsum = np.tensordot(plan.weights.astype(np.float64), u.sum(axis=2, dtype=np.float64), 1)
-                        acc -= (shift * top / (plan.full_scale * grid) * xsum)[:, None].astype(acc_dtype)
+                        # (o + zero level) steps per unit input are shift x top / FS codes on any grid
+                        acc -= (shift * top / plan.full_scale * xsum)[:, None].astype(acc_dtype)
                 elif use_lines:
                     acc = acc[:, :nb] - acc[:, nb:]               # g+ codes minus g- codes
                 codes[s:s + chunk, block.index] += acc

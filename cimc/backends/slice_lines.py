@@ -1,6 +1,7 @@
-"""The lines of bit-sliced and offset weights (cimc.weight_encoding) as the crossbar's float32 reader converts them:
-one ADC conversion per line, then the lines' codes shifted by L^s and added (g- lines subtracted), or the offset
-times the input sum subtracted, after the ADC."""
+"""The lines of bit-sliced and offset weights (cimc.weight_encoding) as the crossbar's float32 and lut readers
+convert them: one ADC conversion per line, then the lines' codes shifted by L^s and added (g- lines subtracted), or
+the offset times the input sum subtracted, after the ADC; and what each line's read adds: its own ADC
+(`slice_adc_lines`) and read-noise draw (`noise_lines_factor` for the lossless sum)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,7 @@ def slice_lines(planes, spec, offset, encoding: str) -> np.ndarray:
     if spec.differential == "columns" or encoding == "offset":
         return np.concatenate([np.concatenate([tp[k] for tp in planes], axis=1) for k in range(n_planes)],
                               axis=1).astype(np.float32) + np.float32(offset)
-    return np.concatenate([np.concatenate([tp[k] - tp[k + 1] for tp in planes], axis=1)
+    return np.concatenate([np.concatenate([np.subtract(tp[k], tp[k + 1], dtype=np.float64) for tp in planes], axis=1)
                            for k in range(0, n_planes, 2)], axis=1).astype(np.float32)
 
 
@@ -33,3 +34,27 @@ def offset_units(target, offset: float) -> float:
     plus the level that holds weight 0; subtracted digitally, times the input sum (cimc.weight_encoding)."""
     from cimc.weight_encoding import offset_level
     return float(offset) + offset_level(target)
+
+
+def slice_adc_lines(adc, tiles, c: int, target):
+    """The AdcLines (cimc.targets.adc) of a row tile's lines in `slice_lines` order: each line is converted by the ADC
+    of its own physical column (a +v/-v slice line by that of its column; g+ and g- rows share it)."""
+    from cimc.weight_encoding import tile_planes
+    planes = [tile_planes(t, t.placements[c], target) for t in tiles]
+    step = 1 if target.array.differential == "columns" or target.weights.encoding == "offset" else 2
+    arrays, columns = [], []
+    for k in range(0, len(planes[0]), step):
+        for t, tp in zip(tiles, planes):
+            cols = tp[k][1]
+            at = np.arange(cols.start, cols.stop, cols.step)
+            arrays.append(np.full(len(at), t.placements[c].array))
+            columns.append(at)
+    return adc.lines(np.concatenate(arrays), np.concatenate(columns))
+
+
+def noise_lines_factor(target) -> float:
+    """Read-noise variance of one output's lossless read in units of s^2 sum_r u_r^2: each line read adds its own
+    draw (a device line one device per row, a +v/-v difference line two), weighted by its shift-and-add
+    coefficient: 2 for the pair on either layout; sum_s 2 L^2s bit-sliced; 1 offset (the offset is digital)."""
+    difference = target.array.differential == "rows" and target.weights.encoding != "offset"
+    return float(np.square(slice_coefficients(target)).sum()) * (2.0 if difference else 1.0)

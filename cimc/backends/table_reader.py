@@ -10,8 +10,10 @@ import numpy as np
 
 from cimc.backends import lut_reads
 from cimc.backends.read_plan import ReadPlan, RowTile
+from cimc.backends.slice_lines import offset_units, slice_coefficients
 from cimc.errors import ConfigError
 from cimc.targets.adc import adc_range
+from cimc.weight_encoding import encoded
 
 
 class TableReads:
@@ -30,7 +32,7 @@ class TableReads:
                           "gain, offset, INL or sense noise (adc.*_sigma_*, adc.inl_lsb) run as float32 GEMMs",
                           stacklevel=3)
             return
-        columns = target.array.differential == "columns"
+        columns = target.array.differential == "columns" or encoded(target)    # other encodings: slice lines
         mats = [m for p in self.plans.values() if not p.analog and p.bits <= 8
                 for b in p.blocks for m in (b.lines if columns else b.diff)]
         if not mats:
@@ -56,6 +58,8 @@ class TableReads:
 
     def _table_reads(self, plan: ReadPlan, c: int, xi: np.ndarray, use_lines: bool) -> np.ndarray:
         """gemm="lut": the fused table reads of cimc.backends.lut_reads, row tile by row tile, on uint8 codes xi."""
+        if encoded(self.target):
+            return self._slice_table_reads(plan, c, xi)
         lo, top, gain = self._lut_adc(plan)
         m = len(xi)
         codes = np.zeros((m, plan.cols), np.int64)
@@ -80,6 +84,40 @@ class TableReads:
         # codes x LSB in float64, rounded once to the accumulator dtype (as the GEMM paths)
         return lut_reads.scaled(codes, plan.full_scale / top, np.empty((m, plan.cols), plan.dtype))
 
+    def _slice_table_reads(self, plan: ReadPlan, c: int, xi: np.ndarray) -> np.ndarray:
+        """gemm="lut" for offset and bit-sliced weights (cimc.weight_encoding): every line of a row tile
+        (cimc.backends.slice_lines) read by the kernel as an output of its own (ADC and shift-and-add over the
+        input bit-planes fused), then, as the float32 reader does in its code dtype, the lines' codes shifted by
+        L^s and added (g- subtracted), the offset x the input sum subtracted, and the codes x LSB."""
+        lo, top, gain = self._lut_adc(plan)
+        m = len(xi)
+        coefficients = slice_coefficients(self.target).astype(np.int64)
+        shift = offset_units(self.target, self.offset) if self.target.weights.encoding == "offset" else 0.0
+        acc_dtype = plan.code_dtype
+        codes = np.zeros((m, plan.cols), acc_dtype)
+        signed = xi.astype(np.int64)
+        if plan.signed:                              # the codes' values: two's complement on plan.bits bits
+            signed[signed >= 1 << (plan.bits - 1)] -= 1 << plan.bits
+        clipped = conversions = 0
+        for block in plan.blocks:
+            nb, width = len(block.cols), block.lines[c].shape[1]
+            if c not in block.tables:
+                block.tables[c] = lut_reads.table_pieces(
+                    lut_reads.pattern_table(self._grid_lines(block, c, True)), width, False)
+            lines = np.zeros((m, width), np.int64)
+            clipped += lut_reads.read_tile(lut_reads.plane_words(xi[:, block.r0:block.r1]), block.tables[c],
+                                           plan.weights, gain, lo, top, False, lines)
+            acc = (lines.reshape(m, -1, nb) * coefficients[:, None]).sum(axis=1).astype(acc_dtype)
+            if shift:                                # the same operations as the float32 reader's (plane_reader)
+                xsum = signed[:, block.r0:block.r1].sum(axis=1).astype(np.float64)
+                acc -= (shift * top / plan.full_scale * xsum)[:, None].astype(acc_dtype)
+            codes[:, block.index] += acc
+            conversions += m * plan.bits * width
+        if self.diagnostics:
+            self.stats[plan.name]["clipped"] += clipped
+            self.stats[plan.name]["conversions"] += conversions
+        return (codes.astype(np.float64) * (plan.full_scale / top)).astype(plan.dtype)
+
     def conv_output(self, op, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
         """Direct table reads (below) also apply the executor's dequantisation, in the pass that scales the codes.
         Not with global drift compensation: its per-copy scale is applied to the accumulators (`conv`)."""
@@ -90,7 +128,8 @@ class TableReads:
         return self._conv_table_reads(op, plan, x, (scale, bias))
 
     def _direct_table_reads(self, plan: ReadPlan) -> bool:
-        return self._lut and plan.channels is not None and self._encoded_reads(plan)
+        """Convolutions straight from NHWC codes: pairs only (other encodings read im2col rows, `_table_reads`)."""
+        return self._lut and plan.channels is not None and self._encoded_reads(plan) and not encoded(self.target)
 
     def _conv_table_reads(self, op, plan: ReadPlan, x: np.ndarray, dequantise: tuple | None = None) -> np.ndarray:
         """gemm="lut" on a convolution whose row tiles hold whole channels: table reads straight from the padded

@@ -78,9 +78,21 @@ def _macro_text(r: dict) -> str:
             f"({r['adc_conversions_per_slot']} conversions on {r['adcs']} ADCs)\n"
             f"{r['ops_per_vector']} ops per vector -> {r['gops']:.2f} GOP/s, {_f(r['power_mw'], '.3f')} mW, "
             f"{_f(r['gops_per_w'], ',.0f')} GOPS/W ({_f(r['tops_per_w'], '.2f')} TOPS/W)\n"
+            f"{_weights_text(r['weights'])}"
             f"area {_f(area['total'], ',.2f')} um2 (array {_f(area['array'], ',.2f')} + periphery "
             f"{_f(area['peripheral'], ',.2f')}) = {_f(r['area_mm2'], '.4f')} mm2 -> "
             f"{_f(r['gops_per_mm2'], ',.0f')} GOPS/mm2\n" + _missing_text(r["missing"]))
+
+
+def _weights_text(w: dict) -> str:
+    """The macro's signed weights under another encoding than the pair (the count above is Yao's, per cell);
+    nothing for the pair, whose count README's macro table explains."""
+    if w["encoding"] == "differential":
+        return ""
+    how = {"differential": "a g+/g- pair each", "offset": "one offset device each",
+           "bit-sliced": f"{w['slices']} slice pairs each"}[w["encoding"]]
+    return (f"{w['signed_weights']} signed weights ({how}): {w['signed_ops_per_vector']} signed ops per vector -> "
+            f"{w['signed_gops']:.2f} GOP/s, {_f(w['signed_gops_per_w'], ',.0f')} GOPS/W\n")
 
 
 def _graph_text(r: dict) -> str:
