@@ -1,6 +1,7 @@
 """The ADC calibration's fast paths give the same full scales, bit for bit, as the slow ones they replaced: the lean
 ideal chip (Chip(levels_only=True): uint8 levels, no float64 conductances) as the full chip instance, and the
-batched reads of row tiles of one shape as one MatMulInteger per row tile."""
+batched reads of row tiles of one shape as one MatMulInteger per row tile, and the accumulators taken as the codes'
+own product (int8_reader's fused read) as shift-and-add of the plane currents."""
 from __future__ import annotations
 
 import numpy as np
@@ -81,5 +82,24 @@ def test_batched_reads_calibrate_as_one_read_per_row_tile(name, target, monkeypa
         m.setattr(int8_reader, "CHUNK_ELEMENTS", 1 << 13)
         m.setattr(int8_reader, "CURRENT_ELEMENTS", 1 << 11)
         assert calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays) == fast
+    monkeypatch.setattr(int8_reader.Int8Reads, "_record_exact", _record_exact_by_block)
+    assert calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays) == fast
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fused_reads_calibrate_as_shift_and_add_of_the_planes(bits, monkeypatch):
+    """Signed first-layer codes on fewer than 8 bits (sign-extended to int8) and unsigned ones: the fused read's
+    accumulators (codes x matrices) and peaks equal the per-row-tile reads that add the plane currents."""
+    model = MODELS["small_cnn"]()
+    calib = om.random_feeds(model, batch=8, seed=0)          # normal samples: the first layer's codes are signed
+    manifest = cimc.compile(model, "yao2020-resnet", calibration=calib, overrides=["chip.chips=0", f"input.bits={bits}"])
+    signed = [op.input_quant.signed for op in manifest.graph.xbar_ops()]
+    assert any(signed) and not all(signed) and manifest.graph.xbar_ops()[0].input_quant.bits == bits
+    fused = int8_reader.Int8Reads._fused_record_session
+    used = []
+    monkeypatch.setattr(int8_reader.Int8Reads, "_fused_record_session", lambda self, signed: used.append(signed) or
+                        fused(self, signed))
+    fast = calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays)
+    assert set(used) == {True, False}
     monkeypatch.setattr(int8_reader.Int8Reads, "_record_exact", _record_exact_by_block)
     assert calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays) == fast

@@ -209,6 +209,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         self._resolve_full_scale(graph, target)
         self.grid, self._int_session, self._lut = 1, None, False
         self._batched_session, self._record_cache = None, {}      # the ADC calibration's batched reads (int8_reader)
+        self._fused_sessions, self._planes_memory = {}, None
         self.gemm = self.requested_gemm or self._default_gemm(target)
         if self.gemm == "int8" and not target.adc.lossless:
             self._quantise_conductances(target, self.conductance_grid)

@@ -65,8 +65,9 @@ class Int8Reads:
 
     def _record_exact(self, plan: ReadPlan, c: int, xi: np.ndarray) -> np.ndarray:
         """Ideal reads of uint8 codes [m, r]: every bit-plane of a row tile in one MatMulInteger, the peak line
-        current recorded, and the exact accumulators formed from the same currents by shift-and-add (the g_min
-        parts cancel in g+ - g-). Row tiles of the same shape go in one batched MatMulInteger (a depthwise layer
+        current recorded, and the exact accumulators: the codes' product with the same int8 matrices, equal to
+        shift-and-add of the plane currents (which forms them where int32 could overflow); the g_min parts cancel
+        in g+ - g-. Row tiles of the same shape go in one batched MatMulInteger (a depthwise layer
         has dozens of small ones: one call each cost more than their products)."""
         columns = self.target.array.differential == "columns"
         n = plan.bits
@@ -80,11 +81,19 @@ class Int8Reads:
             wide = np.int32 if 127 * r << n < 1 << 31 else np.int64
             for s in range(0, len(xi), chunk):
                 xb = np.stack([xi[s:s + chunk, b.r0:b.r1] for b in blocks])          # [nb, rows, r]
-                planes = bit_planes_uint(xb, n, np.empty((n,) + xb.shape, np.uint8))  # [n, nb, rows, r]
-                cur = self._batched_int_session().run(None, {"A": planes, "B": mats})[0]   # [n, nb, rows, lines]
-                if cur.size:
+                planes = bit_planes_uint(xb, n, self._planes_buffer((n,) + xb.shape))  # [n, nb, rows, r]
+                if wide is np.int32 and lines:
+                    # one onnxruntime call: the planes' currents (for the peak) and the accumulators as the codes'
+                    # own product (sum_j w_j planes_j is the code: the same integers as shift-and-add of the
+                    # currents, for 1/n of the products; numpy's int einsum over the planes cost more than them)
+                    cur, acc = self._fused_record_session(plan.signed).run(
+                        None, {"A": planes, "X": _signed_codes(xb, n) if plan.signed else xb, "B": mats})
                     peak = max(peak, float(cur.max()), 0.0 if columns else -float(cur.min()))
-                acc = np.einsum("jbmn,j->bmn", cur.astype(wide, copy=False), w.astype(wide))
+                else:
+                    cur = self._batched_int_session().run(None, {"A": planes, "B": mats})[0]   # [n, nb, rows, lines]
+                    if cur.size:
+                        peak = max(peak, float(cur.max()), 0.0 if columns else -float(cur.min()))
+                    acc = np.einsum("jbmn,j->bmn", cur.astype(wide, copy=False), w.astype(wide))
                 for i, block in enumerate(blocks):
                     k = len(block.cols)
                     out[s:s + chunk, block.index] += acc[i, :, :k] - acc[i, :, k:] if columns else acc[i]
@@ -113,6 +122,35 @@ class Int8Reads:
                     part = run[i:i + most]
                     cache[key].append((part, np.stack([b.quantised[c] for b in part])))
         return cache[key]
+
+    def _planes_buffer(self, shape: tuple) -> np.ndarray:
+        """A uint8 buffer for the bit-planes, reused across reads (fresh pages for each read cost as much as
+        writing the planes)."""
+        size = int(np.prod(shape))
+        if self._planes_memory is None or self._planes_memory.size < size:
+            self._planes_memory = np.empty(size, np.uint8)
+        return self._planes_memory[:size].reshape(shape)
+
+    def _fused_record_session(self, signed: bool):
+        """planes [n, b, m, k] uint8, codes [b, m, k] (int8 if signed, else uint8), matrices [b, k, lines] int8 ->
+        the plane currents [n, b, m, lines] and the accumulators codes x matrices [b, m, lines], int32, in one
+        onnxruntime run (its own ReduceMax/ReduceMin of the currents were slower than numpy's)."""
+        if signed not in self._fused_sessions:
+            from onnx import TensorProto, helper
+
+            from cimc import ort_session
+            nodes = [helper.make_node("MatMulInteger", ["A", "B"], ["currents"]),
+                     helper.make_node("MatMulInteger", ["X", "B"], ["acc"])]
+            g = helper.make_graph(nodes, "planes_and_codes_x_conductances",
+                                  [helper.make_tensor_value_info("A", TensorProto.UINT8, ["J", "B", "M", "K"]),
+                                   helper.make_tensor_value_info("X", TensorProto.INT8 if signed else TensorProto.UINT8,
+                                                                 ["B", "M", "K"]),
+                                   helper.make_tensor_value_info("B", TensorProto.INT8, ["B", "K", "N"])],
+                                  [helper.make_tensor_value_info("currents", TensorProto.INT32, ["J", "B", "M", "N"]),
+                                   helper.make_tensor_value_info("acc", TensorProto.INT32, ["B", "M", "N"])])
+            self._fused_sessions[signed] = ort_session.session(helper.make_model(g, opset_imports=[
+                helper.make_opsetid("", 13)]))
+        return self._fused_sessions[signed]
 
     def _batched_int_session(self):
         """MatMulInteger of uint8 planes [n, b, m, k] and int8 matrices [b, k, lines] (numpy's matmul broadcasting)."""
@@ -154,3 +192,9 @@ class Int8Reads:
                 if cur.size:
                     peak = max(peak, float(cur.max()), -float(cur.min()))
         self.peaks[plan.name] = peak
+
+
+def _signed_codes(xb: np.ndarray, bits: int) -> np.ndarray:
+    """Two's-complement codes on `bits` bits (uint8) -> their values as int8 (sign-extended)."""
+    shift = 8 - bits
+    return xb.view(np.int8) if shift == 0 else (xb << np.uint8(shift)).view(np.int8) >> np.int8(shift)
