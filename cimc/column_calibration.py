@@ -161,12 +161,12 @@ def _accuracy(graph, chip, feeds: dict, labels: np.ndarray, batch: int) -> float
 
 
 def calibrate(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None, ideal: bool = False,
-              batch: int = 100):
+              batch: int = 100, gemm: str | None = None):
     """`cimc tune --method affine`: returns (tuned Manifest, AffineResult). Labels, where `data` has them, only
-    score the chip before and after."""
+    score the chip before and after. `gemm`: the chip's reader, as CrossbarBackend's (None: `cimc run`'s default)."""
     start_time = time.perf_counter()
     graph = copy_module.deepcopy(manifest.graph)
-    chip = CrossbarBackend(seed=seed, overrides=overrides, defect_map=defect_map, ideal=ideal)
+    chip = CrossbarBackend(seed=seed, overrides=overrides, defect_map=defect_map, ideal=ideal, gemm=gemm)
     chip.bind(graph, manifest.arrays, manifest.target)
     chip.apply_tuning(manifest.provenance.get("tuning"), manifest.conductances)   # a chip tuned before stays so
     integer = make_backend("integer")

@@ -184,6 +184,11 @@ def _row(request, p: int, s: int, acc: dict) -> dict:
     return row
 
 
+# what a sweep's tuned accuracy is after, per --tune-method (the report's words)
+TUNED_KIND = {"fc": "hybrid training", "affine": "column calibration",
+              "affine+fc": "column calibration and hybrid training"}
+
+
 def _write_results(request, folder, rows, summary) -> None:
     from cimc.sweep_html import render_sweep
     folder.write_text("rows.jsonl", rows_jsonl(rows))
@@ -191,4 +196,5 @@ def _write_results(request, folder, rows, summary) -> None:
     folder.write_text("summary.json", json.dumps({"axes": request.axes, "seeds": request.seeds,
                                                   "samples": len(request.data), "points": summary}, indent=1) + "\n")
     folder.write_text("index.html", render_sweep(request.axes, request.points, summary, request.seeds,
-                                                 len(request.data), request.tune_data is not None))
+                                                 len(request.data), request.tune_data is not None,
+                                                 TUNED_KIND[request.tune_options.get("method", "fc")]))

@@ -67,7 +67,8 @@ def _y_range(summary: list[dict], tuned: bool) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo, lo + 0.01)
 
 
-def _plot(axis_index: int, axes: list[dict], points: list[dict], summary: list[dict], tuned: bool) -> dict:
+def _plot(axis_index: int, axes: list[dict], points: list[dict], summary: list[dict], tuned: bool,
+          tuned_kind: str = "hybrid training") -> dict:
     axis = axes[axis_index]
     name = axis["name"]
     others = [a for i, a in enumerate(axes) if i != axis_index and len(a["values"]) > 1]
@@ -78,7 +79,7 @@ def _plot(axis_index: int, axes: list[dict], points: list[dict], summary: list[d
         v = min(max(v, y_lo), y_hi)          # a t interval may reach past 0 or 1: the bar stops at the frame
         return round(_TOP + _H * (1 - (v - y_lo) / (y_hi - y_lo)), 2)
 
-    kind = {False: "as programmed" if tuned else "", True: "after hybrid training"}
+    kind = {False: "as programmed" if tuned else "", True: f"after {tuned_kind}"}
     lines = []
     for g, combo in enumerate(itertools.product(*(a["values"] for a in others))):
         fixed = {a["name"]: v for a, v in zip(others, combo)}
@@ -116,9 +117,10 @@ def _plot(axis_index: int, axes: list[dict], points: list[dict], summary: list[d
 
 
 def sweep_context(axes: list[dict], points: list[dict], summary: list[dict], seeds: int, samples: int,
-                  tuned: bool, title: str = "cimc sweep") -> dict:
+                  tuned: bool, title: str = "cimc sweep", tuned_kind: str = "hybrid training") -> dict:
+    """`tuned_kind`: what the tuned accuracy is after (the sweep's --tune-method in words)."""
     varied = [i for i, a in enumerate(axes) if len(a["values"]) > 1]
-    plots = [_plot(i, axes, points, summary, tuned) for i in (varied or range(len(axes))[:1])]
+    plots = [_plot(i, axes, points, summary, tuned, tuned_kind) for i in (varied or range(len(axes))[:1])]
     table = []
     for entry in summary:
         row = {"params": entry["params"], "n": entry["n"], "run_flags": " ".join(entry["run_flags"])}
@@ -129,9 +131,10 @@ def sweep_context(axes: list[dict], points: list[dict], summary: list[dict], see
                 "ci": f"{entry[f'{key}_ci95'][0]:.4f} .. {entry[f'{key}_ci95'][1]:.4f}"}
         table.append(row)
     return {"title": title, "axes": axes, "plots": plots, "table": table, "seeds": seeds, "samples": samples,
-            "tuned": tuned, "points": len(points), "cimc_version": __version__}
+            "tuned": tuned, "tuned_kind": tuned_kind, "points": len(points), "cimc_version": __version__}
 
 
 def render_sweep(axes: list[dict], points: list[dict], summary: list[dict], seeds: int, samples: int,
-                 tuned: bool) -> str:
-    return _env.get_template(TEMPLATE).render(**sweep_context(axes, points, summary, seeds, samples, tuned))
+                 tuned: bool, tuned_kind: str = "hybrid training") -> str:
+    return _env.get_template(TEMPLATE).render(**sweep_context(axes, points, summary, seeds, samples, tuned,
+                                                              tuned_kind=tuned_kind))

@@ -82,22 +82,31 @@ def run_shard(files: dict[str, bytes], digest: str, data: Dataset, start: int, s
 
 def run_tune(files: dict[str, bytes], digest: str, data: Dataset, tune_data: Dataset, options: dict, seed: int,
              batch_size: int, tune_options: dict) -> dict:
-    """`cimc tune --seed S` on chip instance `seed` (tune's defaults, `tune_options` over them), then the tuned chip
-    on the whole test set: what `cimc tune ... -o T` then `cimc run T --backend crossbar --seed S` gives."""
+    """`cimc tune --seed S` on chip instance `seed` (tune's defaults, `tune_options` over them; its "method", fc when
+    absent, as `cimc tune --method`), then the tuned chip on the whole test set: what `cimc tune ... -o T` then
+    `cimc run T --backend crossbar --seed S` gives."""
+    from cimc.column_calibration import calibrate
     from cimc.executor import Session
     from cimc.training import tune
     manifest = load_manifest(files, digest)
+    fc_options = {k: v for k, v in tune_options.items() if k != "method"}
+    method = tune_options.get("method", "fc")
+    chip = {"overrides": options.get("overrides"), "ideal": options.get("ideal", False), "gemm": options.get("gemm")}
+    result = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tuned, result = tune(manifest, tune_data, seed=seed, overrides=options.get("overrides"),
-                             ideal=options.get("ideal", False), gemm=options.get("gemm"), progress=False,
-                             **tune_options)
+        tuned = manifest
+        if method.startswith("affine"):
+            tuned, _ = calibrate(tuned, tune_data, seed=seed, **chip)
+        if method.endswith("fc"):
+            tuned, result = tune(tuned, tune_data, seed=seed, progress=False, **chip, **fc_options)
         session = Session(tuned, backend="crossbar", seed=seed, batch_size=batch_size, **options)
         correct = _correct(session, data, 0, len(data))
     # tuning's own warnings (one chip's) go into its row, for one summary line per kind at the end of the sweep
-    tune_warnings = [str(m) for m in result.warnings]
-    return {"tuned_correct": correct, "samples": len(data), "tune_writes": int(result.writes),
-            "tune_pulses": int(result.pulses),
-            "tune_holdout_before": result.holdout["accuracy_before"],
-            "tune_holdout_after": result.holdout["accuracy_after"], "tune_warnings": tune_warnings,
+    tune_warnings = [] if result is None else [str(m) for m in result.warnings]
+    holdout = {} if result is None else result.holdout        # column calibration holds nothing out
+    return {"tuned_correct": correct, "samples": len(data), "tune_writes": 0 if result is None else int(result.writes),
+            "tune_pulses": 0 if result is None else int(result.pulses),
+            "tune_holdout_before": holdout.get("accuracy_before"),
+            "tune_holdout_after": holdout.get("accuracy_after"), "tune_warnings": tune_warnings,
             "warnings": [str(w.message) for w in caught if str(w.message) not in tune_warnings]}

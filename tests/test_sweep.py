@@ -186,6 +186,29 @@ def test_tuning_rows_are_cimc_tune_then_cimc_run(setup, cluster, tmp_path, capsy
     assert "tuned" in (tmp_path / "out" / "index.html").read_text()
 
 
+@pytest.mark.parametrize("method", ["affine", "affine+fc"])
+def test_tune_method_rows_are_cimc_tune_method_then_cimc_run(setup, cluster, tmp_path, capsys, method):
+    """--tune-method: each tuned row is `cimc tune --method M` then `cimc run` on the same chip instance."""
+    rc = main(["sweep", str(setup / "m"), "--data", str(setup / "test.npz"), "--grid", "program_sigma=1.5uS",
+               "--seeds", "2", "-o", str(tmp_path / "out"), "--tune-data", str(setup / "tune.npz"), "--json",
+               "--tune-method", method, "--scheduler", cluster.scheduler_address])
+    capsys.readouterr()
+    assert rc == 0
+    row = _rows(tmp_path / "out")[1]
+    common = ["--seed", "1", "--program-sigma", "1.5uS"]
+    assert main(["tune", str(setup / "m"), "--data", str(setup / "tune.npz"), "-o", str(tmp_path / "t"), "--json",
+                 "--method", method, *common]) == 0
+    tuned = json.loads(capsys.readouterr().out)
+    fc = tuned.get("fc")
+    assert row["tune_writes"] == (0 if fc is None else fc["writes"])
+    assert row["tune_holdout_after"] == (None if fc is None else fc["holdout"]["accuracy_after"])
+    assert main(["run", str(tmp_path / "t"), "--data", str(setup / "test.npz"), "--backend", "crossbar", "--json",
+                 *common]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == row["tuned_accuracy"]
+    words = {"affine": "after column calibration", "affine+fc": "after column calibration and hybrid training"}
+    assert words[method] in (tmp_path / "out" / "index.html").read_text()
+
+
 def test_a_worker_killed_mid_run_loses_nothing(setup, reference, cluster, tmp_path, capsys):
     """One of the two workers is SIGKILLed while it holds tasks: the scheduler reruns them on the other (the nanny
     restarts the killed one), and the results are the reference's."""
@@ -281,6 +304,10 @@ def test_grid_points_are_the_run_flags_and_warn_about_axes_without_effect(setup)
     (["--seeds", "2", "--shard-size", "0"], ["--shard-size 0"]),
     (["--seeds", "2", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--workers", "--scheduler"]),
     (["--seeds", "2", "--tune-limit", "5"], ["--tune-limit", "--tune-data"]),
+    (["--seeds", "2", "--tune-method", "affine"], ["--tune-method", "--tune-data"]),
+    (["--seeds", "2", "--tune-method", "lbfgs", "--tune-data", "TUNE"], ["--tune-method 'lbfgs'", "affine+fc"]),
+    (["--seeds", "2", "--tune-method", "affine", "--tune-epochs", "2", "--tune-data", "TUNE"],
+     ["--tune-epochs", "affine trains nothing"]),
     (["--seeds", "2", "--set", "adc.bits=6", "--grid", "adc.bits=6,8"], ["--grid adc.bits", "--set adc.bits"]),
     (["--seeds", "2", "--data-labels-missing"], ["nolabels.npz", "labels 'y'"]),
 ])
@@ -290,6 +317,7 @@ def test_bad_options_name_the_flag(setup, tmp_path, capsys, extra, words):
         extra = [e for e in extra if e != "--data-labels-missing"]
         data = tmp_path / "nolabels.npz"
         np.savez(data, x=np.load(setup / "test.npz")["x"])
+    extra = [str(setup / "tune.npz") if e == "TUNE" else e for e in extra]
     argv = ["sweep", str(setup / "m"), "--data", str(data), "-o", str(tmp_path / "o"), *extra]
     if "--grid" not in extra:
         argv += ["--grid", "adc_bits=8"]

@@ -224,6 +224,34 @@ def test_same_seed_same_calibration_whatever_the_batch(shipped):
                for x, y in zip(manifest.graph.xbar_ops(), runs[0][0].graph.xbar_ops()))
 
 
+def test_calibration_reads_the_chip_through_the_runs_reader(shipped):
+    """`gemm` (cimc tune --gemm) chooses the reader the calibration reads the chip with, as `cimc run --gemm` does:
+    the fit with gemm="float32" equals calibrate_graph on a chip built by hand with that reader, and its after-figure
+    equals the float32 chip's accuracy on the written manifest; the default (lut) reads a few values the other way,
+    so its folded scales differ."""
+    import copy
+    from cimc.backends.crossbar import CrossbarBackend
+    manifest, train, _ = shipped
+    data = type(train)({"input": train.inputs["input"][:60]}, train.labels[:60], "t", None)
+    tuned, result = calibrate(manifest, data, seed=1, overrides=NOISY, gemm="float32")
+    graph = copy.deepcopy(manifest.graph)
+    chip = CrossbarBackend(seed=1, overrides=NOISY, gemm="float32")
+    chip.bind(graph, manifest.arrays, manifest.target)
+    ideal = IntegerBackend()
+    ideal.bind(graph, manifest.arrays, manifest.target)
+    calibrate_graph(graph, chip, ideal, check_feeds(graph, data.inputs), batch=100)
+    for x, y in zip(tuned.graph.xbar_ops(), graph.xbar_ops()):
+        np.testing.assert_array_equal(x.weight_scales, y.weight_scales)
+        np.testing.assert_array_equal(x.bias, y.bias)
+    from cimc.executor import Session
+    y = Session(tuned, backend="crossbar", seed=1, overrides=NOISY, gemm="float32").run(data.inputs, samples=0)
+    y = y[graph.outputs[0].name] if isinstance(y, dict) else y
+    assert float((y.argmax(1) == data.labels).mean()) == result.accuracy_after
+    default, _ = calibrate(manifest, data, seed=1, overrides=NOISY)
+    assert any(not np.array_equal(x.weight_scales, y.weight_scales)
+               for x, y in zip(default.graph.xbar_ops(), tuned.graph.xbar_ops()))
+
+
 def _conv_transpose_model():
     """input [N, 2, 5, 5] -> ConvTranspose (3 output channels, 3x3 kernel, stride 2, bias) -> Relu."""
     import onnx

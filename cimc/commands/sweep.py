@@ -37,6 +37,8 @@ def add_parser(sub) -> None:
     sp.add_argument("--tune-data", metavar="NPZ",
                     help="also tune every chip instance with `cimc tune`'s hybrid training on this data (its "
                     "defaults) and record the accuracy with and without tuning")
+    sp.add_argument("--tune-method", default="fc", metavar="M",
+                    help="how each chip instance is tuned, as `cimc tune --method`: fc (default), affine or affine+fc")
     sp.add_argument("--tune-epochs", type=int, default=1, metavar="N", help="tuning epochs (default 1, as cimc tune)")
     sp.add_argument("--tune-limit", type=int, metavar="N", help="use only the first N samples of --tune-data")
     sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
@@ -82,8 +84,14 @@ def run(args) -> int:
     from cimc.sweep_store import SweepFolder
     from cimc.sweep_tasks import files_digest, manifest_files
     _check_counts(args)
-    if args.tune_data is None and (args.tune_limit is not None or args.tune_epochs != 1):
-        raise ConfigError("--tune-limit and --tune-epochs apply with --tune-data (the data to tune each chip on)")
+    if args.tune_data is None and (args.tune_limit is not None or args.tune_epochs != 1 or args.tune_method != "fc"):
+        raise ConfigError("--tune-limit, --tune-epochs and --tune-method apply with --tune-data (the data to tune "
+                          "each chip on)")
+    from cimc.commands.tune import METHODS
+    if args.tune_method not in METHODS:
+        raise ConfigError(f"--tune-method {args.tune_method!r}: unknown method; choose one of {', '.join(METHODS)}")
+    if args.tune_method == "affine" and args.tune_epochs != 1:
+        raise ConfigError("--tune-epochs: --tune-method affine trains nothing (use fc or affine+fc)")
     axes = parse_axes(args.grid)
     manifest = load(args.manifest)
     described, points, warnings = grid_points(axes, manifest.target, args.set, args.gemm)
@@ -91,6 +99,8 @@ def run(args) -> int:
     tune_data = None if args.tune_data is None else _load_labelled(args.tune_data, manifest, args.tune_limit,
                                                                        "tuning data")
     tune_options = {"epochs": args.tune_epochs}
+    if args.tune_method != "fc":         # left out for fc, so a sweep from before the flag resumes as it was
+        tune_options["method"] = args.tune_method
     identity = {"manifest": files_digest(manifest_files(args.manifest)),
                 "data": {"sha256": data.sha256, "samples": len(data)},
                 "grid": [[name, values] for name, values in axes], "seeds": args.seeds, "set": list(args.set or []),

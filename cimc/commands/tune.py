@@ -110,7 +110,7 @@ def run(args) -> int:
             from cimc.column_calibration import calibrate
             manifest, affine = calibrate(manifest, data, seed=seed, overrides=options["overrides"],
                                          defect_map=options.get("defect_map"), ideal=options["ideal"],
-                                         batch=args.batch)
+                                         batch=args.batch, gemm=options["gemm"])
         if args.method.endswith("fc"):
             tuned, result = tune(manifest, data, seed=seed, overrides=options["overrides"],
                                  defect_map=options.get("defect_map"), ideal=options["ideal"],
