@@ -39,20 +39,46 @@ signed uniform grid whose full scale is the largest |I| of that read (a per-batc
   depending on the conductance, with c2c and d2d variation; `writes` then counts devices pulsed at least once and
   the result adds `pulses`, `set_pulses`, `reset_pulses`. It replaces the update variation (a target with both is
   refused) and is off in the ideal simulation.
-* programming error (`program_sigma_us`, `program_sigma_rel`, DeviceModel's formula sigma = sigma_us + sigma_rel * g)
-  applies whenever weights are programmed: the initial weights of in-situ training and the ex-situ transfer.
+* programming error applies whenever weights are programmed (the initial weights of in-situ training and the
+  ex-situ transfer), by DeviceModel's rule `programmed`: sigma(g) = program_sigma_us + program_sigma_rel * g plus the
+  conductance-dependent statistics of cimc.targets.device_stats (`program_sigma_poly_us`, a polynomial in g/g_max,
+  continuous already; `program_sigma_levels_us`, one sigma per device level: for analog goals it is interpolated
+  linearly between the level conductances g_min + k * step and held beyond the ends, the rule `cimc tune` uses for
+  its off-level goals), then clipped to [g_min, g_max].
 * ADC (with `adc_bits`): the target's `[adc]` gain_sigma_rel, offset_sigma_lsb, inl_lsb and noise_sigma_lsb, applied
   to each layer's currents in LSB before rounding, one ADC per column (cimc.targets.adc).
 * read noise (`read_noise_sigma_us`) is added to every line current (`devices.line_noise`) and to every device
-  conductance read back for the weights. Drift is not modelled (training and test happen at once).
+  conductance read back for the weights.
+* wire and access resistance (`wire_ohm`, `access_ohm`, `cell`; cimc.targets.ir_drop): every read goes through the
+  array's circuit, the forward passes and the read-back of the weights alike. 1T1R (the default; Li's array): the
+  currents are exactly I = v . T, T = `ir_drop.effective_conductance` of the present conductances, recomputed on
+  the first read after each write (one sparse LU and cols solves of the 128x64 array: about 0.4 s of one core, so a
+  30-epoch run takes minutes instead of seconds; set OPENBLAS_NUM_THREADS=1 on a busy machine); a weight read back is
+  (T+ - T-) / g_scale, each device's row driven alone. 0T1R (`cell = "0t1r"`): undriven rows and rows of zero input
+  float, so each read is solved exactly by `ir_drop.read_currents` (one LU per input pattern, and one per row for
+  the read-back: one batch of 50 took 77 s against 0.85 s for 1T1R on a loaded 2-core machine, so 30 epochs take
+  most of a day). Li 2018 reads conductances
+  "including the effects of sneak-paths and wire resistance"; the circuit itself draws nothing.
+* time (`drift_time_s`): training reads happen right after each write (t = 0: no drift, and the accumulated 1/f
+  noise of device_stats, which grows as sqrt(ln((t + t_r) / 2 t_r)), is 0 there). With `drift_time_s` > 0 and a drift
+  exponent, 1/f noise or relaxation in the target, the final test (in situ and ex situ) happens that long after the
+  last write: `InSituChip.age` applies DeviceModel's drift, 1/f noise and relaxation (the chip's formulas, one draw
+  per device, frozen for the test as in aihwkit) and, with `drift_compensation = "global"`, scales each layer's
+  outputs by alpha after the ADC; `final_accuracy` is then the aged chip's, `accuracy_before_drift` the one right
+  after training, and the accuracy curve stays at t = 0.
 
 **One chip model, analog devices.** The chip shares the physics of a compiled chip (cimc.backends.chip.Chip): stuck
-devices and defect maps are DeviceModel's draws, programming error is `devices.programmed_us` (the formula of chip
-programming and of `cimc tune`'s writes), read noise is `devices.line_noise`, and with `adc_bits` the ADC instances
-are the chip's `cimc.targets.adc.AdcModel` (the target's per-ADC gain, offset, INL and sense noise, drawn from the
-seed; all zero = the plain rounding above, bit for bit). What stays here is what a manifest's chip does not have:
-Li's devices are analog (continuous conductances and updates, not the manifest's 8 levels), so the pair programming
-about g_ref, the update rule and the per-read calibrated ADC range are written here.
+devices and defect maps are DeviceModel's draws, programming is `DeviceModel.programmed` (the rule of chip
+programming and of `cimc tune`'s writes, device statistics included), aging is `DeviceModel.exponents` and `aged`
+(the chip instance's drift, 1/f noise and relaxation), reads go through `ir_drop.effective_conductance` (1T1R) or
+`ir_drop.read_currents` (0T1R) as the crossbar backend's do, read noise is `devices.line_noise`, and with `adc_bits`
+the ADC instances are the chip's `cimc.targets.adc.AdcModel` (the target's per-ADC gain, offset, INL and sense
+noise, drawn from the seed; all zero = the plain rounding above, bit for bit). What stays here is what a manifest's
+chip does not have: Li's devices are analog (continuous conductances and updates, not the manifest's 8 levels), so
+the pair programming about g_ref, the update rule, the per-read calibrated ADC range and the choice of each
+device's target for aging (its present conductance) are written here. With every effect of the circuit and the
+statistics off (the defaults), results are those of before bit for bit (tests/test_insitu_chip_model.py checks a
+transcription of the plain loop).
 
 **In-situ training (Li).** Plain SGD with softmax cross-entropy, batch 50. The forward pass runs on the chip; the
 backward pass runs in software on the weights *read back* from the array (the effective weights, stuck devices
@@ -66,7 +92,8 @@ onto the same defective chip instance (same seed -> same stuck cells) and evalua
 
 **Data.** sklearn.datasets.load_digits (1,797 real 8x8 digits, pixel values 0..16 scaled to [0, 1]), split once with
 a fixed seed (`split_seed`, default 0) into 1,347 training and 450 test digits. Every random choice comes from a
-numpy Generator derived from `seed`: the same seed gives the identical result.
+numpy Generator derived from `seed`: the same seed gives the identical result (the aging draws come from an eighth
+child stream, added after the seven of before, so their draws are unchanged).
 """
 from __future__ import annotations
 
