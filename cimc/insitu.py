@@ -52,16 +52,16 @@ signed uniform grid whose full scale is the largest |I| of that read (a per-batc
 * wire and access resistance (`wire_ohm`, `access_ohm`, `cell`; cimc.targets.ir_drop): every read goes through the
   array's circuit, the forward passes and the read-back of the weights alike. 1T1R (the default; Li's array): the
   currents are exactly I = v . T, T = `ir_drop.effective_conductance` of the present conductances, recomputed on
-  the first read after each write (one sparse LU and cols solves of the 128x64 array: about 0.4 s of one core, so a
+  the first read after each write (one sparse LU and cols solves of the 128x64 array: 0.2-0.6 s of one core, so a
   30-epoch run takes minutes instead of seconds; set OPENBLAS_NUM_THREADS=1 on a busy machine); a weight read back is
   (T+ - T-) / g_scale, each device's row driven alone. 0T1R (`cell = "0t1r"`): undriven rows and rows of zero input
   float, so each read is solved exactly by `ir_drop.read_currents` (one LU per input pattern, and one per row for
   the read-back: one batch of 50 took 77 s against 0.85 s for 1T1R on a loaded 2-core machine, so 30 epochs take
-  most of a day). Li 2018 reads conductances
-  "including the effects of sneak-paths and wire resistance"; the circuit itself draws nothing.
-* time (`drift_time_s`): training reads happen right after each write (t = 0: no drift, and the accumulated 1/f
-  noise of device_stats, which grows as sqrt(ln((t + t_r) / 2 t_r)), is 0 there). With `drift_time_s` > 0 and a drift
-  exponent, 1/f noise or relaxation in the target, the final test (in situ and ex situ) happens that long after the
+  most of a day). Li 2018 reads conductances "including the effects of sneak-paths and wire resistance"; the
+  circuit itself draws nothing.
+* time (`drift_time_s`): training reads happen right after each write (t = 0: no drift, and device_stats applies
+  its accumulated 1/f noise, sqrt(ln((t + t_r) / 2 t_r)), and relaxation only at t > 0). With `drift_time_s` > 0
+  and a drift exponent, 1/f noise or relaxation in the target, the final test (in situ and ex situ) happens that long after the
   last write: `InSituChip.age` applies DeviceModel's drift, 1/f noise and relaxation (the chip's formulas, one draw
   per device, frozen for the test as in aihwkit) and, with `drift_compensation = "global"`, scales each layer's
   outputs by alpha after the ADC; `final_accuracy` is then the aged chip's, `accuracy_before_drift` the one right

@@ -149,7 +149,8 @@ def _aged_chip(sets, seed=5):
 
 @pytest.mark.parametrize("q, t", [(0.03, 3600.0), (0.1, 86400.0)])
 def test_1f_noise_per_level_has_the_closed_form_spread(q, t):
-    before, chip = _aged_chip(["nonideal.read_noise_1f_model=levels", f"nonideal.read_noise_1f_levels={','.join([str(q)] * 8)}",
+    table = ",".join([str(q)] * 8)
+    before, chip = _aged_chip(["nonideal.read_noise_1f_model=levels", f"nonideal.read_noise_1f_levels={table}",
                                f"nonideal.drift_time_s={t}"])
     rel = ((chip.g - before) / before).ravel()
     sigma = q * math.sqrt(math.log((t + 250e-9) / (2 * 250e-9)))       # Q_s sqrt(ln((t + t_r) / 2 t_r))

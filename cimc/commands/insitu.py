@@ -121,8 +121,8 @@ def text(r: dict) -> str:
     lines = [
         f"target {r['target']}: one {chip['rows']}x{chip['cols']} array, 64-54-10 MLP (fc1 128x54 devices, fc2 "
         f"108x10), analog devices {chip['g_min_us']:g}..{chip['g_max_us']:g} uS, g_scale {chip['g_scale_us']:g} "
-        f"uS per unit weight, {chip['adc']} readout{_circuit(chip)}; sklearn digits 1347/450, {r['epochs']} epochs, batch "
-        f"{r['batch']}, seed {r['seed']}\n",
+        f"uS per unit weight, {chip['adc']} readout{_circuit(chip)}; sklearn digits 1347/450, {r['epochs']} epochs, "
+        f"batch {r['batch']}, seed {r['seed']}\n",
         f"ideal simulation (no stuck devices, no variation): {100 * ideal['final_accuracy']:.2f}%\n",
         f"in situ ({stuck}, {update}): {100 * ins['final_accuracy']:.2f}%{_aged(ins)} ({writes} in "
         f"{ins['updates']} updates)\n",
