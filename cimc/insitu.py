@@ -39,20 +39,46 @@ signed uniform grid whose full scale is the largest |I| of that read (a per-batc
   depending on the conductance, with c2c and d2d variation; `writes` then counts devices pulsed at least once and
   the result adds `pulses`, `set_pulses`, `reset_pulses`. It replaces the update variation (a target with both is
   refused) and is off in the ideal simulation.
-* programming error (`program_sigma_us`, `program_sigma_rel`, DeviceModel's formula sigma = sigma_us + sigma_rel * g)
-  applies whenever weights are programmed: the initial weights of in-situ training and the ex-situ transfer.
+* programming error applies whenever weights are programmed (the initial weights of in-situ training and the
+  ex-situ transfer), by DeviceModel's rule `programmed`: sigma(g) = program_sigma_us + program_sigma_rel * g plus the
+  conductance-dependent statistics of cimc.targets.device_stats (`program_sigma_poly_us`, a polynomial in g/g_max,
+  continuous already; `program_sigma_levels_us`, one sigma per device level: for analog goals it is interpolated
+  linearly between the level conductances g_min + k * step and held beyond the ends, the rule `cimc tune` uses for
+  its off-level goals), then clipped to [g_min, g_max].
 * ADC (with `adc_bits`): the target's `[adc]` gain_sigma_rel, offset_sigma_lsb, inl_lsb and noise_sigma_lsb, applied
   to each layer's currents in LSB before rounding, one ADC per column (cimc.targets.adc).
 * read noise (`read_noise_sigma_us`) is added to every line current (`devices.line_noise`) and to every device
-  conductance read back for the weights. Drift is not modelled (training and test happen at once).
+  conductance read back for the weights.
+* wire and access resistance (`wire_ohm`, `access_ohm`, `cell`; cimc.targets.ir_drop): every read goes through the
+  array's circuit, the forward passes and the read-back of the weights alike. 1T1R (the default; Li's array): the
+  currents are exactly I = v . T, T = `ir_drop.effective_conductance` of the present conductances, recomputed on
+  the first read after each write (one sparse LU and cols solves of the 128x64 array: 0.2-0.6 s of one core, so a
+  30-epoch run takes minutes instead of seconds; set OPENBLAS_NUM_THREADS=1 on a busy machine); a weight read back is
+  (T+ - T-) / g_scale, each device's row driven alone. 0T1R (`cell = "0t1r"`): undriven rows and rows of zero input
+  float, so each read is solved exactly by `ir_drop.read_currents` (one LU per input pattern, and one per row for
+  the read-back: one batch of 50 took 77 s against 0.85 s for 1T1R on a loaded 2-core machine, so 30 epochs take
+  most of a day). Li 2018 reads conductances "including the effects of sneak-paths and wire resistance"; the
+  circuit itself draws nothing.
+* time (`drift_time_s`): training reads happen right after each write (t = 0: no drift, and device_stats applies
+  its accumulated 1/f noise, sqrt(ln((t + t_r) / 2 t_r)), and relaxation only at t > 0). With `drift_time_s` > 0
+  and a drift exponent, 1/f noise or relaxation in the target, the final test (in situ and ex situ) happens that long after the
+  last write: `InSituChip.age` applies DeviceModel's drift, 1/f noise and relaxation (the chip's formulas, one draw
+  per device, frozen for the test as in aihwkit) and, with `drift_compensation = "global"`, scales each layer's
+  outputs by alpha after the ADC; `final_accuracy` is then the aged chip's, `accuracy_before_drift` the one right
+  after training, and the accuracy curve stays at t = 0.
 
 **One chip model, analog devices.** The chip shares the physics of a compiled chip (cimc.backends.chip.Chip): stuck
-devices and defect maps are DeviceModel's draws, programming error is `devices.programmed_us` (the formula of chip
-programming and of `cimc tune`'s writes), read noise is `devices.line_noise`, and with `adc_bits` the ADC instances
-are the chip's `cimc.targets.adc.AdcModel` (the target's per-ADC gain, offset, INL and sense noise, drawn from the
-seed; all zero = the plain rounding above, bit for bit). What stays here is what a manifest's chip does not have:
-Li's devices are analog (continuous conductances and updates, not the manifest's 8 levels), so the pair programming
-about g_ref, the update rule and the per-read calibrated ADC range are written here.
+devices and defect maps are DeviceModel's draws, programming is `DeviceModel.programmed` (the rule of chip
+programming and of `cimc tune`'s writes, device statistics included), aging is `DeviceModel.exponents` and `aged`
+(the chip instance's drift, 1/f noise and relaxation), reads go through `ir_drop.effective_conductance` (1T1R) or
+`ir_drop.read_currents` (0T1R) as the crossbar backend's do, read noise is `devices.line_noise`, and with `adc_bits`
+the ADC instances are the chip's `cimc.targets.adc.AdcModel` (the target's per-ADC gain, offset, INL and sense
+noise, drawn from the seed; all zero = the plain rounding above, bit for bit). What stays here is what a manifest's
+chip does not have: Li's devices are analog (continuous conductances and updates, not the manifest's 8 levels), so
+the pair programming about g_ref, the update rule, the per-read calibrated ADC range and the choice of each
+device's target for aging (its present conductance) are written here. With every effect of the circuit and the
+statistics off (the defaults), results are those of before bit for bit (tests/test_insitu_chip_model.py checks a
+transcription of the plain loop).
 
 **In-situ training (Li).** Plain SGD with softmax cross-entropy, batch 50. The forward pass runs on the chip; the
 backward pass runs in software on the weights *read back* from the array (the effective weights, stuck devices
@@ -66,7 +92,8 @@ onto the same defective chip instance (same seed -> same stuck cells) and evalua
 
 **Data.** sklearn.datasets.load_digits (1,797 real 8x8 digits, pixel values 0..16 scaled to [0, 1]), split once with
 a fixed seed (`split_seed`, default 0) into 1,347 training and 450 test digits. Every random choice comes from a
-numpy Generator derived from `seed`: the same seed gives the identical result.
+numpy Generator derived from `seed`: the same seed gives the identical result (the aging draws come from an eighth
+child stream, added after the seven of before, so their draws are unchanged).
 """
 from __future__ import annotations
 
@@ -79,8 +106,10 @@ from typing import Callable
 import numpy as np
 
 from cimc.errors import ConfigError, DataError
+from cimc.targets import device_stats
 from cimc.targets.adc import adc_range
 from cimc.targets.devices import line_noise, programmed_us
+from cimc.targets.ir_drop import effective_conductance, read_currents
 from cimc.targets.pulse_update import PulseModel, PulsedDevices
 from cimc.weight_encoding import require_pair
 
@@ -96,7 +125,8 @@ PAPER = {"in_situ_11pct_accuracy": 91.71, "gap_points": 2.4, "in_situ_50pct_off_
 # Child streams of np.random.SeedSequence(seed); child 0 is `devices.read_generator(seed)` (read noise).
 _STREAM_READ, _STREAM_INIT, _STREAM_ORDER, _STREAM_UPDATE, _STREAM_PROGRAM, _STREAM_SENSE = range(6)
 _STREAM_PULSE = 6      # the per-pulse (c2c) draws; added later, children 0..5 stay what they were
-_STREAMS = 7
+_STREAM_AGE = 7        # drift exponent, 1/f and relaxation draws of the final test at drift_time_s; added later too
+_STREAMS = 8
 
 
 # -- layout ---------------------------------------------------------------------------------------------------------
@@ -138,13 +168,16 @@ def li2018_layout(rows: int = 128) -> tuple[LayerPlacement, LayerPlacement]:
 # -- the chip -------------------------------------------------------------------------------------------------------
 class InSituChip:
     """One analog crossbar array: conductances `g` [rows, cols] in uS, a `stuck` mask, signed weights as device
-    pairs on two row blocks, equal-and-opposite in-situ updates."""
+    pairs on two row blocks, equal-and-opposite in-situ updates. `model` (a cimc.targets.devices.DeviceModel of the
+    target) brings the conductance-dependent programming sigma and the aging at its drift time; `wire_ohm`,
+    `access_ohm`, `cell` the array's circuit (cimc.targets.ir_drop), through which every read goes."""
 
     def __init__(self, rows: int, cols: int, layers, *, g_min_us: float, g_max_us: float, w_max: float = DEFAULT_W_MAX,
                  read_voltage_v: float = 0.2, stuck: np.ndarray | None = None, stuck_g_us: np.ndarray | None = None,
                  update_sigma_rel: float = 0.0, program_sigma_us: float = 0.0, program_sigma_rel: float = 0.0,
                  read_noise_sigma_us: float = 0.0, adc_bits: int | None = None, seed: int | None = 0,
-                 adc=None, pulse_model=None):
+                 adc=None, pulse_model=None, model=None, wire_ohm: float = 0.0, access_ohm: float = 0.0,
+                 cell: str = "1t1r"):
         if not 0 <= g_min_us < g_max_us:
             raise ConfigError(f"conductance range {g_min_us}..{g_max_us} uS: need 0 <= g_min < g_max")
         if not w_max > 0:
@@ -189,6 +222,12 @@ class InSituChip:
         self._rng_pulse = np.random.default_rng(children[_STREAM_PULSE])
         self.writes = 0
         self.updates = 0
+        self.model = model
+        self._rng_age = np.random.default_rng(children[_STREAM_AGE])
+        self.wire_ohm, self.access_ohm, self.cell = float(wire_ohm), float(access_ohm), str(cell)
+        self._seen = None           # 1T1R circuit: the effective conductances T of the present g (None: not yet read)
+        self.drift_scale = None     # global drift compensation after aging: {layer name: alpha}
+        self.aged_s = 0.0           # the time the conductances were aged to (age())
 
     # programming and reading back
     def layer(self, name_or_index) -> LayerPlacement:
@@ -209,18 +248,23 @@ class InSituChip:
         if w.shape != (lay.n_in, lay.n_out):
             raise ConfigError(f"{lay.name}: weights {list(w.shape)} != [{lay.n_in}, {lay.n_out}]")
         half = w * self.g_scale / 2
+        stats = self.model is not None and device_stats.programming_on(self.model.nonideal)
         for rows, target in ((lay.rows_plus, self.g_ref + half), (lay.rows_minus, self.g_ref - half)):
-            if self.program_sigma_us or self.program_sigma_rel:
-                target = programmed_us(target, self._rng_program.standard_normal(target.shape),
-                                       self.program_sigma_us, self.program_sigma_rel)
+            if self.program_sigma_us or self.program_sigma_rel or stats:
+                z = self._rng_program.standard_normal(target.shape)
+                # the chip's rule (DeviceModel.programmed, floored at 0 uS: the clip below covers it), or the
+                # scalar formula for a chip built without a model
+                target = self.model.programmed(target, z) if self.model is not None else \
+                    programmed_us(target, z, self.program_sigma_us, self.program_sigma_rel)
             block = np.clip(target, self.g_min, self.g_max)
             stuck = self.stuck[rows, lay.cols]
             self.g[rows, lay.cols] = np.where(stuck, self.g[rows, lay.cols], block)
+        self._seen = None
 
     def read_weights(self, layer) -> np.ndarray:
         """The effective weights (G+ - G-) / g_scale read back from the array (with read noise if any)."""
         lay = self.layer(layer)
-        gp, gm = self.g[lay.rows_plus, lay.cols], self.g[lay.rows_minus, lay.cols]
+        gp, gm = self.device_reads(lay)
         if self.read_noise_sigma_us:
             gp = gp + self.read_noise_sigma_us * self._rng_read.standard_normal(gp.shape)
             gm = gm + self.read_noise_sigma_us * self._rng_read.standard_normal(gm.shape)
@@ -246,6 +290,7 @@ class InSituChip:
             block = self.g[rows, lay.cols]
             self.g[rows, lay.cols] = np.where(live, np.clip(block + change, self.g_min, self.g_max), block)
             writes += int(np.count_nonzero(live & (change != 0)))
+        self._seen = None
         self.writes += writes
         self.updates += 1
         return writes
@@ -256,16 +301,91 @@ class InSituChip:
         block = self.g[rows, cols]
         goal = np.where(self.stuck[rows, cols], block, np.clip(block + change, self.g_min, self.g_max))
         self.g[rows, cols], n_set, n_reset = self.pulsed.write(block, goal, self._rng_pulse, (rows, cols))
+        self._seen = None
         return int(np.count_nonzero(n_set + n_reset))
+
+    # the circuit (cimc.targets.ir_drop) and the time since programming
+    @property
+    def circuit(self) -> bool:
+        """Whether reads go through line or access resistance."""
+        return bool(self.wire_ohm or self.access_ohm)
+
+    @property
+    def sneaks(self) -> bool:
+        """A passive (0T1R) array with line resistance: undriven rows float, so each read is solved exactly."""
+        return self.cell == "0t1r" and bool(self.wire_ohm)
+
+    def _effective(self) -> np.ndarray:
+        """1T1R: the effective conductances T (I = v . T exactly, ir_drop.effective_conductance) of the present
+        conductances, computed on the first read after a write and kept until the next."""
+        if self._seen is None:
+            self._seen = effective_conductance(self.g, self.wire_ohm, self.access_ohm)
+        return self._seen
+
+    def device_reads(self, layer) -> tuple[np.ndarray, np.ndarray]:
+        """The conductances (uS) of a layer's G+ and G- devices as single-device reads see them (no read noise):
+        the devices' own; through a 1T1R circuit T (the current per volt of the device's row driven alone, every
+        other row held at 0 V); through a 0T1R circuit each row driven alone (the others floating) and solved
+        exactly, sneak paths included."""
+        lay = self.layer(layer)
+        if not self.sneaks:
+            seen = self._effective() if self.circuit else self.g
+            return seen[lay.rows_plus, lay.cols], seen[lay.rows_minus, lay.cols]
+        out = []
+        for rows in (lay.rows_plus, lay.rows_minus):
+            idx = np.arange(rows.start, rows.stop)
+            volts = np.zeros((len(idx), self.rows))
+            volts[np.arange(len(idx)), idx] = self.read_voltage_v
+            out.append(read_currents(self.g, volts, self.wire_ohm, 0.0, "0t1r")[:, lay.cols] / self.read_voltage_v)
+        return out[0], out[1]
+
+    @property
+    def ages(self) -> bool:
+        """Whether the final test happens at a drift time that changes anything (model.nonideal.drift_time_s with a
+        drift exponent, 1/f noise or relaxation)."""
+        n = None if self.model is None else self.model.nonideal
+        return n is not None and n.drift_time_s > 0 and device_stats.time_matters(n)
+
+    def age(self) -> None:
+        """Let the programmed conductances age to the model's drift time: DeviceModel's drift, 1/f noise and
+        relaxation (the chip's formulas), taking each device's present conductance as both its target and its
+        programmed value (analog devices: what the last write left); stuck devices hold theirs. Draws three
+        standard normals per device of the array, always all three and in that order (z_nu, z_1f, z_relax), from
+        the chip's aging stream. With nonideal.drift_compensation = "global" each layer's outputs are then scaled
+        by alpha = sum |G+ - G-| before / after over its weights, each read as `device_reads` reads (through the
+        circuit where there is one): aihwkit's GlobalDriftCompensation, as the crossbar backend applies it."""
+        if not self.ages:
+            return
+        n = self.model.nonideal
+        shape = (self.rows, self.cols)
+        z_nu, z_1f, z_relax = (self._rng_age.standard_normal(shape) for _ in range(3))
+        before = {lay.name: self.device_reads(lay) for lay in self.layers} \
+            if n.drift_compensation == "global" else None
+        g0 = self.g.copy()
+        aged = self.model.aged(g0, g0, self.model.exponents(g0, z_nu), z_1f, z_relax)
+        self.g = np.where(self.stuck, self.stuck_g, aged)
+        self._seen = None
+        self.aged_s = float(n.drift_time_s)
+        if before is not None:
+            self.drift_scale = {}
+            for lay in self.layers:
+                ref = np.abs(before[lay.name][0] - before[lay.name][1]).sum()
+                now = np.abs(np.subtract(*self.device_reads(lay))).sum()
+                self.drift_scale[lay.name] = float(ref / now) if now > 0 else 1.0
 
     # inference
     def currents(self, layer, v: np.ndarray) -> np.ndarray:
         """Line currents (uA) of a layer's columns for row amplitudes v [batch, n_in] in volts: +v on the G+ rows,
         -v on the G- rows."""
         lay = self.layer(layer)
-        drive = np.concatenate([v, -v], axis=1)
-        g = np.concatenate([self.g[lay.rows_plus, lay.cols], self.g[lay.rows_minus, lay.cols]], axis=0)
-        i = drive @ g
+        if self.sneaks:                         # 0T1R: the exact circuit of each read (rows with v = 0 float)
+            volts = np.zeros((len(v), self.rows))
+            volts[:, lay.rows_plus], volts[:, lay.rows_minus] = v, -v
+            i = read_currents(self.g, volts, self.wire_ohm, 0.0, "0t1r")[:, lay.cols]
+        else:                                   # I = v . G, or v . T through a 1T1R circuit (exact)
+            seen = self._effective() if self.circuit else self.g
+            drive = np.concatenate([v, -v], axis=1)
+            i = drive @ np.concatenate([seen[lay.rows_plus, lay.cols], seen[lay.rows_minus, lay.cols]], axis=0)
         if self.read_noise_sigma_us:
             i = i + line_noise(self._rng_read, np.repeat((2 * v * v).sum(1, keepdims=True), lay.n_out, 1),
                                self.read_noise_sigma_us, dtype=np.float64)
@@ -280,6 +400,8 @@ class InSituChip:
             if self.sense_sigma_lsb:
                 t = t + self.sense_sigma_lsb * self._rng_sense.standard_normal(t.shape)
             i = np.clip(np.round(t), -top, top) * step
+        if self.drift_scale is not None:        # global drift compensation: digital, after the ADC
+            i = i * self.drift_scale[lay.name]
         return i
 
     def matmul(self, layer, x: np.ndarray) -> np.ndarray:
@@ -338,7 +460,8 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
                       stuck=inst.stuck[0], stuck_g_us=inst.conductance_us[0],
                       update_sigma_rel=nonideal.update_sigma_rel, program_sigma_us=nonideal.program_sigma_us,
                       program_sigma_rel=nonideal.program_sigma_rel, read_noise_sigma_us=nonideal.read_noise_sigma_us,
-                      adc_bits=adc_bits, seed=seed, adc=adc, pulse_model=pulse_model)
+                      adc_bits=adc_bits, seed=seed, adc=adc, pulse_model=pulse_model, model=model,
+                      wire_ohm=nonideal.wire_ohm, access_ohm=nonideal.access_ohm, cell=nonideal.cell)
 
 
 # -- data -----------------------------------------------------------------------------------------------------------
@@ -444,8 +567,9 @@ def train_in_situ(target="li2018", stuck_rate: float | None = None, epochs: int 
         train_curve.append(_accuracy(chip.forward(data.x_train)[2], data.y_train))
         if progress:
             progress(f"in situ epoch {epoch}/{epochs}: test {100 * curve[-1]:.2f}%")
-    result = _result("in_situ", chip, target, seed, epochs, lr, ideal, curve[-1], t0)
+    result = _result("in_situ", chip, target, seed, epochs, lr, ideal, _final_test(chip, data, curve[-1]), t0)
     result.update(accuracy_curve=curve, train_accuracy_curve=train_curve, writes=chip.writes, updates=chip.updates)
+    _aging_fields(result, chip, curve[-1])
     if chip.pulsed is not None:
         n = chip.pulsed.counts()
         result.update(pulses=n["total"], set_pulses=n["set"], reset_pulses=n["reset"],
@@ -492,8 +616,9 @@ def train_ex_situ_and_transfer(target="li2018", stuck_rate: float | None = None,
     t0 = time.perf_counter()
     for k, w in enumerate(weights):
         chip.program(k, w)
-    acc = _accuracy(chip.forward(data.x_test)[2], data.y_test)
-    result = _result("ex_situ", chip, target, seed, epochs, lr, ideal, acc, t0)
+    programmed = _accuracy(chip.forward(data.x_test)[2], data.y_test)
+    result = _result("ex_situ", chip, target, seed, epochs, lr, ideal, _final_test(chip, data, programmed), t0)
+    _aging_fields(result, chip, programmed)
     result.update(software_accuracy=curve[-1], software_accuracy_curve=curve,
                   clipped_weights=int(sum(np.count_nonzero(np.abs(w) >= w_max) for w in weights)))
     return result
@@ -637,6 +762,21 @@ def _stuck_at_text(stuck_at, target) -> str:
     return str(stuck_at) if stuck_at is not None else target.nonideal.stuck_at
 
 
+def _final_test(chip: InSituChip, data, accuracy: float) -> float:
+    """The test accuracy at the target's drift time: `accuracy` (read right after the last write) where aging
+    changes nothing, else the accuracy of the aged chip (InSituChip.age)."""
+    if not chip.ages:
+        return accuracy
+    chip.age()
+    return _accuracy(chip.forward(data.x_test)[2], data.y_test)
+
+
+def _aging_fields(result: dict, chip: InSituChip, before: float) -> None:
+    if chip.aged_s:
+        result.update(drift_time_s=chip.aged_s, accuracy_before_drift=float(before),
+                      drift_compensation_alpha=chip.drift_scale)
+
+
 def _result(method, chip: InSituChip, target, seed, epochs, lr, ideal, accuracy, t0) -> dict:
     stuck_values = chip.stuck_g[chip.stuck]
     return {"method": method, "target": target.name, "seed": seed, "epochs": epochs, "batch": BATCH, "lr": lr,
@@ -648,6 +788,8 @@ def _result(method, chip: InSituChip, target, seed, epochs, lr, ideal, accuracy,
                      "g_ref_us": chip.g_ref, "g_scale_us": chip.g_scale, "w_max": chip.w_max,
                      "read_voltage_v": chip.read_voltage_v,
                      "adc": "exact" if chip.adc_bits is None else f"{chip.adc_bits}-bit",
+                     **({"wire_ohm": chip.wire_ohm, "access_ohm": chip.access_ohm, "cell": chip.cell}
+                        if chip.circuit else {}),
                      "layers": [{"name": l.name, "inputs": l.n_in, "outputs": l.n_out, "devices": l.devices,
                                  "columns": [l.cols.start, l.cols.stop - 1]} for l in chip.layers]},
             "seconds": time.perf_counter() - t0}

@@ -210,6 +210,30 @@ class DeviceModel:
         base = n.program_sigma_us + n.program_sigma_rel * np.asarray(goal_us, dtype=np.float64)
         return base if extra is None else base + extra
 
+    def programmed(self, goal_us, z) -> np.ndarray:
+        """What devices programmed towards `goal_us` hold: goal + sigma(goal) z (z standard normal, one per device),
+        floored at 0 uS. The one rule of chip programming, `cimc tune`'s writes and `cimc insitu`'s programming."""
+        n = self.nonideal
+        if device_stats.programming_on(n):          # conductance-dependent sigma (cimc.targets.device_stats)
+            return np.maximum(goal_us + self.program_sigma_us(goal_us) * z, 0.0)
+        return np.maximum(programmed_us(goal_us, z, n.program_sigma_us, n.program_sigma_rel), 0.0)
+
+    def exponents(self, target_us, z_nu) -> np.ndarray:
+        """The per-device drift exponents nu at target conductances (z_nu standard normal, one per device)."""
+        n = self.nonideal
+        if device_stats.any_on(n) and device_stats.drift_model_on(n):
+            return device_stats.drift_exponents(n, self.device, target_us, z_nu)
+        return n.drift_nu + n.drift_nu_sigma * z_nu
+
+    def aged(self, target_us, programmed_us_, nu, z_1f, z_relax) -> np.ndarray:
+        """What programmed devices hold at `drift_time_s`: drift g_P (t/t0)^-nu, then 1/f noise and relaxation
+        (device_stats, where on; z_1f and z_relax are then used). Stuck cells are the caller's."""
+        n = self.nonideal
+        g = programmed_us_ * (n.drift_time_s / n.drift_t0_s) ** -nu if self.drifts else programmed_us_.copy()
+        if device_stats.any_on(n):
+            g = device_stats.after_programming(n, self.device, target_us, programmed_us_, g, z_1f, z_relax)
+        return g
+
     @property
     def read_noise_us(self) -> float:
         return float(self.nonideal.read_noise_sigma_us)
@@ -229,18 +253,12 @@ class DeviceModel:
         z_prog = rng.standard_normal(levels.shape)
         u_stuck = rng.random(levels.shape)
         z_nu = rng.standard_normal(levels.shape)
-        stats = device_stats.any_on(n)
-        if not stats:                       # the draws and arithmetic of every instance before device_stats
-            programmed = np.maximum(programmed_us(target, z_prog, n.program_sigma_us, n.program_sigma_rel), 0.0)
-            nu = n.drift_nu + n.drift_nu_sigma * z_nu
-        else:
-            z_1f, z_relax = rng.standard_normal(levels.shape), rng.standard_normal(levels.shape)
-            programmed = np.maximum(target + self.program_sigma_us(target) * z_prog, 0.0)
-            nu = device_stats.drift_exponents(n, self.device, target, z_nu) if device_stats.drift_model_on(n) \
-                else n.drift_nu + n.drift_nu_sigma * z_nu
-        g = programmed * (n.drift_time_s / n.drift_t0_s) ** -nu if self.drifts else programmed.copy()
-        if stats:
-            g = device_stats.after_programming(n, self.device, target, programmed, g, z_1f, z_relax)
+        # two more draws only where a statistic is on: instances without them are drawn as before device_stats
+        z_1f, z_relax = (rng.standard_normal(levels.shape), rng.standard_normal(levels.shape)) \
+            if device_stats.any_on(n) else (None, None)
+        programmed = self.programmed(target, z_prog)
+        nu = self.exponents(target, z_nu)
+        g = self.aged(target, programmed, nu, z_1f, z_relax)
         stuck = u_stuck < n.stuck_rate
         g[stuck] = self.stuck_value_us
         reference = programmed.copy() if n.drift_compensation == "global" else None

@@ -14,6 +14,9 @@ BAD = {
     "--stuck-rate": ["1.5", "-0.1", "nan", "inf", "abc", "200%", "-5%", ""],
     "--stuck-at": ["nan", "inf", "-inf", "-5", "1e9", "20.5", "abc", "", "g_mid"],
     "--seed": ["-1", "-99", "abc", "1.5", ""],
+    "--wire-resistance": ["-1ohm", "abc", "5x", "nan", "inf", ""],
+    "--access-resistance": ["-5kohm", "abc", "5mohm", "nan", ""],
+    "--drift-time": ["-1s", "abc", "5parsecs", "nan", ""],
 }
 CASES = [(flag, value) for flag, values in BAD.items() for value in values]
 
@@ -33,6 +36,8 @@ def test_bad_option_is_refused(tmp_path, monkeypatch, flag, value):
     (["--set", "nosection.field=1"], "nosection"),
     (["--set", "device.levels=abc"], "device.levels"),
     (["--set", "device"], "device"),
+    (["--set", "nonideal.cell=2t2r"], "nonideal.cell"),
+    (["--set", "nonideal.cell=0t1r", "--access-resistance", "5kohm"], "nonideal.access_ohm"),
 ])
 def test_bad_target_is_refused(tmp_path, monkeypatch, argv, culprit):
     monkeypatch.chdir(tmp_path)

@@ -19,7 +19,7 @@ import numpy as np
 
 from cimc.targets import device_stats
 from cimc.targets.adc import AdcModel
-from cimc.targets.devices import DeviceModel, load_defect_map, programmed_us
+from cimc.targets.devices import DeviceModel, load_defect_map
 from cimc.targets.drivers import driver_gains
 from cimc.targets.ir_drop import active as wires_active, array_conductances
 from cimc.targets.spec import NonIdealSpec
@@ -89,11 +89,7 @@ class Chip:
     def program(self, goal_us: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """What devices programmed towards `goal_us` hold: the target's programming error (one standard normal draw
         per device from `rng`), floored at 0 uS. Writes nothing: `set_conductances` does."""
-        n = self.target.nonideal
-        z = rng.standard_normal(np.shape(goal_us))
-        if device_stats.programming_on(n):          # conductance-dependent sigma (cimc.targets.device_stats)
-            return np.maximum(goal_us + self.model.program_sigma_us(goal_us) * z, 0.0)
-        return np.maximum(programmed_us(goal_us, z, n.program_sigma_us, n.program_sigma_rel), 0.0)
+        return self.model.programmed(goal_us, rng.standard_normal(np.shape(goal_us)))
 
     def set_conductances(self, array_ids, conductance_us: np.ndarray) -> None:
         """Overwrite the conductances of whole arrays (uS, [len(ids), rows, cols])."""

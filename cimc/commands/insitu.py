@@ -32,6 +32,14 @@ def add_parser(sub) -> None:
     sp.add_argument("--lr", type=float, default=None, metavar="LR", help="SGD learning rate (default 0.1)")
     sp.add_argument("--adc-bits", type=int, default=None, metavar="B",
                     help="round the line currents to B bits (default: exact readout)")
+    sp.add_argument("--wire-resistance", metavar="R", help="resistance of one row or column line segment, e.g. 1ohm: "
+                    "every read (forward passes and weight read-back) goes through the array's circuit "
+                    "(nonideal.wire_ohm; cimc.targets.ir_drop)")
+    sp.add_argument("--access-resistance", metavar="R", help="on-resistance of each cell's 1T1R access transistor, "
+                    "e.g. 5kohm (nonideal.access_ohm)")
+    sp.add_argument("--drift-time", metavar="T", help="test the trained chip this long after its last write, e.g. "
+                    "1d: drift, 1/f noise and relaxation of the target's [nonideal] (nonideal.drift_time_s; "
+                    "training reads happen right after each write)")
     sp.add_argument("--curve", action="store_true",
                     help="also the defect-tolerance table: in situ vs ex situ at 0..50%% devices stuck OFF (g_min)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
@@ -41,8 +49,22 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from cimc import insitu
     from cimc.targets.devices import parse_fraction
+    from cimc.targets.devices import parse_duration
+    from cimc.targets.ir_drop import parse_resistance
     from cimc.targets.registry import load_target
-    target = load_target(args.target, args.set)
+    overrides = []       # the flags as target fields, before --set (as `cimc run` orders them)
+    for attr, field, parse in (("wire_resistance", "wire_ohm", parse_resistance),
+                               ("access_resistance", "access_ohm", parse_resistance),
+                               ("drift_time", "drift_time_s", parse_duration)):
+        value = getattr(args, attr)
+        if value is not None:
+            overrides.append(f"nonideal.{field}={parse(value, '--' + attr.replace('_', '-'))!r}")
+    target = load_target(args.target, overrides + list(args.set or []))
+    from cimc.targets.device_stats import time_matters
+    if args.drift_time is not None and not time_matters(target.nonideal):
+        print("cimc: warning: --drift-time has no effect while the target has no drift exponent, 1/f noise or "
+              "relaxation; set nonideal.drift_nu (--set nonideal.drift_nu=0.05) or a device_stats model",
+              file=sys.stderr)
     stuck_rate = None if args.stuck_rate is None else parse_fraction(args.stuck_rate, "--stuck-rate")
     epochs = insitu.DEFAULT_EPOCHS if args.epochs is None else args.epochs
     if epochs < 1:
@@ -99,14 +121,15 @@ def text(r: dict) -> str:
     lines = [
         f"target {r['target']}: one {chip['rows']}x{chip['cols']} array, 64-54-10 MLP (fc1 128x54 devices, fc2 "
         f"108x10), analog devices {chip['g_min_us']:g}..{chip['g_max_us']:g} uS, g_scale {chip['g_scale_us']:g} "
-        f"uS per unit weight, {chip['adc']} readout; sklearn digits 1347/450, {r['epochs']} epochs, batch "
-        f"{r['batch']}, seed {r['seed']}\n",
+        f"uS per unit weight, {chip['adc']} readout{_circuit(chip)}; sklearn digits 1347/450, {r['epochs']} epochs, "
+        f"batch {r['batch']}, seed {r['seed']}\n",
         f"ideal simulation (no stuck devices, no variation): {100 * ideal['final_accuracy']:.2f}%\n",
-        f"in situ ({stuck}, {update}): {100 * ins['final_accuracy']:.2f}% ({writes} in {ins['updates']} updates)\n",
+        f"in situ ({stuck}, {update}): {100 * ins['final_accuracy']:.2f}%{_aged(ins)} ({writes} in "
+        f"{ins['updates']} updates)\n",
         f"gap: {r['gap_points']:.2f} points (paper: {r['paper']['gap_points']} points, 91.71% on 8x8 MNIST with 11% "
         f"stuck at ~10 uS)\n",
         f"ex situ (software {100 * exs['software_accuracy']:.2f}%, transferred to the same chip): "
-        f"{100 * exs['final_accuracy']:.2f}%\n",
+        f"{100 * exs['final_accuracy']:.2f}%{_aged(exs)}\n",
     ]
     if "defect_tolerance" in r:
         lines.append(f"defect tolerance (stuck at {r['defect_tolerance'][0]['stuck_at']}):\n")
@@ -115,6 +138,19 @@ def text(r: dict) -> str:
             lines.append(f"{100 * row['stuck_rate']:>5.0f}%  {100 * row['in_situ']:>7.2f}%  "
                          f"{100 * row['ex_situ']:>7.2f}%\n")
     return "".join(lines)
+
+
+def _circuit(chip: dict) -> str:
+    if "wire_ohm" not in chip:
+        return ""
+    access = f" + {chip['access_ohm']:g} ohm access" if chip["access_ohm"] else ""
+    return f", wires {chip['wire_ohm']:g} ohm per segment{access} ({chip['cell']})"
+
+
+def _aged(run: dict) -> str:
+    if "drift_time_s" not in run:
+        return ""
+    return f" at {run['drift_time_s']:g} s after the last write ({100 * run['accuracy_before_drift']:.2f}% right after)"
 
 
 def seeds_text(r: dict) -> str:
