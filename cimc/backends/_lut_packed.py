@@ -77,15 +77,18 @@ def _convert(cur, gain, lo, top):
 
 @njit(inline="always", cache=True)
 def _offsets(idx, j, q):
-    return (idx[j, q], idx[j, q + 1], idx[j, q + 2], idx[j, q + 3], idx[j, q + 4], idx[j, q + 5],
-            idx[j, q + 6], idx[j, q + 7], idx[j, q + 8], idx[j, q + 9], idx[j, q + 10], idx[j, q + 11],
-            idx[j, q + 12], idx[j, q + 13], idx[j, q + 14], idx[j, q + 15], idx[j, q + 16], idx[j, q + 17])
+    """The table offsets of plane j's reads in groups q .. q + 17 (idx: 8 planes per group)."""
+    k = 8 * q + j
+    return (idx[k], idx[k + 8], idx[k + 16], idx[k + 24], idx[k + 32], idx[k + 40], idx[k + 48], idx[k + 56],
+            idx[k + 64], idx[k + 72], idx[k + 80], idx[k + 88], idx[k + 96], idx[k + 104], idx[k + 112],
+            idx[k + 120], idx[k + 128], idx[k + 136])
 
 
 @njit(cache=True)
 def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0, i1, w0, idx):
     """Positions i0..i1 (rows of out); position i's words are words[i - w0]; `add` to out, else overwrite.
-    idx [planes, slots + 18] uint32 zeros: slots = groups rounded up to 6 (at most 18 groups) or to 18."""
+    idx [8 (slots + 18)] uint32 zeros, 8 planes per group: slots = groups rounded up to 6 (at most 18 groups) or
+    to 18."""
     _wide_vectors()
     groups = words.shape[1]
     half = table.shape[1]
@@ -93,6 +96,7 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
     slots = -(-groups // 6) * 6 if groups <= SUMMED else -(-groups // SUMMED) * SUMMED
     last = slots - SUMMED if groups > SUMMED else 0       # the last pass (fused with the ADC) starts here
     flat = table.reshape(-1)
+    patterns = words.view(np.uint8)                        # [positions, 8 groups]: the table row of every read
     cl = carray(_stack_half(), HALF)
     ch = carray(_stack_half(), HALF)
     clips = carray(_stack_half(), HALF)
@@ -105,10 +109,8 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
         nonzero = np.uint64(0)
         for g in range(groups):
             nonzero |= words[iw, g]
-        for j in range(weights.shape[0]):                  # table row group * 256 + pattern of plane j, as an offset
-            shift = np.uint64(8 * j)
-            for g in range(groups):
-                idx[j, g] = (np.uint32(g * 256) + np.uint32((words[iw, g] >> shift) & _BYTE)) * uhalf
+        for k in range(8 * groups):                        # byte k of the words: plane k % 8 of group k // 8
+            idx[k] = (np.uint32((k >> 3) << 8) + np.uint32(patterns[iw, k])) * uhalf    # its table row's offset
         for n in range(half):
             acc[n] = 0
             acc_hi[n] = 0
@@ -192,7 +194,7 @@ def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, width
     clipped = np.zeros(blocks, np.int64)
     for b in prange(blocks):
         _wide_vectors()
-        idx = np.zeros((weights.shape[0], width), np.uint32)
+        idx = np.zeros(8 * width, np.uint32)
         clipped[b] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, b * BLOCK,
                                 min(m, b * BLOCK + BLOCK), 0, idx)
     return clipped.sum()
@@ -217,7 +219,7 @@ def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, 
             y, x = (p // ow) * sh, (p % ow) * sw
             for g in range(groups):
                 words[p - p0, g] = xw[b, y + dy[g], x + dx[g], octet[g]]
-        idx = np.zeros((weights.shape[0], width), np.uint32)
+        idx = np.zeros(8 * width, np.uint32)
         i0 = b * positions + p0
         clipped[t] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0,
                                 b * positions + p1, i0, idx)
