@@ -11,7 +11,9 @@ materialised. The ADC is the one of `cimc.targets.adc.adc_convert` (an ideal ADC
 through float32 GEMMs instead when its ADCs have errors), operation for operation in float32
 (float32(current) * float32 gain, round half to even, clip), so a table read equals the MatMulInteger read on the
 same conductance grid bit for bit. The kernel reads at most MAX_LINES lines per call: `table_pieces` cuts a wider
-row tile by outputs, keeping each output's g+ and g- lines in one piece.
+row tile by outputs, keeping each output's g+ and g- lines in one piece, and packs a piece whose entries all fit
+0..21845 two lines to a uint32 word (`pack_piece`), read by the faster kernel of cimc.backends._lut_packed with the
+same integer currents; other pieces are read by cimc.backends._lut_kernel.
 
 A convolution whose row tiles hold whole input channels, starting on a multiple of 8, is read without im2col
 (`read_conv_tile`): the codes are laid out once as zero-padded NHWC uint8, so that eight consecutive channels at one
@@ -104,7 +106,8 @@ def padded_plane_words(codes: np.ndarray, bits: int, pads: tuple, out: np.ndarra
 
 
 def table_pieces(table: np.ndarray, nb: int, pairs: bool, max_lines: int = MAX_LINES) -> list:
-    """pattern_table [groups, 256, lines] -> [(table [groups * 256, <= max_lines lines], first output, outputs)]: the
+    """pattern_table [groups, 256, lines] -> [(table [groups * 256, <= max_lines lines], first output, outputs)], each
+    table packed where it can be (pack_piece: uint32 [groups * 256, lines / 2]); the
     kernel reads at most `max_lines` lines per call; with `pairs` a piece keeps the g+ lines of its outputs followed
     by their g- lines (lines [0, nb) are g+, [nb, 2 nb) are g-)."""
     flat = table.reshape(-1, table.shape[2])
