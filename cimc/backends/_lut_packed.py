@@ -76,7 +76,7 @@ def _twelve(flat, o, n):
 
 @njit(inline="always", cache=True)
 def _convert(cur, gain, lo, top):
-    """The ADC of _lut_kernel (adc_convert in float32): (code, 1 if clipped else 0)."""
+    """The ADC of _lut_kernel (adc_convert in float32, the same operations): (code, 1 if clipped else 0)."""
     v = np.rint(np.float32(cur) * gain)
     return np.int32(min(max(v, lo), top)), np.int32(v > top) + np.int32(v < lo)
 
@@ -188,7 +188,7 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
 
 
 def _slots(groups):
-    """Width of the uint32 offset array per plane: slots (see _positions) plus one pass of padding."""
+    """Groups the offset array holds (8 uint32 offsets each): slots (see _positions) plus one pass of padding."""
     return (-(-groups // 6) * 6 if groups <= SUMMED else -(-groups // SUMMED) * SUMMED) + SUMMED
 
 
