@@ -1,6 +1,6 @@
 """Benchmark (run by hand, not a test): the crossbar backend on ResNet-56 against onnxruntime on the same inputs.
 
-    .venv/bin/python benchmarks/bench_crossbar.py [--n 1000] [--batch-size 100] [--json] [--skip-gemm]
+    .venv/bin/python benchmarks/bench_crossbar.py [--n 1000] [--batch-size 100] [--json] [--skip-gemm] [--threads N]
 
 For each configuration — `integer` (the reference), `crossbar-ideal` (ideal devices, lossless ADC) and
 `crossbar-noisy` (the yao2020-resnet target: 0.54 uS programming error, 8-bit ADC with a calibrated full scale,
@@ -72,7 +72,7 @@ def _gemm(config: str) -> str | None:
     return None if name == "default" else name
 
 
-def worker(workdir: Path, config: str, batch_size: int) -> dict:
+def worker(workdir: Path, config: str, batch_size: int, threads: int = 0) -> dict:
     import warnings
 
     import onnxruntime as ort
@@ -81,11 +81,14 @@ def worker(workdir: Path, config: str, batch_size: int) -> dict:
     warnings.simplefilter("ignore")
     x = np.load(workdir / "x.npy")
     manifest = cimc.load(workdir / "manifest")
-    sess = ort.InferenceSession(str(workdir / "resnet56.onnx"), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads:                                # --threads: onnxruntime's intra-op threads too (numba's: env)
+        options.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(workdir / "resnet56.onnx"), options, providers=["CPUExecutionProvider"])
     sess.run(None, {"input": x[:batch_size]})                                 # warm up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ref = np.concatenate([sess.run(None, {"input": x[s:s + batch_size]})[0] for s in range(0, len(x), batch_size)])
-    ort_s = time.perf_counter() - t0
+    ort_s, ort_cpu = time.perf_counter() - t0, time.process_time() - c0
     if config == "integer":
         session = cimc.Session(manifest, backend="integer", batch_size=batch_size)
     elif config == "crossbar-ideal":
@@ -103,12 +106,13 @@ def worker(workdir: Path, config: str, batch_size: int) -> dict:
                                gemm=_gemm(config))
     session.run(x[:2])                                                        # warm up (and compile, for lut)
     reader = getattr(session.backend, "reader", None)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     y = session.run(x)
-    backend_s = time.perf_counter() - t0
+    backend_s, backend_cpu = time.perf_counter() - t0, time.process_time() - c0
     np.save(workdir / f"y_{config}.npy", y)
     return {"config": config, "n": int(len(x)), "backend_seconds": backend_s, "onnxruntime_seconds": ort_s,
-            "ratio": backend_s / ort_s, "peak_rss_mb": _peak_rss_mb(), "reader": reader,
+            "ratio": backend_s / ort_s, "backend_cpu_seconds": backend_cpu, "onnxruntime_cpu_seconds": ort_cpu,
+            "cpu_ratio": backend_cpu / ort_cpu, "peak_rss_mb": _peak_rss_mb(), "reader": reader,
             "top1_agreement_with_onnxruntime": float(np.mean(y.argmax(1) == ref.argmax(1)))}
 
 
@@ -184,21 +188,25 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--json", action="store_true")
     p.add_argument("--skip-gemm", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="numba and onnxruntime threads (default: all cores); "
+                   "--threads 1 with the CPU ratio column is the figure a loaded machine disturbs least")
     p.add_argument("--configs", default="integer,crossbar-ideal,crossbar-noisy,crossbar-noisy-int8,crossbar-noisy-lut,"
                    "crossbar-noisy-default")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(Path(args.dir), args.worker, args.batch_size)))
+        print(json.dumps(worker(Path(args.dir), args.worker, args.batch_size, args.threads)))
         return 0
     result = {"machine": machine(), "model": "ResNet-56 (cimc.zoo, conv1 x4) on yao2020-resnet", "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         prepare(workdir, args.n, bitsliced="bitsliced" in args.configs)
         for config in args.configs.split(","):
-            cmd = [sys.executable, __file__, "--worker", config, "--dir", tmp, "--batch-size", str(args.batch_size)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            cmd = [sys.executable, __file__, "--worker", config, "--dir", tmp, "--batch-size", str(args.batch_size),
+                   "--threads", str(args.threads)]
+            env = dict(os.environ, **({"NUMBA_NUM_THREADS": str(args.threads)} if args.threads else {}))
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             result["runs"].append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"# {result['runs'][-1]}", file=sys.stderr)
         if (workdir / "y_integer.npy").exists() and (workdir / "y_crossbar-ideal.npy").exists():
@@ -219,11 +227,14 @@ def main(argv=None) -> int:
     print(f"{m['platform']}, {m['cpu_count']} CPUs ({m['processor']}), numpy {m['numpy']}, onnxruntime "
           f"{m['onnxruntime']}; load average {m['load_average_at_start'][0]:.1f} at start, "
           f"{m['load_average_at_end'][0]:.1f} at end\n")
-    print("| configuration | reader | inputs | backend s | onnxruntime s | ratio | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"threads: {args.threads or 'all'}\n")
+    print("| configuration | reader | inputs | backend s | onnxruntime s | ratio | CPU s (backend / onnxruntime) | "
+          "CPU ratio | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in result["runs"]:
         print(f"| {r['config']} | {r['reader'] or '-'} | {r['n']} | {r['backend_seconds']:.1f} | "
-              f"{r['onnxruntime_seconds']:.2f} | {r['ratio']:.1f}x | {r['peak_rss_mb']:.0f} |")
+              f"{r['onnxruntime_seconds']:.2f} | {r['ratio']:.1f}x | {r['backend_cpu_seconds']:.1f} / "
+              f"{r['onnxruntime_cpu_seconds']:.2f} | {r['cpu_ratio']:.1f}x | {r['peak_rss_mb']:.0f} |")
     for key in ("ideal_equals_integer_bit_for_bit", "crossbar-noisy_top1_agreement_with_integer",
                 "crossbar-noisy-int8_top1_agreement_with_integer", "crossbar-noisy-lut_top1_agreement_with_integer",
                 "crossbar-noisy-default_top1_agreement_with_integer"):

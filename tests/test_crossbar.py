@@ -576,15 +576,20 @@ def _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs):
 
 
 @needs_numba
-@pytest.mark.parametrize("rows,outputs,pairs,signed,bipolar", [
-    (144, 16, True, False, False),        # one 144-row array, g+ and g- lines: one pass of 18 lookups
-    (150, 300, True, True, False),        # 19 groups (two passes), 600 lines in two pieces, negative MSB plane
-    (37, 530, False, False, True),        # a partial group, 530 bipolar lines in two pieces, codes below lo
+@pytest.mark.parametrize("rows,outputs,pairs,signed,bipolar,high,packed", [
+    (144, 16, True, False, False, 400, True),     # one 144-row array, g+ and g- lines: one pass of 18 lookups
+    (150, 300, True, True, False, 400, True),     # 19 groups (two passes), 600 lines in two pieces, negative MSB
+    (80, 24, True, False, False, 400, True),      # 10 groups: a pass of 12 slots
+    (37, 531, False, False, False, 400, True),    # a partial group (6 slots), odd lines: 512 + 19 in two pieces
+    (37, 530, False, False, True, 400, False),    # bipolar lines (negative entries), codes below lo: int16 tables
+    (100, 16, True, False, False, 4000, False),   # entries up to 8 x 3999 > 21845: too large to pack
 ])
-def test_lut_kernel_equals_a_read_by_read_loop(rows, outputs, pairs, signed, bipolar):
+def test_lut_kernel_equals_a_read_by_read_loop(rows, outputs, pairs, signed, bipolar, high, packed):
+    """Both kernels (packed uint32 tables where every entry fits 0 .. 21845, int16 tables otherwise) against one
+    read at a time."""
     rng = np.random.default_rng(rows)
     lines = 2 * outputs if pairs else outputs
-    g_int = rng.integers(-300 if bipolar else 0, 400, (rows, lines))
+    g_int = rng.integers(-300 if bipolar else 0, high, (rows, lines))
     codes = rng.integers(0, 256, (70, rows)).astype(np.uint8)
     codes[:, ::3] = 0
     codes[5] = 0                                                    # a position whose planes are all skipped
@@ -595,6 +600,7 @@ def test_lut_kernel_equals_a_read_by_read_loop(rows, outputs, pairs, signed, bip
     want, want_clipped = _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs)
     pieces = lut_reads.table_pieces(lut_reads.pattern_table(g_int), outputs, pairs)
     assert len(pieces) == -(-lines // lut_reads.MAX_LINES)
+    assert all((piece.dtype == np.uint32) == packed for piece, _, _ in pieces)
     out = np.zeros((len(codes), outputs), np.int64)
     clipped = lut_reads.read_tile(lut_reads.plane_words(codes), pieces, weights, gain, lo, top, pairs, out)
     assert want_clipped > 0 and clipped == want_clipped

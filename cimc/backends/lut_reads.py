@@ -11,7 +11,9 @@ materialised. The ADC is the one of `cimc.targets.adc.adc_convert` (an ideal ADC
 through float32 GEMMs instead when its ADCs have errors), operation for operation in float32
 (float32(current) * float32 gain, round half to even, clip), so a table read equals the MatMulInteger read on the
 same conductance grid bit for bit. The kernel reads at most MAX_LINES lines per call: `table_pieces` cuts a wider
-row tile by outputs, keeping each output's g+ and g- lines in one piece.
+row tile by outputs, keeping each output's g+ and g- lines in one piece, and packs a piece whose entries all fit
+0..21845 two lines to a uint32 word (`pack_piece`), read by the faster kernel of cimc.backends._lut_packed with the
+same integer currents; other pieces are read by cimc.backends._lut_kernel.
 
 A convolution whose row tiles hold whole input channels, starting on a multiple of 8, is read without im2col
 (`read_conv_tile`): the codes are laid out once as zero-padded NHWC uint8, so that eight consecutive channels at one
@@ -104,7 +106,8 @@ def padded_plane_words(codes: np.ndarray, bits: int, pads: tuple, out: np.ndarra
 
 
 def table_pieces(table: np.ndarray, nb: int, pairs: bool, max_lines: int = MAX_LINES) -> list:
-    """pattern_table [groups, 256, lines] -> [(table [groups * 256, <= max_lines lines], first output, outputs)]: the
+    """pattern_table [groups, 256, lines] -> [(table [groups * 256, <= max_lines lines], first output, outputs)], each
+    table packed where it can be (pack_piece: uint32 [groups * 256, lines / 2]); the
     kernel reads at most `max_lines` lines per call; with `pairs` a piece keeps the g+ lines of its outputs followed
     by their g- lines (lines [0, nb) are g+, [nb, 2 nb) are g-)."""
     flat = table.reshape(-1, table.shape[2])
@@ -115,8 +118,26 @@ def table_pieces(table: np.ndarray, nb: int, pairs: bool, max_lines: int = MAX_L
         lines = np.r_[o0:o1, nb + o0:nb + o1] if pairs else np.arange(o0, o1)
         piece = aligned_empty((len(flat), len(lines)), flat.dtype)
         piece[...] = flat[:, lines]
-        pieces.append((piece, o0, o1 - o0))
+        pieces.append((pack_piece(piece), o0, o1 - o0))
     return pieces
+
+
+PACKABLE = (1 << 16) // 3                 # largest entry of a packed table: three add up in 16 bits (21845)
+
+
+def pack_piece(piece: np.ndarray) -> np.ndarray:
+    """A table piece [rows, lines] whose entries are all in 0 .. PACKABLE -> uint32 [rows, ceil(lines / 2)], word n
+    holding line n (low 16 bits) and line ceil(lines / 2) + n (high 16 bits; 0 past the last line): the packed
+    kernel (cimc.backends._lut_packed) reads it. With g+ and g- lines (`table_pieces`' pairs) the low halves are
+    the g+ lines and the high halves the g- lines. Any other piece is returned as it is (the int16 kernel)."""
+    if piece.dtype != np.int16 or piece.size == 0 or piece.min() < 0 or piece.max() > PACKABLE:
+        return piece
+    rows, lines = piece.shape
+    half = -(-lines // 2)
+    packed = aligned_empty((rows, half), np.uint32)
+    packed[...] = piece[:, :half].astype(np.uint32)
+    packed[:, :lines - half] |= piece[:, half:].astype(np.uint32) << np.uint32(16)
+    return packed
 
 
 def available() -> bool:
@@ -150,10 +171,17 @@ def read_tile(words: np.ndarray, pieces: list, weights: np.ndarray, gain: np.flo
     weights (LSB first), ADC gain (codes per current unit) and range lo..top; adds sum_j w_j * code_j (g+ minus g-
     codes where `pairs`) into out [m, col0:col0 + outputs] (int64, or int32 where the sums fit), or with add=False
     writes it there. Returns the number of clipped conversions."""
-    from cimc.backends._lut_kernel import reads       # numba compiles it on first use (cached on disk)
+    from cimc.backends import _lut_kernel, _lut_packed   # numba compiles them on first use (cached on disk)
     w = _plane_weights(weights, top)
-    return sum(int(reads(words, piece, w, np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out,
-                         col0 + o0, bool(add))) for piece, o0, nb in pieces)
+    clipped = 0
+    for piece, o0, nb in pieces:
+        args = (words, piece, w, np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out, col0 + o0,
+                bool(add))
+        if piece.dtype == np.uint32:
+            clipped += int(_lut_packed.reads(*args, _lut_packed._slots(words.shape[1])))
+        else:
+            clipped += int(_lut_kernel.reads(*args))
+    return clipped
 
 
 def read_conv_tile(words: np.ndarray, images: np.ndarray, groups: tuple, strides: tuple, out_hw: tuple, pieces: list,
@@ -161,13 +189,18 @@ def read_conv_tile(words: np.ndarray, images: np.ndarray, groups: tuple, strides
                    col0: int = 0, add: bool = True) -> int:
     """read_tile for a convolution, straight from padded_plane_words: the listed images' output positions (rows
     b * oh * ow + p of out), groups from conv_groups, pieces of a conv_table."""
-    from cimc.backends._lut_kernel import conv_reads
+    from cimc.backends import _lut_kernel, _lut_packed
     w = _plane_weights(weights, top)
     dy, dx, octet = groups
-    return sum(int(conv_reads(words, images, dy, dx, octet, strides[0], strides[1], out_hw[0], out_hw[1], piece, w,
-                              np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out, col0 + o0,
-                              bool(add)))
-               for piece, o0, nb in pieces)
+    clipped = 0
+    for piece, o0, nb in pieces:
+        args = (words, images, dy, dx, octet, strides[0], strides[1], out_hw[0], out_hw[1], piece, w,
+                np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out, col0 + o0, bool(add))
+        if piece.dtype == np.uint32:
+            clipped += int(_lut_packed.conv_reads(*args, _lut_packed._slots(len(dy))))
+        else:
+            clipped += int(_lut_kernel.conv_reads(*args))
+    return clipped
 
 
 def scaled(codes: np.ndarray, lsb: float, out: np.ndarray) -> np.ndarray:

@@ -1,0 +1,232 @@
+"""The numba kernel of cimc.backends.lut_reads for packed tables (`pack_piece`): the same reads, ADC and
+shift-and-add as cimc.backends._lut_kernel, bit for bit, about 1.5-2x faster (ResNet-56's layers, one thread).
+
+A packed table holds two lines in each uint32 word: line n in the low 16 bits, line half + n in the high 16 bits.
+Its entries are non-negative and at most 21845 = 65535 / 3, so three table rows add up word by word without a carry
+from one line into the other (SWAR): one 32-bit add per two lines and three lookups, where the int16 kernel
+sign-extends and adds every entry of every lookup. Each read then splits the sums (mask, shift) into the int32
+current of each line, the same integer as the int16 kernel's, so the ADC that follows sees the same current.
+Why else it is written this way (each point measured on ResNet-56, one thread, min CPU time over 15-25 calls
+interleaved in one process, 2026-12-02, under load):
+* a tile of at most 18 groups (every 144-row array) is read in one loop per bit-plane that does the lookups, the ADC
+  and the shift-and-add: no current buffer is stored and reloaded;
+* clipped conversions are counted per line in a buffer and summed once per call, not reduced once per read;
+* the table offsets of all planes come from the words' bytes (byte 8 g + j: plane j of group g) in one loop;
+* that fused loop compiles to scalar code (`_six` indexes the offsets tuple with a variable): a variant with
+  constant indices that LLVM vectorises 512 bits wide measured 5-10% slower on every stage (stage 1: 0.105 s
+  against 0.097 s per 4 layer-calls of 100 images), and prefetching the next plane's rows slower again. The reads
+  wait on their table rows more than on arithmetic: the same kernel with every lookup on one L1-resident row was up
+  to 20% faster.
+"""
+import numpy as np
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from cimc.backends._lut_kernel import BLOCK, SUMMED, _wide_vectors
+from cimc.backends.lut_limits import MAX_LINES
+
+HALF = MAX_LINES // 2           # words per row at most
+_LOW = np.uint32(0xFFFF)
+_SIXTEEN = np.uint32(16)
+_BYTE = np.uint64(255)
+
+
+@intrinsic
+def _stack_half(typingctx):
+    """A pointer to HALF int32 on the stack of the calling function (see _lut_kernel._stack_int32)."""
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(types.int32), size=HALF)
+    return types.CPointer(types.int32)(), codegen
+
+
+@njit(inline="always", cache=True)
+def _three(flat, a, b, c, n):
+    """Word n of the sum of three table rows (at flat offsets a, b, c): two 16-bit line sums, no carry between."""
+    return np.uint32(np.uint32(flat[a + n] + flat[b + n]) + flat[c + n])
+
+
+@njit(inline="always", cache=True)
+def _split(s0, s1):
+    """Two SWAR sums -> (low line, high line) int32 currents."""
+    return np.int32(s0 & _LOW) + np.int32(s1 & _LOW), np.int32(s0 >> _SIXTEEN) + np.int32(s1 >> _SIXTEEN)
+
+
+@njit(inline="always", cache=True)
+def _six(flat, o, k, n):
+    """Low and high currents of word n over the six rows at offsets o[k] .. o[k + 5] (k variable: the loops stay
+    scalar, measured faster than vectorised; see the module notes)."""
+    return _split(_three(flat, o[k], o[k + 1], o[k + 2], n), _three(flat, o[k + 3], o[k + 4], o[k + 5], n))
+
+
+@njit(inline="always", cache=True)
+def _eighteen(flat, o, n):
+    l0, h0 = _six(flat, o, 0, n)
+    l1, h1 = _six(flat, o, 6, n)
+    l2, h2 = _six(flat, o, 12, n)
+    return (l0 + l1) + l2, (h0 + h1) + h2
+
+
+@njit(inline="always", cache=True)
+def _twelve(flat, o, n):
+    l0, h0 = _six(flat, o, 0, n)
+    l1, h1 = _six(flat, o, 6, n)
+    return l0 + l1, h0 + h1
+
+
+@njit(inline="always", cache=True)
+def _convert(cur, gain, lo, top):
+    """The ADC of _lut_kernel (adc_convert in float32, the same operations): (code, 1 if clipped else 0)."""
+    v = np.rint(np.float32(cur) * gain)
+    return np.int32(min(max(v, lo), top)), np.int32(v > top) + np.int32(v < lo)
+
+
+@njit(inline="always", cache=True)
+def _offsets(idx, j, q):
+    """The table offsets of plane j's reads in groups q .. q + 17 (idx: 8 planes per group)."""
+    k = 8 * q + j
+    return (idx[k], idx[k + 8], idx[k + 16], idx[k + 24], idx[k + 32], idx[k + 40], idx[k + 48], idx[k + 56],
+            idx[k + 64], idx[k + 72], idx[k + 80], idx[k + 88], idx[k + 96], idx[k + 104], idx[k + 112],
+            idx[k + 120], idx[k + 128], idx[k + 136])
+
+
+@njit(cache=True)
+def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0, i1, w0, idx):
+    """Positions i0..i1 (rows of out); position i's words are words[i - w0]; `add` to out, else overwrite.
+    idx [8 (slots + 18)] uint32 zeros, 8 planes per group: slots = groups rounded up to 6 (at most 18 groups) or
+    to 18."""
+    _wide_vectors()
+    groups = words.shape[1]
+    half = table.shape[1]
+    uhalf = np.uint32(half)
+    slots = -(-groups // 6) * 6 if groups <= SUMMED else -(-groups // SUMMED) * SUMMED
+    last = slots - SUMMED if groups > SUMMED else 0       # the last pass (fused with the ADC) starts here
+    flat = table.reshape(-1)
+    patterns = words.view(np.uint8)                        # [positions, 8 groups]: the table row of every read
+    cl = carray(_stack_half(), HALF)
+    ch = carray(_stack_half(), HALF)
+    clips = carray(_stack_half(), HALF)
+    acc = carray(_stack_half(), HALF)
+    acc_hi = carray(_stack_half(), HALF)
+    for n in range(half):
+        clips[n] = 0
+    for i in range(i0, i1):
+        iw = i - w0
+        nonzero = np.uint64(0)
+        for g in range(groups):
+            nonzero |= words[iw, g]
+        for k in range(8 * groups):                        # byte k of the words: plane k % 8 of group k // 8
+            idx[k] = (np.uint32((k >> 3) << 8) + np.uint32(patterns[iw, k])) * uhalf    # its table row's offset
+        for n in range(half):
+            acc[n] = 0
+            acc_hi[n] = 0
+        for j in range(weights.shape[0]):
+            if (nonzero >> np.uint64(8 * j)) & _BYTE == 0:
+                continue                                   # no bit set: current 0, code 0
+            for q in range(0, last, SUMMED):               # tiles of more than 18 groups: all passes but the last
+                o = _offsets(idx, j, q)
+                if q == 0:
+                    for n in range(half):
+                        cl[n], ch[n] = _eighteen(flat, o, np.uint32(n))
+                else:
+                    for n in range(half):
+                        a, b = _eighteen(flat, o, np.uint32(n))
+                        cl[n] += a
+                        ch[n] += b
+            w = np.int32(weights[j])
+            o = _offsets(idx, j, last)                    # padding slots are 0: row 0 (group 0, pattern 0), zeros
+            if last > 0:
+                for n in range(half):
+                    a, b = _eighteen(flat, o, np.uint32(n))
+                    ca, xa = _convert(a + cl[n], gain, lo, top)
+                    cb, xb = _convert(b + ch[n], gain, lo, top)
+                    clips[n] += xa + xb
+                    acc[n] += w * ca
+                    acc_hi[n] += w * cb
+            elif slots == 18:
+                for n in range(half):
+                    a, b = _eighteen(flat, o, np.uint32(n))
+                    ca, xa = _convert(a, gain, lo, top)
+                    cb, xb = _convert(b, gain, lo, top)
+                    clips[n] += xa + xb
+                    acc[n] += w * ca
+                    acc_hi[n] += w * cb
+            elif slots == 12:
+                for n in range(half):
+                    a, b = _twelve(flat, o, np.uint32(n))
+                    ca, xa = _convert(a, gain, lo, top)
+                    cb, xb = _convert(b, gain, lo, top)
+                    clips[n] += xa + xb
+                    acc[n] += w * ca
+                    acc_hi[n] += w * cb
+            else:
+                for n in range(half):
+                    a, b = _six(flat, o, 0, np.uint32(n))
+                    ca, xa = _convert(a, gain, lo, top)
+                    cb, xb = _convert(b, gain, lo, top)
+                    clips[n] += xa + xb
+                    acc[n] += w * ca
+                    acc_hi[n] += w * cb
+        if pairs:                                          # g+ codes (low lines) minus g- codes (high lines)
+            for n in range(nb):
+                acc[n] -= acc_hi[n]
+        low = min(nb, half)
+        if add:
+            for n in range(low):
+                out[i, col0 + n] += acc[n]
+            for n in range(nb - low):                      # without pairs the high lines continue the outputs
+                out[i, col0 + half + n] += acc_hi[n]
+        else:
+            for n in range(low):
+                out[i, col0 + n] = acc[n]
+            for n in range(nb - low):
+                out[i, col0 + half + n] = acc_hi[n]
+    clipped = 0
+    for n in range(half):
+        clipped += clips[n]
+    return clipped
+
+
+def _slots(groups):
+    """Groups the offset array holds (8 uint32 offsets each): slots (see _positions) plus one pass of padding."""
+    return (-(-groups // 6) * 6 if groups <= SUMMED else -(-groups // SUMMED) * SUMMED) + SUMMED
+
+
+@njit(parallel=True, cache=True)
+def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, width):
+    """_lut_kernel.reads on a packed table; `width` = _slots(groups)."""
+    m = words.shape[0]
+    blocks = -(-m // BLOCK)
+    clipped = np.zeros(blocks, np.int64)
+    for b in prange(blocks):
+        _wide_vectors()
+        idx = np.zeros(8 * width, np.uint32)
+        clipped[b] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, b * BLOCK,
+                                min(m, b * BLOCK + BLOCK), 0, idx)
+    return clipped.sum()
+
+
+@njit(parallel=True, cache=True)
+def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, nb, pairs, out, col0, add,
+               width):
+    """_lut_kernel.conv_reads on a packed table; `width` = _slots(groups)."""
+    groups = len(dy)
+    positions = oh * ow
+    per_image = -(-positions // BLOCK)
+    items = len(images) * per_image
+    clipped = np.zeros(items, np.int64)
+    for t in prange(items):
+        _wide_vectors()
+        b = images[t // per_image]
+        p0 = (t % per_image) * BLOCK
+        p1 = min(positions, p0 + BLOCK)
+        words = np.empty((p1 - p0, groups), np.uint64)     # the im2col words of these positions (L1-resident)
+        for p in range(p0, p1):
+            y, x = (p // ow) * sh, (p % ow) * sw
+            for g in range(groups):
+                words[p - p0, g] = xw[b, y + dy[g], x + dx[g], octet[g]]
+        idx = np.zeros(8 * width, np.uint32)
+        i0 = b * positions + p0
+        clipped[t] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0,
+                                b * positions + p1, i0, idx)
+    return clipped.sum()
