@@ -183,6 +183,19 @@ def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add):
     return clipped.sum()
 
 
+@njit(inline="always", cache=True)
+def conv_words(xw, b, p0, p1, dy, dx, octet, sh, sw, ow):
+    """The im2col words of output positions p0..p1 of image b (L1-resident): group g of position (oy, ox) is
+    xw[b, oy * sh + dy[g], ox * sw + dx[g], octet[g]]."""
+    groups = len(dy)
+    words = np.empty((p1 - p0, groups), np.uint64)
+    for p in range(p0, p1):
+        y, x = (p // ow) * sh, (p % ow) * sw
+        for g in range(groups):
+            words[p - p0, g] = xw[b, y + dy[g], x + dx[g], octet[g]]
+    return words
+
+
 @njit(parallel=True, cache=True)
 def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, nb, pairs, out, col0, add):
     """All reads of a convolution straight from the plane words of its padded NHWC codes (conv_plane_words): group
@@ -200,11 +213,7 @@ def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, 
         b = images[t // per_image]
         p0 = (t % per_image) * BLOCK
         p1 = min(positions, p0 + BLOCK)
-        words = np.empty((p1 - p0, groups), np.uint64)     # the im2col words of these positions (L1-resident)
-        for p in range(p0, p1):
-            y, x = (p // ow) * sh, (p % ow) * sw
-            for g in range(groups):
-                words[p - p0, g] = xw[b, y + dy[g], x + dx[g], octet[g]]
+        words = conv_words(xw, b, p0, p1, dy, dx, octet, sh, sw, ow)
         idx = np.zeros((weights.shape[0], padded), np.uint64)
         i0 = b * positions + p0
         clipped[t] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0,

@@ -23,7 +23,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from cimc.backends._lut_kernel import BLOCK, SUMMED, _wide_vectors
+from cimc.backends._lut_kernel import BLOCK, SUMMED, _wide_vectors, conv_words
 from cimc.backends.lut_limits import MAX_LINES
 
 HALF = MAX_LINES // 2           # words per row at most
@@ -210,7 +210,6 @@ def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, width
 def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, nb, pairs, out, col0, add,
                width):
     """_lut_kernel.conv_reads on a packed table; `width` = _slots(groups)."""
-    groups = len(dy)
     positions = oh * ow
     per_image = -(-positions // BLOCK)
     items = len(images) * per_image
@@ -220,11 +219,7 @@ def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, 
         b = images[t // per_image]
         p0 = (t % per_image) * BLOCK
         p1 = min(positions, p0 + BLOCK)
-        words = np.empty((p1 - p0, groups), np.uint64)     # the im2col words of these positions (L1-resident)
-        for p in range(p0, p1):
-            y, x = (p // ow) * sh, (p % ow) * sw
-            for g in range(groups):
-                words[p - p0, g] = xw[b, y + dy[g], x + dx[g], octet[g]]
+        words = conv_words(xw, b, p0, p1, dy, dx, octet, sh, sw, ow)
         idx = np.zeros(8 * width, np.uint32)
         i0 = b * positions + p0
         clipped[t] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0,
