@@ -20,7 +20,10 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from cimc.backends import kernel_notice
 from cimc.backends.lut_limits import MAX_LINES    # lines per call (read_tile splits wider tiles)
+
+kernel_notice.install()     # a line on a terminal while numba compiles these kernels (first run only)
 
 SUMMED = 18                     # table rows summed per pass (144-row arrays: one pass)
 BLOCK = 128                     # positions per parallel work item
