@@ -637,8 +637,13 @@ def _driven(gp: np.ndarray, gm: np.ndarray, tile, placement, chip, spec) -> tupl
     rows = placement_rows(tile, placement)
     ap = a[rows][:, None]
     am = ap if spec.differential == "columns" else a[rows + spec.rows // 2][:, None]
-    o = chip.offset
-    return (gp + o) * ap - o, (gm + o) * am - o
+    return _drive(gp, ap, chip.offset), _drive(gm, am, chip.offset)
+
+
+def _drive(g: np.ndarray, a: np.ndarray, offset: float) -> np.ndarray:
+    """Conductances g (step units above g_min) read through row drivers of gain a: the current a (g + o), written
+    back above g_min."""
+    return (g + offset) * a - offset
 
 
 def _driven_planes(g_units, tile, placement, chip, target) -> list[np.ndarray]:
@@ -649,8 +654,7 @@ def _driven_planes(g_units, tile, placement, chip, target) -> list[np.ndarray]:
     for rows, cols in tile_planes(tile, placement, target):
         plane = g[rows, cols]
         if chip.driver_gain is not None:
-            a = chip.driver_gain[placement.array][rows][:, None]
-            plane = (plane + chip.offset) * a - chip.offset
+            plane = _drive(plane, chip.driver_gain[placement.array][rows][:, None], chip.offset)
         planes.append(plane)
     return planes
 
