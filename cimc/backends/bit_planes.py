@@ -28,6 +28,13 @@ def uint_codes(x: np.ndarray, bits: int, signed: bool) -> np.ndarray:
     return xi.astype(dtype)
 
 
+def signed_values(xb: np.ndarray, bits: int) -> np.ndarray:
+    """Two's-complement codes on `bits` <= 8 bits (uint8, as uint_codes gives them) -> their values as int8
+    (sign-extended)."""
+    shift = 8 - bits
+    return xb.view(np.int8) if shift == 0 else (xb << np.uint8(shift)).view(np.int8) >> np.int8(shift)
+
+
 def bit_planes_uint(xi: np.ndarray, bits: int, out: np.ndarray | None = None) -> np.ndarray:
     """Unsigned integers [m, r] -> planes [bits, m, r] float32 of 0/1, LSB first."""
     if out is None:

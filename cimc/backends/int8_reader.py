@@ -7,7 +7,8 @@ import warnings
 
 import numpy as np
 
-from cimc.backends.bit_planes import CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights, uint_codes
+from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights, signed_values,
+                                      uint_codes)
 from cimc.backends.read_plan import ReadPlan
 from cimc.errors import ConfigError
 from cimc.weight_encoding import encoded
@@ -87,7 +88,7 @@ class Int8Reads:
                     # own product (sum_j w_j planes_j is the code: the same integers as shift-and-add of the
                     # currents, for 1/n of the products; numpy's int einsum over the planes cost more than them)
                     cur, acc = self._fused_record_session(plan.signed).run(
-                        None, {"A": planes, "X": _signed_codes(xb, n) if plan.signed else xb, "B": mats})
+                        None, {"A": planes, "X": signed_values(xb, n) if plan.signed else xb, "B": mats})
                     peak = max(peak, float(cur.max()), 0.0 if columns else -float(cur.min()))
                 else:
                     cur = self._batched_int_session().run(None, {"A": planes, "B": mats})[0]   # [n, nb, rows, lines]
@@ -192,9 +193,3 @@ class Int8Reads:
                 if cur.size:
                     peak = max(peak, float(cur.max()), -float(cur.min()))
         self.peaks[plan.name] = peak
-
-
-def _signed_codes(xb: np.ndarray, bits: int) -> np.ndarray:
-    """Two's-complement codes on `bits` bits (uint8) -> their values as int8 (sign-extended)."""
-    shift = 8 - bits
-    return xb.view(np.int8) if shift == 0 else (xb << np.uint8(shift)).view(np.int8) >> np.int8(shift)

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from cimc.backends import lut_reads
+from cimc.backends.bit_planes import signed_values
 from cimc.backends.read_plan import ReadPlan, RowTile
 from cimc.backends.slice_lines import offset_units, slice_coefficients
 from cimc.errors import ConfigError
@@ -95,9 +96,7 @@ class TableReads:
         shift = offset_units(self.target, self.offset) if self.target.weights.encoding == "offset" else 0.0
         acc_dtype = plan.code_dtype
         codes = np.zeros((m, plan.cols), acc_dtype)
-        signed = xi.astype(np.int64)
-        if plan.signed:                              # the codes' values: two's complement on plan.bits bits
-            signed[signed >= 1 << (plan.bits - 1)] -= 1 << plan.bits
+        signed = (signed_values(xi, plan.bits) if plan.signed else xi).astype(np.int64)     # the codes' values
         clipped = conversions = 0
         for block in plan.blocks:
             nb, width = len(block.cols), block.lines[c].shape[1]
