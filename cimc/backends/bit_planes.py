@@ -2,6 +2,8 @@
 whose rows add the same whatever their number. Used by the crossbar backend's readers."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 FLOAT32_EXACT = 1 << 24        # float32 adds integers exactly while every partial sum stays below 2^24
@@ -61,10 +63,21 @@ def bit_planes(x: np.ndarray, bits: int, signed: bool) -> np.ndarray:
     return bit_planes_uint(uint_codes(x, bits, signed), bits)
 
 
-def rowwise_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b where each row's sums come out the same whatever the number of rows: numpy hands a one-row product to a
-    matrix-vector BLAS routine, which adds in another order (float32 sums of non-integer conductances differ in the
-    last bit), so a single row goes through the matrix-matrix routine as two."""
-    if a.shape[0] == 1:
-        return (np.concatenate([a, a]) @ b)[:1]
-    return a @ b
+def rowwise_matmul(a: np.ndarray, b: np.ndarray, a_bound: float = 1.0) -> np.ndarray:
+    """a @ b where each row's sums come out the same whatever the rows beside it (batch size, the row's place in the
+    batch, the BLAS kernel, threads). A float32 GEMM adds in an order that depends on all of those (OpenBLAS's
+    Haswell sgemm on an AMD EPYC host: 1-3% of the sums of non-integer conductances differ in the last bit between
+    batch sizes; numpy's one-row product goes to a matrix-vector routine besides). So the sums are formed exactly and
+    rounded once: `a` holds integers with |a| <= a_bound (bit-planes: 1; codes: their largest magnitude), and `b` is
+    snapped to the power-of-two grid 2^-e for which k * a_bound * max|b| <= 2^(52 - e); then every product and
+    partial sum is a whole number of grid steps below 2^52, exact in float64 in any order. The snap moves only
+    values finer than the grid (|b| below about 2^-17 of a step for a 144-row plane read), and integer levels (ideal
+    devices) not at all, so ideal reads are the exact integer sums as before. (Amplitudes bent by an analog DAC's bow are
+    not integers: their sums are float64-accurate, not exact.)"""
+    out_dtype = np.result_type(a, b)
+    top = float(np.abs(b).max()) if b.size else 0.0
+    if a.shape[1] == 0 or top == 0.0:
+        return np.zeros((a.shape[0], b.shape[1]), out_dtype)
+    grid = 2.0 ** (52 - math.ceil(math.log2(a.shape[1] * max(a_bound, 1.0) * top)))
+    exact_b = np.rint(b.astype(np.float64) * grid) / grid          # scaling by a power of two is exact
+    return (a.astype(np.float64) @ exact_b).astype(out_dtype, copy=False)

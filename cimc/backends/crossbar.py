@@ -544,12 +544,13 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
     def _product(self, plan: ReadPlan, c: int, x: np.ndarray) -> np.ndarray:
         """x [m, K] times copy c's conductance differences: one product with the K x N matrix; a grouped op's (compact,
         cimc.ir) row tile by row tile, so the devices of its tiles outside the diagonal blocks are read too."""
+        bound = max(abs(plan.qmin), abs(plan.qmax))        # the codes' largest magnitude
         if plan.effective[c].ndim == 2:
-            return rowwise_matmul(x, plan.effective[c])
+            return rowwise_matmul(x, plan.effective[c], bound)
         out = np.zeros((len(x), plan.cols), plan.dtype)
         for block in plan.blocks:
             out[:, block.index] += rowwise_matmul(np.ascontiguousarray(x[:, block.r0:block.r1]),
-                                                  block.diff[c].astype(plan.dtype, copy=False))
+                                                  block.diff[c].astype(plan.dtype, copy=False), bound)
         return out
 
     def _observe(self, plan: ReadPlan, x: np.ndarray, out: np.ndarray) -> None:

@@ -66,6 +66,7 @@ class PlaneReads:
         acc_dtype = np.float64 if lossless else plan.code_dtype
         codes = np.zeros((m, plan.cols), acc_dtype)
         int8 = self.reader == "int8" and not plan.analog
+        code_bound = max(abs(plan.qmin), abs(plan.qmax)) if plan.analog else 1   # largest |input| of a read
         grid = self.grid if int8 else 1                     # currents in units of step / grid
         noisy = self.read_sigma > 0
         generators = self._noise_generators(plan, c, ids) if noisy else None
@@ -98,7 +99,7 @@ class PlaneReads:
                 if int8:                                          # exact int32 sums (units of step / grid)
                     cur = self._int_session.run(None, {"A": flat, "B": mat})[0]
                 else:
-                    cur = rowwise_matmul(flat, mat)               # [planes*mc, lines], step units
+                    cur = rowwise_matmul(flat, mat, code_bound)   # [planes*mc, lines], step units
                 if noisy:
                     sq = (np.square(flat) if plan.analog else flat).sum(axis=1, keepdims=True, dtype=np.float32)
                     per_line = 2.0 if difference else 1.0         # a difference line reads two devices per row

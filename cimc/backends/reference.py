@@ -18,10 +18,13 @@ class FloatBackend(Backend):
     quantized = False
 
     def bind(self, graph, arrays, target):
-        self.matrices = {op.name: op.matrix for op in graph.xbar_ops()}
+        # float64 products rounded once to float32: a float32 GEMM's sums depend on the number of rows (and each
+        # row's place) on some BLAS kernels, so a sample's outputs would depend on its batch; float64 sums of
+        # float32 products differ between orders by ~1e-16 relative, which the one rounding to float32 absorbs
+        self.matrices = {op.name: op.matrix.astype(np.float64) for op in graph.xbar_ops()}
 
     def mvm(self, op, x, batch):
-        return block_matmul(x, self.matrices[op.name])
+        return block_matmul(x.astype(np.float64), self.matrices[op.name]).astype(np.float32)
 
 
 class IntegerBackend(Backend):
