@@ -16,6 +16,7 @@ from cimc.errors import ConfigError
 from cimc.layer_table import layer_table
 from cimc.mac_count import crossbar_macs, mac_table
 from cimc.manifest import Manifest
+from cimc.passes import replicate as replicate_pass
 from cimc.pipeline import COUNT_PASSES, PIPELINE, CompileContext, run_passes, timed
 from cimc.targets.registry import load_target
 
@@ -44,11 +45,11 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     target = load_target(target, overrides)
     ctx = CompileContext(make_config(replicate, **replication_options), calibration=calibration,
                          instruments=list(instruments))
+    if replicate_pass.uses_solver(ctx.options, target):
+        _prefetch("ortools.sat.python.cp_model")
     with timed(ctx, "import"):
         graph, info = frontend.import_onnx(model)   # its checks run in a forkserver child (onnx_checks.py)
     ctx.model = info.model
-    if ctx.options.optimize or ctx.options.pack:
-        _prefetch("ortools.sat.python.cp_model")
     if calibration is None:
         raise ConfigError("compiling needs calibration data to set the activation ranges: pass a few hundred "
                           "representative inputs (cimc compile ... --calibration calib.npz; "
@@ -65,7 +66,9 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
 
 
 def _prefetch(module: str) -> None:
-    """Import a module on a background thread while calibration runs in onnxruntime (which releases the GIL):
-    OR-Tools' CP-SAT module pulls in pandas, about 0.2 s. A later `import` waits for it under the import lock."""
+    """Import a module on a background thread while this one waits for the model's checks (a fork server child,
+    cimc.onnx_checks), when it holds no GIL and leaves a core idle: OR-Tools' CP-SAT module pulls in pandas, about
+    0.2 s of CPU, which beside calibration took that time from onnxruntime's two threads. A later `import` waits
+    for it under the import lock."""
     if module not in sys.modules:
         threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
