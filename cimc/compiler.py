@@ -45,11 +45,11 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     target = load_target(target, overrides)
     ctx = CompileContext(make_config(replicate, **replication_options), calibration=calibration,
                          instruments=list(instruments))
-    if replicate_pass.uses_solver(ctx.options, target):
-        _prefetch("ortools.sat.python.cp_model")
     with timed(ctx, "import"):
         graph, info = frontend.import_onnx(model)   # its checks run in a forkserver child (onnx_checks.py)
     ctx.model = info.model
+    if replicate_pass.uses_solver(ctx.options, target):
+        _prefetch("ortools.sat.python.cp_model")
     if calibration is None:
         raise ConfigError("compiling needs calibration data to set the activation ranges: pass a few hundred "
                           "representative inputs (cimc compile ... --calibration calib.npz; "
@@ -66,9 +66,10 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
 
 
 def _prefetch(module: str) -> None:
-    """Import a module on a background thread while this one waits for the model's checks (a fork server child,
-    cimc.onnx_checks), when it holds no GIL and leaves a core idle: OR-Tools' CP-SAT module pulls in pandas, about
-    0.2 s of CPU, which beside calibration took that time from onnxruntime's two threads. A later `import` waits
-    for it under the import lock."""
+    """Import a module on a background thread while calibration runs in onnxruntime (which releases the GIL):
+    OR-Tools' CP-SAT module pulls in pandas, about 0.2-0.3 s of CPU. A later `import` waits for it under the import
+    lock. (Started before the import pass instead, beside the wait for the model's checks, it fits that wait only
+    on a loaded machine: on idle cores the wait is about 0.07 s and the rest of the import would hold the GIL
+    against the import pass's own Python.)"""
     if module not in sys.modules:
         threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
