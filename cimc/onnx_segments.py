@@ -5,7 +5,8 @@ was (cimc.ir.DigitalOp) and onnxruntime runs it, with exact ONNX semantics at th
 (cimc.graph_run) runs the ops in order; a maximal run of consecutive digital ops is a *segment*, run as one small
 ONNX model: its inputs are the tensors it reads that earlier ops made, its initializers the constants it reads,
 its outputs the tensors that later ops (or the caller) need. Each segment's onnxruntime session is built once per
-graph (Graph.sessions), keyed by the segment, the outputs asked for and the input types.
+graph (Graph.sessions), keyed by the segment's shape (its ops with run-time tensors and nodes named by position,
+`_shape_names`: segments alike share a session), the outputs asked for and the input types.
 
 The same nodes, with a `cimc.Crossbar` placeholder for each crossbar op, make the manifest's `digital.onnx`
 (`graph_model`): a standard ONNX file that Netron opens.
