@@ -25,12 +25,21 @@ def calib(mcnn_dir):
     return np.load(mcnn_dir / "calib.npz")["x"]
 
 
-@pytest.mark.parametrize("target", ["yao2020-mcnn", "li2018", "resnet-bitsliced"])
-def test_full_scales_equal_the_rule_on_the_compiled_copies(mcnn_dir, calib, target):
-    """g+/g- columns (Yao), +v/-v rows (Li) and bit-sliced weights: the single-copy layout's full scales are those
-    of the manifest's own arrays, read with every copy in use (sample i on copy i % copies)."""
-    m = cimc.compile(mcnn_dir / "mcnn.onnx", target, calibration=calib, overrides=UNLIMITED, replicate=COPIES)
-    assert {op.name: op.replicas for op in m.graph.xbar_ops()} == COPIES
+@pytest.mark.parametrize("target, options", [
+    ("yao2020-mcnn", dict(overrides=UNLIMITED, replicate=COPIES)),
+    ("li2018", dict(overrides=UNLIMITED, replicate=COPIES)),
+    ("resnet-bitsliced", dict(overrides=UNLIMITED, replicate=COPIES)),
+    ("yao2020-mcnn", dict(pack=True)),                                       # tiles share arrays (and lines)
+    ("li2018", dict(pack=True, overrides=UNLIMITED, arrays=12)),
+])
+def test_full_scales_equal_the_rule_on_the_compiled_copies(mcnn_dir, calib, target, options):
+    """g+/g- columns (Yao), +v/-v rows (Li) and bit-sliced weights, a tile per array or packed: the single-copy
+    layout's full scales are those of the manifest's own arrays, read with every copy in use (sample i on copy
+    i % copies)."""
+    m = cimc.compile(mcnn_dir / "mcnn.onnx", target, calibration=calib, **options)
+    assert max(op.replicas for op in m.graph.xbar_ops()) > 1
+    if "replicate" in options:
+        assert {op.name: op.replicas for op in m.graph.xbar_ops()} == COPIES
     on_chip = calibrate_adc_full_scale(m.graph, m.target, calib[:16], arrays=m.arrays)
     assert on_chip and all(v > 0 for v in on_chip.values())
     assert {op.name: op.adc_full_scale_ua for op in m.graph.xbar_ops()} == on_chip
