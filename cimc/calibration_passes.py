@@ -1,8 +1,16 @@
-"""The two calibration passes of the pipeline (cimc.pipeline): activation ranges from the calibration data (before
-quantising), and each crossbar op's ADC full scale from the ideal chip's line currents (after placing)."""
+"""The calibration passes of the pipeline (cimc.pipeline): activation ranges from the calibration data (before
+quantising), and each crossbar op's ADC full scale from the ideal chip's line currents.
+
+The ADC full scale does not depend on the copies or on where they sit: the ideal chip's copies hold the same levels
+and carry the same currents, and a line's current sums over its own tile's rows only. So it is read on a layout of
+its own, one copy of every tile on an array of its own (`single_copy_layout`), from the moment the tiles are cut
+(StartAdcCalibration), on a thread beside the passes that choose and place the copies: CP-SAT's solve releases the
+GIL, and onnxruntime's reads of the calibration release it too. CalibrateAdc, after placing, takes the result."""
 from __future__ import annotations
 
+import dataclasses
 import sys
+import threading
 from pathlib import Path
 
 from cimc import calibrate
@@ -10,7 +18,7 @@ from cimc.backends.crossbar import calibrate_adc_full_scale
 from cimc.data import as_float32_input, load_npz
 from cimc.errors import DataError
 from cimc.graph_run import check_feeds
-from cimc.ir import Graph
+from cimc.ir import Graph, Placement, SessionCache, XbarOp
 from cimc.layout import program_arrays
 
 MIN_CALIBRATION_SAMPLES = 32   # fewer: warn (README, Data files); the activation ranges then rest on a few inputs
@@ -37,22 +45,89 @@ class CalibrateActivations:
         return graph
 
 
+class StartAdcCalibration:
+    """Start the ADC full-scale calibration (`adc_full_scales`) on a thread of its own, on a single-copy layout of
+    the tiles as they are now (quantised, tiled): ctx.adc_job, whose result CalibrateAdc takes."""
+    NAME = "adc_calibrate_start"
+    NEEDS_CALIBRATION = True
+
+    def run(self, graph: Graph, target, ctx) -> Graph:
+        layout = single_copy_layout(graph)          # its own ops, tiles and placements: the passes go on with theirs
+        ctx.adc_job = BackgroundJob(lambda stop: adc_full_scales(layout, target, ctx.calibration_feeds, stop))
+        return graph
+
+
 class CalibrateAdc:
     """Each crossbar op's ADC full scale: the largest ideal line current over the reads of the first
-    ADC_CALIBRATION_SAMPLES calibration samples (the rule of cimc.backends.crossbar.calibrate_adc_full_scale),
-    stored on the op (op.adc_full_scale_ua, saved in the manifest) and in ctx.adc_full_scale."""
+    ADC_CALIBRATION_SAMPLES calibration samples (the rule of cimc.backends.crossbar.calibrate_adc_full_scale, on a
+    single-copy layout: the module doc), stored on the op (op.adc_full_scale_ua, saved in the manifest) and in
+    ctx.adc_full_scale. The result of StartAdcCalibration's thread where it ran, else read here."""
     NAME = "adc_calibrate"
     NEEDS_CALIBRATION = True
 
     def run(self, graph: Graph, target, ctx) -> Graph:
         data = ctx.calibration_feeds
-        ctx.arrays = program_arrays(graph, target)      # the manifest's too: placements change no more
-        scales = calibrate_adc_full_scale(graph, target, data, max_samples=ADC_CALIBRATION_SAMPLES, arrays=ctx.arrays)
+        ctx.arrays = program_arrays(graph, target)      # the manifest's: placements change no more
+        if ctx.adc_job is not None:
+            scales = ctx.adc_job.result()
+        else:
+            scales = adc_full_scales(single_copy_layout(graph), target, data)
         for op in graph.xbar_ops():
             op.adc_full_scale_ua = scales.get(op.name)
         ctx.adc_full_scale = scales
         ctx.calibration_summary["adc_samples"] = min(ADC_CALIBRATION_SAMPLES, len(next(iter(data.values()))))
         return graph
+
+
+def single_copy_layout(graph: Graph) -> Graph:
+    """The graph with one copy of every tile, each on an array of its own in execution order (allocate's layout for
+    one copy), in new op, tile and placement objects (the weights, levels and digital ops are shared, read only),
+    and sessions of its own."""
+    ops, next_array = [], 0
+    for op in graph.ops:
+        if isinstance(op, XbarOp):
+            tiles = []
+            for tile in op.tiles:           # a shared-weight reader has none: it reads its owner's (share_weights)
+                tiles.append(dataclasses.replace(tile, placements=[Placement(next_array)]))
+                next_array += 1
+            op = dataclasses.replace(op, tiles=tiles, replicas=1, average=1)
+        ops.append(op)
+    layout = dataclasses.replace(graph, ops=ops, sessions=SessionCache())
+    layout.share_weights()
+    return layout
+
+
+def adc_full_scales(layout: Graph, target, data, stop: threading.Event | None = None) -> dict[str, float]:
+    """{op: uA} on `layout`'s ideal chip, over the first ADC_CALIBRATION_SAMPLES samples of `data`."""
+    return calibrate_adc_full_scale(layout, target, data, max_samples=ADC_CALIBRATION_SAMPLES, stop=stop)
+
+
+class BackgroundJob:
+    """fn(stop) on a daemon thread. `result()` waits for it and returns its value or raises its exception;
+    `cancel()` sets `stop` (fn ends at its next check) and waits: run_passes cancels it when a pass fails, so no
+    job outlives its compile."""
+
+    def __init__(self, fn):
+        self.stop = threading.Event()
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="cimc-adc-calibration", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._value = fn(self.stop)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the compiling thread by result()
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def cancel(self) -> None:
+        self.stop.set()
+        self._thread.join()
 
 
 def _warn(message: str) -> None:

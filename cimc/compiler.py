@@ -16,6 +16,7 @@ from cimc.errors import ConfigError
 from cimc.layer_table import layer_table
 from cimc.mac_count import crossbar_macs, mac_table
 from cimc.manifest import Manifest
+from cimc.passes import replicate as replicate_pass
 from cimc.pipeline import COUNT_PASSES, PIPELINE, CompileContext, run_passes, timed
 from cimc.targets.registry import load_target
 
@@ -47,7 +48,7 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
     with timed(ctx, "import"):
         graph, info = frontend.import_onnx(model)   # its checks run in a forkserver child (onnx_checks.py)
     ctx.model = info.model
-    if ctx.options.optimize or ctx.options.pack:
+    if replicate_pass.uses_solver(ctx.options, target):
         _prefetch("ortools.sat.python.cp_model")
     if calibration is None:
         raise ConfigError("compiling needs calibration data to set the activation ranges: pass a few hundred "
@@ -66,6 +67,9 @@ def compile(model, target="yao2020-resnet", calibration=None, replicate=None, ov
 
 def _prefetch(module: str) -> None:
     """Import a module on a background thread while calibration runs in onnxruntime (which releases the GIL):
-    OR-Tools' CP-SAT module pulls in pandas, about 0.2 s. A later `import` waits for it under the import lock."""
+    OR-Tools' CP-SAT module pulls in pandas, about 0.2-0.3 s of CPU. A later `import` waits for it under the import
+    lock. (Started before the import pass instead, beside the wait for the model's checks, it fits that wait only
+    on a loaded machine: on idle cores the wait is about 0.07 s and the rest of the import would hold the GIL
+    against the import pass's own Python.)"""
     if module not in sys.modules:
         threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()

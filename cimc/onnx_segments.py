@@ -5,13 +5,15 @@ was (cimc.ir.DigitalOp) and onnxruntime runs it, with exact ONNX semantics at th
 (cimc.graph_run) runs the ops in order; a maximal run of consecutive digital ops is a *segment*, run as one small
 ONNX model: its inputs are the tensors it reads that earlier ops made, its initializers the constants it reads,
 its outputs the tensors that later ops (or the caller) need. Each segment's onnxruntime session is built once per
-graph (Graph.sessions), keyed by the segment, the outputs asked for and the input types.
+graph (Graph.sessions), keyed by the segment's shape (its ops with run-time tensors and nodes named by position,
+`_shape_names`: segments alike share a session), the outputs asked for and the input types.
 
 The same nodes, with a `cimc.Crossbar` placeholder for each crossbar op, make the manifest's `digital.onnx`
 (`graph_model`): a standard ONNX file that Netron opens.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,13 +123,13 @@ def run_segment(graph: Graph, segment: Segment, env: dict, extra_outputs=()) -> 
     if not outputs:
         return {}
     feeds = {t: np.asarray(env[t]) for t in segment.inputs}
-    session = _session(graph, segment, feeds, outputs)
+    session, names = _session(graph, segment, feeds, outputs)
     try:
-        values = session.run(outputs, feeds)
+        values = session.run([names.get(t, t) for t in outputs], {names.get(t, t): v for t, v in feeds.items()})
     except Exception as exc:   # onnxruntime's own error types; its message names the node
         shapes = ", ".join(f"{t} {list(v.shape)}" for t, v in feeds.items())
         raise ModelError(f"digital op(s) {_shown(segment)} failed in onnxruntime on inputs {shapes}: "
-                         f"{_first_line(exc)}") from None
+                         f"{_own_names(_first_line(exc), segment, names)}") from None
     return dict(zip(outputs, values))
 
 
@@ -161,18 +163,74 @@ def _model(body, opsets: dict[str, int]) -> onnx.ModelProto:
 
 
 def _session(graph: Graph, segment: Segment, feeds: dict, outputs: list[str]):
-    key = (tuple((op.name, op.op_type, tuple(op.inputs), tuple(op.outputs)) for op in segment.ops),
-           tuple(outputs), tuple((t, v.dtype.str) for t, v in feeds.items()))
+    """(session, names): the segment's session, and the names it gives the segment's tensors and ops (see
+    `_shape_names`; {} where it keeps the segment's own)."""
+    names = _shape_names(segment)
+    if names:
+        ops = tuple((op.op_type, op.domain, tuple(names.get(t, t) for t in op.inputs),
+                     tuple(names[t] if t else t for t in op.outputs),
+                     tuple(a.SerializeToString() for a in op.attributes)) for op in segment.ops)
+    else:
+        ops = tuple((op.name, op.op_type, tuple(op.inputs), tuple(op.outputs)) for op in segment.ops)
+    key = (ops, tuple(names.get(t, t) for t in outputs),
+           tuple((names.get(t, t), v.dtype.str) for t, v in feeds.items()))
     cache = graph.sessions.sessions
     session = cache.get(key)
     if session is None:
+        model = segment_model(graph, segment, feeds, outputs)
+        if names:
+            _rename(model.graph, names)
         try:
-            session = ort_session.session(segment_model(graph, segment, feeds, outputs))
+            session = ort_session.session(model)
         except Exception as exc:
-            raise ModelError(f"digital op(s) {_shown(segment)}: onnxruntime cannot run them: {_first_line(exc)}") \
-                from None
+            raise ModelError(f"digital op(s) {_shown(segment)}: onnxruntime cannot run them: "
+                             f"{_own_names(_first_line(exc), segment, names)}") from None
         cache[key] = session
-    return session
+    return session, names
+
+
+def _shape_names(segment: Segment) -> dict[str, str]:
+    """Names by position for the segment's run-time tensors (x0, x1, ... in order of first use) and its nodes (n0,
+    ...), so that segments of the same shape (ResNet-56's 55 are Relu or Add + Relu) share one onnxruntime session:
+    onnxruntime computes the same whatever the names. Constants keep their names (their values are part of the
+    segment). {} (the segment's own names) where an op has a subgraph (If, Loop, Scan), which may read outer
+    tensors by name."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for op in segment.ops
+           for a in op.attributes):
+        return {}
+    constants = set(segment.constants)
+    if any(_POSITIONAL.fullmatch(t) for t in constants):
+        return {}                       # a constant named like a positional name: keep every name
+    names: dict[str, str] = {}
+    for op in segment.ops:
+        for t in list(op.inputs) + list(op.outputs):
+            if t and t not in constants and t not in names:
+                names[t] = f"x{len(names)}"
+    for i, op in enumerate(segment.ops):
+        names[_NODE + op.name] = f"n{i}"
+    return names
+
+
+_NODE = "\0node:"      # node names in `_shape_names` (apart from tensor names)
+_POSITIONAL = re.compile(r"[xn]\d+")
+
+
+def _rename(body: onnx.GraphProto, names: dict[str, str]) -> None:
+    for node in body.node:
+        node.name = names[_NODE + node.name]
+        node.input[:] = [names.get(t, t) for t in node.input]
+        node.output[:] = [names.get(t, t) for t in node.output]
+    for vi in list(body.input) + list(body.output):
+        vi.name = names.get(vi.name, vi.name)
+
+
+def _own_names(text: str, segment: Segment, names: dict[str, str]) -> str:
+    """onnxruntime's message with the segment's own node and tensor names for the positional ones
+    (`_shape_names`)."""
+    if not names:
+        return text
+    own = {short: (name[len(_NODE):] if name.startswith(_NODE) else name) for name, short in names.items()}
+    return re.sub(r"(?<![\w.])[xn]\d+(?![\w.])", lambda m: own.get(m.group(0), m.group(0)), text)
 
 
 def _shown(segment: Segment) -> str:

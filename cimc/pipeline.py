@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from cimc import resources
 from cimc.backends.reference import FloatBackend
-from cimc.calibration_passes import CalibrateActivations, CalibrateAdc
+from cimc.calibration_passes import CalibrateActivations, CalibrateAdc, StartAdcCalibration
 from cimc.compile_options import CompileConfig
 from cimc.errors import ModelError
 from cimc.graph_run import check_feeds, run_graph
@@ -47,6 +47,7 @@ class CompileContext:
     replication_report: dict | None = None          # replicate / pack
     estimates: dict | None = None                   # estimate
     adc_full_scale: dict[str, float] | None = None  # uA per crossbar op (adc_calibrate)
+    adc_job: Any = None                             # adc_calibrate_start's thread (calibration_passes.BackgroundJob)
     arrays: np.ndarray | None = None                # the programmed levels adc_calibrate read (the last pass)
     defect_placement: dict | None = None            # place_defects: the map and the defect error before/after
     sensitivity: dict | None = None                 # sensitivity (--copies-for accuracy|mix): per-layer output error
@@ -98,6 +99,7 @@ PIPELINE = [
     CalibrateActivations(),
     quantize,
     tile,
+    StartAdcCalibration(),          # the ADC full scales, on a thread beside the placing passes (CP-SAT)
     _When(pack, _packing),
     MeasureSensitivity(),           # only with --copies-for accuracy|mix (its own `applies`)
     _When(replicate, _not_packing),
@@ -122,14 +124,19 @@ def timed(ctx: CompileContext, name: str):
 
 
 def run_passes(graph: Graph, target, ctx: CompileContext, passes=PIPELINE) -> Graph:
-    for p in passes:
-        applies = getattr(p, "applies", None)
-        if applies is not None and not applies(ctx):
-            continue
-        with timed(ctx, p.NAME):
-            graph = p.run(graph, target, ctx)
-        for instrument in ctx.instruments:
-            instrument.after_pass(p.NAME, graph, ctx)
+    try:
+        for p in passes:
+            applies = getattr(p, "applies", None)
+            if applies is not None and not applies(ctx):
+                continue
+            with timed(ctx, p.NAME):
+                graph = p.run(graph, target, ctx)
+            for instrument in ctx.instruments:
+                instrument.after_pass(p.NAME, graph, ctx)
+    except BaseException:
+        if ctx.adc_job is not None:      # a pass failed while the ADC calibration ran beside: stop it, then raise
+            ctx.adc_job.cancel()
+        raise
     return graph
 
 

@@ -73,6 +73,16 @@ def fixed_copies(graph: Graph, config) -> dict[str, int]:
     return fixed
 
 
+def uses_solver(config, target) -> bool:
+    """Whether this request's copies may be chosen by CP-SAT (pack; an array budget, given or the target's, unless
+    a throughput target asks for the fewest arrays, which needs no solver): so the compiler imports OR-Tools early."""
+    if config.pack:
+        return True
+    if config.target_fps is not None:
+        return False
+    return config.arrays is not None or (config.optimize and target.chip.array_budget is not None)
+
+
 def run(graph: Graph, target, ctx) -> Graph:
     """Copies per layer (op.replicas); the report goes to ctx.replication_report. Options: ctx.options."""
     config = ctx.options

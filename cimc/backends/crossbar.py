@@ -727,7 +727,7 @@ def _put_effective(effective, d, r0, rc, cols, tiles) -> None:
 
 
 def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=None,
-                             max_samples: int | None = None) -> dict[str, float]:
+                             max_samples: int | None = None, stop=None) -> dict[str, float]:
     """The documented calibration rule of the ADC full scale: for each crossbar op, the largest line current (uA)
     that the ideal chip (ideal devices, the manifest's levels) carries in any read of the calibration set — every
     bit-plane (or analog read), every row tile and line, every sample; including the g_min part of a "columns" line;
@@ -735,13 +735,24 @@ def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=N
     line, or every slice's +v/-v line, that their finite-ADC reads convert (cimc.backends.slice_lines). Activations
     follow the integer (ideal) chip. Ops whose lines never carry current are left out (the backend then uses the
     'max' full scale). `data`: array or dict of arrays; `max_samples`: use only its first samples (ResNet-56 costs
-    about 60 ms per sample on 2 cores)."""
+    about 60 ms per sample on 2 cores). `stop`: a threading.Event; once it is set the reads end at the next crossbar
+    op, raising Cancelled (a compile that failed elsewhere while this ran on a thread of its own)."""
     feeds = check_feeds(graph, data, "ADC calibration data")
     n = len(next(iter(feeds.values())))
     if max_samples is not None:
         n = min(n, max_samples)
     backend = CrossbarBackend(record_currents=True)
     backend.bind(graph, arrays, target)
+    observe = None if stop is None else lambda op, x: _raise_if_set(stop)
     for start in range(0, n, batch_size):
-        run_graph(graph, {k: v[start:min(start + batch_size, n)] for k, v in feeds.items()}, backend)
+        run_graph(graph, {k: v[start:min(start + batch_size, n)] for k, v in feeds.items()}, backend, observe)
     return {name: peak * backend.plans[name].unit_ua for name, peak in backend.peaks.items() if peak > 0}
+
+
+class Cancelled(Exception):
+    """calibrate_adc_full_scale stopped before its end (its `stop` was set)."""
+
+
+def _raise_if_set(stop) -> None:
+    if stop.is_set():
+        raise Cancelled("ADC calibration cancelled")
