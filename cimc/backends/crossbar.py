@@ -26,7 +26,9 @@ for a lossless ADC (here). This class binds them and walks the samples through t
 * Weight encodings other than the pair (cimc.weight_encoding: offset, bit-sliced): every device line (or each
   slice's +v/-v line) is read and converted on its own, with its own read-noise draw and its own column's ADC, and
   the codes are combined after the ADC (cimc.backends.slice_lines; shifted by L^s and added, or the offset times
-  the input sum subtracted); a lossless read is one product of the combined planes.
+  the input sum subtracted, or, with an offset reference column, each tile's reference line - its array's last
+  column on the tile's rows, devices at the offset level - read and converted with every read, its code subtracted
+  from each of the tile's columns' codes); a lossless read is one product of the combined planes (g - g_ref).
 * Row drivers (cimc.targets.drivers): a driver's gain error scales its row's conductances in the read plans; the
   analog DAC's bow (`input.dac_inl_lsb`) bends the codes before any read (`dac_amplitudes`).
 * Wire and access resistance (cimc.targets.ir_drop): the chip reads each array through its circuit's effective
@@ -85,7 +87,7 @@ from cimc.backends.chip import Chip
 from cimc.backends.int8_reader import Int8Reads
 from cimc.backends.plane_reader import PlaneReads
 from cimc.backends.read_plan import ReadPlan, RowTile
-from cimc.backends.slice_lines import slice_adc_lines, slice_lines
+from cimc.backends.slice_lines import reference_index, slice_adc_lines, slice_lines
 from cimc.backends.table_reader import TableReads, _channel_tiles
 from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, run_graph
@@ -295,6 +297,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             block = RowTile(r0, r0 + rc, cols)
             contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
             block.index = slice(int(cols[0]), int(cols[0]) + len(cols)) if contiguous else cols
+            if target.weights.reference_column:     # each tile's reference line, subtracted after the ADC
+                block.reference = reference_index(tiles)
             for c in range(cells.replicas):
                 if encoded(target):     # each plane's line read on its own, combined digitally after the ADC
                     planes = [_driven_planes(self.g_units, t, t.placements[c], self.chip, target) for t in tiles]
@@ -615,7 +619,9 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             if encoded(t):          # cimc.weight_encoding: how this run reads the other encodings
                 d["weights"] = dict(t.to_dict()["weights"], reads=(
                     "one lossless product of the combined planes" if self.reader == "product" else
-                    f"{self.reader} reads, one ADC conversion per device line, combined after the ADC"))
+                    f"{self.reader} reads, one ADC conversion per device line, combined after the ADC"
+                    + ("; each tile's reference line converted with every read and its code subtracted from its "
+                       "columns' codes" if t.weights.reference_column else "")))
         return d
 
 

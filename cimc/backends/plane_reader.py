@@ -8,7 +8,7 @@ import numpy as np
 from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, FLOAT32_EXACT, bit_planes_uint,
                                       rowwise_matmul, uint_codes)
 from cimc.backends.read_plan import ReadPlan
-from cimc.backends.slice_lines import noise_lines_factor, offset_units, slice_coefficients
+from cimc.backends.slice_lines import minus_reference, noise_lines_factor, offset_units, slice_coefficients
 from cimc.im2col import col2im, im2col
 from cimc.targets.adc import adc_convert, adc_range, sense_generators
 from cimc.targets.devices import line_noise, sample_generators
@@ -24,7 +24,8 @@ class PlaneReads:
     def _lossless_noise(self, plan: ReadPlan, c: int, x: np.ndarray, acc: np.ndarray, ids: np.ndarray) -> None:
         """Read noise of all planes of a lossless read, summed: per row tile and output line, g+ and g- (or the
         +u/-u row blocks) each add N(0, s^2 sum_r u_r^2) per plane, weighted by w_j: variance 2 s^2 sum_r f(q_r)
-        (other encodings: each of their lines, shifted and added, `noise_lines_factor`).
+        (other encodings: each of their lines, shifted and added, `noise_lines_factor`; an offset reference
+        column's line drawn once per tile and subtracted from each of its outputs' draws, so it is shared by them).
         Each sample's generator draws, row tile by row tile, its [positions, lines] block."""
         generators = self._noise_generators(plan, c, ids)
         samples = len(ids)
@@ -36,7 +37,11 @@ class PlaneReads:
             else:
                 f = plan.noise_lut[xb.astype(np.int64) - plan.qmin].sum(axis=1)
             f = f.reshape(samples, -1, 1)
-            noise = line_noise(generators, factor * f, self.read_sigma, np.float64, f.shape[:2] + (len(block.cols),))
+            nb = len(block.cols)
+            width = nb if block.reference is None else nb + int(block.reference[-1]) + 1
+            noise = line_noise(generators, factor * f, self.read_sigma, np.float64, f.shape[:2] + (width,))
+            if block.reference is not None:
+                noise = minus_reference(noise, nb, block.reference)
             acc[:, block.cols] += noise.reshape(len(x), -1).astype(acc.dtype)
 
     def _planes(self, plan: ReadPlan, c: int, x: np.ndarray, ids: np.ndarray, encoded: bool = False) -> np.ndarray:
@@ -132,7 +137,9 @@ class PlaneReads:
                 for j in range(n_planes - 2, -1, -1):
                     acc *= 2
                     acc += d[j]
-                if sliced:                                        # each slice line's codes, shifted and added
+                if sliced and block.reference is not None:       # each tile's reference code subtracted
+                    acc = minus_reference(acc.astype(acc_dtype), nb, block.reference)
+                elif sliced:                                      # each slice line's codes, shifted and added
                     acc = acc.astype(acc_dtype).reshape(mc, -1, nb)
                     acc = np.einsum("mpn,p->mn", acc, coefficients.astype(acc_dtype))
                     if shift:                                     # the input sum, from the same planes
