@@ -442,7 +442,8 @@ class Target:
         _require(w.max_level(self.device.levels) <= MAX_WEIGHT_LEVEL, "weights.slices",
                  f"{w.slices} slices of {self.device.levels}-level devices give weights up to "
                  f"{w.max_level(self.device.levels)}, above the int16 limit {MAX_WEIGHT_LEVEL}: use fewer slices")
-        _require(self.array.outputs_per_tile >= 1, "weights.offset_reference" if w.reference_column else "weights.slices",
+        field = "weights.offset_reference" if w.reference_column else "weights.slices"
+        _require(self.array.outputs_per_tile >= 1, field,
                  f"one output needs {self.array.columns_per_output} device columns"
                  f"{' besides the reference column' if w.reference_column else ''} but array.cols = "
                  f"{self.array.cols}: use {'offset_reference = digital' if w.reference_column else 'fewer slices'} "

@@ -216,3 +216,55 @@ def test_the_reads_say_how_they_subtract_the_reference(matmul):
     d = be.describe()["weights"]
     assert d["offset_reference"] == "column" and "reference line" in d["reads"]
     assert "reference line" not in _bind(matmul[1], ["adc.bits=8"]).describe()["weights"]["reads"]
+
+
+def test_worked_example_from_docs():
+    """docs/arithmetic.md's reference-column example, read from its JSON block: the devices laid out, each plane's
+    weight and reference line currents, the lossless accumulator and the 4-bit ADC's codes and accumulator."""
+    import json
+    import re
+    from pathlib import Path
+
+    from cimc.backends.bit_planes import bit_planes
+    from cimc.ir import ActQuant, Graph, Placement, TensorInfo, Tile, XbarOp
+    from cimc.targets.adc import adc_convert
+    text = (Path(__file__).resolve().parents[1] / "docs" / "arithmetic.md").read_text()
+    ex = json.loads(re.findall(r"```json\n(.*?)```", text, re.S)[-1])
+    levels = np.array(ex["levels"], np.int16)[:, None]
+    op = XbarOp("fc", "MatMul", ["x"], ["y"], levels.astype(np.float32), None,
+                input_quant=ActQuant(1.0, False, ex["input_bits"]), levels=levels,
+                weight_scales=np.ones(1, np.float32), tiles=[Tile(0, 4, 0, 1, [Placement(0)])])
+    graph = Graph([TensorInfo("x", (None, 4))], [TensorInfo("y", (None, 1))], [op])
+    target = load_target(ex["target"], COLUMN + [f"input.bits={ex['input_bits']}", "nonideal.program_sigma_us=0",
+                                                 "nonideal.stuck_rate=0"])
+    arrays = program_arrays(graph, target)
+    assert arrays[0, :4, 0].tolist() == ex["device_levels"] and (arrays[0, :4, 15] == ex["reference_level"]).all()
+    x = np.array([ex["codes"]], np.float32)
+    assert float((x @ levels.astype(np.float32))[0, 0]) == ex["exact"]
+    be = CrossbarBackend(ideal=True)
+    be.bind(graph, arrays, target)
+    assert float(be.mvm(op, x, 1)[0, 0]) == ex["exact"]
+    t = load_target(target, [f"adc.bits={ex['adc_bits']}", "adc.lossless=false", "adc.full_scale=calibrated"])
+    be = CrossbarBackend(adc_full_scale={"fc": ex["full_scale_ua"]}, diagnostics=True, gemm="float32")
+    be.bind(graph, arrays, t)
+    currents = bit_planes(x, ex["input_bits"], False)[:, 0, :] @ be.plans["fc"].blocks[0].lines[0]
+    assert currents.tolist() == ex["plane_currents_steps"]                # [weight line, reference line]
+    codes, _ = adc_convert(currents.astype(np.float32), ex["adc_bits"], ex["full_scale_ua"] / be.plans["fc"].unit_ua)
+    assert codes.tolist() == ex["adc_codes"]
+    assert float(be.mvm(op, x, 1)[0, 0]) == pytest.approx(ex["accumulator"], abs=1e-5)
+    assert be.layer_stats()[0]["adc_conversions"] == 6                   # 3 planes x (weight + reference line)
+
+
+def test_cli_sets_the_variant_and_names_a_bad_one(capsys, tmp_path):
+    import json
+    import onnx
+
+    from cimc.cli import main
+    path = tmp_path / "mm.onnx"
+    onnx.save(om.matmul(k=200, m=20), path)
+    assert main(["count", str(path), "--json", "--set", "weights.encoding=offset",
+                 "--set", "weights.offset_reference=column"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table["total_arrays"] == 2 * 2 and table["weights"]["offset_reference"] == "column"   # 15 + 5 outputs
+    assert main(["count", str(path), "--set", "weights.offset_reference=column"]) == 2
+    assert "weights.offset_reference" in capsys.readouterr().err

@@ -282,7 +282,8 @@ def test_replication_solver_charges_a_copy_its_sliced_arrays(resnet56):
                                                  "device.levels=4"], 128 * 16)])
 def test_macro_counts_the_signed_weights_the_encoding_holds(overrides, weights, capsys):
     """Yao's macro: the per-cell count (32,768 ops) and its energy stay; `weights` counts the signed weights one
-    128x128 array holds (hand counts: 64, 128, 127 beside a reference column, 32, 16 outputs) and equals a matmul layer that fills the array."""
+    128x128 array holds (hand counts: 64, 128, 127 beside a reference column, 32, 16 outputs) and equals a matmul
+    layer that fills the array."""
     from cimc.ir import Graph, XbarOp
     from cimc.passes import estimate, tile
     target = load_target("yao2020-macro", overrides)

@@ -152,8 +152,9 @@ def _slow_reads(be, op, x: np.ndarray, grid: int | None = None) -> np.ndarray:
     draw N(0, s^2 n_devices_per_row sum_r bit_r), then the ADC of its physical column (gain, offset, INL, sense
     noise), then shift-and-add over bit-planes, times the line's L^s (minus for g-), the offset x the input sum
     subtracted (or, with a reference column, after every tile's weight lines one line per tile: its array's
-    last column on the tile's rows, subtracted from each of the tile's outputs), times the LSB. The draws come, per sample, from its read-noise and sense-noise generators in that
-    order of [planes, positions, lines] blocks per row tile; the ADC instances from the array's ADC generator.
+    last column on the tile's rows, subtracted from each of the tile's outputs), times the LSB. The draws come,
+    per sample, from its read-noise and sense-noise generators in that order of [planes, positions, lines] blocks
+    per row tile; the ADC instances from the array's ADC generator.
     With `grid` q (gemm="lut"): each line's float32 conductances rounded to integers of step / q, currents in
     those units, the ADC's full scale in them too (no read noise there)."""
     t, chip, plan = be.target, be.chip, be.plans[op.name]
@@ -338,8 +339,8 @@ def test_global_drift_compensation_reads_the_combined_planes(matmul):
     # drift lowers every device: bit-sliced |W| shrinks (alpha > 1); offset weights also shift down by the drift of
     # the zero level, which a global factor cannot undo (here |W| grows: alpha < 1), unless a reference column,
     # drifting with them, takes it off
-    assert (alpha < 1) == (name in ("offset", "offset-rows")) and be.plans[op.name].drift_scale[0] == pytest.approx(alpha,
-                                                                                                            rel=1e-9)
+    assert (alpha < 1) == (name in ("offset", "offset-rows"))
+    assert be.plans[op.name].drift_scale[0] == pytest.approx(alpha, rel=1e-9)
     x = _codes(op, 5)
     np.testing.assert_allclose(be.mvm(op, x, len(x)), alpha * plain.mvm(op, x, len(x)).astype(np.float64),
                                rtol=1e-6)

@@ -21,8 +21,8 @@ class RowTile:
     conv_tables: dict = field(default_factory=dict)      # gemm="lut", direct conv reads: per copy, of a conv_table
     conv_groups: tuple | None = None                     # ... and where its groups read (lut_reads.conv_groups)
     adc: list = field(default_factory=list)              # per copy: the AdcLines of its lines (non-ideal ADC only)
-    reference: np.ndarray | None = None                  # offset reference column: per output, its tile's reference
-    #                                                      line among those after the nb weight lines (slice_lines)
+    reference: np.ndarray | None = None                  # offset reference column: per output, its tile's
+    #                                                      reference line among those after the nb weight lines
 
 
 @dataclass
