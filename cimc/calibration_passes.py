@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from cimc import calibrate
-from cimc.backends.crossbar import calibrate_adc_full_scale
+from cimc.backends.crossbar import calibrate_adc_full_scales
 from cimc.data import as_float32_input, load_npz
 from cimc.errors import DataError
 from cimc.graph_run import check_feeds
@@ -39,17 +39,20 @@ class CalibrateActivations:
 
 class CalibrateAdc:
     """Each crossbar op's ADC full scale: the largest ideal line current over the reads of the first
-    ADC_CALIBRATION_SAMPLES calibration samples (the rule of cimc.backends.crossbar.calibrate_adc_full_scale),
-    stored on the op (op.adc_full_scale_ua, saved in the manifest) and in ctx.adc_full_scale."""
+    ADC_CALIBRATION_SAMPLES calibration samples (the rule of cimc.backends.crossbar.calibrate_adc_full_scales),
+    stored on the op (op.adc_full_scale_ua, saved in the manifest) and in ctx.adc_full_scale; for bit-sliced weights
+    also each slice's (op.adc_slice_full_scale_ua, for adc.full_scale_per_slice)."""
     NAME = "adc_calibrate"
     NEEDS_CALIBRATION = True
 
     def run(self, graph: Graph, target, ctx) -> Graph:
         data = ctx.calibration_feeds
         ctx.arrays = program_arrays(graph, target)      # the manifest's too: placements change no more
-        scales = calibrate_adc_full_scale(graph, target, data, max_samples=ADC_CALIBRATION_SAMPLES, arrays=ctx.arrays)
+        scales, slices = calibrate_adc_full_scales(graph, target, data, max_samples=ADC_CALIBRATION_SAMPLES,
+                                                   arrays=ctx.arrays)
         for op in graph.xbar_ops():
             op.adc_full_scale_ua = scales.get(op.name)
+            op.adc_slice_full_scale_ua = slices.get(op.name)      # bit-sliced weights: each slice's own
         ctx.adc_full_scale = scales
         ctx.calibration_summary["adc_samples"] = min(ADC_CALIBRATION_SAMPLES, len(next(iter(data.values()))))
         return graph

@@ -195,11 +195,14 @@ class InputSpec:
 class AdcSpec:
     """Per-array ADC. `lossless = true` converts every column current exactly (the ideal chip);
     otherwise `bits` with a full-scale range set by `full_scale` ("calibrated" per layer, or "max": the largest
-    current the column can carry). `columns_per_adc` columns share one ADC in time."""
+    current the column can carry). `columns_per_adc` columns share one ADC in time. `full_scale_per_slice` (bit-sliced
+    weights, "calibrated"): each slice's lines get a full scale of their own, the largest ideal current of that
+    slice's lines (slices of different significance carry very different currents), instead of the layer's one."""
     bits: int = 8
     lossless: bool = False
     columns_per_adc: int = 1
     full_scale: str = "calibrated"
+    full_scale_per_slice: bool = False
     energy_pj: float | None = None
     # non-idealities of each ADC instance (cimc.targets.adc; 0 = ideal): per-ADC gain error and offset drawn from
     # the chip seed, a bow-shaped INL of this peak, sense noise drawn per conversion
@@ -442,6 +445,9 @@ class Target:
         _require(w.max_level(self.device.levels) <= MAX_WEIGHT_LEVEL, "weights.slices",
                  f"{w.slices} slices of {self.device.levels}-level devices give weights up to "
                  f"{w.max_level(self.device.levels)}, above the int16 limit {MAX_WEIGHT_LEVEL}: use fewer slices")
+        _require(not self.adc.full_scale_per_slice or w.encoding == "bit-sliced", "adc.full_scale_per_slice",
+                 f"applies to weights.encoding = 'bit-sliced' only (its slices' lines), not {w.encoding!r}; leave it "
+                 "out or false")
         field = "weights.offset_reference" if w.reference_column else "weights.slices"
         _require(self.array.outputs_per_tile >= 1, field,
                  f"one output needs {self.array.columns_per_output} device columns"

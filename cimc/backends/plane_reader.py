@@ -8,7 +8,8 @@ import numpy as np
 from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, FLOAT32_EXACT, bit_planes_uint,
                                       rowwise_matmul, uint_codes)
 from cimc.backends.read_plan import ReadPlan
-from cimc.backends.slice_lines import minus_reference, noise_lines_factor, offset_units, slice_coefficients
+from cimc.backends.slice_lines import (line_full_scales, minus_reference, noise_lines_factor, offset_units,
+                                      slice_coefficients)
 from cimc.im2col import col2im, im2col
 from cimc.targets.adc import adc_convert, adc_range, sense_generators
 from cimc.targets.devices import line_noise, sample_generators
@@ -68,7 +69,11 @@ class PlaneReads:
         per_read = top if not lossless else self.target.array.rows * (self.offset + self.target.device.max_level)
         horner_dtype = np.float32 if per_read * (1 << n_planes) * (plan.qmax if plan.analog else 1) < FLOAT32_EXACT \
             else np.float64
-        acc_dtype = np.float64 if lossless else plan.code_dtype
+        # per-slice full scales (adc.full_scale_per_slice): slice s's codes weigh L^s x FS_s / FS, not integers
+        per_slice = plan.slice_full_scale if sliced else None
+        if per_slice is not None:
+            coefficients = coefficients * line_full_scales(self.target, per_slice, 1) / plan.full_scale
+        acc_dtype = np.float64 if lossless or per_slice is not None else plan.code_dtype
         codes = np.zeros((m, plan.cols), acc_dtype)
         int8 = self.reader == "int8" and not plan.analog
         grid = self.grid if int8 else 1                     # currents in units of step / grid
@@ -124,7 +129,9 @@ class PlaneReads:
                             generator.standard_normal(sense.shape[1:], dtype=np.float32, out=sense[j])
                         sense *= np.float32(self.sense_sigma)
                         sense = sense.transpose(1, 0, 2, 3).reshape(cur.shape)
-                    cur, n_clipped = adc_convert(cur, adc_bits, plan.full_scale * grid, plan.bipolar,
+                    full_scale = plan.full_scale if per_slice is None else \
+                        line_full_scales(self.target, per_slice, nb)         # each line its slice's range
+                    cur, n_clipped = adc_convert(cur, adc_bits, full_scale * grid, plan.bipolar,
                                                  out=cur if cur.dtype == np.float32 else None,
                                                  count=self.diagnostics, lines=block.adc[c] if block.adc else None,
                                                  noise=sense)

@@ -44,6 +44,7 @@ class ReadPlan:
     unit_ua: float                   # one current unit (step units x V_read, / qmax for analog) in uA
     full_scale: float | None = None  # ADC full scale in current units (None for a lossless ADC)
     full_scale_source: str = "lossless"
+    slice_full_scale: np.ndarray | None = None   # bit-sliced, adc.full_scale_per_slice: per slice, current units
     noise_lut: np.ndarray | None = None   # sum_j w_j^2 bit_j(q), indexed by q - qmin (bit-serial read noise)
     conv_sessions: dict = field(default_factory=dict)   # per copy: onnxruntime Conv of `effective` (single-product reads)
     qmin: int = 0

@@ -30,6 +30,18 @@ def slice_coefficients(target) -> np.ndarray:
     return np.array([base ** s for s in range(slices)], np.float64)
 
 
+def line_slices(target) -> np.ndarray:
+    """The slice each of a bit-sliced row tile's line planes (`slice_lines` order: nb lines each) belongs to:
+    g+_s, g-_s -> s, s ("columns"), or s (a "rows" slice's +v/-v line)."""
+    slices = np.arange(target.weights.slices)
+    return np.repeat(slices, 2) if target.array.differential == "columns" else slices
+
+
+def line_full_scales(target, slice_full_scale: np.ndarray, nb: int) -> np.ndarray:
+    """Per line of a bit-sliced row tile (`slice_lines` order), the full scale of its slice's ADC range."""
+    return np.repeat(np.asarray(slice_full_scale, np.float64)[line_slices(target)], nb)
+
+
 def reference_index(tiles) -> np.ndarray:
     """Per output of a row tile (tiles by column), the index of its tile's reference line among the reference lines
     (`slice_lines` puts them after the nb weight lines): each tile sits on its own array (or rows of one)."""

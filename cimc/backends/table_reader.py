@@ -33,6 +33,11 @@ class TableReads:
                           "gain, offset, INL or sense noise (adc.*_sigma_*, adc.inl_lsb) run as float32 GEMMs",
                           stacklevel=3)
             return
+        if self._slice_scales():
+            warnings.warn("crossbar backend: gemm='lut' fuses one ADC full scale per layer into its kernel; layers "
+                          "whose slices have full scales of their own (adc.full_scale_per_slice) run as float32 "
+                          "GEMMs", stacklevel=3)
+            return
         columns = target.array.differential == "columns" or encoded(target)    # other encodings: slice lines
         mats = [m for p in self.plans.values() if not p.analog and p.bits <= 8
                 for b in p.blocks for m in (b.lines if columns else b.diff)]
