@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from cimc import calibrate
-from cimc.backends.crossbar import calibrate_adc_full_scale
+from cimc.backends.crossbar import calibrate_adc_full_scales
 from cimc.data import as_float32_input, load_npz
 from cimc.errors import DataError
 from cimc.graph_run import check_feeds
@@ -59,9 +59,10 @@ class StartAdcCalibration:
 
 class CalibrateAdc:
     """Each crossbar op's ADC full scale: the largest ideal line current over the reads of the first
-    ADC_CALIBRATION_SAMPLES calibration samples (the rule of cimc.backends.crossbar.calibrate_adc_full_scale, on a
+    ADC_CALIBRATION_SAMPLES calibration samples (the rule of cimc.backends.crossbar.calibrate_adc_full_scales, on a
     single-copy layout: the module doc), stored on the op (op.adc_full_scale_ua, saved in the manifest) and in
-    ctx.adc_full_scale. The result of StartAdcCalibration's thread where it ran, else read here."""
+    ctx.adc_full_scale; for bit-sliced weights also each slice's (op.adc_slice_full_scale_ua, for
+    adc.full_scale_per_slice). The result of StartAdcCalibration's thread where it ran, else read here."""
     NAME = "adc_calibrate"
     NEEDS_CALIBRATION = True
 
@@ -69,11 +70,12 @@ class CalibrateAdc:
         data = ctx.calibration_feeds
         ctx.arrays = program_arrays(graph, target)      # the manifest's: placements change no more
         if ctx.adc_job is not None:
-            scales = ctx.adc_job.result()
+            scales, slices = ctx.adc_job.result()
         else:
-            scales = adc_full_scales(single_copy_layout(graph), target, data)
+            scales, slices = adc_full_scales(single_copy_layout(graph), target, data)
         for op in graph.xbar_ops():
             op.adc_full_scale_ua = scales.get(op.name)
+            op.adc_slice_full_scale_ua = slices.get(op.name)      # bit-sliced weights: each slice's own
         ctx.adc_full_scale = scales
         ctx.calibration_summary["adc_samples"] = min(ADC_CALIBRATION_SAMPLES, len(next(iter(data.values()))))
         return graph
@@ -97,9 +99,10 @@ def single_copy_layout(graph: Graph) -> Graph:
     return layout
 
 
-def adc_full_scales(layout: Graph, target, data, stop: threading.Event | None = None) -> dict[str, float]:
-    """{op: uA} on `layout`'s ideal chip, over the first ADC_CALIBRATION_SAMPLES samples of `data`."""
-    return calibrate_adc_full_scale(layout, target, data, max_samples=ADC_CALIBRATION_SAMPLES, stop=stop)
+def adc_full_scales(layout: Graph, target, data, stop: threading.Event | None = None) -> tuple[dict, dict]:
+    """({op: uA}, {op: [uA per slice]}) on `layout`'s ideal chip, over the first ADC_CALIBRATION_SAMPLES samples of
+    `data` (calibrate_adc_full_scales)."""
+    return calibrate_adc_full_scales(layout, target, data, max_samples=ADC_CALIBRATION_SAMPLES, stop=stop)
 
 
 class BackgroundJob:

@@ -124,7 +124,9 @@ def _target_info(t) -> dict:
             f"+v/−v on paired rows: {a.inputs_per_tile} inputs × {a.outputs_per_tile} signed outputs per array")
     w = t.weights
     if w.encoding == "offset":      # the weight encoding (cimc.weight_encoding) decides the columns per output
-        diff = (f"offset weights, one device each (offset subtracted digitally): {a.inputs_per_tile} inputs × "
+        how = ("a reference column of offset-level devices per array, its code subtracted after the ADC"
+               if w.reference_column else "offset subtracted digitally")
+        diff = (f"offset weights, one device each ({how}): {a.inputs_per_tile} inputs × "
                 f"{a.outputs_per_tile} signed outputs per array")
     elif w.encoding == "bit-sliced":
         diff = f"bit-sliced over {w.slices} device pairs (shift-and-add after the ADC); " + diff

@@ -152,6 +152,8 @@ class XbarOp:
     weights_of: str | None = None             # the op whose arrays this op reads (shared weights), or None
     average: int = 1                          # copies read together and averaged per sample (replicas = average x
                                               # pipeline groups; cimc.passes.copies_for)
+    adc_slice_full_scale_ua: list | None = None   # bit-sliced: calibrated full scale per slice (None: a slice
+                                                  # that never carries current), or None (not recorded)
     kind = "crossbar"
 
     def __post_init__(self):

@@ -20,6 +20,8 @@ def layer_table(graph, target) -> dict:
     tile_copies = sum(len(op.tiles) * op.replicas for op in graph.xbar_ops())
     return {"target": target.name, "array": {"rows": target.array.rows, "cols": target.array.cols,
                                              "differential": target.array.differential},
-            "weights": {"encoding": target.weights.encoding, "slices": target.weights.slices},
+            "weights": {"encoding": target.weights.encoding, "slices": target.weights.slices,
+                        **({"offset_reference": target.weights.offset_reference}
+                           if target.weights.encoding == "offset" else {})},
             "total_arrays": len(placed_all) if placed_all else sum(layer["arrays"] for layer in layers),
             "packed": bool(placed_all) and len(placed_all) < tile_copies, "layers": layers}

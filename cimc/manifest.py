@@ -295,7 +295,7 @@ def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target, index_of
                             "scales": f"{owner}.weights.scales", "float_matrix": f"{owner}.weights.float_matrix"},
                 "bias": None if op.bias is None else _put(params, f"{at}.bias", op.bias.astype(np.float32)),
                 "replicas": op.replicas, "adc_full_scale_ua": op.adc_full_scale_ua, "tiles": [],
-                **({"average": op.average} if op.average > 1 else {})}
+                **({"average": op.average} if op.average > 1 else {}), **_slice_scales_json(op)}
     return {
         "name": op.name, "kind": "crossbar", "op_type": op.op_type, "inputs": op.inputs, "outputs": op.outputs,
         "source_nodes": op.source_nodes, "rows": op.rows, "cols": op.cols, "positions": int(op.positions),
@@ -306,7 +306,7 @@ def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target, index_of
                     "float_matrix": _put(params, f"{at}.weights.float_matrix", op.matrix.astype(np.float32))},
         "bias": None if op.bias is None else _put(params, f"{at}.bias", op.bias.astype(np.float32)),
         "replicas": op.replicas,
-        "adc_full_scale_ua": op.adc_full_scale_ua,
+        "adc_full_scale_ua": op.adc_full_scale_ua, **_slice_scales_json(op),
         "tiles": [{"row_start": t.row_start, "row_count": t.row_count, "col_start": t.col_start,
                    "col_count": t.col_count,
                    "placements": [_placement_to_json(p, target) for p in t.placements]}
@@ -314,6 +314,13 @@ def _xbar_to_json(op: XbarOp, index: int, params: dict, target: Target, index_of
         **({"average": op.average} if op.average > 1 else {}),     # absent: every copy pipelines (as before)
         **({"blocks": op.groups} if op.conv is None and op.groups > 1 else {}),   # per-head weights (cimc.ir)
     }
+
+
+def _slice_scales_json(op: XbarOp) -> dict:
+    """The op's per-slice full scales, where recorded (bit-sliced weights): absent otherwise, so that other
+    manifests read as before they existed."""
+    scales = getattr(op, "adc_slice_full_scale_ua", None)
+    return {} if scales is None else {"adc_slice_full_scale_ua": [None if v is None else float(v) for v in scales]}
 
 
 def _placement_to_json(p, target) -> dict:
@@ -363,8 +370,11 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
     check_conv_geometry(d, at, where)
     blocks = check_blocks(d, at, where)
     _check_quant(d, at, target, where)
+    slice_scales = _slice_full_scales(d, at, target, where)
     if d.get("weights_of") is not None:
-        return _reader_from_json(d, at, params, owners, where)
+        op = _reader_from_json(d, at, params, owners, where)
+        op.adc_slice_full_scale_ua = slice_scales
+        return op
     conv = None if d["conv"] is None else ConvGeometry(
         tuple(d["conv"]["kernel"]), tuple(d["conv"]["strides"]), tuple(d["conv"]["pads"]),
         tuple(d["conv"]["dilations"]), d["conv"]["groups"], d["conv"]["in_channels"], d["conv"]["out_channels"],
@@ -409,7 +419,19 @@ def _op_from_json(d: dict, index: int, params, target: Target, occupancy: ArrayO
                 conv, d.get("source_nodes", []), ActQuant(float(q["scale"]), q["signed"], q["bits"]), None,
                 scales, tiles, d["replicas"], d["positions"], d.get("adc_full_scale_ua"))
     op.average = check_average(d, at, where)
+    op.adc_slice_full_scale_ua = slice_scales
     return op
+
+
+def _slice_full_scales(d: dict, at: str, target: Target, where: str) -> list | None:
+    """A bit-sliced op's calibrated full scale per slice (absent in manifests written before they were recorded,
+    and for other encodings): one entry per slice of the target's weights."""
+    scales = d.get("adc_slice_full_scale_ua")
+    if scales is not None and (target.weights.encoding != "bit-sliced" or len(scales) != target.weights.slices):
+        raise ManifestError(f"{where}: field '{at}.adc_slice_full_scale_ua' holds {len(scales)} full scale(s); the "
+                            f"target's weights (encoding {target.weights.encoding!r}, {target.weights.slices} "
+                            "slice(s)) need one per slice of a bit-sliced encoding, or none")
+    return None if scales is None else list(scales)
 
 
 def _reader_from_json(d: dict, at: str, params, owners: dict, where: str) -> XbarOp:

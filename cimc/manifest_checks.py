@@ -184,7 +184,7 @@ class ArrayOccupancy:
         width = spec.tile_rectangle(tile["row_count"], tile["col_count"])[1]
         r0, c0 = p["row_offset"], p["col_offset"]
         r1, c1 = r0 + _row_span(tile, p, height - r0, field, where), c0 + width
-        if r1 > height or c1 > spec.cols:
+        if r1 > height or c1 > spec.frame[1]:
             raise ManifestError(
                 f"{where}: field '{field}': row_offset {r0} + {tile['row_count']} rows, col_offset {c0} + {width} "
                 f"device columns lies outside the {spec.rows}x{spec.cols} array ({height} rows x {spec.cols} "

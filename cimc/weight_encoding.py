@@ -7,7 +7,11 @@ tile's logical element (i, j) on array rows r0 + i and output group c0 + W j (W 
 * "differential" (slices = 1) and "bit-sliced" (S slices): slice s holds digit s of |w| in base L on g+ (w > 0)
   or g- (w < 0); w = sum_s L^s (g+_s - g-_s). Columns layout: g+_s at column c0 + W j + 2s, g-_s at + 2s + 1;
   rows layout: both at column c0 + W j + s, g- rows/2 below. With S = 1 this is cimc.layout's pair, cell for cell.
-* "offset": one device at level w + (L-1)//2, column c0 + j; the offset is subtracted digitally.
+* "offset": one device at level w + (L-1)//2, column c0 + j; the offset is subtracted digitally
+  (`offset_reference` = "digital"), or (= "column") a second plane, the array's reference column (its last, the
+  ArraySpec's `reference_column`) on the tile's rows, every device at level (L-1)//2: one device per row, shared by
+  the tile's columns, whose line is read and converted with every read and subtracted from each column's after the
+  ADC; w = g - g_ref (the reference plane [rows, 1] broadcast over the columns).
 A placement's `row_order` (defect-aware placement), where present, puts logical row i on row r0 + row_order[i].
 """
 from __future__ import annotations
@@ -31,7 +35,8 @@ def tile_planes(tile, placement, target) -> list[tuple[slice, slice]]:
     def cols(k):
         return slice(c0 + k, c0 + k + width * m, width) if m else slice(c0, c0)
     if w.encoding == "offset":
-        return [(rows, cols(0))]
+        ref = spec.reference_column
+        return [(rows, cols(0))] + ([] if ref is None else [(rows, slice(ref, ref + 1))])
     if spec.differential == "columns":
         return [(rows, cols(2 * s + side)) for s in range(w.slices) for side in (0, 1)]
     half = spec.rows // 2
@@ -43,7 +48,10 @@ def encode(levels: np.ndarray, target) -> list[np.ndarray]:
     """Device levels (uint8) of each plane for signed levels `levels` (any shape)."""
     levels = levels.astype(np.int32)
     if target.weights.encoding == "offset":
-        return [(levels + offset_level(target)).astype(np.uint8)]
+        planes = [(levels + offset_level(target)).astype(np.uint8)]
+        if target.weights.reference_column:      # the reference devices, one per row: [..., 1]
+            planes.append(np.full(levels.shape[:-1] + (1,), offset_level(target), np.uint8))
+        return planes
     base, mag = target.device.levels, np.abs(levels)
     planes = []
     for s in range(target.weights.slices):
@@ -54,8 +62,11 @@ def encode(levels: np.ndarray, target) -> list[np.ndarray]:
 
 def combine(planes: list[np.ndarray], target) -> np.ndarray:
     """The signed weight the planes hold, in device level units (float64; any values, e.g. a chip's conductances
-    over the level step): slices shifted by L^s and added, g- subtracted, the offset subtracted, all after sensing."""
+    over the level step): slices shifted by L^s and added, g- subtracted, the offset subtracted (the level, or the
+    reference column's devices row by row), all after sensing."""
     if target.weights.encoding == "offset":
+        if target.weights.reference_column:
+            return planes[0].astype(np.float64) - planes[1].astype(np.float64)
         return planes[0].astype(np.float64) - offset_level(target)
     base = target.device.levels
     total = np.zeros(planes[0].shape, np.float64)

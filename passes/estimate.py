@@ -18,13 +18,14 @@ matrix; structural zeros of a grouped conv excluded). The single-array macro (`e
 cols of the physical array per input vector, the paper's 2 x 128 x 128 = 32,768 (with differential columns the array
 holds rows x cols/2 signed weights, so that count is twice the signed MACs); its `weights` entry follows the weight
 encoding: the signed weights the array holds (inputs_per_tile x outputs_per_tile: rows x cols/2 for the pair,
-rows x cols/(2S) bit-sliced, rows x cols offset) and their ops, 2 per signed MAC, with the GOP/s and GOPS/W
-they give.
+rows x cols/(2S) bit-sliced, rows x cols offset, rows x (cols - 1) with an offset reference column) and their ops,
+2 per signed MAC, with the GOP/s and GOPS/W they give.
 
 Energy, per array read (one tile, one slot), scaled to the part of the array the tile uses:
     array    energy.array_pj_per_slot  x cells used / (rows x cols)
     drivers  energy.driver_pj_per_slot x rows driven / rows
-    ADC      adc.energy_pj             x columns converted (every column the tile uses, once per slot)
+    ADC      adc.energy_pj             x columns converted (every column the tile uses, once per slot; an offset
+                                         reference column's line too: ArraySpec.tile_footprint counts it)
     digital  energy.digital_pj_per_op  x columns converted (one shift-and-add per conversion)
 A layer reads each of its tiles once per slot for each of its P_l x b position-bits, on whichever copy; copies
 speed a layer up but do not change its energy (ADC-sharing stalls cost time, not energy).
@@ -125,6 +126,8 @@ def estimate_macro(target) -> dict:
         "target": target.name,
         "array": {"rows": a.rows, "cols": a.cols},
         "weights": {"encoding": target.weights.encoding, "slices": target.weights.slices,
+                    **({"offset_reference": target.weights.offset_reference}
+                       if target.weights.encoding == "offset" else {}),
                     "signed_weights": weights, "signed_ops_per_vector": signed_ops,
                     "signed_gops": signed_ops / vector_ns,
                     "signed_gops_per_w": _div(signed_ops * 1e3, pj_vector)},

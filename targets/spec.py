@@ -14,6 +14,7 @@ from cimc.errors import TargetError
 
 DIFFERENTIAL_LAYOUTS = ("columns", "rows")
 WEIGHT_ENCODINGS = ("differential", "offset", "bit-sliced")
+OFFSET_REFERENCES = ("digital", "column")   # how the offset encoding's offset is taken off (WeightSpec)
 MAX_WEIGHT_LEVEL = 32767    # signed weight levels are int16
 PULSE_MODELS = ("none", "linear", "soft-bounds", "power-step")
 MAX_DEVICE_LEVELS = 256     # arrays.npz stores a device level as uint8 (0..255); signed weight levels need int16
@@ -39,9 +40,15 @@ class ArraySpec:
             _require(self.rows % 2 == 0, "array.rows", "must be even for differential = 'rows'")
 
     # How a signed weight sits on devices (WeightSpec), set by Target from its [weights] section: not an [array]
-    # field (a plain class attribute, so neither TOML nor asdict sees it). (paired, lines): `paired` = a device pair
-    # per line (differential, bit-sliced); `lines` = device lines per pair side (1, or S slices).
-    _weight_lines = (True, 1)
+    # field (a plain class attribute, so neither TOML nor asdict sees it). (paired, lines, reserved): `paired` = a
+    # device pair per line (differential, bit-sliced); `lines` = device lines per pair side (1, or S slices);
+    # `reserved` = device columns per array that hold no weight (the offset encoding's reference column: 1).
+    _weight_lines = (True, 1, 0)
+
+    @property
+    def reference_column(self) -> int | None:
+        """The physical column of the offset encoding's reference devices (the array's last), or None."""
+        return self.cols - 1 if self._weight_lines[2] else None
 
     @property
     def _pair_rows(self) -> bool:
@@ -51,7 +58,7 @@ class ArraySpec:
     @property
     def columns_per_output(self) -> int:
         """Device columns one signed output takes: 2 per slice for column pairs, 1 per slice otherwise."""
-        paired, lines = self._weight_lines
+        paired, lines, _ = self._weight_lines
         return lines * (2 if paired and self.differential == "columns" else 1)
 
     @property
@@ -61,21 +68,23 @@ class ArraySpec:
 
     @property
     def outputs_per_tile(self) -> int:
-        """Logical signed outputs one array holds."""
-        return self.cols // self.columns_per_output
+        """Logical signed outputs one array holds (the reference column, where there is one, holds none)."""
+        return (self.cols - self._weight_lines[2]) // self.columns_per_output
 
     # Tile geometry, answered here only (cimc.layout places each device; estimates, packing and reports count them).
     def tile_footprint(self, row_count: int, col_count: int) -> tuple[int, int]:
         """Physical (rows, columns) of devices a tile of row_count inputs x col_count signed outputs occupies:
         "columns": g+/g- on adjacent lines (rows x 2 cols); "rows": +v/-v row blocks (2 rows x cols); times the
-        slices of a bit-sliced encoding; an offset encoding holds one device per weight (rows x cols)."""
-        return (2 if self._pair_rows else 1) * row_count, self.columns_per_output * col_count
+        slices of a bit-sliced encoding; an offset encoding holds one device per weight (rows x cols), plus, with a
+        reference column, that column's devices on the tile's rows (read, and converted, with every read)."""
+        return (2 if self._pair_rows else 1) * row_count, self.columns_per_output * col_count + self._weight_lines[2]
 
     @property
     def frame(self) -> tuple[int, int]:
         """(height, width) of the region tiles are placed in: the array, or its first row block for "rows" (the
-        -v block mirrors it rows/2 below)."""
-        return (self.rows // 2, self.cols) if self._pair_rows else (self.rows, self.cols)
+        -v block mirrors it rows/2 below); without the reference column, where there is one (the last)."""
+        width = self.cols - self._weight_lines[2]
+        return (self.rows // 2, width) if self._pair_rows else (self.rows, width)
 
     def tile_rectangle(self, row_count: int, col_count: int) -> tuple[int, int]:
         """(rows, device columns) a tile covers in `frame`."""
@@ -87,11 +96,16 @@ class WeightSpec:
     """How a signed weight level is held by devices of `device.levels` = L levels (cimc.encoding writes and reads
     them). "differential" (today's default): a device pair, levels -(L-1)..L-1, placed as `array.differential` says.
     "offset": one unipolar device per weight at level w + (L-1)//2, levels -(L-1)//2..(L-1)//2; the offset times the
-    input sum is subtracted digitally per column. "bit-sliced": |w| in base L over `slices` = S device pairs (slice s
-    weighs L^s; with 2^b levels, b bits per slice), the sign by the pair, levels -(L^S-1)..L^S-1; each slice line
-    is converted on its own and the slices combined by shift-and-add after the ADC."""
+    input sum is subtracted per column: `offset_reference` = "digital" (today's default) subtracts the offset level
+    times the input sum digitally; "column" gives each array one more column of devices all at the offset level (its
+    last), read with every read through its own ADC, whose code is subtracted from each weight column's code of that
+    array (CrossSim's OFFSET mapping with a reference column; ISAAC): its devices' errors are shared by the array's
+    columns, and the array holds one output fewer. "bit-sliced": |w| in base L over `slices` = S device pairs
+    (slice s weighs L^s; with 2^b levels, b bits per slice), the sign by the pair, levels -(L^S-1)..L^S-1; each slice
+    line is converted on its own and the slices combined by shift-and-add after the ADC."""
     encoding: str = "differential"
     slices: int = 1
+    offset_reference: str = "digital"
 
     def __post_init__(self):
         _require(self.encoding in WEIGHT_ENCODINGS, "weights.encoding",
@@ -100,6 +114,10 @@ class WeightSpec:
                  "weights.slices", f"must be an integer from 1 to 16, got {self.slices!r}")
         _require(self.slices == 1 or self.encoding == "bit-sliced", "weights.slices",
                  f"applies to weights.encoding = 'bit-sliced' only; set it to 1 for {self.encoding!r}")
+        _require(self.offset_reference in OFFSET_REFERENCES, "weights.offset_reference",
+                 f"must be one of {', '.join(OFFSET_REFERENCES)}, got {self.offset_reference!r}")
+        _require(self.offset_reference == "digital" or self.encoding == "offset", "weights.offset_reference",
+                 f"applies to weights.encoding = 'offset' only; leave it out (or 'digital') for {self.encoding!r}")
 
     def max_level(self, device_levels: int) -> int:
         """The largest signed weight level the encoding holds with devices of `device_levels` levels."""
@@ -109,9 +127,14 @@ class WeightSpec:
         return top if self.encoding == "differential" else device_levels ** self.slices - 1
 
     @property
-    def lines(self) -> tuple[bool, int]:
-        """(paired, lines) for ArraySpec's geometry."""
-        return self.encoding != "offset", self.slices
+    def reference_column(self) -> bool:
+        """Whether each array holds a reference column (the offset encoding with offset_reference = "column")."""
+        return self.encoding == "offset" and self.offset_reference == "column"
+
+    @property
+    def lines(self) -> tuple[bool, int, int]:
+        """(paired, lines, reserved columns) for ArraySpec's geometry."""
+        return self.encoding != "offset", self.slices, int(self.reference_column)
 
 
 @dataclass(frozen=True)
@@ -172,11 +195,14 @@ class InputSpec:
 class AdcSpec:
     """Per-array ADC. `lossless = true` converts every column current exactly (the ideal chip);
     otherwise `bits` with a full-scale range set by `full_scale` ("calibrated" per layer, or "max": the largest
-    current the column can carry). `columns_per_adc` columns share one ADC in time."""
+    current the column can carry). `columns_per_adc` columns share one ADC in time. `full_scale_per_slice` (bit-sliced
+    weights, "calibrated"): each slice's lines get a full scale of their own, the largest ideal current of that
+    slice's lines (slices of different significance carry very different currents), instead of the layer's one."""
     bits: int = 8
     lossless: bool = False
     columns_per_adc: int = 1
     full_scale: str = "calibrated"
+    full_scale_per_slice: bool = False
     energy_pj: float | None = None
     # non-idealities of each ADC instance (cimc.targets.adc; 0 = ideal): per-ADC gain error and offset drawn from
     # the chip seed, a bow-shaped INL of this peak, sense noise drawn per conversion
@@ -419,9 +445,15 @@ class Target:
         _require(w.max_level(self.device.levels) <= MAX_WEIGHT_LEVEL, "weights.slices",
                  f"{w.slices} slices of {self.device.levels}-level devices give weights up to "
                  f"{w.max_level(self.device.levels)}, above the int16 limit {MAX_WEIGHT_LEVEL}: use fewer slices")
-        _require(self.array.outputs_per_tile >= 1, "weights.slices",
-                 f"one output needs {self.array.columns_per_output} device columns but array.cols = "
-                 f"{self.array.cols}: use fewer slices or wider arrays")
+        _require(not self.adc.full_scale_per_slice or w.encoding == "bit-sliced", "adc.full_scale_per_slice",
+                 f"applies to weights.encoding = 'bit-sliced' only (its slices' lines), not {w.encoding!r}; leave it "
+                 "out or false")
+        field = "weights.offset_reference" if w.reference_column else "weights.slices"
+        _require(self.array.outputs_per_tile >= 1, field,
+                 f"one output needs {self.array.columns_per_output} device columns"
+                 f"{' besides the reference column' if w.reference_column else ''} but array.cols = "
+                 f"{self.array.cols}: use {'offset_reference = digital' if w.reference_column else 'fewer slices'} "
+                 "or wider arrays")
 
     @property
     def max_weight_level(self) -> int:

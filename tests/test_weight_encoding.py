@@ -19,7 +19,8 @@ from cimc.passes.quantize import quantize_weights
 from cimc.targets.registry import load_target
 from cimc.weight_encoding import decode, encode
 
-ENCODINGS = [["weights.encoding=offset"], ["weights.encoding=bit-sliced", "weights.slices=2"],
+REFERENCE = ["weights.encoding=offset", "weights.offset_reference=column"]     # the offset's reference column
+ENCODINGS = [["weights.encoding=offset"], REFERENCE, ["weights.encoding=bit-sliced", "weights.slices=2"],
              ["weights.encoding=bit-sliced", "weights.slices=4", "device.levels=4"]]
 
 
@@ -99,6 +100,10 @@ def test_resnet56_counts_follow_the_encoding(resnet56):
     assert cimc.count(resnet56, "resnet-bitsliced", replicate={"conv1": 4})["total_arrays"] == 2957 + 3 * 8
     assert cimc.count(resnet56, "yao2020-resnet", overrides=["weights.encoding=offset"])["total_arrays"] \
         == _resnet56_hand_count(16) == 370
+    # a reference column per array: 15 outputs per 144x16 array
+    column = cimc.count(resnet56, "yao2020-resnet", overrides=REFERENCE)
+    assert column["total_arrays"] == _resnet56_hand_count(15) == 494
+    assert column["weights"] == {"encoding": "offset", "slices": 1, "offset_reference": "column"}
 
 
 def test_rows_layout_with_slices_and_offset_geometry():
@@ -166,13 +171,14 @@ def test_cli_names_the_flag_and_exits_2(resnet56, capsys):
 def test_targets_json_shows_each_encoding(capsys):
     assert main(["targets", "--json"]) == 0
     shown = {t["name"]: t["weights"] for t in json.loads(capsys.readouterr().out)["targets"]}
-    assert shown["yao2020-resnet"] == {"encoding": "differential", "slices": 1}
-    assert shown["resnet-bitsliced"] == {"encoding": "bit-sliced", "slices": 4}
-    assert shown["ideal-offset"]["encoding"] == "offset"
+    assert shown["yao2020-resnet"] == {"encoding": "differential", "slices": 1, "offset_reference": "digital"}
+    assert shown["resnet-bitsliced"] == {"encoding": "bit-sliced", "slices": 4, "offset_reference": "digital"}
+    assert shown["ideal-offset"] == {"encoding": "offset", "slices": 1, "offset_reference": "digital"}
 
 
 @pytest.mark.parametrize("overrides,arrays,columns", [([], 1, 128),                       # g+/g- per output
                                                       (["weights.encoding=offset"], 1, 64),
+                                                      (REFERENCE, 1, 65),          # + the reference line
                                                       (["weights.encoding=bit-sliced", "weights.slices=2"], 2, 256)])
 def test_estimates_convert_every_physical_column(overrides, arrays, columns):
     """A 128 x 64 matmul on the 128x128 macro, 8 input slots: one ADC conversion per device column per slot."""
@@ -224,10 +230,13 @@ def test_planes_follow_a_placements_row_order():
     ("yao2020-resnet", ["weights.encoding=bit-sliced", "weights.slices=4", "device.levels=4"]),
     ("li2018", ["weights.encoding=bit-sliced", "weights.slices=2", "chip.chips=0", "input.encoding=bit-serial"]),
     ("yao2020-resnet", ["weights.encoding=offset"]),
+    ("yao2020-resnet", REFERENCE),
     ("li2018", ["weights.encoding=offset", "chip.chips=0", "input.encoding=bit-serial"]),
     ("li2018", ["weights.encoding=bit-sliced", "weights.slices=2", "chip.chips=0"]),
-    ("li2018", ["weights.encoding=offset", "chip.chips=0"])],
-    ids=["column-pairs", "row-pairs", "offset", "offset-on-rows", "row-pairs-analog", "offset-analog"])
+    ("li2018", ["weights.encoding=offset", "chip.chips=0"]),
+    ("li2018", REFERENCE + ["chip.chips=0"])],
+    ids=["column-pairs", "row-pairs", "offset", "offset-reference", "offset-on-rows", "row-pairs-analog",
+         "offset-analog", "offset-reference-analog"])
 def test_finite_adc_reads_each_slice_line_and_is_exact_when_lsb_is_one_step(tmp_path_factory, target, overrides):
     """float32 reads (bit-serial, or analog amplitudes) through a 24-bit ADC whose LSB is one current unit (g_min =
     0, so every ideal line current is an integer): each slice line converted on its own, shifted and added (or the offset times the input sum
@@ -267,12 +276,14 @@ def test_replication_solver_charges_a_copy_its_sliced_arrays(resnet56):
 
 
 @pytest.mark.parametrize("overrides,weights", [([], 128 * 64), (["weights.encoding=offset"], 128 * 128),
+                                               (REFERENCE, 128 * 127),
                                                (["weights.encoding=bit-sliced", "weights.slices=2"], 128 * 32),
                                                (["weights.encoding=bit-sliced", "weights.slices=4",
                                                  "device.levels=4"], 128 * 16)])
 def test_macro_counts_the_signed_weights_the_encoding_holds(overrides, weights, capsys):
     """Yao's macro: the per-cell count (32,768 ops) and its energy stay; `weights` counts the signed weights one
-    128x128 array holds (hand counts: 64, 128, 32, 16 outputs) and equals a matmul layer that fills the array."""
+    128x128 array holds (hand counts: 64, 128, 127 beside a reference column, 32, 16 outputs) and equals a matmul
+    layer that fills the array."""
     from cimc.ir import Graph, XbarOp
     from cimc.passes import estimate, tile
     target = load_target("yao2020-macro", overrides)

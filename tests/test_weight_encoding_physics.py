@@ -22,6 +22,7 @@ ENCODED = {
     "sliced-rows": ("li2018", ["weights.encoding=bit-sliced", "weights.slices=2", "chip.chips=0",
                                "input.encoding=bit-serial"]),
     "offset-rows": ("li2018", ["weights.encoding=offset", "chip.chips=0", "input.encoding=bit-serial"]),
+    "offset-column": ("yao2020-resnet", ["weights.encoding=offset", "weights.offset_reference=column"]),
 }
 
 
@@ -150,13 +151,16 @@ def _slow_reads(be, op, x: np.ndarray, grid: int | None = None) -> np.ndarray:
     line's current sum_r bit_r g_r (device lines + g_min's part; +v/-v slice lines g+ - g-), plus its read-noise
     draw N(0, s^2 n_devices_per_row sum_r bit_r), then the ADC of its physical column (gain, offset, INL, sense
     noise), then shift-and-add over bit-planes, times the line's L^s (minus for g-), the offset x the input sum
-    subtracted, times the LSB. The draws come, per sample, from its read-noise and sense-noise generators in that
-    order of [planes, positions, lines] blocks per row tile; the ADC instances from the array's ADC generator.
+    subtracted (or, with a reference column, after every tile's weight lines one line per tile: its array's
+    last column on the tile's rows, subtracted from each of the tile's outputs), times the LSB. The draws come,
+    per sample, from its read-noise and sense-noise generators in that order of [planes, positions, lines] blocks
+    per row tile; the ADC instances from the array's ADC generator.
     With `grid` q (gemm="lut"): each line's float32 conductances rounded to integers of step / q, currents in
     those units, the ADC's full scale in them too (no read noise there)."""
     t, chip, plan = be.target, be.chip, be.plans[op.name]
     spec, w = t.array, t.weights
     offset_enc = w.encoding == "offset"
+    column = offset_enc and w.offset_reference == "column"
     pairs = spec.differential == "rows" and not offset_enc
     lo, top = adc_range(t.adc.bits, plan.bipolar)
     fs = plan.full_scale
@@ -171,7 +175,7 @@ def _slow_reads(be, op, x: np.ndarray, grid: int | None = None) -> np.ndarray:
         rg, sg = read_generator(be.chip_seed, layer, 0, i), sense_generators(be.chip_seed, (layer, 0), [i])[0]
         for r0 in sorted({tl.row_start for tl in op.tiles}):
             tiles = sorted([tl for tl in op.tiles if tl.row_start == r0], key=lambda tl: tl.col_start)
-            lines = []            # (conductances [rows] step units, coefficient, array, column, output)
+            lines = []            # (conductances [rows] step units, coefficient, array, column, outputs)
             planes = {id(tl): tile_planes(tl, tl.placements[0], t) for tl in tiles}
             n_planes = len(planes[id(tiles[0])])
             for k in range(0, n_planes, 2 if pairs else 1):
@@ -180,12 +184,17 @@ def _slow_reads(be, op, x: np.ndarray, grid: int | None = None) -> np.ndarray:
                     p = tl.placements[0]
                     rows, cols = planes[id(tl)][k]
                     g = chip.g_units[p.array]
+                    if column and k == 1:       # the reference line: the array's last column, every output's
+                        cols = range(spec.cols - 1, spec.cols)
+                        coefficient = -1.0
                     for j, col in enumerate(range(cols.start, cols.stop, cols.step)):
                         line = g[rows, col] - g[planes[id(tl)][k + 1][0], col] if pairs else g[rows, col] + be.offset
                         if grid:
                             line = np.rint(np.float64(np.float32(g[rows, col]) + np.float32(be.offset)) * grid) \
                                 if not pairs else np.rint(np.float32(line).astype(np.float64) * grid)
-                        lines.append((line, coefficient, p.array, col, tl.col_start + j))
+                        outputs = [tl.col_start + j] if not (column and k == 1) else \
+                            list(range(tl.col_start, tl.col_start + tl.col_count))
+                        lines.append((line, coefficient, p.array, col, outputs))
             z_read = rg.standard_normal((bits, 1, len(lines)), dtype=np.float32) if read_sigma else None
             z_sense = sg.standard_normal((bits, 1, len(lines)), dtype=np.float32) if sense_sigma else None
             xb = u[i, r0:r0 + tiles[0].row_count]
@@ -206,7 +215,7 @@ def _slow_reads(be, op, x: np.ndarray, grid: int | None = None) -> np.ndarray:
                                        lines=adc,
                                        noise=noise)[0][0]
                     out[i, o] += coefficient * pw[j] * float(code)
-        if offset_enc:                      # the zero level (and g_min's part) times the input sum, digitally
+        if offset_enc and not column:       # the zero level (and g_min's part) times the input sum, digitally
             xsum = float(pw @ np.array([((u[i] >> j) & 1).sum() for j in range(bits)]))
             out[i] -= (be.offset + (t.device.levels - 1) // 2) * top / fs * xsum
     return out * (fs / top)
@@ -236,9 +245,10 @@ def test_finite_adc_reads_equal_a_slow_loop_over_reads(matmul, effect):
 
 def _hand_noise_factor(target) -> float:
     """Lines per output and their shift-and-add weights, counted by hand: offset one device line (weight 1);
-    bit-sliced S slices, each a g+ and a g- line (or one +v/-v line reading two devices per row) of weight L^s."""
+    bit-sliced S slices, each a g+ and a g- line (or one +v/-v line reading two devices per row) of weight L^s;
+    offset with a reference column: its device line and the reference line (weight -1)."""
     if target.weights.encoding == "offset":
-        return 1.0
+        return 2.0 if target.weights.offset_reference == "column" else 1.0
     return 2.0 * sum(float(target.device.levels) ** (2 * s) for s in range(target.weights.slices))
 
 
@@ -249,7 +259,8 @@ def test_lossless_read_noise_has_each_lines_variance(matmul):
     op = manifest.graph.xbar_ops()[0]
     lossless = EXACT + ["adc.lossless=true"]
     be = _bind(manifest, 2, lossless + ["nonideal.read_noise_sigma_us=0.6"])
-    assert be.reader == "product" and noise_lines_factor(be.target) == _hand_noise_factor(be.target)
+    per_line = 2.0 if be.target.weights.offset_reference == "column" else 1.0    # reference drawn apart (below)
+    assert be.reader == "product" and noise_lines_factor(be.target) * per_line == _hand_noise_factor(be.target)
     x = _codes(op, 400)
     err = be.mvm(op, x, len(x)).astype(np.float64) - _bind(manifest, 2, lossless).mvm(op, x, len(x))
     q = op.input_quant
@@ -289,6 +300,8 @@ def _physical_weights(be, op, g_units) -> np.ndarray:
                     rows, cols = planes[0]
                     r, cc = np.arange(t.array.rows)[rows][i], range(cols.start, cols.stop, cols.step)[j]
                     value = a[r] * (g_units[p.array][r, cc] + o) - o - (L - 1) // 2
+                    if t.weights.offset_reference == "column":      # the line minus the reference line
+                        value = a[r] * (g_units[p.array][r, cc] - g_units[p.array][r, t.array.cols - 1])
                 else:
                     value = 0.0
                     for s in range(t.weights.slices):
@@ -324,9 +337,10 @@ def test_global_drift_compensation_reads_the_combined_planes(matmul):
         + (chip.instance.reference_us - chip.instance.target_us) / be.target.device.step_us
     alpha = np.abs(_physical_weights(be, op, reference)).sum() / np.abs(_physical_weights(be, op, chip.g_units)).sum()
     # drift lowers every device: bit-sliced |W| shrinks (alpha > 1); offset weights also shift down by the drift of
-    # the zero level, which a global factor cannot undo (here |W| grows: alpha < 1)
-    assert (alpha < 1) == (name.startswith("offset")) and be.plans[op.name].drift_scale[0] == pytest.approx(alpha,
-                                                                                                            rel=1e-9)
+    # the zero level, which a global factor cannot undo (here |W| grows: alpha < 1), unless a reference column,
+    # drifting with them, takes it off
+    assert (alpha < 1) == (name in ("offset", "offset-rows"))
+    assert be.plans[op.name].drift_scale[0] == pytest.approx(alpha, rel=1e-9)
     x = _codes(op, 5)
     np.testing.assert_allclose(be.mvm(op, x, len(x)), alpha * plain.mvm(op, x, len(x)).astype(np.float64),
                                rtol=1e-6)
@@ -363,6 +377,10 @@ def test_wire_resistance_reads_equal_the_exact_circuit(matmul):
         g_us = dev.g_min_us + program_arrays(be.graph, t)[p.array] * dev.step_us
         current = read_currents(g_us, volts, n.wire_ohm, n.access_ohm) / (v * dev.step_us)     # step units
         held = 0.0 if pairs else be.offset * u.sum(axis=1, keepdims=True)                       # g_min's part
+        if t.weights.offset_reference == "column":        # the line minus the reference line (the last column)
+            want[:, tl.col_start:tl.col_start + tl.col_count] += current[:, planes[0][1]] \
+                - current[:, [t.array.cols - 1]]
+            continue
         for k in range(0, len(planes), 2 if pairs else 1):
             cols = planes[k][1]
             line = current[:, cols] - held

@@ -26,7 +26,9 @@ for a lossless ADC (here). This class binds them and walks the samples through t
 * Weight encodings other than the pair (cimc.weight_encoding: offset, bit-sliced): every device line (or each
   slice's +v/-v line) is read and converted on its own, with its own read-noise draw and its own column's ADC, and
   the codes are combined after the ADC (cimc.backends.slice_lines; shifted by L^s and added, or the offset times
-  the input sum subtracted); a lossless read is one product of the combined planes.
+  the input sum subtracted, or, with an offset reference column, each tile's reference line - its array's last
+  column on the tile's rows, devices at the offset level - read and converted with every read, its code subtracted
+  from each of the tile's columns' codes); a lossless read is one product of the combined planes (g - g_ref).
 * Row drivers (cimc.targets.drivers): a driver's gain error scales its row's conductances in the read plans; the
   analog DAC's bow (`input.dac_inl_lsb`) bends the codes before any read (`dac_amplitudes`).
 * Wire and access resistance (cimc.targets.ir_drop): the chip reads each array through its circuit's effective
@@ -85,7 +87,7 @@ from cimc.backends.chip import Chip
 from cimc.backends.int8_reader import Int8Reads
 from cimc.backends.plane_reader import PlaneReads
 from cimc.backends.read_plan import ReadPlan, RowTile
-from cimc.backends.slice_lines import slice_adc_lines, slice_lines
+from cimc.backends.slice_lines import reference_index, slice_adc_lines, slice_lines
 from cimc.backends.table_reader import TableReads, _channel_tiles
 from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, run_graph
@@ -227,6 +229,9 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             for st in self.stats.values():
                 st.update(ir_sq_err=0.0, ir_sq_ref=0.0, ir_vectors=0)
         self.peaks = {name: 0.0 for name in self.plans}
+        # bit-sliced: each slice's peak too (the ADC calibration's reads; cimc.backends.slice_lines.line_slices)
+        self.slice_peaks = {name: np.zeros(target.weights.slices) for name in self.plans} \
+            if target.weights.encoding == "bit-sliced" else {}
 
     def _refuse_encoding(self, target) -> None:
         if self.simulate_planes and target.adc.lossless:
@@ -239,7 +244,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         imported, "float32" with one warning that says why and how to get the fast path."""
         tables = [p for p in self.plans.values() if not p.analog and p.bits <= 8]
         if (self.record_currents or target.adc.lossless or self.read_sigma > 0 or not self.chip.adc.ideal
-                or self.sense_sigma > 0 or not tables
+                or self.sense_sigma > 0 or not tables or self._slice_scales()
                 or any(adc_range(target.adc.bits, p.bipolar)[1] << p.bits >= 1 << 31 for p in tables)):
             return "float32"                  # the last: ADC codes whose shift-and-add overflows the kernel's int32
         why = lut_reads.import_error()
@@ -250,6 +255,11 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                           "(--gemm float32) to keep this reader without the warning", stacklevel=3)
             return "float32"
         return DEFAULT_GEMM
+
+    def _slice_scales(self) -> bool:
+        """Whether some layer converts its slices' lines with full scales of their own (adc.full_scale_per_slice):
+        the float32 and int8 readers do; the lut kernel fuses one ADC gain per layer."""
+        return any(p.slice_full_scale is not None for p in self.plans.values())
 
     def _reader(self, target) -> str:
         """How reads run, chosen once here: "record" (ADC calibration), "product" (lossless: one product per
@@ -295,6 +305,8 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             block = RowTile(r0, r0 + rc, cols)
             contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
             block.index = slice(int(cols[0]), int(cols[0]) + len(cols)) if contiguous else cols
+            if target.weights.reference_column:     # each tile's reference line, subtracted after the ADC
+                block.reference = reference_index(tiles)
             for c in range(cells.replicas):
                 if encoded(target):     # each plane's line read on its own, combined digitally after the ADC
                     planes = [_driven_planes(self.g_units, t, t.placements[c], self.chip, target) for t in tiles]
@@ -364,20 +376,29 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         if target.adc.lossless:
             return
         computed = None
+        per_slice = target.adc.full_scale_per_slice and target.adc.full_scale == "calibrated"
+        unsliced = []                 # full_scale_per_slice asked, but no per-slice full scales known for these
         for op in graph.xbar_ops():
             plan = self.plans[op.name]
-            ua, source = None, None
+            ua, source, slices = None, None, None
             if target.adc.full_scale == "calibrated":
                 if op.name in self.adc_full_scale:
                     ua, source = self.adc_full_scale[op.name], "option"
                 elif getattr(op, "adc_full_scale_ua", None):
-                    ua, source = op.adc_full_scale_ua, "manifest"
+                    ua, source, slices = op.adc_full_scale_ua, "manifest", op.adc_slice_full_scale_ua
                 elif self.calibration is not None:
                     if computed is None:
-                        computed = calibrate_adc_full_scale(graph, target, self.calibration, arrays=self.arrays)
-                    ua, source = computed.get(op.name), "calibration data"
+                        computed = calibrate_adc_full_scales(graph, target, self.calibration, arrays=self.arrays)
+                    ua, source = computed[0].get(op.name), "calibration data"
+                    slices = computed[1].get(op.name)
             if ua is not None and ua > 0:
                 plan.full_scale, plan.full_scale_source = float(ua) / plan.unit_ua, f"calibrated ({source})"
+                if per_slice and slices is not None:     # a slice that never carries current keeps the layer's
+                    plan.slice_full_scale = np.array([plan.full_scale if v is None or v <= 0 else
+                                                      float(v) / plan.unit_ua for v in slices])
+                    plan.full_scale_source += ", per slice"
+                elif per_slice:
+                    unsliced.append(op.name)
             else:
                 plan.full_scale = self._max_full_scale(plan, target)
                 plan.full_scale_source = "max"
@@ -390,6 +411,12 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                           f"{len(missing)} layer(s) ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
                           "using the 'max' full scale there. Recompile, or pass calibration data (--calibration).",
                           stacklevel=2)
+        if unsliced:
+            warnings.warn(f"crossbar backend: adc.full_scale_per_slice is set but no per-slice full scales are known "
+                          f"for {len(unsliced)} layer(s) ({', '.join(unsliced[:3])}"
+                          f"{', ...' if len(unsliced) > 3 else ''}: a manifest compiled before they were recorded, "
+                          "or a full scale given per layer); every slice there uses the layer's one full scale. "
+                          "Recompile, or pass calibration data (--calibration).", stacklevel=2)
 
     # -- the product --------------------------------------------------------------------------------------------
     def conv(self, op, x: np.ndarray) -> np.ndarray | None:
@@ -575,6 +602,7 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                 old = self.plans[op.name]
                 plan = self._plan(op, self.target)
                 plan.full_scale, plan.full_scale_source = old.full_scale, old.full_scale_source
+                plan.slice_full_scale = old.slice_full_scale
                 plan.conv_route = old.conv_route
                 if self._int_session is not None:       # gemm="int8": the new conductances on the same grid
                     self._quantise_plan(plan)
@@ -609,14 +637,19 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
             d["adc"] = t.to_dict()["adc"]
             d["defect_map"] = None if self.model.defect_map is None else self.model.defect_map.path
             d["adc_full_scale"] = {name: {"ua": None if p.full_scale is None else p.full_scale * p.unit_ua,
-                                          "source": p.full_scale_source} for name, p in self.plans.items()}
+                                          "source": p.full_scale_source,
+                                          **({} if p.slice_full_scale is None else
+                                             {"slices_ua": (p.slice_full_scale * p.unit_ua).tolist()})}
+                                   for name, p in self.plans.items()}
             alphas = {name: p.drift_scale.tolist() for name, p in self.plans.items() if p.drift_scale is not None}
             if alphas:              # global drift compensation: each layer's alpha per copy
                 d["drift_compensation_alpha"] = alphas
             if encoded(t):          # cimc.weight_encoding: how this run reads the other encodings
                 d["weights"] = dict(t.to_dict()["weights"], reads=(
                     "one lossless product of the combined planes" if self.reader == "product" else
-                    f"{self.reader} reads, one ADC conversion per device line, combined after the ADC"))
+                    f"{self.reader} reads, one ADC conversion per device line, combined after the ADC"
+                    + ("; each tile's reference line converted with every read and its code subtracted from its "
+                       "columns' codes" if t.weights.reference_column else "")))
         return d
 
 
@@ -728,6 +761,12 @@ def _put_effective(effective, d, r0, rc, cols, tiles) -> None:
 
 def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=None,
                              max_samples: int | None = None, stop=None) -> dict[str, float]:
+    """{op name: uA}: the first part of `calibrate_adc_full_scales` (the rule is written there)."""
+    return calibrate_adc_full_scales(graph, target, data, batch_size, arrays, max_samples, stop)[0]
+
+
+def calibrate_adc_full_scales(graph, target, data, batch_size: int = 64, arrays=None,
+                              max_samples: int | None = None, stop=None) -> tuple[dict[str, float], dict[str, list]]:
     """The documented calibration rule of the ADC full scale: for each crossbar op, the largest line current (uA)
     that the ideal chip (ideal devices, the manifest's levels) carries in any read of the calibration set — every
     bit-plane (or analog read), every row tile and line, every sample; including the g_min part of a "columns" line;
@@ -736,7 +775,9 @@ def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=N
     follow the integer (ideal) chip. Ops whose lines never carry current are left out (the backend then uses the
     'max' full scale). `data`: array or dict of arrays; `max_samples`: use only its first samples (ResNet-56 costs
     about 60 ms per sample on 2 cores). `stop`: a threading.Event; once it is set the reads end at the next crossbar
-    op, raising Cancelled (a compile that failed elsewhere while this ran on a thread of its own)."""
+    op, raising Cancelled (a compile that failed elsewhere while this ran on a thread of its own). Returns
+    ({op: uA}, {op: [uA per slice]}): the second for bit-sliced weights only, the same rule over each slice's lines
+    alone (None for a slice whose lines never carry current)."""
     feeds = check_feeds(graph, data, "ADC calibration data")
     n = len(next(iter(feeds.values())))
     if max_samples is not None:
@@ -746,7 +787,10 @@ def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=N
     observe = None if stop is None else lambda op, x: _raise_if_set(stop)
     for start in range(0, n, batch_size):
         run_graph(graph, {k: v[start:min(start + batch_size, n)] for k, v in feeds.items()}, backend, observe)
-    return {name: peak * backend.plans[name].unit_ua for name, peak in backend.peaks.items() if peak > 0}
+    scales = {name: peak * backend.plans[name].unit_ua for name, peak in backend.peaks.items() if peak > 0}
+    slices = {name: [float(p * backend.plans[name].unit_ua) if p > 0 else None for p in peaks]
+              for name, peaks in backend.slice_peaks.items() if name in scales}
+    return scales, slices
 
 
 class Cancelled(Exception):

@@ -10,6 +10,7 @@ import numpy as np
 from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights, signed_values,
                                       uint_codes)
 from cimc.backends.read_plan import ReadPlan
+from cimc.backends.slice_lines import line_slices
 from cimc.errors import ConfigError
 from cimc.weight_encoding import encoded
 
@@ -170,11 +171,13 @@ class Int8Reads:
         return self._batched_session
 
     def _record(self, plan: ReadPlan, c: int, x: np.ndarray) -> None:
-        """Largest ideal line current (step units, magnitude) over all reads: the calibrated ADC full scale."""
+        """Largest ideal line current (step units, magnitude) over all reads: the calibrated ADC full scale; for
+        bit-sliced weights also each slice's own (`slice_peaks`, the lines of slice s: slice_lines.line_slices)."""
         columns = self.target.array.differential == "columns"
         n_planes = 1 if plan.analog else plan.bits
         xi = x if plan.analog else uint_codes(x, plan.bits, plan.signed)
         peak = self.peaks[plan.name]
+        per_slice = self.slice_peaks.get(plan.name)
         for block in plan.blocks:
             r = block.r1 - block.r0
             # device lines ("columns"), or another encoding's lines (cimc.backends.slice_lines), else +v/-v pairs
@@ -192,4 +195,7 @@ class Int8Reads:
                     cur = bit_planes_uint(xb, n_planes).reshape(-1, r) @ mat
                 if cur.size:
                     peak = max(peak, float(cur.max()), -float(cur.min()))
+                    if per_slice is not None:          # [reads, line planes, outputs] -> each slice's peak
+                        by_plane = np.abs(cur.reshape(len(cur), -1, len(block.cols))).max(axis=(0, 2))
+                        np.maximum.at(per_slice, line_slices(self.target), by_plane)
         self.peaks[plan.name] = peak

@@ -8,7 +8,8 @@ import numpy as np
 from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, FLOAT32_EXACT, bit_planes_uint,
                                       rowwise_matmul, uint_codes)
 from cimc.backends.read_plan import ReadPlan
-from cimc.backends.slice_lines import noise_lines_factor, offset_units, slice_coefficients
+from cimc.backends.slice_lines import (line_full_scales, minus_reference, noise_lines_factor, offset_units,
+                                      slice_coefficients)
 from cimc.im2col import col2im, im2col
 from cimc.targets.adc import adc_convert, adc_range, sense_generators
 from cimc.targets.devices import line_noise, sample_generators
@@ -24,7 +25,8 @@ class PlaneReads:
     def _lossless_noise(self, plan: ReadPlan, c: int, x: np.ndarray, acc: np.ndarray, ids: np.ndarray) -> None:
         """Read noise of all planes of a lossless read, summed: per row tile and output line, g+ and g- (or the
         +u/-u row blocks) each add N(0, s^2 sum_r u_r^2) per plane, weighted by w_j: variance 2 s^2 sum_r f(q_r)
-        (other encodings: each of their lines, shifted and added, `noise_lines_factor`).
+        (other encodings: each of their lines, shifted and added, `noise_lines_factor`; an offset reference
+        column's line drawn once per tile and subtracted from each of its outputs' draws, so it is shared by them).
         Each sample's generator draws, row tile by row tile, its [positions, lines] block."""
         generators = self._noise_generators(plan, c, ids)
         samples = len(ids)
@@ -36,7 +38,11 @@ class PlaneReads:
             else:
                 f = plan.noise_lut[xb.astype(np.int64) - plan.qmin].sum(axis=1)
             f = f.reshape(samples, -1, 1)
-            noise = line_noise(generators, factor * f, self.read_sigma, np.float64, f.shape[:2] + (len(block.cols),))
+            nb = len(block.cols)
+            width = nb if block.reference is None else nb + int(block.reference[-1]) + 1
+            noise = line_noise(generators, factor * f, self.read_sigma, np.float64, f.shape[:2] + (width,))
+            if block.reference is not None:
+                noise = minus_reference(noise, nb, block.reference)
             acc[:, block.cols] += noise.reshape(len(x), -1).astype(acc.dtype)
 
     def _planes(self, plan: ReadPlan, c: int, x: np.ndarray, ids: np.ndarray, encoded: bool = False) -> np.ndarray:
@@ -63,7 +69,11 @@ class PlaneReads:
         per_read = top if not lossless else self.target.array.rows * (self.offset + self.target.device.max_level)
         horner_dtype = np.float32 if per_read * (1 << n_planes) * (plan.qmax if plan.analog else 1) < FLOAT32_EXACT \
             else np.float64
-        acc_dtype = np.float64 if lossless else plan.code_dtype
+        # per-slice full scales (adc.full_scale_per_slice): slice s's codes weigh L^s x FS_s / FS, not integers
+        per_slice = plan.slice_full_scale if sliced else None
+        if per_slice is not None:
+            coefficients = coefficients * line_full_scales(self.target, per_slice, 1) / plan.full_scale
+        acc_dtype = np.float64 if lossless or per_slice is not None else plan.code_dtype
         codes = np.zeros((m, plan.cols), acc_dtype)
         int8 = self.reader == "int8" and not plan.analog
         code_bound = max(abs(plan.qmin), abs(plan.qmax)) if plan.analog else 1   # largest |input| of a read
@@ -120,7 +130,9 @@ class PlaneReads:
                             generator.standard_normal(sense.shape[1:], dtype=np.float32, out=sense[j])
                         sense *= np.float32(self.sense_sigma)
                         sense = sense.transpose(1, 0, 2, 3).reshape(cur.shape)
-                    cur, n_clipped = adc_convert(cur, adc_bits, plan.full_scale * grid, plan.bipolar,
+                    full_scale = plan.full_scale if per_slice is None else \
+                        line_full_scales(self.target, per_slice, nb)         # each line its slice's range
+                    cur, n_clipped = adc_convert(cur, adc_bits, full_scale * grid, plan.bipolar,
                                                  out=cur if cur.dtype == np.float32 else None,
                                                  count=self.diagnostics, lines=block.adc[c] if block.adc else None,
                                                  noise=sense)
@@ -133,7 +145,9 @@ class PlaneReads:
                 for j in range(n_planes - 2, -1, -1):
                     acc *= 2
                     acc += d[j]
-                if sliced:                                        # each slice line's codes, shifted and added
+                if sliced and block.reference is not None:       # each tile's reference code subtracted
+                    acc = minus_reference(acc.astype(acc_dtype), nb, block.reference)
+                elif sliced:                                      # each slice line's codes, shifted and added
                     acc = acc.astype(acc_dtype).reshape(mc, -1, nb)
                     acc = np.einsum("mpn,p->mn", acc, coefficients.astype(acc_dtype))
                     if shift:                                     # the input sum, from the same planes

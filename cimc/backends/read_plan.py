@@ -21,6 +21,8 @@ class RowTile:
     conv_tables: dict = field(default_factory=dict)      # gemm="lut", direct conv reads: per copy, of a conv_table
     conv_groups: tuple | None = None                     # ... and where its groups read (lut_reads.conv_groups)
     adc: list = field(default_factory=list)              # per copy: the AdcLines of its lines (non-ideal ADC only)
+    reference: np.ndarray | None = None                  # offset reference column: per output, its tile's
+    #                                                      reference line among those after the nb weight lines
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ReadPlan:
     unit_ua: float                   # one current unit (step units x V_read, / qmax for analog) in uA
     full_scale: float | None = None  # ADC full scale in current units (None for a lossless ADC)
     full_scale_source: str = "lossless"
+    slice_full_scale: np.ndarray | None = None   # bit-sliced, adc.full_scale_per_slice: per slice, current units
     noise_lut: np.ndarray | None = None   # sum_j w_j^2 bit_j(q), indexed by q - qmin (bit-serial read noise)
     conv_sessions: dict = field(default_factory=dict)   # per copy: onnxruntime Conv of `effective` (single-product reads)
     qmin: int = 0

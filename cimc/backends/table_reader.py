@@ -11,7 +11,7 @@ import numpy as np
 from cimc.backends import lut_reads
 from cimc.backends.bit_planes import signed_values
 from cimc.backends.read_plan import ReadPlan, RowTile
-from cimc.backends.slice_lines import offset_units, slice_coefficients
+from cimc.backends.slice_lines import minus_reference, offset_units, slice_coefficients
 from cimc.errors import ConfigError
 from cimc.targets.adc import adc_range
 from cimc.weight_encoding import encoded
@@ -32,6 +32,11 @@ class TableReads:
             warnings.warn("crossbar backend: gemm='lut' fuses an ideal ADC into its kernel; reads through ADCs with "
                           "gain, offset, INL or sense noise (adc.*_sigma_*, adc.inl_lsb) run as float32 GEMMs",
                           stacklevel=3)
+            return
+        if self._slice_scales():
+            warnings.warn("crossbar backend: gemm='lut' fuses one ADC full scale per layer into its kernel; layers "
+                          "whose slices have full scales of their own (adc.full_scale_per_slice) run as float32 "
+                          "GEMMs", stacklevel=3)
             return
         columns = target.array.differential == "columns" or encoded(target)    # other encodings: slice lines
         mats = [m for p in self.plans.values() if not p.analog and p.bits <= 8
@@ -89,7 +94,8 @@ class TableReads:
         """gemm="lut" for offset and bit-sliced weights (cimc.weight_encoding): every line of a row tile
         (cimc.backends.slice_lines) read by the kernel as an output of its own (ADC and shift-and-add over the
         input bit-planes fused), then, as the float32 reader does in its code dtype, the lines' codes shifted by
-        L^s and added (g- subtracted), the offset x the input sum subtracted, and the codes x LSB."""
+        L^s and added (g- subtracted), the offset x the input sum subtracted (or each tile's reference line's code),
+        and the codes x LSB."""
         lo, top, gain = self._lut_adc(plan)
         m = len(xi)
         coefficients = slice_coefficients(self.target).astype(np.int64)
@@ -106,7 +112,10 @@ class TableReads:
             lines = np.zeros((m, width), np.int64)
             clipped += lut_reads.read_tile(lut_reads.plane_words(xi[:, block.r0:block.r1]), block.tables[c],
                                            plan.weights, gain, lo, top, False, lines)
-            acc = (lines.reshape(m, -1, nb) * coefficients[:, None]).sum(axis=1).astype(acc_dtype)
+            if block.reference is not None:          # offset reference column: its tile's reference code off
+                acc = minus_reference(lines, nb, block.reference).astype(acc_dtype)
+            else:
+                acc = (lines.reshape(m, -1, nb) * coefficients[:, None]).sum(axis=1).astype(acc_dtype)
             if shift:                                # the same operations as the float32 reader's (plane_reader)
                 xsum = signed[:, block.r0:block.r1].sum(axis=1).astype(np.float64)
                 acc -= (shift * top / plan.full_scale * xsum)[:, None].astype(acc_dtype)

@@ -89,7 +89,9 @@ def _weights_text(w: dict) -> str:
     nothing for the pair, whose count README's macro table explains."""
     if w["encoding"] == "differential":
         return ""
-    how = {"differential": "a g+/g- pair each", "offset": "one offset device each",
+    how = {"differential": "a g+/g- pair each",
+           "offset": "one offset device each" + (" and a reference column per array"
+                                                 if w.get("offset_reference") == "column" else ""),
            "bit-sliced": f"{w['slices']} slice pairs each"}[w["encoding"]]
     return (f"{w['signed_weights']} signed weights ({how}): {w['signed_ops_per_vector']} signed ops per vector -> "
             f"{w['signed_gops']:.2f} GOP/s, {_f(w['signed_gops_per_w'], ',.0f')} GOPS/W\n")

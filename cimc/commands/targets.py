@@ -19,7 +19,8 @@ def run(args) -> int:
     for t in targets:
         budget = t.chip.array_budget
         w = t.weights
-        held = {"differential": f"{t.array.differential}-differential", "offset": "offset weights",
+        offset = "offset weights" + (", reference column" if w.reference_column else "")
+        held = {"differential": f"{t.array.differential}-differential", "offset": offset,
                 "bit-sliced": f"bit-sliced x {w.slices} ({t.array.differential}-differential)"}[w.encoding]
         print(f"{t.name:16s} {t.array.rows}x{t.array.cols} ({held}, "
               f"{t.array.inputs_per_tile} in x {t.array.outputs_per_tile} out per array), "
