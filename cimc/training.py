@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cimc import backprop
+from cimc import backprop, encoded_writes
 from cimc.backends.crossbar import CrossbarBackend, as_json_value
 from cimc.data import Dataset, check_labels
 from cimc.errors import ConfigError, DataError
@@ -56,7 +56,7 @@ from cimc.graph_run import check_feeds, run_graph
 from cimc.ir import XbarOp
 from cimc.node_names import unknown_layer
 from cimc.layout import read_levels, tile_cells
-from cimc.weight_encoding import require_pair
+from cimc.weight_encoding import encoded
 from cimc.targets.pulse_update import PulsedDevices
 from cimc.tune_defaults import DEFAULT_HOLDOUT, DEFAULT_LR
 
@@ -171,7 +171,18 @@ class _Writer:
         mask &= ~self.stuck
         if not mask.any():
             return
-        goal = np.clip(self.target[mask] + dg[mask], self.g_min, self.g_max)
+        self._commit(mask, np.clip(self.target[mask] + dg[mask], self.g_min, self.g_max))
+
+    def write_goals(self, mask: np.ndarray, goals: np.ndarray) -> None:
+        """Program the devices of `mask` towards `goals` ([arrays, rows, cols], uS): the other encodings' writes
+        (cimc.encoded_writes), which compute the goals themselves."""
+        self.on_stuck += int((mask & self.stuck).sum())
+        mask = mask & ~self.stuck
+        if mask.any():
+            self._commit(mask, goals[mask])
+
+    def _commit(self, mask: np.ndarray, goal: np.ndarray) -> None:
+        """Program the devices of `mask` towards `goal` (their new goals, in mask order) and count the writes."""
         if self.pulsed is not None:
             return self._pulse(mask, goal)
         got = self._program(goal)
@@ -221,6 +232,20 @@ def _pair_changes(op: XbarOp, dlevel: np.ndarray, target, array_ids: list[int], 
             dg[index[placement.array]][plus] += block
             dg[index[placement.array]][minus] -= block
     return dg
+
+
+def write_update(writer: _Writer, op: XbarOp, dlevel: np.ndarray, target, array_ids: list[int],
+                 threshold_us: float) -> float:
+    """Write the thresholded change `dlevel` (K x N, weight levels) of the op's weights on the chip; returns the
+    largest change asked for, in conductance units (|dlevel| * step, what the threshold compares)."""
+    if encoded(target):         # offset, bit-sliced: each device's new goal (cimc.encoded_writes)
+        writer.write_goals(*encoded_writes.new_goals(op, dlevel, target, array_ids, writer.target, threshold_us))
+        return float(np.abs(dlevel).max()) * target.device.step_us
+    dg = _pair_changes(op, dlevel, target, array_ids, target.device.step_us)
+    largest = 2 * float(np.abs(dg).max())            # the pair's change, as the threshold
+    dg[2 * np.abs(dg) < threshold_us] = 0.0          # each device holds half of the pair's change
+    writer.write(dg)
+    return largest
 
 
 def _correct(graph, backend, feeds: dict, labels: np.ndarray, batch: int) -> np.ndarray:
@@ -293,7 +318,9 @@ def _split(data: Dataset, holdout: float) -> tuple[int, int]:
     return n - n_hold, n_hold
 
 
-def _layer_devices(op: XbarOp) -> int:
+def _layer_devices(op: XbarOp, target) -> int:
+    if encoded(target):
+        return encoded_writes.layer_devices(op, target)
     return sum(2 * t.row_count * t.col_count * len(t.placements) for t in op.tiles)
 
 
@@ -330,7 +357,6 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
             raise ConfigError(f"--layer-lr {name}={value}: out of range; expected a finite number > 0")
     if data.labels is None:
         raise DataError(f"{data.path or 'tuning data'}: hybrid training needs labels ('y')")
-    require_pair(manifest.target, "hybrid training (cimc tune)")      # it writes g+/g- pairs (_pair_changes)
     start_time = time.perf_counter()
     graph = copy_module.deepcopy(manifest.graph)
     backend = CrossbarBackend(seed=seed, overrides=overrides, defect_map=defect_map, ideal=ideal, gemm=gemm)
@@ -376,7 +402,7 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     rates = {o.name: (layer_lr or {}).get(o.name, lr) for o in chosen}
     etas = {o.name: rates[o.name] * float(o.weight_scales.astype(np.float64).mean())
             / (o.input_quant.scale * o.input_quant.qmax) / o.positions for o in chosen}
-    devices = sum(_layer_devices(o) for o in chosen)
+    devices = sum(_layer_devices(o, target) for o in chosen)
     writes_per_layer = {o.name: 0 for o in chosen}
     pulses_per_layer = {o.name: 0 for o in chosen}
     logits = backprop.logits_tensor(graph)
@@ -403,11 +429,8 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
             for o in chosen:
                 dw = -etas[o.name] * grads[o.name]                            # K x N, weight units
                 dlevel = dw / o.weight_scales.astype(np.float64)[None, :]
-                dg = _pair_changes(o, dlevel, target, array_ids, target.device.step_us)
-                largest = max(largest, 2 * float(np.abs(dg).max()))      # the pair's change, as the threshold
-                dg[2 * np.abs(dg) < threshold_us] = 0.0     # each device holds half of the pair's change
                 before_write, before_pulses = writer.writes, writer.pulses
-                writer.write(dg)
+                largest = max(largest, write_update(writer, o, dlevel, target, array_ids, threshold_us))
                 writes_per_layer[o.name] += writer.writes - before_write
                 pulses_per_layer[o.name] += writer.pulses - before_pulses
             iterations += 1
