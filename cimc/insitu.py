@@ -431,7 +431,10 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
     from cimc.targets.adc import AdcModel
     from cimc.targets.devices import DeviceModel
     target = _load(target)
-    require_pair(target, "in-situ training (cimc insitu)")       # Li's chip: one +v/-v pair per weight
+    require_pair(target, "in-situ training (cimc insitu)",       # Li's chip: one +v/-v pair per weight
+                 " (Li's chip model holds analog +v/-v row pairs with continuous conductances: it has no device "
+                 "levels to slice, and an offset variant, one device per weight about a digital reference, is not "
+                 "built)")
     arr = target.array
     if arr.differential != "rows":
         raise ConfigError(f"target {target.name!r}: in-situ training needs a 'rows'-differential array (inputs "

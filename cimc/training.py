@@ -23,6 +23,10 @@ One iteration on a mini-batch (inputs X, labels y):
    than `verify_tolerance_us`. Stuck devices ignore writes. Nothing else is written. With a pulse model (the target's
    `[pulse]`, cimc.targets.pulse_update) each device is pulsed from what it holds towards its goal instead (the
    model's own write-verify), and `pulses` is reported beside `writes` (devices pulsed at least once).
+Steps 3-4 are the differential pair's. Under the offset and bit-sliced weight encodings (target [weights]) each
+device's new goal comes from cimc.encoded_writes instead (offset: the weight's one device takes the whole change;
+bit-sliced: the integer change applied to the whole weight, carries included, and only the slices whose level
+changes are written), and is programmed the same way; writes and pulses count the devices written.
 Drift is not applied during tuning (the tuning happens right after programming).
 
 Held-out data: the last `holdout` fraction of the tuning data (at least one sample) is never trained on; the chip
