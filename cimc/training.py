@@ -81,7 +81,7 @@ class TuneResult:
     per_copy: list[dict] = field(default_factory=list)
     writes_per_epoch: list[int] = field(default_factory=list)
     largest_update_us_per_epoch: list[float] = field(default_factory=list)
-    devices: int = 0                     # devices of the tuned layer (both of each pair, every placement)
+    devices: int = 0                     # devices of the tuned layers' weights (pairs, slices or one each)
     lr_weight_units: float = 0.0         # eta of dW = -eta * sum_i V_i delta_i that `lr` gave on this layer
     holdout: dict = field(default_factory=dict)
     kept: str = "final"                  # "final" or "best" (an earlier state, see holdout["kept_epoch"])

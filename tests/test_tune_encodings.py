@@ -72,6 +72,13 @@ def test_bit_sliced_carries_by_hand():
     assert written == {(0, 0), (0, 2), (0, 4), (0, 6), (0, 8), (0, 10), (0, 12), (0, 14),
                        (1, 0), (1, 1), (1, 8), (1, 9), (1, 10), (1, 11)}
     np.testing.assert_array_equal(new[~mask], goals[~mask])                        # nothing else moves
+    # a permuted placement (defect-aware placement's row_order) writes the same weights on its own rows
+    placement.row_order = [2, 0, 3, 1]
+    mask, new = new_goals(op, d, t, [0], _goals_holding(w, t, tile, placement), threshold_us=1.5)
+    levels = np.rint((new - t.device.g_min_us) / t.device.step_us).astype(np.uint8)
+    np.testing.assert_array_equal(decode([levels[0][p] for p in tile_planes(tile, placement, t)], t),
+                                  [[64, 63], [-1, 6], [255, 5], [7, 0]])
+    assert mask.sum() == 14 and mask[0, 2].sum() == 8           # logical row 0 (63 -> 64, 64 -> 63) on row 2
 
 
 def test_offset_update_moves_one_device_within_the_encodings_levels():
@@ -143,7 +150,7 @@ def test_same_integer_updates_give_the_ideal_pairs_weights_and_accuracy(same_lev
 
 
 @pytest.fixture(scope="module")
-def encoded(tmp_path_factory):
+def encoded():
     return {"offset": cimc.compile(ART / "mcnn.onnx", "yao2020-mcnn", calibration=ART / "calib_200.npz",
                                    overrides=OFFSET),
             "bit-sliced": cimc.compile(ART / "mcnn.onnx", "yao2020-mcnn", calibration=ART / "calib_200.npz",
