@@ -190,12 +190,12 @@ def test_a_run_cannot_change_the_encoding(tmp_path_factory):
         Session(manifest, backend="crossbar", overrides=["weights.encoding=offset"]).run(x)
 
 
-def test_insitu_refuses_other_encodings():
-    """`cimc insitu` keeps Li's analog +v/-v pairs (`cimc tune` handles every encoding: test_tune_encodings.py)."""
+def test_insitu_refuses_bit_slices():
+    """`cimc insitu` holds Li's analog +v/-v pairs or offset devices (tests/test_insitu_offset.py); `cimc tune`
+    handles every encoding (tests/test_tune_encodings.py)."""
     from cimc.insitu import chip_for_target
-    for overrides in (["weights.encoding=offset"], ["weights.encoding=bit-sliced", "weights.slices=2"]):
-        with pytest.raises(ConfigError, match="weights.encoding"):
-            chip_for_target(load_target("li2018", overrides))
+    with pytest.raises(ConfigError, match="weights.encoding"):
+        chip_for_target(load_target("li2018", ["weights.encoding=bit-sliced", "weights.slices=2"]))
 
 
 def test_planes_follow_a_placements_row_order():
