@@ -186,7 +186,8 @@ class InSituChip:
     """One analog crossbar array: conductances `g` [rows, cols] in uS, a `stuck` mask, signed weights as device
     pairs on two row blocks, equal-and-opposite in-situ updates. `model` (a cimc.targets.devices.DeviceModel of the
     target) brings the conductance-dependent programming sigma and the aging at its drift time; `wire_ohm`,
-    `access_ohm`, `cell` the array's circuit (cimc.targets.ir_drop), through which every read goes."""
+    `access_ohm`, `cell` the array's circuit (cimc.targets.ir_drop), through which every read goes. `encoding`
+    "offset": one device per weight about g_ref instead of a pair (module doc)."""
 
     def __init__(self, rows: int, cols: int, layers, *, g_min_us: float, g_max_us: float, w_max: float = DEFAULT_W_MAX,
                  read_voltage_v: float = 0.2, stuck: np.ndarray | None = None, stuck_g_us: np.ndarray | None = None,
@@ -263,7 +264,7 @@ class InSituChip:
 
     def program(self, layer, weights: np.ndarray) -> None:
         """Write signed weights [n_in, n_out] as G+ = g_ref + w g_scale/2, G- = g_ref - w g_scale/2 (clipped to the
-        device range), with programming error; stuck devices keep their conductance."""
+        device range), with programming error; stuck devices keep their conductance. Offset: G = g_ref + w g_scale."""
         lay = self.layer(layer)
         w = np.asarray(weights, np.float64)
         if w.shape != (lay.n_in, lay.n_out):
@@ -285,7 +286,8 @@ class InSituChip:
         self._seen = None
 
     def read_weights(self, layer) -> np.ndarray:
-        """The effective weights (G+ - G-) / g_scale read back from the array (with read noise if any)."""
+        """The effective weights (G+ - G-) / g_scale (offset: (G - g_ref) / g_scale) read back from the array (with
+        read noise if any)."""
         lay = self.layer(layer)
         if self.offset_encoding:        # one device about g_ref, the reference subtracted digitally
             g = self.device_reads(lay)[0]
@@ -301,7 +303,7 @@ class InSituChip:
     def apply_update(self, layer, dw: np.ndarray) -> int:
         """Apply a weight change dW [n_in, n_out]: dG = dW * g_scale, +dG/2 on G+ and -dG/2 on G-, each change times
         (1 + N(0, update_sigma_rel)), clipped to [g_min, g_max]; stuck devices do not change. Returns the number of
-        device writes (non-zero changes to devices that are not stuck)."""
+        device writes (non-zero changes to devices that are not stuck). Offset: the whole dG on the one device."""
         lay = self.layer(layer)
         dw = np.asarray(dw, np.float64)
         if dw.shape != (lay.n_in, lay.n_out):
