@@ -28,6 +28,12 @@ def layer_devices(op, target) -> int:
     return sum(planes * t.row_count * t.col_count * len(t.placements) for t in op.tiles)
 
 
+def least_change_us(target) -> float:
+    """The least weight change (conductance units) that writes anything besides the threshold: half a level for
+    bit slices (rint rounds less to none), 0 for the pair and offset (continuous goals)."""
+    return target.device.step_us / 2 if target.weights.encoding == "bit-sliced" else 0.0
+
+
 def new_goals(op, dlevel: np.ndarray, target, array_ids: list[int], goals_us: np.ndarray,
               threshold_us: float) -> tuple[np.ndarray, np.ndarray]:
     """(mask, goals): the devices of the op's arrays that get a new goal, and the goals (uS, [len(ids), rows,

@@ -329,9 +329,13 @@ def _layer_devices(op: XbarOp, target) -> int:
 
 
 def _few_writes_warning(ops, epoch: int, epochs: int, writes: int, devices: int, largest_us: float,
-                        threshold_us: float, lr: float, running_accuracy: float) -> str:
+                        threshold_us: float, lr: float, running_accuracy: float, least_us: float = 0.0) -> str:
     what = "no device" if writes == 0 else f"only {writes} of {devices} devices"
-    if largest_us < threshold_us:
+    if 0 < largest_us < least_us and largest_us >= threshold_us:   # bit slices: below half a level rounds to none
+        hint = (f"the largest change asked for, {largest_us:.3g} uS, stayed below half a weight level "
+                f"({least_us:.3g} uS), the least change a bit-sliced weight takes; raise --lr (now {lr:g}) about "
+                f"{least_us / largest_us:.2g}x")
+    elif largest_us < threshold_us:
         factor = f" about {threshold_us / largest_us:.2g}x" if largest_us > 0 else ""
         hint = (f"the largest change asked for, {largest_us:.3g} uS, stayed below --threshold {threshold_us:g}uS; "
                 f"raise --lr (now {lr:g}){factor} or lower --threshold")
@@ -444,7 +448,8 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
         largest_per_epoch.append(largest)
         if writes_per_epoch[-1] < FEW_WRITES * devices:
             messages.append(_few_writes_warning(chosen, epoch, epochs, writes_per_epoch[-1], devices, largest,
-                                                threshold_us, lr, correct_run / seen))
+                                                threshold_us, lr, correct_run / seen,
+                                                encoded_writes.least_change_us(target)))
         held.append(float(_correct(graph, backend, held_feeds, held_labels, batch).mean()))
         if held[-1] >= held[best_epoch]:      # the latest of equally good states
             best_epoch, best_state = epoch, writer.state()

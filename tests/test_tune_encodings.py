@@ -193,6 +193,14 @@ def test_one_iteration_on_an_ideal_chip_writes_exactly_the_changed_devices(encod
         assert not np.array_equal(fc.levels, read_levels(fc, manifest.arrays, manifest.target))
 
 
+def test_changes_below_half_a_slice_level_warn_what_to_change(encoded, mcnn_data):
+    """Bit slices take whole levels: lr 0.5 on the ideal chip asks for at most 0.77 uS (0.31 of a 2.5 uS level),
+    above --threshold 0.5 but below half a level, so nothing is written and the warning names that and --lr."""
+    _, result = _tune(encoded["bit-sliced"], mcnn_data, ideal=True, lr=0.5, batch=96, threshold_us=0.5)
+    assert result.writes == 0 and 0.5 <= result.largest_update_us_per_epoch[0] < 1.25
+    assert any("half a weight level (1.25 uS)" in w and "raise --lr" in w for w in result.warnings)
+
+
 def test_chip_weights_of_an_untuned_ideal_chip_are_the_compiled_levels(encoded):
     """The backward pass reads the encoded planes combined (backprop.chip_weights): on the ideal chip, exactly the
     levels the integer layout reads (cimc.layout.read_levels) times the scales, every layer."""
