@@ -4,9 +4,9 @@ The forward pass ran on the chip (its real, noisy reads); this module takes the 
 gradient of the loss at the logits, and walks the ops back to the first tuned layer in float64:
 * a digital op: its vector-Jacobian product (cimc.vjp);
 * a crossbar op: y = V W + b with V = q(x) s_x the input the array saw and W the weights the chip holds
-  (`chip_weights`: the programmed conductances of copy 0, times the weight scales); dW = V^T dy (a conv: over every
-  output position, via im2col), and dx = dy W^T through the activation quantiser as a straight-through estimator
-  (zero where the input was clipped).
+  (`chip_weights`: the programmed conductances of copy 0, combined as the weight encoding says, times the weight
+  scales); dW = V^T dy (a conv: over every output position, via im2col), and dx = dy W^T through the activation
+  quantiser as a straight-through estimator (zero where the input was clipped).
 The gradient is what the chip's forward pass implies, not the float model's: the updates correct this chip.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from cimc.im2col import im2col, im2col_adjoint
 from cimc.ir import DigitalOp, Graph, XbarOp
 from cimc.layout import tile_cells
 from cimc.vjp import check_supported, vjp
+from cimc.weight_encoding import combine, encoded, tile_planes
 
 LOSS_HEADS = ("Softmax", "LogSoftmax", "Identity")   # ops after the logits that the loss (softmax CE) stands for
 
@@ -66,14 +67,19 @@ def path(graph: Graph, tuned: list[XbarOp], flag: str = "--layers") -> list:
 
 
 def chip_weights(op: XbarOp, conductance_us: np.ndarray, target) -> np.ndarray:
-    """The K x N weights copy 0 of `op` holds on the chip: (g+ - g-) / step per pair, times the weight scales."""
+    """The K x N weights copy 0 of `op` holds on the chip: (g+ - g-) / step per pair (other encodings: their planes
+    combined, cimc.weight_encoding.combine), times the weight scales."""
     spec, step = target.array, target.device.step_us
     levels = np.zeros((op.rows, op.cols))
     for tile in op.tiles:
-        plus, minus = tile_cells(tile, tile.placements[0], spec)
         g = conductance_us[tile.placements[0].array]
-        levels[tile.row_start:tile.row_start + tile.row_count, tile.col_start:tile.col_start + tile.col_count] = \
-            (g[plus] - g[minus]) / step
+        if encoded(target):      # offset, bit-sliced: the planes combined as the reads combine them
+            block = combine([(g[p] - target.device.g_min_us) / step
+                             for p in tile_planes(tile, tile.placements[0], target)], target)
+        else:
+            plus, minus = tile_cells(tile, tile.placements[0], spec)
+            block = (g[plus] - g[minus]) / step
+        levels[tile.row_start:tile.row_start + tile.row_count, tile.col_start:tile.col_start + tile.col_count] = block
     return levels * op.weight_scales.astype(np.float64)[None, :]
 
 

@@ -26,6 +26,15 @@ and the readout is scaled back by max(h): with an exact ADC this is the same fun
 readout is modelled as exact (the default, `adc_bits=None`); `adc_bits=8` instead rounds each layer's currents to a
 signed uniform grid whose full scale is the largest |I| of that read (a per-batch calibrated range).
 
+**Offset encoding** (`weights.encoding = "offset"`, the target's `[weights]`): one device per weight, G = g_ref +
+w g_scale with g_scale = (g_max - g_min) / (2 w_max) (one device swings +-w_max about g_ref; li2018: 8.75 uS), on
+rows 0..63 (fc1) and 0..53 (fc2) with +v only: no -v rows. Each column carries the unipolar I = v . G, read noise
+of one device per row, converted (with `adc_bits`) by a unipolar ADC whose full scale is the read's largest
+current; g_ref * sum(v) is then subtracted digitally, and drift compensation scales the difference. An update dG =
+dW g_scale goes to the one device; global drift compensation's reference is sum |G - g_ref|. With ideal devices it
+computes and trains exactly as the pair does. Bit-sliced weights are refused: Li's devices are analog, with no
+levels to slice.
+
 **Non-idealities** (from the target's `[nonideal]`, each can be overridden):
 
 * stuck devices: drawn by `cimc.targets.devices.DeviceModel` on the one array [1, rows, cols] with the run's seed
@@ -140,6 +149,7 @@ class LayerPlacement:
     col0: int
     minus_row0: int
     row0: int = 0
+    offset: bool = False         # offset encoding: one device per weight, no -v rows (minus_row0 unused)
 
     @property
     def rows_plus(self) -> slice:
@@ -155,14 +165,20 @@ class LayerPlacement:
 
     @property
     def devices(self) -> int:
-        return 2 * self.n_in * self.n_out
+        return (1 if self.offset else 2) * self.n_in * self.n_out
+
+    @property
+    def row_blocks(self) -> tuple[slice, ...]:
+        """The rows that hold the layer's devices: +v and -v blocks, or the offset's one block."""
+        return (self.rows_plus,) if self.offset else (self.rows_plus, self.rows_minus)
 
 
-def li2018_layout(rows: int = 128) -> tuple[LayerPlacement, LayerPlacement]:
-    """fc1 64x54 in columns 0..53 and fc2 54x10 in columns 54..63; -v rows start at rows/2."""
+def li2018_layout(rows: int = 128, offset: bool = False) -> tuple[LayerPlacement, LayerPlacement]:
+    """fc1 64x54 in columns 0..53 and fc2 54x10 in columns 54..63; -v rows start at rows/2 (none for `offset`)."""
     half = rows // 2
     n_in, n_hidden, n_out = LAYER_SIZES
-    return (LayerPlacement("fc1", n_in, n_hidden, 0, half), LayerPlacement("fc2", n_hidden, n_out, n_hidden, half))
+    return (LayerPlacement("fc1", n_in, n_hidden, 0, half, offset=offset),
+            LayerPlacement("fc2", n_hidden, n_out, n_hidden, half, offset=offset))
 
 
 # -- the chip -------------------------------------------------------------------------------------------------------
@@ -170,14 +186,15 @@ class InSituChip:
     """One analog crossbar array: conductances `g` [rows, cols] in uS, a `stuck` mask, signed weights as device
     pairs on two row blocks, equal-and-opposite in-situ updates. `model` (a cimc.targets.devices.DeviceModel of the
     target) brings the conductance-dependent programming sigma and the aging at its drift time; `wire_ohm`,
-    `access_ohm`, `cell` the array's circuit (cimc.targets.ir_drop), through which every read goes."""
+    `access_ohm`, `cell` the array's circuit (cimc.targets.ir_drop), through which every read goes. `encoding`
+    "offset": one device per weight about g_ref instead of a pair (module doc)."""
 
     def __init__(self, rows: int, cols: int, layers, *, g_min_us: float, g_max_us: float, w_max: float = DEFAULT_W_MAX,
                  read_voltage_v: float = 0.2, stuck: np.ndarray | None = None, stuck_g_us: np.ndarray | None = None,
                  update_sigma_rel: float = 0.0, program_sigma_us: float = 0.0, program_sigma_rel: float = 0.0,
                  read_noise_sigma_us: float = 0.0, adc_bits: int | None = None, seed: int | None = 0,
                  adc=None, pulse_model=None, model=None, wire_ohm: float = 0.0, access_ohm: float = 0.0,
-                 cell: str = "1t1r"):
+                 cell: str = "1t1r", encoding: str = "differential"):
         if not 0 <= g_min_us < g_max_us:
             raise ConfigError(f"conductance range {g_min_us}..{g_max_us} uS: need 0 <= g_min < g_max")
         if not w_max > 0:
@@ -185,15 +202,20 @@ class InSituChip:
         if adc_bits is not None and not 2 <= int(adc_bits) <= 24:
             raise ConfigError(f"adc_bits {adc_bits}: must be between 2 and 24 (or None: exact readout)")
         self.rows, self.cols = int(rows), int(cols)
-        self.layers = tuple(layers)
+        if encoding not in ("differential", "offset"):
+            raise ConfigError(f"encoding {encoding!r}: the in-situ chip holds 'differential' pairs or 'offset' devices")
+        self.offset_encoding = encoding == "offset"
+        self.layers = tuple(dataclasses.replace(lay, offset=self.offset_encoding) for lay in layers)
         for lay in self.layers:
-            if max(lay.rows_plus.stop, lay.rows_minus.stop) > self.rows or lay.cols.stop > self.cols:
+            if max(r.stop for r in lay.row_blocks) > self.rows or lay.cols.stop > self.cols:
                 raise ConfigError(f"layer {lay.name} ({lay.n_in}x{lay.n_out} as {lay.devices} devices) does not fit "
                                   f"a {self.rows}x{self.cols} array")
         self.g_min, self.g_max = float(g_min_us), float(g_max_us)
         self.g_ref = (self.g_min + self.g_max) / 2
         self.w_max = float(w_max)
         self.g_scale = (self.g_max - self.g_min) / self.w_max          # uS per unit weight
+        if self.offset_encoding:        # one device swings +-w_max about g_ref: half the pair's difference range
+            self.g_scale /= 2
         self.read_voltage_v = float(read_voltage_v)
         self.update_sigma_rel = float(update_sigma_rel)
         self.program_sigma_us, self.program_sigma_rel = float(program_sigma_us), float(program_sigma_rel)
@@ -242,14 +264,16 @@ class InSituChip:
 
     def program(self, layer, weights: np.ndarray) -> None:
         """Write signed weights [n_in, n_out] as G+ = g_ref + w g_scale/2, G- = g_ref - w g_scale/2 (clipped to the
-        device range), with programming error; stuck devices keep their conductance."""
+        device range), with programming error; stuck devices keep their conductance. Offset: G = g_ref + w g_scale."""
         lay = self.layer(layer)
         w = np.asarray(weights, np.float64)
         if w.shape != (lay.n_in, lay.n_out):
             raise ConfigError(f"{lay.name}: weights {list(w.shape)} != [{lay.n_in}, {lay.n_out}]")
         half = w * self.g_scale / 2
         stats = self.model is not None and device_stats.programming_on(self.model.nonideal)
-        for rows, target in ((lay.rows_plus, self.g_ref + half), (lay.rows_minus, self.g_ref - half)):
+        blocks = ((lay.rows_plus, self.g_ref + w * self.g_scale),) if self.offset_encoding else \
+            ((lay.rows_plus, self.g_ref + half), (lay.rows_minus, self.g_ref - half))
+        for rows, target in blocks:
             if self.program_sigma_us or self.program_sigma_rel or stats:
                 z = self._rng_program.standard_normal(target.shape)
                 # the chip's rule (DeviceModel.programmed, floored at 0 uS: the clip below covers it), or the
@@ -262,8 +286,14 @@ class InSituChip:
         self._seen = None
 
     def read_weights(self, layer) -> np.ndarray:
-        """The effective weights (G+ - G-) / g_scale read back from the array (with read noise if any)."""
+        """The effective weights (G+ - G-) / g_scale (offset: (G - g_ref) / g_scale) read back from the array (with
+        read noise if any)."""
         lay = self.layer(layer)
+        if self.offset_encoding:        # one device about g_ref, the reference subtracted digitally
+            g = self.device_reads(lay)[0]
+            if self.read_noise_sigma_us:
+                g = g + self.read_noise_sigma_us * self._rng_read.standard_normal(g.shape)
+            return (g - self.g_ref) / self.g_scale
         gp, gm = self.device_reads(lay)
         if self.read_noise_sigma_us:
             gp = gp + self.read_noise_sigma_us * self._rng_read.standard_normal(gp.shape)
@@ -273,14 +303,16 @@ class InSituChip:
     def apply_update(self, layer, dw: np.ndarray) -> int:
         """Apply a weight change dW [n_in, n_out]: dG = dW * g_scale, +dG/2 on G+ and -dG/2 on G-, each change times
         (1 + N(0, update_sigma_rel)), clipped to [g_min, g_max]; stuck devices do not change. Returns the number of
-        device writes (non-zero changes to devices that are not stuck)."""
+        device writes (non-zero changes to devices that are not stuck). Offset: the whole dG on the one device."""
         lay = self.layer(layer)
         dw = np.asarray(dw, np.float64)
         if dw.shape != (lay.n_in, lay.n_out):
             raise ConfigError(f"{lay.name}: update {list(dw.shape)} != [{lay.n_in}, {lay.n_out}]")
         half = dw * self.g_scale / 2
         writes = 0
-        for rows, change in ((lay.rows_plus, half), (lay.rows_minus, -half)):
+        blocks = ((lay.rows_plus, dw * self.g_scale),) if self.offset_encoding else \
+            ((lay.rows_plus, half), (lay.rows_minus, -half))
+        for rows, change in blocks:
             if self.pulsed is not None:
                 writes += self._pulse_update(rows, lay.cols, change)
                 continue
@@ -330,14 +362,14 @@ class InSituChip:
         lay = self.layer(layer)
         if not self.sneaks:
             seen = self._effective() if self.circuit else self.g
-            return seen[lay.rows_plus, lay.cols], seen[lay.rows_minus, lay.cols]
+            return tuple(seen[rows, lay.cols] for rows in lay.row_blocks)
         out = []
-        for rows in (lay.rows_plus, lay.rows_minus):
+        for rows in lay.row_blocks:
             idx = np.arange(rows.start, rows.stop)
             volts = np.zeros((len(idx), self.rows))
             volts[np.arange(len(idx)), idx] = self.read_voltage_v
             out.append(read_currents(self.g, volts, self.wire_ohm, 0.0, "0t1r")[:, lay.cols] / self.read_voltage_v)
-        return out[0], out[1]
+        return tuple(out)
 
     @property
     def ages(self) -> bool:
@@ -369,15 +401,21 @@ class InSituChip:
         if before is not None:
             self.drift_scale = {}
             for lay in self.layers:
-                ref = np.abs(before[lay.name][0] - before[lay.name][1]).sum()
-                now = np.abs(np.subtract(*self.device_reads(lay))).sum()
+                ref, now = self._spread(before[lay.name]), self._spread(self.device_reads(lay))
                 self.drift_scale[lay.name] = float(ref / now) if now > 0 else 1.0
+
+    def _spread(self, reads) -> float:
+        """sum |G+ - G-| over a layer's weights (offset: sum |G - g_ref|), global drift compensation's reference."""
+        diff = reads[0] - self.g_ref if self.offset_encoding else reads[0] - reads[1]
+        return float(np.abs(diff).sum())
 
     # inference
     def currents(self, layer, v: np.ndarray) -> np.ndarray:
         """Line currents (uA) of a layer's columns for row amplitudes v [batch, n_in] in volts: +v on the G+ rows,
         -v on the G- rows."""
         lay = self.layer(layer)
+        if self.offset_encoding:
+            return self._offset_currents(lay, v)
         if self.sneaks:                         # 0T1R: the exact circuit of each read (rows with v = 0 float)
             volts = np.zeros((len(v), self.rows))
             volts[:, lay.rows_plus], volts[:, lay.rows_minus] = v, -v
@@ -401,6 +439,36 @@ class InSituChip:
                 t = t + self.sense_sigma_lsb * self._rng_sense.standard_normal(t.shape)
             i = np.clip(np.round(t), -top, top) * step
         if self.drift_scale is not None:        # global drift compensation: digital, after the ADC
+            i = i * self.drift_scale[lay.name]
+        return i
+
+    def _offset_currents(self, lay: LayerPlacement, v: np.ndarray) -> np.ndarray:
+        """The offset encoding's currents: each column carries the unipolar I = v . G (through the circuit as the
+        pair's reads), read noise of one device per row, converted by a unipolar ADC (range 0..max I of the read)
+        where `adc_bits` is set; then g_ref * sum(v) is subtracted digitally and drift compensation applied."""
+        if self.sneaks:
+            volts = np.zeros((len(v), self.rows))
+            volts[:, lay.rows_plus] = v
+            i = read_currents(self.g, volts, self.wire_ohm, 0.0, "0t1r")[:, lay.cols]
+        else:
+            seen = self._effective() if self.circuit else self.g
+            i = v @ seen[lay.rows_plus, lay.cols]
+        if self.read_noise_sigma_us:
+            i = i + line_noise(self._rng_read, np.repeat((v * v).sum(1, keepdims=True), lay.n_out, 1),
+                               self.read_noise_sigma_us, dtype=np.float64)
+        if self.adc_bits is not None:
+            full = float(np.max(np.abs(i))) or 1.0
+            lo, top = adc_range(self.adc_bits, bipolar=False)
+            step = full / top
+            t = i / step
+            lines = self.adc_lines.get(lay.name)
+            if lines is not None:
+                lines.apply(t, lo, top)
+            if self.sense_sigma_lsb:
+                t = t + self.sense_sigma_lsb * self._rng_sense.standard_normal(t.shape)
+            i = np.clip(np.round(t), lo, top) * step
+        i = i - self.g_ref * v.sum(1, keepdims=True)
+        if self.drift_scale is not None:
             i = i * self.drift_scale[lay.name]
         return i
 
@@ -431,12 +499,16 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
     from cimc.targets.adc import AdcModel
     from cimc.targets.devices import DeviceModel
     target = _load(target)
-    require_pair(target, "in-situ training (cimc insitu)")       # Li's chip: one +v/-v pair per weight
+    offset = target.weights.encoding == "offset"       # one analog device per weight about g_ref
+    if not offset:
+        require_pair(target, "in-situ training (cimc insitu)",       # Li's chip: one +v/-v pair per weight
+                     " (Li's devices are analog, continuous conductances with no device levels to slice; "
+                     "weights.encoding=offset, one analog device per weight, is supported)")
     arr = target.array
-    if arr.differential != "rows":
+    if arr.differential != "rows" and not offset:
         raise ConfigError(f"target {target.name!r}: in-situ training needs a 'rows'-differential array (inputs "
                           f"applied as [+v; -v] on two row blocks, like li2018), not {arr.differential!r}")
-    need_rows, need_cols = 2 * LAYER_SIZES[0], LAYER_SIZES[1] + LAYER_SIZES[2]
+    need_rows, need_cols = (1 if offset else 2) * LAYER_SIZES[0], LAYER_SIZES[1] + LAYER_SIZES[2]
     if arr.rows < need_rows or arr.cols < need_cols:
         raise ConfigError(f"target {target.name!r}: the 64-54-10 MLP needs one array of at least "
                           f"{need_rows}x{need_cols} devices, the target's is {arr.rows}x{arr.cols}")
@@ -455,13 +527,14 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
     pulse_model = None if ideal else pulse_model
     model = DeviceModel(target.device, nonideal, None if ideal else _defect_map(defect_map))
     inst = model.program(np.zeros((1, arr.rows, arr.cols), np.uint8), seed=seed)
-    return InSituChip(arr.rows, arr.cols, li2018_layout(arr.rows), g_min_us=target.device.g_min_us,
+    return InSituChip(arr.rows, arr.cols, li2018_layout(arr.rows, offset), g_min_us=target.device.g_min_us,
                       g_max_us=target.device.g_max_us, w_max=w_max, read_voltage_v=target.input.read_voltage_v,
                       stuck=inst.stuck[0], stuck_g_us=inst.conductance_us[0],
                       update_sigma_rel=nonideal.update_sigma_rel, program_sigma_us=nonideal.program_sigma_us,
                       program_sigma_rel=nonideal.program_sigma_rel, read_noise_sigma_us=nonideal.read_noise_sigma_us,
                       adc_bits=adc_bits, seed=seed, adc=adc, pulse_model=pulse_model, model=model,
-                      wire_ohm=nonideal.wire_ohm, access_ohm=nonideal.access_ohm, cell=nonideal.cell)
+                      wire_ohm=nonideal.wire_ohm, access_ohm=nonideal.access_ohm, cell=nonideal.cell,
+                      encoding=target.weights.encoding)
 
 
 # -- data -----------------------------------------------------------------------------------------------------------
@@ -786,6 +859,7 @@ def _result(method, chip: InSituChip, target, seed, epochs, lr, ideal, accuracy,
             "update_sigma_rel": chip.update_sigma_rel if method == "in_situ" else None,
             "chip": {"rows": chip.rows, "cols": chip.cols, "g_min_us": chip.g_min, "g_max_us": chip.g_max,
                      "g_ref_us": chip.g_ref, "g_scale_us": chip.g_scale, "w_max": chip.w_max,
+                     **({"encoding": "offset"} if chip.offset_encoding else {}),
                      "read_voltage_v": chip.read_voltage_v,
                      "adc": "exact" if chip.adc_bits is None else f"{chip.adc_bits}-bit",
                      **({"wire_ohm": chip.wire_ohm, "access_ohm": chip.access_ohm, "cell": chip.cell}

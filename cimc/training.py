@@ -23,6 +23,10 @@ One iteration on a mini-batch (inputs X, labels y):
    than `verify_tolerance_us`. Stuck devices ignore writes. Nothing else is written. With a pulse model (the target's
    `[pulse]`, cimc.targets.pulse_update) each device is pulsed from what it holds towards its goal instead (the
    model's own write-verify), and `pulses` is reported beside `writes` (devices pulsed at least once).
+Steps 3-4 are the differential pair's. Under the offset and bit-sliced weight encodings (target [weights]) each
+device's new goal comes from cimc.encoded_writes instead (offset: the weight's one device takes the whole change;
+bit-sliced: the integer change applied to the whole weight, carries included, and only the slices whose level
+changes are written), and is programmed the same way; writes and pulses count the devices written.
 Drift is not applied during tuning (the tuning happens right after programming).
 
 Held-out data: the last `holdout` fraction of the tuning data (at least one sample) is never trained on; the chip
@@ -47,7 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cimc import backprop
+from cimc import backprop, encoded_writes
 from cimc.backends.crossbar import CrossbarBackend, as_json_value
 from cimc.data import Dataset, check_labels
 from cimc.errors import ConfigError, DataError
@@ -56,7 +60,7 @@ from cimc.graph_run import check_feeds, run_graph
 from cimc.ir import XbarOp
 from cimc.node_names import unknown_layer
 from cimc.layout import read_levels, tile_cells
-from cimc.weight_encoding import require_pair
+from cimc.weight_encoding import encoded
 from cimc.targets.pulse_update import PulsedDevices
 from cimc.tune_defaults import DEFAULT_HOLDOUT, DEFAULT_LR
 
@@ -77,7 +81,7 @@ class TuneResult:
     per_copy: list[dict] = field(default_factory=list)
     writes_per_epoch: list[int] = field(default_factory=list)
     largest_update_us_per_epoch: list[float] = field(default_factory=list)
-    devices: int = 0                     # devices of the tuned layer (both of each pair, every placement)
+    devices: int = 0                     # devices of the tuned layers' weights (pairs, slices or one each)
     lr_weight_units: float = 0.0         # eta of dW = -eta * sum_i V_i delta_i that `lr` gave on this layer
     holdout: dict = field(default_factory=dict)
     kept: str = "final"                  # "final" or "best" (an earlier state, see holdout["kept_epoch"])
@@ -171,7 +175,18 @@ class _Writer:
         mask &= ~self.stuck
         if not mask.any():
             return
-        goal = np.clip(self.target[mask] + dg[mask], self.g_min, self.g_max)
+        self._commit(mask, np.clip(self.target[mask] + dg[mask], self.g_min, self.g_max))
+
+    def write_goals(self, mask: np.ndarray, goals: np.ndarray) -> None:
+        """Program the devices of `mask` towards `goals` ([arrays, rows, cols], uS): the other encodings' writes
+        (cimc.encoded_writes), which compute the goals themselves."""
+        self.on_stuck += int((mask & self.stuck).sum())
+        mask = mask & ~self.stuck
+        if mask.any():
+            self._commit(mask, goals[mask])
+
+    def _commit(self, mask: np.ndarray, goal: np.ndarray) -> None:
+        """Program the devices of `mask` towards `goal` (their new goals, in mask order) and count the writes."""
         if self.pulsed is not None:
             return self._pulse(mask, goal)
         got = self._program(goal)
@@ -221,6 +236,20 @@ def _pair_changes(op: XbarOp, dlevel: np.ndarray, target, array_ids: list[int], 
             dg[index[placement.array]][plus] += block
             dg[index[placement.array]][minus] -= block
     return dg
+
+
+def write_update(writer: _Writer, op: XbarOp, dlevel: np.ndarray, target, array_ids: list[int],
+                 threshold_us: float) -> float:
+    """Write the thresholded change `dlevel` (K x N, weight levels) of the op's weights on the chip; returns the
+    largest change asked for, in conductance units (|dlevel| * step, what the threshold compares)."""
+    if encoded(target):         # offset, bit-sliced: each device's new goal (cimc.encoded_writes)
+        writer.write_goals(*encoded_writes.new_goals(op, dlevel, target, array_ids, writer.target, threshold_us))
+        return float(np.abs(dlevel).max()) * target.device.step_us
+    dg = _pair_changes(op, dlevel, target, array_ids, target.device.step_us)
+    largest = 2 * float(np.abs(dg).max())            # the pair's change, as the threshold
+    dg[2 * np.abs(dg) < threshold_us] = 0.0          # each device holds half of the pair's change
+    writer.write(dg)
+    return largest
 
 
 def _correct(graph, backend, feeds: dict, labels: np.ndarray, batch: int) -> np.ndarray:
@@ -293,14 +322,20 @@ def _split(data: Dataset, holdout: float) -> tuple[int, int]:
     return n - n_hold, n_hold
 
 
-def _layer_devices(op: XbarOp) -> int:
+def _layer_devices(op: XbarOp, target) -> int:
+    if encoded(target):
+        return encoded_writes.layer_devices(op, target)
     return sum(2 * t.row_count * t.col_count * len(t.placements) for t in op.tiles)
 
 
 def _few_writes_warning(ops, epoch: int, epochs: int, writes: int, devices: int, largest_us: float,
-                        threshold_us: float, lr: float, running_accuracy: float) -> str:
+                        threshold_us: float, lr: float, running_accuracy: float, least_us: float = 0.0) -> str:
     what = "no device" if writes == 0 else f"only {writes} of {devices} devices"
-    if largest_us < threshold_us:
+    if 0 < largest_us < least_us and largest_us >= threshold_us:   # bit slices: below half a level rounds to none
+        hint = (f"the largest change asked for, {largest_us:.3g} uS, stayed below half a weight level "
+                f"({least_us:.3g} uS), the least change a bit-sliced weight takes; raise --lr (now {lr:g}) about "
+                f"{least_us / largest_us:.2g}x")
+    elif largest_us < threshold_us:
         factor = f" about {threshold_us / largest_us:.2g}x" if largest_us > 0 else ""
         hint = (f"the largest change asked for, {largest_us:.3g} uS, stayed below --threshold {threshold_us:g}uS; "
                 f"raise --lr (now {lr:g}){factor} or lower --threshold")
@@ -330,7 +365,6 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
             raise ConfigError(f"--layer-lr {name}={value}: out of range; expected a finite number > 0")
     if data.labels is None:
         raise DataError(f"{data.path or 'tuning data'}: hybrid training needs labels ('y')")
-    require_pair(manifest.target, "hybrid training (cimc tune)")      # it writes g+/g- pairs (_pair_changes)
     start_time = time.perf_counter()
     graph = copy_module.deepcopy(manifest.graph)
     backend = CrossbarBackend(seed=seed, overrides=overrides, defect_map=defect_map, ideal=ideal, gemm=gemm)
@@ -376,7 +410,7 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
     rates = {o.name: (layer_lr or {}).get(o.name, lr) for o in chosen}
     etas = {o.name: rates[o.name] * float(o.weight_scales.astype(np.float64).mean())
             / (o.input_quant.scale * o.input_quant.qmax) / o.positions for o in chosen}
-    devices = sum(_layer_devices(o) for o in chosen)
+    devices = sum(_layer_devices(o, target) for o in chosen)
     writes_per_layer = {o.name: 0 for o in chosen}
     pulses_per_layer = {o.name: 0 for o in chosen}
     logits = backprop.logits_tensor(graph)
@@ -403,11 +437,8 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
             for o in chosen:
                 dw = -etas[o.name] * grads[o.name]                            # K x N, weight units
                 dlevel = dw / o.weight_scales.astype(np.float64)[None, :]
-                dg = _pair_changes(o, dlevel, target, array_ids, target.device.step_us)
-                largest = max(largest, 2 * float(np.abs(dg).max()))      # the pair's change, as the threshold
-                dg[2 * np.abs(dg) < threshold_us] = 0.0     # each device holds half of the pair's change
                 before_write, before_pulses = writer.writes, writer.pulses
-                writer.write(dg)
+                largest = max(largest, write_update(writer, o, dlevel, target, array_ids, threshold_us))
                 writes_per_layer[o.name] += writer.writes - before_write
                 pulses_per_layer[o.name] += writer.pulses - before_pulses
             iterations += 1
@@ -417,7 +448,8 @@ def tune(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None
         largest_per_epoch.append(largest)
         if writes_per_epoch[-1] < FEW_WRITES * devices:
             messages.append(_few_writes_warning(chosen, epoch, epochs, writes_per_epoch[-1], devices, largest,
-                                                threshold_us, lr, correct_run / seen))
+                                                threshold_us, lr, correct_run / seen,
+                                                encoded_writes.least_change_us(target)))
         held.append(float(_correct(graph, backend, held_feeds, held_labels, batch).mean()))
         if held[-1] >= held[best_epoch]:      # the latest of equally good states
             best_epoch, best_state = epoch, writer.state()

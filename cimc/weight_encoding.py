@@ -85,10 +85,11 @@ def encoded(target) -> bool:
     return target.weights.encoding != "differential" or target.weights.slices != 1
 
 
-def require_pair(target, what: str) -> None:
-    """Refuse a consumer that reads devices as today's one pair per weight (g+ - g-) under another encoding."""
+def require_pair(target, what: str, why: str = "") -> None:
+    """Refuse a consumer that reads devices as today's one pair per weight (g+ - g-) under another encoding; `why`
+    adds the consumer's own reason."""
     if encoded(target):
         from cimc.errors import ConfigError
         raise ConfigError(f"weights.encoding = {target.weights.encoding!r}: {what} handles each weight as one "
-                          "g+/g- device pair and cannot handle this encoding yet; compile with --set "
-                          "weights.encoding=differential for it (`cimc run` reads every encoding, on either backend)")
+                          f"g+/g- device pair and cannot handle this encoding yet{why}; use --set "
+                          "weights.encoding=differential for it (`cimc run` and `cimc tune` handle every encoding)")

@@ -196,15 +196,12 @@ def test_a_run_cannot_change_the_encoding(tmp_path_factory):
         Session(manifest, backend="crossbar", overrides=["weights.encoding=offset"]).run(x)
 
 
-def test_insitu_and_tune_refuse_other_encodings(tmp_path_factory):
-    from cimc.data import Dataset
+def test_insitu_refuses_bit_slices():
+    """`cimc insitu` holds Li's analog +v/-v pairs or offset devices (tests/test_insitu_offset.py); `cimc tune`
+    handles every encoding (tests/test_tune_encodings.py)."""
     from cimc.insitu import chip_for_target
-    from cimc.training import tune
     with pytest.raises(ConfigError, match="weights.encoding"):
-        chip_for_target(load_target("li2018", ["weights.encoding=offset"]))
-    manifest, x = _compile(tmp_path_factory, "ideal-offset", [])
-    with pytest.raises(ConfigError, match="weights.encoding"):
-        tune(manifest, Dataset({"x": x}, np.zeros(len(x), np.int64), None, None))
+        chip_for_target(load_target("li2018", ["weights.encoding=bit-sliced", "weights.slices=2"]))
 
 
 def test_planes_follow_a_placements_row_order():

@@ -119,8 +119,8 @@ def text(r: dict) -> str:
     stuck = (f"{100 * ins['stuck_fraction']:.1f}% of devices stuck at {ins['stuck_at_us']:g} uS"
              if ins["stuck_devices"] else "no stuck devices")
     lines = [
-        f"target {r['target']}: one {chip['rows']}x{chip['cols']} array, 64-54-10 MLP (fc1 128x54 devices, fc2 "
-        f"108x10), analog devices {chip['g_min_us']:g}..{chip['g_max_us']:g} uS, g_scale {chip['g_scale_us']:g} "
+        f"target {r['target']}: one {chip['rows']}x{chip['cols']} array, 64-54-10 MLP ({_layers(chip)}), "
+        f"analog devices {chip['g_min_us']:g}..{chip['g_max_us']:g} uS, g_scale {chip['g_scale_us']:g} "
         f"uS per unit weight, {chip['adc']} readout{_circuit(chip)}; sklearn digits 1347/450, {r['epochs']} epochs, "
         f"batch {r['batch']}, seed {r['seed']}\n",
         f"ideal simulation (no stuck devices, no variation): {100 * ideal['final_accuracy']:.2f}%\n",
@@ -138,6 +138,13 @@ def text(r: dict) -> str:
             lines.append(f"{100 * row['stuck_rate']:>5.0f}%  {100 * row['in_situ']:>7.2f}%  "
                          f"{100 * row['ex_situ']:>7.2f}%\n")
     return "".join(lines)
+
+
+def _layers(chip: dict) -> str:
+    """'fc1 128x54 devices, fc2 108x10' (pairs on +v/-v rows), or the offset encoding's one device per weight."""
+    parts = [f"{lay['name']} {lay['devices'] // lay['outputs']}x{lay['outputs']}" for lay in chip["layers"]]
+    parts[0] += " devices"
+    return ", ".join(parts) + (", offset encoding" if chip.get("encoding") == "offset" else "")
 
 
 def _circuit(chip: dict) -> str:
