@@ -3,7 +3,8 @@
 the signed level matrix `dlevel` (weight-level units: one level is one device step of the lowest slice), each
 device gets a new goal, and only devices whose goal changes are written:
 
-* offset: the weight's one unipolar device takes the whole change, dG = dlevel * step, where |dG| reaches the
+* offset: the weight's one unipolar device takes the whole change (a reference column, where the target has one,
+  is left as programmed: it is every column's zero), dG = dlevel * step, where |dG| reaches the
   threshold; its goal (continuous, as the pair's) is clipped to the levels that hold the encoding's weights,
   w + (L-1)//2 in [0, 2 (L-1)//2] (= [0, L-1] for odd L; for even L the top level stays unused, as at compile, so
   that every tuned weight stays within +-(L-1)//2, the range the readers' exactness bounds assume).
@@ -52,7 +53,7 @@ def new_goals(op, dlevel: np.ndarray, target, array_ids: list[int], goals_us: np
             i = index[placement.array]
             planes = tile_planes(tile, placement, target)
             if offset:
-                (rows, cols), = planes
+                (rows, cols) = planes[0]         # a reference column's devices (planes[1]) are never tuned
                 now = goals[i][rows, cols]
                 top = g_min + 2 * offset_level(target) * step
                 new = np.where(asked, np.clip(now + block * step, g_min, top), now)

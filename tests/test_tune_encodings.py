@@ -106,10 +106,13 @@ def mcnn_data():
 @pytest.fixture(scope="module")
 def same_levels():
     """The shipped mCNN on three encodings that hold the same signed levels -7..7 with the same 2.5 uS step: the
-    pair (yao2020-mcnn), one bit slice (cell for cell the pair's layout), offset on 15-level devices."""
+    pair (yao2020-mcnn), one bit slice (cell for cell the pair's layout), offset on 15-level devices, with the
+    offset subtracted digitally or read from a reference column (which tuning leaves as programmed)."""
     manifests = {}
     for name, overrides in (("differential", []), ("bit-sliced", ["weights.encoding=bit-sliced"]),
-                            ("offset", OFFSET + ["device.levels=15", "device.g_max_us=37.5"])):
+                            ("offset", OFFSET + ["device.levels=15", "device.g_max_us=37.5"]),
+                            ("offset-column", OFFSET + ["device.levels=15", "device.g_max_us=37.5",
+                                                        "weights.offset_reference=column"])):
         manifests[name] = cimc.compile(ART / "mcnn.onnx", "yao2020-mcnn", calibration=ART / "calib_200.npz",
                                        overrides=overrides)
     fc = {k: next(o for o in m.graph.xbar_ops() if o.name == "FC") for k, m in manifests.items()}
@@ -143,8 +146,9 @@ def test_same_integer_updates_give_the_ideal_pairs_weights_and_accuracy(same_lev
         results[name] = (writer.writes, run_graph(graph, feeds, backend)[graph.outputs[0].name])
     changed = int(np.count_nonzero(d))
     assert changed > 100
-    assert [results[k][0] for k in ("differential", "bit-sliced", "offset")] == [2 * changed, changed, changed]
-    for name in ("bit-sliced", "offset"):
+    assert [results[k][0] for k in ("differential", "bit-sliced", "offset", "offset-column")] == \
+        [2 * changed, changed, changed, changed]
+    for name in ("bit-sliced", "offset", "offset-column"):
         np.testing.assert_allclose(results[name][1], results["differential"][1], rtol=1e-6, atol=1e-6)
         assert (results[name][1].argmax(1) == results["differential"][1].argmax(1)).all()
 
