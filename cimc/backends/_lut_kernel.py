@@ -15,13 +15,24 @@ Why it is written this way (each point measured on ResNet-56, see benchmarks/ben
 * a convolution gathers its positions' words from the padded NHWC plane words (`conv_reads`), no im2col;
 * tables start on a 64-byte boundary (lut_reads.aligned_empty): a 32-line int16 row is one cache line.
 """
-import numpy as np
-from numba import carray, njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+import os
 
-from cimc.backends import kernel_notice
-from cimc.backends.lut_limits import MAX_LINES    # lines per call (read_tile splits wider tiles)
+# numba's threading layer (OpenMP here) keeps its worker threads spinning for a while after each parallel kernel
+# by default. This process does serial work between kernels (onnxruntime's digital segments, numpy, Python), so a
+# spinning worker takes a core from it (and from onnxruntime's own threads); on a shared host the spinning also
+# competes with other processes. Measured on ResNet-56, 100 inputs, 2 threads, a host with load average 7-10
+# (2026-12-02, min of 10 batches): 5.4-5.9 s and 2.7-2.9 s CPU spinning, 0.9-1.1 s and 0.9 s CPU passive.
+# Threads that sleep at once cost a wake-up per kernel (about 230 kernels per batch of 100). A user's own
+# OMP_WAIT_POLICY wins; read when numba first starts its threads, so set before any parallel kernel runs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from numba import carray, njit, prange, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
+
+from cimc.backends import kernel_notice  # noqa: E402
+from cimc.backends.lut_limits import MAX_LINES  # noqa: E402 (lines per call; read_tile splits wider tiles)
 
 kernel_notice.install()     # a line on a terminal while numba compiles these kernels (first run only)
 
