@@ -106,6 +106,31 @@ def conv_plane_words(codes, mask, top, left, out):
     return out
 
 
+@njit(parallel=True, cache=True)
+def quantised_plane_words(x, scale, qmin, qmax, mask, top, left, out):
+    """conv_plane_words of the executor's quantisation of float32 activations x [B, C, H, W], in the same pass:
+    code = clip(rint(x / scale), qmin, qmax) in float32 as cimc.graph_run.quantize_activation forms it (scale, qmin,
+    qmax float32; a NaN stays NaN through the clip, as in numpy), then its pattern as conv_plane_words takes it.
+    One pass over x instead of three numpy passes and a float32 code array."""
+    b, c, h, w = x.shape
+    for i in prange(b * h):
+        n, y = i // h, i % h
+        word = np.empty(w, np.uint64)
+        for o in range(out.shape[3]):
+            word[:] = 0
+            for t in range(min(8, c - 8 * o)):
+                for xx in range(w):
+                    v = np.rint(x[n, 8 * o + t, y, xx] / scale)
+                    if v < qmin:
+                        v = qmin
+                    if v > qmax:
+                        v = qmax
+                    word[xx] |= np.uint64(np.int64(v) & mask) << np.uint64(8 * t)
+            for xx in range(w):
+                out[n, top + y, left + xx, o] = _plane_word(word[xx])
+    return out
+
+
 @njit(inline="always", cache=True)
 def _six(flat, r0, r1, r2, r3, r4, r5, n):
     """Line n of the sum of the table rows that start at flat offsets r0..r5 (int32). Offsets and n are unsigned:
