@@ -4,7 +4,8 @@ a graph without an import circle.
 
 For every crossbar op the operand is formed (im2col for a conv, the input's channels per position for a
 ConvTranspose, the last axis for a matmul), and for a quantised backend the activation is quantised first:
-q = clip(rint(x / s), qmin, qmax) in float32 (cimc.ir.ActQuant). The backend multiplies; this module adds the rest:
+q = clip(rint(x / s), qmin, qmax) in float32 (cimc.ir.ActQuant; a backend's `conv_output` may do it in its own first
+pass, bit for bit). The backend multiplies; this module adds the rest:
 y = acc * (s * weight_scale[n]) + bias[n] (float32); for a ConvTranspose y = acc * (s * weight_scale[n]), then the
 overlap-add and the bias per output channel (cimc.overlap_add).
 Digital ops run in onnxruntime (cimc.onnx_segments), with exact ONNX semantics at the model's opset; float32
@@ -40,13 +41,13 @@ def output_scale(op: XbarOp) -> np.ndarray:
 
 
 def run_xbar(op: XbarOp, x: np.ndarray, backend: Backend) -> np.ndarray:
-    if backend.quantized:
-        x = quantize_activation(x, op.input_quant)
     whole = op.conv is not None and op.conv.planar and backend.quantized   # the backends' fast paths are 2-D
     if whole:
         y = backend.conv_output(op, x, output_scale(op), op.bias)
-        if y is not None:   # the backend ran the whole convolution and the dequantisation below
+        if y is not None:   # the backend ran the whole convolution, the quantisation and the dequantisation below
             return y
+    if backend.quantized:
+        x = quantize_activation(x, op.input_quant)
     acc = backend.conv(op, x) if whole else None
     if acc is not None:   # the backend ran the whole convolution: accumulators [B, N, *spatial] (a new array)
         per_channel = (slice(None),) + (None,) * (acc.ndim - 2)

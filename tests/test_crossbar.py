@@ -561,6 +561,26 @@ def test_pattern_tables_and_plane_words_by_hand():
                           lut_reads.plane_words(np.array([[255, 128, 5, 0, 0, 0, 0, 0]], np.uint8))[0])
 
 
+@needs_numba
+@pytest.mark.parametrize("signed,bits", [(False, 8), (True, 8), (False, 4)])
+def test_plane_words_quantise_as_the_executor(signed, bits):
+    """The direct conv reads quantise float activations while forming the plane words: the same words as the
+    executor's quantize_activation (x / scale in float32, rint with ties to even, clip) followed by the words of
+    its codes, on values at and near the rounding ties (a float64 division rounds 40% of those the other way),
+    beyond the clip, infinite and signed zero."""
+    rng = np.random.default_rng(bits + signed)
+    for scale in (0.0371, 1 / 3, 2.5e-3):
+        q = ActQuant(scale, signed, bits)
+        x = (rng.standard_normal((3, 13, 5, 7)) * scale * (1 << bits) / 3).astype(np.float32)
+        ties = ((rng.integers(-300, 300, x.shape) + 0.5) * np.float32(scale)).astype(np.float32)
+        x = np.where(rng.random(x.shape) < 0.5, ties, x).astype(np.float32)
+        x[0, 0, 0, :4] = [np.inf, -np.inf, 0.0, -0.0]
+        want = lut_reads.padded_plane_words(quantize_activation(x, q), bits, (1, 2, 0, 1))
+        got = lut_reads.padded_plane_words(x, bits, (1, 2, 0, 1), quant=q)
+        assert np.array_equal(got, want)
+        assert got[0, 1, 2].view(np.uint8)[0] != 0                     # the words hold codes, not zeros
+
+
 def _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs):
     """Every read one at a time: plane j of position i, current = bits . G, the ADC as adc_convert, shift-and-add."""
     m, nb = len(codes), g_int.shape[1] // 2 if pairs else g_int.shape[1]

@@ -15,13 +15,24 @@ Why it is written this way (each point measured on ResNet-56, see benchmarks/ben
 * a convolution gathers its positions' words from the padded NHWC plane words (`conv_reads`), no im2col;
 * tables start on a 64-byte boundary (lut_reads.aligned_empty): a 32-line int16 row is one cache line.
 """
-import numpy as np
-from numba import carray, njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+import os
 
-from cimc.backends import kernel_notice
-from cimc.backends.lut_limits import MAX_LINES    # lines per call (read_tile splits wider tiles)
+# numba's threading layer (OpenMP here) keeps its worker threads spinning for a while after each parallel kernel
+# by default. This process does serial work between kernels (onnxruntime's digital segments, numpy, Python), so a
+# spinning worker takes a core from it (and from onnxruntime's own threads); on a shared host the spinning also
+# competes with other processes. Measured on ResNet-56, 100 inputs, 2 threads, a host with load average 7-10
+# (2026-12-02, min of 10 batches): 5.4-5.9 s and 2.7-2.9 s CPU spinning, 0.9-1.1 s and 0.9 s CPU passive.
+# Threads that sleep at once cost a wake-up per kernel (about 230 kernels per batch of 100). A user's own
+# OMP_WAIT_POLICY wins; read when numba first starts its threads, so set before any parallel kernel runs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from numba import carray, njit, prange, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
+
+from cimc.backends import kernel_notice  # noqa: E402
+from cimc.backends.lut_limits import MAX_LINES  # noqa: E402 (lines per call; read_tile splits wider tiles)
 
 kernel_notice.install()     # a line on a terminal while numba compiles these kernels (first run only)
 
@@ -92,6 +103,31 @@ def conv_plane_words(codes, mask, top, left, out):
                     word[x] |= np.uint64(np.int64(codes[n, 8 * o + t, y, x]) & mask) << np.uint64(8 * t)
             for x in range(w):
                 out[n, top + y, left + x, o] = _plane_word(word[x])
+    return out
+
+
+@njit(parallel=True, cache=True)
+def quantised_plane_words(x, scale, qmin, qmax, mask, top, left, out):
+    """conv_plane_words of the executor's quantisation of float32 activations x [B, C, H, W], in the same pass:
+    code = clip(rint(x / scale), qmin, qmax) in float32 as cimc.graph_run.quantize_activation forms it (scale, qmin,
+    qmax float32; a NaN stays NaN through the clip, as in numpy), then its pattern as conv_plane_words takes it.
+    One pass over x instead of three numpy passes and a float32 code array."""
+    b, c, h, w = x.shape
+    for i in prange(b * h):
+        n, y = i // h, i % h
+        word = np.empty(w, np.uint64)
+        for o in range(out.shape[3]):
+            word[:] = 0
+            for t in range(min(8, c - 8 * o)):
+                for xx in range(w):
+                    v = np.rint(x[n, 8 * o + t, y, xx] / scale)
+                    if v < qmin:
+                        v = qmin
+                    if v > qmax:
+                        v = qmax
+                    word[xx] |= np.uint64(np.int64(v) & mask) << np.uint64(8 * t)
+            for xx in range(w):
+                out[n, top + y, left + xx, o] = _plane_word(word[xx])
     return out
 
 

@@ -68,9 +68,10 @@ class Backend:
         return None
 
     def conv_output(self, op: XbarOp, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
-        """Optionally run a whole quantised convolution and its dequantisation in one go: what the executor forms
-        from `conv`'s accumulators, y = float32(acc) * scale[n] (+ bias[n]) in float32, bit for bit. None: use
-        `conv`."""
+        """Optionally run a whole quantised convolution with its quantisation and dequantisation in one go: x is
+        the float input, quantised as cimc.graph_run.quantize_activation does (op.input_quant); returns what the
+        executor forms from `conv`'s accumulators, y = float32(acc) * scale[n] (+ bias[n]) in float32, bit for bit.
+        None: the executor quantises x and uses `conv`."""
         return None
 
     def describe(self) -> dict:

@@ -91,17 +91,22 @@ def conv_groups(c0: int, c1: int, kernel: tuple, dilations: tuple) -> tuple:
         (c0 // GROUP + o).astype(np.int64)
 
 
-def padded_plane_words(codes: np.ndarray, bits: int, pads: tuple, out: np.ndarray | None = None) -> np.ndarray:
+def padded_plane_words(codes: np.ndarray, bits: int, pads: tuple, out: np.ndarray | None = None,
+                       quant=None) -> np.ndarray:
     """Integer codes [B, C, H, W] (float or integer dtype, `bits` <= 8 bits each, two's complement when negative)
     -> plane words (as plane_words) of the zero-padded NHWC layout, uint64 [B, top + H + bottom, left + W + right,
     ceil(C / 8)]: word (b, y, x, o) covers channels 8o .. 8o + 7 of padded pixel (y, x). `out`, a previous result
-    of the same shape (zero borders), is reused."""
-    from cimc.backends._lut_kernel import conv_plane_words
+    of the same shape (zero borders), is reused. With `quant` (a cimc.ir.ActQuant) `codes` are the float32
+    activations, quantised in the same pass exactly as cimc.graph_run.quantize_activation does."""
+    from cimc.backends._lut_kernel import conv_plane_words, quantised_plane_words
     b, c, h, w = codes.shape
     top, left, bottom, right = pads
     shape = (b, top + h + bottom, left + w + right, -(-c // GROUP))
     if out is None or out.shape != shape:
         out = np.zeros(shape, np.uint64)
+    if quant is not None:
+        return quantised_plane_words(np.ascontiguousarray(codes, np.float32), np.float32(quant.scale),
+                                     np.float32(quant.qmin), np.float32(quant.qmax), (1 << bits) - 1, top, left, out)
     return conv_plane_words(np.ascontiguousarray(codes), (1 << bits) - 1, top, left, out)
 
 

@@ -127,27 +127,30 @@ class TableReads:
         return (codes.astype(np.float64) * (plan.full_scale / top)).astype(plan.dtype)
 
     def conv_output(self, op, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
-        """Direct table reads (below) also apply the executor's dequantisation, in the pass that scales the codes.
-        Not with global drift compensation: its per-copy scale is applied to the accumulators (`conv`)."""
+        """Direct table reads (below) also apply the executor's quantisation, in the pass that forms the plane
+        words, and its dequantisation, in the pass that scales the codes. Not with global drift compensation: its
+        per-copy scale is applied to the accumulators (`conv`)."""
         plan = self.plans[op.name]
         if not op.conv.planar or plan.conv_route != "table" or plan.dtype != np.float32 or \
                 plan.drift_scale is not None:
             return None
-        return self._conv_table_reads(op, plan, x, (scale, bias))
+        return self._conv_table_reads(op, plan, x, (scale, bias), op.input_quant)
 
     def _direct_table_reads(self, plan: ReadPlan) -> bool:
         """Convolutions straight from NHWC codes: pairs only (other encodings read im2col rows, `_table_reads`)."""
         return self._lut and plan.channels is not None and self._encoded_reads(plan) and not encoded(self.target)
 
-    def _conv_table_reads(self, op, plan: ReadPlan, x: np.ndarray, dequantise: tuple | None = None) -> np.ndarray:
+    def _conv_table_reads(self, op, plan: ReadPlan, x: np.ndarray, dequantise: tuple | None = None,
+                          quant=None) -> np.ndarray:
         """gemm="lut" on a convolution whose row tiles hold whole channels: table reads straight from the padded
         NHWC codes (lut_reads.read_conv_tile), no im2col; the same codes as _table_reads on im2col rows. Returns
-        the accumulators, or with `dequantise` = (scale, bias) the executor's float32 output."""
+        the accumulators, or with `dequantise` = (scale, bias) the executor's float32 output. x: the codes, or
+        with `quant` (the op's ActQuant) the float activations, quantised as the plane words are formed."""
         g = op.conv
         xs = x[:, :, None, :] if g.spatial_rank == 1 else x
         bsz, _, h, w = xs.shape
         oh, ow = g.output_hw(h, w)
-        words = lut_reads.padded_plane_words(xs, plan.bits, g.pads, self._scratch_arrays.get("words"))
+        words = lut_reads.padded_plane_words(xs, plan.bits, g.pads, self._scratch_arrays.get("words"), quant)
         self._scratch_arrays["words"] = words
         lo, top, gain = self._lut_adc(plan)
         use_lines = self.target.array.differential == "columns"
