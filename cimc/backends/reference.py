@@ -21,10 +21,12 @@ class FloatBackend(Backend):
         # float64 products rounded once to float32: a float32 GEMM's sums depend on the number of rows (and each
         # row's place) on some BLAS kernels, so a sample's outputs would depend on its batch; float64 sums of
         # float32 products differ between orders by ~1e-16 relative, which the one rounding to float32 absorbs
-        self.matrices = {op.name: op.matrix.astype(np.float64) for op in graph.xbar_ops()}
+        # (the op's own matrix, read at each call: training's checks move its weights between runs)
+        self.matrices = {op.name: op.matrix for op in graph.xbar_ops()}
 
     def mvm(self, op, x, batch):
-        return block_matmul(x.astype(np.float64), self.matrices[op.name]).astype(np.float32)
+        w = self.matrices[op.name].astype(np.float64)
+        return block_matmul(x.astype(np.float64), w).astype(np.float32)
 
 
 class IntegerBackend(Backend):
