@@ -21,7 +21,7 @@ from cimc.batching import chunks, fixed_batch
 from cimc.errors import DataError
 from cimc.im2col import col2im, im2col
 from cimc.ir import ActQuant, Graph, XbarOp
-from cimc.onnx_segments import Segment, plan, run_segment
+from cimc.onnx_segments import Plan, Segment, plan, run_segment
 from cimc.overlap_add import input_rows, overlap_add
 
 if TYPE_CHECKING:      # annotations only: importing cimc.backends here would run the backends package first
@@ -89,9 +89,8 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend,
             return _run_ops(graph, feeds, backend, observe, keep)
         # a fixed-batch model: chunks of its batch (cimc.batching), the padding dropped from what is seen and kept
         parts = []
-        for start, count, part in chunks(feeds, batch):
-            backend.samples = np.concatenate([ids[start:start + count],
-                                              np.repeat(ids[start + count - 1:start + count], batch - count)])
+        for part, part_ids, count in fixed_batch_runs(feeds, ids, batch):
+            backend.samples = part_ids
             seen = observe if observe is None or count == batch else \
                 (lambda op, x, count=count: observe(op, x[:count]))
             parts.append({k: v[:count] for k, v in _run_ops(graph, part, backend, seen, keep).items()})
@@ -100,21 +99,38 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend,
         backend.samples = None
 
 
+def fixed_batch_runs(feeds: dict[str, np.ndarray], ids: np.ndarray, batch: int):
+    """A fixed-batch model's runs of the samples `ids`: (feeds of exactly `batch` samples, the backend's sample
+    indices for them, real samples) per chunk (cimc.batching); a padded sample reads as the last real one."""
+    for start, count, part in chunks(feeds, batch):
+        yield part, np.concatenate([ids[start:start + count],
+                                    np.repeat(ids[start + count - 1:start + count], batch - count)]), count
+
+
+def run_item(graph: Graph, order: Plan, i: int, env: dict[str, np.ndarray], backend: Backend,
+             keep: set[str] | frozenset, observe=None) -> None:
+    """Run item i of `order` (plan(graph)) on the tensors in `env`, adding its outputs there; then drop the tensors
+    no later item reads, except those in `keep` (which should hold the graph's outputs). One step of a run: a caller
+    may step several batches through the plan side by side (cimc.column_calibration)."""
+    item = order.items[i]
+    if isinstance(item, Segment):
+        env.update(run_segment(graph, item, env, keep))
+    else:
+        x = env[item.inputs[0]]
+        if observe is not None:
+            observe(item, x)
+        env[item.outputs[0]] = run_xbar(item, x, backend)
+    for t in item.inputs:
+        if order.last_read.get(t) == i and t not in keep:
+            env.pop(t, None)
+
+
 def _run_ops(graph: Graph, feeds: dict[str, np.ndarray], backend: Backend, observe, keep) -> dict[str, np.ndarray]:
     env = dict(feeds)
     keep = {t.name for t in graph.outputs} | set(keep)
     order = plan(graph)
-    for i, item in enumerate(order.items):
-        if isinstance(item, Segment):
-            env.update(run_segment(graph, item, env, keep))
-        else:
-            x = env[item.inputs[0]]
-            if observe is not None:
-                observe(item, x)
-            env[item.outputs[0]] = run_xbar(item, x, backend)
-        for t in item.inputs:
-            if order.last_read.get(t) == i and t not in keep:
-                env.pop(t, None)
+    for i in range(len(order.items)):
+        run_item(graph, order, i, env, backend, keep, observe)
     return {name: env[name] for name in [t.name for t in graph.outputs] + sorted(keep) if name in env}
 
 
