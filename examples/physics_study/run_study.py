@@ -3,6 +3,8 @@ with and without hybrid training.
 
     python examples/physics_study/run_study.py                    # 200 test images, 3 chips per point: ~7 min on 2 loaded cores
     python examples/physics_study/run_study.py --limit 500 --seeds 10 --tune-limit 2000 --out study/   # bigger
+    python examples/physics_study/run_study.py --resnet56 standin/ --limit 500 --tune-method affine --out r56/
+        # the ResNet-56 stand-in that examples/resnet56_cifar10/train_mnist_standin.py trains into standin/
 
 Steps:
 1. Compiles `examples/mcnn_mnist/artifacts/mcnn.onnx` for `yao2020-mcnn` with its 200 calibration images, as
@@ -24,6 +26,11 @@ Steps:
    95% error bars, tuned dashed), `plots/NAME.svg` (that plot alone), `study.json` (everything, with machine,
    date and load) and `summary.md` (one markdown table: accuracy mean +- std per point, untuned and tuned, and the
    CPU seconds).
+
+With --resnet56 DIR the model is the trained ResNet-56 stand-in in DIR (train_mnist_standin.py's output:
+resnet56_mnist.onnx, calib_200.npz, test.npz, tune_2000.npz), compiled for `yao2020-resnet` (one copy of each layer) as
+examples/resnet56_cifar10/README.md does; everything else is the same. --tune-method picks `cimc tune --method` for the tuned
+rows (fc by default; on a deep network the FC layer alone recovers little: `affine` is the one that does).
 
 Accuracies depend only on the options and seeds (the sweep's rows are the same bytes on any run); the seconds
 depend on the machine and its load.
@@ -59,11 +66,29 @@ def cimc_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cimc"]
 
 
-def run_sweep(name: str, manifest_dir: Path, out: Path, args) -> tuple[list[str], float]:
+def study_model(resnet56: str | None) -> dict:
+    """The model, its target and data: the shipped mCNN, or the ResNet-56 stand-in trained into `resnet56`."""
+    if resnet56 is None:
+        return {"name": "mcnn", "onnx": ART / "mcnn.onnx", "target": "yao2020-mcnn", "replicate": None,
+                "calibration": ART / "calib_200.npz", "test": ART / "test_500.npz", "tune": ART / "train_2000.npz",
+                "shown": "examples/mcnn_mnist/artifacts/mcnn.onnx"}
+    folder = Path(resnet56)
+    files = {"onnx": folder / "resnet56_mnist.onnx", "calibration": folder / "calib_200.npz",
+             "test": folder / "test.npz", "tune": folder / "tune_2000.npz"}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        sys.exit(f"physics-study: error: --resnet56 {resnet56}: missing {', '.join(missing)}; train the stand-in "
+                 "first: python examples/resnet56_cifar10/train_mnist_standin.py --data ... --out " + resnet56)
+    return {"name": "resnet56", "target": "yao2020-resnet", "replicate": None,
+            "shown": str(files["onnx"]), **files}
+
+
+def run_sweep(name: str, manifest_dir: Path, out: Path, args, model: dict) -> tuple[list[str], float]:
     axis, values, _ = SWEEPS[name]
-    cmd = [*cimc_command(), "sweep", str(manifest_dir), "--data", str(ART / "test_500.npz"), "--limit",
+    cmd = [*cimc_command(), "sweep", str(manifest_dir), "--data", str(model["test"]), "--limit",
            str(args.limit), "--grid", f"{axis}={','.join(values)}", "--seeds", str(args.seeds), "--tune-data",
-           str(ART / "train_2000.npz"), "--tune-limit", str(args.tune_limit), "-o", str(out / name), "--json"]
+           str(model["tune"]), "--tune-limit", str(args.tune_limit), "--tune-method", args.tune_method,
+           "-o", str(out / name), "--json"]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
     print("$ " + " ".join(cmd), flush=True)
@@ -75,7 +100,8 @@ def run_sweep(name: str, manifest_dir: Path, out: Path, args) -> tuple[list[str]
     return cmd, wall
 
 
-def time_points(name: str, manifest_dir: Path, test, tune_data) -> list[dict]:
+def time_points(name: str, manifest_dir: Path, test, tune_data, tune_method: str = "fc",
+                repeats: tuple[int, int] = (3, 2)) -> list[dict]:
     """CPU seconds of each point's untuned run and hybrid training, chip instance 0, with the sweep's options."""
     from cimc.commands.sweep_grid import grid_points
     from cimc.executor import Session
@@ -89,13 +115,14 @@ def time_points(name: str, manifest_dir: Path, test, tune_data) -> list[dict]:
     out = []
     for point in points:
         run_s, tune_s = [], []
-        for _ in range(3):
+        for _ in range(repeats[0]):
             t0 = time.process_time()
             shard = run_shard(files, digest, test, 0, len(test), point["options"], 0, 100)
             run_s.append(time.process_time() - t0)
-        for _ in range(2):
+        for _ in range(repeats[1]):
             t0 = time.process_time()
-            tuned = run_tune(files, digest, test, tune_data, point["options"], 0, 100, {"epochs": 1})
+            tuned = run_tune(files, digest, test, tune_data, point["options"], 0, 100,
+                             {"epochs": 1, "method": tune_method})
             tune_s.append(time.process_time() - t0)
         out.append({"params": point["params"], "run_cpu_s": min(run_s), "tune_cpu_s": min(tune_s),
                     "run_cpu_s_all": run_s, "tune_cpu_s_all": tune_s,
@@ -143,8 +170,13 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, help="the sweeps' local Dask workers (default: one per core)")
     p.add_argument("--only", choices=sorted(SWEEPS), action="append", help="run only this sweep (repeatable)")
     p.add_argument("--no-timing", action="store_true", help="skip the per-point CPU timings")
+    p.add_argument("--resnet56", metavar="DIR", help="study the ResNet-56 stand-in trained into DIR by "
+                   "examples/resnet56_cifar10/train_mnist_standin.py instead of the shipped mCNN")
+    p.add_argument("--tune-method", choices=("fc", "affine", "affine+fc"), default="fc",
+                   help="how the tuned rows are tuned, as cimc tune --method (default fc)")
     p.add_argument("--out", help="a new or empty folder for the outputs (default: a fresh temporary folder)")
     args = p.parse_args(argv)
+    model = study_model(args.resnet56)
     out = output_folder(args.out, "physics-study")
     print(f"writing into {out}", flush=True)
 
@@ -159,24 +191,30 @@ def main(argv=None) -> int:
         pass
     load0 = os.getloadavg()
     start = time.perf_counter()
-    manifest = cimc.compile(ART / "mcnn.onnx", "yao2020-mcnn", calibration=ART / "calib_200.npz")
-    manifest.save(out / "mcnn")
-    test = load_npz(ART / "test_500.npz", ["input"], limit=args.limit)
-    tune_data = load_npz(ART / "train_2000.npz", ["input"], limit=args.tune_limit)
-    study = {"model": "examples/mcnn_mnist/artifacts/mcnn.onnx", "target": "yao2020-mcnn", "limit": args.limit,
-             "seeds": args.seeds, "tune_limit": args.tune_limit, "date": datetime.datetime.now(
+    manifest = cimc.compile(model["onnx"], model["target"], calibration=model["calibration"],
+                            replicate=model["replicate"])
+    manifest_dir = out / model["name"]
+    manifest.save(manifest_dir)
+    test = load_npz(model["test"], ["input"], limit=args.limit)
+    tune_data = load_npz(model["tune"], ["input"], limit=args.tune_limit)
+    # ResNet-56's point costs seconds, not milliseconds: one repeat each is enough to see the differences
+    repeats = (3, 2) if model["name"] == "mcnn" else (1, 1)
+    study = {"model": model["shown"], "target": model["target"], "limit": args.limit,
+             "seeds": args.seeds, "tune_limit": args.tune_limit, "tune_method": args.tune_method,
+             "date": datetime.datetime.now(
                  datetime.timezone.utc).isoformat(timespec="minutes"),
              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
              "cimc": cimc.__version__, "sweeps": {}}
     if not args.no_timing:                      # numba compiles its kernels once per process: not a point's cost
-        time_points("wire", out / "mcnn", load_npz(ART / "test_500.npz", ["input"], limit=20),
-                    load_npz(ART / "train_2000.npz", ["input"], limit=100))
+        time_points("wire", manifest_dir, load_npz(model["test"], ["input"], limit=20),
+                    load_npz(model["tune"], ["input"], limit=100), args.tune_method, (1, 1))
     for name in SWEEPS:
         if args.only and name not in args.only:
             continue
-        cmd, wall = run_sweep(name, out / "mcnn", out, args)
+        cmd, wall = run_sweep(name, manifest_dir, out, args, model)
         summary = json.loads((out / name / "summary.json").read_text())
-        timing = [] if args.no_timing else time_points(name, out / "mcnn", test, tune_data)
+        timing = [] if args.no_timing else time_points(name, manifest_dir, test, tune_data, args.tune_method,
+                                                       repeats)
         for t in timing:
             print(f"  {t['params']}: run {t['run_cpu_s']:.2f} s CPU, tune {t['tune_cpu_s']:.2f} s CPU, reader "
                   f"{t['reader']}", flush=True)
@@ -189,9 +227,9 @@ def main(argv=None) -> int:
     (out / "study.json").write_text(json.dumps(study, indent=1, default=float))
     if not args.no_timing:
         md = table(study)
-        md += (f"\n{args.limit} test images, seeds 0..{args.seeds - 1}, hybrid training on the first "
-               f"{args.tune_limit} tuning images; {study['machine']}, {study['date']}, load average "
-               f"{load0[0]:.1f} at start, {study['load_average']['end'][0]:.1f} at end; {study['wall_s']:.0f} s wall.\n")
+        md += (f"\n{model['shown']}, {args.limit} test images, seeds 0..{args.seeds - 1}, hybrid training "
+               f"(--method {args.tune_method}) on the first {args.tune_limit} tuning images; {study['machine']}, "
+               f"{study['date']}, load average {load0[0]:.1f} at start, {study['load_average']['end'][0]:.1f} at end; {study['wall_s']:.0f} s wall.\n")
         (out / "summary.md").write_text(md)
         print(md)
     print(f"wrote {out / 'study.json'}; plots: " + ", ".join(str(out / n / "index.html") for n in study["sweeps"]))
