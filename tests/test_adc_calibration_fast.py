@@ -1,7 +1,7 @@
 """The ADC calibration's fast paths give the same full scales, bit for bit, as the slow ones they replaced: the lean
 ideal chip (Chip(levels_only=True): uint8 levels, no float64 conductances) as the full chip instance, and the
 batched reads of row tiles of one shape as one MatMulInteger per row tile, and the accumulators taken as the codes'
-own product (int8_reader's fused read) as shift-and-add of the plane currents."""
+own product (record_reader's fused read) as shift-and-add of the plane currents."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ import pytest
 
 import cimc
 from cimc.backends import chip as chip_module
-from cimc.backends import crossbar, int8_reader
+from cimc.backends import crossbar, record_reader
 from cimc.backends.bit_planes import CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights
 from cimc.backends.crossbar import calibrate_adc_full_scale
 
@@ -48,7 +48,7 @@ def test_levels_only_refuses_a_non_ideal_target():
         chip_module.Chip(target, np.zeros((1, target.array.rows, target.array.cols), np.uint8), levels_only=True)
 
 
-def _record_exact_by_block(self, plan, c, xi):
+def _record_exact_by_block(self, plan, c, xi):         # a RecordReader's method
     """The calibration's reads before batching: one MatMulInteger per row tile and chunk of rows."""
     columns = self.target.array.differential == "columns"
     n = plan.bits
@@ -62,7 +62,7 @@ def _record_exact_by_block(self, plan, c, xi):
         for s in range(0, len(xi), chunk):
             xb = xi[s:s + chunk, block.r0:block.r1]
             planes = bit_planes_uint(xb, n, np.empty((n,) + xb.shape, np.uint8))
-            cur = self._int_session.run(None, {"A": planes.reshape(-1, r), "B": mat})[0]
+            cur = self.session.run(None, {"A": planes.reshape(-1, r), "B": mat})[0]
             if cur.size:
                 peak = max(peak, float(cur.max()), 0.0 if columns else -float(cur.min()))
             acc = np.einsum("jmn,j->mn", cur.reshape(n, len(xb), -1).astype(np.int64), w)
@@ -79,10 +79,10 @@ def test_batched_reads_calibrate_as_one_read_per_row_tile(name, target, monkeypa
     manifest = cimc.compile(model, target, calibration=calib, overrides=["chip.chips=0"])
     fast = calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays)
     with monkeypatch.context() as m:        # small chunks: row tiles split into runs, rows into chunks
-        m.setattr(int8_reader, "CHUNK_ELEMENTS", 1 << 13)
-        m.setattr(int8_reader, "CURRENT_ELEMENTS", 1 << 11)
+        m.setattr(record_reader, "CHUNK_ELEMENTS", 1 << 13)
+        m.setattr(record_reader, "CURRENT_ELEMENTS", 1 << 11)
         assert calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays) == fast
-    monkeypatch.setattr(int8_reader.Int8Reads, "_record_exact", _record_exact_by_block)
+    monkeypatch.setattr(record_reader.RecordReader, "record_exact", _record_exact_by_block)
     assert calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays) == fast
 
 
@@ -95,11 +95,11 @@ def test_fused_reads_calibrate_as_shift_and_add_of_the_planes(bits, monkeypatch)
     manifest = cimc.compile(model, "yao2020-resnet", calibration=calib, overrides=["chip.chips=0", f"input.bits={bits}"])
     signed = [op.input_quant.signed for op in manifest.graph.xbar_ops()]
     assert any(signed) and not all(signed) and manifest.graph.xbar_ops()[0].input_quant.bits == bits
-    fused = int8_reader.Int8Reads._fused_record_session
+    fused = record_reader.RecordReader._fused_record_session
     used = []
-    monkeypatch.setattr(int8_reader.Int8Reads, "_fused_record_session", lambda self, signed: used.append(signed) or
-                        fused(self, signed))
+    monkeypatch.setattr(record_reader.RecordReader, "_fused_record_session",
+                        lambda self, signed: used.append(signed) or fused(self, signed))
     fast = calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays)
     assert set(used) == {True, False}
-    monkeypatch.setattr(int8_reader.Int8Reads, "_record_exact", _record_exact_by_block)
+    monkeypatch.setattr(record_reader.RecordReader, "record_exact", _record_exact_by_block)
     assert calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays) == fast

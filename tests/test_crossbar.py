@@ -410,7 +410,7 @@ def test_adc_calibration_equals_the_read_by_read_rule_and_follows_the_integer_ch
     assert scales == pytest.approx(want, rel=1e-9)
     be = CrossbarBackend(record_currents=True)
     be.bind(manifest.graph, None, manifest.target)
-    assert all(be._exact_record(p) for p in be.plans.values())                     # the fast path ran
+    assert all(be.reads.exact(p) for p in be.plans.values())                     # the fast path ran
     feeds = {manifest.graph.inputs[0].name: x}
     assert np.array_equal(run_graph(manifest.graph, feeds, be)[manifest.graph.outputs[0].name], _integer(manifest, x))
 

@@ -4,9 +4,11 @@ The integer meaning of every quantity of one array read (input bit, current, ADC
 sum) is written once, with a worked example, in docs/arithmetic.md; this module implements exactly that.
 
 The parts: the chip instance (cimc.backends.chip: devices, ADC instances, identity), the ADC model
-(cimc.targets.adc), the read plans (read_plan.py), and the readers, chosen once at bind (`reader`): bit-plane GEMMs
-(plane_reader.py, float32 or int8: int8_reader.py), numba table reads (table_reader.py), or one product per layer
-for a lossless ADC (here). This class binds them and walks the samples through their copies.
+(cimc.targets.adc), the read plans (read_plan.py, built by plan_builder.py; ADC full scales: full_scale.py), and
+one reader object, chosen once at bind (`reads`, its name `reader`; the interface: reader.py): bit-plane GEMMs
+(plane_reader.py, float32, or int8: int8_reader.py), numba table reads (table_reader.py), one product per layer
+for a lossless ADC (product_reader.py), or the ADC calibration's ideal reads (record_reader.py; the rule:
+`calibrate_adc_full_scales`, here). This class binds them and walks the samples through their copies (copies.py).
 
 * A **chip instance** is drawn at `bind()` for every physical array (cimc.backends.chip, seed `seed`; default 0).
   Conductances are kept in *step units* relative to g_min: G' = (g - g_min) / step = level + (g - g_target) / step,
@@ -34,10 +36,10 @@ for a lossless ADC (here). This class binds them and walks the samples through t
 * Wire and access resistance (cimc.targets.ir_drop): the chip reads each array through its circuit's effective
   conductances, computed once at bind (`Chip.read_us`), so every reader applies them; with `diagnostics` each layer
   also measures that fast path against the exact circuit solver on a sample of its reads (ir_check.py).
-* FS per layer: `adc.full_scale = "max"`: the largest current a line can carry (all array rows driven, every device at
-  g_max; for "rows": half the rows at g_max - g_min); "calibrated": the largest ideal line current seen over the
-  calibration set's reads (`calibrate_adc_full_scale`), stored per op as `adc_full_scale_ua` in the manifest, given
-  as the option `adc_full_scale={op: uA}`, or computed at bind from `calibration=` data.
+* FS per layer (full_scale.py): `adc.full_scale = "max"`: the largest current a line can carry (all array rows
+  driven, every device at g_max; for "rows": half the rows at g_max - g_min); "calibrated": the largest ideal line
+  current seen over the calibration set's reads (`calibrate_adc_full_scale`), stored per op as `adc_full_scale_ua`
+  in the manifest, given as the option `adc_full_scale={op: uA}`, or computed at bind from `calibration=` data.
 * **Lossless ADC** (`adc.lossless`, or `ideal=True`): every conversion is exact, so the g_min offsets cancel and the
   shift-and-add over planes is linear: the backend then forms sum_j w_j (plane_j . G') as one product x . G' (exact
   in real arithmetic and, for ideal devices, in float: every partial sum is an integer below 2^24, else float64),
@@ -49,21 +51,9 @@ for a lossless ADC (here). This class binds them and walks the samples through t
   A layer compiled with averaging copies (`average` = a > 1, `cimc compile --copies-for accuracy|mix`) has
   replicas / a groups of a copies: sample i reads every copy of group i % groups (each with its own devices and its
   own read-noise stream, drawn as for any copy) and the backend averages their accumulators after the ADC and the
-  shift-and-add, before the executor's scale and bias (`_averaged`). Ideal copies give the single copy's value bit
+  shift-and-add, before the executor's scale and bias (copies.averaged). Ideal copies give the single copy's value bit
   for bit. Such a convolution is read through im2col (no direct table or onnxruntime reads).
-* **GEMMs.** A layer's reads are one product per row tile and input chunk: all bit-planes of all its pixels
-  ([planes x pixels, rows] of 0/1) times all lines of all its arrays in that row tile ([rows, lines]). float32 holds
-  these integer sums exactly up to 2^24 (every ideal plane current is at most rows * (o + L), e.g. 144 * 8). With
-  `gemm="int8"` the products run as onnxruntime MatMulInteger (uint8 planes x int8 conductances, exact int32 sums)
-  with conductances on a grid of step / q, q = floor(127 / largest conductance in steps) (q = 14, 0.18 uS, for
-  Yao's devices with 0.54 uS programming error): about 1.6x faster end to end; ideal levels stay exact. With
-  `gemm="lut"` (numba, cimc.backends.lut_reads) each read is r/8 lookups in tables of 8-row subset sums, and the ADC
-  and shift-and-add run in the same loop, on a grid of step / ~400 (6 nS): about 6x faster than float32 on
-  ResNet-56; on the int8 grid it equals gemm="int8" bit for bit. The default (gemm=None) is "lut" wherever it
-  applies and "float32" elsewhere, or where numba cannot be imported (with a warning): `_default_gemm`. A
-  convolution whose row tiles hold whole input channels is read without im2col, straight from its padded NHWC
-  codes (`_conv_table_reads`). Reads with read noise, or through ADCs with gain, offset, INL or sense noise, keep
-  float32 GEMMs (the kernel draws nothing and fuses an ideal ADC).
+* **GEMMs** (float32, int8) or numba table reads (lut), and the default reader: reader_choice.py.
 * Read noise is drawn per sample: the sample of global index i reads layer l's copy c with its own generator,
   cimc.targets.devices.read_generator(seed, l, c, i), which draws its [planes, positions, lines] block of each row
   tile in turn (the planes' sum, [positions, lines], for a lossless read); chunks of reads hold whole samples. So
@@ -73,9 +63,7 @@ for a lossless ADC (here). This class binds them and walks the samples through t
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import warnings
 
 import numpy as np
 
@@ -84,52 +72,36 @@ from cimc.backends.base import Backend
 from cimc.backends.bit_planes import (FLOAT32_EXACT, bit_planes, bit_planes_uint,  # noqa: F401 (re-exported)
                                       plane_weights, rowwise_matmul, uint_codes)
 from cimc.backends.chip import Chip
-from cimc.backends.int8_reader import Int8Reads
-from cimc.backends.plane_reader import PlaneReads
-from cimc.backends.read_plan import ReadPlan, RowTile
-from cimc.backends.slice_lines import reference_index, slice_adc_lines, slice_lines
-from cimc.backends.table_reader import TableReads, _channel_tiles
+from cimc.backends.copies import averaged, by_copy, copy_samples
+from cimc.backends.full_scale import resolve_full_scales
+from cimc.backends.layer_stats import combine_layer_stats, new_stats, observe
+from cimc.backends.plan_builder import PlanBuilder
+from cimc.backends.read_plan import ReadPlan
+from cimc.backends.reader import ReadContext, Reader
+from cimc.backends.reader_choice import (DEFAULT_GEMM, GEMMS, choose_reader, conv_route,  # noqa: F401 (re-exported)
+                                         default_gemm)
+from cimc.backends.run_target import effective_target
 from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, run_graph
-from cimc.ir import block_matmul, put_block_slice
-from cimc.layout import placement_rows, program_arrays, read_levels, tile_slices
+from cimc.im2col import col2im, im2col
+from cimc.layout import program_arrays
 from cimc.targets.adc import adc_convert, adc_range  # noqa: F401  (re-exported: the conversion rule)
-from cimc.targets.spec import NonIdealSpec
-from cimc.weight_encoding import combine, encoded, require_pair, tile_planes
-
-GEMMS = ("float32", "int8", "lut")
-DEFAULT_GEMM = "lut"      # the reader of a run that names none (gemm=None), where it applies (_default_gemm)
+from cimc.targets.drivers import dac_amplitudes  # noqa: F401  (re-exported)
+from cimc.weight_encoding import encoded, require_pair
 
 
-# What the manifest fixed when it was compiled (geometry, level count, input coding, quantisation, placement): a
-# chip override cannot change it, only the physics (devices' conductances, non-idealities, ADC, timing, energy).
-_FIXED_AT_COMPILE = (("array", None), ("quant", None), ("chip", None), ("device", "levels"), ("input", "bits"),
-                     ("input", "encoding"), ("weights", None))
-
-
-def _refuse_compile_time_changes(compiled, chip):
-    """`chip` (the manifest's target with the run's overrides), unless an override changed what the manifest fixed."""
-    for section, name in _FIXED_AT_COMPILE:
-        before, after = getattr(compiled, section), getattr(chip, section)
-        for f in dataclasses.fields(before):
-            if (name is None or f.name == name) and getattr(before, f.name) != getattr(after, f.name):
-                raise ConfigError(f"--set {section}.{f.name}={getattr(after, f.name)!r}: the manifest was compiled "
-                                  f"with {section}.{f.name}={getattr(before, f.name)!r}, which a run cannot change; "
-                                  f"recompile with `cimc compile ... --set {section}.{f.name}=...` instead")
-    return chip
-
-
-class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
+class CrossbarBackend(Backend):
     """`CrossbarBackend(seed=0, overrides=None, ideal=False, copy=None, defect_map=None, adc_full_scale=None,
-    calibration=None, diagnostics=False, simulate_planes=False, gemm="float32")`.
+    calibration=None, diagnostics=False, simulate_planes=False, gemm=None, conductance_grid=None)`.
 
     overrides: target overrides (["nonideal.program_sigma_us=0.54", ...] or a dict) applied to the manifest's target;
     ideal: ideal devices and a lossless ADC (then equal to the integer backend bit for bit); copy: force one replica;
     defect_map: npz path (cimc.targets.devices); adc_full_scale: {op name: uA}; calibration: input data to calibrate
     the ADC full scale at bind when the manifest holds none; diagnostics: per-layer error and clipping statistics
     (`layer_stats()`); simulate_planes: run every bit-plane even with a lossless ADC; gemm: "float32", "int8",
-    "lut" or None, the default: "lut" where it applies, else "float32" (see the module doc and `_default_gemm`).
-    `record_currents` is internal (`calibrate_adc_full_scale`)."""
+    "lut" or None, the default: "lut" where it applies, else "float32" (see the module doc and
+    reader_choice.default_gemm); conductance_grid: the int8 or lut reader's grid (subdivisions of one step) instead
+    of the finest that fits. `record_currents` is internal (`calibrate_adc_full_scale`)."""
     name = "crossbar"
     quantized = True
 
@@ -163,24 +135,17 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
                                              or conductance_grid < 1):
             raise ConfigError(f"conductance_grid={conductance_grid!r}: must be a positive integer (subdivisions "
                               "of one conductance step)")
-        self.requested_gemm = gemm          # None: DEFAULT_GEMM where it applies, resolved at bind (`_default_gemm`)
+        self.requested_gemm = gemm          # None: DEFAULT_GEMM where it applies, resolved at bind (default_gemm)
         self.gemm = gemm                    # the reader family in use, from bind on
         self.conductance_grid = conductance_grid
-        self.peaks: dict[str, float] = {}
         self.stats: dict[str, dict] = {}
-        self._scratch_arrays: dict[str, np.ndarray] = {}     # gemm="lut": work arrays reused across layers
+        self.reads: Reader | None = None    # the reader chosen at bind (reader_choice.choose_reader)
 
-    # -- bind -------------------------------------------------------------------------------------------------
     def effective_target(self, target):
-        from cimc.targets.registry import load_target
-        if self.overrides:
-            target = _refuse_compile_time_changes(target, load_target(target, self.overrides))
-        if self.ideal or self.record_currents:
-            target = target.replace(nonideal=NonIdealSpec(), adc=_lossless(target.adc),
-                                    input=dataclasses.replace(target.input, dac_inl_lsb=0.0,
-                                                              driver_gain_sigma_rel=0.0))
-        return target
+        """The target this backend reads for a manifest's (cimc.backends.run_target)."""
+        return effective_target(target, self.overrides, self.ideal or self.record_currents)
 
+    # -- bind ---------------------------------------------------------------------------------------------------------
     def bind(self, graph, arrays, target) -> None:
         self.graph = graph
         self.tuning_applied = False
@@ -206,282 +171,67 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         if self.copy is not None and self.copy >= max_replicas:
             raise ConfigError(f"copy={self.copy}: the manifest's layers have at most {max_replicas} "
                               f"cop{'y' if max_replicas == 1 else 'ies'} (copies 0..{max_replicas - 1})")
-        self._cells_plans: dict = {}      # (owner, dtype) -> its first plan: the reads of shared arrays share cells
-        self.plans = {op.name: self._plan(op, target) for op in graph.xbar_ops()}   # readers: the owner's devices
-        self._resolve_full_scale(graph, target)
-        self.grid, self._int_session, self._lut = 1, None, False
-        self._batched_session, self._record_cache = None, {}      # the ADC calibration's batched reads (int8_reader)
-        self._fused_sessions, self._planes_memory = {}, None
-        self.gemm = self.requested_gemm or self._default_gemm(target)
-        if self.gemm == "int8" and not target.adc.lossless:
-            self._quantise_conductances(target, self.conductance_grid)
-        elif self.gemm == "lut" and not target.adc.lossless:
-            self._lut_grid(target)
-        elif (self.record_currents and float(self.offset).is_integer() and self.offset + target.device.max_level <= 127
-              and not encoded(target)):           # the exact int8 reads form pairs' accumulators (int8_reader)
-            self._quantise_conductances(target, grid=1)          # ideal levels + integer g_min: exact in int8
-        self.reader = self._reader(target)
+        builder = PlanBuilder(graph, arrays, self.chip, calibrating=self.record_currents)
+        self.plans = {op.name: builder.build(op) for op in graph.xbar_ops()}   # readers: the owner's devices
+        calibrate = None if self.calibration is None else \
+            (lambda: calibrate_adc_full_scales(graph, target, self.calibration, arrays=arrays))
+        resolve_full_scales(self.plans, graph, target, self.offset, self.adc_full_scale, calibrate)
+        # with line/access resistance the stats also hold the fast path's sampled error (ir_check)
+        self.stats = new_stats(self.plans, wires=self.chip.read_us is not None)
+        ctx = ReadContext(target, self.chip, self.chip_seed, self.layer_index, self.stats, self.diagnostics,
+                          self.record_currents)
+        self.gemm = self.requested_gemm or default_gemm(self.plans, target, self.chip, self.record_currents)
+        self.reads = choose_reader(ctx, self.plans, self.gemm, self.conductance_grid, self.simulate_planes)
+        self.grid = self.reads.grid
         for plan in self.plans.values():
-            plan.conv_route = self._conv_route(plan)
-        self.stats = {name: {"sq_err": 0.0, "sq_ref": 0.0, "clipped": 0, "conversions": 0, "max_abs_err": 0.0}
-                      for name in self.plans}
-        if self.chip.read_us is not None:        # line/access resistance: the fast path's error, sampled (ir_check)
-            for st in self.stats.values():
-                st.update(ir_sq_err=0.0, ir_sq_ref=0.0, ir_vectors=0)
-        self.peaks = {name: 0.0 for name in self.plans}
-        # bit-sliced: each slice's peak too (the ADC calibration's reads; cimc.backends.slice_lines.line_slices)
-        self.slice_peaks = {name: np.zeros(target.weights.slices) for name in self.plans} \
-            if target.weights.encoding == "bit-sliced" else {}
+            plan.conv_route = conv_route(plan, self.reads, self._averaging(plan), self.gemm, self.simulate_planes,
+                                         self.dac_inl)
+
+    @property
+    def reader(self) -> str | None:
+        """How reads run (the name of the reader chosen at bind): "record" (ADC calibration), "product" (lossless:
+        one product per layer), or every bit-plane as "float32" / "int8" GEMMs or "lut" table reads."""
+        return None if self.reads is None else self.reads.name
 
     def _refuse_encoding(self, target) -> None:
         if self.simulate_planes and target.adc.lossless:
             require_pair(target, "the crossbar backend with simulate_planes with a lossless ADC")
 
-    def _default_gemm(self, target) -> str:
-        """The reader of a run that names none: DEFAULT_GEMM ("lut") wherever its table reads apply - bit-serial
-        reads of inputs of at most 8 bits through an ideal finite ADC, no read noise - else "float32" (silently: the
-        float32 GEMMs are then what the lut reader itself would fall back to, see `_lut_grid`). Where numba cannot be
-        imported, "float32" with one warning that says why and how to get the fast path."""
-        tables = [p for p in self.plans.values() if not p.analog and p.bits <= 8]
-        if (self.record_currents or target.adc.lossless or self.read_sigma > 0 or not self.chip.adc.ideal
-                or self.sense_sigma > 0 or not tables or self._slice_scales()
-                or any(adc_range(target.adc.bits, p.bipolar)[1] << p.bits >= 1 << 31 for p in tables)):
-            return "float32"                  # the last: ADC codes whose shift-and-add overflows the kernel's int32
-        why = lut_reads.import_error()
-        if why is not None:
-            warnings.warn(f"crossbar backend: numba cannot be imported ({why}), so this run reads through float32 "
-                          "GEMMs, up to 6x slower than the default table reads (gemm='lut'); pip install -e '.[fast]' "
-                          "(numba is a dependency of cimc) for the fast path, or choose gemm='float32' "
-                          "(--gemm float32) to keep this reader without the warning", stacklevel=3)
-            return "float32"
-        return DEFAULT_GEMM
-
-    def _slice_scales(self) -> bool:
-        """Whether some layer converts its slices' lines with full scales of their own (adc.full_scale_per_slice):
-        the float32 and int8 readers do; the lut kernel fuses one ADC gain per layer."""
-        return any(p.slice_full_scale is not None for p in self.plans.values())
-
-    def _reader(self, target) -> str:
-        """How reads run, chosen once here: "record" (ADC calibration), "product" (lossless: one product per
-        layer), or every bit-plane as "float32" / "int8" GEMMs or "lut" table reads (see the module doc)."""
-        if self.record_currents:
-            return "record"
-        if target.adc.lossless and not self.simulate_planes:
-            return "product"
-        if self._lut:
-            return "lut"
-        return "int8" if self._int_session is not None and not target.adc.lossless else "float32"
-
-    def _plan(self, op, target) -> ReadPlan:
-        spec = target.array
-        q = op.input_quant
-        cells = self.graph.array_owner(op)      # a shared-weight reader reads its owner's tiles and placements
-        bits, signed = q.bits, q.signed
-        analog = target.input.encoding == "analog"
-        pair_rows = spec.differential == "rows" and target.weights.encoding != "offset"     # +v/-v difference lines
-        bipolar = pair_rows or (analog and signed)
-        qmax = max(abs(q.qmin), q.qmax)
-        bound = op.rows * qmax * target.max_weight_level
-        dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
-        _, top = adc_range(target.adc.bits, bipolar)
-        code_bound = top * (qmax if analog else (1 << bits)) * max(1, -(-op.rows // spec.inputs_per_tile))
-        if encoded(target):     # slices shifted and added: up to sum_s L^s times one line's codes
-            code_bound *= sum(target.device.levels ** s for s in range(target.weights.slices))
-        code_dtype = np.float32 if code_bound < FLOAT32_EXACT else np.float64
-        # the levels for diagnostics (`_observe`), which the ADC calibration's reads never run
-        exact = None if self.record_currents else read_levels(cells, self.arrays, target, 0).astype(np.float64)
-        by_start: dict[int, list] = {}
-        for tile in cells.tiles:
-            by_start.setdefault(tile.row_start, []).append(tile)
-        blocks = []
-        # K x N, or a grouped op's compact blocks (cimc.ir): off-block devices are read through the row tiles only
-        effective = [np.zeros(cells.matrix.shape, dtype) for _ in range(cells.replicas)]
-        reference = self.chip.g_units_reference        # global drift compensation: sums of |g+ - g-| per copy
-        sums = np.zeros((cells.replicas, 2)) if reference is not None else None
-        for r0 in sorted(by_start):
-            tiles = sorted(by_start[r0], key=lambda t: t.col_start)
-            rc = tiles[0].row_count
-            cols = np.concatenate([np.arange(t.col_start, t.col_start + t.col_count) for t in tiles])
-            block = RowTile(r0, r0 + rc, cols)
-            contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
-            block.index = slice(int(cols[0]), int(cols[0]) + len(cols)) if contiguous else cols
-            if target.weights.reference_column:     # each tile's reference line, subtracted after the ADC
-                block.reference = reference_index(tiles)
-            for c in range(cells.replicas):
-                if encoded(target):     # each plane's line read on its own, combined digitally after the ADC
-                    planes = [_driven_planes(self.g_units, t, t.placements[c], self.chip, target) for t in tiles]
-                    d = np.concatenate([combine(tp, target) for tp in planes], axis=1)
-                    block.diff.append(d.astype(dtype))
-                    if not target.adc.lossless or self.record_currents:   # one line per plane (columns, offset)
-                        # or slice (row pairs); the ADC calibration reads them too
-                        block.lines.append(slice_lines(planes, spec, self.offset, target.weights.encoding))
-                    if not self.chip.adc.ideal:      # each line's own ADC: that of its physical column
-                        block.adc.append(slice_adc_lines(self.chip.adc, tiles, c, target))
-                    if sums is not None:             # the reference read, combined as the reads are
-                        ref = [combine(_driven_planes(reference, t, t.placements[c], self.chip, target), target)
-                               for t in tiles]
-                        sums[c] += [np.abs(np.concatenate(ref, axis=1)).sum(), np.abs(d).sum()]
-                    _put_effective(effective[c], d, r0, rc, cols, tiles)
-                    continue
-                plus, minus, where = [], [], []
-                for t in tiles:
-                    p = t.placements[c]
-                    pi, mi = tile_slices(t, p, spec)
-                    gpt, gmt = self.g_units[p.array][pi], self.g_units[p.array][mi]
-                    if self.chip.driver_gain is not None:     # a driver's gain scales its row's devices, g_min too
-                        gpt, gmt = _driven(gpt, gmt, t, p, self.chip, spec)
-                    plus.append(gpt)
-                    minus.append(gmt)
-                    where.append((p.array, np.arange(pi[1].start, pi[1].stop, pi[1].step),   # the physical
-                                  np.arange(mi[1].start, mi[1].stop, mi[1].step)))           # columns of its lines
-                gp, gm = np.concatenate(plus, axis=1), np.concatenate(minus, axis=1)
-                if gp.dtype.kind == "u":         # the levels of a levels_only chip: signed differences
-                    gp, gm = gp.astype(np.int16), gm.astype(np.int16)
-                if not self.chip.adc.ideal:
-                    block.adc.append(_adc_lines(self.chip.adc, where, spec.differential == "columns"))
-                d = gp - gm
-                block.diff.append(d.astype(dtype))
-                if sums is not None:
-                    sums[c] += _reference_sums(reference, tiles, c, spec, self.chip, d)
-                if spec.differential == "columns":
-                    block.lines.append(np.concatenate([gp, gm], axis=1).astype(np.float32) + np.float32(self.offset))
-                _put_effective(effective[c], d, r0, rc, cols, tiles)
-            blocks.append(block)
-        channels = _channel_tiles(op, blocks)
-        step = target.device.step_us
-        unit_ua = target.input.read_voltage_v * step / (qmax if analog else 1)
-        plan = ReadPlan(op.name, op.rows, op.cols, cells.replicas, bits, signed, analog, bipolar, dtype, code_dtype,
-                        blocks, effective, exact, np.array([1.0]) if analog else plane_weights(bits, signed), unit_ua,
-                        qmin=q.qmin, qmax=q.qmax, channels=channels, average=cells.average)
-        if sums is not None:    # alpha = reference read / read at t, per copy (aihwkit GlobalDriftCompensation)
-            plan.drift_scale = np.where(sums[:, 1] > 0, sums[:, 0] / np.where(sums[:, 1] > 0, sums[:, 1], 1), 1.0)
-        first = self._cells_plans.setdefault((cells.name, np.dtype(dtype).str), plan)
-        if first is not plan:       # the same devices: one copy of their conductances (and their tables) in memory
-            plan.blocks, plan.effective, plan.exact_levels = first.blocks, first.effective, first.exact_levels
-        if not analog:
-            codes = np.arange(q.qmin, q.qmax + 1)
-            planes = bit_planes(codes[:, None].astype(np.float32), bits, signed)[:, :, 0]
-            plan.noise_lut = (plan.weights[:, None] ** 2 * planes).sum(axis=0)
-        return plan
-
-
-    def _max_full_scale(self, plan: ReadPlan, target) -> float:
-        spec, dev = target.array, target.device
-        amp = max(abs(plan.qmin), plan.qmax) if plan.analog else 1
-        if spec.differential == "rows" and target.weights.encoding != "offset":
-            return float(spec.rows // 2 * dev.max_level * amp)
-        return float(spec.rows * (self.offset + dev.max_level) * amp)
-
-    def _resolve_full_scale(self, graph, target) -> None:
-        if target.adc.lossless:
-            return
-        computed = None
-        per_slice = target.adc.full_scale_per_slice and target.adc.full_scale == "calibrated"
-        unsliced = []                 # full_scale_per_slice asked, but no per-slice full scales known for these
-        for op in graph.xbar_ops():
-            plan = self.plans[op.name]
-            ua, source, slices = None, None, None
-            if target.adc.full_scale == "calibrated":
-                if op.name in self.adc_full_scale:
-                    ua, source = self.adc_full_scale[op.name], "option"
-                elif getattr(op, "adc_full_scale_ua", None):
-                    ua, source, slices = op.adc_full_scale_ua, "manifest", op.adc_slice_full_scale_ua
-                elif self.calibration is not None:
-                    if computed is None:
-                        computed = calibrate_adc_full_scales(graph, target, self.calibration, arrays=self.arrays)
-                    ua, source = computed[0].get(op.name), "calibration data"
-                    slices = computed[1].get(op.name)
-            if ua is not None and ua > 0:
-                plan.full_scale, plan.full_scale_source = float(ua) / plan.unit_ua, f"calibrated ({source})"
-                if per_slice and slices is not None:     # a slice that never carries current keeps the layer's
-                    plan.slice_full_scale = np.array([plan.full_scale if v is None or v <= 0 else
-                                                      float(v) / plan.unit_ua for v in slices])
-                    plan.full_scale_source += ", per slice"
-                elif per_slice:
-                    unsliced.append(op.name)
-            else:
-                plan.full_scale = self._max_full_scale(plan, target)
-                plan.full_scale_source = "max"
-                if target.adc.full_scale == "calibrated":
-                    plan.full_scale_source = "max (no calibrated full scale available)"
-        if target.adc.full_scale == "calibrated" and any(p.full_scale_source.startswith("max") for p in
-                                                        self.plans.values()):
-            missing = [p.name for p in self.plans.values() if p.full_scale_source.startswith("max")]
-            warnings.warn(f"crossbar backend: adc.full_scale = 'calibrated' but no calibrated full scale is known for "
-                          f"{len(missing)} layer(s) ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
-                          "using the 'max' full scale there. Recompile, or pass calibration data (--calibration).",
-                          stacklevel=2)
-        if unsliced:
-            warnings.warn(f"crossbar backend: adc.full_scale_per_slice is set but no per-slice full scales are known "
-                          f"for {len(unsliced)} layer(s) ({', '.join(unsliced[:3])}"
-                          f"{', ...' if len(unsliced) > 3 else ''}: a manifest compiled before they were recorded, "
-                          "or a full scale given per layer); every slice there uses the layer's one full scale. "
-                          "Recompile, or pass calibration data (--calibration).", stacklevel=2)
-
-    # -- the product --------------------------------------------------------------------------------------------
+    # -- reads --------------------------------------------------------------------------------------------------
     def conv(self, op, x: np.ndarray) -> np.ndarray | None:
         """Calibration reads and bit-serial reads through a real ADC run im2col on the uint8 codes themselves
-        (`_conv_on_codes`). A lossless read without read noise is one exact product x . G' per copy (see the module
-        doc): run the whole convolution in onnxruntime, like the integer backend. Any other read goes bit-plane by
-        bit-plane through the executor's im2col + mvm."""
+        ("record", "codes"). A lossless read without read noise is one exact product x . G' per copy (see the module
+        doc): the whole convolution in onnxruntime, like the integer backend ("onnx"); the lut reader reads
+        convolutions whose row tiles hold whole channels from their NHWC codes ("table"). Any other read goes
+        bit-plane by bit-plane through the executor's im2col + mvm."""
         if not op.conv.planar:      # a Conv3d or ConvTranspose: the executor's operand + mvm
             return None
         plan = self.plans[op.name]
         route = plan.conv_route
-        if route == "record":
-            return self._conv_on_codes(op, plan, x, lambda p, c, xs, ids: self._record_exact(p, c, xs))
-        if route == "table":
-            return self._compensate(plan, self._conv_table_reads(op, plan, x), len(x))
-        if route == "codes":
-            return self._compensate(plan, self._conv_on_codes(
-                op, plan, x, lambda p, c, xs, ids: self._planes(p, c, xs, ids, encoded=True)), len(x))
-        if route != "onnx":
-            return None
-        return self._compensate(plan, self._onnx_conv(op, plan, x), len(x))
+        if route in ("record", "codes"):
+            cols, shape = im2col(uint_codes(x, plan.bits, plan.signed), op.conv)
+            out = col2im(self._by_copy(plan, cols, len(x), self.reads.read_codes), shape, op.conv)
+            return out if route == "record" else self._compensate(plan, out, len(x))
+        if route in ("table", "onnx"):        # the lut or the product reader's whole convolution
+            return self._compensate(plan, self.reads.conv(op, plan, x, self._copies(plan, len(x))), len(x))
+        return None
 
-    def _onnx_conv(self, op, plan: ReadPlan, x: np.ndarray) -> np.ndarray:
-        from cimc.backends.reference import conv_session
-        copies = self._copy_samples(plan, self._sample_ids(len(x)))
-        rank1 = op.conv.spatial_rank == 1
-        xin = x[:, :, None, :] if rank1 else x
-        out = None
-        for c, samples in copies:
-            if c not in plan.conv_sessions:
-                plan.conv_sessions[c] = conv_session(op, plan.effective[c])
-            part = xin if len(copies) == 1 else np.ascontiguousarray(xin[samples])
-            y = plan.conv_sessions[c].run(None, {"x": part})[0]
-            if len(copies) == 1:
-                out = y
-            else:
-                if out is None:
-                    out = np.empty((len(x),) + y.shape[1:], np.float32)
-                out[samples] = y
-        return out[:, :, 0, :] if rank1 else out
-
-    def _conv_route(self, plan: ReadPlan) -> str | None:
-        """How `conv` reads a convolution, fixed at bind: "record" (exact int8 calibration reads), "table" (lut reads
-        from NHWC codes), "codes" (bit-planes of uint8 im2col codes), "onnx" (one exact product as an onnxruntime
-        Conv), or None (the executor's im2col + mvm)."""
-        if self.record_currents and self._exact_record(plan):
-            return "record"
-        if self._averaging(plan):          # every copy of a group read and averaged: through `_by_copy` only
-            return "codes" if self._encoded_reads(plan) else None
-        if self._direct_table_reads(plan):
-            return "table"
-        if self._encoded_reads(plan):
-            return "codes"
-        if (not self.target.adc.lossless or self.simulate_planes or self.record_currents or self.diagnostics
-                or self.read_sigma > 0 or self.gemm != "float32" or plan.dtype != np.float32
-                or (plan.analog and self.dac_inl)):
+    def conv_output(self, op, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
+        """Direct table reads also apply the executor's quantisation, in the pass that forms the plane words, and
+        its dequantisation, in the pass that scales the codes. Not with global drift compensation: its per-copy
+        scale is applied to the accumulators (`conv`)."""
+        plan = self.plans[op.name]
+        if not op.conv.planar or plan.conv_route != "table" or plan.dtype != np.float32 or \
+                plan.drift_scale is not None:
             return None
-        return "onnx"
+        return self.reads.conv(op, plan, x, self._copies(plan, len(x)), (scale, bias), op.input_quant)
 
     def mvm(self, op, x: np.ndarray, batch: int) -> np.ndarray:
         plan = self.plans[op.name]
         applied = dac_amplitudes(x, max(abs(plan.qmin), plan.qmax), self.dac_inl) if plan.analog else x
-        out = self._compensate(plan, self._by_copy(plan, applied, batch, self._run_copy), batch)
+        out = self._compensate(plan, self._by_copy(plan, applied, batch, self.reads.read), batch)
         if self.diagnostics:
-            self._observe(plan, x, out)
+            observe(self.stats, plan, x, out)
             if self.chip.read_us is not None:
                 ir_check.measure(self, plan, op, x)
         return out
@@ -497,22 +247,11 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         return out
 
     def _by_copy(self, plan: ReadPlan, x: np.ndarray, batch: int, run) -> np.ndarray:
-        """Each sample's rows of x [m, K] go through its copy (`_copy_samples`): run(plan, c, rows, ids) -> [., N],
-        ids: the global indices of the samples whose rows those are."""
-        m = x.shape[0]
+        """Each sample's rows of x [m, K] through its copy (cimc.backends.copies.by_copy), the copies of an
+        averaging group read and averaged."""
         ids = self._sample_ids(batch)
-        copies = self._copy_samples(plan, ids)
-        if self._averaging(plan):
-            run = self._averaged(run)
-        if len(copies) == 1 or m == 0:
-            return run(plan, copies[0][0], x, ids)
-        positions = m // batch
-        xs = x.reshape(batch, positions, x.shape[1])
-        out = np.empty((batch, positions, plan.cols), plan.dtype)
-        for c, samples in copies:
-            sel = np.ascontiguousarray(xs[samples]).reshape(-1, x.shape[1])
-            out[samples] = run(plan, c, sel, ids[samples]).reshape(-1, positions, plan.cols)
-        return out.reshape(m, plan.cols)
+        run = averaged(run) if self._averaging(plan) else run
+        return by_copy(plan, x, batch, run, ids, self._copy_samples(plan, ids))
 
     def _sample_ids(self, batch: int) -> np.ndarray:
         """The global indices of the batch's samples: those run_graph set; a direct call is a batch on its own,
@@ -522,90 +261,32 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         return np.arange(batch, dtype=np.int64)
 
     def _copy_samples(self, plan: ReadPlan, ids: np.ndarray) -> list[tuple[int, object]]:
-        """[(copy, the positions in the batch of the samples it reads)]: the sample of global index i reads copy
-        i % replicas, whatever batch it is in; or every sample copy `self.copy`. An averaging layer (plan.average
-        = a > 1) has replicas / a groups: the sample reads group g = i % groups, and the entry is g's first copy,
-        g * a (`_averaged` reads all a of them)."""
-        groups = plan.replicas // plan.average if self._averaging(plan) else plan.replicas
-        if groups == 1 or self.copy is not None or len(ids) == 0:
-            return [(0 if self.copy is None else self.copy % plan.replicas, slice(None))]
-        a = plan.replicas // groups
-        copy_of = ids % groups
-        if np.all(copy_of == copy_of[0]):
-            return [(int(copy_of[0]) * a, slice(None))]
-        return [(c * a, np.flatnonzero(copy_of == c)) for c in range(groups) if np.any(copy_of == c)]
+        """[(copy, the positions in the batch of the samples it reads)] (cimc.backends.copies.copy_samples)."""
+        return copy_samples(plan, ids, self.copy, self._averaging(plan))
+
+    def _copies(self, plan: ReadPlan, batch: int) -> list[tuple[int, object]]:
+        return self._copy_samples(plan, self._sample_ids(batch))
 
     def _averaging(self, plan: ReadPlan) -> bool:
         """Copies averaged per sample: the plan says so, and no `copy=` forces one copy, and these are not the
         ideal calibration reads (every copy the same there)."""
         return plan.average > 1 and self.copy is None and not self.record_currents
 
-    def _averaged(self, run):
-        """run(plan, c, x, ids) over the plan's averaging group starting at copy c: every copy read (its own devices,
-        its own read-noise streams), the accumulators (after the ADC and shift-and-add, before the executor's
-        scale and bias) summed in float64 and divided by the group size. Equal copies give their own value exactly
-        (a sum of a equal integers below 2^53, divided by a)."""
-        def run_group(plan, c, x, ids):
-            total = None
-            for k in range(c, c + plan.average):
-                acc = run(plan, k, x, ids)
-                total = acc.astype(np.float64) if total is None else total + acc
-            return (total / plan.average).astype(plan.dtype, copy=False)
-        return run_group
-
-
-    def _run_copy(self, plan: ReadPlan, c: int, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        if self.reader == "record":
-            if self._exact_record(plan):
-                return self._record_exact(plan, c, uint_codes(x, plan.bits, plan.signed))
-            self._record(plan, c, x)
-            return self._product(plan, c, x.astype(plan.dtype, copy=False))
-        if self.reader == "product":
-            acc = self._product(plan, c, x.astype(plan.dtype, copy=False))
-            if self.read_sigma > 0:
-                self._lossless_noise(plan, c, x, acc, ids)
-            return acc
-        return self._planes(plan, c, x, ids)
-
-
-    def _product(self, plan: ReadPlan, c: int, x: np.ndarray) -> np.ndarray:
-        """x [m, K] times copy c's conductance differences: one product with the K x N matrix; a grouped op's (compact,
-        cimc.ir) row tile by row tile, so the devices of its tiles outside the diagonal blocks are read too."""
-        bound = max(abs(plan.qmin), abs(plan.qmax))        # the codes' largest magnitude
-        if plan.effective[c].ndim == 2:
-            return rowwise_matmul(x, plan.effective[c], bound)
-        out = np.zeros((len(x), plan.cols), plan.dtype)
-        for block in plan.blocks:
-            out[:, block.index] += rowwise_matmul(np.ascontiguousarray(x[:, block.r0:block.r1]),
-                                                  block.diff[c].astype(plan.dtype, copy=False), bound)
-        return out
-
-    def _observe(self, plan: ReadPlan, x: np.ndarray, out: np.ndarray) -> None:
-        ref = block_matmul(x.astype(np.float64), plan.exact_levels)
-        err = out.astype(np.float64) - ref
-        st = self.stats[plan.name]
-        st["sq_err"] += float(np.square(err).sum())
-        st["sq_ref"] += float(np.square(ref).sum())
-        if err.size:
-            st["max_abs_err"] = max(st["max_abs_err"], float(np.abs(err).max()))
-
-    # -- reports ----------------------------------------------------------------------------------------------
     # -- in-situ writes (hybrid training) -------------------------------------------------------------------
     def set_conductances(self, array_ids, conductance_us: np.ndarray) -> None:
         """Overwrite the conductances of whole arrays on this chip instance (uS, [len(ids), rows, cols]) and
         rebuild the read plans of the layers placed on them (their ADC full scales stay)."""
         self.chip.set_conductances(array_ids, conductance_us)
         touched = set(np.asarray(array_ids, dtype=np.int64).tolist())
-        self._cells_plans = {}
+        builder = PlanBuilder(self.graph, self.arrays, self.chip, calibrating=self.record_currents)
         for op in self.graph.xbar_ops():
             if any(p.array in touched for t in self.graph.array_owner(op).tiles for p in t.placements):
                 old = self.plans[op.name]
-                plan = self._plan(op, self.target)
+                plan = builder.build(op)
                 plan.full_scale, plan.full_scale_source = old.full_scale, old.full_scale_source
                 plan.slice_full_scale = old.slice_full_scale
                 plan.conv_route = old.conv_route
-                if self._int_session is not None:       # gemm="int8": the new conductances on the same grid
-                    self._quantise_plan(plan)
+                self.reads.adopt(plan)              # gemm="int8": the new conductances on the same grid
                 self.plans[op.name] = plan
 
     def chip_identity(self) -> dict:
@@ -653,110 +334,9 @@ class CrossbarBackend(PlaneReads, Int8Reads, TableReads, Backend):
         return d
 
 
-def _adc_lines(adc, where: list, columns: bool):
-    """The AdcLines of a row tile's lines: `where` holds, per tile in line order, (array, g+ columns, g- columns);
-    "columns" lines are all g+ lines then all g- lines, "rows" lines one per output (its g+ column)."""
-    arrays = np.concatenate([np.full(len(cp), a) for a, cp, _ in where])
-    plus = np.concatenate([cp for _, cp, _ in where])
-    if not columns:
-        return adc.lines(arrays, plus)
-    minus = np.concatenate([cm for _, _, cm in where])
-    return adc.lines(np.concatenate([arrays, arrays]), np.concatenate([plus, minus]))
-
-
-def _driven(gp: np.ndarray, gm: np.ndarray, tile, placement, chip, spec) -> tuple[np.ndarray, np.ndarray]:
-    """A row tile's g+ and g- (step units above g_min) as its rows' drivers apply them: (g + o) * a_r - o, so the
-    read current sum_r u_r a_r (g_r + o) keeps the plan's form (o added back where a physical current is needed)."""
-    a = chip.driver_gain[placement.array]
-    rows = placement_rows(tile, placement)
-    ap = a[rows][:, None]
-    am = ap if spec.differential == "columns" else a[rows + spec.rows // 2][:, None]
-    return _drive(gp, ap, chip.offset), _drive(gm, am, chip.offset)
-
-
-def _drive(g: np.ndarray, a: np.ndarray, offset: float) -> np.ndarray:
-    """Conductances g (step units above g_min) read through row drivers of gain a: the current a (g + o), written
-    back above g_min."""
-    return (g + offset) * a - offset
-
-
-def _driven_planes(g_units, tile, placement, chip, target) -> list[np.ndarray]:
-    """A tile's device planes (cimc.weight_encoding.tile_planes; step units above g_min) as its rows' drivers apply
-    them: (g + o) * a_r - o, as `_driven` does for a pair."""
-    g = g_units[placement.array]
-    planes = []
-    for rows, cols in tile_planes(tile, placement, target):
-        plane = g[rows, cols]
-        if chip.driver_gain is not None:
-            plane = _drive(plane, chip.driver_gain[placement.array][rows][:, None], chip.offset)
-        planes.append(plane)
-    return planes
-
-
-def _reference_sums(reference: np.ndarray, tiles, c: int, spec, chip, d: np.ndarray) -> np.ndarray:
-    """[sum |g+ - g-| at programming, at t] over a row tile's weights on copy c (step units, drivers applied)."""
-    ref = []
-    for t in tiles:
-        p = t.placements[c]
-        pi, mi = tile_slices(t, p, spec)
-        gp, gm = reference[p.array][pi], reference[p.array][mi]
-        if chip.driver_gain is not None:
-            gp, gm = _driven(gp, gm, t, p, chip, spec)
-        ref.append(gp - gm)
-    return np.array([np.abs(np.concatenate(ref, axis=1)).sum(), np.abs(d).sum()])
-
-
-def dac_amplitudes(x: np.ndarray, qmax: int, inl_lsb: float) -> np.ndarray:
-    """Analog inputs: the amplitudes (in input LSB) that row drivers with a bow-shaped non-linearity apply for codes
-    x: u = x + inl_lsb * 4 s (1 - s) sign(x), s = |x| / qmax (exact at 0 and full scale, inl_lsb off at mid-scale).
-    x itself when inl_lsb is 0."""
-    if not inl_lsb:
-        return x
-    s = np.abs(x.astype(np.float64)) / qmax
-    return (x + inl_lsb * 4.0 * s * (1.0 - s) * np.sign(x)).astype(x.dtype)
-
-
-def combine_layer_stats(backends: list) -> list[dict]:
-    """Layer statistics summed over several runs (e.g. trials) of bound crossbar backends with diagnostics on:
-    rel_error = sqrt(sum (acc - exact)^2 / sum exact^2) over all accumulators of the layer, snr_db = -20 log10 of
-    it, adc_clip_rate = clipped conversions / conversions (0 for a lossless ADC)."""
-    first = backends[0]
-    rows = []
-    for name, plan in first.plans.items():
-        sums = {k: sum(b.stats[name][k] for b in backends) for k in ("sq_err", "sq_ref", "clipped", "conversions")}
-        rel = float(np.sqrt(sums["sq_err"] / sums["sq_ref"])) if sums["sq_ref"] > 0 else None
-        snr = None if rel is None else (None if rel == 0 else float(-20 * np.log10(rel)))
-        rows.append({"name": name, "rel_error": rel, "snr_db": snr,
-                     "max_abs_error": max(b.stats[name]["max_abs_err"] for b in backends),
-                     "adc_clip_rate": sums["clipped"] / sums["conversions"] if sums["conversions"] else 0.0,
-                     "adc_conversions": int(sums["conversions"]),
-                     "adc_full_scale_ua": None if plan.full_scale is None else plan.full_scale * plan.unit_ua,
-                     "adc_full_scale_source": plan.full_scale_source})
-        if "ir_vectors" in first.stats[name]:     # wire/access resistance: the fast path against the exact circuit
-            err, ref = (sum(b.stats[name][k] for b in backends) for k in ("ir_sq_err", "ir_sq_ref"))
-            rows[-1]["ir_approx_error"] = float(np.sqrt(err / ref)) if ref > 0 else None
-    return rows
-
-
 def as_json_value(value):
     """The value as it reads back from a manifest's JSON (tuples become lists)."""
     return json.loads(json.dumps(value))
-
-
-def _lossless(adc):
-    import dataclasses
-    return dataclasses.replace(adc, lossless=True)
-
-
-def _put_effective(effective, d, r0, rc, cols, tiles) -> None:
-    """A row tile's conductance differences into the op's effective matrix (K x N, or compact blocks)."""
-    if effective.ndim == 2:
-        effective[r0:r0 + rc, cols] = d
-        return
-    at = 0
-    for t in tiles:
-        put_block_slice(effective, r0, t.col_start, d[:, at:at + t.col_count])
-        at += t.col_count
 
 
 def calibrate_adc_full_scale(graph, target, data, batch_size: int = 64, arrays=None,
@@ -787,9 +367,10 @@ def calibrate_adc_full_scales(graph, target, data, batch_size: int = 64, arrays=
     observe = None if stop is None else lambda op, x: _raise_if_set(stop)
     for start in range(0, n, batch_size):
         run_graph(graph, {k: v[start:min(start + batch_size, n)] for k, v in feeds.items()}, backend, observe)
-    scales = {name: peak * backend.plans[name].unit_ua for name, peak in backend.peaks.items() if peak > 0}
+    reads = backend.reads                                   # the RecordReader: its peaks, in step units
+    scales = {name: peak * backend.plans[name].unit_ua for name, peak in reads.peaks.items() if peak > 0}
     slices = {name: [float(p * backend.plans[name].unit_ua) if p > 0 else None for p in peaks]
-              for name, peaks in backend.slice_peaks.items() if name in scales}
+              for name, peaks in reads.slice_peaks.items() if name in scales}
     return scales, slices
 
 

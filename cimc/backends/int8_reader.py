@@ -1,201 +1,80 @@
-"""The crossbar backend's `int8` reader (gemm="int8": onnxruntime MatMulInteger on a conductance grid) and the
-ADC calibration's reads of ideal line currents (exact in int8 where the levels and g_min allow). A mixin of
-CrossbarBackend."""
+"""The crossbar backend's `int8` reader (gemm="int8"): the float32 reader's bit-plane GEMMs as onnxruntime
+MatMulInteger (uint8 planes x int8 conductances, exact int32 sums) on a conductance grid of step / grid; and that
+grid and session, which the ADC calibration's exact reads share (record_reader.py)."""
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
 
-from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights, signed_values,
-                                      uint_codes)
+from cimc.backends.plane_reader import PlaneReader
 from cimc.backends.read_plan import ReadPlan
-from cimc.backends.slice_lines import line_slices
+from cimc.backends.reader import ReadContext
 from cimc.errors import ConfigError
 from cimc.weight_encoding import encoded
 
 
-class Int8Reads:
-    """Mixin of CrossbarBackend (its state: plans, target, chip, grid, ...)."""
+class Int8Reader(PlaneReader):
+    """Bit-plane reads on the int8 grid (`int8_grid`); analog reads stay float32 GEMMs."""
+    name = "int8"
 
-    def _quantise_conductances(self, target, grid: int | None = None) -> None:
-        """gemm="int8": read conductances on a grid of step / grid, grid = floor(127 / largest |conductance|) in
-        steps (14 for Yao's devices with 0.54 uS programming error: a 0.18 uS grid), so that bit-planes (uint8) times
-        conductances (int8) run as onnxruntime's MatMulInteger with exact int32 sums. Ideal levels stay exact."""
-        import onnxruntime as ort
-        from onnx import TensorProto, helper
-        columns = target.array.differential == "columns" or encoded(target)     # lines of other encodings
-        mats = [m for p in self.plans.values() if not p.analog for b in p.blocks
-                for m in (b.lines if columns else b.diff)]
-        if not mats:
-            return
-        largest = max(float(np.abs(m).max(initial=0.0)) for m in mats)
-        if largest > 127:
-            warnings.warn(f"crossbar backend: a conductance of {largest:.0f} steps (device.levels="
-                          f"{target.device.levels}) does not fit gemm='int8'; using float32", stacklevel=3)
-            return
-        if grid is not None and grid * largest > 127:
-            raise ConfigError(f"conductance_grid={grid}: a conductance of {largest:.2f} steps does not fit int8 on "
-                              f"that grid; at most {int(127 // largest)} for gemm='int8'")
-        self.grid = grid or max(1, int(127 // max(largest, 1e-30)))
-        for plan in self.plans.values():
-            self._quantise_plan(plan)
-        node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
-        g = helper.make_graph([node], "planes_x_conductances",
-                              [helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", "K"]),
-                               helper.make_tensor_value_info("B", TensorProto.INT8, ["K", "N"])],
-                              [helper.make_tensor_value_info("Y", TensorProto.INT32, ["M", "N"])])
-        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-        self._int_session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    def __init__(self, ctx: ReadContext, plans: dict, grid: int):
+        super().__init__(ctx)
+        self.grid = grid
+        for plan in plans.values():
+            self.adopt(plan)
+        self.session = matmul_integer_session()
 
-    def _quantise_plan(self, plan: ReadPlan) -> None:
-        """A layer's conductances (lines, or differences) on the int8 grid chosen at bind (also after
-        `set_conductances` rewrote them: hybrid training with gemm='int8')."""
-        if plan.analog:
-            return
-        columns = self.target.array.differential == "columns" or encoded(self.target)   # lines of other encodings
-        for b in plan.blocks:
-            mats = [np.rint(np.asarray(m, np.float64) * self.grid) for m in (b.lines if columns else b.diff)]
-            if any(np.abs(m).max(initial=0.0) > 127 for m in mats):
-                raise ConfigError(f"gemm='int8': conductances written to layer {plan.name!r} no longer fit the int8 "
-                                  f"grid of step / {self.grid} chosen at bind; choose gemm='float32' or 'lut'")
-            b.quantised = [m.astype(np.int8) for m in mats]
+    def quantised(self, plan: ReadPlan) -> bool:
+        return not plan.analog
 
-    def _exact_record(self, plan: ReadPlan) -> bool:
-        """Calibration reads can run exactly in int8 (ideal levels and an integer g_min, 8-bit planes)."""
-        return self._int_session is not None and self.grid == 1 and not plan.analog and plan.bits <= 8
+    def adopt(self, plan: ReadPlan) -> None:
+        quantise_plan(plan, self.target, self.grid)
 
-    def _record_exact(self, plan: ReadPlan, c: int, xi: np.ndarray) -> np.ndarray:
-        """Ideal reads of uint8 codes [m, r]: every bit-plane of a row tile in one MatMulInteger, the peak line
-        current recorded, and the exact accumulators: the codes' product with the same int8 matrices, equal to
-        shift-and-add of the plane currents (which forms them where int32 could overflow); the g_min parts cancel
-        in g+ - g-. Row tiles of the same shape go in one batched MatMulInteger (a depthwise layer
-        has dozens of small ones: one call each cost more than their products)."""
-        columns = self.target.array.differential == "columns"
-        n = plan.bits
-        w = plane_weights(n, plan.signed).astype(np.int64)
-        out = np.zeros((len(xi), plan.cols), np.int64)
-        peak = self.peaks[plan.name]
-        for blocks, mats in self._record_groups(plan, c, len(xi)):
-            r, lines, nb = blocks[0].r1 - blocks[0].r0, mats.shape[2], len(blocks)
-            chunk = max(1, min(CHUNK_ELEMENTS // (n * r * nb), CURRENT_ELEMENTS // (n * lines * nb)))
-            # |current| <= 127 r per plane, at most 2^n times that over the planes: int32 while that fits
-            wide = np.int32 if 127 * r << n < 1 << 31 else np.int64
-            for s in range(0, len(xi), chunk):
-                xb = np.stack([xi[s:s + chunk, b.r0:b.r1] for b in blocks])          # [nb, rows, r]
-                planes = bit_planes_uint(xb, n, self._planes_buffer((n,) + xb.shape))  # [n, nb, rows, r]
-                if wide is np.int32 and lines:
-                    # one onnxruntime call: the planes' currents (for the peak) and the accumulators as the codes'
-                    # own product (sum_j w_j planes_j is the code: the same integers as shift-and-add of the
-                    # currents, for 1/n of the products; numpy's int einsum over the planes cost more than them)
-                    cur, acc = self._fused_record_session(plan.signed).run(
-                        None, {"A": planes, "X": signed_values(xb, n) if plan.signed else xb, "B": mats})
-                    peak = max(peak, float(cur.max()), 0.0 if columns else -float(cur.min()))
-                else:
-                    cur = self._batched_int_session().run(None, {"A": planes, "B": mats})[0]   # [n, nb, rows, lines]
-                    if cur.size:
-                        peak = max(peak, float(cur.max()), 0.0 if columns else -float(cur.min()))
-                    acc = np.einsum("jbmn,j->bmn", cur.astype(wide, copy=False), w.astype(wide))
-                for i, block in enumerate(blocks):
-                    k = len(block.cols)
-                    out[s:s + chunk, block.index] += acc[i, :, :k] - acc[i, :, k:] if columns else acc[i]
-        self.peaks[plan.name] = peak
-        return out.astype(plan.dtype)
 
-    def _record_groups(self, plan: ReadPlan, c: int, m: int) -> list:
-        """Copy c's row tiles in runs of the same shape, each [(blocks, their int8 matrices stacked)], at most as
-        many tiles per run as keep one read of all m rows within the chunk limits (cached per plan and copy)."""
-        key = (id(plan.blocks), c, m)
-        cache = self._record_cache
-        if key not in cache:
-            n, groups, run = plan.bits, [], []
-            for b in plan.blocks:
-                if run and (b.r1 - b.r0, b.quantised[c].shape) != (run[0].r1 - run[0].r0, run[0].quantised[c].shape):
-                    groups.append(run)
-                    run = []
-                run.append(b)
-            if run:
-                groups.append(run)
-            cache[key] = []
-            for run in groups:
-                r, lines = run[0].r1 - run[0].r0, run[0].quantised[c].shape[1]
-                most = max(1, min(CHUNK_ELEMENTS // (n * r * max(m, 1)), CURRENT_ELEMENTS // (n * lines * max(m, 1))))
-                for i in range(0, len(run), most):
-                    part = run[i:i + most]
-                    cache[key].append((part, np.stack([b.quantised[c] for b in part])))
-        return cache[key]
+def int8_grid(plans: dict, target, grid: int | None = None) -> int | None:
+    """gemm="int8": read conductances on a grid of step / grid, grid = floor(127 / largest |conductance|) in steps
+    (14 for Yao's devices with 0.54 uS programming error: a 0.18 uS grid), so that bit-planes (uint8) times
+    conductances (int8) run as onnxruntime's MatMulInteger with exact int32 sums. Ideal levels stay exact. None
+    (float32 reads) where no layer reads bit-planes, or a conductance does not fit int8 (with a warning)."""
+    columns = target.array.differential == "columns" or encoded(target)     # lines of other encodings
+    mats = [m for p in plans.values() if not p.analog for b in p.blocks
+            for m in (b.lines if columns else b.diff)]
+    if not mats:
+        return None
+    largest = max(float(np.abs(m).max(initial=0.0)) for m in mats)
+    if largest > 127:
+        warnings.warn(f"crossbar backend: a conductance of {largest:.0f} steps (device.levels="
+                      f"{target.device.levels}) does not fit gemm='int8'; using float32", stacklevel=4)
+        return None
+    if grid is not None and grid * largest > 127:
+        raise ConfigError(f"conductance_grid={grid}: a conductance of {largest:.2f} steps does not fit int8 on "
+                          f"that grid; at most {int(127 // largest)} for gemm='int8'")
+    return grid or max(1, int(127 // max(largest, 1e-30)))
 
-    def _planes_buffer(self, shape: tuple) -> np.ndarray:
-        """A uint8 buffer for the bit-planes, reused across reads (fresh pages for each read cost as much as
-        writing the planes)."""
-        size = int(np.prod(shape))
-        if self._planes_memory is None or self._planes_memory.size < size:
-            self._planes_memory = np.empty(size, np.uint8)
-        return self._planes_memory[:size].reshape(shape)
 
-    def _fused_record_session(self, signed: bool):
-        """planes [n, b, m, k] uint8, codes [b, m, k] (int8 if signed, else uint8), matrices [b, k, lines] int8 ->
-        the plane currents [n, b, m, lines] and the accumulators codes x matrices [b, m, lines], int32, in one
-        onnxruntime run (its own ReduceMax/ReduceMin of the currents were slower than numpy's)."""
-        if signed not in self._fused_sessions:
-            from onnx import TensorProto, helper
+def quantise_plan(plan: ReadPlan, target, grid: int) -> None:
+    """A layer's conductances (lines, or differences) on the int8 grid chosen at bind (also after
+    `set_conductances` rewrote them: hybrid training with gemm='int8')."""
+    if plan.analog:
+        return
+    columns = target.array.differential == "columns" or encoded(target)   # lines of other encodings
+    for b in plan.blocks:
+        mats = [np.rint(np.asarray(m, np.float64) * grid) for m in (b.lines if columns else b.diff)]
+        if any(np.abs(m).max(initial=0.0) > 127 for m in mats):
+            raise ConfigError(f"gemm='int8': conductances written to layer {plan.name!r} no longer fit the int8 "
+                              f"grid of step / {grid} chosen at bind; choose gemm='float32' or 'lut'")
+        b.quantised = [m.astype(np.int8) for m in mats]
 
-            from cimc import ort_session
-            nodes = [helper.make_node("MatMulInteger", ["A", "B"], ["currents"]),
-                     helper.make_node("MatMulInteger", ["X", "B"], ["acc"])]
-            g = helper.make_graph(nodes, "planes_and_codes_x_conductances",
-                                  [helper.make_tensor_value_info("A", TensorProto.UINT8, ["J", "B", "M", "K"]),
-                                   helper.make_tensor_value_info("X", TensorProto.INT8 if signed else TensorProto.UINT8,
-                                                                 ["B", "M", "K"]),
-                                   helper.make_tensor_value_info("B", TensorProto.INT8, ["B", "K", "N"])],
-                                  [helper.make_tensor_value_info("currents", TensorProto.INT32, ["J", "B", "M", "N"]),
-                                   helper.make_tensor_value_info("acc", TensorProto.INT32, ["B", "M", "N"])])
-            self._fused_sessions[signed] = ort_session.session(helper.make_model(g, opset_imports=[
-                helper.make_opsetid("", 13)]))
-        return self._fused_sessions[signed]
 
-    def _batched_int_session(self):
-        """MatMulInteger of uint8 planes [n, b, m, k] and int8 matrices [b, k, lines] (numpy's matmul broadcasting)."""
-        if self._batched_session is None:
-            from onnx import TensorProto, helper
-
-            from cimc import ort_session
-            node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
-            g = helper.make_graph([node], "batched_planes_x_conductances",
-                                  [helper.make_tensor_value_info("A", TensorProto.UINT8, ["J", "B", "M", "K"]),
-                                   helper.make_tensor_value_info("B", TensorProto.INT8, ["B", "K", "N"])],
-                                  [helper.make_tensor_value_info("Y", TensorProto.INT32, ["J", "B", "M", "N"])])
-            # no spin-waiting (cimc.ort_session): between its many short reads the idle threads would burn the cores
-            self._batched_session = ort_session.session(helper.make_model(g, opset_imports=[
-                helper.make_opsetid("", 13)]))
-        return self._batched_session
-
-    def _record(self, plan: ReadPlan, c: int, x: np.ndarray) -> None:
-        """Largest ideal line current (step units, magnitude) over all reads: the calibrated ADC full scale; for
-        bit-sliced weights also each slice's own (`slice_peaks`, the lines of slice s: slice_lines.line_slices)."""
-        columns = self.target.array.differential == "columns"
-        n_planes = 1 if plan.analog else plan.bits
-        xi = x if plan.analog else uint_codes(x, plan.bits, plan.signed)
-        peak = self.peaks[plan.name]
-        per_slice = self.slice_peaks.get(plan.name)
-        for block in plan.blocks:
-            r = block.r1 - block.r0
-            # device lines ("columns"), or another encoding's lines (cimc.backends.slice_lines), else +v/-v pairs
-            mat = block.lines[c] if columns or encoded(self.target) else block.diff[c].astype(np.float32)
-            chunk = max(1, CHUNK_ELEMENTS // (n_planes * max(r, mat.shape[1])))
-            int8 = self._int_session is not None and not plan.analog
-            for s in range(0, len(x), chunk):
-                xb = xi[s:s + chunk, block.r0:block.r1]
-                if plan.analog:
-                    cur = xb.astype(np.float32) @ mat
-                elif int8:
-                    u = bit_planes_uint(xb, n_planes, np.empty((n_planes,) + xb.shape, np.uint8))
-                    cur = self._int_session.run(None, {"A": u.reshape(-1, r), "B": block.quantised[c]})[0]
-                else:
-                    cur = bit_planes_uint(xb, n_planes).reshape(-1, r) @ mat
-                if cur.size:
-                    peak = max(peak, float(cur.max()), -float(cur.min()))
-                    if per_slice is not None:          # [reads, line planes, outputs] -> each slice's peak
-                        by_plane = np.abs(cur.reshape(len(cur), -1, len(block.cols))).max(axis=(0, 2))
-                        np.maximum.at(per_slice, line_slices(self.target), by_plane)
-        self.peaks[plan.name] = peak
+def matmul_integer_session():
+    """onnxruntime MatMulInteger: uint8 planes [M, K] x int8 conductances [K, N] -> int32 [M, N]."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
+    g = helper.make_graph([node], "planes_x_conductances",
+                          [helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", "K"]),
+                           helper.make_tensor_value_info("B", TensorProto.INT8, ["K", "N"])],
+                          [helper.make_tensor_value_info("Y", TensorProto.INT32, ["M", "N"])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -1,6 +1,5 @@
-"""The crossbar backend's bit-plane reads (the `float32` and `int8` readers): planes x lines -> read noise -> ADC
-(with its instances' gain, offset, INL and sense noise) -> shift-and-add, and the lossless reads' summed read
-noise. A mixin of CrossbarBackend."""
+"""The crossbar backend's bit-plane reads (the `float32` reader, and the GEMM loop the `int8` reader shares):
+planes x lines -> read noise -> ADC (with its instances' gain, offset, INL and sense noise) -> shift-and-add."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,48 +7,34 @@ import numpy as np
 from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, FLOAT32_EXACT, bit_planes_uint,
                                       rowwise_matmul, uint_codes)
 from cimc.backends.read_plan import ReadPlan
-from cimc.backends.slice_lines import (line_full_scales, minus_reference, noise_lines_factor, offset_units,
-                                      slice_coefficients)
-from cimc.im2col import col2im, im2col
+from cimc.backends.reader import Reader
+from cimc.backends.slice_lines import line_full_scales, minus_reference, offset_units, slice_coefficients
 from cimc.targets.adc import adc_convert, adc_range, sense_generators
-from cimc.targets.devices import line_noise, sample_generators
+from cimc.targets.devices import line_noise
 
 
-class PlaneReads:
-    """Mixin of CrossbarBackend (its state: plans, target, chip, grid, ...)."""
+class PlaneReader(Reader):
+    """gemm="float32" (and every read the int8 and lut readers leave to it): each row tile's bit-planes times its
+    lines as float32 GEMMs, exact while every plane current is an integer below 2^24 (ideal devices)."""
+    name = "float32"
+    session = None          # the int8 reader's MatMulInteger
 
-    def _noise_generators(self, plan: ReadPlan, c: int, ids: np.ndarray) -> list:
-        """One read-noise generator per sample: keyed by (chip seed, layer, copy, global sample index) alone."""
-        return sample_generators(self.chip_seed, (self.layer_index[plan.name], c), ids)
+    def read(self, plan: ReadPlan, c: int, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return self._planes(plan, c, x, ids)
 
-    def _lossless_noise(self, plan: ReadPlan, c: int, x: np.ndarray, acc: np.ndarray, ids: np.ndarray) -> None:
-        """Read noise of all planes of a lossless read, summed: per row tile and output line, g+ and g- (or the
-        +u/-u row blocks) each add N(0, s^2 sum_r u_r^2) per plane, weighted by w_j: variance 2 s^2 sum_r f(q_r)
-        (other encodings: each of their lines, shifted and added, `noise_lines_factor`; an offset reference
-        column's line drawn once per tile and subtracted from each of its outputs' draws, so it is shared by them).
-        Each sample's generator draws, row tile by row tile, its [positions, lines] block."""
-        generators = self._noise_generators(plan, c, ids)
-        samples = len(ids)
-        factor = noise_lines_factor(self.target)        # 2.0 for the pair; other encodings: cimc.backends.slice_lines
-        for block in plan.blocks:
-            xb = x[:, block.r0:block.r1]
-            if plan.analog:
-                f = np.square(xb, dtype=np.float64).sum(axis=1)
-            else:
-                f = plan.noise_lut[xb.astype(np.int64) - plan.qmin].sum(axis=1)
-            f = f.reshape(samples, -1, 1)
-            nb = len(block.cols)
-            width = nb if block.reference is None else nb + int(block.reference[-1]) + 1
-            noise = line_noise(generators, factor * f, self.read_sigma, np.float64, f.shape[:2] + (width,))
-            if block.reference is not None:
-                noise = minus_reference(noise, nb, block.reference)
-            acc[:, block.cols] += noise.reshape(len(x), -1).astype(acc.dtype)
+    def read_codes(self, plan: ReadPlan, c: int, xi: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return self._planes(plan, c, xi, ids, encoded=True)
+
+    def quantised(self, plan: ReadPlan) -> bool:
+        """Whether the plan's reads run on the int8 grid (`block.quantised`, exact int32 sums)."""
+        return False
 
     def _planes(self, plan: ReadPlan, c: int, x: np.ndarray, ids: np.ndarray, encoded: bool = False) -> np.ndarray:
         """Read by read: planes x lines -> (noise) -> ADC -> shift-and-add -> subtract -> row tiles -> x LSB.
         `encoded`: x already holds uint_codes (the conv hook's uint8 im2col). ids: the global indices of the samples
         whose rows x holds; with read noise, each sample's generator draws, row tile by row tile, its
         [planes, positions, lines] block (so chunks hold whole samples)."""
+        ctx = self.ctx
         lossless = self.target.adc.lossless
         adc_bits = self.target.adc.bits
         columns = self.target.array.differential == "columns"
@@ -57,16 +42,14 @@ class PlaneReads:
         use_lines = (columns or sliced) and not lossless
         difference = not use_lines or (not columns and self.target.weights.encoding != "offset")   # +v/-v lines
         coefficients = slice_coefficients(self.target) if sliced else None
-        shift = offset_units(self.target, self.offset) if sliced and self.target.weights.encoding == "offset" \
+        shift = offset_units(self.target, ctx.offset) if sliced and self.target.weights.encoding == "offset" \
             else 0.0          # offset encoding: subtracted per column, times the input sum, in codes
         xi = x if plan.analog or encoded else uint_codes(x, plan.bits, plan.signed)
-        if self.reader == "lut" and not plan.analog and plan.bits <= 8:
-            return self._table_reads(plan, c, xi, use_lines)
         m = len(x)
         n_planes = 1 if plan.analog else plan.bits
         lo, top = adc_range(adc_bits, plan.bipolar)
         # shift-and-add of one row tile is exact in float32 while |sum| < 2^24
-        per_read = top if not lossless else self.target.array.rows * (self.offset + self.target.device.max_level)
+        per_read = top if not lossless else self.target.array.rows * (ctx.offset + self.target.device.max_level)
         horner_dtype = np.float32 if per_read * (1 << n_planes) * (plan.qmax if plan.analog else 1) < FLOAT32_EXACT \
             else np.float64
         # per-slice full scales (adc.full_scale_per_slice): slice s's codes weigh L^s x FS_s / FS, not integers
@@ -75,13 +58,13 @@ class PlaneReads:
             coefficients = coefficients * line_full_scales(self.target, per_slice, 1) / plan.full_scale
         acc_dtype = np.float64 if lossless or per_slice is not None else plan.code_dtype
         codes = np.zeros((m, plan.cols), acc_dtype)
-        int8 = self.reader == "int8" and not plan.analog
+        int8 = self.quantised(plan)
         code_bound = max(abs(plan.qmin), abs(plan.qmax)) if plan.analog else 1   # largest |input| of a read
         grid = self.grid if int8 else 1                     # currents in units of step / grid
-        noisy = self.read_sigma > 0
-        generators = self._noise_generators(plan, c, ids) if noisy else None
-        sensing = self.sense_sigma > 0 and not lossless
-        senses = sense_generators(self.chip_seed, (self.layer_index[plan.name], c), ids) if sensing else None
+        noisy = ctx.read_sigma > 0
+        generators = self.noise_generators(plan, c, ids) if noisy else None
+        sensing = ctx.sense_sigma > 0 and not lossless
+        senses = sense_generators(ctx.seed, (ctx.layer_index[plan.name], c), ids) if sensing else None
         positions = m // max(len(ids), 1)
         clipped = conversions = 0
         for block in plan.blocks:
@@ -107,7 +90,7 @@ class PlaneReads:
                     u = bit_planes_uint(xb, n_planes, planes)
                 flat = u.reshape(n_planes * mc, r)
                 if int8:                                          # exact int32 sums (units of step / grid)
-                    cur = self._int_session.run(None, {"A": flat, "B": mat})[0]
+                    cur = self.session.run(None, {"A": flat, "B": mat})[0]
                 else:
                     cur = rowwise_matmul(flat, mat, code_bound)   # [planes*mc, lines], step units
                 if noisy:
@@ -117,7 +100,7 @@ class PlaneReads:
                     # [planes, samples, positions, lines] <- per sample [samples, planes, positions, lines]
                     sq = (per_line * sq).reshape(n_planes, -1, positions, 1).transpose(1, 0, 2, 3)
                     first = s // positions
-                    noise = line_noise(generators[first:first + sq.shape[0]], sq, self.read_sigma * grid,
+                    noise = line_noise(generators[first:first + sq.shape[0]], sq, ctx.read_sigma * grid,
                                        shape=sq.shape[:3] + (width,))
                     by_sample = cur.reshape(n_planes, -1, positions, width)         # a view of cur
                     by_sample += noise.transpose(1, 0, 2, 3)
@@ -128,13 +111,13 @@ class PlaneReads:
                         sense = np.empty((mc // positions, n_planes, positions, width), np.float32)
                         for j, generator in enumerate(senses[first:first + len(sense)]):
                             generator.standard_normal(sense.shape[1:], dtype=np.float32, out=sense[j])
-                        sense *= np.float32(self.sense_sigma)
+                        sense *= np.float32(ctx.sense_sigma)
                         sense = sense.transpose(1, 0, 2, 3).reshape(cur.shape)
                     full_scale = plan.full_scale if per_slice is None else \
                         line_full_scales(self.target, per_slice, nb)         # each line its slice's range
                     cur, n_clipped = adc_convert(cur, adc_bits, full_scale * grid, plan.bipolar,
                                                  out=cur if cur.dtype == np.float32 else None,
-                                                 count=self.diagnostics, lines=block.adc[c] if block.adc else None,
+                                                 count=ctx.diagnostics, lines=block.adc[c] if block.adc else None,
                                                  noise=sense)
                     clipped += n_clipped
                     conversions += cur.size
@@ -157,21 +140,7 @@ class PlaneReads:
                 elif use_lines:
                     acc = acc[:, :nb] - acc[:, nb:]               # g+ codes minus g- codes
                 codes[s:s + chunk, block.index] += acc
-        if self.diagnostics:
-            self.stats[plan.name]["clipped"] += clipped
-            self.stats[plan.name]["conversions"] += conversions
+        ctx.count(plan, clipped, conversions)
         if lossless:
             return codes.astype(plan.dtype, copy=False)
         return (codes.astype(np.float64) * (plan.full_scale / top)).astype(plan.dtype)
-
-    def _encoded_reads(self, plan: ReadPlan) -> bool:
-        """Bit-serial reads through a real ADC whose inputs can be encoded before im2col (uint8 codes; diagnostics
-        compare against the float codes, so they keep the executor's im2col)."""
-        return (not self.target.adc.lossless and not plan.analog and plan.bits <= 8 and not self.diagnostics
-                and not self.record_currents)
-
-    def _conv_on_codes(self, op, plan: ReadPlan, x: np.ndarray, run) -> np.ndarray:
-        """A whole convolution read plane by plane: im2col on the uint8 codes (a quarter of float32's traffic), then
-        run(plan, copy, rows) per copy; returns the accumulators [B, N, *out_spatial]."""
-        cols, shape = im2col(uint_codes(x, plan.bits, plan.signed), op.conv)
-        return col2im(self._by_copy(plan, cols, len(x), run), shape, op.conv)

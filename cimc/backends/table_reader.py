@@ -1,7 +1,7 @@
 """The crossbar backend's `lut` reader (gemm="lut"): bit-serial reads as numba table lookups with the ADC and the
 shift-and-add fused (cimc.backends.lut_reads), on im2col rows or straight from a convolution's padded NHWC codes.
-A mixin of CrossbarBackend: chosen once at bind (`_lut_grid`), never for reads it cannot model (read noise, a
-non-ideal ADC: those fall back to float32 GEMMs)."""
+Chosen once at bind where `lut_grid` allows, never for reads it cannot model (read noise, a non-ideal ADC: those
+fall back to float32 GEMMs); analog reads and inputs of more than 8 bits go through the float32 reader's GEMMs."""
 from __future__ import annotations
 
 import warnings
@@ -9,49 +9,39 @@ import warnings
 import numpy as np
 
 from cimc.backends import lut_reads
-from cimc.backends.bit_planes import signed_values
+from cimc.backends.bit_planes import signed_values, uint_codes
+from cimc.backends.plane_reader import PlaneReader
 from cimc.backends.read_plan import ReadPlan, RowTile
+from cimc.backends.reader import ReadContext
 from cimc.backends.slice_lines import minus_reference, offset_units, slice_coefficients
 from cimc.errors import ConfigError
 from cimc.targets.adc import adc_range
 from cimc.weight_encoding import encoded
 
 
-class TableReads:
-    """Mixin of CrossbarBackend (its state: plans, target, chip, grid, ...)."""
+class TableReader(PlaneReader):
+    """gemm="lut": integer conductances on the grid `lut_grid` chose; tables built per row tile and copy on first
+    use (kept in the plan's row tiles)."""
+    name = "lut"
 
-    def _lut_grid(self, target) -> None:
-        """gemm="lut": integer conductances on a grid of step / grid, the finest for which every 8-row subset sum
-        fits an int16 table entry: grid = floor(32767 / (8 x largest conductance in steps)), about 400 (6 nS) for
-        Yao's devices with 0.54 uS programming error. Tables are built per row tile and copy on first use."""
-        if self.read_sigma > 0:
-            warnings.warn("crossbar backend: gemm='lut' draws no per-read noise; reads with read noise run as "
-                          "float32 GEMMs", stacklevel=3)
-            return
-        if not self.chip.adc.ideal or self.sense_sigma > 0:
-            warnings.warn("crossbar backend: gemm='lut' fuses an ideal ADC into its kernel; reads through ADCs with "
-                          "gain, offset, INL or sense noise (adc.*_sigma_*, adc.inl_lsb) run as float32 GEMMs",
-                          stacklevel=3)
-            return
-        if self._slice_scales():
-            warnings.warn("crossbar backend: gemm='lut' fuses one ADC full scale per layer into its kernel; layers "
-                          "whose slices have full scales of their own (adc.full_scale_per_slice) run as float32 "
-                          "GEMMs", stacklevel=3)
-            return
-        columns = target.array.differential == "columns" or encoded(target)    # other encodings: slice lines
-        mats = [m for p in self.plans.values() if not p.analog and p.bits <= 8
-                for b in p.blocks for m in (b.lines if columns else b.diff)]
-        if not mats:
-            return
-        for plan in self.plans.values():                     # the kernel adds shift-and-add codes in int32
-            _, top = adc_range(target.adc.bits, plan.bipolar)
-            if not plan.analog and plan.bits <= 8 and top << plan.bits >= 1 << 31:
-                raise ConfigError(f"gemm='lut' adds ADC codes in int32: adc.bits={target.adc.bits} with the "
-                                  f"{plan.bits}-bit inputs of layer {plan.name!r} can overflow it; use at most "
-                                  f"{31 - plan.bits} ADC bits, or gemm='float32'")
-        largest = max(float(np.abs(m).max(initial=0.0)) for m in mats)
-        self.grid = self.conductance_grid or max(1, int(((1 << 15) - 1) // max(lut_reads.GROUP * largest, 1e-30)))
-        self._lut = True
+    def __init__(self, ctx: ReadContext, grid: int):
+        super().__init__(ctx)
+        self.grid = grid
+        self._scratch_arrays: dict[str, np.ndarray] = {}     # work arrays reused across layers
+
+    def read(self, plan: ReadPlan, c: int, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if plan.analog or plan.bits > 8:
+            return super().read(plan, c, x, ids)
+        return self._table_reads(plan, c, uint_codes(x, plan.bits, plan.signed), self.ctx.line_reads())
+
+    def read_codes(self, plan: ReadPlan, c: int, xi: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if plan.analog or plan.bits > 8:
+            return super().read_codes(plan, c, xi, ids)
+        return self._table_reads(plan, c, xi, self.ctx.line_reads())
+
+    def direct(self, plan: ReadPlan) -> bool:
+        """Convolutions straight from NHWC codes: pairs only (other encodings read im2col rows, `_table_reads`)."""
+        return plan.channels is not None and self.ctx.encoded_reads(plan) and not encoded(self.target)
 
     def _lut_adc(self, plan: ReadPlan) -> tuple[int, int, np.float32]:
         """(lo, top, gain) of the table kernel's ADC: adc_convert's, in current units of step / grid."""
@@ -84,9 +74,7 @@ class TableReads:
                 clipped += lut_reads.read_tile(words, block.tables[c], plan.weights, gain, lo, top, use_lines, acc)
                 codes[:, block.index] += acc
             conversions += m * plan.bits * (2 * nb if use_lines else nb)
-        if self.diagnostics:
-            self.stats[plan.name]["clipped"] += clipped
-            self.stats[plan.name]["conversions"] += conversions
+        self.ctx.count(plan, clipped, conversions)
         # codes x LSB in float64, rounded once to the accumulator dtype (as the GEMM paths)
         return lut_reads.scaled(codes, plan.full_scale / top, np.empty((m, plan.cols), plan.dtype))
 
@@ -99,7 +87,7 @@ class TableReads:
         lo, top, gain = self._lut_adc(plan)
         m = len(xi)
         coefficients = slice_coefficients(self.target).astype(np.int64)
-        shift = offset_units(self.target, self.offset) if self.target.weights.encoding == "offset" else 0.0
+        shift = offset_units(self.target, self.ctx.offset) if self.target.weights.encoding == "offset" else 0.0
         acc_dtype = plan.code_dtype
         codes = np.zeros((m, plan.cols), acc_dtype)
         signed = (signed_values(xi, plan.bits) if plan.signed else xi).astype(np.int64)     # the codes' values
@@ -121,27 +109,11 @@ class TableReads:
                 acc -= (shift * top / plan.full_scale * xsum)[:, None].astype(acc_dtype)
             codes[:, block.index] += acc
             conversions += m * plan.bits * width
-        if self.diagnostics:
-            self.stats[plan.name]["clipped"] += clipped
-            self.stats[plan.name]["conversions"] += conversions
+        self.ctx.count(plan, clipped, conversions)
         return (codes.astype(np.float64) * (plan.full_scale / top)).astype(plan.dtype)
 
-    def conv_output(self, op, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
-        """Direct table reads (below) also apply the executor's quantisation, in the pass that forms the plane
-        words, and its dequantisation, in the pass that scales the codes. Not with global drift compensation: its
-        per-copy scale is applied to the accumulators (`conv`)."""
-        plan = self.plans[op.name]
-        if not op.conv.planar or plan.conv_route != "table" or plan.dtype != np.float32 or \
-                plan.drift_scale is not None:
-            return None
-        return self._conv_table_reads(op, plan, x, (scale, bias), op.input_quant)
-
-    def _direct_table_reads(self, plan: ReadPlan) -> bool:
-        """Convolutions straight from NHWC codes: pairs only (other encodings read im2col rows, `_table_reads`)."""
-        return self._lut and plan.channels is not None and self._encoded_reads(plan) and not encoded(self.target)
-
-    def _conv_table_reads(self, op, plan: ReadPlan, x: np.ndarray, dequantise: tuple | None = None,
-                          quant=None) -> np.ndarray:
+    def conv(self, op, plan: ReadPlan, x: np.ndarray, copies: list, dequantise: tuple | None = None,
+             quant=None) -> np.ndarray:
         """gemm="lut" on a convolution whose row tiles hold whole channels: table reads straight from the padded
         NHWC codes (lut_reads.read_conv_tile), no im2col; the same codes as _table_reads on im2col rows. Returns
         the accumulators, or with `dequantise` = (scale, bias) the executor's float32 output. x: the codes, or
@@ -161,7 +133,7 @@ class TableReads:
         # |sum of codes| <= top * 2^bits per row tile: int32 while that fits (half the traffic of int64)
         wide = np.int32 if top * (1 << plan.bits) * len(plan.blocks) < 1 << 31 else np.int64
         codes = self._scratch("codes", (bsz * oh * ow, plan.cols), wide, zero=not covers)
-        for c, samples in self._copy_samples(plan, self._sample_ids(bsz)):
+        for c, samples in copies:
             images = np.arange(bsz)[samples]
             for k, (block, (c0, c1)) in enumerate(zip(plan.blocks, plan.channels)):
                 nb = len(block.cols)
@@ -197,7 +169,49 @@ class TableReads:
         return buf
 
 
-def _channel_tiles(op, blocks: list) -> list | None:
+def lut_grid(ctx: ReadContext, plans: dict, grid: int | None = None) -> int | None:
+    """gemm="lut": integer conductances on a grid of step / grid, the finest for which every 8-row subset sum
+    fits an int16 table entry: grid = floor(32767 / (8 x largest conductance in steps)), about 400 (6 nS) for
+    Yao's devices with 0.54 uS programming error; `grid` a chosen one (conductance_grid). None (float32 reads, with
+    a warning where that is why) where the kernel cannot model the reads or no layer reads bit-planes of at most 8
+    bits."""
+    target = ctx.target
+    if ctx.read_sigma > 0:
+        warnings.warn("crossbar backend: gemm='lut' draws no per-read noise; reads with read noise run as "
+                      "float32 GEMMs", stacklevel=4)
+        return None
+    if not ctx.chip.adc.ideal or ctx.sense_sigma > 0:
+        warnings.warn("crossbar backend: gemm='lut' fuses an ideal ADC into its kernel; reads through ADCs with "
+                      "gain, offset, INL or sense noise (adc.*_sigma_*, adc.inl_lsb) run as float32 GEMMs",
+                      stacklevel=4)
+        return None
+    if slice_scales(plans):
+        warnings.warn("crossbar backend: gemm='lut' fuses one ADC full scale per layer into its kernel; layers "
+                      "whose slices have full scales of their own (adc.full_scale_per_slice) run as float32 "
+                      "GEMMs", stacklevel=4)
+        return None
+    columns = target.array.differential == "columns" or encoded(target)    # other encodings: slice lines
+    mats = [m for p in plans.values() if not p.analog and p.bits <= 8
+            for b in p.blocks for m in (b.lines if columns else b.diff)]
+    if not mats:
+        return None
+    for plan in plans.values():                     # the kernel adds shift-and-add codes in int32
+        _, top = adc_range(target.adc.bits, plan.bipolar)
+        if not plan.analog and plan.bits <= 8 and top << plan.bits >= 1 << 31:
+            raise ConfigError(f"gemm='lut' adds ADC codes in int32: adc.bits={target.adc.bits} with the "
+                              f"{plan.bits}-bit inputs of layer {plan.name!r} can overflow it; use at most "
+                              f"{31 - plan.bits} ADC bits, or gemm='float32'")
+    largest = max(float(np.abs(m).max(initial=0.0)) for m in mats)
+    return grid or max(1, int(((1 << 15) - 1) // max(lut_reads.GROUP * largest, 1e-30)))
+
+
+def slice_scales(plans: dict) -> bool:
+    """Whether some layer converts its slices' lines with full scales of their own (adc.full_scale_per_slice):
+    the float32 and int8 readers do; the lut kernel fuses one ADC gain per layer."""
+    return any(p.slice_full_scale is not None for p in plans.values())
+
+
+def channel_tiles(op, blocks: list) -> list | None:
     """Per row tile of a convolution, the input channels [c0, c1) it holds, where every tile holds whole channels
     starting on a multiple of 8 and padding its last octet wastes at most a quarter of its lookups (gemm="lut" then
     reads the convolution without im2col); else None."""
