@@ -275,9 +275,9 @@ def per_copy_accuracy(graph, backend, data: Dataset, batch: int = 100) -> list[f
     copies = max(op.replicas for op in graph.xbar_ops())
     result = []
     for k in range(copies if copies > 1 else 0):
-        backend.copy = k
+        backend.use_copy(k)
         result.append(evaluate_chip(graph, backend, data, batch))
-    backend.copy = None
+    backend.use_copy(None)
     return result
 
 

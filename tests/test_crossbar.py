@@ -259,6 +259,18 @@ def test_replicas_sample_b_uses_copy_b_mod_copies(mcnn):
         Session(manifest, backend="crossbar", copy=3)
 
 
+def test_use_copy_after_bind_reads_as_a_backend_built_with_that_copy(mcnn):
+    """Training's per-copy accuracy switches copies on a bound chip (`use_copy`): each switch reads exactly as a
+    backend constructed with copy=k (the default lut reader, so the convolutions' routes are re-chosen too)."""
+    manifest, _, x = mcnn
+    session = Session(manifest, backend="crossbar", seed=1)
+    for k in (2, 0, None):
+        session.backend.use_copy(k)
+        assert np.array_equal(session.run(x), Session(manifest, backend="crossbar", seed=1, copy=k).run(x))
+    with pytest.raises(ConfigError, match="copy=-1"):
+        session.backend.use_copy(-1)
+
+
 def test_read_noise_statistics_on_a_lossless_read():
     """One read of n driven rows: the accumulator's noise has variance 2 s^2 sum_j w_j^2 n_j (both lines)."""
     graph, target, levels = _example_graph(input_bits=3)

@@ -183,9 +183,22 @@ class CrossbarBackend(Backend):
         self.gemm = self.requested_gemm or default_gemm(self.plans, target, self.chip, self.record_currents)
         self.reads = choose_reader(ctx, self.plans, self.gemm, self.conductance_grid, self.simulate_planes)
         self.grid = self.reads.grid
+        self._route_convolutions()
+
+    def _route_convolutions(self) -> None:
         for plan in self.plans.values():
             plan.conv_route = conv_route(plan, self.reads, self._averaging(plan), self.gemm, self.simulate_planes,
                                          self.dac_inl)
+
+    def use_copy(self, copy: int | None) -> None:
+        """Send every sample through replica `copy` of each replicated layer from now on (None: the manifest's own
+        routing again), as CrossbarBackend(copy=...) would; the convolutions' routes follow (averaging copies are
+        read one by one while a copy is forced)."""
+        if copy is not None and (not isinstance(copy, (int, np.integer)) or copy < 0):
+            raise ConfigError(f"copy={copy!r}: must be a replica index >= 0")
+        self.copy = None if copy is None else int(copy)
+        if getattr(self, "plans", None) is not None:
+            self._route_convolutions()
 
     @property
     def reader(self) -> str | None:
