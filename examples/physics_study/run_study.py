@@ -25,7 +25,8 @@ Steps:
    folders `wire/`, `adc_offset/`, `program_sigma/` (each with its `index.html`: accuracy against the axis,
    95% error bars, tuned dashed), `plots/NAME.svg` (that plot alone), `study.json` (everything, with machine,
    date and load) and `summary.md` (one markdown table: accuracy mean +- std per point, untuned and tuned, and the
-   CPU seconds).
+   CPU seconds, "-" with --no-timing). A study stopped part way resumes with the same command plus --resume: each
+   sweep keeps its finished rows.
 
 With --resnet56 DIR the model is the trained ResNet-56 stand-in in DIR (train_mnist_standin.py's output:
 resnet56_mnist.onnx, calib_200.npz, test.npz, tune_2000.npz), compiled for `yao2020-resnet` (one copy of each layer) as
@@ -132,6 +133,21 @@ def time_points(name: str, manifest_dir: Path, test, tune_data, tune_method: str
     return out
 
 
+def resumed_folder(out: str | None, model: dict) -> Path:
+    """--resume: --out must be a study of this model (its manifest folder, or nothing yet); the sweeps themselves
+    refuse a folder another command wrote."""
+    if out is None:
+        sys.exit("physics-study: error: --resume needs --out, the folder of the study to resume")
+    path = Path(out)
+    if not path.is_dir():
+        sys.exit(f"physics-study: error: --resume --out {out}: no such folder")
+    other = [n for n in ("mcnn", "resnet56") if n != model["name"] and (path / n).exists()]
+    if other:
+        sys.exit(f"physics-study: error: --resume --out {out}: it holds a study of {other[0]}, not "
+                 f"{model['name']}; resume it with the options it was started with")
+    return path
+
+
 def write_svgs(out: Path, names) -> list[Path]:
     """Each sweep's plot (the one inline SVG of its index.html, a standalone SVG) as out/plots/NAME.svg."""
     (out / "plots").mkdir(exist_ok=True)
@@ -149,15 +165,20 @@ def _pct(mean, std) -> str:
     return "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def table(study: dict) -> str:
     lines = ["| effect | value | accuracy, untuned (mean ± std, %) | after hybrid training | CPU s, one chip: run "
              f"({study['limit']} images) | CPU s: tune + tuned run |", "|---|---|---|---|---|---|"]
     for name, sweep in study["sweeps"].items():
-        for entry, timing in zip(sweep["summary"], sweep["timing"]):
+        timings = sweep["timing"] or [{}] * len(sweep["summary"])       # --no-timing: no CPU columns
+        for entry, timing in zip(sweep["summary"], timings):
             value = entry["params"][SWEEPS[name][0]]
             lines.append(f"| {SWEEPS[name][2]} | {value} | {_pct(entry['accuracy_mean'], entry['accuracy_std'])} | "
                          f"{_pct(entry.get('tuned_accuracy_mean'), entry.get('tuned_accuracy_std'))} | "
-                         f"{timing['run_cpu_s']:.2f} | {timing['tune_cpu_s']:.2f} |")
+                         f"{_seconds(timing.get('run_cpu_s'))} | {_seconds(timing.get('tune_cpu_s'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -175,9 +196,11 @@ def main(argv=None) -> int:
     p.add_argument("--tune-method", choices=("fc", "affine", "affine+fc"), default="fc",
                    help="how the tuned rows are tuned, as cimc tune --method (default fc)")
     p.add_argument("--out", help="a new or empty folder for the outputs (default: a fresh temporary folder)")
+    p.add_argument("--resume", action="store_true", help="--out holds this same study, stopped part way: keep its "
+                   "finished sweep rows (each sweep resumes) and write its study.json, summary.md and plots anew")
     args = p.parse_args(argv)
     model = study_model(args.resnet56)
-    out = output_folder(args.out, "physics-study")
+    out = resumed_folder(args.out, model) if args.resume else output_folder(args.out, "physics-study")
     print(f"writing into {out}", flush=True)
 
     import numba
@@ -191,10 +214,11 @@ def main(argv=None) -> int:
         pass
     load0 = os.getloadavg()
     start = time.perf_counter()
-    manifest = cimc.compile(model["onnx"], model["target"], calibration=model["calibration"],
-                            replicate=model["replicate"])
     manifest_dir = out / model["name"]
-    manifest.save(manifest_dir)
+    if not (args.resume and manifest_dir.is_dir()):       # resumed: the sweeps check it is the same manifest
+        manifest = cimc.compile(model["onnx"], model["target"], calibration=model["calibration"],
+                                replicate=model["replicate"])
+        manifest.save(manifest_dir)
     test = load_npz(model["test"], ["input"], limit=args.limit)
     tune_data = load_npz(model["tune"], ["input"], limit=args.tune_limit)
     # ResNet-56's point costs seconds, not milliseconds: one repeat each is enough to see the differences
@@ -225,13 +249,14 @@ def main(argv=None) -> int:
     study["wall_s"] = time.perf_counter() - start
     study["load_average"] = {"start": load0, "end": os.getloadavg()}
     (out / "study.json").write_text(json.dumps(study, indent=1, default=float))
-    if not args.no_timing:
-        md = table(study)
-        md += (f"\n{model['shown']}, {args.limit} test images, seeds 0..{args.seeds - 1}, hybrid training "
-               f"(--method {args.tune_method}) on the first {args.tune_limit} tuning images; {study['machine']}, "
-               f"{study['date']}, load average {load0[0]:.1f} at start, {study['load_average']['end'][0]:.1f} at end; {study['wall_s']:.0f} s wall.\n")
-        (out / "summary.md").write_text(md)
-        print(md)
+    md = table(study)
+    md += (f"\n{model['shown']}, {args.limit} test images, seeds 0..{args.seeds - 1}, hybrid training "
+           f"(--method {args.tune_method}) on the first {args.tune_limit} tuning images; {study['machine']}, "
+           f"{study['date']}, load average {load0[0]:.1f} at start, {study['load_average']['end'][0]:.1f} at end; "
+           f"{study['wall_s']:.0f} s wall{' (resumed)' if args.resume else ''}"
+           f"{'; no CPU timings (--no-timing)' if args.no_timing else ''}.\n")
+    (out / "summary.md").write_text(md)
+    print(md)
     print(f"wrote {out / 'study.json'}; plots: " + ", ".join(str(out / n / "index.html") for n in study["sweeps"]))
     return 0
 
