@@ -72,10 +72,14 @@ the digital reference, so the ideal chip trains bit for bit as it does.
   the first read after each write (one sparse LU and cols solves of the 128x64 array: 0.2-0.6 s of one core, so a
   30-epoch run takes minutes instead of seconds; set OPENBLAS_NUM_THREADS=1 on a busy machine); a weight read back is
   (T+ - T-) / g_scale, each device's row driven alone. 0T1R (`cell = "0t1r"`): undriven rows and rows of zero input
-  float, so each read is solved exactly by `ir_drop.read_currents` (one LU per input pattern, and one per row for
-  the read-back: one batch of 50 took 77 s against 0.85 s for 1T1R on a loaded 2-core machine, so 30 epochs take
-  most of a day). Li 2018 reads conductances "including the effects of sneak-paths and wire resistance"; the
-  circuit itself draws nothing.
+  float, so the circuit changes with every input pattern. Each read is solved exactly by `ir_drop.FloatingRowReads`
+  of the present conductances (made on the first read after a write: one sparse LU of the array with every row
+  floating and `rows` solves; then each drive pattern is a dense |driven rows|-square solve, a rank update of that
+  matrix), which equals `ir_drop.read_currents`' sparse LU per pattern to float rounding (about 1e-12 of the
+  largest read; tests/test_ir_drop_floating.py). One batch of 50 (the fc2 read-back row by row, the forward pass,
+  the updates) takes 0.15-0.24 s of CPU against 9.8-10.8 s with an LU per pattern (before: 77 s of wall time on a
+  loaded machine) and 0.11 s for 1T1R (benchmarks/bench_insitu_0t1r.py). Li 2018 reads conductances "including the
+  effects of sneak-paths and wire resistance"; the circuit itself draws nothing.
 * time (`drift_time_s`): training reads happen right after each write (t = 0: no drift, and device_stats applies
   its accumulated 1/f noise, sqrt(ln((t + t_r) / 2 t_r)), and relaxation only at t > 0). With `drift_time_s` > 0
   and a drift exponent, 1/f noise or relaxation in the target, the final test (in situ and ex situ) happens that long after the
@@ -87,8 +91,9 @@ the digital reference, so the ideal chip trains bit for bit as it does.
 **One chip model, analog devices.** The chip shares the physics of a compiled chip (cimc.backends.chip.Chip): stuck
 devices and defect maps are DeviceModel's draws, programming is `DeviceModel.programmed` (the rule of chip
 programming and of `cimc tune`'s writes, device statistics included), aging is `DeviceModel.exponents` and `aged`
-(the chip instance's drift, 1/f noise and relaxation), reads go through `ir_drop.effective_conductance` (1T1R) or
-`ir_drop.read_currents` (0T1R) as the crossbar backend's do, read noise is `devices.line_noise`, and with `adc_bits`
+(the chip instance's drift, 1/f noise and relaxation), reads go through `ir_drop.effective_conductance` (1T1R) as
+the crossbar backend's do, or the exact 0T1R circuit (`ir_drop.FloatingRowReads`, the backend's `--layers` check
+solves the same circuit with `ir_drop.read_currents`), read noise is `devices.line_noise`, and with `adc_bits`
 the ADC instances are the chip's `cimc.targets.adc.AdcModel` (the target's per-ADC gain, offset, INL and sense
 noise, drawn from the seed; all zero = the plain rounding above, bit for bit). What stays here is what a manifest's
 chip does not have: Li's devices are analog (continuous conductances and updates, not the manifest's 8 levels), so
@@ -126,7 +131,7 @@ from cimc.errors import ConfigError, DataError
 from cimc.targets import device_stats
 from cimc.targets.adc import adc_range
 from cimc.targets.devices import line_noise, programmed_us
-from cimc.targets.ir_drop import effective_conductance, read_currents
+from cimc.targets.ir_drop import FloatingRowReads, effective_conductance
 from cimc.targets.pulse_update import PulseModel, PulsedDevices
 from cimc.weight_encoding import require_pair
 
@@ -398,6 +403,15 @@ class InSituChip:
             self._seen = effective_conductance(self.g, self.wire_ohm, self.access_ohm)
         return self._seen
 
+    def _sneak_currents(self, volts: np.ndarray) -> np.ndarray:
+        """0T1R: the exact line currents [reads, cols] of row drives `volts` [reads, rows] (rows with v = 0
+        float), every read of the present conductances from one factorisation (ir_drop.FloatingRowReads, made on
+        the first read after a write and kept until the next); the same circuit as ir_drop.read_currents' solve
+        per pattern, to float rounding."""
+        if self._seen is None:
+            self._seen = FloatingRowReads(self.g, self.wire_ohm)
+        return self._seen.currents(volts)
+
     def device_reads(self, layer) -> tuple[np.ndarray, ...]:
         """The conductances (uS) of a layer's G+ and G- devices as single-device reads see them (no read noise):
         the devices' own; through a 1T1R circuit T (the current per volt of the device's row driven alone, every
@@ -415,7 +429,7 @@ class InSituChip:
             idx = np.arange(rows.start, rows.stop)
             volts = np.zeros((len(idx), self.rows))
             volts[np.arange(len(idx)), idx] = self.read_voltage_v
-            lines = read_currents(self.g, volts, self.wire_ohm, 0.0, "0t1r") / self.read_voltage_v
+            lines = self._sneak_currents(volts) / self.read_voltage_v
             out.append(lines[:, lay.cols])
             if ref is not None:
                 out.append(lines[:, ref:ref + 1])
@@ -471,7 +485,7 @@ class InSituChip:
         if self.sneaks:                         # 0T1R: the exact circuit of each read (rows with v = 0 float)
             volts = np.zeros((len(v), self.rows))
             volts[:, lay.rows_plus], volts[:, lay.rows_minus] = v, -v
-            i = read_currents(self.g, volts, self.wire_ohm, 0.0, "0t1r")[:, lay.cols]
+            i = self._sneak_currents(volts)[:, lay.cols]
         else:                                   # I = v . G, or v . T through a 1T1R circuit (exact)
             seen = self._effective() if self.circuit else self.g
             drive = np.concatenate([v, -v], axis=1)
@@ -505,7 +519,7 @@ class InSituChip:
         if self.sneaks:
             volts = np.zeros((len(v), self.rows))
             volts[:, lay.rows_plus] = v
-            lines = read_currents(self.g, volts, self.wire_ohm, 0.0, "0t1r")
+            lines = self._sneak_currents(volts)
             i = lines[:, lay.cols]
             ref = None if ref_col is None else lines[:, ref_col:ref_col + 1]
         else:
