@@ -201,7 +201,8 @@ class InSituChip:
     pairs on two row blocks, equal-and-opposite in-situ updates. `model` (a cimc.targets.devices.DeviceModel of the
     target) brings the conductance-dependent programming sigma and the aging at its drift time; `wire_ohm`,
     `access_ohm`, `cell` the array's circuit (cimc.targets.ir_drop), through which every read goes. `encoding`
-    "offset": one device per weight about g_ref instead of a pair (module doc)."""
+    "offset": one device per weight about g_ref instead of a pair, its reference g_ref * sum(v) subtracted digitally
+    or (`offset_reference` "column") read off the array's last column of g_ref devices (module doc)."""
 
     def __init__(self, rows: int, cols: int, layers, *, g_min_us: float, g_max_us: float, w_max: float = DEFAULT_W_MAX,
                  read_voltage_v: float = 0.2, stuck: np.ndarray | None = None, stuck_g_us: np.ndarray | None = None,
