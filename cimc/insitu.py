@@ -33,7 +33,15 @@ of one device per row, converted (with `adc_bits`) by a unipolar ADC whose full 
 current; g_ref * sum(v) is then subtracted digitally, and drift compensation scales the difference. An update dG =
 dW g_scale goes to the one device; global drift compensation's reference is sum |G - g_ref|. With ideal devices it
 computes and trains exactly as the pair does. Bit-sliced weights are refused: Li's devices are analog, with no
-levels to slice.
+levels to slice. With `weights.offset_reference = "column"` the reference is a column of devices instead: the
+array's last (li2018's 64 columns are all weights, so it needs `array.cols` = 65), every device programmed to g_ref
+once at the chip's making (programming error from its own stream, stuck devices as drawn) and never updated. Each
+read drives it with the layer's rows, through the same circuit (wires, access devices, 0T1R sneak paths), read
+noise and ADC (its own ADC instance, inside the read's full scale) as a weight line, and its current (or code) is
+subtracted from every weight column's; a weight read back is (G - G_ref) / g_scale of its row's reference device,
+and drift compensation's reference sum |G - G_ref|. The reference current is computed as g_ref * sum(v) + v .
+(G_ref - g_ref): the same current, and with reference devices at exactly g_ref and no circuit the very numbers of
+the digital reference, so the ideal chip trains bit for bit as it does.
 
 **Non-idealities** (from the target's `[nonideal]`, each can be overridden):
 
@@ -64,10 +72,14 @@ levels to slice.
   the first read after each write (one sparse LU and cols solves of the 128x64 array: 0.2-0.6 s of one core, so a
   30-epoch run takes minutes instead of seconds; set OPENBLAS_NUM_THREADS=1 on a busy machine); a weight read back is
   (T+ - T-) / g_scale, each device's row driven alone. 0T1R (`cell = "0t1r"`): undriven rows and rows of zero input
-  float, so each read is solved exactly by `ir_drop.read_currents` (one LU per input pattern, and one per row for
-  the read-back: one batch of 50 took 77 s against 0.85 s for 1T1R on a loaded 2-core machine, so 30 epochs take
-  most of a day). Li 2018 reads conductances "including the effects of sneak-paths and wire resistance"; the
-  circuit itself draws nothing.
+  float, so the circuit changes with every input pattern. Each read is solved exactly by `ir_drop.FloatingRowReads`
+  of the present conductances (made on the first read after a write: one sparse LU of the array with every row
+  floating and `rows` solves; then each drive pattern is a dense |driven rows|-square solve, a rank update of that
+  matrix), which equals `ir_drop.read_currents`' sparse LU per pattern to float rounding (about 1e-12 of the
+  largest read; tests/test_ir_drop_floating.py). One batch of 50 (the fc2 read-back row by row, the forward pass,
+  the updates) takes 0.15-0.24 s of CPU against 9.8-10.8 s with an LU per pattern (before: 77 s of wall time on a
+  loaded machine) and 0.11 s for 1T1R (benchmarks/bench_insitu_0t1r.py). Li 2018 reads conductances "including the
+  effects of sneak-paths and wire resistance"; the circuit itself draws nothing.
 * time (`drift_time_s`): training reads happen right after each write (t = 0: no drift, and device_stats applies
   its accumulated 1/f noise, sqrt(ln((t + t_r) / 2 t_r)), and relaxation only at t > 0). With `drift_time_s` > 0
   and a drift exponent, 1/f noise or relaxation in the target, the final test (in situ and ex situ) happens that long after the
@@ -79,8 +91,9 @@ levels to slice.
 **One chip model, analog devices.** The chip shares the physics of a compiled chip (cimc.backends.chip.Chip): stuck
 devices and defect maps are DeviceModel's draws, programming is `DeviceModel.programmed` (the rule of chip
 programming and of `cimc tune`'s writes, device statistics included), aging is `DeviceModel.exponents` and `aged`
-(the chip instance's drift, 1/f noise and relaxation), reads go through `ir_drop.effective_conductance` (1T1R) or
-`ir_drop.read_currents` (0T1R) as the crossbar backend's do, read noise is `devices.line_noise`, and with `adc_bits`
+(the chip instance's drift, 1/f noise and relaxation), reads go through `ir_drop.effective_conductance` (1T1R) as
+the crossbar backend's do, or the exact 0T1R circuit (`ir_drop.FloatingRowReads`, the backend's `--layers` check
+solves the same circuit with `ir_drop.read_currents`), read noise is `devices.line_noise`, and with `adc_bits`
 the ADC instances are the chip's `cimc.targets.adc.AdcModel` (the target's per-ADC gain, offset, INL and sense
 noise, drawn from the seed; all zero = the plain rounding above, bit for bit). What stays here is what a manifest's
 chip does not have: Li's devices are analog (continuous conductances and updates, not the manifest's 8 levels), so
@@ -118,7 +131,7 @@ from cimc.errors import ConfigError, DataError
 from cimc.targets import device_stats
 from cimc.targets.adc import adc_range
 from cimc.targets.devices import line_noise, programmed_us
-from cimc.targets.ir_drop import effective_conductance, read_currents
+from cimc.targets.ir_drop import FloatingRowReads, effective_conductance
 from cimc.targets.pulse_update import PulseModel, PulsedDevices
 from cimc.weight_encoding import require_pair
 
@@ -135,7 +148,8 @@ PAPER = {"in_situ_11pct_accuracy": 91.71, "gap_points": 2.4, "in_situ_50pct_off_
 _STREAM_READ, _STREAM_INIT, _STREAM_ORDER, _STREAM_UPDATE, _STREAM_PROGRAM, _STREAM_SENSE = range(6)
 _STREAM_PULSE = 6      # the per-pulse (c2c) draws; added later, children 0..5 stay what they were
 _STREAM_AGE = 7        # drift exponent, 1/f and relaxation draws of the final test at drift_time_s; added later too
-_STREAMS = 8
+_STREAM_REFERENCE = 8  # programming error of the offset's reference column (offset_reference = "column"); added later
+_STREAMS = 9           # (SeedSequence.spawn: child k is the same whatever the count, so children 0..7 are unchanged)
 
 
 # -- layout ---------------------------------------------------------------------------------------------------------
@@ -187,14 +201,15 @@ class InSituChip:
     pairs on two row blocks, equal-and-opposite in-situ updates. `model` (a cimc.targets.devices.DeviceModel of the
     target) brings the conductance-dependent programming sigma and the aging at its drift time; `wire_ohm`,
     `access_ohm`, `cell` the array's circuit (cimc.targets.ir_drop), through which every read goes. `encoding`
-    "offset": one device per weight about g_ref instead of a pair (module doc)."""
+    "offset": one device per weight about g_ref instead of a pair, its reference g_ref * sum(v) subtracted digitally
+    or (`offset_reference` "column") read off the array's last column of g_ref devices (module doc)."""
 
     def __init__(self, rows: int, cols: int, layers, *, g_min_us: float, g_max_us: float, w_max: float = DEFAULT_W_MAX,
                  read_voltage_v: float = 0.2, stuck: np.ndarray | None = None, stuck_g_us: np.ndarray | None = None,
                  update_sigma_rel: float = 0.0, program_sigma_us: float = 0.0, program_sigma_rel: float = 0.0,
                  read_noise_sigma_us: float = 0.0, adc_bits: int | None = None, seed: int | None = 0,
                  adc=None, pulse_model=None, model=None, wire_ohm: float = 0.0, access_ohm: float = 0.0,
-                 cell: str = "1t1r", encoding: str = "differential"):
+                 cell: str = "1t1r", encoding: str = "differential", offset_reference: str = "digital"):
         if not 0 <= g_min_us < g_max_us:
             raise ConfigError(f"conductance range {g_min_us}..{g_max_us} uS: need 0 <= g_min < g_max")
         if not w_max > 0:
@@ -205,11 +220,19 @@ class InSituChip:
         if encoding not in ("differential", "offset"):
             raise ConfigError(f"encoding {encoding!r}: the in-situ chip holds 'differential' pairs or 'offset' devices")
         self.offset_encoding = encoding == "offset"
+        if offset_reference not in ("digital", "column"):
+            raise ConfigError(f"offset_reference {offset_reference!r}: 'digital' or 'column'")
+        if offset_reference == "column" and not self.offset_encoding:
+            raise ConfigError("offset_reference 'column' applies to the offset encoding only")
+        # the offset's reference column: the array's last (as ArraySpec.reference_column), None = digital reference
+        self.reference_col = self.cols - 1 if offset_reference == "column" else None
+        weight_cols = self.cols if self.reference_col is None else self.reference_col
         self.layers = tuple(dataclasses.replace(lay, offset=self.offset_encoding) for lay in layers)
         for lay in self.layers:
-            if max(r.stop for r in lay.row_blocks) > self.rows or lay.cols.stop > self.cols:
+            if max(r.stop for r in lay.row_blocks) > self.rows or lay.cols.stop > weight_cols:
+                beside = " beside the reference column" if self.reference_col is not None else ""
                 raise ConfigError(f"layer {lay.name} ({lay.n_in}x{lay.n_out} as {lay.devices} devices) does not fit "
-                                  f"a {self.rows}x{self.cols} array")
+                                  f"a {self.rows}x{self.cols} array{beside}")
         self.g_min, self.g_max = float(g_min_us), float(g_max_us)
         self.g_ref = (self.g_min + self.g_max) / 2
         self.w_max = float(w_max)
@@ -230,9 +253,8 @@ class InSituChip:
         self.g = np.full((self.rows, self.cols), self.g_ref)
         self.g[self.stuck] = self.stuck_g[self.stuck]
         # the chip's ADC instances (cimc.targets.adc.AdcModel: gain, offset, INL, sense noise), used with adc_bits
-        self.adc_lines = {} if adc is None else {lay.name: adc.lines(np.zeros(lay.n_out, np.int64),
-                                                                    np.arange(lay.cols.start, lay.cols.stop))
-                                                 for lay in self.layers}
+        self.adc_lines = {} if adc is None else {lay.name: adc.lines(np.zeros(len(cols), np.int64), cols)
+                                                 for lay in self.layers for cols in [self._read_columns(lay)]}
         self.sense_sigma_lsb = 0.0 if adc is None else adc.noise_sigma_lsb
         children = np.random.SeedSequence(seed).spawn(_STREAMS)
         self._rng_sense = np.random.default_rng(children[_STREAM_SENSE])
@@ -248,8 +270,15 @@ class InSituChip:
         self._rng_age = np.random.default_rng(children[_STREAM_AGE])
         self.wire_ohm, self.access_ohm, self.cell = float(wire_ohm), float(access_ohm), str(cell)
         self._seen = None           # 1T1R circuit: the effective conductances T of the present g (None: not yet read)
+        if self.reference_col is not None:
+            self._program_reference(np.random.default_rng(children[_STREAM_REFERENCE]))
         self.drift_scale = None     # global drift compensation after aging: {layer name: alpha}
         self.aged_s = 0.0           # the time the conductances were aged to (age())
+
+    def _read_columns(self, lay: LayerPlacement) -> np.ndarray:
+        """The physical columns a read of the layer converts: its own, and the reference column if there is one."""
+        own = np.arange(lay.cols.start, lay.cols.stop)
+        return own if self.reference_col is None else np.append(own, self.reference_col)
 
     # programming and reading back
     def layer(self, name_or_index) -> LayerPlacement:
@@ -285,15 +314,36 @@ class InSituChip:
             self.g[rows, lay.cols] = np.where(stuck, self.g[rows, lay.cols], block)
         self._seen = None
 
+    def _program_reference(self, rng) -> None:
+        """The reference column: every device programmed to g_ref once, with the programming error of `program`
+        (its own stream, so the weights' draws are the digital reference's); stuck devices keep theirs; never
+        updated."""
+        target = np.full(self.rows, self.g_ref)
+        stats = self.model is not None and device_stats.programming_on(self.model.nonideal)
+        if self.program_sigma_us or self.program_sigma_rel or stats:
+            z = rng.standard_normal(target.shape)
+            target = self.model.programmed(target, z) if self.model is not None else \
+                programmed_us(target, z, self.program_sigma_us, self.program_sigma_rel)
+        col = self.reference_col
+        self.g[:, col] = np.where(self.stuck[:, col], self.g[:, col], np.clip(target, self.g_min, self.g_max))
+        self._seen = None
+
     def read_weights(self, layer) -> np.ndarray:
-        """The effective weights (G+ - G-) / g_scale (offset: (G - g_ref) / g_scale) read back from the array (with
-        read noise if any)."""
+        """The effective weights (G+ - G-) / g_scale (offset: (G - g_ref) / g_scale; with a reference column
+        (G - G_ref) / g_scale, G_ref the reference device on the weight's row, read with it) read back from the array
+        (with read noise if any: one draw per device read, the reference device's once per row)."""
         lay = self.layer(layer)
         if self.offset_encoding:        # one device about g_ref, the reference subtracted digitally
-            g = self.device_reads(lay)[0]
+            reads = self.device_reads(lay)
+            g = reads[0]
             if self.read_noise_sigma_us:
                 g = g + self.read_noise_sigma_us * self._rng_read.standard_normal(g.shape)
-            return (g - self.g_ref) / self.g_scale
+            if self.reference_col is None:
+                return (g - self.g_ref) / self.g_scale
+            ref = reads[1]
+            if self.read_noise_sigma_us:
+                ref = ref + self.read_noise_sigma_us * self._rng_read.standard_normal(ref.shape)
+            return (g - ref) / self.g_scale
         gp, gm = self.device_reads(lay)
         if self.read_noise_sigma_us:
             gp = gp + self.read_noise_sigma_us * self._rng_read.standard_normal(gp.shape)
@@ -354,21 +404,36 @@ class InSituChip:
             self._seen = effective_conductance(self.g, self.wire_ohm, self.access_ohm)
         return self._seen
 
-    def device_reads(self, layer) -> tuple[np.ndarray, np.ndarray]:
+    def _sneak_currents(self, volts: np.ndarray) -> np.ndarray:
+        """0T1R: the exact line currents [reads, cols] of row drives `volts` [reads, rows] (rows with v = 0
+        float), every read of the present conductances from one factorisation (ir_drop.FloatingRowReads, made on
+        the first read after a write and kept until the next); the same circuit as ir_drop.read_currents' solve
+        per pattern, to float rounding."""
+        if self._seen is None:
+            self._seen = FloatingRowReads(self.g, self.wire_ohm)
+        return self._seen.currents(volts)
+
+    def device_reads(self, layer) -> tuple[np.ndarray, ...]:
         """The conductances (uS) of a layer's G+ and G- devices as single-device reads see them (no read noise):
         the devices' own; through a 1T1R circuit T (the current per volt of the device's row driven alone, every
         other row held at 0 V); through a 0T1R circuit each row driven alone (the others floating) and solved
-        exactly, sneak paths included."""
+        exactly, sneak paths included. Offset: (G,), or with a reference column (G, G_ref [n_in, 1]), the reference
+        device of each row read by the same drive."""
         lay = self.layer(layer)
+        ref = self.reference_col
         if not self.sneaks:
             seen = self._effective() if self.circuit else self.g
-            return tuple(seen[rows, lay.cols] for rows in lay.row_blocks)
+            out = tuple(seen[rows, lay.cols] for rows in lay.row_blocks)
+            return out if ref is None else out + (seen[lay.rows_plus, ref:ref + 1],)
         out = []
         for rows in lay.row_blocks:
             idx = np.arange(rows.start, rows.stop)
             volts = np.zeros((len(idx), self.rows))
             volts[np.arange(len(idx)), idx] = self.read_voltage_v
-            out.append(read_currents(self.g, volts, self.wire_ohm, 0.0, "0t1r")[:, lay.cols] / self.read_voltage_v)
+            lines = self._sneak_currents(volts) / self.read_voltage_v
+            out.append(lines[:, lay.cols])
+            if ref is not None:
+                out.append(lines[:, ref:ref + 1])
         return tuple(out)
 
     @property
@@ -405,8 +470,10 @@ class InSituChip:
                 self.drift_scale[lay.name] = float(ref / now) if now > 0 else 1.0
 
     def _spread(self, reads) -> float:
-        """sum |G+ - G-| over a layer's weights (offset: sum |G - g_ref|), global drift compensation's reference."""
-        diff = reads[0] - self.g_ref if self.offset_encoding else reads[0] - reads[1]
+        """sum |G+ - G-| over a layer's weights (offset: sum |G - g_ref|, or |G - G_ref| with a reference column),
+        global drift compensation's reference."""
+        offset = self.g_ref if self.reference_col is None else reads[-1]
+        diff = reads[0] - offset if self.offset_encoding else reads[0] - reads[1]
         return float(np.abs(diff).sum())
 
     # inference
@@ -419,7 +486,7 @@ class InSituChip:
         if self.sneaks:                         # 0T1R: the exact circuit of each read (rows with v = 0 float)
             volts = np.zeros((len(v), self.rows))
             volts[:, lay.rows_plus], volts[:, lay.rows_minus] = v, -v
-            i = read_currents(self.g, volts, self.wire_ohm, 0.0, "0t1r")[:, lay.cols]
+            i = self._sneak_currents(volts)[:, lay.cols]
         else:                                   # I = v . G, or v . T through a 1T1R circuit (exact)
             seen = self._effective() if self.circuit else self.g
             drive = np.concatenate([v, -v], axis=1)
@@ -445,16 +512,26 @@ class InSituChip:
     def _offset_currents(self, lay: LayerPlacement, v: np.ndarray) -> np.ndarray:
         """The offset encoding's currents: each column carries the unipolar I = v . G (through the circuit as the
         pair's reads), read noise of one device per row, converted by a unipolar ADC (range 0..max I of the read)
-        where `adc_bits` is set; then g_ref * sum(v) is subtracted digitally and drift compensation applied."""
+        where `adc_bits` is set; then the reference is subtracted: g_ref * sum(v) digitally, or the reference
+        column's line, read by the same drive through the same circuit, noise and ADC as a weight line (its current
+        written g_ref * sum(v) + v . (G_ref - g_ref): the same current, and with reference devices at exactly g_ref
+        the very numbers the digital reference subtracts); drift compensation last."""
+        ref_col = self.reference_col
         if self.sneaks:
             volts = np.zeros((len(v), self.rows))
             volts[:, lay.rows_plus] = v
-            i = read_currents(self.g, volts, self.wire_ohm, 0.0, "0t1r")[:, lay.cols]
+            lines = self._sneak_currents(volts)
+            i = lines[:, lay.cols]
+            ref = None if ref_col is None else lines[:, ref_col:ref_col + 1]
         else:
             seen = self._effective() if self.circuit else self.g
             i = v @ seen[lay.rows_plus, lay.cols]
+            ref = None if ref_col is None else \
+                self.g_ref * v.sum(1, keepdims=True) + v @ (seen[lay.rows_plus, ref_col:ref_col + 1] - self.g_ref)
+        if ref is not None:             # the reference line is read as one more line of the layer
+            i = np.concatenate([i, ref], axis=1)
         if self.read_noise_sigma_us:
-            i = i + line_noise(self._rng_read, np.repeat((v * v).sum(1, keepdims=True), lay.n_out, 1),
+            i = i + line_noise(self._rng_read, np.repeat((v * v).sum(1, keepdims=True), i.shape[1], 1),
                                self.read_noise_sigma_us, dtype=np.float64)
         if self.adc_bits is not None:
             full = float(np.max(np.abs(i))) or 1.0
@@ -467,7 +544,7 @@ class InSituChip:
             if self.sense_sigma_lsb:
                 t = t + self.sense_sigma_lsb * self._rng_sense.standard_normal(t.shape)
             i = np.clip(np.round(t), lo, top) * step
-        i = i - self.g_ref * v.sum(1, keepdims=True)
+        i = i - self.g_ref * v.sum(1, keepdims=True) if ref is None else i[:, :-1] - i[:, -1:]
         if self.drift_scale is not None:
             i = i * self.drift_scale[lay.name]
         return i
@@ -508,10 +585,14 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
     if arr.differential != "rows" and not offset:
         raise ConfigError(f"target {target.name!r}: in-situ training needs a 'rows'-differential array (inputs "
                           f"applied as [+v; -v] on two row blocks, like li2018), not {arr.differential!r}")
-    need_rows, need_cols = (1 if offset else 2) * LAYER_SIZES[0], LAYER_SIZES[1] + LAYER_SIZES[2]
+    column = target.weights.reference_column          # offset with a reference column: one more column
+    need_rows, need_cols = (1 if offset else 2) * LAYER_SIZES[0], LAYER_SIZES[1] + LAYER_SIZES[2] + int(column)
     if arr.rows < need_rows or arr.cols < need_cols:
+        what = " (54 + 10 weight columns and the reference column, the array's last)" if column else ""
+        hint = (f"; give the array a column more (--set array.cols={need_cols}) or subtract the offset digitally "
+                "(weights.offset_reference=digital)" if column and arr.rows >= need_rows else "")
         raise ConfigError(f"target {target.name!r}: the 64-54-10 MLP needs one array of at least "
-                          f"{need_rows}x{need_cols} devices, the target's is {arr.rows}x{arr.cols}")
+                          f"{need_rows}x{need_cols} devices{what}, the target's is {arr.rows}x{arr.cols}{hint}")
     nonideal = _nonideal(target, stuck_rate, stuck_at, update_sigma_rel, ideal)
     # adc_bits means a real ADC here, whatever the target's adc.lossless: its [adc] effects apply
     adc = None if ideal or adc_bits is None else AdcModel(dataclasses.replace(target.adc, lossless=False), seed, 1,
@@ -534,7 +615,7 @@ def chip_for_target(target, *, stuck_rate: float | None = None, stuck_at: str | 
                       program_sigma_rel=nonideal.program_sigma_rel, read_noise_sigma_us=nonideal.read_noise_sigma_us,
                       adc_bits=adc_bits, seed=seed, adc=adc, pulse_model=pulse_model, model=model,
                       wire_ohm=nonideal.wire_ohm, access_ohm=nonideal.access_ohm, cell=nonideal.cell,
-                      encoding=target.weights.encoding)
+                      encoding=target.weights.encoding, offset_reference=target.weights.offset_reference)
 
 
 # -- data -----------------------------------------------------------------------------------------------------------
@@ -860,6 +941,8 @@ def _result(method, chip: InSituChip, target, seed, epochs, lr, ideal, accuracy,
             "chip": {"rows": chip.rows, "cols": chip.cols, "g_min_us": chip.g_min, "g_max_us": chip.g_max,
                      "g_ref_us": chip.g_ref, "g_scale_us": chip.g_scale, "w_max": chip.w_max,
                      **({"encoding": "offset"} if chip.offset_encoding else {}),
+                     **({"offset_reference": "column", "reference_column": chip.reference_col}
+                        if chip.reference_col is not None else {}),
                      "read_voltage_v": chip.read_voltage_v,
                      "adc": "exact" if chip.adc_bits is None else f"{chip.adc_bits}-bit",
                      **({"wire_ohm": chip.wire_ohm, "access_ohm": chip.access_ohm, "cell": chip.cell}

@@ -114,11 +114,56 @@ def read_currents(g_us: np.ndarray, volts: np.ndarray, wire_ohm: float, access_o
     if cell == "1t1r":
         return _solve(gc, wire_ohm, np.ones(rows, bool), volts)
     out = np.empty((len(volts), gc.shape[1]))
+    # a row whose cells are all at 0 uS carries no current to any column; floating, its line would be an isolated
+    # node (the leak is below the rounding of its node sums: an exactly singular matrix), so it is held instead
+    dead = ~(gc > 0).any(axis=1)
     patterns, which = np.unique(volts != 0, axis=0, return_inverse=True)
     for k, held in enumerate(patterns):
         sel = np.flatnonzero(which.ravel() == k)
-        out[sel] = _solve(gc, wire_ohm, held, volts[sel]) if held.any() else 0.0
+        out[sel] = _solve(gc, wire_ohm, held | dead, volts[sel]) if (held & ~dead).any() else 0.0
     return out
+
+
+class FloatingRowReads:
+    """The exact 0T1R reads of one array state for any drive pattern, from one factorisation: the nodal matrix A0
+    with every row floating is factorised once, and `rows` solves give Z = A0^-1 at the rows' first nodes. Holding
+    rows H through their driver segment (conductance gw) adds gw at those nodes, a rank-|H| change, so (Woodbury)
+    the line currents of drives v on H are I = gw Z_amp,H (1/gw + Z_H,H)^-1 v_H: one |H| x |H| dense solve per
+    pattern instead of a sparse LU of the whole array. The same circuit as `read_currents`, to float rounding (the
+    held rows keep the 1e-12 uS leak of a floating one, which their 2e6 uS node sums do not resolve);
+    tests/test_ir_drop_floating.py compares them."""
+
+    def __init__(self, g_us: np.ndarray, wire_ohm: float, access_ohm: float = 0.0):
+        if not wire_ohm:
+            raise ConfigError("FloatingRowReads: no wire resistance, so no circuit to solve (reads are v . G)")
+        gc = cell_conductance(g_us, access_ohm)
+        rows, cols = gc.shape
+        # a row whose cells are all at 0 uS reaches no column whatever its driver does; floating, its line would be
+        # an isolated node (the leak is below the rounding of its 2 gw node sums): it is held in A0 and never read
+        self.dead = ~(gc > 0).any(axis=1)
+        system, self.gw, ids = _system(gc, wire_ohm, self.dead)
+        rhs = np.zeros((2 * rows * cols, rows))
+        rhs[ids[:, 0], np.arange(rows)] = 1.0
+        z = _splu(system).solve(rhs)
+        self.z_drivers = z[ids[:, 0]]                      # [rows, rows]: V at row i's first node per unit current
+        self.z_amps = z[rows * cols + ids[-1, :]]          # [cols, rows]: V at column j's last node, likewise
+        self.shape = (rows, cols)
+
+    def currents(self, volts: np.ndarray) -> np.ndarray:
+        """Line currents (uA) [reads, cols] of row drives `volts` [reads, rows] (V); rows with v = 0 float."""
+        volts = np.atleast_2d(np.asarray(volts, dtype=np.float64))
+        out = np.zeros((len(volts), self.shape[1]))
+        patterns, which = np.unique(volts != 0, axis=0, return_inverse=True)
+        which = which.ravel()
+        for k, held in enumerate(patterns):
+            h = np.flatnonzero(held & ~self.dead)
+            if not h.size:
+                continue                                   # nothing driven: no current
+            sel = np.flatnonzero(which == k)
+            m = self.z_drivers[np.ix_(h, h)] + np.eye(len(h)) / self.gw
+            y = np.linalg.solve(m, volts[np.ix_(sel, h)].T)
+            out[sel] = (self.gw * (self.z_amps[:, h] @ y)).T
+        return out
 
 
 def effective_conductance(g_us: np.ndarray, wire_ohm: float, access_ohm: float = 0.0) -> np.ndarray:

@@ -104,6 +104,7 @@ def test_resnet56_counts_follow_the_encoding(resnet56):
     column = cimc.count(resnet56, "yao2020-resnet", overrides=REFERENCE)
     assert column["total_arrays"] == _resnet56_hand_count(15) == 494
     assert column["weights"] == {"encoding": "offset", "slices": 1, "offset_reference": "column"}
+    assert cimc.count(resnet56, "resnet-offset")["total_arrays"] == 494                # the preset of that variant
 
 
 def test_rows_layout_with_slices_and_offset_geometry():

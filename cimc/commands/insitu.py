@@ -144,6 +144,8 @@ def _layers(chip: dict) -> str:
     """'fc1 128x54 devices, fc2 108x10' (pairs on +v/-v rows), or the offset encoding's one device per weight."""
     parts = [f"{lay['name']} {lay['devices'] // lay['outputs']}x{lay['outputs']}" for lay in chip["layers"]]
     parts[0] += " devices"
+    if "reference_column" in chip:
+        return ", ".join(parts) + f", offset encoding, reference column {chip['reference_column']}"
     return ", ".join(parts) + (", offset encoding" if chip.get("encoding") == "offset" else "")
 
 
