@@ -639,6 +639,32 @@ def test_lut_kernel_equals_a_read_by_read_loop(rows, outputs, pairs, signed, bip
     assert np.array_equal(out, want)
 
 
+
+@needs_numba
+@pytest.mark.parametrize("rows,positions,signed", [
+    (104, 71, False),                     # 13 groups, an odd count: the last position is read alone
+    (144, 2 * 128 + 1, True),             # 18 groups, over two blocks of 128 and one more; negative MSB weight
+])
+def test_packed_kernel_two_positions_at_a_time_equals_a_read_by_read_loop(rows, positions, signed):
+    """The packed kernel reads tiles of 13 to 18 groups two positions per loop: a position whose high planes are
+    zero beside one whose are not (its zero planes read as code 0), a position alone at the end of a block, against
+    one read at a time."""
+    rng = np.random.default_rng(rows)
+    g_int = rng.integers(0, 400, (rows, 32))
+    codes = rng.integers(0, 256, (positions, rows)).astype(np.uint8)
+    codes[::2] &= 0x0F                                               # even positions: high planes all zero
+    codes[3] = 0                                                     # a position with no bit set at all
+    weights = plane_weights(8, signed).astype(np.int64)
+    lo, top = adc_range(8, False)
+    gain = top / (0.25 * rows * 400)                                 # a quarter of the largest current: clips
+    want, want_clipped = _reads_by_loop(codes, g_int, weights, gain, lo, top, True)
+    pieces = lut_reads.table_pieces(lut_reads.pattern_table(g_int), 16, True)
+    assert [piece.dtype for piece, _, _ in pieces] == [np.uint32]
+    out = np.zeros((positions, 16), np.int64)
+    clipped = lut_reads.read_tile(lut_reads.plane_words(codes), pieces, weights, gain, lo, top, True, out)
+    assert want_clipped > 0 and clipped == want_clipped
+    assert np.array_equal(out, want)
+
 def test_lut_without_numba_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(lut_reads, "available", lambda: False)
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[fast\]'"):

@@ -17,6 +17,32 @@ interleaved in one process, 2026-12-02, under load):
   against 0.097 s per 4 layer-calls of 100 images), and prefetching the next plane's rows slower again. The reads
   wait on their table rows more than on arithmetic: the same kernel with every lookup on one L1-resident row was up
   to 20% faster.
+* a group whose pattern is 0 reads row 0 (group 0's zero row), not its own zero row: one cache line for every zero
+  lookup instead of one per group. After ReLU the high planes are mostly zero patterns (bench ResNet-56, 100
+  Gaussian inputs: 11-24% of groups are 0 in planes 0-4, 47-58% in plane 6, 81-95% in plane 7);
+* tiles of 13 to 18 groups (`_two_positions`) are read two positions per loop: the second position's lookups and
+  ADC are independent work beside the first's.
+Measured 2026-12-02 (load average 8-11 on 2 cores) on conv_reads of the bench's ResNet-56 (benchmarks/
+bench_crossbar.py), 100 images, one thread, min CPU over 7-9 rounds alternated in one process, tables 64-byte
+aligned as lut_reads builds them, in seconds for the stages of 16/32/64 words: before 0.300/0.212/0.215 (0.727),
+zero row 0.278/0.199/0.193 (0.671), both 0.238/0.204/0.195 (0.637): 12% less CPU, 21% on stage 1.
+Tried on the same figures and not kept (each slower or no faster):
+* summing only a plane's nonzero groups (issue 16's idea: a per-position list of their offsets, padded to whole
+  triples, one loop per triple count): 1.01 s against 0.74 s; the list alone, still summing all 18 rows, cost
+  about 0.17 s. Zero rows are cheap L1 hits once they share row 0; the list and the varying loop cost more;
+* uint64 offsets (contiguous 512-bit loads): 0.74 s against 0.67 s;
+* four positions per loop on 16-word tables: stage 1 0.283 s against two's 0.246 s;
+* a zero row after each group's 256 (staggering one pattern's rows over cache sets): 0.680 against 0.682 s;
+* narrower pieces (32 or 16 words, tables of 590 or 295 kB): stage 64 0.27 or 0.53 s against 0.25 s;
+* BLOCK 32 or 512; each group's word as one precomputed offset into the flat NHWC words; no clip counting; the
+  loop's length a constant for 16-word tables: within the noise (2-5%).
+Where the time goes (the same calls): the plane reads about 80%, of which the ADC 6%; the per-position part (word
+gather 6%, offsets 3%, output 7%) about 20%; with every lookup on 32 L1-resident rows the reads were 13-31% faster
+per stage. Tables without 64-byte alignment (unpickled) read 20-25% slower and reorder such comparisons: two
+positions per loop measured slower on them.
+A kernel compiled in the running process measured about 4x slower than the same object code loaded from numba's
+disk cache by a later process (0.071 s against 0.018 s per stage-1 call, both in one process): time kernels only
+in a process that loaded them from the cache.
 """
 import numpy as np
 from numba import carray, njit, prange, types
@@ -92,6 +118,102 @@ def _offsets(idx, j, q):
             idx[k + 120], idx[k + 128], idx[k + 136])
 
 
+@njit(inline="always", cache=True)
+def _row_offsets(patterns, iw, groups, uhalf, idx, base):
+    """idx[base + 8 g + j] = the table row offset of plane j of group g of position iw (byte 8 g + j of its words);
+    pattern 0 reads row 0 (group 0's zero row), one cache line for every zero lookup."""
+    for k in range(8 * groups):
+        p = np.uint32(patterns[iw, k])
+        idx[base + k] = (np.uint32((k >> 3) << 8) + p) * uhalf if p != 0 else np.uint32(0)
+
+
+@njit(inline="always", cache=True)
+def _store(out, i, acc, acc_hi, nb, half, pairs, add, col0):
+    """Position i's shift-and-add sums into row i of out (g+ minus g- codes with `pairs`); `add`, else overwrite."""
+    if pairs:                                              # g+ codes (low lines) minus g- codes (high lines)
+        for n in range(nb):
+            acc[n] -= acc_hi[n]
+    low = min(nb, half)
+    if add:
+        for n in range(low):
+            out[i, col0 + n] += acc[n]
+        for n in range(nb - low):                          # without pairs the high lines continue the outputs
+            out[i, col0 + half + n] += acc_hi[n]
+    else:
+        for n in range(low):
+            out[i, col0 + n] = acc[n]
+        for n in range(nb - low):
+            out[i, col0 + half + n] = acc_hi[n]
+
+
+@njit(cache=True)
+def _two_positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0, i1, w0, idx):
+    """_positions for tiles of 13 to 18 groups (one pass of 18 lookups), two positions per loop: the second
+    position's lookups and ADC are independent work beside the first's (15-18% faster on 32-line tables, the same
+    on wider ones; see the module notes). idx: 288 uint32, positions i and i + 1 at 0 and 144. A position past
+    i1 reads zero rows (code 0) and is not stored; a plane is skipped where both positions' bits are all 0."""
+    _wide_vectors()
+    groups = words.shape[1]
+    half = table.shape[1]
+    uhalf = np.uint32(half)
+    flat = table.reshape(-1)
+    patterns = words.view(np.uint8)
+    clips = carray(_stack_half(), HALF)
+    acc = carray(_stack_half(), HALF)
+    acc_hi = carray(_stack_half(), HALF)
+    acc2 = carray(_stack_half(), HALF)
+    acc2_hi = carray(_stack_half(), HALF)
+    for n in range(half):
+        clips[n] = 0
+    for k in range(2 * 8 * SUMMED):                        # groups past the tile's read row 0 (zeros)
+        idx[k] = 0
+    for i in range(i0, i1, 2):
+        two = i + 1 < i1
+        iw = i - w0
+        nonzero = np.uint64(0)
+        for g in range(groups):
+            nonzero |= words[iw, g]
+        _row_offsets(patterns, iw, groups, uhalf, idx, 0)
+        if two:
+            for g in range(groups):
+                nonzero |= words[iw + 1, g]
+            _row_offsets(patterns, iw + 1, groups, uhalf, idx, 8 * SUMMED)
+        else:
+            for k in range(8 * SUMMED):
+                idx[8 * SUMMED + k] = 0
+        for n in range(half):
+            acc[n] = 0
+            acc_hi[n] = 0
+            acc2[n] = 0
+            acc2_hi[n] = 0
+        for j in range(weights.shape[0]):
+            if (nonzero >> np.uint64(8 * j)) & _BYTE == 0:
+                continue                                   # no bit set in either position: codes 0
+            w = np.int32(weights[j])
+            o = _offsets(idx, j, 0)
+            o2 = _offsets(idx, j, SUMMED)
+            for n in range(half):
+                un = np.uint32(n)
+                a, b = _eighteen(flat, o, un)
+                a2, b2 = _eighteen(flat, o2, un)
+                ca, xa = _convert(a, gain, lo, top)
+                cb, xb = _convert(b, gain, lo, top)
+                ca2, xa2 = _convert(a2, gain, lo, top)
+                cb2, xb2 = _convert(b2, gain, lo, top)
+                clips[n] += (xa + xb) + (xa2 + xb2)
+                acc[n] += w * ca
+                acc_hi[n] += w * cb
+                acc2[n] += w * ca2
+                acc2_hi[n] += w * cb2
+        _store(out, i, acc, acc_hi, nb, half, pairs, add, col0)
+        if two:
+            _store(out, i + 1, acc2, acc2_hi, nb, half, pairs, add, col0)
+    clipped = 0
+    for n in range(half):
+        clipped += clips[n]
+    return clipped
+
+
 @njit(cache=True)
 def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0, i1, w0, idx):
     """Positions i0..i1 (rows of out); position i's words are words[i - w0]; `add` to out, else overwrite.
@@ -99,6 +221,8 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
     to 18."""
     _wide_vectors()
     groups = words.shape[1]
+    if 12 < groups <= SUMMED:                              # one pass of 18 lookups: two positions at a time
+        return _two_positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0, i1, w0, idx)
     half = table.shape[1]
     uhalf = np.uint32(half)
     slots = -(-groups // 6) * 6 if groups <= SUMMED else -(-groups // SUMMED) * SUMMED
@@ -117,8 +241,7 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
         nonzero = np.uint64(0)
         for g in range(groups):
             nonzero |= words[iw, g]
-        for k in range(8 * groups):                        # byte k of the words: plane k % 8 of group k // 8
-            idx[k] = (np.uint32((k >> 3) << 8) + np.uint32(patterns[iw, k])) * uhalf    # its table row's offset
+        _row_offsets(patterns, iw, groups, uhalf, idx, 0)   # byte k of the words: plane k % 8 of group k // 8
         for n in range(half):
             acc[n] = 0
             acc_hi[n] = 0
@@ -145,15 +268,7 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
                     clips[n] += xa + xb
                     acc[n] += w * ca
                     acc_hi[n] += w * cb
-            elif slots == 18:
-                for n in range(half):
-                    a, b = _eighteen(flat, o, np.uint32(n))
-                    ca, xa = _convert(a, gain, lo, top)
-                    cb, xb = _convert(b, gain, lo, top)
-                    clips[n] += xa + xb
-                    acc[n] += w * ca
-                    acc_hi[n] += w * cb
-            elif slots == 12:
+            elif slots == 12:                              # (13 to 18 groups: _two_positions)
                 for n in range(half):
                     a, b = _twelve(flat, o, np.uint32(n))
                     ca, xa = _convert(a, gain, lo, top)
@@ -169,20 +284,7 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
                     clips[n] += xa + xb
                     acc[n] += w * ca
                     acc_hi[n] += w * cb
-        if pairs:                                          # g+ codes (low lines) minus g- codes (high lines)
-            for n in range(nb):
-                acc[n] -= acc_hi[n]
-        low = min(nb, half)
-        if add:
-            for n in range(low):
-                out[i, col0 + n] += acc[n]
-            for n in range(nb - low):                      # without pairs the high lines continue the outputs
-                out[i, col0 + half + n] += acc_hi[n]
-        else:
-            for n in range(low):
-                out[i, col0 + n] = acc[n]
-            for n in range(nb - low):
-                out[i, col0 + half + n] = acc_hi[n]
+        _store(out, i, acc, acc_hi, nb, half, pairs, add, col0)
     clipped = 0
     for n in range(half):
         clipped += clips[n]
