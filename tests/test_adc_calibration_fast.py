@@ -13,6 +13,7 @@ from cimc.backends import chip as chip_module
 from cimc.backends import crossbar, record_reader
 from cimc.backends.bit_planes import CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights
 from cimc.backends.crossbar import calibrate_adc_full_scale
+from cimc.targets.registry import load_target
 
 MODELS = {
     "small_cnn": om.small_cnn,                                   # group 2 and depthwise 8
@@ -103,3 +104,26 @@ def test_fused_reads_calibrate_as_shift_and_add_of_the_planes(bits, monkeypatch)
     assert set(used) == {True, False}
     monkeypatch.setattr(record_reader.RecordReader, "record_exact", _record_exact_by_block)
     assert calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays) == fast
+
+
+def test_non_integer_lines_calibrate_alike_in_any_chunking(mcnn_dir, monkeypatch):
+    """256-level devices do not fit the exact int8 reads, so the calibration reads float sums; its full scales must
+    not depend on how many reads go into one product (a BLAS sgemm's sum order does; so do its threads, which moved
+    C3's full scale in its last bits under OPENBLAS_NUM_THREADS=1): small chunks equal the default ones bit for bit,
+    and both equal the largest line current formed in float64 read by read (one read, one row of the product)."""
+    m = cimc.compile(mcnn_dir / "mcnn.onnx", "yao2020-mcnn", calibration=mcnn_dir / "calib.npz",
+                     overrides=["device.levels=256"], optimize=False)
+    target = load_target(m.target, ["nonideal.program_sigma_us=0"])
+    data = np.random.default_rng(5).random((6, 1, 28, 28), dtype=np.float32)
+    default = crossbar.calibrate_adc_full_scale(m.graph, target, data)
+    with monkeypatch.context() as mp:
+        mp.setattr(record_reader, "CHUNK_ELEMENTS", 1 << 10)
+        small = crossbar.calibrate_adc_full_scale(m.graph, target, data)
+    assert small == default
+    one_row = {}
+    with monkeypatch.context() as mp:
+        mp.setattr(record_reader, "rowwise_matmul",
+                   lambda a, b, bound: np.stack([(row.astype(np.float64) @ b.astype(np.float64)).astype(
+                       np.result_type(a, b)) for row in a]) if len(a) else np.zeros((0, b.shape[1]), np.float32))
+        one_row = crossbar.calibrate_adc_full_scale(m.graph, target, data)
+    assert one_row == default
