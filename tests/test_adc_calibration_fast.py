@@ -13,6 +13,7 @@ from cimc.backends import chip as chip_module
 from cimc.backends import crossbar, record_reader
 from cimc.backends.bit_planes import CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights
 from cimc.backends.crossbar import calibrate_adc_full_scale
+from cimc.targets.registry import load_target
 
 MODELS = {
     "small_cnn": om.small_cnn,                                   # group 2 and depthwise 8
@@ -103,3 +104,37 @@ def test_fused_reads_calibrate_as_shift_and_add_of_the_planes(bits, monkeypatch)
     assert set(used) == {True, False}
     monkeypatch.setattr(record_reader.RecordReader, "record_exact", _record_exact_by_block)
     assert calibrate_adc_full_scale(manifest.graph, manifest.target, calib, arrays=manifest.arrays) == fast
+
+
+def test_non_integer_lines_calibrate_alike_in_any_chunking(mcnn_dir, monkeypatch):
+    """256-level devices do not fit the exact int8 reads, so the calibration reads float sums; its full scales must
+    not depend on how many reads go into one product (a BLAS sgemm's sum order does; so do its threads, which moved
+    C3's full scale in its last bits under OPENBLAS_NUM_THREADS=1): small chunks equal the default ones bit for bit,
+    and both equal the largest line current formed read by read in float64 from the plans' own lines (exact: at most
+    128 float32 conductances below 2^9 per sum), rounded once to float32 as the readers' currents are."""
+    m = cimc.compile(mcnn_dir / "mcnn.onnx", "yao2020-mcnn", calibration=mcnn_dir / "calib.npz",
+                     overrides=["device.levels=256"], optimize=False)
+    target = load_target(m.target, ["nonideal.program_sigma_us=0"])
+    data = np.random.default_rng(5).random((6, 1, 28, 28), dtype=np.float32)
+    peaks, units = {}, {}
+    record = record_reader.RecordReader.record
+
+    def record_and_read_one_by_one(self, plan, c, x):
+        codes = record_reader.uint_codes(x, plan.bits, plan.signed).astype(np.int64)
+        for block in plan.blocks:
+            lines = block.lines[c].astype(np.float64)
+            for row in codes[:, block.r0:block.r1]:
+                for j in range(plan.bits):
+                    current = ((row >> j) & 1).astype(np.float64) @ lines
+                    peaks[plan.name] = max(peaks.get(plan.name, 0.0), float(np.abs(current).max()))
+        units[plan.name] = plan.unit_ua
+        return record(self, plan, c, x)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(record_reader.RecordReader, "record", record_and_read_one_by_one)
+        default = crossbar.calibrate_adc_full_scale(m.graph, target, data)
+    assert set(peaks) == set(default) == {op.name for op in m.graph.xbar_ops()}
+    assert default == {name: float(np.float32(peaks[name])) * units[name] for name in peaks}
+    with monkeypatch.context() as mp:
+        mp.setattr(record_reader, "CHUNK_ELEMENTS", 1 << 10)
+        assert crossbar.calibrate_adc_full_scale(m.graph, target, data) == default

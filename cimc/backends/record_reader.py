@@ -1,13 +1,14 @@
 """The ADC calibration's reader (`record`): ideal reads that record the largest line current of every layer
 (cimc.backends.crossbar.calibrate_adc_full_scales), exact in int8 where the levels and g_min allow (one
-MatMulInteger per run of row tiles of one shape, the accumulators as the codes' own product), else float GEMMs
+MatMulInteger per run of row tiles of one shape, the accumulators as the codes' own product), else float line
+currents formed exactly and rounded once (bit_planes.rowwise_matmul: the same peaks whatever the threads or chunks)
 with the accumulators from one product per layer (cimc.backends.product_reader)."""
 from __future__ import annotations
 
 import numpy as np
 
-from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights, signed_values,
-                                      uint_codes)
+from cimc.backends.bit_planes import (CHUNK_ELEMENTS, CURRENT_ELEMENTS, bit_planes_uint, plane_weights,
+                                      rowwise_matmul, signed_values, uint_codes)
 from cimc.backends.int8_reader import int8_grid, matmul_integer_session, quantise_plan
 from cimc.backends.product_reader import product
 from cimc.backends.read_plan import ReadPlan
@@ -176,13 +177,16 @@ class RecordReader(Reader):
             int8 = self.session is not None and not plan.analog
             for s in range(0, len(x), chunk):
                 xb = xi[s:s + chunk, block.r0:block.r1]
+                # float sums formed exactly and rounded once (rowwise_matmul): a BLAS sgemm's order depends on the
+                # rows beside a read and on its threads, and the peak of a non-integer line (256 levels: no int8)
+                # moved in its last bits with OPENBLAS_NUM_THREADS and the chunk size
                 if plan.analog:
-                    cur = xb.astype(np.float32) @ mat
+                    cur = rowwise_matmul(xb.astype(np.float32), mat, max(abs(plan.qmin), plan.qmax))
                 elif int8:
                     u = bit_planes_uint(xb, n_planes, np.empty((n_planes,) + xb.shape, np.uint8))
                     cur = self.session.run(None, {"A": u.reshape(-1, r), "B": block.quantised[c]})[0]
                 else:
-                    cur = bit_planes_uint(xb, n_planes).reshape(-1, r) @ mat
+                    cur = rowwise_matmul(bit_planes_uint(xb, n_planes).reshape(-1, r), mat, 1.0)
                 if cur.size:
                     peak = max(peak, float(cur.max()), -float(cur.min()))
                     if per_slice is not None:          # [reads, line planes, outputs] -> each slice's peak
