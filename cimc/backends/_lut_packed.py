@@ -17,6 +17,26 @@ interleaved in one process, 2026-12-02, under load):
   against 0.097 s per 4 layer-calls of 100 images), and prefetching the next plane's rows slower again. The reads
   wait on their table rows more than on arithmetic: the same kernel with every lookup on one L1-resident row was up
   to 20% faster.
+* a group whose pattern is 0 reads row 0 (group 0's zero row), not its own zero row: one cache line for every zero
+  lookup instead of one per group. After ReLU the high planes are mostly zero patterns (bench ResNet-56, 100
+  Gaussian inputs: 11-24% of groups are 0 in planes 0-4, 47-58% in plane 6, 81-95% in plane 7). Measured 9-10% faster
+  (conv_reads of the bench's ResNet-56, 100 images, one thread, min CPU over 7-9 alternated rounds, stages of
+  16/32/64 words: 0.348/0.275/0.264 s against 0.316/0.254/0.233 s; 2026-12-02, load average 8-11 on 2 cores).
+Tried on the same figures and not kept (each slower or no faster):
+* summing only a plane's nonzero groups (a per-position list of their offsets, padded to whole triples, one loop
+  per triple count): 1.21-1.57 s against 0.92-0.98 s for the whole set; the list alone, summing all 18, cost
+  0.92 -> 1.09 s. Zero rows are cheap L1 hits once they share row 0; the list and the varying loop cost more;
+* two positions per loop (independent work to overlap): 0.94 s against 0.81 s;
+* uint64 offsets (contiguous 512-bit loads, no gathers): stage 16 up to 15% faster, stage 64 up to 7% slower,
+  mixed in total;
+* narrower pieces (32 or 16 words, tables of 590 or 295 kB in L2): stage 64 0.27 or 0.53 s against 0.25 s;
+* BLOCK 32 or 512 positions; each group's word as one precomputed offset into the flat NHWC words; no clip
+  counting (2%): within the noise. The ADC is 6% of the reads, the per-position part (word gather, offsets, output)
+  20%, the plane reads 80%; with all lookups on 32 L1-resident rows the reads were 13-31% faster per stage - the
+  bound on any change of table layout.
+A kernel compiled in the running process measured about 4x slower than the same object code loaded from numba's
+disk cache by a later process (0.071 s against 0.018 s per stage-1 call, both in one process): time kernels only
+in a process that loaded them from the cache.
 """
 import numpy as np
 from numba import carray, njit, prange, types
@@ -118,7 +138,8 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
         for g in range(groups):
             nonzero |= words[iw, g]
         for k in range(8 * groups):                        # byte k of the words: plane k % 8 of group k // 8
-            idx[k] = (np.uint32((k >> 3) << 8) + np.uint32(patterns[iw, k])) * uhalf    # its table row's offset
+            p = np.uint32(patterns[iw, k])                 # its table row's offset; pattern 0 (zeros): row 0
+            idx[k] = (np.uint32((k >> 3) << 8) + p) * uhalf if p != 0 else np.uint32(0)
         for n in range(half):
             acc[n] = 0
             acc_hi[n] = 0
