@@ -433,13 +433,16 @@ def test_lut_equals_float32_bit_for_bit_where_the_grid_is_exact(compiled):
 
 
 @needs_numba
-def test_int8_equals_lut_bit_for_bit_on_the_same_grid(compiled):
+@pytest.mark.parametrize("adc", [[], ["adc.gain_sigma_rel=0.03", "adc.offset_sigma_lsb=0.7", "adc.inl_lsb=1.5"]],
+                         ids=["ideal-adc", "adc-gain-offset-inl"])
+def test_int8_equals_lut_bit_for_bit_on_the_same_grid(compiled, adc):
     """Noisy devices, stuck cells, several copies, grouped and depthwise convs: the int8 reader (planes x
     MatMulInteger, adc_convert, Horner per line) and the lut kernel on its grid give the same lines' codes, combined
-    the same way, so the same outputs bit for bit, clipping counts included (a third of the full scale: some clip)."""
+    the same way, so the same outputs bit for bit, clipping counts included (a third of the full scale: some clip);
+    also through ADCs with gain, offset and INL errors (each slice line through the ADC of its own column)."""
     name, manifest, calib, x = compiled
     scales = {op.name: op.adc_full_scale_ua / 3 for op in manifest.graph.xbar_ops()}
-    common = dict(seed=4, adc_full_scale=scales, overrides=["nonideal.stuck_rate=0.02"])
+    common = dict(seed=4, adc_full_scale=scales, overrides=["nonideal.stuck_rate=0.02", *adc])
     int8 = CrossbarBackend(gemm="int8", diagnostics=True, **common)
     y_int8 = Session(manifest, backend=int8).run(x)
     lut = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, diagnostics=True, **common)

@@ -43,7 +43,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from cimc.backends._lut_kernel import BLOCK, SUMMED, _wide_vectors, conv_words
+from cimc.backends._lut_kernel import BLOCK, SUMMED, _wide_vectors, conv_words, line_adc, zero_code
 from cimc.backends.lut_limits import MAX_LINES
 
 HALF = MAX_LINES // 2           # words per row at most
@@ -97,9 +97,10 @@ def _twelve(flat, o, n):
 
 
 @njit(inline="always", cache=True)
-def _convert(cur, gain, lo, top):
-    """The ADC of _lut_kernel (adc_convert in float32, the same operations): (code, 1 if clipped else 0)."""
-    v = np.rint(np.float32(cur) * gain)
+def _convert(cur, gain, lo, top, adc, n):
+    """The ADC of _lut_kernel (adc_convert in float32, the same operations; line n's errors: line_adc): (code, 1
+    if clipped else 0)."""
+    v = np.rint(line_adc(np.float32(cur) * gain, adc, n))
     return np.int32(min(max(v, lo), top)), np.int32(v > top) + np.int32(v < lo)
 
 
@@ -113,7 +114,7 @@ def _offsets(idx, j, q):
 
 
 @njit(cache=True)
-def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0, i1, w0, idx):
+def _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, i0, i1, w0, idx):
     """Positions i0..i1 (rows of out); position i's words are words[i - w0]; `add` to out, else overwrite.
     idx [8 (slots + 18)] uint32 zeros, 8 planes per group: slots = groups rounded up to 6 (at most 18 groups) or
     to 18."""
@@ -144,7 +145,7 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
             acc[n] = 0
             acc_hi[n] = 0
         for j in range(weights.shape[0]):
-            if (nonzero >> np.uint64(8 * j)) & _BYTE == 0:
+            if zero_code(adc) and (nonzero >> np.uint64(8 * j)) & _BYTE == 0:
                 continue                                   # no bit set: current 0, code 0
             for q in range(0, last, SUMMED):               # tiles of more than 18 groups: all passes but the last
                 o = _offsets(idx, j, q)
@@ -161,32 +162,32 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
             if last > 0:
                 for n in range(half):
                     a, b = _eighteen(flat, o, np.uint32(n))
-                    ca, xa = _convert(a + cl[n], gain, lo, top)
-                    cb, xb = _convert(b + ch[n], gain, lo, top)
+                    ca, xa = _convert(a + cl[n], gain, lo, top, adc, n)
+                    cb, xb = _convert(b + ch[n], gain, lo, top, adc, half + n)
                     clips[n] += xa + xb
                     acc[n] += w * ca
                     acc_hi[n] += w * cb
             elif slots == 18:
                 for n in range(half):
                     a, b = _eighteen(flat, o, np.uint32(n))
-                    ca, xa = _convert(a, gain, lo, top)
-                    cb, xb = _convert(b, gain, lo, top)
+                    ca, xa = _convert(a, gain, lo, top, adc, n)
+                    cb, xb = _convert(b, gain, lo, top, adc, half + n)
                     clips[n] += xa + xb
                     acc[n] += w * ca
                     acc_hi[n] += w * cb
             elif slots == 12:
                 for n in range(half):
                     a, b = _twelve(flat, o, np.uint32(n))
-                    ca, xa = _convert(a, gain, lo, top)
-                    cb, xb = _convert(b, gain, lo, top)
+                    ca, xa = _convert(a, gain, lo, top, adc, n)
+                    cb, xb = _convert(b, gain, lo, top, adc, half + n)
                     clips[n] += xa + xb
                     acc[n] += w * ca
                     acc_hi[n] += w * cb
             else:
                 for n in range(half):
                     a, b = _six(flat, o, 0, np.uint32(n))
-                    ca, xa = _convert(a, gain, lo, top)
-                    cb, xb = _convert(b, gain, lo, top)
+                    ca, xa = _convert(a, gain, lo, top, adc, n)
+                    cb, xb = _convert(b, gain, lo, top, adc, half + n)
                     clips[n] += xa + xb
                     acc[n] += w * ca
                     acc_hi[n] += w * cb
@@ -216,7 +217,7 @@ def _slots(groups):
 
 
 @njit(parallel=True, cache=True)
-def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, width):
+def reads(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, width):
     """_lut_kernel.reads on a packed table; `width` = _slots(groups)."""
     m = words.shape[0]
     blocks = -(-m // BLOCK)
@@ -224,13 +225,13 @@ def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, width
     for b in prange(blocks):
         _wide_vectors()
         idx = np.zeros(8 * width, np.uint32)
-        clipped[b] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, b * BLOCK,
+        clipped[b] = _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, b * BLOCK,
                                 min(m, b * BLOCK + BLOCK), 0, idx)
     return clipped.sum()
 
 
 @njit(parallel=True, cache=True)
-def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, nb, pairs, out, col0, add,
+def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add,
                width):
     """_lut_kernel.conv_reads on a packed table; `width` = _slots(groups)."""
     positions = oh * ow
@@ -245,6 +246,6 @@ def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, 
         words = conv_words(xw, b, p0, p1, dy, dx, octet, sh, sw, ow)
         idx = np.zeros(8 * width, np.uint32)
         i0 = b * positions + p0
-        clipped[t] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0,
+        clipped[t] = _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, i0,
                                 b * positions + p1, i0, idx)
     return clipped.sum()
