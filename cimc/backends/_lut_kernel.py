@@ -11,7 +11,8 @@ Why it is written this way (each point measured on ResNet-56, see benchmarks/ben
 * inputs arrive as plane words (byte j of a word: the pattern of plane j), bit-transposed once per eight codes
   rather than once per read, and a position's table row offsets for all planes are computed first, in a loop that
   vectorises (unsigned flat offsets: no multiply per lookup, no negative-index checks; 5-10% faster);
-* a plane whose bits are all zero reads a zero current, code 0: it is skipped;
+* a plane whose bits are all zero reads a zero current, code 0: it is skipped (through an ideal ADC; with an
+  offset or INL a zero current has a code of its own, so such planes are read: `zero_code`);
 * a convolution gathers its positions' words from the padded NHWC plane words (`conv_reads`), no im2col;
 * tables start on a 64-byte boundary (lut_reads.aligned_empty): a 32-line int16 row is one cache line;
 * a non-ideal ADC's per-line gain, offset and INL (`line_adc`) are resolved by type when numba compiles: the ideal
