@@ -11,8 +11,8 @@ Why it is written this way (each point measured on ResNet-56, see benchmarks/ben
 * inputs arrive as plane words (byte j of a word: the pattern of plane j), bit-transposed once per eight codes
   rather than once per read, and a position's table row offsets for all planes are computed first, in a loop that
   vectorises (unsigned flat offsets: no multiply per lookup, no negative-index checks; 5-10% faster);
-* a plane whose bits are all zero reads a zero current, code 0: it is skipped (through an ideal ADC; with an
-  offset or INL a zero current has a code of its own, so such planes are read: `zero_code`);
+* a plane whose bits are all zero reads a zero current, code 0: it is skipped (with an ADC offset or INL a zero
+  current has a code of its own, precomputed per line: `zero_lines`);
 * a convolution gathers its positions' words from the padded NHWC plane words (`conv_reads`), no im2col;
 * tables start on a 64-byte boundary (lut_reads.aligned_empty): a 32-line int16 row is one cache line;
 * a non-ideal ADC's per-line gain, offset and INL (`line_adc`) are resolved by type when numba compiles: the ideal
@@ -137,8 +137,8 @@ def quantised_plane_words(x, scale, qmin, qmax, mask, top, left, out):
 def line_adc(t, adc, n):
     """Line n's ADC errors on t = float32(current) * gain: cimc.targets.adc.AdcLines.apply, the same float32
     operations in the same order - t * g[n], + o[n], + INL(t) = (s (1 - s)) * 4 inl with s = clip((t - lo) / (top -
-    lo), 0, 1). adc: None (an ideal ADC: t unchanged, nothing compiled) or (g, o, lo, 1 / (top - lo), 4 inl), float32
-    (lut_reads.piece_adc)."""
+    lo), 0, 1). adc: None (an ideal ADC: t unchanged, nothing compiled) or (g, o, lo, 1 / (top - lo), 4 inl float32,
+    zero-current codes and clips int32) (lut_reads.piece_adc)."""
 
 
 @overload(line_adc, inline="always")
@@ -147,7 +147,7 @@ def _line_adc(t, adc, n):
         return lambda t, adc, n: t
 
     def apply(t, adc, n):
-        gain, offset, lo, inverse, inl4 = adc
+        gain, offset, lo, inverse, inl4 = adc[0], adc[1], adc[2], adc[3], adc[4]
         t = t * gain[n]
         t = t + offset[n]
         s = min(max((t - lo) * inverse, np.float32(0)), np.float32(1))
@@ -155,15 +155,43 @@ def _line_adc(t, adc, n):
     return apply
 
 
-def zero_code(adc):
-    """Whether a zero current converts to code 0 without clipping: for an ideal ADC (adc None; a plane with no bit
-    set is then skipped), not with an offset or INL (folded when numba compiles)."""
+def zero_lines(adc, w, acc, width):
+    """A plane with no bit set: every line's current is 0. Through an ideal ADC (adc None) its codes are 0 and
+    nothing is added (the plane is skipped, nothing compiled); else each line's code of a zero current times w
+    (lut_reads.piece_adc). Returns the clipped conversions."""
 
 
-@overload(zero_code, inline="always")
-def _zero_code(adc):
-    ideal = isinstance(adc, types.NoneType)
-    return lambda adc: ideal
+@overload(zero_lines, inline="always")
+def _zero_lines(adc, w, acc, width):
+    if isinstance(adc, types.NoneType):
+        return lambda adc, w, acc, width: 0
+
+    def add(adc, w, acc, width):
+        codes, clips = adc[5], adc[6]
+        clipped = 0
+        for n in range(width):
+            acc[n] += w * codes[n]
+            clipped += clips[n]
+        return clipped
+    return add
+
+
+def zero_pairs(adc, w, acc, acc_hi, clips, half):
+    """zero_lines for the packed kernel: lines n (acc) and half + n (acc_hi), clips counted per word."""
+
+
+@overload(zero_pairs, inline="always")
+def _zero_pairs(adc, w, acc, acc_hi, clips, half):
+    if isinstance(adc, types.NoneType):
+        return lambda adc, w, acc, acc_hi, clips, half: None
+
+    def add(adc, w, acc, acc_hi, clips, half):
+        codes, clipped = adc[5], adc[6]
+        for n in range(half):
+            acc[n] += w * codes[n]
+            acc_hi[n] += w * codes[half + n]
+            clips[n] += clipped[n] + clipped[half + n]
+    return add
 
 
 @njit(inline="always", cache=True)
@@ -197,8 +225,9 @@ def _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, 
         for n in range(width):
             acc[n] = 0
         for j in range(weights.shape[0]):
-            if zero_code(adc) and (nonzero >> np.uint64(8 * j)) & _BYTE == 0:
-                continue                                   # no bit set: current 0, code 0
+            if (nonzero >> np.uint64(8 * j)) & _BYTE == 0:  # no bit set: current 0, code 0 (ideal ADC)
+                clipped += zero_lines(adc, np.int32(weights[j]), acc, width)
+                continue
             for n in range(width):
                 cur[n] = 0
             for q in range(0, groups, SUMMED):            # 18 rows a pass; 6 or 12 in the last where that ends it

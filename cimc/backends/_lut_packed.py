@@ -43,7 +43,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from cimc.backends._lut_kernel import BLOCK, SUMMED, _wide_vectors, conv_words, line_adc, zero_code
+from cimc.backends._lut_kernel import BLOCK, SUMMED, _wide_vectors, conv_words, line_adc, zero_pairs
 from cimc.backends.lut_limits import MAX_LINES
 
 HALF = MAX_LINES // 2           # words per row at most
@@ -145,7 +145,8 @@ def _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, 
             acc[n] = 0
             acc_hi[n] = 0
         for j in range(weights.shape[0]):
-            if zero_code(adc) and (nonzero >> np.uint64(8 * j)) & _BYTE == 0:
+            if (nonzero >> np.uint64(8 * j)) & _BYTE == 0:
+                zero_pairs(adc, np.int32(weights[j]), acc, acc_hi, clips, half)   # ideal ADC: nothing
                 continue                                   # no bit set: current 0, code 0
             for q in range(0, last, SUMMED):               # tiles of more than 18 groups: all passes but the last
                 o = _offsets(idx, j, q)

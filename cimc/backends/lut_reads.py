@@ -144,11 +144,17 @@ def _piece_lines(adc, lines: np.ndarray) -> tuple:
 
 def piece_adc(lines: tuple | None, lo: int, top: int) -> tuple | None:
     """The kernels' ADC errors (_lut_kernel.line_adc) of a piece's (gain, offset, INL): the float32 constants of
-    AdcLines.apply, or None for an ideal ADC."""
+    AdcLines.apply, then each line's code of a zero current and whether it clips (int32; the kernels add them for a
+    bit-plane with no bit set instead of reading it), the same float32 operations; or None for an ideal ADC."""
     if lines is None:
         return None
     gain, offset, inl = lines
-    return gain, offset, np.float32(lo), np.float32(1.0 / (top - lo)), np.float32(4 * inl)
+    low, inverse, inl4 = np.float32(lo), np.float32(1.0 / (top - lo)), np.float32(4 * inl)
+    t = np.zeros(len(gain), np.float32) * gain + offset
+    s = np.minimum(np.maximum((t - low) * inverse, np.float32(0)), np.float32(1))
+    t = np.rint(t + (s * (np.float32(1) - s)) * inl4)
+    clips = ((t > top) | (t < lo)).astype(np.int32)
+    return gain, offset, low, inverse, inl4, np.clip(t, lo, top).astype(np.int32), clips
 
 
 PACKABLE = (1 << 16) // 3                 # largest entry of a packed table: three add up in 16 bits (21845)
