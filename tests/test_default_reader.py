@@ -70,7 +70,7 @@ def test_default_reader_has_float32s_per_layer_error_statistics(mcnn, adc):
     2.5 uS / 300 = 8.3 nS, 65 times finer than the programming error): on the mCNN and 48 inputs about 1.7e-4
     (C1), 3.9e-4 (C3) and 1.2e-3 (FC), under 2% of each layer's error (measured: 2e-5, 2e-5, 3e-4). The same
     with ADC offsets of 0.5 LSB (per ADC, static: the default reader is still the table reads, the offsets fused
-    into its kernel)."""
+    into its kernel; measured: 6e-6, 1.4e-4, 1.4e-4 against tolerances 1.7e-4, 3.8e-4, 1.2e-3)."""
     manifest, x, _ = mcnn
     rel, outs, default = {}, {}, None
     for gemm in (None, "float32"):
