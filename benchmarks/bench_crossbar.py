@@ -7,7 +7,9 @@ For each configuration — `integer` (the reference), `crossbar-ideal` (ideal de
 every bit-plane read; float32 GEMMs), `crossbar-noisy-int8` (the same with gemm="int8"), `crossbar-noisy-lut`
 (the same with gemm="lut": numba table reads with the ADC fused), `crossbar-noisy-default` (the same naming no
 reader: what `cimc run --backend crossbar` and `Session(m, "crossbar")` read with) and, on request, `crossbar-noisy-adc` (crossbar-noisy
-with ADC gain, offset, INL and sense noise: the cost of the ADC model), and on request `bitsliced-float32` /
+with ADC gain, offset, INL and sense noise: the cost of the ADC model; float32 GEMMs, as sense noise is drawn per
+conversion), `crossbar-noisy-adc-static` (the same without sense noise: the default reader, table reads with the
+ADC's per-line gain, offset and INL fused), and on request `bitsliced-float32` /
 `bitsliced-lut` (ResNet-56 compiled for `resnet-bitsliced`: 8-bit weights on 2-bit cells x 4 slices, 0.54 uS
 programming error, its compile-calibrated ADC full scale; each slice line converted, read by that reader) — a fresh
 worker process loads the manifest, warms
@@ -60,8 +62,10 @@ def prepare(workdir: Path, n: int, seed: int = 0, bitsliced: bool = False) -> No
     np.save(workdir / "x.npy", rng.standard_normal((n, 3, 32, 32)).astype(np.float32))
 
 
-# crossbar-noisy-adc: crossbar-noisy plus every ADC non-ideality (cimc.targets.adc), float32 GEMMs
-ADC_EFFECTS = ["adc.gain_sigma_rel=0.01", "adc.offset_sigma_lsb=0.5", "adc.inl_lsb=0.5", "adc.noise_sigma_lsb=0.3"]
+# crossbar-noisy-adc: crossbar-noisy plus every ADC non-ideality (cimc.targets.adc): float32 GEMMs (sense noise is
+# drawn per conversion); crossbar-noisy-adc-static: the static ones alone (gain, offset, INL), read by the default
+STATIC_ADC_EFFECTS = ["adc.gain_sigma_rel=0.01", "adc.offset_sigma_lsb=0.5", "adc.inl_lsb=0.5"]
+ADC_EFFECTS = STATIC_ADC_EFFECTS + ["adc.noise_sigma_lsb=0.3"]
 
 
 def _gemm(config: str) -> str | None:
@@ -96,10 +100,10 @@ def worker(workdir: Path, config: str, batch_size: int, threads: int = 0) -> dic
     elif config.startswith("bitsliced-"):
         session = cimc.Session(cimc.load(workdir / "manifest_bitsliced"), backend="crossbar", seed=0,
                                batch_size=batch_size, gemm=config.split("-")[1])
-    elif config == "crossbar-noisy-adc":
+    elif config in ("crossbar-noisy-adc", "crossbar-noisy-adc-static"):
         scales = json.loads((workdir / "adc_full_scale.json").read_text())
         session = cimc.Session(manifest, backend="crossbar", seed=0, adc_full_scale=scales, batch_size=batch_size,
-                               overrides=ADC_EFFECTS)
+                               overrides=ADC_EFFECTS if config == "crossbar-noisy-adc" else STATIC_ADC_EFFECTS)
     else:
         scales = json.loads((workdir / "adc_full_scale.json").read_text())
         session = cimc.Session(manifest, backend="crossbar", seed=0, adc_full_scale=scales, batch_size=batch_size,

@@ -171,16 +171,30 @@ def test_adc_instances_are_keyed_by_array():
     assert np.array_equal(AdcModel(AdcSpec(gain_sigma_rel=0.1), 5, 3, 16).gain, small.gain)
 
 
-def test_lut_reader_falls_back_to_float32_with_a_non_ideal_adc(fc):
+def test_lut_reader_falls_back_to_float32_with_sense_noise(fc):
     pytest.importorskip("numba")
     x = np.random.default_rng(5).standard_normal((3, 20)).astype(np.float32)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         s = Session(fc, backend="crossbar", seed=2, overrides=IDEAL_DEVICES + EFFECTS, gemm="lut")
         y = s.run(x)
-    assert any("gemm='lut' fuses an ideal ADC" in str(w.message) for w in caught)
+    assert any("gemm='lut' draws no sense noise" in str(w.message) for w in caught)
     assert s.backend.reader == "float32"
     assert np.array_equal(y, Session(fc, backend="crossbar", seed=2, overrides=IDEAL_DEVICES + EFFECTS).run(x))
+
+
+def test_lut_reader_applies_gain_offset_and_inl(fc):
+    """Without sense noise the table reads (the default reader) convert through the same ADC instances: the
+    per-read reference loop on the lut grid (step / q: currents of q x integer steps), bit for bit."""
+    pytest.importorskip("numba")
+    static = EFFECTS[:3]                                            # gain, offset, INL
+    b, op = _bound(fc, static)
+    assert b.reader == "lut" and b.grid > 14
+    x = _codes(op, 3, seed=4)
+    want = _reference(fc, op, x, 7, 0.03, 0.7, 1.5, 0.0, grid=b.grid)
+    assert np.array_equal(b.mvm(op, x, len(x)), want)
+    ideal, _ = _bound(fc, [], gemm="lut")
+    assert not np.array_equal(ideal.mvm(op, x, len(x)), want)
 
 
 def test_int8_reader_applies_the_same_adc(fc):

@@ -23,6 +23,7 @@ from cimc.errors import ConfigError
 from cimc.executor import quantize_activation
 from cimc.ir import ActQuant, Graph, Placement, TensorInfo, Tile, XbarOp
 from cimc.layout import program_arrays
+from cimc.targets.adc import AdcLines
 from cimc.targets.registry import load_target
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "arithmetic.md"
@@ -465,6 +466,40 @@ def test_lut_reads_equal_the_int8_gemm_on_the_same_grid(fixture, overrides, requ
     assert stats["int8"] == stats["lut"] and any(rate > 0 for rate, _ in stats["lut"])
 
 
+ADC_STATIC = ["adc.gain_sigma_rel=0.03", "adc.offset_sigma_lsb=0.7", "adc.inl_lsb=1.5"]   # per chip, no sense noise
+
+
+@needs_numba
+@pytest.mark.parametrize("fixture,seed,overrides", [
+    ("mcnn", 1, []), ("mcnn", 2, []), ("mcnn", 3, []),
+    ("small_cnn", 5, []),                                   # convolutions read straight from NHWC codes
+    ("small_cnn_rows", 6, ["adc.bits=6"]),                  # one bipolar line per output: int16 tables
+])
+def test_lut_reads_through_adcs_with_gain_offset_and_inl_equal_the_int8_gemm(fixture, seed, overrides, request):
+    """The kernel applies each line's ADC gain and offset and the INL (cimc.targets.adc.AdcLines.apply, numpy, in
+    the int8 reader) with the same float32 operations: int8 and lut agree bit for bit on the same grid, on both
+    read routes (direct convolutions; im2col rows with diagnostics), clipping counts included; and the errors are
+    really applied (the ideal ADC's outputs differ)."""
+    manifest, x = request.getfixturevalue(fixture)[0], request.getfixturevalue(fixture)[-1]
+    scales = calibrate_adc_full_scale(manifest.graph, manifest.target, x)
+    common = dict(seed=seed, adc_full_scale={k: v / 3 for k, v in scales.items()})
+    devices = ["nonideal.stuck_rate=0.02", *overrides]
+    int8 = CrossbarBackend(gemm="int8", diagnostics=True, overrides=devices + ADC_STATIC, **common)
+    want = Session(manifest, backend=int8).run(x)
+    stats = {}
+    for diagnostics in (False, True):
+        lut = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, diagnostics=diagnostics,
+                              overrides=devices + ADC_STATIC, **common)
+        got = Session(manifest, backend=lut).run(x)
+        assert lut.reader == "lut"
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+        if diagnostics:
+            stats = [[(r["adc_clip_rate"], r["adc_conversions"]) for r in b.layer_stats()] for b in (int8, lut)]
+    assert stats[0] == stats[1] and any(rate > 0 for rate, _ in stats[0])
+    ideal = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, overrides=devices, **common)
+    assert not np.array_equal(Session(manifest, backend=ideal).run(x), want)
+
+
 def _conv1d(cin: int = 16, cout: int = 6) -> onnx.ModelProto:
     """A Conv1d (kernel 3, stride 2, pads 1 and 2) on [N, cin, 20]."""
     w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((cout, cin, 3)).astype(np.float32), "w")
@@ -593,14 +628,18 @@ def test_plane_words_quantise_as_the_executor(signed, bits):
         assert got[0, 1, 2].view(np.uint8)[0] != 0                     # the words hold codes, not zeros
 
 
-def _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs):
-    """Every read one at a time: plane j of position i, current = bits . G, the ADC as adc_convert, shift-and-add."""
+def _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs, adc=None):
+    """Every read one at a time: plane j of position i, current = bits . G, the ADC as adc_convert (with `adc`, an
+    AdcLines: its per-line gain, offset and INL, applied by numpy), shift-and-add."""
     m, nb = len(codes), g_int.shape[1] // 2 if pairs else g_int.shape[1]
     out, clipped = np.zeros((m, nb), np.int64), 0
     for i in range(m):
         for j, w in enumerate(weights):
             bits = (codes[i].astype(np.int64) >> j) & 1
-            v = np.rint(np.float32(bits @ g_int) * np.float32(gain))
+            v = np.float32(bits @ g_int) * np.float32(gain)
+            if adc is not None:
+                adc.apply(v, lo, top)
+            v = np.rint(v)
             clipped += int(np.count_nonzero(v > top) + np.count_nonzero(v < lo))
             code = np.clip(v, lo, top).astype(np.int64)
             out[i] += w * (code[:nb] - code[nb:] if pairs else code)
@@ -616,9 +655,11 @@ def _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs):
     (37, 530, False, False, True, 400, False),    # bipolar lines (negative entries), codes below lo: int16 tables
     (100, 16, True, False, False, 4000, False),   # entries up to 8 x 3999 > 21845: too large to pack
 ])
-def test_lut_kernel_equals_a_read_by_read_loop(rows, outputs, pairs, signed, bipolar, high, packed):
+@pytest.mark.parametrize("nonideal", [False, True], ids=["ideal-adc", "adc-gain-offset-inl"])
+def test_lut_kernel_equals_a_read_by_read_loop(rows, outputs, pairs, signed, bipolar, high, packed, nonideal):
     """Both kernels (packed uint32 tables where every entry fits 0 .. 21845, int16 tables otherwise) against one
-    read at a time."""
+    read at a time; with a non-ideal ADC (per-line gain and offset, INL) against numpy's AdcLines.apply on each
+    read's float32 values, bit for bit (the pieces' lines keep their own gain and offset, odd counts padded)."""
     rng = np.random.default_rng(rows)
     lines = 2 * outputs if pairs else outputs
     g_int = rng.integers(-300 if bipolar else 0, high, (rows, lines))
@@ -629,10 +670,15 @@ def test_lut_kernel_equals_a_read_by_read_loop(rows, outputs, pairs, signed, bip
     weights = plane_weights(8, signed).astype(np.int64)
     lo, top = adc_range(8, bipolar)
     gain = top / (0.25 * rows * 400)                                # a quarter of the largest current: clips
-    want, want_clipped = _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs)
-    pieces = lut_reads.table_pieces(lut_reads.pattern_table(g_int), outputs, pairs)
+    adc = None
+    if nonideal:                        # errors large enough to move many codes (1.5 LSB offsets, 4 LSB of INL)
+        adc = AdcLines(1 + 0.05 * rng.standard_normal(lines), 1.5 * rng.standard_normal(lines), 4.0)
+    want, want_clipped = _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs, adc)
+    if nonideal:
+        assert not np.array_equal(want, _reads_by_loop(codes, g_int, weights, gain, lo, top, pairs)[0])
+    pieces = lut_reads.table_pieces(lut_reads.pattern_table(g_int), outputs, pairs, adc=adc)
     assert len(pieces) == -(-lines // lut_reads.MAX_LINES)
-    assert all((piece.dtype == np.uint32) == packed for piece, _, _ in pieces)
+    assert all((piece.dtype == np.uint32) == packed for piece, *_ in pieces)
     out = np.zeros((len(codes), outputs), np.int64)
     clipped = lut_reads.read_tile(lut_reads.plane_words(codes), pieces, weights, gain, lo, top, pairs, out)
     assert want_clipped > 0 and clipped == want_clipped
@@ -659,7 +705,7 @@ def test_packed_kernel_two_positions_at_a_time_equals_a_read_by_read_loop(rows, 
     gain = top / (0.25 * rows * 400)                                 # a quarter of the largest current: clips
     want, want_clipped = _reads_by_loop(codes, g_int, weights, gain, lo, top, True)
     pieces = lut_reads.table_pieces(lut_reads.pattern_table(g_int), 16, True)
-    assert [piece.dtype for piece, _, _ in pieces] == [np.uint32]
+    assert [piece.dtype for piece, *_ in pieces] == [np.uint32]
     out = np.zeros((positions, 16), np.int64)
     clipped = lut_reads.read_tile(lut_reads.plane_words(codes), pieces, weights, gain, lo, top, True, out)
     assert want_clipped > 0 and clipped == want_clipped

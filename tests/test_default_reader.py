@@ -40,8 +40,9 @@ def _grid_tolerance(be: CrossbarBackend, name: str, grid: int, rel: float) -> fl
     """How far a conductance grid of step / grid can move a layer's relative error `rel` (the float32 reader's).
 
     The grid moves a device's conductance by at most step / (2 grid), uniformly: a read of R driven rows moves its
-    line current by eps ~ N(0, R / (12 grid^2)) steps. The grid changes an output only through the ADC (an ideal
-    one: table reads apply to no other): a code changes where a rounding threshold lies between the two currents,
+    line current by eps ~ N(0, R / (12 grid^2)) steps. The grid changes an output only through the ADC: a code
+    changes where a rounding threshold lies between the two currents (an ADC's offset or INL moves where its
+    thresholds lie, not how often a current's shift crosses one; its gain of 1 +- a few % scales p alike),
     with probability p = E|eps| / LSB = sqrt(2 / pi) sqrt(R / 12) / (grid LSB). A changed code moves the accumulator
     by w_j LSB (plane weight w_j), so over the layer's conversions the two readers' outputs differ by D with
     ||D||^2 = conversions x p x mean_j(w_j^2) x LSB^2; let B = ||D|| / ||exact||. With the error e = out - exact,
@@ -61,16 +62,19 @@ def _grid_tolerance(be: CrossbarBackend, name: str, grid: int, rel: float) -> fl
 
 
 @needs_numba
-def test_default_reader_has_float32s_per_layer_error_statistics(mcnn):
+@pytest.mark.parametrize("adc", [[], ["adc.offset_sigma_lsb=0.5"]], ids=["ideal-adc", "adc-offset"])
+def test_default_reader_has_float32s_per_layer_error_statistics(mcnn, adc):
     """The `--layers` statistics (each layer's relative error against the exact integer product, over all its
     outputs and samples) of the default reader equal the float32 reader's on a noisy chip (0.54 uS, 8-bit
     calibrated ADCs), within what the conductance grid allows (`_grid_tolerance`, for grid >= 300: a step of
     2.5 uS / 300 = 8.3 nS, 65 times finer than the programming error): on the mCNN and 48 inputs about 1.7e-4
-    (C1), 3.9e-4 (C3) and 1.2e-3 (FC), under 2% of each layer's error (measured: 2e-5, 2e-5, 3e-4)."""
+    (C1), 3.9e-4 (C3) and 1.2e-3 (FC), under 2% of each layer's error (measured: 2e-5, 2e-5, 3e-4). The same
+    with ADC offsets of 0.5 LSB (per ADC, static: the default reader is still the table reads, the offsets fused
+    into its kernel; measured: 6e-6, 1.4e-4, 1.4e-4 against tolerances 1.7e-4, 3.8e-4, 1.2e-3)."""
     manifest, x, _ = mcnn
     rel, outs, default = {}, {}, None
     for gemm in (None, "float32"):
-        be = CrossbarBackend(seed=1, gemm=gemm, diagnostics=True)
+        be = CrossbarBackend(seed=1, gemm=gemm, diagnostics=True, overrides=adc)
         outs[gemm] = Session(manifest, backend=be).run(x)
         rel[gemm] = {r["name"]: r["rel_error"] for r in be.layer_stats()}
         if gemm is None:
@@ -83,6 +87,11 @@ def test_default_reader_has_float32s_per_layer_error_statistics(mcnn):
         assert tolerance < 0.02 * rel["float32"][name]         # the check can see a 2% change of the error
         assert abs(rel[None][name] - rel["float32"][name]) <= tolerance, name
     assert np.mean(outs[None].argmax(1) == outs["float32"].argmax(1)) >= 0.9
+    if adc:                          # the offsets are applied: the ideal ADC's errors differ
+        ideal = CrossbarBackend(seed=1, diagnostics=True)
+        Session(manifest, backend=ideal).run(x)
+        assert all(r["rel_error"] != rel[None][r["name"]] for r in ideal.layer_stats())
+        return
     # the same chip on the int8 grid (step / 14, 0.18 uS) is farther from float32 than the default's
     coarse = CrossbarBackend(seed=1, gemm="lut", conductance_grid=14, diagnostics=True)
     Session(manifest, backend=coarse).run(x)
@@ -103,6 +112,10 @@ def test_the_default_is_the_same_for_session_run_tune_and_sweep(mcnn, tmp_path, 
                  "--program-sigma", "0.3uS", "--json"]) == 0
     described = json.loads(capsys.readouterr().out)["crossbar"]
     assert (described["gemm"], described["reader"]) == ("lut", "lut")
+    # an ADC offset (static per chip) keeps the table reads: the kernel converts through the chip's ADCs
+    offset = Session(manifest, "crossbar", seed=3, overrides=["adc.offset_sigma_lsb=0.5"])
+    offset.run(x[:2])
+    assert offset.backend.describe()["reader"] == "lut"
     # cimc tune reads the chip it tunes with the same default (it used to ignore --gemm and read float32)
     from cimc.commands.run import crossbar_options
     from cimc.commands.sweep_grid import _options
@@ -118,10 +131,12 @@ def test_the_default_is_the_same_for_session_run_tune_and_sweep(mcnn, tmp_path, 
 
 
 def test_where_lut_cannot_apply_the_default_reads_float32_silently(mcnn):
-    """Read noise (drawn per read) and ADCs above 23 bits (the kernel's int32 shift-and-add) keep float32 GEMMs;
-    a run that named no reader gets no warning about one it did not ask for, and float32's numbers exactly."""
+    """Read noise and ADC sense noise (drawn per read) and ADCs above 23 bits (the kernel's int32 shift-and-add)
+    keep float32 GEMMs; a run that named no reader gets no warning about one it did not ask for, and float32's
+    numbers exactly."""
     manifest, x, _ = mcnn
-    for overrides in (["nonideal.read_noise_sigma_us=0.1"], ["adc.bits=24"]):
+    for overrides in (["nonideal.read_noise_sigma_us=0.1"], ["adc.noise_sigma_lsb=0.3", "adc.offset_sigma_lsb=0.5"],
+                      ["adc.bits=24"]):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             be = CrossbarBackend(seed=2, overrides=overrides)

@@ -134,8 +134,8 @@ def matmul(request):
     return request.param, manifest
 
 
-def _bind(manifest, seed, overrides):
-    be = CrossbarBackend(seed=seed, overrides=overrides)
+def _bind(manifest, seed, overrides, gemm=None):
+    be = CrossbarBackend(seed=seed, overrides=overrides, gemm=gemm)
     be.bind(manifest.graph, None, manifest.target)
     return be
 
@@ -232,7 +232,7 @@ EFFECTS = {"read noise": ["nonideal.read_noise_sigma_us=0.6"],
 def test_finite_adc_reads_equal_a_slow_loop_over_reads(matmul, effect):
     name, manifest = matmul
     op = manifest.graph.xbar_ops()[0]
-    be = _bind(manifest, 11, EXACT + EFFECTS[effect])
+    be = _bind(manifest, 11, EXACT + EFFECTS[effect], gemm="float32")
     assert be.reader == "float32"
     x = _codes(op, 6)
     got = be.mvm(op, x, len(x)).astype(np.float64)
@@ -405,12 +405,14 @@ needs_numba = pytest.mark.skipif(not lut_reads.available(), reason="numba (in th
 
 
 @needs_numba
-def test_lut_reads_equal_a_slow_loop_on_their_grid(matmul):
+@pytest.mark.parametrize("adc", [[], EFFECTS["adc"]], ids=["ideal-adc", "adc-gain-offset-inl"])
+def test_lut_reads_equal_a_slow_loop_on_their_grid(matmul, adc):
     """Noisy devices and stuck cells (0.54 uS): the default reader is lut, and its fused table reads equal each
-    line's conversion on the grid of step / q, shifted and added (or the offset subtracted), read by read."""
+    line's conversion on the grid of step / q, shifted and added (or the offset subtracted), read by read; also
+    through ADCs with gain, offset and INL errors (each line through its own column's ADC)."""
     name, manifest = matmul
     op = manifest.graph.xbar_ops()[0]
-    be = _bind(manifest, 12, ["nonideal.program_sigma_us=0.54", "nonideal.stuck_rate=0.02"])
+    be = _bind(manifest, 12, ["nonideal.program_sigma_us=0.54", "nonideal.stuck_rate=0.02", *adc])
     assert be.reader == "lut" and be.grid > 100 and "lut reads" in be.describe()["weights"]["reads"]
     x = _codes(op, 6)
     want = _slow_reads(be, op, x, grid=be.grid)
@@ -433,13 +435,16 @@ def test_lut_equals_float32_bit_for_bit_where_the_grid_is_exact(compiled):
 
 
 @needs_numba
-def test_int8_equals_lut_bit_for_bit_on_the_same_grid(compiled):
+@pytest.mark.parametrize("adc", [[], ["adc.gain_sigma_rel=0.03", "adc.offset_sigma_lsb=0.7", "adc.inl_lsb=1.5"]],
+                         ids=["ideal-adc", "adc-gain-offset-inl"])
+def test_int8_equals_lut_bit_for_bit_on_the_same_grid(compiled, adc):
     """Noisy devices, stuck cells, several copies, grouped and depthwise convs: the int8 reader (planes x
     MatMulInteger, adc_convert, Horner per line) and the lut kernel on its grid give the same lines' codes, combined
-    the same way, so the same outputs bit for bit, clipping counts included (a third of the full scale: some clip)."""
+    the same way, so the same outputs bit for bit, clipping counts included (a third of the full scale: some clip);
+    also through ADCs with gain, offset and INL errors (each slice line through the ADC of its own column)."""
     name, manifest, calib, x = compiled
     scales = {op.name: op.adc_full_scale_ua / 3 for op in manifest.graph.xbar_ops()}
-    common = dict(seed=4, adc_full_scale=scales, overrides=["nonideal.stuck_rate=0.02"])
+    common = dict(seed=4, adc_full_scale=scales, overrides=["nonideal.stuck_rate=0.02", *adc])
     int8 = CrossbarBackend(gemm="int8", diagnostics=True, **common)
     y_int8 = Session(manifest, backend=int8).run(x)
     lut = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, diagnostics=True, **common)

@@ -11,9 +11,12 @@ Why it is written this way (each point measured on ResNet-56, see benchmarks/ben
 * inputs arrive as plane words (byte j of a word: the pattern of plane j), bit-transposed once per eight codes
   rather than once per read, and a position's table row offsets for all planes are computed first, in a loop that
   vectorises (unsigned flat offsets: no multiply per lookup, no negative-index checks; 5-10% faster);
-* a plane whose bits are all zero reads a zero current, code 0: it is skipped;
+* a plane whose bits are all zero reads a zero current, code 0: it is skipped (with an ADC offset or INL a zero
+  current has a code of its own, precomputed per line: `zero_lines`);
 * a convolution gathers its positions' words from the padded NHWC plane words (`conv_reads`), no im2col;
-* tables start on a 64-byte boundary (lut_reads.aligned_empty): a 32-line int16 row is one cache line.
+* tables start on a 64-byte boundary (lut_reads.aligned_empty): a 32-line int16 row is one cache line;
+* a non-ideal ADC's per-line gain, offset and INL (`line_adc`) are resolved by type when numba compiles: the ideal
+  ADC (adc=None) compiles to the same loop as without them, the non-ideal one to its own specialisation.
 """
 import os
 
@@ -29,7 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from numba import carray, njit, prange, types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
-from numba.extending import intrinsic  # noqa: E402
+from numba.extending import intrinsic, overload  # noqa: E402
 
 from cimc.backends import kernel_notice  # noqa: E402
 from cimc.backends.lut_limits import MAX_LINES  # noqa: E402 (lines per call; read_tile splits wider tiles)
@@ -131,6 +134,66 @@ def quantised_plane_words(x, scale, qmin, qmax, mask, top, left, out):
     return out
 
 
+def line_adc(t, adc, n):
+    """Line n's ADC errors on t = float32(current) * gain: cimc.targets.adc.AdcLines.apply, the same float32
+    operations in the same order - t * g[n], + o[n], + INL(t) = (s (1 - s)) * 4 inl with s = clip((t - lo) / (top -
+    lo), 0, 1). adc: None (an ideal ADC: t unchanged, nothing compiled) or (g, o, lo, 1 / (top - lo), 4 inl float32,
+    zero-current codes and clips int32) (lut_reads.piece_adc)."""
+
+
+@overload(line_adc, inline="always")
+def _line_adc(t, adc, n):
+    if isinstance(adc, types.NoneType):
+        return lambda t, adc, n: t
+
+    def apply(t, adc, n):
+        gain, offset, lo, inverse, inl4 = adc[0], adc[1], adc[2], adc[3], adc[4]
+        t = t * gain[n]
+        t = t + offset[n]
+        s = min(max((t - lo) * inverse, np.float32(0)), np.float32(1))
+        return t + (s * (np.float32(1) - s)) * inl4
+    return apply
+
+
+def zero_lines(adc, w, acc, width):
+    """A plane with no bit set: every line's current is 0. Through an ideal ADC (adc None) its codes are 0 and
+    nothing is added (the plane is skipped, nothing compiled); else each line's code of a zero current times w
+    (lut_reads.piece_adc). Returns the clipped conversions."""
+
+
+@overload(zero_lines, inline="always")
+def _zero_lines(adc, w, acc, width):
+    if isinstance(adc, types.NoneType):
+        return lambda adc, w, acc, width: 0
+
+    def add(adc, w, acc, width):
+        codes, clips = adc[5], adc[6]
+        clipped = 0
+        for n in range(width):
+            acc[n] += w * codes[n]
+            clipped += clips[n]
+        return clipped
+    return add
+
+
+def zero_pairs(adc, w, acc, acc_hi, clips, half):
+    """zero_lines for the packed kernel: lines n (acc) and half + n (acc_hi), clips counted per word."""
+
+
+@overload(zero_pairs, inline="always")
+def _zero_pairs(adc, w, acc, acc_hi, clips, half):
+    if isinstance(adc, types.NoneType):
+        return lambda adc, w, acc, acc_hi, clips, half: None
+
+    def add(adc, w, acc, acc_hi, clips, half):
+        codes, clipped = adc[5], adc[6]
+        for n in range(half):
+            acc[n] += w * codes[n]
+            acc_hi[n] += w * codes[half + n]
+            clips[n] += clipped[n] + clipped[half + n]
+    return add
+
+
 @njit(inline="always", cache=True)
 def _six(flat, r0, r1, r2, r3, r4, r5, n):
     """Line n of the sum of the table rows that start at flat offsets r0..r5 (int32). Offsets and n are unsigned:
@@ -140,7 +203,7 @@ def _six(flat, r0, r1, r2, r3, r4, r5, n):
 
 
 @njit(cache=True)
-def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0, i1, w0, idx):
+def _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, i0, i1, w0, idx):
     """Positions i0..i1 (rows of out); position i's words are words[i - w0]; `add` to out, else overwrite."""
     _wide_vectors()
     groups = words.shape[1]
@@ -162,8 +225,9 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
         for n in range(width):
             acc[n] = 0
         for j in range(weights.shape[0]):
-            if (nonzero >> np.uint64(8 * j)) & _BYTE == 0:
-                continue                                   # no bit set: current 0, code 0
+            if (nonzero >> np.uint64(8 * j)) & _BYTE == 0:  # no bit set: current 0, code 0 (ideal ADC)
+                clipped += zero_lines(adc, np.int32(weights[j]), acc, width)
+                continue
             for n in range(width):
                 cur[n] = 0
             for q in range(0, groups, SUMMED):            # 18 rows a pass; 6 or 12 in the last where that ends it
@@ -189,7 +253,7 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
             w = np.int32(weights[j])
             clips = np.int32(0)
             for n in range(width):                         # the ADC, as adc_convert in float32; shift-and-add
-                v = np.rint(np.float32(cur[n]) * gain)
+                v = np.rint(line_adc(np.float32(cur[n]) * gain, adc, n))
                 clips += np.int32(v > top) + np.int32(v < lo)
                 acc[n] += w * np.int32(min(max(v, lo), top))
             clipped += clips
@@ -206,10 +270,10 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
 
 
 @njit(parallel=True, cache=True)
-def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add):
+def reads(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add):
     """All reads of positions whose plane words (row_plane_words) are words [m, groups], on table
     [groups * 256, width <= MAX_LINES]; adds the shift-and-add sums into out[:, col0:col0 + nb] (`add`) or writes
-    them there. Returns the clipped conversions."""
+    them there. adc: None (an ideal ADC) or the per-line errors of `line_adc`. Returns the clipped conversions."""
     m, groups = words.shape
     padded = -(-groups // SUMMED) * SUMMED
     blocks = -(-m // BLOCK)
@@ -217,7 +281,7 @@ def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add):
     for b in prange(blocks):
         _wide_vectors()
         idx = np.zeros((weights.shape[0], padded), np.uint64)
-        clipped[b] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, b * BLOCK,
+        clipped[b] = _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, b * BLOCK,
                                 min(m, b * BLOCK + BLOCK), 0, idx)
     return clipped.sum()
 
@@ -236,7 +300,8 @@ def conv_words(xw, b, p0, p1, dy, dx, octet, sh, sw, ow):
 
 
 @njit(parallel=True, cache=True)
-def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, nb, pairs, out, col0, add):
+def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, adc, nb, pairs, out, col0,
+               add):
     """All reads of a convolution straight from the plane words of its padded NHWC codes (conv_plane_words): group
     g of output position (oy, ox) of image b is the word xw[b, oy * sh + dy[g], ox * sw + dx[g], octet[g]] (the
     table's rows follow the same order). Only the images listed in `images` are read; output row b * oh * ow + p.
@@ -255,7 +320,7 @@ def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, 
         words = conv_words(xw, b, p0, p1, dy, dx, octet, sh, sw, ow)
         idx = np.zeros((weights.shape[0], padded), np.uint64)
         i0 = b * positions + p0
-        clipped[t] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0,
+        clipped[t] = _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, i0,
                                 b * positions + p1, i0, idx)
     return clipped.sum()
 

@@ -49,7 +49,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from cimc.backends._lut_kernel import BLOCK, SUMMED, _wide_vectors, conv_words
+from cimc.backends._lut_kernel import BLOCK, SUMMED, _wide_vectors, conv_words, line_adc, zero_pairs
 from cimc.backends.lut_limits import MAX_LINES
 
 HALF = MAX_LINES // 2           # words per row at most
@@ -103,9 +103,10 @@ def _twelve(flat, o, n):
 
 
 @njit(inline="always", cache=True)
-def _convert(cur, gain, lo, top):
-    """The ADC of _lut_kernel (adc_convert in float32, the same operations): (code, 1 if clipped else 0)."""
-    v = np.rint(np.float32(cur) * gain)
+def _convert(cur, gain, lo, top, adc, n):
+    """The ADC of _lut_kernel (adc_convert in float32, the same operations; line n's errors: line_adc): (code, 1
+    if clipped else 0)."""
+    v = np.rint(line_adc(np.float32(cur) * gain, adc, n))
     return np.int32(min(max(v, lo), top)), np.int32(v > top) + np.int32(v < lo)
 
 
@@ -148,7 +149,8 @@ def _store(out, i, acc, acc_hi, nb, half, pairs, add, col0):
 
 @njit(cache=True)
 def _two_positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0, i1, w0, idx):
-    """_positions for tiles of 13 to 18 groups (one pass of 18 lookups), two positions per loop: the second
+    """_positions for tiles of 13 to 18 groups (one pass of 18 lookups) through an ideal ADC (adc None: a
+    zero plane is then code 0, and the phantom position past i1 adds nothing), two positions per loop: the second
     position's lookups and ADC are independent work beside the first's (15-18% faster on 32-line tables, the same
     on wider ones; see the module notes). idx: 288 uint32, positions i and i + 1 at 0 and 144. A position past
     i1 reads zero rows (code 0) and is not stored; a plane is skipped where both positions' bits are all 0."""
@@ -196,10 +198,10 @@ def _two_positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, a
                 un = np.uint32(n)
                 a, b = _eighteen(flat, o, un)
                 a2, b2 = _eighteen(flat, o2, un)
-                ca, xa = _convert(a, gain, lo, top)
-                cb, xb = _convert(b, gain, lo, top)
-                ca2, xa2 = _convert(a2, gain, lo, top)
-                cb2, xb2 = _convert(b2, gain, lo, top)
+                ca, xa = _convert(a, gain, lo, top, None, n)
+                cb, xb = _convert(b, gain, lo, top, None, n)
+                ca2, xa2 = _convert(a2, gain, lo, top, None, n)
+                cb2, xb2 = _convert(b2, gain, lo, top, None, n)
                 clips[n] += (xa + xb) + (xa2 + xb2)
                 acc[n] += w * ca
                 acc_hi[n] += w * cb
@@ -215,13 +217,13 @@ def _two_positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, a
 
 
 @njit(cache=True)
-def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0, i1, w0, idx):
+def _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, i0, i1, w0, idx):
     """Positions i0..i1 (rows of out); position i's words are words[i - w0]; `add` to out, else overwrite.
     idx [8 (slots + 18)] uint32 zeros, 8 planes per group: slots = groups rounded up to 6 (at most 18 groups) or
     to 18."""
     _wide_vectors()
     groups = words.shape[1]
-    if 12 < groups <= SUMMED:                              # one pass of 18 lookups: two positions at a time
+    if 12 < groups <= SUMMED and adc is None:              # one pass of 18 lookups: two positions at a time
         return _two_positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0, i1, w0, idx)
     half = table.shape[1]
     uhalf = np.uint32(half)
@@ -247,6 +249,7 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
             acc_hi[n] = 0
         for j in range(weights.shape[0]):
             if (nonzero >> np.uint64(8 * j)) & _BYTE == 0:
+                zero_pairs(adc, np.int32(weights[j]), acc, acc_hi, clips, half)   # ideal ADC: nothing
                 continue                                   # no bit set: current 0, code 0
             for q in range(0, last, SUMMED):               # tiles of more than 18 groups: all passes but the last
                 o = _offsets(idx, j, q)
@@ -263,24 +266,32 @@ def _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, 
             if last > 0:
                 for n in range(half):
                     a, b = _eighteen(flat, o, np.uint32(n))
-                    ca, xa = _convert(a + cl[n], gain, lo, top)
-                    cb, xb = _convert(b + ch[n], gain, lo, top)
+                    ca, xa = _convert(a + cl[n], gain, lo, top, adc, n)
+                    cb, xb = _convert(b + ch[n], gain, lo, top, adc, half + n)
                     clips[n] += xa + xb
                     acc[n] += w * ca
                     acc_hi[n] += w * cb
-            elif slots == 12:                              # (13 to 18 groups: _two_positions)
+            elif slots == 18:                              # (an ideal ADC: _two_positions)
+                for n in range(half):
+                    a, b = _eighteen(flat, o, np.uint32(n))
+                    ca, xa = _convert(a, gain, lo, top, adc, n)
+                    cb, xb = _convert(b, gain, lo, top, adc, half + n)
+                    clips[n] += xa + xb
+                    acc[n] += w * ca
+                    acc_hi[n] += w * cb
+            elif slots == 12:
                 for n in range(half):
                     a, b = _twelve(flat, o, np.uint32(n))
-                    ca, xa = _convert(a, gain, lo, top)
-                    cb, xb = _convert(b, gain, lo, top)
+                    ca, xa = _convert(a, gain, lo, top, adc, n)
+                    cb, xb = _convert(b, gain, lo, top, adc, half + n)
                     clips[n] += xa + xb
                     acc[n] += w * ca
                     acc_hi[n] += w * cb
             else:
                 for n in range(half):
                     a, b = _six(flat, o, 0, np.uint32(n))
-                    ca, xa = _convert(a, gain, lo, top)
-                    cb, xb = _convert(b, gain, lo, top)
+                    ca, xa = _convert(a, gain, lo, top, adc, n)
+                    cb, xb = _convert(b, gain, lo, top, adc, half + n)
                     clips[n] += xa + xb
                     acc[n] += w * ca
                     acc_hi[n] += w * cb
@@ -297,7 +308,7 @@ def _slots(groups):
 
 
 @njit(parallel=True, cache=True)
-def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, width):
+def reads(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, width):
     """_lut_kernel.reads on a packed table; `width` = _slots(groups)."""
     m = words.shape[0]
     blocks = -(-m // BLOCK)
@@ -305,13 +316,13 @@ def reads(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, width
     for b in prange(blocks):
         _wide_vectors()
         idx = np.zeros(8 * width, np.uint32)
-        clipped[b] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, b * BLOCK,
+        clipped[b] = _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, b * BLOCK,
                                 min(m, b * BLOCK + BLOCK), 0, idx)
     return clipped.sum()
 
 
 @njit(parallel=True, cache=True)
-def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, nb, pairs, out, col0, add,
+def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add,
                width):
     """_lut_kernel.conv_reads on a packed table; `width` = _slots(groups)."""
     positions = oh * ow
@@ -326,6 +337,6 @@ def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, 
         words = conv_words(xw, b, p0, p1, dy, dx, octet, sh, sw, ow)
         idx = np.zeros(8 * width, np.uint32)
         i0 = b * positions + p0
-        clipped[t] = _positions(words, table, weights, gain, lo, top, nb, pairs, out, col0, add, i0,
+        clipped[t] = _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, i0,
                                 b * positions + p1, i0, idx)
     return clipped.sum()

@@ -7,13 +7,14 @@ multiply-adds, exact in int32. The patterns come from the uint8 codes, eight cod
 once per code word (`plane_words`): ((word >> j) & 0x0101..01) * 0x0102040810204080 >> 56 is bit j of all eight as
 one byte, row 8g + i at bit i, and byte j of the plane word.
 Each current goes through the ADC and the shift-and-add at once, so no plane, current or code array is
-materialised. The ADC is the one of `cimc.targets.adc.adc_convert` (an ideal ADC: the crossbar backend reads
-through float32 GEMMs instead when its ADCs have errors), operation for operation in float32
-(float32(current) * float32 gain, round half to even, clip), so a table read equals the MatMulInteger read on the
-same conductance grid bit for bit. The kernel reads at most MAX_LINES lines per call: `table_pieces` cuts a wider
-row tile by outputs, keeping each output's g+ and g- lines in one piece, and packs a piece whose entries all fit
-0..21845 two lines to a uint32 word (`pack_piece`), read by the faster kernel of cimc.backends._lut_packed with the
-same integer currents; other pieces are read by cimc.backends._lut_kernel.
+materialised. The ADC is the one of `cimc.targets.adc.adc_convert`, operation for operation in float32
+(float32(current) * float32 gain, then a non-ideal ADC's per-line gain, offset and INL as `AdcLines.apply` adds
+them, round half to even, clip), so a table read equals the MatMulInteger read on the same conductance grid bit for
+bit. (Sense noise, drawn per conversion, is not fused: such reads run as float32 GEMMs.) The kernel reads at most
+MAX_LINES lines per call: `table_pieces` cuts a wider row tile by outputs, keeping each output's g+ and g- lines in
+one piece (with their ADC errors), and packs a piece whose entries all fit 0..21845 two lines to a uint32 word
+(`pack_piece`), read by the faster kernel of cimc.backends._lut_packed with the same integer currents; other pieces
+are read by cimc.backends._lut_kernel.
 
 A convolution whose row tiles hold whole input channels, starting on a multiple of 8, is read without im2col
 (`read_conv_tile`): the codes are laid out once as zero-padded NHWC uint8, so that eight consecutive channels at one
@@ -110,11 +111,13 @@ def padded_plane_words(codes: np.ndarray, bits: int, pads: tuple, out: np.ndarra
     return conv_plane_words(np.ascontiguousarray(codes), (1 << bits) - 1, top, left, out)
 
 
-def table_pieces(table: np.ndarray, nb: int, pairs: bool, max_lines: int = MAX_LINES) -> list:
-    """pattern_table [groups, 256, lines] -> [(table [groups * 256, <= max_lines lines], first output, outputs)], each
-    table packed where it can be (pack_piece: uint32 [groups * 256, lines / 2]); the
+def table_pieces(table: np.ndarray, nb: int, pairs: bool, max_lines: int = MAX_LINES, adc=None) -> list:
+    """pattern_table [groups, 256, lines] -> [(table [groups * 256, <= max_lines lines], first output, outputs,
+    ADC errors)], each table packed where it can be (pack_piece: uint32 [groups * 256, lines / 2]); the
     kernel reads at most `max_lines` lines per call; with `pairs` a piece keeps the g+ lines of its outputs followed
-    by their g- lines (lines [0, nb) are g+, [nb, 2 nb) are g-)."""
+    by their g- lines (lines [0, nb) are g+, [nb, 2 nb) are g-). `adc`: the tile's cimc.targets.adc.AdcLines (one
+    gain and offset per table line) or None (an ideal ADC); each piece keeps its lines' (gain, offset, INL), or
+    None."""
     flat = table.reshape(-1, table.shape[2])
     step = max_lines // 2 if pairs else max_lines
     pieces = []
@@ -123,8 +126,35 @@ def table_pieces(table: np.ndarray, nb: int, pairs: bool, max_lines: int = MAX_L
         lines = np.r_[o0:o1, nb + o0:nb + o1] if pairs else np.arange(o0, o1)
         piece = aligned_empty((len(flat), len(lines)), flat.dtype)
         piece[...] = flat[:, lines]
-        pieces.append((pack_piece(piece), o0, o1 - o0))
+        pieces.append((pack_piece(piece), o0, o1 - o0, None if adc is None else _piece_lines(adc, lines)))
     return pieces
+
+
+def _piece_lines(adc, lines: np.ndarray) -> tuple:
+    """A piece's per-line ADC (gain, offset float32, INL in LSB), in its table's line order, padded to an even count
+    (gain 1, offset 0) so that a packed table's high half, line ceil(lines / 2) + n, always has one."""
+    count = len(lines) + len(lines) % 2
+    gain, offset = np.ones(count, np.float32), np.zeros(count, np.float32)
+    if adc.gain is not None:
+        gain[:len(lines)] = adc.gain[lines]
+    if adc.offset is not None:
+        offset[:len(lines)] = adc.offset[lines]
+    return gain, offset, adc.inl
+
+
+def piece_adc(lines: tuple | None, lo: int, top: int) -> tuple | None:
+    """The kernels' ADC errors (_lut_kernel.line_adc) of a piece's (gain, offset, INL): the float32 constants of
+    AdcLines.apply, then each line's code of a zero current and whether it clips (int32; the kernels add them for a
+    bit-plane with no bit set instead of reading it), the same float32 operations; or None for an ideal ADC."""
+    if lines is None:
+        return None
+    gain, offset, inl = lines
+    low, inverse, inl4 = np.float32(lo), np.float32(1.0 / (top - lo)), np.float32(4 * inl)
+    t = np.zeros(len(gain), np.float32) * gain + offset
+    s = np.minimum(np.maximum((t - low) * inverse, np.float32(0)), np.float32(1))
+    t = np.rint(t + (s * (np.float32(1) - s)) * inl4)
+    clips = ((t > top) | (t < lo)).astype(np.int32)
+    return gain, offset, low, inverse, inl4, np.clip(t, lo, top).astype(np.int32), clips
 
 
 PACKABLE = (1 << 16) // 3                 # largest entry of a packed table: three add up in 16 bits (21845)
@@ -173,15 +203,16 @@ def _plane_weights(weights: np.ndarray, top: int) -> np.ndarray:
 def read_tile(words: np.ndarray, pieces: list, weights: np.ndarray, gain: np.float32, lo: int, top: int,
               pairs: bool, out: np.ndarray, col0: int = 0, add: bool = True) -> int:
     """All bit-plane reads of one row tile: words [m, groups] (plane_words), its table pieces (table_pieces), plane
-    weights (LSB first), ADC gain (codes per current unit) and range lo..top; adds sum_j w_j * code_j (g+ minus g-
+    weights (LSB first), ADC gain (codes per current unit) and range lo..top (each piece's line errors, if any, on
+    top: table_pieces' adc); adds sum_j w_j * code_j (g+ minus g-
     codes where `pairs`) into out [m, col0:col0 + outputs] (int64, or int32 where the sums fit), or with add=False
     writes it there. Returns the number of clipped conversions."""
     from cimc.backends import _lut_kernel, _lut_packed   # numba compiles them on first use (cached on disk)
     w = _plane_weights(weights, top)
     clipped = 0
-    for piece, o0, nb in pieces:
-        args = (words, piece, w, np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out, col0 + o0,
-                bool(add))
+    for piece, o0, nb, lines in pieces:
+        args = (words, piece, w, np.float32(gain), np.float32(lo), np.float32(top), piece_adc(lines, lo, top), nb,
+                bool(pairs), out, col0 + o0, bool(add))
         if piece.dtype == np.uint32:
             clipped += int(_lut_packed.reads(*args, _lut_packed._slots(words.shape[1])))
         else:
@@ -198,9 +229,10 @@ def read_conv_tile(words: np.ndarray, images: np.ndarray, groups: tuple, strides
     w = _plane_weights(weights, top)
     dy, dx, octet = groups
     clipped = 0
-    for piece, o0, nb in pieces:
+    for piece, o0, nb, lines in pieces:
         args = (words, images, dy, dx, octet, strides[0], strides[1], out_hw[0], out_hw[1], piece, w,
-                np.float32(gain), np.float32(lo), np.float32(top), nb, bool(pairs), out, col0 + o0, bool(add))
+                np.float32(gain), np.float32(lo), np.float32(top), piece_adc(lines, lo, top), nb, bool(pairs), out,
+                col0 + o0, bool(add))
         if piece.dtype == np.uint32:
             clipped += int(_lut_packed.conv_reads(*args, _lut_packed._slots(len(dy))))
         else:

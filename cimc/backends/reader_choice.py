@@ -13,8 +13,9 @@ read (`conv_route`).
   ResNet-56; on the int8 grid it equals gemm="int8" bit for bit. The default (gemm=None) is "lut" wherever it
   applies and "float32" elsewhere, or where numba cannot be imported (with a warning): `default_gemm`. A
   convolution whose row tiles hold whole input channels is read without im2col, straight from its padded NHWC
-  codes (`TableReader.conv`, the "table" route). Reads with read noise, or through ADCs with gain, offset, INL or
-  sense noise, keep float32 GEMMs (the kernel draws nothing and fuses an ideal ADC)."""
+  codes (`TableReader.conv`, the "table" route). The kernel's ADC has the chip's static per-line gain, offset
+  and INL (bit for bit as int8 applies them); reads with read noise or ADC sense noise keep float32 GEMMs (the
+  kernel draws nothing)."""
 from __future__ import annotations
 
 import warnings
@@ -37,12 +38,13 @@ DEFAULT_GEMM = "lut"      # the reader of a run that names none (gemm=None), whe
 
 def default_gemm(plans: dict, target, chip, calibrating: bool) -> str:
     """The reader of a run that names none: DEFAULT_GEMM ("lut") wherever its table reads apply - bit-serial
-    reads of inputs of at most 8 bits through an ideal finite ADC, no read noise - else "float32" (silently: the
-    float32 GEMMs are then what the lut reader itself would fall back to, see table_reader.lut_grid). Where numba
-    cannot be imported, "float32" with one warning that says why and how to get the fast path."""
+    reads of inputs of at most 8 bits through a finite ADC without sense noise (its gain, offset and INL are
+    fused), no read noise - else "float32" (silently: the float32 GEMMs are then what the lut reader itself would
+    fall back to, see table_reader.lut_grid). Where numba cannot be imported, "float32" with one warning that says
+    why and how to get the fast path."""
     tables = [p for p in plans.values() if not p.analog and p.bits <= 8]
-    if (calibrating or target.adc.lossless or chip.read_sigma > 0 or not chip.adc.ideal
-            or chip.adc.noise_sigma_lsb > 0 or not tables or slice_scales(plans)
+    if (calibrating or target.adc.lossless or chip.read_sigma > 0 or chip.adc.noise_sigma_lsb > 0
+            or not tables or slice_scales(plans)
             or any(adc_range(target.adc.bits, p.bipolar)[1] << p.bits >= 1 << 31 for p in tables)):
         return "float32"                  # the last: ADC codes whose shift-and-add overflows the kernel's int32
     why = lut_reads.import_error()

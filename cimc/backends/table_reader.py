@@ -1,7 +1,9 @@
 """The crossbar backend's `lut` reader (gemm="lut"): bit-serial reads as numba table lookups with the ADC and the
 shift-and-add fused (cimc.backends.lut_reads), on im2col rows or straight from a convolution's padded NHWC codes.
-Chosen once at bind where `lut_grid` allows, never for reads it cannot model (read noise, a non-ideal ADC: those
-fall back to float32 GEMMs); analog reads and inputs of more than 8 bits go through the float32 reader's GEMMs."""
+Chosen once at bind where `lut_grid` allows, never for reads it cannot model (read noise and ADC sense noise, drawn
+per read: those fall back to float32 GEMMs); an ADC's static errors (per-line gain and offset, INL) are fused into
+the kernel's conversion, bit for bit as the int8 reader applies them on the same grid. Analog reads and inputs of
+more than 8 bits go through the float32 reader's GEMMs."""
 from __future__ import annotations
 
 import warnings
@@ -21,7 +23,8 @@ from cimc.weight_encoding import encoded
 
 class TableReader(PlaneReader):
     """gemm="lut": integer conductances on the grid `lut_grid` chose; tables built per row tile and copy on first
-    use (kept in the plan's row tiles)."""
+    use (kept in the plan's row tiles), each with its lines' ADC errors (the tile's AdcLines) where the ADC has
+    any."""
     name = "lut"
 
     def __init__(self, ctx: ReadContext, grid: int):
@@ -52,6 +55,11 @@ class TableReader(PlaneReader):
         """A row tile's conductances of copy c (its g+ and g- lines, or differences) as integers on the lut grid."""
         return np.rint(np.asarray(block.lines[c] if use_lines else block.diff[c], np.float64) * self.grid)
 
+    @staticmethod
+    def _adc_lines(block: RowTile, c: int):
+        """The AdcLines of a row tile's lines in copy c (one per table line), or None for an ideal ADC."""
+        return block.adc[c] if block.adc else None
+
     def _table_reads(self, plan: ReadPlan, c: int, xi: np.ndarray, use_lines: bool) -> np.ndarray:
         """gemm="lut": the fused table reads of cimc.backends.lut_reads, row tile by row tile, on uint8 codes xi."""
         if encoded(self.target):
@@ -64,7 +72,8 @@ class TableReader(PlaneReader):
             nb = len(block.cols)
             if c not in block.tables:
                 block.tables[c] = lut_reads.table_pieces(
-                    lut_reads.pattern_table(self._grid_lines(block, c, use_lines)), nb, use_lines)
+                    lut_reads.pattern_table(self._grid_lines(block, c, use_lines)), nb, use_lines,
+                    adc=self._adc_lines(block, c))
             words = lut_reads.plane_words(xi[:, block.r0:block.r1])
             if isinstance(block.index, slice):              # the kernel adds into codes[:, start:stop] itself
                 clipped += lut_reads.read_tile(words, block.tables[c], plan.weights, gain, lo, top, use_lines, codes,
@@ -96,7 +105,8 @@ class TableReader(PlaneReader):
             nb, width = len(block.cols), block.lines[c].shape[1]
             if c not in block.tables:
                 block.tables[c] = lut_reads.table_pieces(
-                    lut_reads.pattern_table(self._grid_lines(block, c, True)), width, False)
+                    lut_reads.pattern_table(self._grid_lines(block, c, True)), width, False,
+                    adc=self._adc_lines(block, c))
             lines = np.zeros((m, width), np.int64)
             clipped += lut_reads.read_tile(lut_reads.plane_words(xi[:, block.r0:block.r1]), block.tables[c],
                                            plan.weights, gain, lo, top, False, lines)
@@ -139,7 +149,7 @@ class TableReader(PlaneReader):
                 nb = len(block.cols)
                 if c not in block.conv_tables:
                     table = lut_reads.conv_table(self._grid_lines(block, c, use_lines), c0, c1, size)
-                    block.conv_tables[c] = lut_reads.table_pieces(table, nb, use_lines)
+                    block.conv_tables[c] = lut_reads.table_pieces(table, nb, use_lines, adc=self._adc_lines(block, c))
                     block.conv_groups = lut_reads.conv_groups(c0, c1, g.kernel, g.dilations)
                 groups = block.conv_groups
                 if isinstance(block.index, slice):
@@ -173,17 +183,17 @@ def lut_grid(ctx: ReadContext, plans: dict, grid: int | None = None) -> int | No
     """gemm="lut": integer conductances on a grid of step / grid, the finest for which every 8-row subset sum
     fits an int16 table entry: grid = floor(32767 / (8 x largest conductance in steps)), about 400 (6 nS) for
     Yao's devices with 0.54 uS programming error; `grid` a chosen one (conductance_grid). None (float32 reads, with
-    a warning where that is why) where the kernel cannot model the reads or no layer reads bit-planes of at most 8
-    bits."""
+    a warning where that is why) where the kernel cannot model the reads (read noise, ADC sense noise, per-slice
+    full scales) or no layer reads bit-planes of at most 8 bits. ADC gain, offset and INL it models."""
     target = ctx.target
     if ctx.read_sigma > 0:
         warnings.warn("crossbar backend: gemm='lut' draws no per-read noise; reads with read noise run as "
                       "float32 GEMMs", stacklevel=4)
         return None
-    if not ctx.chip.adc.ideal or ctx.sense_sigma > 0:
-        warnings.warn("crossbar backend: gemm='lut' fuses an ideal ADC into its kernel; reads through ADCs with "
-                      "gain, offset, INL or sense noise (adc.*_sigma_*, adc.inl_lsb) run as float32 GEMMs",
-                      stacklevel=4)
+    if ctx.sense_sigma > 0:
+        warnings.warn("crossbar backend: gemm='lut' draws no sense noise (its kernel fuses the ADC's static gain, "
+                      "offset and INL only); reads through ADCs with sense noise (adc.noise_sigma_lsb) run as "
+                      "float32 GEMMs", stacklevel=4)
         return None
     if slice_scales(plans):
         warnings.warn("crossbar backend: gemm='lut' fuses one ADC full scale per layer into its kernel; layers "

@@ -78,8 +78,8 @@ def add_chip_options(g) -> None:
     g.add_argument("--gemm", choices=["float32", "int8", "lut"],
                    help="how bit-plane reads are computed (default: lut wherever it applies, else float32): lut: "
                    "numba table lookups with the ADC and shift-and-add fused, conductances on a grid of step/~400 "
-                   "(6 nS for Yao's devices; about 6x faster than float32; reads with read noise or through a "
-                   "non-ideal ADC run as float32, and so does the default where numba cannot be imported, with a "
+                   "(6 nS for Yao's devices; about 6x faster than float32; ADC gain, offset and INL fused; reads "
+                   "with read noise or ADC sense noise run as float32, and so does the default where numba cannot be imported, with a "
                    "warning); float32: GEMMs of the drawn conductances exactly; int8: onnxruntime int8 GEMMs with "
                    "conductances on a grid of step/floor(127/largest conductance in steps), 0.18 uS for Yao's "
                    "devices (1.6x faster than float32)")
