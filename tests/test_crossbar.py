@@ -270,6 +270,9 @@ def test_use_copy_after_bind_reads_as_a_backend_built_with_that_copy(mcnn):
         assert np.array_equal(session.run(x), Session(manifest, backend="crossbar", seed=1, copy=k).run(x))
     with pytest.raises(ConfigError, match="copy=-1"):
         session.backend.use_copy(-1)
+    with pytest.raises(ConfigError, match="copy=3: the manifest's layers have at most 3 copies"):
+        session.backend.use_copy(3)                     # as Session(..., copy=3) refuses at bind
+    assert session.backend.copy is None                 # a refused switch leaves the routing as it was
 
 
 def test_read_noise_statistics_on_a_lossless_read():

@@ -113,9 +113,7 @@ class CrossbarBackend(Backend):
         self.chip_seed = 0 if seed is None else int(seed)
         self.overrides = overrides
         self.ideal = bool(ideal)
-        if copy is not None and (not isinstance(copy, (int, np.integer)) or copy < 0):
-            raise ConfigError(f"copy={copy!r}: must be a replica index >= 0")
-        self.copy = None if copy is None else int(copy)
+        self.copy = _replica_index(copy)
         self.defect_map = defect_map
         self.adc_full_scale = dict(adc_full_scale or {})
         self.calibration = calibration
@@ -160,17 +158,11 @@ class CrossbarBackend(Backend):
                 defect_map = target.nonideal.defect_map   # the target may name a measured defect map
         # the ADC calibration's chip is ideal: its levels are its conductances in step units (no float64 copy)
         self.chip = Chip(target, arrays, self.chip_seed, defect_map, levels_only=self.record_currents)
-        self.model = self.chip.model
-        self.g_units, self.offset, self.read_sigma = self.chip.g_units, self.chip.offset, self.chip.read_sigma
-        self.sense_sigma = self.chip.adc.noise_sigma_lsb
         if encoded(target):     # slices and offsets combined after a lossless ADC only, so far (cimc.weight_encoding)
             self._refuse_encoding(target)
         self.dac_inl = float(target.input.dac_inl_lsb) if target.input.encoding == "analog" else 0.0
         self.layer_index = {op.name: i for i, op in enumerate(graph.xbar_ops())}   # keys of the read-noise streams
-        max_replicas = max((op.replicas for op in graph.xbar_ops()), default=1)
-        if self.copy is not None and self.copy >= max_replicas:
-            raise ConfigError(f"copy={self.copy}: the manifest's layers have at most {max_replicas} "
-                              f"cop{'y' if max_replicas == 1 else 'ies'} (copies 0..{max_replicas - 1})")
+        self._check_copy(self.copy)
         builder = PlanBuilder(graph, arrays, self.chip, calibrating=self.record_currents)
         self.plans = {op.name: builder.build(op) for op in graph.xbar_ops()}   # readers: the owner's devices
         calibrate = None if self.calibration is None else \
@@ -194,11 +186,33 @@ class CrossbarBackend(Backend):
         """Send every sample through replica `copy` of each replicated layer from now on (None: the manifest's own
         routing again), as CrossbarBackend(copy=...) would; the convolutions' routes follow (averaging copies are
         read one by one while a copy is forced)."""
-        if copy is not None and (not isinstance(copy, (int, np.integer)) or copy < 0):
-            raise ConfigError(f"copy={copy!r}: must be a replica index >= 0")
-        self.copy = None if copy is None else int(copy)
+        copy = _replica_index(copy)
         if getattr(self, "plans", None) is not None:
+            self._check_copy(copy)
+            self.copy = copy
             self._route_convolutions()
+        else:
+            self.copy = copy
+
+    def _check_copy(self, copy: int | None) -> None:
+        """A forced copy must exist in the bound manifest (some layer has that many copies)."""
+        max_replicas = max((op.replicas for op in self.graph.xbar_ops()), default=1)
+        if copy is not None and copy >= max_replicas:
+            raise ConfigError(f"copy={copy}: the manifest's layers have at most {max_replicas} "
+                              f"cop{'y' if max_replicas == 1 else 'ies'} (copies 0..{max_replicas - 1})")
+
+    # the bound chip's, under the names callers and tests read
+    @property
+    def model(self):
+        return self.chip.model                  # its DeviceModel
+
+    @property
+    def offset(self) -> float:
+        return self.chip.offset                 # g_min in step units
+
+    @property
+    def read_sigma(self) -> float:
+        return self.chip.read_sigma             # read noise in step units
 
     @property
     def reader(self) -> str | None:
@@ -345,6 +359,13 @@ class CrossbarBackend(Backend):
                     + ("; each tile's reference line converted with every read and its code subtracted from its "
                        "columns' codes" if t.weights.reference_column else "")))
         return d
+
+
+def _replica_index(copy) -> int | None:
+    """`copy=` as given to the backend: None (each sample's own copy) or a replica index >= 0."""
+    if copy is not None and (not isinstance(copy, (int, np.integer)) or copy < 0):
+        raise ConfigError(f"copy={copy!r}: must be a replica index >= 0")
+    return None if copy is None else int(copy)
 
 
 def as_json_value(value):
