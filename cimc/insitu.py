@@ -299,33 +299,29 @@ class InSituChip:
         if w.shape != (lay.n_in, lay.n_out):
             raise ConfigError(f"{lay.name}: weights {list(w.shape)} != [{lay.n_in}, {lay.n_out}]")
         half = w * self.g_scale / 2
-        stats = self.model is not None and device_stats.programming_on(self.model.nonideal)
         blocks = ((lay.rows_plus, self.g_ref + w * self.g_scale),) if self.offset_encoding else \
             ((lay.rows_plus, self.g_ref + half), (lay.rows_minus, self.g_ref - half))
         for rows, target in blocks:
-            if self.program_sigma_us or self.program_sigma_rel or stats:
-                z = self._rng_program.standard_normal(target.shape)
-                # the chip's rule (DeviceModel.programmed, floored at 0 uS: the clip below covers it), or the
-                # scalar formula for a chip built without a model
-                target = self.model.programmed(target, z) if self.model is not None else \
-                    programmed_us(target, z, self.program_sigma_us, self.program_sigma_rel)
-            block = np.clip(target, self.g_min, self.g_max)
-            stuck = self.stuck[rows, lay.cols]
-            self.g[rows, lay.cols] = np.where(stuck, self.g[rows, lay.cols], block)
-        self._seen = None
+            self._write(rows, lay.cols, target, self._rng_program)
 
     def _program_reference(self, rng) -> None:
         """The reference column: every device programmed to g_ref once, with the programming error of `program`
         (its own stream, so the weights' draws are the digital reference's); stuck devices keep theirs; never
         updated."""
-        target = np.full(self.rows, self.g_ref)
+        self._write(slice(None), self.reference_col, np.full(self.rows, self.g_ref), rng)
+
+    def _write(self, rows, cols, target: np.ndarray, rng) -> None:
+        """Program the devices g[rows, cols] towards `target` (uS) with the programming error drawn from `rng`,
+        clipped to the device range; stuck devices keep their conductance."""
         stats = self.model is not None and device_stats.programming_on(self.model.nonideal)
         if self.program_sigma_us or self.program_sigma_rel or stats:
             z = rng.standard_normal(target.shape)
+            # the chip's rule (DeviceModel.programmed, floored at 0 uS: the clip below covers it), or the
+            # scalar formula for a chip built without a model
             target = self.model.programmed(target, z) if self.model is not None else \
                 programmed_us(target, z, self.program_sigma_us, self.program_sigma_rel)
-        col = self.reference_col
-        self.g[:, col] = np.where(self.stuck[:, col], self.g[:, col], np.clip(target, self.g_min, self.g_max))
+        self.g[rows, cols] = np.where(self.stuck[rows, cols], self.g[rows, cols],
+                                      np.clip(target, self.g_min, self.g_max))
         self._seen = None
 
     def read_weights(self, layer) -> np.ndarray:
