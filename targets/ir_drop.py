@@ -114,14 +114,25 @@ def read_currents(g_us: np.ndarray, volts: np.ndarray, wire_ohm: float, access_o
     if cell == "1t1r":
         return _solve(gc, wire_ohm, np.ones(rows, bool), volts)
     out = np.empty((len(volts), gc.shape[1]))
-    # a row whose cells are all at 0 uS carries no current to any column; floating, its line would be an isolated
-    # node (the leak is below the rounding of its node sums: an exactly singular matrix), so it is held instead
-    dead = ~(gc > 0).any(axis=1)
-    patterns, which = np.unique(volts != 0, axis=0, return_inverse=True)
-    for k, held in enumerate(patterns):
-        sel = np.flatnonzero(which.ravel() == k)
+    dead = _dead_rows(gc)
+    for held, sel in _drive_patterns(volts):
         out[sel] = _solve(gc, wire_ohm, held | dead, volts[sel]) if (held & ~dead).any() else 0.0
     return out
+
+
+def _dead_rows(gc: np.ndarray) -> np.ndarray:
+    """Rows whose cells are all at 0 uS: they carry no current to any column whatever their driver does; floating,
+    such a row's line would be an isolated node (its leak is below the rounding of its node sums: an exactly
+    singular matrix), so the 0T1R solves hold it instead."""
+    return ~(gc > 0).any(axis=1)
+
+
+def _drive_patterns(volts: np.ndarray):
+    """0T1R: each distinct set of driven rows (v != 0; the others float) and the reads [indices] that drive it."""
+    patterns, which = np.unique(volts != 0, axis=0, return_inverse=True)
+    which = which.ravel()
+    for k, held in enumerate(patterns):
+        yield held, np.flatnonzero(which == k)
 
 
 class FloatingRowReads:
@@ -138,9 +149,7 @@ class FloatingRowReads:
             raise ConfigError("FloatingRowReads: no wire resistance, so no circuit to solve (reads are v . G)")
         gc = cell_conductance(g_us, access_ohm)
         rows, cols = gc.shape
-        # a row whose cells are all at 0 uS reaches no column whatever its driver does; floating, its line would be
-        # an isolated node (the leak is below the rounding of its 2 gw node sums): it is held in A0 and never read
-        self.dead = ~(gc > 0).any(axis=1)
+        self.dead = _dead_rows(gc)                         # held in A0 and never read
         system, self.gw, ids = _system(gc, wire_ohm, self.dead)
         rhs = np.zeros((2 * rows * cols, rows))
         rhs[ids[:, 0], np.arange(rows)] = 1.0
@@ -153,13 +162,10 @@ class FloatingRowReads:
         """Line currents (uA) [reads, cols] of row drives `volts` [reads, rows] (V); rows with v = 0 float."""
         volts = np.atleast_2d(np.asarray(volts, dtype=np.float64))
         out = np.zeros((len(volts), self.shape[1]))
-        patterns, which = np.unique(volts != 0, axis=0, return_inverse=True)
-        which = which.ravel()
-        for k, held in enumerate(patterns):
+        for held, sel in _drive_patterns(volts):
             h = np.flatnonzero(held & ~self.dead)
             if not h.size:
                 continue                                   # nothing driven: no current
-            sel = np.flatnonzero(which == k)
             m = self.z_drivers[np.ix_(h, h)] + np.eye(len(h)) / self.gw
             y = np.linalg.solve(m, volts[np.ix_(sel, h)].T)
             out[sel] = (self.gw * (self.z_amps[:, h] @ y)).T
