@@ -80,7 +80,8 @@ def _kind(obj: dict) -> str:
     if obj.get("method") == "affine" and "layers" in obj:
         return (f"cimc tune --method affine: column calibration of {len(obj['layers'])} layer(s), chip instance "
                 f"{obj.get('seed', '?')}, accuracy {_text(obj.get('accuracy_before'))} → "
-                f"{_text(obj.get('accuracy_after'))}, no device writes")
+                f"{_text(obj.get('accuracy_after'))}, no device writes"
+                + (f", fitted to the {obj['target']} network" if obj.get("target") else ""))
     if "accuracy_before" in obj and "writes" in obj:
         return (f"cimc tune: layer {obj.get('layer', '?')}, chip instance {obj.get('seed', '?')}, "
                 f"accuracy {_text(obj['accuracy_before'])} → {_text(obj.get('accuracy_after'))}, "

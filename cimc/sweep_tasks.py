@@ -89,7 +89,7 @@ def run_tune(files: dict[str, bytes], digest: str, data: Dataset, tune_data: Dat
     from cimc.executor import Session
     from cimc.training import tune
     manifest = load_manifest(files, digest)
-    fc_options = {k: v for k, v in tune_options.items() if k != "method"}
+    fc_options = {k: v for k, v in tune_options.items() if k not in ("method", "affine_target")}
     method = tune_options.get("method", "fc")
     chip = {"overrides": options.get("overrides"), "ideal": options.get("ideal", False), "gemm": options.get("gemm")}
     result = None
@@ -97,7 +97,8 @@ def run_tune(files: dict[str, bytes], digest: str, data: Dataset, tune_data: Dat
         warnings.simplefilter("always")
         tuned = manifest
         if method.startswith("affine"):
-            tuned, _ = calibrate(tuned, tune_data, seed=seed, **chip)
+            tuned, _ = calibrate(tuned, tune_data, seed=seed, target=tune_options.get("affine_target", "ideal"),
+                                 **chip)
         if method.endswith("fc"):
             tuned, result = tune(tuned, tune_data, seed=seed, progress=False, **chip, **fc_options)
         session = Session(tuned, backend="crossbar", seed=seed, batch_size=batch_size, **options)

@@ -186,18 +186,21 @@ def test_tuning_rows_are_cimc_tune_then_cimc_run(setup, cluster, tmp_path, capsy
     assert "tuned" in (tmp_path / "out" / "index.html").read_text()
 
 
-@pytest.mark.parametrize("method", ["affine", "affine+fc"])
-def test_tune_method_rows_are_cimc_tune_method_then_cimc_run(setup, cluster, tmp_path, capsys, method):
-    """--tune-method: each tuned row is `cimc tune --method M` then `cimc run` on the same chip instance."""
+@pytest.mark.parametrize("method, target", [("affine", []), ("affine+fc", []),
+                                            ("affine", ["--affine-target", "ideal"])])
+def test_tune_method_rows_are_cimc_tune_method_then_cimc_run(setup, cluster, tmp_path, capsys, method, target):
+    """--tune-method (and --tune-affine-target): each tuned row is `cimc tune --method M` then `cimc run` on the
+    same chip instance."""
     rc = main(["sweep", str(setup / "m"), "--data", str(setup / "test.npz"), "--grid", "program_sigma=1.5uS",
                "--seeds", "2", "-o", str(tmp_path / "out"), "--tune-data", str(setup / "tune.npz"), "--json",
-               "--tune-method", method, "--scheduler", cluster.scheduler_address])
+               "--tune-method", method, "--scheduler", cluster.scheduler_address,
+               *[("--tune-" + t[2:] if t.startswith("--") else t) for t in target]])
     capsys.readouterr()
     assert rc == 0
     row = _rows(tmp_path / "out")[1]
     common = ["--seed", "1", "--program-sigma", "1.5uS"]
     assert main(["tune", str(setup / "m"), "--data", str(setup / "tune.npz"), "-o", str(tmp_path / "t"), "--json",
-                 "--method", method, *common]) == 0
+                 "--method", method, *target, *common]) == 0
     tuned = json.loads(capsys.readouterr().out)
     fc = tuned.get("fc")
     assert row["tune_writes"] == (0 if fc is None else fc["writes"])
@@ -308,6 +311,8 @@ def test_grid_points_are_the_run_flags_and_warn_about_axes_without_effect(setup)
     (["--seeds", "2", "--tune-method", "lbfgs", "--tune-data", "TUNE"], ["--tune-method 'lbfgs'", "affine+fc"]),
     (["--seeds", "2", "--tune-method", "affine", "--tune-epochs", "2", "--tune-data", "TUNE"],
      ["--tune-epochs", "affine trains nothing"]),
+    (["--seeds", "2", "--tune-affine-target", "ideal", "--tune-data", "TUNE"],
+     ["--tune-affine-target", "--tune-method fc", "fits no column"]),
     (["--seeds", "2", "--set", "adc.bits=6", "--grid", "adc.bits=6,8"], ["--grid adc.bits", "--set adc.bits"]),
     (["--seeds", "2", "--data-labels-missing"], ["nolabels.npz", "labels 'y'"]),
 ])

@@ -1,6 +1,7 @@
 """Issue 13 item 1: `cimc tune --method affine`, column calibration on the chip without labels. A gain and offset per
-output column, fitted layer by layer on the chip's reads against the ideal integer accumulators, folded into the
-digital periphery (weight scale and bias per column) for one chip instance."""
+output column, fitted layer by layer on the chip's reads against the float network's outputs (--affine-target float,
+the default) or the ideal integer accumulators (ideal), folded into the digital periphery (weight scale and bias per
+column) for one chip instance."""
 from __future__ import annotations
 
 import json
@@ -233,7 +234,7 @@ def test_calibration_reads_the_chip_through_the_runs_reader(shipped):
     from cimc.backends.crossbar import CrossbarBackend
     manifest, train, _ = shipped
     data = type(train)({"input": train.inputs["input"][:60]}, train.labels[:60], "t", None)
-    tuned, result = calibrate(manifest, data, seed=1, overrides=NOISY, gemm="float32")
+    tuned, result = calibrate(manifest, data, seed=1, overrides=NOISY, gemm="float32", target="ideal")
     graph = copy.deepcopy(manifest.graph)
     chip = CrossbarBackend(seed=1, overrides=NOISY, gemm="float32")
     chip.bind(graph, manifest.arrays, manifest.target)
@@ -247,7 +248,7 @@ def test_calibration_reads_the_chip_through_the_runs_reader(shipped):
     y = Session(tuned, backend="crossbar", seed=1, overrides=NOISY, gemm="float32").run(data.inputs, samples=0)
     y = y[graph.outputs[0].name] if isinstance(y, dict) else y
     assert float((y.argmax(1) == data.labels).mean()) == result.accuracy_after
-    default, _ = calibrate(manifest, data, seed=1, overrides=NOISY)
+    default, _ = calibrate(manifest, data, seed=1, overrides=NOISY, target="ideal")
     assert any(not np.array_equal(x.weight_scales, y.weight_scales)
                for x, y in zip(default.graph.xbar_ops(), tuned.graph.xbar_ops()))
 
@@ -286,3 +287,53 @@ def test_conv_transpose_gain_is_folded_per_channel(tmp_path):
     (row,) = calibrate_graph(graph, chip, ideal, check_feeds(graph, x), batch=30)
     np.testing.assert_allclose(row["gain"], 1 / g, rtol=1e-6)
     np.testing.assert_allclose(op.weight_scales, before * np.repeat(1 / g, 9), rtol=1e-6)
+
+
+def _gemm_model(w: np.ndarray, b: np.ndarray):
+    """input [N, k] -> Gemm (w [k, n], bias b): one crossbar layer whose float output numpy can compute."""
+    from onnx import TensorProto, helper, numpy_helper
+    nodes = [helper.make_node("Gemm", ["input", "w", "b"], ["out"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", w.shape[0]])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_float_target_fits_each_column_to_the_float_layer(tmp_path):
+    """--affine-target float on one Gemm, chip 0 with 1 uS programming error: every column's folded scale and bias
+    are the per-column least-squares line (numpy polyfit, float64) from the chip's outputs before the fit to
+    x @ w + b computed by numpy in float64; the fitted chip is then closer to the float layer than before, and
+    closer than the ideal-target fit (which aims at the quantised layer)."""
+    import onnx
+    from cimc.data import Dataset
+    from cimc.executor import Session
+    rng = np.random.default_rng(11)
+    w = (rng.standard_normal((40, 6)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    onnx.save(_gemm_model(w, b), tmp_path / "g.onnx")
+    x = rng.standard_normal((400, 40)).astype(np.float32)
+    manifest = cimc.compile(tmp_path / "g.onnx", "yao2020-mcnn", calibration=x[:50])
+    chip = ["nonideal.program_sigma_us=1.0"]
+    before = Session(manifest, backend="crossbar", seed=0, overrides=chip).run(x, samples=0).astype(np.float64)
+    exact = x.astype(np.float64) @ w.astype(np.float64) + b
+    fits = {t: calibrate(manifest, Dataset({"input": x}, None, None, None), seed=0, overrides=chip, target=t)
+            for t in ("float", "ideal")}
+    tuned, result = fits["float"]
+    assert result.target == "float" and tuned.provenance["tuning"]["target"] == "float"
+    op, old = tuned.graph.xbar_ops()[0], manifest.graph.xbar_ops()[0]
+    for n in range(6):
+        a_n, b_n = np.polyfit(before[:, n], exact[:, n], 1)
+        np.testing.assert_allclose(op.weight_scales[n], old.weight_scales[n] * a_n, rtol=1e-5)
+        np.testing.assert_allclose(op.bias[n], a_n * old.bias[n] + b_n, rtol=1e-5, atol=1e-6)
+    errors = {t: np.square(Session(m, backend="crossbar", seed=0, overrides=chip).run(x, samples=0) - exact).mean()
+              for t, (m, _) in fits.items()}
+    assert errors["float"] < errors["ideal"] and errors["float"] < np.square(before - exact).mean()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--method", "fc", "--affine-target", "ideal"], ["--affine-target", "--method fc", "affine"]),
+    (["--method", "affine", "--affine-target", "integer"], ["--affine-target", "integer"]),
+])
+def test_bad_affine_target_is_refused_naming_the_flag(calibrated, extra, words):
+    d, _, _ = calibrated
+    assert_refused(["tune", d / "m", "--data", d / "labelled.npz", "-o", d / "bad", *extra], words, watch=[d])

@@ -17,7 +17,7 @@ from test_fixed_batch import images, small_cnn
 import cimc
 from cimc import zoo
 from cimc.backends.crossbar import CrossbarBackend
-from cimc.backends.reference import IntegerBackend
+from cimc.backends.reference import FloatBackend, IntegerBackend
 from cimc.column_calibration import calibrate_graph
 from cimc.data import load_npz
 from cimc.graph_run import check_feeds
@@ -25,14 +25,15 @@ from cimc.graph_run import check_feeds
 ART = Path(__file__).resolve().parents[1] / "examples" / "mcnn_mnist" / "artifacts"
 
 
-def _both(manifest, x, overrides, batch, gemm=None):
-    """(rows, graph) of the one-pass and of the slow calibration, each on a fresh chip instance 3."""
+def _both(manifest, x, overrides, batch, gemm=None, reference=IntegerBackend):
+    """(rows, graph) of the one-pass and of the slow calibration, each on a fresh chip instance 3, fitted to the
+    `reference` backend's network (the integer one: --affine-target ideal; the float one: float)."""
     out = []
     for calibrate in (calibrate_graph, calibrate_graph_slow):
         graph = copy.deepcopy(manifest.graph)
         chip = CrossbarBackend(seed=3, overrides=overrides, gemm=gemm)
         chip.bind(graph, manifest.arrays, manifest.target)
-        ideal = IntegerBackend()
+        ideal = reference()
         ideal.bind(graph, manifest.arrays, manifest.target)
         out.append((calibrate(graph, chip, ideal, check_feeds(graph, x), batch=batch), graph, chip.gemm))
     return out
@@ -77,13 +78,14 @@ def tiny_resnet(seed: int = 0) -> onnx.ModelProto:
     return b.model("tiny_resnet", [3, 8, 8], 10, "a tiny CIFAR-style ResNet")
 
 
-def test_one_pass_equals_the_per_layer_reruns_on_a_residual_net(tmp_path):
+@pytest.mark.parametrize("reference", [IntegerBackend, FloatBackend])
+def test_one_pass_equals_the_per_layer_reruns_on_a_residual_net(tmp_path, reference):
     """The residual adds read tensors that live across calibrated layers (freed after their last reader)."""
     onnx.save(tiny_resnet(), tmp_path / "r.onnx")
     x = np.random.default_rng(4).standard_normal((40, 3, 8, 8)).astype(np.float32)
     manifest = cimc.compile(tmp_path / "r.onnx", "yao2020-resnet", calibration=x)
     assert len(manifest.graph.xbar_ops()) == 6
-    _assert_same(manifest, _both(manifest, x, ["nonideal.program_sigma_us=1.0"], batch=15))
+    _assert_same(manifest, _both(manifest, x, ["nonideal.program_sigma_us=1.0"], batch=15, reference=reference))
 
 
 def test_one_pass_equals_the_per_layer_reruns_on_a_fixed_batch(tmp_path):

@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
                     "defaults) and record the accuracy with and without tuning")
     sp.add_argument("--tune-method", default="fc", metavar="M",
                     help="how each chip instance is tuned, as `cimc tune --method`: fc (default), affine or affine+fc")
+    sp.add_argument("--tune-affine-target", choices=("float", "ideal"), metavar="T",
+                    help="with an affine --tune-method: what the columns are fitted to, as `cimc tune "
+                    "--affine-target`: float (default) or ideal")
     sp.add_argument("--tune-epochs", type=int, default=1, metavar="N", help="tuning epochs (default 1, as cimc tune)")
     sp.add_argument("--tune-limit", type=int, metavar="N", help="use only the first N samples of --tune-data")
     sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
@@ -90,6 +93,9 @@ def run(args) -> int:
     from cimc.commands.tune import METHODS
     if args.tune_method not in METHODS:
         raise ConfigError(f"--tune-method {args.tune_method!r}: unknown method; choose one of {', '.join(METHODS)}")
+    if args.tune_affine_target is not None and not args.tune_method.startswith("affine"):
+        raise ConfigError(f"--tune-affine-target: --tune-method {args.tune_method} fits no column; use it with "
+                          "--tune-method affine or affine+fc")
     if args.tune_method == "affine" and args.tune_epochs != 1:
         raise ConfigError("--tune-epochs: --tune-method affine trains nothing (use fc or affine+fc)")
     axes = parse_axes(args.grid)
@@ -101,6 +107,9 @@ def run(args) -> int:
     tune_options = {"epochs": args.tune_epochs}
     if args.tune_method != "fc":         # left out for fc, so a sweep from before the flag resumes as it was
         tune_options["method"] = args.tune_method
+    if args.tune_method.startswith("affine") and args.tune_affine_target != "ideal":
+        # recorded unless ideal: the fit of sweeps written before the flag, which therefore resume as they were
+        tune_options["affine_target"] = "float"
     identity = {"manifest": files_digest(manifest_files(args.manifest)),
                 "data": {"sha256": data.sha256, "samples": len(data)},
                 "grid": [[name, values] for name, values in axes], "seeds": args.seeds, "set": list(args.set or []),

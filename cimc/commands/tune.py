@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import warnings
 
+from cimc.column_calibration import TARGETS
 from cimc.commands.common import emit
 from cimc.commands.run import add_chip_options, crossbar_options
 from cimc.tune_defaults import DEFAULT_HOLDOUT, DEFAULT_LR
@@ -25,8 +26,12 @@ def add_parser(sub) -> None:
     sp.add_argument("--method", default="fc", metavar="M",
                     help="fc (default): hybrid training of the last FC layer, or of the --layers (needs labels, writes "
                     "devices); affine: column calibration, a gain and offset per output column of every layer "
-                    "fitted on the chip's reads against the ideal chip's accumulators and folded into the digital "
-                    "periphery (no labels, no device writes); affine+fc: affine, then fc")
+                    "fitted on the chip's reads against the float network's outputs (--affine-target) and folded into "
+                    "the digital periphery (no labels, no device writes); affine+fc: affine, then fc")
+    sp.add_argument("--affine-target", choices=TARGETS, metavar="T",
+                    help="what --method affine fits each column to: float (default; the manifest's float network, so "
+                    "the fit also absorbs what it can of the quantisation error) or ideal (the ideal quantised "
+                    "chip, the integer backend)")
     sp.add_argument("-o", "--output", required=True, metavar="DIR",
                     help="tuned manifest directory to write (the same rules as compile -o; it may be the input "
                     "manifest, which is then replaced by the tuned one)")
@@ -91,6 +96,9 @@ def run(args) -> int:
     if layers is not None and (not all(layers) or args.layer is not None):
         raise ConfigError(f"--layers {args.layers!r}: give one or more crossbar layer names separated by commas, "
                           "and not together with --layer")
+    if args.affine_target is not None and not args.method.startswith("affine"):
+        raise ConfigError(f"--affine-target: --method {args.method} fits no column; use it with --method affine or "
+                          "affine+fc")
     if layers is not None and args.method == "affine":
         raise ConfigError("--layers: --method affine trains no layer; use --method fc or affine+fc with --layers")
     layer_lr = {}
@@ -110,7 +118,8 @@ def run(args) -> int:
             from cimc.column_calibration import calibrate
             manifest, affine = calibrate(manifest, data, seed=seed, overrides=options["overrides"],
                                          defect_map=options.get("defect_map"), ideal=options["ideal"],
-                                         batch=args.batch, gemm=options["gemm"])
+                                         batch=args.batch, gemm=options["gemm"],
+                                         target=args.affine_target or "float")
         if args.method.endswith("fc"):
             tuned, result = tune(manifest, data, seed=seed, overrides=options["overrides"],
                                  defect_map=options.get("defect_map"), ideal=options["ideal"],
@@ -161,7 +170,8 @@ def _report_affine(path, seed: int, affine, fc, as_json: bool) -> None:
         return
     scored = (f"accuracy on --data {affine.accuracy_before:.4f} -> {affine.accuracy_after:.4f}"
               if affine.accuracy_before is not None else "no labels: accuracy not scored")
-    print(f"column calibration on chip instance {seed}: {affine.inputs} inputs, {scored}; no device written, "
+    print(f"column calibration on chip instance {seed} (fitted to the {affine.target} network): {affine.inputs} "
+          f"inputs, {scored}; no device written, "
           f"{affine.seconds:.1f} s")
     for row in summary:
         print(f"  {row['layer']}: {row['columns']} columns, mean |a-1| {row['mean_abs_gain_error']:.4g}, "
