@@ -34,10 +34,14 @@ from numba import carray, njit, prange, types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
-from cimc.backends import kernel_notice  # noqa: E402
+from cimc.backends import kernel_cache, kernel_notice  # noqa: E402
 from cimc.backends.lut_limits import MAX_LINES  # noqa: E402 (lines per call; read_tile splits wider tiles)
 
 kernel_notice.install()     # a line on a terminal while numba compiles these kernels (first run only)
+# _lut_packed inlines this file's helpers and both freeze lut_limits' constants: one cache key for all three files
+KERNEL_SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+                       for name in ("_lut_kernel.py", "_lut_packed.py", "lut_limits.py"))
+kernel_cache.share_stamp(KERNEL_SOURCES)
 
 SUMMED = 18                     # table rows summed per pass (144-row arrays: one pass)
 BLOCK = 128                     # positions per parallel work item

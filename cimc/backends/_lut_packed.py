@@ -49,6 +49,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+# (importing _lut_kernel keys this file's numba cache on _lut_kernel.py and lut_limits.py too: kernel_cache)
 from cimc.backends._lut_kernel import BLOCK, SUMMED, _wide_vectors, conv_words, line_adc, zero_pairs
 from cimc.backends.lut_limits import MAX_LINES
 

@@ -90,6 +90,8 @@ def run_sweep(name: str, manifest_dir: Path, out: Path, args, model: dict) -> tu
            str(args.limit), "--grid", f"{axis}={','.join(values)}", "--seeds", str(args.seeds), "--tune-data",
            str(model["tune"]), "--tune-limit", str(args.tune_limit), "--tune-method", args.tune_method,
            "-o", str(out / name), "--json"]
+    if args.affine_target:
+        cmd += ["--tune-affine-target", args.affine_target]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
     print("$ " + " ".join(cmd), flush=True)
@@ -102,7 +104,7 @@ def run_sweep(name: str, manifest_dir: Path, out: Path, args, model: dict) -> tu
 
 
 def time_points(name: str, manifest_dir: Path, test, tune_data, tune_method: str = "fc",
-                repeats: tuple[int, int] = (3, 2)) -> list[dict]:
+                repeats: tuple[int, int] = (3, 2), affine_target: str | None = None) -> list[dict]:
     """CPU seconds of each point's untuned run and hybrid training, chip instance 0, with the sweep's options."""
     from cimc.commands.sweep_grid import grid_points
     from cimc.executor import Session
@@ -123,7 +125,7 @@ def time_points(name: str, manifest_dir: Path, test, tune_data, tune_method: str
         for _ in range(repeats[1]):
             t0 = time.process_time()
             tuned = run_tune(files, digest, test, tune_data, point["options"], 0, 100,
-                             {"epochs": 1, "method": tune_method})
+                             {"epochs": 1, "method": tune_method, "affine_target": affine_target or "float"})
             tune_s.append(time.process_time() - t0)
         out.append({"params": point["params"], "run_cpu_s": min(run_s), "tune_cpu_s": min(tune_s),
                     "run_cpu_s_all": run_s, "tune_cpu_s_all": tune_s,
@@ -195,6 +197,10 @@ def main(argv=None) -> int:
                    "examples/resnet56_cifar10/train_mnist_standin.py instead of the shipped mCNN")
     p.add_argument("--tune-method", choices=("fc", "affine", "affine+fc"), default="fc",
                    help="how the tuned rows are tuned, as cimc tune --method (default fc)")
+    p.add_argument("--affine-target", choices=("float", "ideal"),
+                   help="with an affine --tune-method: what the columns are fitted to, as cimc tune --affine-target "
+                   "(default float; the recorded ResNet-56 outputs were made with ideal, the default until "
+                   "2026-12-02 16:00)")
     p.add_argument("--out", help="a new or empty folder for the outputs (default: a fresh temporary folder)")
     p.add_argument("--resume", action="store_true", help="--out holds this same study, stopped part way: keep its "
                    "finished sweep rows (each sweep resumes) and write its study.json, summary.md and plots anew")
@@ -225,20 +231,21 @@ def main(argv=None) -> int:
     repeats = (3, 2) if model["name"] == "mcnn" else (1, 1)
     study = {"model": model["shown"], "target": model["target"], "limit": args.limit,
              "seeds": args.seeds, "tune_limit": args.tune_limit, "tune_method": args.tune_method,
+             "affine_target": args.affine_target,
              "date": datetime.datetime.now(
                  datetime.timezone.utc).isoformat(timespec="minutes"),
              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
              "cimc": cimc.__version__, "sweeps": {}}
     if not args.no_timing:                      # numba compiles its kernels once per process: not a point's cost
         time_points("wire", manifest_dir, load_npz(model["test"], ["input"], limit=20),
-                    load_npz(model["tune"], ["input"], limit=100), args.tune_method, (1, 1))
+                    load_npz(model["tune"], ["input"], limit=100), args.tune_method, (1, 1), args.affine_target)
     for name in SWEEPS:
         if args.only and name not in args.only:
             continue
         cmd, wall = run_sweep(name, manifest_dir, out, args, model)
         summary = json.loads((out / name / "summary.json").read_text())
         timing = [] if args.no_timing else time_points(name, manifest_dir, test, tune_data, args.tune_method,
-                                                       repeats)
+                                                       repeats, args.affine_target)
         for t in timing:
             print(f"  {t['params']}: run {t['run_cpu_s']:.2f} s CPU, tune {t['tune_cpu_s']:.2f} s CPU, reader "
                   f"{t['reader']}", flush=True)
