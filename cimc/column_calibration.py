@@ -43,8 +43,8 @@ from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, fixed_batch_runs, run_graph, run_item, run_xbar
 from cimc.ir import XbarOp
 from cimc.onnx_segments import plan
+from cimc.tune_defaults import AFFINE_TARGETS as TARGETS   # the float network, or the ideal quantised chip
 
-TARGETS = ("float", "ideal")   # what the columns are fitted to: the float network, or the ideal quantised chip
 FLAT = 1e-12    # a column whose chip outputs vary less than this (relative variance) gets an offset only
 
 
@@ -225,6 +225,11 @@ def calibrate(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map
     if target not in TARGETS:
         raise ConfigError(f"--affine-target {target!r}: choose float (the manifest's float network) or ideal "
                           "(the ideal quantised chip)")
+    if target == "float" and _calibrated_before(manifest.provenance):
+        # a fold rewrote the biases (b = a * bias + offset): the float network x @ W + bias is no longer in them
+        raise ConfigError("--affine-target float: this manifest's periphery was column-calibrated before (tune "
+                          "--method affine), so its biases no longer hold the float network's; calibrate the "
+                          "manifest from before that round, or use --affine-target ideal")
     start_time = time.perf_counter()
     graph = copy_module.deepcopy(manifest.graph)
     chip = CrossbarBackend(seed=seed, overrides=overrides, defect_map=defect_map, ideal=ideal, gemm=gemm)
@@ -263,6 +268,11 @@ def _calibrated_manifest(manifest, graph, chip, data, seed, overrides, result):
         "arrays": np.zeros(0, np.int64), "programmed_us": np.zeros((0, spec.rows, spec.cols)),
         "target_us": np.zeros((0, spec.rows, spec.cols))}
     return tuned
+
+
+def _calibrated_before(provenance: dict) -> bool:
+    rounds = list(provenance.get("previous_tunings") or []) + [provenance.get("tuning")]
+    return any(isinstance(t, dict) and t.get("method") == "affine" for t in rounds)
 
 
 def other_chip_warning(provenance: dict, backend) -> str | None:

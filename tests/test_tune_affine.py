@@ -337,3 +337,14 @@ def test_float_target_fits_each_column_to_the_float_layer(tmp_path):
 def test_bad_affine_target_is_refused_naming_the_flag(calibrated, extra, words):
     d, _, _ = calibrated
     assert_refused(["tune", d / "m", "--data", d / "labelled.npz", "-o", d / "bad", *extra], words, watch=[d])
+
+
+def test_float_target_refuses_a_manifest_calibrated_before(calibrated):
+    """A calibrated manifest's biases hold the fold (a * bias + offset), not the float network's bias: a second
+    calibration to the float network is refused naming the flag; to the ideal chip it runs."""
+    d, _, chip = calibrated
+    assert_refused(["tune", d / "cal", "--data", d / "inputs.npz", "--method", "affine", "-o", d / "again", *chip],
+                   ["--affine-target float", "calibrated before", "--affine-target ideal"], watch=[d])
+    code, _, err = run_cli(["tune", d / "cal", "--data", d / "inputs.npz", "--method", "affine", "--affine-target",
+                            "ideal", "-o", d / "again", *chip])
+    assert code == 0, err

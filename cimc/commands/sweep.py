@@ -5,6 +5,7 @@ import sys
 
 from cimc.commands.common import emit
 from cimc.errors import ConfigError, DataError
+from cimc.tune_defaults import AFFINE_TARGETS
 
 _GEMMS = ("float32", "int8", "lut")
 
@@ -39,7 +40,7 @@ def add_parser(sub) -> None:
                     "defaults) and record the accuracy with and without tuning")
     sp.add_argument("--tune-method", default="fc", metavar="M",
                     help="how each chip instance is tuned, as `cimc tune --method`: fc (default), affine or affine+fc")
-    sp.add_argument("--tune-affine-target", choices=("float", "ideal"), metavar="T",
+    sp.add_argument("--tune-affine-target", choices=AFFINE_TARGETS, metavar="T",
                     help="with an affine --tune-method: what the columns are fitted to, as `cimc tune "
                     "--affine-target`: float (default) or ideal")
     sp.add_argument("--tune-epochs", type=int, default=1, metavar="N", help="tuning epochs (default 1, as cimc tune)")

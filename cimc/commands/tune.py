@@ -6,10 +6,9 @@ from __future__ import annotations
 import sys
 import warnings
 
-from cimc.column_calibration import TARGETS
 from cimc.commands.common import emit
 from cimc.commands.run import add_chip_options, crossbar_options
-from cimc.tune_defaults import DEFAULT_HOLDOUT, DEFAULT_LR
+from cimc.tune_defaults import AFFINE_TARGETS, DEFAULT_HOLDOUT, DEFAULT_LR
 
 
 def add_parser(sub) -> None:
@@ -28,7 +27,7 @@ def add_parser(sub) -> None:
                     "devices); affine: column calibration, a gain and offset per output column of every layer "
                     "fitted on the chip's reads against the float network's outputs (--affine-target) and folded into "
                     "the digital periphery (no labels, no device writes); affine+fc: affine, then fc")
-    sp.add_argument("--affine-target", choices=TARGETS, metavar="T",
+    sp.add_argument("--affine-target", choices=AFFINE_TARGETS, metavar="T",
                     help="what --method affine fits each column to: float (default; the manifest's float network, so "
                     "the fit also absorbs what it can of the quantisation error) or ideal (the ideal quantised "
                     "chip, the integer backend)")
