@@ -74,3 +74,20 @@ def test_the_table_read_kernels_are_keyed_on_all_their_sources():
         assert getattr(locator, "_cimc_grouped", False), type(locator)
         stamps.add(locator.get_source_stamp())
     assert stamps == {kernel_cache._stamp(_lut_kernel.__file__)}
+
+
+def _numba_opt(env: dict) -> str:
+    import os
+    code = ("import cimc.backends._lut_kernel as k; from numba.core import config; "
+            "print(config.OPT.is_opt_max, k.reads.targetctx.codegen()._loopvect)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in {**os.environ, **env}.items() if v is not None})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_kernels_compile_at_numba_opt_max_unless_the_user_chose():
+    """The kernels' code generator optimises fully on numba's first pass (NUMBA_OPT=max: loop vectorisation in the
+    cheap pass), even where numba was imported before cimc; a user's own NUMBA_OPT is kept."""
+    assert _numba_opt({"NUMBA_OPT": None}) == "True True"
+    assert _numba_opt({"NUMBA_OPT": "2"}) == "False False"

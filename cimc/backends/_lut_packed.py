@@ -40,9 +40,14 @@ Where the time goes (the same calls): the plane reads about 80%, of which the AD
 gather 6%, offsets 3%, output 7%) about 20%; with every lookup on 32 L1-resident rows the reads were 13-31% faster
 per stage. Tables without 64-byte alignment (unpickled) read 20-25% slower and reorder such comparisons: two
 positions per loop measured slower on them.
-A kernel compiled in the running process measured about 4x slower than the same object code loaded from numba's
-disk cache by a later process (0.071 s against 0.018 s per stage-1 call, both in one process): time kernels only
-in a process that loaded them from the cache.
+A kernel compiled in the running process measured about 4x slower than the same kernel loaded from numba's disk
+cache by a later process (0.071 s against 0.018 s per stage-1 call). The cause (found 2026-12-02 16:30): a callee
+such as _two_positions is compiled as a library of its own, optimised once, and a copy is linked into its caller
+and optimised again (its read loops then vectorise); in the compiling process the caller's call resolves to the
+once-optimised callee already loaded, a cached caller uses its own copy. _lut_kernel sets NUMBA_OPT=max, which
+optimises fully on the first pass: the compiling process now reads as fast as a cached one. The comparisons above
+were made on cached kernels; whether a variant "vectorised 512 bits wide" was timed in a compiling process is not
+recorded, so that one may deserve a second look.
 """
 import numpy as np
 from numba import carray, njit, prange, types
