@@ -294,13 +294,14 @@ def test_affine_recovers_an_injected_gain_and_offset_on_an_encoded_chip(encoded,
 
 def test_affine_fc_on_an_offset_chip_and_run_reproduces_it(encoded, mcnn_data, tmp_path):
     """`cimc tune --method affine+fc` on a noisy offset chip: both steps run (the calibration writes nothing, the
-    fc step writes devices), and `cimc run` of the tuned manifest on the same chip gives the tune's after-figure."""
+    fc step writes devices), and `cimc run` of the tuned manifest on the same chip gives the tune's after-figure.
+    A 0.5 uS write threshold: after the calibration to the float network the FC step asks for less than 1.5 uS."""
     encoded["offset"].save(tmp_path / "m")
     np.savez(tmp_path / "d.npz", x=mcnn_data.inputs["input"], y=mcnn_data.labels)
     chip = ["--seed", "3", "--program-sigma", "1.5uS"]
     code, out, err = run_cli(["tune", tmp_path / "m", "--data", tmp_path / "d.npz", "--method", "affine+fc",
-                              "--lr", "0.3", "--batch", "32", "--keep", "final", "-o", tmp_path / "t", "--json",
-                              *chip])
+                              "--lr", "0.3", "--threshold", "0.5uS", "--batch", "32", "--keep", "final", "-o",
+                              tmp_path / "t", "--json", *chip])
     assert code == 0, err
     doc = json.loads(out)
     assert doc["affine"]["device_writes"] == 0
