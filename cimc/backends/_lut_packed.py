@@ -47,7 +47,10 @@ and optimised again (its read loops then vectorise); in the compiling process th
 once-optimised callee already loaded, a cached caller uses its own copy. _lut_kernel sets NUMBA_OPT=max, which
 optimises fully on the first pass: the compiling process now reads as fast as a cached one. The comparisons above
 were made on cached kernels; whether a variant "vectorised 512 bits wide" was timed in a compiling process is not
-recorded, so that one may deserve a second look.
+recorded, so that one may deserve a second look. Re-measured with cached kernels compiled at NUMBA_OPT=max (idle,
+one thread, 2026-12-02 17:20-17:45): without the 512-bit hint (`_wide_vectors`) every stage within 3%; table
+pieces of at most 64 or 128 lines (lut_limits.MAX_LINES) the whole run within the noise (7.5-8.1 s against
+7.6-8.1 s, ResNet-56, 1,000 inputs).
 """
 import numpy as np
 from numba import carray, njit, prange, types
