@@ -212,6 +212,24 @@ def test_tune_method_rows_are_cimc_tune_method_then_cimc_run(setup, cluster, tmp
     assert words[method] in (tmp_path / "out" / "index.html").read_text()
 
 
+def test_an_affine_sweep_from_before_the_target_flag_resumes_with_ideal(setup, cluster, tmp_path, capsys):
+    """Sweeps written before --tune-affine-target fitted to the ideal chip and recorded no target: the same sweep
+    with `--tune-affine-target ideal` records none either, so it resumes them; without the flag (now the float
+    target) the folder is refused, naming the difference."""
+    argv = ["sweep", str(setup / "m"), "--data", str(setup / "test.npz"), "--grid", "program_sigma=1.5uS",
+            "--seeds", "1", "-o", str(tmp_path / "out"), "--tune-data", str(setup / "tune.npz"), "--json",
+            "--tune-method", "affine", "--scheduler", cluster.scheduler_address]
+    assert main(argv + ["--tune-affine-target", "ideal"]) == 0
+    capsys.readouterr()
+    marker = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert marker["command"]["tune"] == {"epochs": 1, "method": "affine"}        # as before the flag existed
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "different command" in err and "affine_target" in err, err
+    assert main(argv + ["--tune-affine-target", "ideal"]) == 0
+    assert json.loads(capsys.readouterr().out)["computed"] == 0
+
+
 def test_a_worker_killed_mid_run_loses_nothing(setup, reference, cluster, tmp_path, capsys):
     """One of the two workers is SIGKILLed while it holds tasks: the scheduler reruns them on the other (the nanny
     restarts the killed one), and the results are the reference's."""
