@@ -44,6 +44,7 @@ from cimc.graph_run import check_feeds, fixed_batch_runs, run_graph, run_item, r
 from cimc.ir import XbarOp
 from cimc.onnx_segments import plan
 from cimc.tune_defaults import AFFINE_TARGETS as TARGETS   # the float network, or the ideal quantised chip
+from cimc.tune_defaults import DEFAULT_AFFINE_TARGET
 
 FLAT = 1e-12    # a column whose chip outputs vary less than this (relative variance) gets an offset only
 
@@ -91,7 +92,7 @@ class AffineResult:
     device_writes: int = 0             # the calibration writes no device
     seconds: float = 0.0
     method: str = "affine"
-    target: str = "float"              # TARGETS
+    target: str = DEFAULT_AFFINE_TARGET   # TARGETS
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -218,14 +219,14 @@ def _accuracy(graph, chip, feeds: dict, labels: np.ndarray, batch: int) -> float
 
 
 def calibrate(manifest, data: Dataset, seed: int = 0, overrides=None, defect_map=None, ideal: bool = False,
-              batch: int = 100, gemm: str | None = None, target: str = "float"):
+              batch: int = 100, gemm: str | None = None, target: str = DEFAULT_AFFINE_TARGET):
     """`cimc tune --method affine`: returns (tuned Manifest, AffineResult). Labels, where `data` has them, only
     score the chip before and after. `gemm`: the chip's reader, as CrossbarBackend's (None: `cimc run`'s default).
     `target`: fit the columns to the float network ("float") or to the ideal quantised chip ("ideal")."""
     if target not in TARGETS:
         raise ConfigError(f"--affine-target {target!r}: choose float (the manifest's float network) or ideal "
                           "(the ideal quantised chip)")
-    if target == "float" and _calibrated_before(manifest.provenance):
+    if target == "float" and affine_rounds(manifest.provenance):
         # a fold rewrote the biases (b = a * bias + offset): the float network x @ W + bias is no longer in them
         raise ConfigError("--affine-target float: this manifest's periphery was column-calibrated before (tune "
                           "--method affine), so its biases no longer hold the float network's; calibrate the "
@@ -270,9 +271,10 @@ def _calibrated_manifest(manifest, graph, chip, data, seed, overrides, result):
     return tuned
 
 
-def _calibrated_before(provenance: dict) -> bool:
+def affine_rounds(provenance: dict) -> list[dict]:
+    """The manifest's column-calibration rounds, oldest first (provenance.previous_tunings, then .tuning)."""
     rounds = list(provenance.get("previous_tunings") or []) + [provenance.get("tuning")]
-    return any(isinstance(t, dict) and t.get("method") == "affine" for t in rounds)
+    return [t for t in rounds if isinstance(t, dict) and t.get("method") == "affine"]
 
 
 def other_chip_warning(provenance: dict, backend) -> str | None:
@@ -280,8 +282,7 @@ def other_chip_warning(provenance: dict, backend) -> str | None:
     instance: the folded gains correct errors this chip does not have. The message says how to run the right chip.
     The integer and float backends (the references `cimc run` scores beside the chip) are not warned about: they run
     the calibrated periphery on an ideal chip, as documented."""
-    rounds = list(provenance.get("previous_tunings") or []) + [provenance.get("tuning")]
-    fitted = [t for t in rounds if isinstance(t, dict) and t.get("method") == "affine"]
+    fitted = affine_rounds(provenance)
     identity = getattr(backend, "chip_identity", None)
     if not fitted or identity is None or as_json_value(identity()) == fitted[-1].get("chip"):
         return None

@@ -2,4 +2,5 @@
 in its help, and building its parser must not import the trainer and every backend (each `cimc` run builds it)."""
 DEFAULT_LR = 0.35          # device levels per full-scale sample (about the 0.004 chosen on the mCNN before)
 DEFAULT_HOLDOUT = 0.2      # the last 20% of the tuning data
-AFFINE_TARGETS = ("float", "ideal")   # what --method affine fits each column to (the first: the default)
+AFFINE_TARGETS = ("float", "ideal")   # what --method affine fits each column to
+DEFAULT_AFFINE_TARGET = "float"       # the float network (ideal: the ideal quantised chip, the default until 2026-12-02)

@@ -5,7 +5,7 @@ import sys
 
 from cimc.commands.common import emit
 from cimc.errors import ConfigError, DataError
-from cimc.tune_defaults import AFFINE_TARGETS
+from cimc.tune_defaults import AFFINE_TARGETS, DEFAULT_AFFINE_TARGET
 
 _GEMMS = ("float32", "int8", "lut")
 
@@ -108,9 +108,10 @@ def run(args) -> int:
     tune_options = {"epochs": args.tune_epochs}
     if args.tune_method != "fc":         # left out for fc, so a sweep from before the flag resumes as it was
         tune_options["method"] = args.tune_method
-    if args.tune_method.startswith("affine") and args.tune_affine_target != "ideal":
+    target = args.tune_affine_target or DEFAULT_AFFINE_TARGET
+    if args.tune_method.startswith("affine") and target != "ideal":
         # recorded unless ideal: the fit of sweeps written before the flag, which therefore resume as they were
-        tune_options["affine_target"] = "float"
+        tune_options["affine_target"] = target
     identity = {"manifest": files_digest(manifest_files(args.manifest)),
                 "data": {"sha256": data.sha256, "samples": len(data)},
                 "grid": [[name, values] for name, values in axes], "seeds": args.seeds, "set": list(args.set or []),

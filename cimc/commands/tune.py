@@ -8,7 +8,7 @@ import warnings
 
 from cimc.commands.common import emit
 from cimc.commands.run import add_chip_options, crossbar_options
-from cimc.tune_defaults import AFFINE_TARGETS, DEFAULT_HOLDOUT, DEFAULT_LR
+from cimc.tune_defaults import AFFINE_TARGETS, DEFAULT_AFFINE_TARGET, DEFAULT_HOLDOUT, DEFAULT_LR
 
 
 def add_parser(sub) -> None:
@@ -118,7 +118,7 @@ def run(args) -> int:
             manifest, affine = calibrate(manifest, data, seed=seed, overrides=options["overrides"],
                                          defect_map=options.get("defect_map"), ideal=options["ideal"],
                                          batch=args.batch, gemm=options["gemm"],
-                                         target=args.affine_target or "float")
+                                         target=args.affine_target or DEFAULT_AFFINE_TARGET)
         if args.method.endswith("fc"):
             tuned, result = tune(manifest, data, seed=seed, overrides=options["overrides"],
                                  defect_map=options.get("defect_map"), ideal=options["ideal"],

@@ -53,6 +53,8 @@ ART = HERE.parent / "mcnn_mnist" / "artifacts"
 sys.path.insert(0, str(HERE.parent))
 from example_output import output_folder  # noqa: E402
 
+from cimc.tune_defaults import AFFINE_TARGETS, DEFAULT_AFFINE_TARGET  # noqa: E402 (light: no backend imported)
+
 # name: (axis, values, what the column shows, unit)
 SWEEPS = {
     "wire": ("wire_resistance", ["0", "1ohm", "2ohm", "5ohm"], "wire resistance per segment"),
@@ -125,7 +127,8 @@ def time_points(name: str, manifest_dir: Path, test, tune_data, tune_method: str
         for _ in range(repeats[1]):
             t0 = time.process_time()
             tuned = run_tune(files, digest, test, tune_data, point["options"], 0, 100,
-                             {"epochs": 1, "method": tune_method, "affine_target": affine_target or "float"})
+                             {"epochs": 1, "method": tune_method,
+                              "affine_target": affine_target or DEFAULT_AFFINE_TARGET})
             tune_s.append(time.process_time() - t0)
         out.append({"params": point["params"], "run_cpu_s": min(run_s), "tune_cpu_s": min(tune_s),
                     "run_cpu_s_all": run_s, "tune_cpu_s_all": tune_s,
@@ -197,7 +200,7 @@ def main(argv=None) -> int:
                    "examples/resnet56_cifar10/train_mnist_standin.py instead of the shipped mCNN")
     p.add_argument("--tune-method", choices=("fc", "affine", "affine+fc"), default="fc",
                    help="how the tuned rows are tuned, as cimc tune --method (default fc)")
-    p.add_argument("--affine-target", choices=("float", "ideal"),
+    p.add_argument("--affine-target", choices=AFFINE_TARGETS,
                    help="with an affine --tune-method: what the columns are fitted to, as cimc tune --affine-target "
                    "(default float; the recorded ResNet-56 outputs were made with ideal, the default until "
                    "2026-12-02 16:00)")
