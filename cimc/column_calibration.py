@@ -24,8 +24,8 @@ after it, so folding stays exact there too) from sums per column over all rows a
 same fit bit for bit (the chip's outputs do not depend on the batch, see Backend.number_samples).
 
 Nothing is written to the devices: a real chip's controller can do the same, with its own reads and the target
-network that the manifest describes. The folded scales correct THIS chip instance only; the tuned manifest records the chip's identity
-(`provenance.tuning.chip`) and `Session` warns when it runs on another chip or backend.
+network that the manifest describes. The folded scales correct THIS chip instance only; the tuned manifest records
+the chip's identity (`provenance.tuning.chip`) and `Session` warns when it runs on another chip or backend.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""One line on a terminal when numba compiles cimc's table-read kernels, so that the 15-25 s pause of the first run
-after installing or upgrading cimc or numba is explained. numba broadcasts "numba:compile" only when it compiles a
-kernel, not when it loads one from its disk cache, so later runs print nothing. Shown once per process, and only
-when stderr is a terminal (like cimc.evaluate.Progress): piped or captured output stays as it was."""
+"""One line on a terminal when numba compiles cimc's table-read kernels, so that the pause of the first run after
+installing or upgrading cimc or numba (about 30 s) is explained. numba broadcasts "numba:compile" only when it
+compiles a kernel, not when it loads one from its disk cache, so later runs print nothing. Shown once per process,
+and only when stderr is a terminal (like cimc.evaluate.Progress): piped or captured output stays as it was."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +10,7 @@ from numba.core import event
 
 KERNEL_MODULES = "cimc.backends._lut"        # _lut_kernel, _lut_packed
 MESSAGE = ("cimc: compiling the crossbar backend's table-read kernels with numba (first run after installing or "
-           "upgrading: 15-25 s; cached on disk for later runs)")
+           "upgrading: about 30 s; cached on disk for later runs)")
 
 
 class _Notice(event.Listener):
