@@ -9,6 +9,8 @@ import numpy as np
 
 from cimc.backends import Backend, make_backend
 from cimc.column_calibration import other_chip_warning
+from cimc.concurrent_chunks import run_chunks
+from cimc.errors import ConfigError
 from cimc.graph_run import check_feeds, output_scale, quantize_activation, run_graph, run_xbar
 
 __all__ = ["Session", "check_feeds", "output_scale", "quantize_activation", "run_graph", "run_xbar"]
@@ -16,14 +18,18 @@ __all__ = ["Session", "check_feeds", "output_scale", "quantize_activation", "run
 
 class Session:
     """`Session(manifest_or_dir, backend="integer", seed=None)`; `.run(x)` returns the model's output for a batch
-    (an array for a single-output model, else a dict by output name). Runs in chunks of `batch_size` samples.
+    (an array for a single-output model, else a dict by output name). Runs in chunks of at most `batch_size`
+    samples; `workers` chunks at once, each in a thread of its own (cimc.concurrent_chunks; None: as many as the
+    backend uses by default, the crossbar's table reads one per numba thread; 1: one chunk at a time; a backend
+    that cannot run chunks side by side runs one at a time). The outputs are the same whatever the chunks and
+    workers.
     `.run(x, samples=...)` names the samples' global indices (their indices in your data set: an int for the first
     of consecutive ones, or one index per sample); by default they are numbered on from the samples this session
     ran before. The crossbar backend draws a sample's read noise, and picks its copy of a replicated layer, by that
     index alone, so a sample's output does not depend on the batch size or on the other samples of its batch."""
 
     def __init__(self, manifest, backend: str | Backend = "integer", seed: int | None = None,
-                 batch_size: int = 128, **backend_options):
+                 batch_size: int = 128, workers: int | None = None, **backend_options):
         from cimc.manifest import Manifest, load
         self.manifest = manifest if isinstance(manifest, Manifest) else load(Path(manifest))
         if isinstance(backend, str):
@@ -32,6 +38,11 @@ class Session:
             backend = make_backend(backend, **backend_options)
         self.backend = backend
         self.batch_size = batch_size
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
+                                    or workers < 1):
+            raise ConfigError(f"workers={workers!r}: expected a whole number >= 1 (or None: as many as the backend "
+                              "can use)")
+        self.workers = None if workers is None else int(workers)
         self.graph = self.manifest.graph
         self.backend.bind(self.graph, self.manifest.arrays, self.manifest.target)
         # a tuned manifest on the chip instance it was tuned on
@@ -53,10 +64,6 @@ class Session:
         feeds = check_feeds(self.graph, x)
         n = len(next(iter(feeds.values())))
         ids = self.backend.number_samples(n, samples)
-        chunks = []
-        for start in range(0, max(n, 1), self.batch_size):
-            part = {k: v[start:start + self.batch_size] for k, v in feeds.items()}
-            chunks.append(run_graph(self.graph, part, self.backend, observe=observe,
-                                    samples=ids[start:start + self.batch_size]))
+        chunks = run_chunks(self.graph, feeds, self.backend, ids, self.batch_size, observe, self.workers)
         outputs = {name: np.concatenate([c[name] for c in chunks]) for name in self.output_names}
         return outputs[self.output_names[0]] if len(outputs) == 1 else outputs

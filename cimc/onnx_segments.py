@@ -6,7 +6,9 @@ was (cimc.ir.DigitalOp) and onnxruntime runs it, with exact ONNX semantics at th
 ONNX model: its inputs are the tensors it reads that earlier ops made, its initializers the constants it reads,
 its outputs the tensors that later ops (or the caller) need. Each segment's onnxruntime session is built once per
 graph (Graph.sessions), keyed by the segment's shape (its ops with run-time tensors and nodes named by position,
-`_shape_names`: segments alike share a session), the outputs asked for and the input types.
+`_shape_names`: segments alike share a session), the outputs asked for, the input types and the calling thread's
+intra-op thread count (cimc.ort_session.use_threads). Worker threads may build one at the same time: the cache
+keeps the first (equal sessions, so which one does not matter).
 
 The same nodes, with a `cimc.Crossbar` placeholder for each crossbar op, make the manifest's `digital.onnx`
 (`graph_model`): a standard ONNX file that Netron opens.
@@ -173,7 +175,7 @@ def _session(graph: Graph, segment: Segment, feeds: dict, outputs: list[str]):
     else:
         ops = tuple((op.name, op.op_type, tuple(op.inputs), tuple(op.outputs)) for op in segment.ops)
     key = (ops, tuple(names.get(t, t) for t in outputs),
-           tuple((names.get(t, t), v.dtype.str) for t, v in feeds.items()))
+           tuple((names.get(t, t), v.dtype.str) for t, v in feeds.items()), ort_session.thread_count())
     cache = graph.sessions.sessions
     session = cache.get(key)
     if session is None:
@@ -185,7 +187,7 @@ def _session(graph: Graph, segment: Segment, feeds: dict, outputs: list[str]):
         except Exception as exc:
             raise ModelError(f"digital op(s) {_shown(segment)}: onnxruntime cannot run them: "
                              f"{_own_names(_first_line(exc), segment, names)}") from None
-        cache[key] = session
+        session = cache.setdefault(key, session)
     return session, names
 
 

@@ -74,3 +74,29 @@ def test_the_default_read_is_the_same_for_any_threads_and_batch(resnet20):
     assert all(np.array_equal(o.view(np.uint32), outs[0].view(np.uint32)) for o in outs)
     other = Session(manifest, backend="crossbar", seed=2, adc_full_scale=scales).run(x)
     assert not np.array_equal(other, outs[0])                      # the seed draws another chip
+
+
+def test_batches_side_by_side_give_the_same_outputs(resnet20):
+    """The table reads run one batch per worker thread (cimc.concurrent_chunks; by default one per numba thread,
+    where numba's threading layer allows it): 1, 2 or 3 workers, batches of 1, 2 or 5 samples, samples in another
+    order, give the int8 GEMM reference's outputs bit for bit (so, under its chosen grid, the same outputs as one
+    batch at a time)."""
+    import numba
+    manifest, scales, x = resnet20
+    x = np.concatenate([x, x[::-1] * 0.5])                         # 10 samples: several batches per worker
+    common = dict(seed=1, adc_full_scale=scales)
+    int8 = CrossbarBackend(gemm="int8", **common)
+    want = Session(manifest, backend=int8, batch_size=10).run(x)
+    for workers in (1, 2, 3):
+        for batch in (1, 2, 5):
+            be = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, **common)
+            got = Session(manifest, backend=be, batch_size=batch, workers=workers).run(x)
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (workers, batch)
+    order = np.arange(len(x))[::-1]
+    be = CrossbarBackend(gemm="lut", conductance_grid=int8.grid, **common)
+    got = Session(manifest, backend=be, batch_size=2, workers=2).run(x[order], samples=order)[::-1]
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    if numba.threading_layer() in ("omp", "tbb"):
+        assert be.chunk_workers() == numba.get_num_threads()      # the default: one batch per numba thread
+    else:
+        assert be.chunk_workers() == 1

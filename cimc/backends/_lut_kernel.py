@@ -96,7 +96,7 @@ def _plane_word(x):
     return t
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def row_plane_words(codes, out):
     """uint8 codes [m, r] -> plane words out [m, ceil(r / 8)] (rows past r read as zero codes)."""
     m, r = codes.shape
@@ -109,7 +109,7 @@ def row_plane_words(codes, out):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def conv_plane_words(codes, mask, top, left, out):
     """Integer codes [B, C, H, W] (any dtype; each code & mask is its bit pattern: two's complement for negative
     codes) -> plane words of the zero-padded NHWC layout, out [B, Hp, Wp, ceil(C / 8)]: word (b, top + y, left + x,
@@ -128,7 +128,7 @@ def conv_plane_words(codes, mask, top, left, out):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def quantised_plane_words(x, scale, qmin, qmax, mask, top, left, out):
     """conv_plane_words of the executor's quantisation of float32 activations x [B, C, H, W], in the same pass:
     code = clip(rint(x / scale), qmin, qmax) in float32 as cimc.graph_run.quantize_activation forms it (scale, qmin,
@@ -288,7 +288,7 @@ def _positions(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, 
     return clipped
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def reads(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add):
     """All reads of positions whose plane words (row_plane_words) are words [m, groups], on table
     [groups * 256, width <= MAX_LINES]; adds the shift-and-add sums into out[:, col0:col0 + nb] (`add`) or writes
@@ -318,7 +318,7 @@ def conv_words(xw, b, p0, p1, dy, dx, octet, sh, sw, ow):
     return words
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, adc, nb, pairs, out, col0,
                add):
     """All reads of a convolution straight from the plane words of its padded NHWC codes (conv_plane_words): group
@@ -344,7 +344,7 @@ def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, 
     return clipped.sum()
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def scaled(codes, lsb, out):
     """out = codes x lsb in float64, rounded once to out's dtype (numpy's multiply-then-cast, in one pass)."""
     flat, res = codes.reshape(-1), out.reshape(-1)
@@ -353,7 +353,7 @@ def scaled(codes, lsb, out):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def scaled_transposed(codes, lsb, out):
     """out [B, N, P] = codes [B, P, N] x lsb in float64, rounded once to out's dtype (scaled, into NCHW order)."""
     for b in prange(codes.shape[0]):
@@ -363,7 +363,7 @@ def scaled_transposed(codes, lsb, out):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequantised_transposed(codes, lsb, scale, bias, has_bias, out):
     """out [B, N, P] float32 = float32(codes [B, P, N] x lsb) x scale[n] (+ bias[n]), each step rounded to float32
     as numpy rounds `scaled` and the executor's dequantisation (float32 multiply, then float32 add)."""

@@ -316,7 +316,7 @@ def _slots(groups):
     return (-(-groups // 6) * 6 if groups <= SUMMED else -(-groups // SUMMED) * SUMMED) + SUMMED
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def reads(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, width):
     """_lut_kernel.reads on a packed table; `width` = _slots(groups)."""
     m = words.shape[0]
@@ -330,7 +330,7 @@ def reads(words, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add, 
     return clipped.sum()
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def conv_reads(xw, images, dy, dx, octet, sh, sw, oh, ow, table, weights, gain, lo, top, adc, nb, pairs, out, col0, add,
                width):
     """_lut_kernel.conv_reads on a packed table; `width` = _slots(groups)."""

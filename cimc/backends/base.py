@@ -74,6 +74,19 @@ class Backend:
         None: the executor quantises x and uses `conv`."""
         return None
 
+    def chunk_workers(self) -> int:
+        """How many batches this backend can run at once, each in a thread of its own through a worker_view
+        (cimc.concurrent_chunks); 1: one batch at a time."""
+        return 1
+
+    def worker_view(self) -> "Backend":
+        """The backend as one worker thread runs it: the same bound chip, with run state of its own (the batch's
+        sample indices, work arrays). Only for backends whose chunk_workers() is above 1."""
+        raise NotImplementedError(f"the {self.name} backend runs one batch at a time")
+
+    def enter_worker(self) -> None:
+        """Called once in each worker thread before its first batch (the crossbar's kernels: one thread each)."""
+
     def describe(self) -> dict:
         """What this backend was, for reports (seeds, options)."""
         return {"backend": self.name, "seed": self.seed}

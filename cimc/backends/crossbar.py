@@ -63,6 +63,7 @@ for a lossless ADC (product_reader.py), or the ADC calibration's ideal reads (re
 """
 from __future__ import annotations
 
+import copy as copy_module
 import json
 
 import numpy as np
@@ -219,6 +220,25 @@ class CrossbarBackend(Backend):
         """How reads run (the name of the reader chosen at bind): "record" (ADC calibration), "product" (lossless:
         one product per layer), or every bit-plane as "float32" / "int8" GEMMs or "lut" table reads."""
         return None if self.reads is None else self.reads.name
+
+    def chunk_workers(self) -> int:
+        """Table reads (the lut reader) run one batch per core (cimc.concurrent_chunks), each batch's kernels on one
+        thread: numba's thread count, where its threading layer takes kernels from several threads at once
+        (lut_reads.concurrent_threads). Every other reader, and diagnostics or recorded currents (statistics
+        added up as batches run), one batch at a time."""
+        if self.reader != "lut" or self.diagnostics or self.record_currents:
+            return 1
+        return lut_reads.concurrent_threads()
+
+    def worker_view(self) -> "CrossbarBackend":
+        """The same bound chip and tables; its own batch indices and the reader's work arrays."""
+        view = copy_module.copy(self)
+        view.samples = None
+        view.reads = self.reads.worker_view()
+        return view
+
+    def enter_worker(self) -> None:
+        lut_reads.single_thread()
 
     def _refuse_encoding(self, target) -> None:
         if self.simulate_planes and target.adc.lossless:

@@ -193,6 +193,28 @@ def import_error() -> str | None:
     return None
 
 
+def concurrent_threads() -> int:
+    """How many threads may run the kernels at once, each kernel on its own thread (cimc.concurrent_chunks):
+    numba's thread count where its threading layer takes parallel kernels from several threads at once (OpenMP,
+    TBB), else 1 (its workqueue layer aborts the process on a concurrent launch). Starts the layer if no kernel ran
+    yet (one tiny kernel call)."""
+    import numba
+
+    from cimc.backends import _lut_kernel
+    try:
+        layer = numba.threading_layer()
+    except ValueError:                  # no parallel kernel ran yet: the layer is chosen at the first launch
+        _lut_kernel.scaled(np.zeros(1, np.int64), 1.0, np.empty(1))
+        layer = numba.threading_layer()
+    return numba.get_num_threads() if layer in ("omp", "tbb") else 1
+
+
+def single_thread() -> None:
+    """The kernels that this thread calls from now on run on this thread alone (numba's count is per thread)."""
+    import numba
+    numba.set_num_threads(1)
+
+
 def _plane_weights(weights: np.ndarray, top: int) -> np.ndarray:
     """The kernel's plane weights (int64), once it is known that its int32 shift-and-add sums cannot overflow."""
     if top * (1 << len(weights)) >= 1 << 31:

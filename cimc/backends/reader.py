@@ -77,6 +77,10 @@ class Reader:
     def adopt(self, plan: ReadPlan) -> None:
         """Nothing to prepare by default."""
 
+    def worker_view(self) -> "Reader":
+        """This reader for one worker thread (cimc.concurrent_chunks); one that keeps no run state is shared."""
+        return self
+
     def noise_generators(self, plan: ReadPlan, c: int, ids: np.ndarray) -> list:
         """One read-noise generator per sample: keyed by (chip seed, layer, copy, global sample index) alone."""
         return sample_generators(self.ctx.seed, (self.ctx.layer_index[plan.name], c), ids)

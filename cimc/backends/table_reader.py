@@ -6,6 +6,8 @@ the kernel's conversion, bit for bit as the int8 reader applies them on the same
 more than 8 bits go through the float32 reader's GEMMs."""
 from __future__ import annotations
 
+import copy
+import threading
 import warnings
 
 import numpy as np
@@ -31,6 +33,23 @@ class TableReader(PlaneReader):
         super().__init__(ctx)
         self.grid = grid
         self._scratch_arrays: dict[str, np.ndarray] = {}     # work arrays reused across layers
+        self._build_lock = threading.Lock()                  # worker threads build each table once between them
+
+    def worker_view(self) -> "TableReader":
+        """This reader for one worker thread (cimc.concurrent_chunks): the same tables, work arrays of its own."""
+        view = copy.copy(self)
+        view._scratch_arrays = {}
+        return view
+
+    def _once(self, store: dict, key, build):
+        """store[key], made by build() on first use: once, whichever worker thread asks first."""
+        value = store.get(key)
+        if value is None:
+            with self._build_lock:
+                value = store.get(key)
+                if value is None:
+                    value = store[key] = build()
+        return value
 
     def read(self, plan: ReadPlan, c: int, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
         if plan.analog or plan.bits > 8:
@@ -70,17 +89,16 @@ class TableReader(PlaneReader):
         clipped = conversions = 0
         for block in plan.blocks:
             nb = len(block.cols)
-            if c not in block.tables:
-                block.tables[c] = lut_reads.table_pieces(
-                    lut_reads.pattern_table(self._grid_lines(block, c, use_lines)), nb, use_lines,
-                    adc=self._adc_lines(block, c))
+            tables = self._once(block.tables, c, lambda: lut_reads.table_pieces(
+                lut_reads.pattern_table(self._grid_lines(block, c, use_lines)), nb, use_lines,
+                adc=self._adc_lines(block, c)))
             words = lut_reads.plane_words(xi[:, block.r0:block.r1])
             if isinstance(block.index, slice):              # the kernel adds into codes[:, start:stop] itself
-                clipped += lut_reads.read_tile(words, block.tables[c], plan.weights, gain, lo, top, use_lines, codes,
+                clipped += lut_reads.read_tile(words, tables, plan.weights, gain, lo, top, use_lines, codes,
                                                block.index.start or 0)
             else:
                 acc = np.zeros((m, nb), np.int64)
-                clipped += lut_reads.read_tile(words, block.tables[c], plan.weights, gain, lo, top, use_lines, acc)
+                clipped += lut_reads.read_tile(words, tables, plan.weights, gain, lo, top, use_lines, acc)
                 codes[:, block.index] += acc
             conversions += m * plan.bits * (2 * nb if use_lines else nb)
         self.ctx.count(plan, clipped, conversions)
@@ -103,12 +121,11 @@ class TableReader(PlaneReader):
         clipped = conversions = 0
         for block in plan.blocks:
             nb, width = len(block.cols), block.lines[c].shape[1]
-            if c not in block.tables:
-                block.tables[c] = lut_reads.table_pieces(
-                    lut_reads.pattern_table(self._grid_lines(block, c, True)), width, False,
-                    adc=self._adc_lines(block, c))
+            tables = self._once(block.tables, c, lambda: lut_reads.table_pieces(
+                lut_reads.pattern_table(self._grid_lines(block, c, True)), width, False,
+                adc=self._adc_lines(block, c)))
             lines = np.zeros((m, width), np.int64)
-            clipped += lut_reads.read_tile(lut_reads.plane_words(xi[:, block.r0:block.r1]), block.tables[c],
+            clipped += lut_reads.read_tile(lut_reads.plane_words(xi[:, block.r0:block.r1]), tables,
                                            plan.weights, gain, lo, top, False, lines)
             if block.reference is not None:          # offset reference column: its tile's reference code off
                 acc = minus_reference(lines, nb, block.reference).astype(acc_dtype)
@@ -136,7 +153,6 @@ class TableReader(PlaneReader):
         self._scratch_arrays["words"] = words
         lo, top, gain = self._lut_adc(plan)
         use_lines = self.target.array.differential == "columns"
-        size = g.kernel[0] * g.kernel[1]
         # the first row tile writes every output (when it covers them all), the others add: no zero fill, and the
         # codes array is reused from layer to layer (a fresh one costs a page fault per 4 kB on first touch)
         covers = isinstance(plan.blocks[0].index, slice) and len(plan.blocks[0].cols) == plan.cols
@@ -147,18 +163,15 @@ class TableReader(PlaneReader):
             images = np.arange(bsz)[samples]
             for k, (block, (c0, c1)) in enumerate(zip(plan.blocks, plan.channels)):
                 nb = len(block.cols)
-                if c not in block.conv_tables:
-                    table = lut_reads.conv_table(self._grid_lines(block, c, use_lines), c0, c1, size)
-                    block.conv_tables[c] = lut_reads.table_pieces(table, nb, use_lines, adc=self._adc_lines(block, c))
-                    block.conv_groups = lut_reads.conv_groups(c0, c1, g.kernel, g.dilations)
+                tables = self._once(block.conv_tables, c, lambda: self._conv_tables(block, c, c0, c1, g, use_lines))
                 groups = block.conv_groups
                 if isinstance(block.index, slice):
-                    lut_reads.read_conv_tile(words, images, groups, g.strides, (oh, ow), block.conv_tables[c],
+                    lut_reads.read_conv_tile(words, images, groups, g.strides, (oh, ow), tables,
                                              plan.weights, gain, lo, top, use_lines, codes, block.index.start or 0,
                                              add=k > 0 or not covers)
                 else:
                     acc = np.zeros((len(codes), nb), wide)
-                    lut_reads.read_conv_tile(words, images, groups, g.strides, (oh, ow), block.conv_tables[c],
+                    lut_reads.read_conv_tile(words, images, groups, g.strides, (oh, ow), tables,
                                              plan.weights, gain, lo, top, use_lines, acc)
                     codes[:, block.index] += acc
         out = np.empty((bsz, plan.cols, oh * ow), np.float32 if dequantise else plan.dtype)
@@ -168,6 +181,13 @@ class TableReader(PlaneReader):
         else:
             lut_reads.scaled_transposed(codes.reshape(bsz, oh * ow, plan.cols), plan.full_scale / top, out)
         return out.reshape((bsz, plan.cols) + ((ow,) if g.spatial_rank == 1 else (oh, ow)))
+
+    def _conv_tables(self, block: RowTile, c: int, c0: int, c1: int, g, use_lines: bool) -> list:
+        """A row tile's table pieces for direct convolution reads of copy c; sets the tile's conv_groups first (a
+        thread that finds the pieces finds them too)."""
+        block.conv_groups = lut_reads.conv_groups(c0, c1, g.kernel, g.dilations)
+        table = lut_reads.conv_table(self._grid_lines(block, c, use_lines), c0, c1, g.kernel[0] * g.kernel[1])
+        return lut_reads.table_pieces(table, len(block.cols), use_lines, adc=self._adc_lines(block, c))
 
     def _scratch(self, name: str, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
         """A work array kept from call to call while its shape and dtype stay the same (filled with 0 if `zero`)."""
