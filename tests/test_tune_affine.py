@@ -16,7 +16,6 @@ import cimc
 from cimc.backends.reference import IntegerBackend
 from cimc.column_calibration import ColumnFit, calibrate, calibrate_graph
 from cimc.data import load_npz
-from cimc.evaluate import evaluate
 from cimc.graph_run import check_feeds
 from cimc.manifest import load
 
@@ -255,7 +254,6 @@ def test_calibration_reads_the_chip_through_the_runs_reader(shipped):
 
 def _conv_transpose_model():
     """input [N, 2, 5, 5] -> ConvTranspose (3 output channels, 3x3 kernel, stride 2, bias) -> Relu."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(7)
     w = numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w")
