@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from cimc import ort_session
+from cimc.graph_run import run_graph
 
 
 def chunk_bounds(n: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
@@ -38,14 +39,16 @@ def run_chunks(graph, feeds: dict[str, np.ndarray], backend, ids: np.ndarray, ba
     """The graph's outputs for each batch of `feeds` (cimc.graph_run.run_graph), in order, the samples numbered
     `ids`. `workers`: how many batches run at once (None: the backend's chunk_workers()); always 1 where that is 1
     (the backend cannot), and with `observe` (its callback expects one caller)."""
-    from cimc.graph_run import run_graph
     n = len(next(iter(feeds.values())))
     can = backend.chunk_workers()
     workers = 1 if observe is not None or can <= 1 else can if workers is None else workers
-    bounds = chunk_bounds(n, batch_size, max(1, int(workers)))
+    bounds = chunk_bounds(n, batch_size, workers)
+
+    def part(a: int, b: int) -> dict[str, np.ndarray]:
+        return {k: v[a:b] for k, v in feeds.items()}
+
     if workers <= 1 or len(bounds) == 1:
-        return [run_graph(graph, {k: v[a:b] for k, v in feeds.items()}, backend, observe=observe, samples=ids[a:b])
-                for a, b in bounds]
+        return [run_graph(graph, part(a, b), backend, observe=observe, samples=ids[a:b]) for a, b in bounds]
     views: queue.SimpleQueue = queue.SimpleQueue()     # one backend view per worker thread at a time
     for _ in range(workers):
         views.put(backend.worker_view())
@@ -54,7 +57,7 @@ def run_chunks(graph, feeds: dict[str, np.ndarray], backend, ids: np.ndarray, ba
         a, b = bound
         view = views.get()
         try:
-            return run_graph(graph, {k: v[a:b] for k, v in feeds.items()}, view, samples=ids[a:b])
+            return run_graph(graph, part(a, b), view, samples=ids[a:b])
         finally:
             views.put(view)
 

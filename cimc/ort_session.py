@@ -42,8 +42,9 @@ def session(model_proto: onnx.ModelProto, optimize: bool = True):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if thread_count():
-        options.intra_op_num_threads = thread_count()
+    threads = thread_count()
+    if threads:
+        options.intra_op_num_threads = threads
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
